@@ -1,0 +1,75 @@
+"""The one place where exceptions become ``{"error": ..., "message": ...}`` JSON."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from controlplane.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _code_for(status: int) -> str:
+    return {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        409: "conflict",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        422: "validation_failed",
+        429: "too_many_requests",
+        503: "unavailable",
+    }.get(status, "error")
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        details = None
+        data = getattr(exc, "data", None)
+        if isinstance(data, dict) and "messages" in data:
+            # flask-smorest's validation failures carry the fields at fault.
+            details = data["messages"]
+        message = exc.description or exc.name
+        if status == 422 and details is not None:
+            message = "the request has invalid fields"
+        return error_response(status, _code_for(status), message, details)
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError) -> Response:
+        log.error("database unavailable: %s", exc.orig.__class__.__name__)
+        return error_response(503, "unavailable", "the database is unavailable, try again")
+
+    @app.errorhandler(DBAPIError)
+    def _database_error(exc: DBAPIError) -> Response:
+        if exc.connection_invalidated:
+            return error_response(503, "unavailable", "the database is unavailable, try again")
+        log.exception("database error")
+        return error_response(500, "internal_error", "an internal error occurred")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "an internal error occurred")

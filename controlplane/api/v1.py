@@ -1,0 +1,212 @@
+"""The REST API under /v1 (flask-smorest): thin views over controlplane.services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app
+from flask_smorest import Blueprint
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from controlplane import schemas
+from controlplane.api.auth import actor, require
+from controlplane.db import session
+from controlplane.errors import NotFound
+from controlplane.models import Build, Host, WebhookDelivery
+from controlplane.services import audit, deliveries, hosts, installations, services, tokens
+from tasks import pipeline
+
+tokens_api = Blueprint("tokens", __name__, url_prefix="/v1/tokens", description="API tokens")
+hosts_api = Blueprint("hosts", __name__, url_prefix="/v1/hosts", description="Agent hosts")
+deliveries_api = Blueprint(
+    "deliveries", __name__, url_prefix="/v1/deliveries", description="GitHub webhook deliveries"
+)
+installations_api = Blueprint(
+    "installations", __name__, url_prefix="/v1/installations", description="App installations"
+)
+services_api = Blueprint(
+    "services", __name__, url_prefix="/v1/services", description="Deployed services"
+)
+builds_api = Blueprint("builds", __name__, url_prefix="/v1/builds", description="Builds")
+
+BLUEPRINTS = (
+    tokens_api,
+    hosts_api,
+    deliveries_api,
+    installations_api,
+    services_api,
+    builds_api,
+)
+ERRORS = {401: "no valid token", 403: "token of the wrong scope"}
+
+
+def _paged(db: Session, query: Any, pagination: Any) -> list[Any]:
+    pagination.item_count = db.scalar(select(func.count()).select_from(query.subquery()))
+    offset = (pagination.page - 1) * pagination.page_size
+    return list(db.scalars(query.offset(offset).limit(pagination.page_size)))
+
+
+@tokens_api.post("")
+@require("admin")
+@tokens_api.arguments(schemas.TokenCreateSchema)
+@tokens_api.response(201, schemas.NewTokenSchema)
+@tokens_api.alt_response(401, schema=schemas.ApiErrorSchema, description=ERRORS[401])
+def create_token(data: dict[str, Any]) -> dict[str, Any]:
+    db = session()
+    token, secret = tokens.create_token(db, data["name"], data["scope"])
+    audit.record(db, actor(), "token.create", "token", token.id, name=token.name)
+    db.commit()
+    return {**schemas.TokenSchema().dump(token), "token": secret}
+
+
+@tokens_api.get("")
+@require("admin")
+@tokens_api.response(200, schemas.TokenSchema(many=True))
+def list_tokens() -> list[Any]:
+    return tokens.list_tokens(session())
+
+
+@tokens_api.delete("/<int:token_id>")
+@require("admin")
+@tokens_api.response(204)
+def revoke_token(token_id: int) -> None:
+    db = session()
+    tokens.revoke_token(db, token_id)
+    audit.record(db, actor(), "token.revoke", "token", token_id)
+    db.commit()
+
+
+@hosts_api.post("")
+@require("admin")
+@hosts_api.arguments(schemas.HostCreateSchema)
+@hosts_api.response(201, schemas.NewHostSchema)
+def create_host(data: dict[str, Any]) -> dict[str, Any]:
+    db = session()
+    host, secret = hosts.create_host(db, data["name"], actor(), data["accepts_previews"])
+    db.commit()
+    return {**schemas.HostSchema().dump(host), "token": secret}
+
+
+@hosts_api.get("")
+@require("read")
+@hosts_api.response(200, schemas.HostSchema(many=True))
+@hosts_api.paginate()
+def list_hosts(pagination_parameters: Any) -> list[Any]:
+    return _paged(session(), select(Host).order_by(Host.name), pagination_parameters)
+
+
+@deliveries_api.get("")
+@require("read")
+@deliveries_api.arguments(schemas.DeliveryQuerySchema, location="query")
+@deliveries_api.response(200, schemas.DeliverySchema(many=True))
+@deliveries_api.paginate()
+def list_deliveries(query: dict[str, Any], pagination_parameters: Any) -> list[Any]:
+    statement = select(WebhookDelivery).order_by(WebhookDelivery.id.desc())
+    if "event" in query:
+        statement = statement.where(WebhookDelivery.event == query["event"])
+    if "status" in query:
+        statement = statement.where(WebhookDelivery.status == query["status"])
+    return _paged(session(), statement, pagination_parameters)
+
+
+@deliveries_api.get("/<int:delivery_id>")
+@require("read")
+@deliveries_api.response(200, schemas.DeliveryDetailSchema)
+def get_delivery(delivery_id: int) -> WebhookDelivery:
+    delivery = session().get(WebhookDelivery, delivery_id)
+    if delivery is None:
+        raise NotFound(f"delivery {delivery_id} does not exist")
+    return delivery
+
+
+@deliveries_api.post("/<int:delivery_id>/redeliver")
+@require("admin")
+@deliveries_api.response(202, schemas.DeliverySchema)
+def redeliver(delivery_id: int) -> WebhookDelivery:
+    db = session()
+    delivery = deliveries.redeliver(db, delivery_id)
+    audit.record(db, actor(), "delivery.redeliver", "delivery", delivery_id)
+    db.commit()
+    try:
+        pipeline.enqueue_delivery(delivery.id)
+    except Exception:
+        current_app.logger.warning("redelivery %s not enqueued; the outbox will", delivery_id)
+    else:
+        deliveries.mark_enqueued(db, delivery.id)
+    return delivery
+
+
+@installations_api.get("")
+@require("read")
+@installations_api.response(200, schemas.InstallationSchema(many=True))
+def list_installations() -> list[Any]:
+    return installations.list_installations(session())
+
+
+@installations_api.get("/<int:installation_id>/repositories")
+@require("read")
+@installations_api.response(200, schemas.RepositorySchema(many=True))
+def list_repositories(installation_id: int) -> list[Any]:
+    return installations.list_repositories(session(), installation_id)
+
+
+@services_api.post("")
+@require("admin")
+@services_api.arguments(schemas.ServiceCreateSchema)
+@services_api.response(201, schemas.ServiceSchema)
+def create_service(data: dict[str, Any]) -> Any:
+    db = session()
+    service = services.create_service(db, services.ServiceSpec(**data), actor())
+    db.commit()
+    return service
+
+
+@services_api.get("")
+@require("read")
+@services_api.response(200, schemas.ServiceSchema(many=True))
+def list_services() -> list[Any]:
+    return services.list_services(session())
+
+
+@services_api.get("/<int:service_id>")
+@require("read")
+@services_api.response(200, schemas.ServiceSchema)
+def get_service(service_id: int) -> Any:
+    return services.get_service(session(), service_id)
+
+
+@services_api.delete("/<int:service_id>")
+@require("admin")
+@services_api.response(204)
+def delete_service(service_id: int) -> Response | None:
+    db = session()
+    services.delete_service(db, service_id, actor())
+    db.commit()
+    return None
+
+
+@builds_api.get("")
+@require("read")
+@builds_api.arguments(schemas.BuildQuerySchema, location="query")
+@builds_api.response(200, schemas.BuildSchema(many=True))
+@builds_api.paginate()
+def list_builds(query: dict[str, Any], pagination_parameters: Any) -> list[Any]:
+    statement = select(Build).order_by(Build.id.desc())
+    if "service" in query:
+        statement = statement.where(Build.service_id == query["service"])
+    if "environment" in query:
+        statement = statement.where(Build.environment_id == query["environment"])
+    if "status" in query:
+        statement = statement.where(Build.status == query["status"])
+    return _paged(session(), statement, pagination_parameters)
+
+
+@builds_api.get("/<int:build_id>")
+@require("read")
+@builds_api.response(200, schemas.BuildDetailSchema)
+def get_build(build_id: int) -> Build:
+    build = session().get(Build, build_id)
+    if build is None:
+        raise NotFound(f"build {build_id} does not exist")
+    return build

@@ -1,0 +1,51 @@
+"""``POST /webhooks/github``: verify, commit, enqueue, answer — in that order."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from controlplane.api.errors import error_response
+from controlplane.db import session
+from controlplane.github import webhooks
+from controlplane.services import deliveries
+from controlplane.settings import Settings
+from tasks import pipeline
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("webhooks", __name__)
+
+
+@blueprint.post("/webhooks/github")
+def github_webhook() -> Response | tuple[Response, int]:
+    settings: Settings = current_app.extensions["portside.settings"]
+    secret = settings.github_webhook_secret.reveal()
+    if not secret:
+        return error_response(
+            503, "unavailable", "PORTSIDE_GITHUB_WEBHOOK_SECRET is not configured"
+        )
+    length = request.content_length
+    if length is not None and length > settings.webhook_max_bytes:
+        return error_response(413, "payload_too_large", "the delivery is too large")
+    # Werkzeug enforces MAX_CONTENT_LENGTH while streaming a body of unknown length.
+    body = request.get_data(cache=False)
+    if not webhooks.verify_signature(body, request.headers.get(webhooks.SIGNATURE_HEADER), secret):
+        return error_response(401, "unauthorized", "signature verification failed")
+    delivery = webhooks.parse(dict(request.headers), body)
+    if delivery.event == "ping":
+        return jsonify(status="pong", zen=delivery.payload.get("zen")), 200
+    db_session = session()
+    recorded = deliveries.record(db_session, delivery)
+    row = recorded.delivery
+    if recorded.kind == "duplicate":
+        return jsonify(status="duplicate", id=row.id, delivery_status=row.status), 200
+    if row.status == "received":
+        try:
+            pipeline.enqueue_delivery(row.id)
+        except Exception as exc:  # the broker is down: the outbox re-drives it later
+            log.warning("delivery %s committed but not enqueued: %s", row.guid, exc)
+        else:
+            deliveries.mark_enqueued(db_session, row.id)
+    return jsonify(status=row.status, id=row.id), 202

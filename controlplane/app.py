@@ -1,0 +1,52 @@
+"""The Flask app factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+from flask_smorest import Api
+from redis import Redis
+
+from controlplane import __version__
+from controlplane.api import health, v1, webhooks
+from controlplane.api.errors import register_error_handlers
+from controlplane.db import Database
+from controlplane.settings import Settings
+from tasks import pipeline
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the control plane's WSGI app from ``settings`` (default: the environment)."""
+    settings = settings or Settings.from_env(os.environ)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.webhook_max_bytes,
+        JSON_SORT_KEYS=False,
+        API_TITLE="Portside",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}],
+        },
+    )
+    app.extensions["portside.settings"] = settings
+    Database(settings).init_app(app)
+    app.extensions["portside.redis"] = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+    )
+    pipeline.configure_sender(settings)
+    register_error_handlers(app)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(webhooks.blueprint)
+    api = Api(app)
+    for blueprint in v1.BLUEPRINTS:
+        api.register_blueprint(blueprint)
+    logging.getLogger("controlplane").setLevel(logging.INFO)
+    return app

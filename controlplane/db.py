@@ -1,0 +1,99 @@
+"""The database handle: an engine and a session factory per process.
+
+Services take a ``Session`` argument and never reach for a global; Flask views get theirs
+from :func:`session` (one per request, closed at teardown), Celery tasks from
+:meth:`Database.session_scope`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, g
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from controlplane.errors import ConfigError
+from controlplane.settings import Settings
+
+
+def make_engine(settings: Settings) -> Engine:
+    """Create the engine; SQLite gets a busy timeout and foreign keys turned on."""
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if settings.is_sqlite:
+        path = settings.database_url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"PORTSIDE_DATABASE_URL points to a directory that cannot be created: {exc}"
+                ) from None
+        options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    else:
+        options.update(pool_size=10, max_overflow=20, pool_recycle=1800)
+        options["connect_args"] = {"connect_timeout": 5}
+    engine = create_engine(settings.database_url, **options)
+    if settings.is_sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+    return engine
+
+
+class Database:
+    """Engine + session factory; connects lazily, on the first query."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.engine: Engine = make_engine(settings)
+        self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["portside.db"] = self
+        app.teardown_appcontext(_close_request_session)
+
+    def new_session(self) -> Session:
+        return self._sessionmaker()
+
+    @contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        session = self.new_session()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def session() -> Session:
+    """The current request's session, opened on first use."""
+    if "db_session" not in g:
+        database: Database = current_app.extensions["portside.db"]
+        g.db_session = database.new_session()
+    current: Session = g.db_session
+    return current
+
+
+def _close_request_session(_exc: BaseException | None) -> None:
+    current = g.pop("db_session", None)
+    if current is not None:
+        current.close()

@@ -1,0 +1,1 @@
+"""GitHub: webhook checks with no web framework inside, and the App's API client."""

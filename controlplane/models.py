@@ -1,0 +1,319 @@
+"""SQLAlchemy models: the records of the whole flow, from a delivery to a running container.
+
+PostgreSQL is the state of record; SQLite works for the embedded default. Status columns
+are plain strings checked against the ``*_STATUSES`` tuples so migrations stay simple.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+DELIVERY_STATUSES = ("received", "enqueued", "processing", "processed", "ignored", "failed")
+BUILD_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "superseded")
+STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped")
+DEPLOYMENT_STATUSES = ("pending", "active", "superseded", "failed", "inactive")
+ENVIRONMENT_STATUSES = ("pending", "building", "deploying", "running", "failed", "inactive")
+TOKEN_SCOPES = ("admin", "worker", "read", "host")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        dt.datetime: DateTime(timezone=True),
+        dict[str, Any]: JSONType,
+        list[Any]: JSONType,
+    }
+
+
+class TimestampMixin:
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Installation(TimestampMixin, Base):
+    """A GitHub App installation; its id is GitHub's."""
+
+    __tablename__ = "installations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    account_login: Mapped[str] = mapped_column(String(255))
+    account_type: Mapped[str] = mapped_column(String(32), default="User")
+    suspended_at: Mapped[dt.datetime | None]
+    deleted_at: Mapped[dt.datetime | None]
+
+    repositories: Mapped[list[Repository]] = relationship(back_populates="installation")
+
+    @property
+    def active(self) -> bool:
+        return self.deleted_at is None and self.suspended_at is None
+
+
+class Repository(TimestampMixin, Base):
+    """A repository an installation grants; its id is GitHub's, so renames keep services."""
+
+    __tablename__ = "repositories"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id"), index=True)
+    full_name: Mapped[str] = mapped_column(String(255), index=True)
+    private: Mapped[bool] = mapped_column(Boolean, default=True)
+    default_branch: Mapped[str | None] = mapped_column(String(255))
+    clone_url: Mapped[str | None] = mapped_column(String(1024))
+    compose_path: Mapped[str | None] = mapped_column(String(255))
+    compose_checked_at: Mapped[dt.datetime | None]
+    removed_at: Mapped[dt.datetime | None]
+
+    installation: Mapped[Installation] = relationship(back_populates="repositories")
+
+
+class Host(TimestampMixin, Base):
+    """A server running ``portside agent``; ``generation`` versions its desired state."""
+
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=1)
+    accepts_previews: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_seen_at: Mapped[dt.datetime | None]
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    observed: Mapped[dict[str, Any] | None]
+
+
+class Service(TimestampMixin, Base):
+    """Something Portside deploys: one repository branch, built and run on one host."""
+
+    __tablename__ = "services"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    repository_full_name: Mapped[str] = mapped_column(String(255), index=True)
+    repository_id: Mapped[int | None] = mapped_column(ForeignKey("repositories.id"), index=True)
+    branch: Mapped[str] = mapped_column(String(255))
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
+    compose_path: Mapped[str | None] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    domain: Mapped[str | None] = mapped_column(String(253), unique=True)
+    watch_paths: Mapped[list[Any]] = mapped_column(default=list)
+    preview_ttl_seconds: Mapped[int] = mapped_column(Integer, default=7 * 24 * 3600)
+    max_previews: Mapped[int] = mapped_column(Integer, default=10)
+    allow_privileged: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted_at: Mapped[dt.datetime | None]
+
+    host: Mapped[Host] = relationship()
+    repository: Mapped[Repository | None] = relationship()
+    environments: Mapped[list[Environment]] = relationship(back_populates="service")
+
+
+class Environment(TimestampMixin, Base):
+    """Where a service runs: its production environment, or one preview per pull request."""
+
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="production")
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    branch: Mapped[str] = mapped_column(String(255))
+    head_sha: Mapped[str | None] = mapped_column(String(40))
+    pr_number: Mapped[int | None] = mapped_column(Integer)
+    pr_author: Mapped[str | None] = mapped_column(String(255))
+    from_fork: Mapped[bool] = mapped_column(Boolean, default=False)
+    domain: Mapped[str | None] = mapped_column(String(253))
+    address: Mapped[str | None] = mapped_column(String(255))
+    current_deployment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deployments.id", use_alter=True)
+    )
+    last_activity_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[dt.datetime | None]
+    closed_by: Mapped[str | None] = mapped_column(String(255))
+
+    service: Mapped[Service] = relationship(back_populates="environments")
+    host: Mapped[Host] = relationship()
+
+
+class Build(TimestampMixin, Base):
+    """One run of the pipeline for one commit of one environment."""
+
+    __tablename__ = "builds"
+    __table_args__ = (
+        # A delivery starts at most one build per environment and commit.
+        UniqueConstraint("environment_id", "commit_sha", "trigger_key"),
+        Index("ix_builds_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
+    commit_sha: Mapped[str] = mapped_column(String(40))
+    branch: Mapped[str] = mapped_column(String(255))
+    trigger_key: Mapped[str] = mapped_column(String(64), default="push")
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    commit_message: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str | None] = mapped_column(String(255))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    images: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    compose: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+    steps: Mapped[list[BuildStep]] = relationship(
+        back_populates="build", order_by="BuildStep.position", cascade="all, delete-orphan"
+    )
+    service: Mapped[Service] = relationship()
+    environment: Mapped[Environment] = relationship()
+
+
+class BuildStep(Base):
+    """One step of a build's chain; (build, name) is the idempotency key of its task."""
+
+    __tablename__ = "build_steps"
+    __table_args__ = (UniqueConstraint("build_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+    build: Mapped[Build] = relationship(back_populates="steps")
+
+
+class Deployment(TimestampMixin, Base):
+    """A build made the desired state of an environment."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("environment_id", "build_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    github_deployment_id: Mapped[int | None] = mapped_column(BigInteger)
+    activated_at: Mapped[dt.datetime | None]
+
+    environment: Mapped[Environment] = relationship(foreign_keys=[environment_id])
+    build: Mapped[Build] = relationship()
+
+
+class WebhookDelivery(Base):
+    """A verified GitHub delivery, committed before it is enqueued (the outbox)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_received", "status", "received_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    guid: Mapped[str] = mapped_column(String(64), unique=True)
+    event: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str | None] = mapped_column(String(64))
+    hook_id: Mapped[str | None] = mapped_column(String(32))
+    installation_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    repository_id: Mapped[int | None] = mapped_column(BigInteger)
+    repository_full_name: Mapped[str | None] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    outcome: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    enqueued_at: Mapped[dt.datetime | None]
+    processed_at: Mapped[dt.datetime | None]
+
+
+class ApiToken(Base):
+    """A bearer token; only its SHA-256 is stored, its public id finds it."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    name: Mapped[str] = mapped_column(String(255))
+    scope: Mapped[str] = mapped_column(String(16))
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+    host: Mapped[Host | None] = relationship()
+
+
+class Variable(TimestampMixin, Base):
+    """A runtime variable of a service (or one environment); secret values are encrypted."""
+
+    __tablename__ = "variables"
+    __table_args__ = (UniqueConstraint("service_id", "environment_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
+    environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    value_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    is_secret: Mapped[bool] = mapped_column(Boolean, default=True)
+    expose_to_forks: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RegistryCredential(TimestampMixin, Base):
+    """Credentials of an image registry, handed to build workers and agents when needed."""
+
+    __tablename__ = "registries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(255), unique=True)
+    username: Mapped[str | None] = mapped_column(String(255))
+    password_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class AuditEvent(Base):
+    """Who changed what and when: every API/CLI change, deploy and teardown."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

@@ -1,0 +1,156 @@
+"""Marshmallow schemas of the REST API; flask-smorest turns them into the OpenAPI document."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from controlplane.models import DELIVERY_STATUSES, TOKEN_SCOPES
+
+
+class ApiErrorSchema(Schema):
+    error = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Raw()
+
+
+class TokenCreateSchema(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    scope = fields.String(required=True, validate=validate.OneOf(TOKEN_SCOPES[:3]))
+
+
+class TokenSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    scope = fields.String()
+    host_id = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    last_used_at = fields.DateTime(allow_none=True)
+    revoked_at = fields.DateTime(allow_none=True)
+
+
+class NewTokenSchema(TokenSchema):
+    token = fields.String(metadata={"description": "shown once; store it now"})
+
+
+class HostCreateSchema(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=253))
+    accepts_previews = fields.Boolean(load_default=False)
+
+
+class HostSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    accepts_previews = fields.Boolean()
+    generation = fields.Integer()
+    last_seen_at = fields.DateTime(allow_none=True)
+    agent_version = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class NewHostSchema(HostSchema):
+    token = fields.String(metadata={"description": "the agent's token; shown once"})
+
+
+class DeliveryQuerySchema(Schema):
+    event = fields.String()
+    status = fields.String(validate=validate.OneOf(DELIVERY_STATUSES))
+
+
+class DeliverySchema(Schema):
+    id = fields.Integer()
+    guid = fields.String()
+    event = fields.String()
+    action = fields.String(allow_none=True)
+    installation_id = fields.Integer(allow_none=True)
+    repository_id = fields.Integer(allow_none=True)
+    repository_full_name = fields.String(allow_none=True)
+    status = fields.String()
+    outcome = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    received_at = fields.DateTime()
+    enqueued_at = fields.DateTime(allow_none=True)
+    processed_at = fields.DateTime(allow_none=True)
+
+
+class DeliveryDetailSchema(DeliverySchema):
+    payload = fields.Dict()
+
+
+class InstallationSchema(Schema):
+    id = fields.Integer()
+    account_login = fields.String()
+    account_type = fields.String()
+    suspended_at = fields.DateTime(allow_none=True)
+    deleted_at = fields.DateTime(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class RepositorySchema(Schema):
+    id = fields.Integer()
+    installation_id = fields.Integer()
+    full_name = fields.String()
+    private = fields.Boolean()
+    default_branch = fields.String(allow_none=True)
+    clone_url = fields.String(allow_none=True)
+    compose_path = fields.String(allow_none=True)
+    compose_checked_at = fields.DateTime(allow_none=True)
+
+
+class ServiceCreateSchema(Schema):
+    name = fields.String(required=True)
+    repository = fields.String(required=True)
+    branch = fields.String(load_default="main")
+    host = fields.String(required=True)
+    compose_path = fields.String(load_default=None, allow_none=True)
+    port = fields.Integer(load_default=None, allow_none=True)
+    domain = fields.String(load_default=None, allow_none=True)
+    watch_paths = fields.List(fields.String(), load_default=list)
+
+
+class ServiceSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    repository = fields.String(attribute="repository_full_name")
+    repository_id = fields.Integer(allow_none=True)
+    branch = fields.String()
+    host = fields.String(attribute="host.name")
+    compose_path = fields.String(allow_none=True)
+    port = fields.Integer(allow_none=True)
+    domain = fields.String(allow_none=True)
+    watch_paths = fields.List(fields.String())
+    created_at = fields.DateTime()
+
+
+class BuildStepSchema(Schema):
+    name = fields.String()
+    status = fields.String()
+    attempts = fields.Integer()
+    error = fields.String(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class BuildQuerySchema(Schema):
+    service = fields.Integer()
+    environment = fields.Integer()
+    status = fields.String()
+
+
+class BuildSchema(Schema):
+    id = fields.Integer()
+    service_id = fields.Integer()
+    environment_id = fields.Integer()
+    commit_sha = fields.String()
+    branch = fields.String()
+    status = fields.String()
+    commit_message = fields.String(allow_none=True)
+    author = fields.String(allow_none=True)
+    delivery_id = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class BuildDetailSchema(BuildSchema):
+    steps = fields.List(fields.Nested(BuildStepSchema))

@@ -1,0 +1,1 @@
+"""Business logic: plain functions over a SQLAlchemy session, used by views, tasks and CLI."""

@@ -1,0 +1,43 @@
+"""Hosts: the servers agents run on, each with a token that sees only its own state."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from controlplane.errors import Conflict, ValidationFailed
+from controlplane.models import Host
+from controlplane.services import audit, tokens
+
+HOST_NAME = re.compile(
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def create_host(
+    session: Session, name: str, actor: str, accepts_previews: bool = False
+) -> tuple[Host, str]:
+    """Create a host and its agent token; return the token's plaintext once."""
+    name = name.strip().lower()
+    if not HOST_NAME.match(name) or len(name) > 253:
+        raise ValidationFailed(
+            "a host name is lowercase letters, digits, dots and hyphens",
+            details={"name": ["not a valid host name"]},
+        )
+    host = Host(name=name, accepts_previews=accepts_previews)
+    session.add(host)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"host {name!r} already exists") from None
+    _token, secret = tokens.create_token(session, f"agent:{name}", "host", host_id=host.id)
+    audit.record(session, actor, "host.create", "host", host.id, name=name)
+    return host, secret
+
+
+def list_hosts(session: Session) -> list[Host]:
+    return list(session.scalars(select(Host).order_by(Host.name)))

@@ -1,0 +1,317 @@
+"""Pushes become builds: exactly one per environment and commit, never an older one late.
+
+Both the ``push`` webhook and the backstop that polls branch heads go through
+:func:`start_build`, so whichever comes first wins and the other finds the build there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from github import Github
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from controlplane.errors import PermanentError, TransientError
+from controlplane.github.app import GitHubApp
+from controlplane.models import (
+    Build,
+    BuildStep,
+    Environment,
+    Installation,
+    Repository,
+    Service,
+    WebhookDelivery,
+)
+from controlplane.services.outcomes import Outcome
+
+log = logging.getLogger(__name__)
+
+ZERO_SHA = "0" * 40
+PIPELINE_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
+# Pushes and the backstop share this key so they cannot both build the same commit.
+AUTOMATIC = "auto"
+
+
+def glob_pattern(pattern: str) -> re.Pattern[str]:
+    """A watch-path glob as a regex: ``*`` stays within a directory, ``**`` crosses them."""
+    pattern = pattern.strip().lstrip("/")
+    if pattern.endswith("/"):
+        pattern += "**"
+    out: list[str] = []
+    index = 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            out.append("(?:.*/)?")
+            index += 3
+        elif pattern.startswith("**", index):
+            out.append(".*")
+            index += 2
+        elif pattern[index] == "*":
+            out.append("[^/]*")
+            index += 1
+        elif pattern[index] == "?":
+            out.append("[^/]")
+            index += 1
+        else:
+            out.append(re.escape(pattern[index]))
+            index += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def matches_watch_paths(paths: Iterable[str], watch_paths: list[str]) -> bool:
+    patterns = [glob_pattern(pattern) for pattern in watch_paths]
+    return any(pattern.match(path) for path in paths for pattern in patterns)
+
+
+def changed_paths(payload: dict[str, Any]) -> set[str]:
+    paths: set[str] = set()
+    commits = list(payload.get("commits") or [])
+    if payload.get("head_commit"):
+        commits.append(payload["head_commit"])
+    for commit in commits:
+        for key in ("added", "removed", "modified"):
+            paths.update(p for p in commit.get(key) or [] if isinstance(p, str))
+    return paths
+
+
+def production_environment(session: Session, service: Service) -> Environment:
+    environment = session.scalar(
+        select(Environment).where(
+            Environment.service_id == service.id, Environment.kind == "production"
+        )
+    )
+    if environment is None:
+        raise PermanentError(f"service {service.name} has no production environment")
+    return environment
+
+
+def start_build(
+    session: Session,
+    service: Service,
+    environment: Environment,
+    commit_sha: str,
+    *,
+    branch: str,
+    trigger_key: str = AUTOMATIC,
+    delivery_id: int | None = None,
+    commit_message: str | None = None,
+    author: str | None = None,
+) -> Build | None:
+    """Create a queued build unless one exists for the same environment, commit and key."""
+    existing = session.scalar(
+        select(Build).where(
+            Build.environment_id == environment.id,
+            Build.commit_sha == commit_sha,
+            Build.trigger_key == trigger_key,
+        )
+    )
+    if existing is not None:
+        return None
+    build = Build(
+        service_id=service.id,
+        environment_id=environment.id,
+        commit_sha=commit_sha,
+        branch=branch,
+        trigger_key=trigger_key,
+        delivery_id=delivery_id,
+        commit_message=commit_message,
+        author=author,
+        status="queued",
+        steps=[
+            BuildStep(name=name, position=position) for position, name in enumerate(PIPELINE_STEPS)
+        ],
+    )
+    try:
+        with session.begin_nested():
+            session.add(build)
+    except IntegrityError:
+        # A concurrent delivery of the same push won the race.
+        return None
+    environment.head_sha = commit_sha
+    return build
+
+
+def builds_started_by(session: Session, delivery_id: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(Build.id).where(Build.delivery_id == delivery_id, Build.enqueued_at.is_(None))
+        )
+    )
+
+
+def _tracking_services(session: Session, repository_id: int, full_name: str) -> list[Service]:
+    """Services of a repository, found by GitHub's id so a rename keeps them."""
+    services = list(
+        session.scalars(
+            select(Service).where(
+                Service.deleted_at.is_(None),
+                (Service.repository_id == repository_id)
+                | (Service.repository_id.is_(None) & (Service.repository_full_name == full_name)),
+            )
+        )
+    )
+    for service in services:
+        service.repository_id = repository_id
+        service.repository_full_name = full_name
+    return services
+
+
+def _is_stale(session: Session, environment: Environment, pushed_at: int | None) -> Build | None:
+    """A build of a later push, if this push's delivery arrived after it."""
+    if pushed_at is None:
+        return None
+    when = dt.datetime.fromtimestamp(pushed_at, dt.UTC)
+    newer: Build | None = session.scalar(
+        select(Build)
+        .join(WebhookDelivery, Build.delivery_id == WebhookDelivery.id)
+        .where(Build.environment_id == environment.id, Build.created_at > when)
+        .order_by(Build.created_at.desc())
+        .limit(1)
+    )
+    if newer is None or newer.delivery_id is None:
+        return None
+    delivery = session.get(WebhookDelivery, newer.delivery_id)
+    repo = (delivery.payload.get("repository") or {}) if delivery else {}
+    newer_pushed_at = repo.get("pushed_at")
+    if isinstance(newer_pushed_at, int) and newer_pushed_at > pushed_at:
+        return newer
+    return None
+
+
+def handle_push(session: Session, delivery: WebhookDelivery, github: GitHubApp | None) -> Outcome:
+    payload = delivery.payload
+    ref = payload.get("ref") or ""
+    if delivery.installation_id is None:
+        return Outcome("ignored", "push without an installation: not from the Portside App")
+    installation = session.get(Installation, delivery.installation_id)
+    if installation is None:
+        return Outcome("ignored", f"installation {delivery.installation_id} is not known")
+    if installation.deleted_at is not None:
+        return Outcome("ignored", f"installation {installation.id} is deleted")
+    if installation.suspended_at is not None:
+        return Outcome("ignored", f"installation {installation.id} is suspended")
+    if ref.startswith("refs/tags/"):
+        return Outcome("ignored", f"tag push {ref}: tags are not deployed")
+    if not ref.startswith("refs/heads/"):
+        return Outcome("ignored", f"push to {ref!r}, which is not a branch")
+    branch = ref[len("refs/heads/") :]
+    after = payload.get("after") or ""
+    if payload.get("deleted") or after == ZERO_SHA:
+        return Outcome("ignored", f"branch {branch} was deleted")
+    if not re.fullmatch(r"[0-9a-f]{40}", after):
+        raise PermanentError(f"push has no valid 'after' commit: {after!r}")
+    repository_data = payload.get("repository") or {}
+    if delivery.repository_id is None:
+        raise PermanentError("push without a repository")
+    full_name = str(repository_data.get("full_name") or delivery.repository_full_name)
+    repository = session.get(Repository, delivery.repository_id)
+    if repository is not None:
+        repository.full_name = full_name
+        repository.clone_url = repository_data.get("clone_url") or repository.clone_url
+    services = [
+        service
+        for service in _tracking_services(session, delivery.repository_id, full_name)
+        if service.branch == branch
+    ]
+    if not services:
+        return Outcome("ignored", f"no service tracks {full_name}@{branch}")
+    head = payload.get("head_commit") or {}
+    paths = changed_paths(payload)
+    pushed_at = repository_data.get("pushed_at")
+    notes: list[str] = []
+    for service in services:
+        if service.watch_paths and not matches_watch_paths(paths, service.watch_paths):
+            notes.append(f"{service.name}: no changed file matches its watch paths")
+            continue
+        environment = production_environment(session, service)
+        newer = _is_stale(session, environment, pushed_at if isinstance(pushed_at, int) else None)
+        if newer is not None:
+            notes.append(f"{service.name}: a newer push ({newer.commit_sha[:7]}) is built")
+            continue
+        build = start_build(
+            session,
+            service,
+            environment,
+            after,
+            branch=branch,
+            delivery_id=delivery.id,
+            commit_message=head.get("message"),
+            author=(head.get("author") or {}).get("username")
+            or (head.get("author") or {}).get("name"),
+        )
+        if build is None:
+            notes.append(f"{service.name}: {after[:7]} is already built")
+        else:
+            session.flush()
+            notes.append(f"{service.name}: build {build.id} of {after[:7]}")
+    started = any("build " in note and "already" not in note for note in notes)
+    return Outcome("processed" if started else "ignored", "; ".join(notes))
+
+
+def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
+    """The backstop: build the head of every tracked branch that Portside has not built."""
+    services = session.scalars(
+        select(Service)
+        .join(Repository, Service.repository_id == Repository.id)
+        .join(Installation, Repository.installation_id == Installation.id)
+        .where(
+            Service.deleted_at.is_(None),
+            Repository.removed_at.is_(None),
+            Installation.deleted_at.is_(None),
+            Installation.suspended_at.is_(None),
+        )
+    ).all()
+    started: list[int] = []
+    for service in services:
+        assert service.repository is not None
+
+        def head_of(client: Github, service: Service = service) -> tuple[str, str, str]:
+            commit = client.get_repo(service.repository_full_name).get_branch(service.branch).commit
+            author = commit.author.login if commit.author else commit.commit.author.name
+            return commit.sha, commit.commit.message, author
+
+        try:
+            sha, message, author = github.call(
+                service.repository.installation_id, f"head of {service.name}", head_of
+            )
+        except (TransientError, PermanentError) as exc:
+            log.warning("backstop skipped service %s: %s", service.name, exc)
+            continue
+        environment = production_environment(session, service)
+        already = session.scalar(
+            select(Build.id).where(Build.environment_id == environment.id, Build.commit_sha == sha)
+        )
+        if already is not None:
+            continue
+        build = start_build(
+            session,
+            service,
+            environment,
+            sha,
+            branch=service.branch,
+            commit_message=message,
+            author=author,
+        )
+        if build is not None:
+            session.flush()
+            started.append(build.id)
+    session.commit()
+    return started
+
+
+def builds_to_enqueue(session: Session) -> list[int]:
+    """Committed builds never handed to the queue (the build side of the outbox)."""
+    return list(
+        session.scalars(
+            select(Build.id)
+            .where(Build.enqueued_at.is_(None), Build.status == "queued")
+            .order_by(Build.id)
+            .limit(1000)
+        )
+    )

@@ -1,0 +1,142 @@
+"""Services: what to build (repository, branch, compose file) and where to run it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from controlplane.errors import Conflict, NotFound, ValidationFailed
+from controlplane.models import Environment, Host, Repository, Service, utcnow
+from controlplane.services import audit
+
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+BRANCH_FORBIDDEN = re.compile(r"[\x00-\x20~^:?*\[\\;&|$`'\"<>(){}!]|\.\.|@\{|//")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    repository: str
+    branch: str
+    host: str
+    compose_path: str | None = None
+    port: int | None = None
+    domain: str | None = None
+    watch_paths: list[str] = field(default_factory=list)
+
+
+def valid_domain(domain: str) -> bool:
+    labels = domain.split(".")
+    return len(domain) <= 253 and len(labels) >= 2 and all(DOMAIN_LABEL.match(x) for x in labels)
+
+
+def valid_branch(branch: str) -> bool:
+    return (
+        0 < len(branch) <= 255
+        and not BRANCH_FORBIDDEN.search(branch)
+        and not branch.startswith(("-", "/"))
+        and not branch.endswith((".lock", "/", "."))
+    )
+
+
+def valid_compose_path(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and ".." not in parts and "" not in parts
+
+
+def _validate(spec: ServiceSpec) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    if not SERVICE_NAME.match(spec.name):
+        errors["name"] = ["lowercase letters, digits and hyphens, starting with a letter"]
+    if not REPOSITORY_NAME.match(spec.repository):
+        errors["repository"] = ["must be owner/name"]
+    if not valid_branch(spec.branch):
+        errors["branch"] = ["not a valid branch name"]
+    if spec.compose_path is not None and not valid_compose_path(spec.compose_path):
+        errors["compose_path"] = ["a relative path inside the repository, without '..'"]
+    if spec.port is not None and not 1 <= spec.port <= 65535:
+        errors["port"] = ["between 1 and 65535"]
+    if spec.domain is not None and not valid_domain(spec.domain):
+        errors["domain"] = ["not a valid host name"]
+    return errors
+
+
+def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
+    """Create a service and its production environment."""
+    spec = ServiceSpec(
+        name=spec.name.strip().lower(),
+        repository=spec.repository.strip(),
+        branch=spec.branch.strip(),
+        host=spec.host.strip().lower(),
+        compose_path=spec.compose_path,
+        port=spec.port,
+        domain=spec.domain.strip().lower() if spec.domain else None,
+        watch_paths=list(spec.watch_paths),
+    )
+    errors = _validate(spec)
+    if errors:
+        raise ValidationFailed("the service has invalid fields", details=errors)
+    host = session.scalar(select(Host).where(Host.name == spec.host))
+    if host is None:
+        raise ValidationFailed("unknown host", details={"host": [f"no host named {spec.host}"]})
+    repository = session.scalar(
+        select(Repository).where(
+            Repository.full_name == spec.repository, Repository.removed_at.is_(None)
+        )
+    )
+    service = Service(
+        name=spec.name,
+        repository_full_name=spec.repository,
+        repository_id=repository.id if repository else None,
+        branch=spec.branch,
+        host_id=host.id,
+        compose_path=spec.compose_path,
+        port=spec.port,
+        domain=spec.domain,
+        watch_paths=spec.watch_paths,
+    )
+    session.add(service)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"a service named {spec.name!r} or with that domain exists") from None
+    session.add(
+        Environment(
+            service_id=service.id,
+            host_id=host.id,
+            name=service.name,
+            kind="production",
+            branch=service.branch,
+            domain=service.domain,
+        )
+    )
+    audit.record(session, actor, "service.create", "service", service.id, name=service.name)
+    session.flush()
+    return service
+
+
+def get_service(session: Session, service_id: int) -> Service:
+    service = session.get(Service, service_id)
+    if service is None or service.deleted_at is not None:
+        raise NotFound(f"service {service_id} does not exist")
+    return service
+
+
+def list_services(session: Session) -> list[Service]:
+    return list(
+        session.scalars(select(Service).where(Service.deleted_at.is_(None)).order_by(Service.name))
+    )
+
+
+def delete_service(session: Session, service_id: int, actor: str) -> None:
+    service = get_service(session, service_id)
+    service.deleted_at = utcnow()
+    service.domain = None
+    audit.record(session, actor, "service.delete", "service", service.id, name=service.name)

@@ -1,0 +1,177 @@
+"""Process settings: one frozen object built once from ``PORTSIDE_*`` variables.
+
+Nothing here is read at import time; ``Settings.from_env(os.environ)`` is called by the
+entry point of each process and the result passed down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from controlplane.errors import ConfigError
+
+
+class Secret(str):
+    """A string that never shows itself in a repr or a log line."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self else "Secret('')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a connection URL so it can be logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:********@{netloc}"))
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portside"
+
+
+def _require_int(name: str, raw: str, minimum: int, maximum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _require_url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or (parts.scheme not in ("sqlite",) and not parts.netloc):
+        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, got {mask_url(raw)!r}")
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    for bare in ("postgres://", "postgresql://"):
+        if raw.startswith(bare):
+            # SQLAlchemy 2.1 would pick psycopg 3; Portside ships psycopg2.
+            raw = "postgresql+psycopg2://" + raw[len(bare) :]
+    scheme = urlsplit(raw).scheme
+    if not (scheme.startswith("postgresql") or scheme.startswith("sqlite")):
+        raise ConfigError(
+            f"PORTSIDE_DATABASE_URL must be a postgresql:// or sqlite:// URL, got {mask_url(raw)!r}"
+        )
+    return raw
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a Portside process is configured with."""
+
+    database_url: str
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    github_app_id: int | None = None
+    github_private_key: Secret = Secret("")
+    github_webhook_secret: Secret = Secret("")
+    github_api_url: str = "https://api.github.com"
+    registry: str = "127.0.0.1:5000"
+    secret_key: Secret = Secret("")
+    url: str = "http://127.0.0.1:8000"
+    token: Secret = Secret("")
+    preview_domain: str = ""
+    agent_interval: int = 10
+    agent_publish_host: str = ""
+    build_timeout: int = 3600
+    webhook_max_bytes: int = 25 * 1024 * 1024
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, Secret):
+                text = repr(value)
+            elif field.name in ("database_url", "redis_url"):
+                text = repr(mask_url(value))
+            else:
+                text = repr(value)
+            shown.append(f"{field.name}={text}")
+        return f"Settings({', '.join(shown)})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build and validate settings; raise ConfigError naming the variable at fault."""
+
+        def get(name: str) -> str | None:
+            value = environ.get(f"PORTSIDE_{name}")
+            return value.strip() if value is not None and value.strip() else None
+
+        data_dir = Path(get("DATA_DIR") or default_data_dir())
+        database_url = _database_url(
+            get("DATABASE_URL") or f"sqlite:///{data_dir / 'portside.sqlite3'}"
+        )
+        kwargs: dict[str, object] = {"database_url": database_url, "data_dir": data_dir}
+        if (raw := get("REDIS_URL")) is not None:
+            kwargs["redis_url"] = _require_url(
+                "PORTSIDE_REDIS_URL", raw, ("redis", "rediss", "unix")
+            )
+        if (raw := get("GITHUB_APP_ID")) is not None:
+            kwargs["github_app_id"] = _require_int("PORTSIDE_GITHUB_APP_ID", raw, 1, 2**63)
+        key = get("GITHUB_PRIVATE_KEY")
+        key_path = get("GITHUB_PRIVATE_KEY_PATH")
+        if key and key_path:
+            raise ConfigError(
+                "set only one of PORTSIDE_GITHUB_PRIVATE_KEY and PORTSIDE_GITHUB_PRIVATE_KEY_PATH"
+            )
+        if key_path:
+            try:
+                key = Path(key_path).read_text()
+            except OSError as exc:
+                raise ConfigError(
+                    f"PORTSIDE_GITHUB_PRIVATE_KEY_PATH cannot be read: {exc.strerror}"
+                ) from None
+        if key:
+            key = key.replace("\\n", "\n")
+            if "PRIVATE KEY-----" not in key:
+                raise ConfigError("PORTSIDE_GITHUB_PRIVATE_KEY is not a PEM private key")
+            kwargs["github_private_key"] = Secret(key)
+        if (raw := get("GITHUB_WEBHOOK_SECRET")) is not None:
+            kwargs["github_webhook_secret"] = Secret(raw)
+        if (raw := get("GITHUB_API_URL")) is not None:
+            kwargs["github_api_url"] = _require_url(
+                "PORTSIDE_GITHUB_API_URL", raw, ("http", "https")
+            ).rstrip("/")
+        if (raw := get("REGISTRY")) is not None:
+            if "://" in raw or not raw.strip("/"):
+                raise ConfigError(
+                    f"PORTSIDE_REGISTRY must be a registry host[:port][/prefix], got {raw!r}"
+                )
+            kwargs["registry"] = raw.rstrip("/")
+        if (raw := get("SECRET_KEY")) is not None:
+            if len(raw) < 16:
+                raise ConfigError("PORTSIDE_SECRET_KEY must be at least 16 characters long")
+            kwargs["secret_key"] = Secret(raw)
+        if (raw := get("URL")) is not None:
+            kwargs["url"] = _require_url("PORTSIDE_URL", raw, ("http", "https")).rstrip("/")
+        if (raw := get("TOKEN")) is not None:
+            kwargs["token"] = Secret(raw)
+        if (raw := get("PREVIEW_DOMAIN")) is not None:
+            kwargs["preview_domain"] = raw.lower()
+        if (raw := get("AGENT_INTERVAL")) is not None:
+            kwargs["agent_interval"] = _require_int("PORTSIDE_AGENT_INTERVAL", raw, 1, 3600)
+        if (raw := get("AGENT_PUBLISH_HOST")) is not None:
+            kwargs["agent_publish_host"] = raw
+        if (raw := get("BUILD_TIMEOUT")) is not None:
+            kwargs["build_timeout"] = _require_int("PORTSIDE_BUILD_TIMEOUT", raw, 60, 86400)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""Celery: the app, its queues and routes, thin task wrappers and the chain builder."""

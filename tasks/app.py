@@ -1,0 +1,79 @@
+"""The Celery app, configured from the same Settings as every other process.
+
+The app object exists at import time (Celery needs a module-level app to find tasks) but
+holds no configuration until :func:`configure` is called by the process entry point.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Exchange, Queue
+
+from controlplane.settings import Settings
+
+CONTROL_QUEUE = "control"
+BUILDS_QUEUE = "builds"
+
+celery_app = Celery("portside", set_as_current=False)
+
+
+def node_queue(hostname: str) -> str:
+    """The direct queue of one build worker: later steps of a build stay on its node."""
+    return f"builds.{hostname}"
+
+
+def configure(settings: Settings) -> Celery:
+    """Point the app at the broker and set the delivery guarantees Portside relies on."""
+    visibility_timeout = settings.build_timeout * 2
+    celery_app.conf.update(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        broker_transport_options={
+            # Longer than the longest build: an unacked step is not handed to another
+            # worker while the first is still working on it.
+            "visibility_timeout": visibility_timeout,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        },
+        result_backend_transport_options={"visibility_timeout": visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_queues=(
+            Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
+            Queue(BUILDS_QUEUE, Exchange(BUILDS_QUEUE), routing_key=BUILDS_QUEUE),
+        ),
+        task_default_queue=CONTROL_QUEUE,
+        task_routes={
+            "portside.clone": {"queue": BUILDS_QUEUE},
+            "portside.build": {"queue": BUILDS_QUEUE},
+            "portside.push": {"queue": BUILDS_QUEUE},
+            "portside.upload_compose": {"queue": BUILDS_QUEUE},
+            "portside.record_deployment": {"queue": BUILDS_QUEUE},
+        },
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        worker_prefetch_multiplier=1,
+        # The web process must answer GitHub quickly even when Redis is down: the
+        # delivery is already committed and the outbox re-drives it.
+        task_publish_retry=False,
+        result_expires=24 * 3600,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "redrive-deliveries": {"task": "portside.redrive_deliveries", "schedule": 30.0},
+            "reconcile-branches": {"task": "portside.reconcile_branches", "schedule": 300.0},
+        },
+        portside_settings=settings,
+    )
+    return celery_app
+
+
+def settings_of(app: Celery) -> Settings:
+    settings = app.conf.get("portside_settings")
+    if not isinstance(settings, Settings):
+        raise RuntimeError("tasks.app.configure() has not been called in this process")
+    return settings

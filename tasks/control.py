@@ -1,0 +1,108 @@
+"""Control-queue tasks: thin wrappers that open a session and call controlplane.services."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init, worker_ready
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+
+from controlplane.errors import PermanentError, TransientError
+from controlplane.models import Build, utcnow
+from controlplane.services import deliveries, pushes
+from tasks import pipeline, runtime
+from tasks.app import CONTROL_QUEUE, celery_app
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (TransientError, OperationalError)
+
+
+def _enqueue_builds(build_ids: list[int]) -> None:
+    """Send committed builds to the pipeline; a failed send is re-driven by the outbox."""
+    for build_id in build_ids:
+        pipeline.enqueue_build(build_id)
+        with runtime.database().session_scope() as session:
+            session.execute(
+                update(Build)
+                .where(Build.id == build_id, Build.enqueued_at.is_(None))
+                .values(enqueued_at=utcnow())
+            )
+
+
+@celery_app.task(
+    name=pipeline.PROCESS_DELIVERY,
+    bind=True,
+    acks_late=True,
+    autoretry_for=RETRYABLE,
+    retry_backoff=2,
+    retry_backoff_max=300,
+    max_retries=8,
+)
+def process_delivery(self: Task[Any, Any], delivery_id: int) -> list[int]:
+    """Apply one delivery (idempotent: a processed delivery is skipped)."""
+    database = runtime.database()
+    try:
+        with database.session_scope() as session:
+            started = deliveries.process(session, delivery_id, runtime.github_app())
+    except RETRYABLE as exc:
+        if self.request.retries >= (self.max_retries or 0):
+            with database.session_scope() as session:
+                deliveries.mark_failed(session, delivery_id, f"gave up: {exc}")
+        raise
+    _enqueue_builds(started)
+    return started
+
+
+@celery_app.task(name=pipeline.REDRIVE_DELIVERIES, acks_late=True)
+def redrive_deliveries() -> dict[str, int]:
+    """The outbox: re-send deliveries and builds committed but never (or no longer) queued."""
+    with runtime.database().session_scope() as session:
+        due = deliveries.due_for_redrive(session)
+        builds = pushes.builds_to_enqueue(session)
+    for delivery_id in due:
+        pipeline.enqueue_delivery(delivery_id)
+        with runtime.database().session_scope() as session:
+            deliveries.mark_enqueued(session, delivery_id)
+    _enqueue_builds(builds)
+    if due or builds:
+        log.info("re-drove %d deliveries and %d builds", len(due), len(builds))
+    return {"deliveries": len(due), "builds": len(builds)}
+
+
+@celery_app.task(name=pipeline.RECONCILE_BRANCHES, acks_late=True)
+def reconcile_branches() -> list[int]:
+    """The backstop for missed pushes: build every tracked branch head not yet built."""
+    github = runtime.github_app()
+    if github is None:
+        return []
+    with runtime.database().session_scope() as session:
+        started = pushes.reconcile_branches(session, github)
+    _enqueue_builds(started)
+    return started
+
+
+@celery_app.task(name=pipeline.START_BUILD, acks_late=True)
+def start_build(build_id: int) -> int:
+    """Hand a queued build to the build workers (the chain arrives with the pipeline)."""
+    with runtime.database().session_scope() as session:
+        build = session.get(Build, build_id)
+        if build is None:
+            raise PermanentError(f"build {build_id} does not exist")
+    return build_id
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    runtime.reset()
+
+
+@worker_ready.connect
+def _redrive_on_start(sender: Any = None, **_: Any) -> None:
+    """A control worker that starts re-drives the outbox before anything else."""
+    queues = {queue.name for queue in sender.app.amqp.queues.consume_from.values()}
+    if CONTROL_QUEUE in queues:
+        sender.app.send_task(pipeline.REDRIVE_DELIVERIES, queue=CONTROL_QUEUE)

@@ -1,0 +1,30 @@
+"""What the control plane may use to send work: task names only, never task objects.
+
+Sending goes through :data:`tasks.app.celery_app` by stable name, so the web process
+never imports task code (and with it the build worker's dependencies).
+"""
+
+from __future__ import annotations
+
+from controlplane.settings import Settings
+from tasks.app import CONTROL_QUEUE, celery_app, configure
+
+PROCESS_DELIVERY = "portside.process_delivery"
+REDRIVE_DELIVERIES = "portside.redrive_deliveries"
+RECONCILE_BRANCHES = "portside.reconcile_branches"
+START_BUILD = "portside.start_build"
+
+
+def configure_sender(settings: Settings) -> None:
+    """Point the sending side (web, CLI) at the broker."""
+    configure(settings)
+
+
+def enqueue_delivery(delivery_id: int) -> None:
+    """Queue the processing of a committed delivery; raises if the broker is unreachable."""
+    celery_app.send_task(PROCESS_DELIVERY, args=[delivery_id], queue=CONTROL_QUEUE)
+
+
+def enqueue_build(build_id: int) -> None:
+    """Queue a committed build; the control worker turns it into the build chain."""
+    celery_app.send_task(START_BUILD, args=[build_id], queue=CONTROL_QUEUE)

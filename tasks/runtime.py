@@ -1,0 +1,27 @@
+"""Per-process resources of the control worker, made after fork and on first use."""
+
+from __future__ import annotations
+
+import functools
+
+from controlplane.db import Database
+from controlplane.github.app import GitHubApp
+from tasks.app import celery_app, settings_of
+
+
+@functools.cache
+def database() -> Database:
+    return Database(settings_of(celery_app))
+
+
+@functools.cache
+def github_app() -> GitHubApp | None:
+    return GitHubApp.from_settings(settings_of(celery_app))
+
+
+def reset() -> None:
+    """Forget resources inherited from a parent process (called after fork)."""
+    if database.cache_info().currsize:
+        database().dispose()
+    database.cache_clear()
+    github_app.cache_clear()

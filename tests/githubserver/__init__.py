@@ -1,0 +1,1 @@
+"""A GitHub API and git server of the project's own, for tests (GitHub is not reachable)."""

@@ -1,0 +1,1165 @@
+"""A small GitHub REST API and git smart-HTTP server for tests, backed by bare repositories.
+
+`GitHubState` holds everything (seed it, then inspect what the code under test recorded);
+`create_github_server(state)` is the Flask app; `GitHubServer` runs it on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import itertools
+import os
+import secrets
+import string
+import subprocess
+import threading
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
+
+from tests.githubserver import repos
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+Json = dict[str, Any]
+
+DOCS_URL = "https://docs.github.com/rest"
+APP_SLUG = "portside-test"
+APP_OWNER = "portside"
+CREATED = "2024-01-01T00:00:00Z"
+JWT_LEEWAY_SECONDS = 60
+JWT_MAX_LIFETIME_SECONDS = 600
+DEFAULT_PERMISSIONS = {
+    "contents": "read",
+    "metadata": "read",
+    "deployments": "write",
+    "statuses": "write",
+    "pull_requests": "write",
+    "issues": "write",
+}
+DEPLOYMENT_STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
+COMMIT_STATES = {"error", "failure", "pending", "success"}
+
+
+def generate_private_key_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _node_id(kind: str, number: int) -> str:
+    return base64.b64encode(f"0:{kind}{number}".encode()).decode()
+
+
+def _stable_id(name: str) -> int:
+    return zlib.crc32(name.lower().encode())
+
+
+@dataclass(slots=True)
+class Installation:
+    id: int
+    account_login: str
+    account_type: str = "User"
+    permissions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PERMISSIONS))
+    suspended_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Repository:
+    installation_id: int
+    owner: str
+    name: str
+    path: Path
+    default_branch: str = "main"
+    private: bool = True
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @property
+    def id(self) -> int:
+        return _stable_id(self.full_name)
+
+
+@dataclass(slots=True)
+class InstallationToken:
+    token: str
+    installation_id: int
+    expires_at: datetime
+    permissions: dict[str, str]
+    repositories: frozenset[str] | None = None  # lowercased full names; None: all of them
+    revoked: bool = False
+
+    def grants(self, repo: Repository) -> bool:
+        return repo.installation_id == self.installation_id and (
+            self.repositories is None or repo.full_name.lower() in self.repositories
+        )
+
+
+@dataclass(slots=True)
+class PullRequest:
+    repo: str
+    number: int
+    head_ref: str
+    head_sha: str
+    base_ref: str
+    head_full_name: str
+    state: str = "open"
+    title: str = ""
+    body: str = ""
+    user_login: str = "octocat"
+    merged: bool = False
+
+
+@dataclass(slots=True)
+class Deployment:
+    id: int
+    repo: str
+    sha: str
+    ref: str
+    task: str
+    environment: str
+    description: str | None
+    payload: Any
+    transient_environment: bool
+    production_environment: bool
+    auto_merge: bool
+    required_contexts: list[str] | None
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class DeploymentStatus:
+    id: int
+    deployment_id: int
+    repo: str
+    state: str
+    environment: str
+    description: str
+    log_url: str
+    environment_url: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class CommitStatus:
+    id: int
+    repo: str
+    sha: str
+    state: str
+    target_url: str | None
+    description: str | None
+    context: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class IssueComment:
+    id: int
+    repo: str
+    issue_number: int
+    body: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GitRequest:
+    method: str
+    path: str
+    user: str | None  # the Basic auth user name; None for a bearer token or no auth
+    token: str | None  # the credential sent, valid or not
+    status: int
+
+
+class GitHubError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class GitHubState:
+    """Everything the test server knows. Seed it directly; inspect the recorded lists."""
+
+    def __init__(self, root: Path, app_id: int, private_key_pem: str) -> None:
+        self.git_root = root / "git"
+        self.app_id = app_id
+        self.private_key_pem = private_key_pem
+        key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+        self.public_key = key.public_key()
+        self.token_lifetime = timedelta(hours=1)
+        self.installations: dict[int, Installation] = {}
+        self.repositories: dict[str, Repository] = {}  # by lowercased full name
+        self.pull_requests: dict[tuple[str, int], PullRequest] = {}  # (lowercased repo, number)
+        self.tokens: list[InstallationToken] = []  # every token issued, in order
+        self.deployments: list[Deployment] = []
+        self.deployment_statuses: list[DeploymentStatus] = []
+        self.statuses: list[CommitStatus] = []
+        self.comments: list[IssueComment] = []
+        self.git_requests: list[GitRequest] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def next_id(self) -> int:
+        with self._lock:
+            return next(self._ids)
+
+    def add_installation(
+        self, installation_id: int, account_login: str, account_type: str = "User"
+    ) -> Installation:
+        installation = Installation(installation_id, account_login, account_type)
+        self.installations[installation_id] = installation
+        return installation
+
+    def suspend_installation(self, installation_id: int) -> None:
+        self.installations[installation_id].suspended_at = _now()
+
+    def add_repository(
+        self, installation_id: int, full_name: str, default_branch: str = "main"
+    ) -> Repository:
+        if installation_id not in self.installations:
+            raise KeyError(f"no installation {installation_id}")
+        owner, name = full_name.split("/")
+        repo = Repository(installation_id, owner, name, self.git_root / owner / f"{name}.git")
+        repo.default_branch = default_branch
+        if not repo.path.exists():
+            repos.init_bare_repo(repo.path, default_branch)
+        self.repositories[full_name.lower()] = repo
+        return repo
+
+    def remove_repository(self, full_name: str) -> None:
+        """Take the repository out of its installation (the git data stays on disk)."""
+        del self.repositories[full_name.lower()]
+
+    def repository(self, full_name: str) -> Repository:
+        return self.repositories[full_name.lower()]
+
+    def commit(
+        self,
+        full_name: str,
+        files: Mapping[str, str | bytes | None],
+        branch: str | None = None,
+        message: str = "Update files",
+    ) -> str:
+        """Commit files to a branch (a new one starts from the default branch); return SHA."""
+        repo = self.repository(full_name)
+        branch = branch or repo.default_branch
+        return repos.commit_files(repo.path, branch, files, message, base=repo.default_branch)
+
+    def delete_branch(self, full_name: str, branch: str) -> None:
+        repos.delete_branch(self.repository(full_name).path, branch)
+
+    def add_pull_request(
+        self,
+        full_name: str,
+        number: int,
+        head_ref: str,
+        *,
+        head_sha: str | None = None,
+        base_ref: str | None = None,
+        state: str = "open",
+        title: str = "",
+        user_login: str = "octocat",
+        head_full_name: str | None = None,
+    ) -> PullRequest:
+        """Seed a pull request; head_sha defaults to the head branch's tip in this repo."""
+        repo = self.repository(full_name)
+        sha = head_sha or repos.resolve_commit(repo.path, f"refs/heads/{head_ref}")
+        if sha is None:
+            raise ValueError(f"no branch {head_ref} in {full_name}; pass head_sha")
+        pull = PullRequest(
+            repo.full_name,
+            number,
+            head_ref,
+            sha,
+            base_ref or repo.default_branch,
+            head_full_name or repo.full_name,
+            state=state,
+            title=title or f"Pull request {number}",
+            user_login=user_login,
+        )
+        self.pull_requests[(full_name.lower(), number)] = pull
+        return pull
+
+    def issue_token(
+        self,
+        installation_id: int,
+        permissions: dict[str, str] | None = None,
+        repositories: frozenset[str] | None = None,
+    ) -> InstallationToken:
+        alphabet = string.ascii_letters + string.digits
+        token = InstallationToken(
+            "ghs_" + "".join(secrets.choice(alphabet) for _ in range(36)),
+            installation_id,
+            _now() + self.token_lifetime,
+            permissions or dict(self.installations[installation_id].permissions),
+            repositories,
+        )
+        self.tokens.append(token)
+        return token
+
+    def revoke_tokens(self) -> None:
+        for token in self.tokens:
+            token.revoked = True
+
+    def valid_token(self, value: str) -> InstallationToken | None:
+        now = datetime.now(UTC)
+        return next(
+            (t for t in self.tokens if t.token == value and not t.revoked and t.expires_at > now),
+            None,
+        )
+
+
+# ---- JSON renderings, with every URL under `base` (the server's own URL) ----
+
+
+def _user(login: str, base: str, kind: str = "User") -> Json:
+    user_id = _stable_id(login)
+    return {
+        "login": login,
+        "id": user_id,
+        "node_id": _node_id(kind, user_id),
+        "type": kind,
+        "site_admin": False,
+        "url": f"{base}/users/{quote(login)}",
+        "html_url": f"{base}/{quote(login)}",
+        "avatar_url": f"{base}/avatars/{quote(login)}",
+    }
+
+
+def _bot(base: str) -> Json:
+    return _user(f"{APP_SLUG}[bot]", base, "Bot")
+
+
+def _app(state: GitHubState, base: str) -> Json:
+    return {
+        "id": state.app_id,
+        "slug": APP_SLUG,
+        "node_id": _node_id("App", state.app_id),
+        "name": "Portside (test)",
+        "description": "",
+        "owner": _user(APP_OWNER, base, "Organization"),
+        "external_url": base,
+        "html_url": f"{base}/apps/{APP_SLUG}",
+        "created_at": CREATED,
+        "updated_at": CREATED,
+        "permissions": DEFAULT_PERMISSIONS,
+        "events": ["push", "pull_request"],
+        "installations_count": len(state.installations),
+    }
+
+
+def _installation(state: GitHubState, inst: Installation, base: str) -> Json:
+    account = _user(inst.account_login, base, inst.account_type)
+    return {
+        "id": inst.id,
+        "account": account,
+        "app_id": state.app_id,
+        "app_slug": APP_SLUG,
+        "target_id": account["id"],
+        "target_type": inst.account_type,
+        "repository_selection": "selected",
+        "access_tokens_url": f"{base}/app/installations/{inst.id}/access_tokens",
+        "repositories_url": f"{base}/installation/repositories",
+        "html_url": f"{base}/settings/installations/{inst.id}",
+        "permissions": inst.permissions,
+        "events": ["push", "pull_request"],
+        "created_at": CREATED,
+        "updated_at": CREATED,
+        "single_file_name": None,
+        "suspended_at": _iso(inst.suspended_at) if inst.suspended_at else None,
+        "suspended_by": _user("octocat", base) if inst.suspended_at else None,
+    }
+
+
+def repository_json(state: GitHubState, repo: Repository, base: str) -> Json:
+    """A repository as GitHub renders it (also what webhook payloads carry)."""
+    inst = state.installations[repo.installation_id]
+    owner_type = inst.account_type if inst.account_login == repo.owner else "User"
+    api = f"{base}/repos/{repo.full_name}"
+    return {
+        "id": repo.id,
+        "node_id": _node_id("Repository", repo.id),
+        "name": repo.name,
+        "full_name": repo.full_name,
+        "owner": _user(repo.owner, base, owner_type),
+        "private": repo.private,
+        "visibility": "private" if repo.private else "public",
+        "fork": False,
+        "archived": False,
+        "disabled": False,
+        "description": None,
+        "default_branch": repo.default_branch,
+        "url": api,
+        "html_url": f"{base}/{repo.full_name}",
+        "clone_url": f"{base}/{repo.full_name}.git",
+        "deployments_url": f"{api}/deployments",
+        "statuses_url": f"{api}/statuses/{{sha}}",
+        "pulls_url": f"{api}/pulls{{/number}}",
+        "contents_url": f"{api}/contents/{{+path}}",
+        "created_at": CREATED,
+        "updated_at": CREATED,
+        "pushed_at": CREATED,
+        "permissions": {"admin": False, "maintain": False, "push": False, "pull": True},
+    }
+
+
+def _commit(repo: Repository, info: repos.CommitInfo, base: str) -> Json:
+    api = f"{base}/repos/{repo.full_name}"
+
+    def person(name: str, email: str, date: str) -> Json:
+        return {"name": name, "email": email, "date": _iso(datetime.fromisoformat(date))}
+
+    return {
+        "sha": info.sha,
+        "node_id": _node_id("Commit", _stable_id(info.sha)),
+        "url": f"{api}/commits/{info.sha}",
+        "html_url": f"{base}/{repo.full_name}/commit/{info.sha}",
+        "comments_url": f"{api}/commits/{info.sha}/comments",
+        "commit": {
+            "url": f"{api}/git/commits/{info.sha}",
+            "author": person(info.author_name, info.author_email, info.author_date),
+            "committer": person(info.committer_name, info.committer_email, info.committer_date),
+            "message": info.message,
+            "tree": {"sha": info.tree, "url": f"{api}/git/trees/{info.tree}"},
+            "comment_count": 0,
+            "verification": {
+                "verified": False,
+                "reason": "unsigned",
+                "signature": None,
+                "payload": None,
+            },
+        },
+        "author": None,
+        "committer": None,
+        "parents": [
+            {
+                "sha": sha,
+                "url": f"{api}/commits/{sha}",
+                "html_url": f"{base}/{repo.full_name}/commit/{sha}",
+            }
+            for sha in info.parents
+        ],
+        "files": [],
+    }
+
+
+def _content(
+    repo: Repository, entry: repos.TreeEntry, ref: str, base: str, data: bytes | None = None
+) -> Json:
+    kind = {"blob": "file", "tree": "dir", "commit": "submodule"}[entry.kind]
+    api = f"{base}/repos/{repo.full_name}"
+    url = f"{api}/contents/{quote(entry.path)}?ref={quote(ref, safe='')}"
+    git_url = f"{api}/git/{'trees' if entry.kind == 'tree' else 'blobs'}/{entry.sha}"
+    view = "tree" if entry.kind == "tree" else "blob"
+    html_url = f"{base}/{repo.full_name}/{view}/{quote(ref)}/{quote(entry.path)}"
+    rendered: Json = {
+        "type": kind,
+        "size": entry.size,
+        "name": entry.path.rpartition("/")[2],
+        "path": entry.path,
+        "sha": entry.sha,
+        "url": url,
+        "git_url": git_url,
+        "html_url": html_url,
+        "download_url": None,
+        "_links": {"self": url, "git": git_url, "html": html_url},
+    }
+    if data is not None:
+        rendered |= {"encoding": "base64", "content": base64.encodebytes(data).decode()}
+    return rendered
+
+
+def _pull(state: GitHubState, pull: PullRequest, base: str) -> Json:
+    repo = state.repository(pull.repo)
+    api = f"{base}/repos/{repo.full_name}"
+    pull_id = _stable_id(f"{repo.full_name}#{pull.number}")
+    head_repo = state.repositories.get(pull.head_full_name.lower())
+    if head_repo is None:  # a fork outside the installation
+        owner, name = pull.head_full_name.split("/")
+        head_repo = Repository(repo.installation_id, owner, name, Path(os.devnull), private=False)
+    base_sha = repos.resolve_commit(repo.path, f"refs/heads/{pull.base_ref}")
+    closed = pull.state == "closed"
+
+    def side(owner: str, ref: str, sha: str | None, side_repo: Repository) -> Json:
+        return {
+            "label": f"{owner}:{ref}",
+            "ref": ref,
+            "sha": sha,
+            "user": _user(owner, base),
+            "repo": repository_json(state, side_repo, base),
+        }
+
+    return {
+        "url": f"{api}/pulls/{pull.number}",
+        "id": pull_id,
+        "node_id": _node_id("PullRequest", pull_id),
+        "html_url": f"{base}/{repo.full_name}/pull/{pull.number}",
+        "issue_url": f"{api}/issues/{pull.number}",
+        "comments_url": f"{api}/issues/{pull.number}/comments",
+        "statuses_url": f"{api}/statuses/{pull.head_sha}",
+        "number": pull.number,
+        "state": pull.state,
+        "locked": False,
+        "draft": False,
+        "title": pull.title,
+        "body": pull.body,
+        "user": _user(pull.user_login, base),
+        "created_at": CREATED,
+        "updated_at": CREATED,
+        "closed_at": CREATED if closed else None,
+        "merged_at": CREATED if pull.merged else None,
+        "merged": pull.merged,
+        "head": side(head_repo.owner, pull.head_ref, pull.head_sha, head_repo),
+        "base": side(repo.owner, pull.base_ref, base_sha, repo),
+    }
+
+
+def _issue(state: GitHubState, pull: PullRequest, base: str) -> Json:
+    rendered = _pull(state, pull, base)
+    return {
+        **{
+            k: rendered[k]
+            for k in (
+                "id",
+                "node_id",
+                "number",
+                "state",
+                "title",
+                "body",
+                "user",
+                "locked",
+                "comments_url",
+                "created_at",
+                "updated_at",
+                "closed_at",
+            )
+        },
+        "url": rendered["issue_url"],
+        "html_url": rendered["html_url"],
+        "labels": [],
+        "comments": sum(
+            1 for c in state.comments if c.repo == pull.repo and c.issue_number == pull.number
+        ),
+        "pull_request": {"url": rendered["url"], "html_url": rendered["html_url"]},
+    }
+
+
+def _deployment(state: GitHubState, dep: Deployment, base: str) -> Json:
+    api = f"{base}/repos/{dep.repo}"
+    return {
+        "url": f"{api}/deployments/{dep.id}",
+        "id": dep.id,
+        "node_id": _node_id("Deployment", dep.id),
+        "sha": dep.sha,
+        "ref": dep.ref,
+        "task": dep.task,
+        "payload": dep.payload,
+        "original_environment": dep.environment,
+        "environment": dep.environment,
+        "description": dep.description,
+        "creator": _bot(base),
+        "created_at": _iso(dep.created_at),
+        "updated_at": _iso(dep.created_at),
+        "statuses_url": f"{api}/deployments/{dep.id}/statuses",
+        "repository_url": api,
+        "transient_environment": dep.transient_environment,
+        "production_environment": dep.production_environment,
+        "performed_via_github_app": _app(state, base),
+    }
+
+
+def _deployment_status(state: GitHubState, status: DeploymentStatus, base: str) -> Json:
+    api = f"{base}/repos/{status.repo}"
+    return {
+        "url": f"{api}/deployments/{status.deployment_id}/statuses/{status.id}",
+        "id": status.id,
+        "node_id": _node_id("DeploymentStatus", status.id),
+        "state": status.state,
+        "creator": _bot(base),
+        "description": status.description,
+        "environment": status.environment,
+        "target_url": status.log_url,
+        "log_url": status.log_url,
+        "environment_url": status.environment_url,
+        "created_at": _iso(status.created_at),
+        "updated_at": _iso(status.created_at),
+        "deployment_url": f"{api}/deployments/{status.deployment_id}",
+        "repository_url": api,
+        "performed_via_github_app": _app(state, base),
+    }
+
+
+def _commit_status(status: CommitStatus, base: str) -> Json:
+    return {
+        "url": f"{base}/repos/{status.repo}/statuses/{status.sha}",
+        "avatar_url": f"{base}/avatars/{APP_SLUG}",
+        "id": status.id,
+        "node_id": _node_id("StatusContext", status.id),
+        "state": status.state,
+        "description": status.description,
+        "target_url": status.target_url,
+        "context": status.context,
+        "created_at": _iso(status.created_at),
+        "updated_at": _iso(status.created_at),
+        "creator": _bot(base),
+    }
+
+
+def _comment(state: GitHubState, comment: IssueComment, base: str) -> Json:
+    api = f"{base}/repos/{comment.repo}"
+    return {
+        "id": comment.id,
+        "node_id": _node_id("IssueComment", comment.id),
+        "url": f"{api}/issues/comments/{comment.id}",
+        "html_url": f"{base}/{comment.repo}/pull/{comment.issue_number}#issuecomment-{comment.id}",
+        "issue_url": f"{api}/issues/{comment.issue_number}",
+        "body": comment.body,
+        "user": _bot(base),
+        "author_association": "NONE",
+        "created_at": _iso(comment.created_at),
+        "updated_at": _iso(comment.updated_at),
+        "performed_via_github_app": _app(state, base),
+    }
+
+
+# ---- the app ----
+
+
+def create_github_server(state: GitHubState) -> Flask:
+    app = Flask(__name__)
+
+    def base() -> str:
+        return request.host_url.rstrip("/")
+
+    def body() -> Json:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise GitHubError(400, "Problems parsing JSON")
+        return data
+
+    def require_app_jwt() -> None:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise GitHubError(401, "A JSON web token could not be decoded")
+        try:
+            claims = jwt.decode(
+                value,
+                state.public_key,
+                algorithms=["RS256"],
+                leeway=JWT_LEEWAY_SECONDS,
+                options={"require": ["iat", "exp", "iss"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise GitHubError(401, "'Expiration time' claim ('exp') is in the past") from exc
+        except jwt.PyJWTError as exc:
+            raise GitHubError(401, f"A JSON web token could not be decoded: {exc}") from exc
+        if str(claims["iss"]) != str(state.app_id):
+            raise GitHubError(401, "'Issuer' claim ('iss') does not name this app")
+        if claims["exp"] - claims["iat"] > JWT_MAX_LIFETIME_SECONDS:
+            raise GitHubError(401, "'Expiration time' claim ('exp') is too far in the future")
+
+    def require_token() -> InstallationToken:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() not in ("token", "bearer") or not value:
+            raise GitHubError(401, "Requires authentication")
+        token = state.valid_token(value)
+        if token is None:
+            raise GitHubError(401, "Bad credentials")
+        if state.installations[token.installation_id].suspended_at:
+            raise GitHubError(403, "This installation has been suspended")
+        return token
+
+    def repo_for(owner: str, name: str) -> Repository:
+        token = require_token()
+        repo = state.repositories.get(f"{owner}/{name}".lower())
+        if repo is None or not token.grants(repo):
+            raise GitHubError(404, "Not Found")
+        return repo
+
+    def installation(installation_id: int) -> Installation:
+        inst = state.installations.get(installation_id)
+        if inst is None:
+            raise GitHubError(404, "Not Found")
+        return inst
+
+    def commit_sha(repo: Repository, ref: str) -> str:
+        sha = repos.resolve_commit(repo.path, ref)
+        if sha is None:
+            raise GitHubError(404, f"No commit found for the ref {ref}")
+        return sha
+
+    def pull_request(repo: Repository, number: int) -> PullRequest:
+        pull = state.pull_requests.get((repo.full_name.lower(), number))
+        if pull is None:
+            raise GitHubError(404, "Not Found")
+        return pull
+
+    def deployment(repo: Repository, deployment_id: int) -> Deployment:
+        found = next((d for d in state.deployments if d.id == deployment_id), None)
+        if found is None or found.repo != repo.full_name:
+            raise GitHubError(404, "Not Found")
+        return found
+
+    @app.errorhandler(GitHubError)
+    def github_error(error: GitHubError) -> tuple[Response, int]:
+        payload = {"message": error.message, "documentation_url": DOCS_URL}
+        return jsonify(payload | {"status": str(error.status)}), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int]:
+        return github_error(GitHubError(error.code or 500, error.name))
+
+    # -- as the App (JWT) --
+
+    @app.get("/app")
+    def get_app() -> Json:
+        require_app_jwt()
+        return _app(state, base())
+
+    @app.get("/app/installations")
+    def list_installations() -> Response:
+        require_app_jwt()
+        return jsonify([_installation(state, i, base()) for i in state.installations.values()])
+
+    @app.get("/app/installations/<int:installation_id>")
+    def get_installation(installation_id: int) -> Json:
+        require_app_jwt()
+        return _installation(state, installation(installation_id), base())
+
+    @app.get("/repos/<owner>/<name>/installation")
+    def get_repo_installation(owner: str, name: str) -> Json:
+        require_app_jwt()
+        repo = state.repositories.get(f"{owner}/{name}".lower())
+        if repo is None:
+            raise GitHubError(404, "Not Found")
+        return _installation(state, installation(repo.installation_id), base())
+
+    @app.post("/app/installations/<int:installation_id>/access_tokens")
+    def create_access_token(installation_id: int) -> tuple[Json, int]:
+        require_app_jwt()
+        inst = installation(installation_id)
+        if inst.suspended_at:
+            raise GitHubError(403, "This installation has been suspended")
+        data = request.get_json(silent=True) or {}
+        wanted: dict[str, str] = data.get("permissions") or {}
+        for name, level in wanted.items():
+            if inst.permissions.get(name) not in (level, "write"):
+                raise GitHubError(
+                    422, "The permissions requested are not granted to this installation."
+                )
+        chosen = None
+        if "repositories" in data or "repository_ids" in data:
+            own = [r for r in state.repositories.values() if r.installation_id == inst.id]
+            names, ids = set(data.get("repositories", [])), set(data.get("repository_ids", []))
+            chosen = [r for r in own if r.name in names or r.id in ids]
+            if len(chosen) != len(names) + len(ids):
+                raise GitHubError(
+                    422,
+                    "There is at least one repository that does not exist "
+                    "or is not accessible to the parent installation.",
+                )
+        token = state.issue_token(
+            inst.id,
+            wanted or None,
+            frozenset(r.full_name.lower() for r in chosen) if chosen is not None else None,
+        )
+        rendered: Json = {
+            "token": token.token,
+            "expires_at": _iso(token.expires_at),
+            "permissions": token.permissions,
+            "repository_selection": "selected",
+        }
+        if chosen is not None:
+            rendered["repositories"] = [repository_json(state, r, base()) for r in chosen]
+        return rendered, 201
+
+    # -- as an installation (installation token) --
+
+    @app.get("/installation/repositories")
+    def installation_repositories() -> Json:
+        token = require_token()
+        found = [r for r in state.repositories.values() if token.grants(r)]
+        return {
+            "total_count": len(found),
+            "repository_selection": "selected",
+            "repositories": [repository_json(state, r, base()) for r in found],
+        }
+
+    @app.get("/repos/<owner>/<name>")
+    def get_repo(owner: str, name: str) -> Json:
+        return repository_json(state, repo_for(owner, name), base())
+
+    @app.get("/repos/<owner>/<name>/contents", defaults={"path": ""})
+    @app.get("/repos/<owner>/<name>/contents/", defaults={"path": ""})
+    @app.get("/repos/<owner>/<name>/contents/<path:path>")
+    def get_contents(owner: str, name: str, path: str) -> Json | Response:
+        repo = repo_for(owner, name)
+        ref = request.args.get("ref") or repo.default_branch
+        sha = commit_sha(repo, ref)
+        path = path.strip("/")
+        entry = repos.find_entry(repo.path, sha, path)
+        if path and entry is None:
+            raise GitHubError(404, "Not Found")
+        if entry is not None and entry.kind == "blob":
+            return _content(repo, entry, ref, base(), repos.read_blob(repo.path, entry.sha))
+        if entry is not None and entry.kind == "commit":
+            return _content(repo, entry, ref, base())
+        listing = repos.list_tree(repo.path, sha, path)
+        return jsonify([_content(repo, e, ref, base()) for e in listing])
+
+    @app.get("/repos/<owner>/<name>/branches/<path:branch>")
+    def get_branch(owner: str, name: str, branch: str) -> Json:
+        repo = repo_for(owner, name)
+        sha = repos.resolve_ref(repo.path, f"refs/heads/{branch}")
+        if sha is None:
+            raise GitHubError(404, "Branch not found")
+        api = f"{base()}/repos/{repo.full_name}"
+        return {
+            "name": branch,
+            "commit": _commit(repo, repos.commit_info(repo.path, sha), base()),
+            "protected": False,
+            "protection": {
+                "enabled": False,
+                "required_status_checks": {
+                    "enforcement_level": "off",
+                    "contexts": [],
+                    "checks": [],
+                },
+            },
+            "protection_url": f"{api}/branches/{branch}/protection",
+            "_links": {
+                "self": f"{api}/branches/{branch}",
+                "html": f"{base()}/{repo.full_name}/tree/{branch}",
+            },
+        }
+
+    @app.get("/repos/<owner>/<name>/git/ref/<path:ref>")
+    def get_git_ref(owner: str, name: str, ref: str) -> Json:
+        repo = repo_for(owner, name)
+        sha = repos.resolve_ref(repo.path, f"refs/{ref}")
+        if sha is None:
+            raise GitHubError(404, "Not Found")
+        api = f"{base()}/repos/{repo.full_name}"
+        return {
+            "ref": f"refs/{ref}",
+            "node_id": _node_id("Ref", _stable_id(f"{repo.full_name}:{ref}")),
+            "url": f"{api}/git/refs/{ref}",
+            "object": {"type": "commit", "sha": sha, "url": f"{api}/git/commits/{sha}"},
+        }
+
+    @app.get("/repos/<owner>/<name>/commits/<path:ref>")
+    def get_commit(owner: str, name: str, ref: str) -> Json:
+        repo = repo_for(owner, name)
+        return _commit(repo, repos.commit_info(repo.path, commit_sha(repo, ref)), base())
+
+    @app.get("/repos/<owner>/<name>/pulls/<int:number>")
+    def get_pull(owner: str, name: str, number: int) -> Json:
+        repo = repo_for(owner, name)
+        return _pull(state, pull_request(repo, number), base())
+
+    @app.get("/repos/<owner>/<name>/issues/<int:number>")
+    def get_issue(owner: str, name: str, number: int) -> Json:
+        repo = repo_for(owner, name)
+        return _issue(state, pull_request(repo, number), base())
+
+    # -- deployments --
+
+    @app.post("/repos/<owner>/<name>/deployments")
+    def create_deployment(owner: str, name: str) -> tuple[Json, int]:
+        repo = repo_for(owner, name)
+        data = body()
+        ref = data.get("ref")
+        if not isinstance(ref, str) or not ref:
+            raise GitHubError(422, 'Invalid request.\n\n"ref" wasn\'t supplied.')
+        sha = repos.resolve_commit(repo.path, ref)
+        if sha is None:
+            raise GitHubError(422, f"No ref found for: {ref}")
+        environment = data.get("environment") or "production"
+        dep = Deployment(
+            id=state.next_id(),
+            repo=repo.full_name,
+            sha=sha,
+            ref=ref,
+            task=data.get("task") or "deploy",
+            environment=environment,
+            description=data.get("description"),
+            payload=data.get("payload", {}),
+            transient_environment=bool(data.get("transient_environment", False)),
+            production_environment=bool(
+                data.get("production_environment", environment == "production")
+            ),
+            auto_merge=bool(data.get("auto_merge", True)),
+            required_contexts=data.get("required_contexts"),
+            created_at=_now(),
+        )
+        state.deployments.append(dep)
+        return _deployment(state, dep, base()), 201
+
+    @app.get("/repos/<owner>/<name>/deployments")
+    def list_deployments(owner: str, name: str) -> Response:
+        repo = repo_for(owner, name)
+        filters = {
+            k: request.args[k] for k in ("sha", "ref", "task", "environment") if k in request.args
+        }
+        found = [
+            d
+            for d in reversed(state.deployments)
+            if d.repo == repo.full_name and all(getattr(d, k) == v for k, v in filters.items())
+        ]
+        return jsonify([_deployment(state, d, base()) for d in found])
+
+    @app.get("/repos/<owner>/<name>/deployments/<int:deployment_id>")
+    def get_deployment(owner: str, name: str, deployment_id: int) -> Json:
+        return _deployment(state, deployment(repo_for(owner, name), deployment_id), base())
+
+    @app.post("/repos/<owner>/<name>/deployments/<int:deployment_id>/statuses")
+    def create_deployment_status(owner: str, name: str, deployment_id: int) -> tuple[Json, int]:
+        dep = deployment(repo_for(owner, name), deployment_id)
+        data = body()
+        if data.get("state") not in DEPLOYMENT_STATES:
+            raise GitHubError(422, "Validation Failed: state is not included in the list")
+        status = DeploymentStatus(
+            id=state.next_id(),
+            deployment_id=dep.id,
+            repo=dep.repo,
+            state=data["state"],
+            environment=data.get("environment") or dep.environment,
+            description=data.get("description") or "",
+            log_url=data.get("log_url") or data.get("target_url") or "",
+            environment_url=data.get("environment_url") or "",
+            created_at=_now(),
+        )
+        if status.state == "success" and data.get("auto_inactive", True):
+            deactivate_previous(dep)
+        state.deployment_statuses.append(status)
+        return _deployment_status(state, status, base()), 201
+
+    def deactivate_previous(current: Deployment) -> None:
+        """GitHub's auto_inactive: earlier successful deployments to the environment go inactive."""
+        for dep in state.deployments:
+            if (
+                dep.id >= current.id
+                or dep.repo != current.repo
+                or dep.environment != current.environment
+                or dep.transient_environment
+                or dep.production_environment
+            ):
+                continue
+            latest = [s for s in state.deployment_statuses if s.deployment_id == dep.id]
+            if latest and latest[-1].state == "success":
+                state.deployment_statuses.append(
+                    DeploymentStatus(
+                        state.next_id(),
+                        dep.id,
+                        dep.repo,
+                        "inactive",
+                        dep.environment,
+                        "",
+                        latest[-1].log_url,
+                        latest[-1].environment_url,
+                        _now(),
+                    )
+                )
+
+    @app.get("/repos/<owner>/<name>/deployments/<int:deployment_id>/statuses")
+    def list_deployment_statuses(owner: str, name: str, deployment_id: int) -> Response:
+        dep = deployment(repo_for(owner, name), deployment_id)
+        found = [s for s in reversed(state.deployment_statuses) if s.deployment_id == dep.id]
+        return jsonify([_deployment_status(state, s, base()) for s in found])
+
+    # -- commit statuses --
+
+    @app.post("/repos/<owner>/<name>/statuses/<sha>")
+    def create_commit_status(owner: str, name: str, sha: str) -> tuple[Json, int]:
+        repo = repo_for(owner, name)
+        data = body()
+        resolved = repos.resolve_commit(repo.path, sha)
+        if resolved is None:
+            raise GitHubError(422, f"No commit found for SHA: {sha}")
+        if data.get("state") not in COMMIT_STATES:
+            raise GitHubError(422, "Validation Failed: state is not included in the list")
+        status = CommitStatus(
+            id=state.next_id(),
+            repo=repo.full_name,
+            sha=resolved,
+            state=data["state"],
+            target_url=data.get("target_url"),
+            description=data.get("description"),
+            context=data.get("context") or "default",
+            created_at=_now(),
+        )
+        state.statuses.append(status)
+        return _commit_status(status, base()), 201
+
+    @app.get("/repos/<owner>/<name>/statuses/<path:ref>")
+    @app.get("/repos/<owner>/<name>/commits/<path:ref>/statuses")
+    def list_commit_statuses(owner: str, name: str, ref: str) -> Response:
+        repo = repo_for(owner, name)
+        sha = commit_sha(repo, ref)
+        found = [s for s in reversed(state.statuses) if s.repo == repo.full_name and s.sha == sha]
+        return jsonify([_commit_status(s, base()) for s in found])
+
+    # -- issue comments --
+
+    @app.post("/repos/<owner>/<name>/issues/<int:number>/comments")
+    def create_comment(owner: str, name: str, number: int) -> tuple[Json, int]:
+        repo = repo_for(owner, name)
+        pull_request(repo, number)
+        text = body().get("body")
+        if not isinstance(text, str) or not text:
+            raise GitHubError(422, "Validation Failed: body cannot be blank")
+        now = _now()
+        comment = IssueComment(state.next_id(), repo.full_name, number, text, now, now)
+        state.comments.append(comment)
+        return _comment(state, comment, base()), 201
+
+    @app.get("/repos/<owner>/<name>/issues/<int:number>/comments")
+    def list_comments(owner: str, name: str, number: int) -> Response:
+        repo = repo_for(owner, name)
+        found = [c for c in state.comments if c.repo == repo.full_name and c.issue_number == number]
+        return jsonify([_comment(state, c, base()) for c in found])
+
+    @app.patch("/repos/<owner>/<name>/issues/comments/<int:comment_id>")
+    def edit_comment(owner: str, name: str, comment_id: int) -> Json:
+        repo = repo_for(owner, name)
+        comment = next((c for c in state.comments if c.id == comment_id), None)
+        if comment is None or comment.repo != repo.full_name:
+            raise GitHubError(404, "Not Found")
+        text = body().get("body")
+        if not isinstance(text, str) or not text:
+            raise GitHubError(422, "Validation Failed: body cannot be blank")
+        comment.body, comment.updated_at = text, _now()
+        return _comment(state, comment, base())
+
+    # -- git smart HTTP (fetch only) --
+
+    @app.get("/<owner>/<name>.git/info/refs")
+    @app.post("/<owner>/<name>.git/git-upload-pack")
+    def git_http(owner: str, name: str) -> Response:
+        user, secret = _git_credentials()
+        token = state.valid_token(secret) if secret and user in (None, "x-access-token") else None
+        repo = state.repositories.get(f"{owner}/{name}".lower())
+        if token is None:
+            response = Response(
+                "Invalid username or token.\n", 401, {"WWW-Authenticate": 'Basic realm="GitHub"'}
+            )
+        elif repo is None or not token.grants(repo):
+            response = Response("Repository not found.\n", 404)
+        elif request.method == "GET" and request.args.get("service") != "git-upload-pack":
+            response = Response("Only git-upload-pack is served.\n", 403)
+        else:
+            response = _http_backend(
+                state.git_root, f"/{repo.owner}/{repo.name}.git" + request.path.split(".git", 1)[1]
+            )
+        state.git_requests.append(
+            GitRequest(request.method, request.path, user, secret, response.status_code)
+        )
+        return response
+
+    return app
+
+
+def _git_credentials() -> tuple[str | None, str | None]:
+    """(user, secret) from a Basic or Bearer/token Authorization header."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() in ("bearer", "token"):
+        return None, value or None
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(value).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None, None
+        return user, password or None
+    return None, None
+
+
+def _http_backend(project_root: Path, path_info: str) -> Response:
+    """Serve one request with `git http-backend` run as a CGI program."""
+    payload = request.get_data()
+    if request.headers.get("Content-Encoding", "").lower() == "gzip":
+        payload = gzip.decompress(payload)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "GIT_PROJECT_ROOT": str(project_root),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "PATH_INFO": path_info,
+        "QUERY_STRING": request.query_string.decode(),
+        "REQUEST_METHOD": request.method,
+        "CONTENT_TYPE": request.content_type or "",
+        "CONTENT_LENGTH": str(len(payload)),
+        "REMOTE_USER": "x-access-token",
+        "REMOTE_ADDR": request.remote_addr or "",
+    }
+    if protocol := request.headers.get("Git-Protocol"):
+        env["HTTP_GIT_PROTOCOL"] = protocol
+    result = subprocess.run(
+        ["git", "http-backend"], input=payload, capture_output=True, env=env, check=False
+    )
+    head, _, content = result.stdout.partition(b"\r\n\r\n")
+    response = Response(content, 200)
+    for line in head.decode("latin-1").split("\r\n"):
+        key, _, value = line.partition(":")
+        if key.lower() == "status":
+            response.status = value.strip()
+        elif key:
+            response.headers[key] = value.strip()
+    return response
+
+
+class GitHubServer:
+    """The test server on 127.0.0.1 in a background thread; `reset()` swaps in a fresh state
+    while the URL stays the same."""
+
+    def __init__(self, state: GitHubState) -> None:
+        self.state = state
+        self._app = create_github_server(state)
+        self._server = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _dispatch(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self._app(environ, start_response)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join()
+        self._server.server_close()
+
+    def reset(self, state: GitHubState) -> None:
+        self.state = state
+        self._app = create_github_server(state)
+
+    def repository_json(self, full_name: str) -> Json:
+        """The repository as this server renders it, e.g. for a webhook payload."""
+        return repository_json(self.state, self.state.repository(full_name), self.url)

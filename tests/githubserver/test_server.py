@@ -1,0 +1,349 @@
+"""The test GitHub server against real clients: PyGithub, requests, PyJWT and git."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from github import Auth, BadCredentialsException, Github, GithubException, GithubIntegration
+
+from tests.fixtures.github import GitHubAppKey
+from tests.githubserver.server import GitHubServer, generate_private_key_pem
+
+INSTALLATION_ID = 1001
+REPO = "octo-org/hello"
+COMPOSE = "services:\n  web:\n    build: ./app\n"
+
+
+@pytest.fixture
+def server(github_server: GitHubServer) -> GitHubServer:
+    state = github_server.state
+    state.add_installation(INSTALLATION_ID, "octo-org", "Organization")
+    state.add_repository(INSTALLATION_ID, REPO)
+    state.commit(REPO, {"docker-compose.yml": COMPOSE, "app/Dockerfile": "FROM scratch\n"})
+    state.add_installation(2002, "someone-else")
+    state.add_repository(2002, "someone-else/private")
+    return github_server
+
+
+def app_jwt(
+    key: GitHubAppKey,
+    *,
+    iss: Any = None,
+    iat: int = -60,
+    lifetime: int = 540,
+    pem: str | None = None,
+) -> str:
+    now = int(time.time())
+    claims = {
+        "iat": now + iat,
+        "exp": now + iat + lifetime,
+        "iss": key.app_id if iss is None else iss,
+    }
+    # PyJWT's encode() insists on a string `iss`; GitHub also takes the integer.
+    return jwt.PyJWS().encode(json.dumps(claims).encode(), pem or key.private_key_pem, "RS256")
+
+
+def token_for(server: GitHubServer, installation_id: int = INSTALLATION_ID) -> str:
+    return server.state.issue_token(installation_id).token
+
+
+# PyGithub waits 0.25 s between requests and 1 s between writes unless told otherwise.
+UNTHROTTLED: dict[str, Any] = {"seconds_between_requests": None, "seconds_between_writes": None}
+
+
+def client(server: GitHubServer, auth: Auth.Auth) -> Github:
+    return Github(auth=auth, base_url=server.url, **UNTHROTTLED)
+
+
+def integration(server: GitHubServer, key: GitHubAppKey) -> GithubIntegration:
+    auth = Auth.AppAuth(key.app_id, key.private_key_pem)
+    return GithubIntegration(auth=auth, base_url=server.url, **UNTHROTTLED)
+
+
+@pytest.mark.parametrize("iss", ["424242", 424242])
+def test_app_jwt_accepted(server: GitHubServer, github_app_key: GitHubAppKey, iss: Any) -> None:
+    response = requests.get(
+        f"{server.url}/app",
+        timeout=10,
+        headers={"Authorization": f"Bearer {app_jwt(github_app_key, iss=iss)}"},
+    )
+    assert response.status_code == 200
+    assert response.json()["id"] == github_app_key.app_id
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"pem": generate_private_key_pem()},  # signed by another key
+        {"iat": -700},  # expired 160 s ago
+        {"lifetime": 660},  # more than 10 minutes
+        {"iss": "999"},
+        {"iat": 300},  # issued in the future
+    ],
+)
+def test_app_jwt_rejected(
+    server: GitHubServer, github_app_key: GitHubAppKey, claims: dict[str, Any]
+) -> None:
+    response = requests.get(
+        f"{server.url}/app",
+        timeout=10,
+        headers={"Authorization": f"Bearer {app_jwt(github_app_key, **claims)}"},
+    )
+    assert response.status_code == 401
+    assert set(response.json()) >= {"message", "documentation_url"}
+
+
+def test_app_endpoints_need_a_jwt(server: GitHubServer) -> None:
+    token = token_for(server)
+    for headers in ({}, {"Authorization": f"token {token}"}):
+        response = requests.post(
+            f"{server.url}/app/installations/{INSTALLATION_ID}/access_tokens",
+            headers=headers,
+            timeout=10,
+        )
+        assert response.status_code == 401
+
+
+def test_pygithub_as_app_and_installation(
+    server: GitHubServer, github_app_key: GitHubAppKey
+) -> None:
+    app = integration(server, github_app_key)
+    assert {i.id for i in app.get_installations()} == {INSTALLATION_ID, 2002}
+    assert app.get_repo_installation("octo-org", "hello").id == INSTALLATION_ID
+    access = app.get_access_token(INSTALLATION_ID)
+    assert access.token.startswith("ghs_")
+    assert access.expires_at > datetime.now(UTC) + timedelta(minutes=59)
+    assert len(server.state.tokens) == 1
+
+    repo = client(server, Auth.Token(access.token)).get_repo(REPO)
+    assert repo.clone_url == f"{server.url}/{REPO}.git"
+    assert repo.default_branch == "main"
+    assert repo.get_contents("docker-compose.yml").decoded_content.decode() == COMPOSE  # type: ignore[union-attr]
+    listing = repo.get_contents("")
+    assert isinstance(listing, list)
+    assert {(c.path, c.type) for c in listing} == {("docker-compose.yml", "file"), ("app", "dir")}
+    with pytest.raises(GithubException) as missing:
+        repo.get_contents("nope.yml")
+    assert missing.value.status == 404
+    sha = repo.get_branch("main").commit.sha
+    assert repo.get_git_ref("heads/main").object.sha == sha
+    assert repo.get_commit("main").sha == sha
+    listed = requests.get(
+        f"{server.url}/installation/repositories",
+        timeout=10,
+        headers={"Authorization": f"token {access.token}"},
+    ).json()
+    assert [r["full_name"] for r in listed["repositories"]] == [REPO]
+
+    # PyGithub's own installation auth fetches a token once and reuses it.
+    app_auth = Auth.AppAuth(github_app_key.app_id, github_app_key.private_key_pem)
+    app_gh = client(server, app_auth.get_installation_auth(INSTALLATION_ID))
+    app_gh.get_repo(REPO)
+    app_gh.get_repo(REPO)
+    assert len(server.state.tokens) == 2
+
+
+def test_contents_at_a_ref_and_branches(server: GitHubServer) -> None:
+    state = server.state
+    feature = state.commit(REPO, {"app/Dockerfile": None, "README": "hi\n"}, branch="feature")
+    repo = client(server, Auth.Token(token_for(server))).get_repo(REPO)
+    listing = repo.get_contents("", ref="feature")
+    assert isinstance(listing, list)
+    assert {c.path for c in listing} == {"docker-compose.yml", "README"}
+    assert repo.get_branch("feature").commit.sha == feature
+    state.delete_branch(REPO, "feature")
+    with pytest.raises(GithubException) as gone:
+        repo.get_branch("feature")
+    assert gone.value.status == 404
+    assert repo.get_contents("README", ref=feature).decoded_content == b"hi\n"  # type: ignore[union-attr]
+
+
+def test_bad_expired_revoked_and_foreign_tokens(server: GitHubServer) -> None:
+    with pytest.raises(BadCredentialsException):
+        client(server, Auth.Token("ghs_nonsense")).get_repo(REPO)
+    expired = server.state.issue_token(INSTALLATION_ID)
+    expired.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    with pytest.raises(BadCredentialsException):
+        client(server, Auth.Token(expired.token)).get_repo(REPO)
+    revoked = token_for(server)
+    server.state.revoke_tokens()
+    with pytest.raises(BadCredentialsException):
+        client(server, Auth.Token(revoked)).get_repo(REPO)
+    with pytest.raises(GithubException) as foreign:
+        client(server, Auth.Token(token_for(server))).get_repo("someone-else/private")
+    assert foreign.value.status == 404
+    server.state.remove_repository(REPO)
+    with pytest.raises(GithubException) as removed:
+        client(server, Auth.Token(token_for(server))).get_repo(REPO)
+    assert removed.value.status == 404
+
+
+def test_suspended_installation_gets_no_token(
+    server: GitHubServer, github_app_key: GitHubAppKey
+) -> None:
+    server.state.suspend_installation(INSTALLATION_ID)
+    with pytest.raises(GithubException) as suspended:
+        integration(server, github_app_key).get_access_token(INSTALLATION_ID)
+    assert suspended.value.status == 403
+
+
+def test_deployments_statuses_and_comments(server: GitHubServer) -> None:
+    state = server.state
+    sha = state.commit(REPO, {"README": "preview\n"}, branch="feature")
+    state.add_pull_request(REPO, 7, "feature")
+    repo = client(server, Auth.Token(token_for(server))).get_repo(REPO)
+
+    deployment = repo.create_deployment(
+        "feature",
+        environment="hello-pr-7",
+        transient_environment=True,
+        production_environment=False,
+        auto_merge=False,
+        required_contexts=[],
+        payload={"build": 1},
+        description="Preview",
+    )
+    assert (deployment.sha, deployment.environment, deployment.payload) == (
+        sha,
+        "hello-pr-7",
+        {"build": 1},
+    )
+    status = deployment.create_status(
+        "success", target_url="http://ci/logs/1", environment_url="http://pr-7.example.test"
+    )
+    assert status.log_url == "http://ci/logs/1"
+    assert [d.id for d in repo.get_deployments(environment="hello-pr-7")] == [deployment.id]
+    assert [s.state for s in deployment.get_statuses()] == ["success"]
+    assert state.deployments[0].required_contexts == []
+    assert state.deployment_statuses[0].environment_url == "http://pr-7.example.test"
+
+    commit = repo.get_commit(sha)
+    commit.create_status(
+        "pending", target_url="http://ci/builds/1", description="Building", context="portside/build"
+    )
+    assert [(s.state, s.context) for s in commit.get_statuses()] == [("pending", "portside/build")]
+    assert state.statuses[0].sha == sha
+
+    pull = repo.get_pull(7)
+    assert (pull.head.sha, pull.head.ref, pull.base.ref, pull.head.repo.full_name) == (
+        sha,
+        "feature",
+        "main",
+        REPO,
+    )
+    comment = pull.create_issue_comment("Deploying preview")
+    comment.edit("Preview ready at http://pr-7.example.test")
+    assert state.comments[0].body == "Preview ready at http://pr-7.example.test"
+    assert [c.body for c in repo.get_issue(7).get_comments()] == [state.comments[0].body]
+    with pytest.raises(GithubException) as unknown_issue:
+        repo.get_issue(8)
+    assert unknown_issue.value.status == 404
+
+
+def test_success_makes_earlier_deployments_inactive(server: GitHubServer) -> None:
+    repo = client(server, Auth.Token(token_for(server))).get_repo(REPO)
+    first, second = (
+        repo.create_deployment("main", environment="staging", required_contexts=[])
+        for _ in range(2)
+    )
+    first.create_status("success")
+    second.create_status("success")
+    assert [s.state for s in first.get_statuses()] == ["inactive", "success"]
+
+
+def git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def basic_header(token: str) -> str:
+    credentials = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    return f"http.extraHeader=Authorization: Basic {credentials}"
+
+
+def test_git_clone_and_fetch_by_sha(server: GitHubServer, tmp_path: Path) -> None:
+    state = server.state
+    token = token_for(server)
+    feature = state.commit(REPO, {"README": "feature\n"}, branch="feature")
+    state.commit(REPO, {"README": "later\n"}, branch="feature")
+    clone_url = server.repository_json(REPO)["clone_url"]
+
+    cloned = git("-c", basic_header(token), "clone", "--quiet", clone_url, str(tmp_path / "c"))
+    assert cloned.returncode == 0, cloned.stderr
+    assert (tmp_path / "c" / "docker-compose.yml").read_text() == COMPOSE
+
+    git("init", "--quiet", str(tmp_path / "f"))
+    fetched = git(
+        "-c",
+        f"http.extraHeader=Authorization: Bearer {token}",
+        "fetch",
+        "--quiet",
+        "--depth",
+        "1",
+        clone_url,
+        feature,
+        cwd=tmp_path / "f",
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert git("cat-file", "-e", f"{feature}^{{commit}}", cwd=tmp_path / "f").returncode == 0
+    assert all(r.token == token for r in state.git_requests)
+    assert {r.user for r in state.git_requests} == {"x-access-token", None}
+
+
+def test_git_needs_a_token_for_the_repository(server: GitHubServer, tmp_path: Path) -> None:
+    clone_url = f"{server.url}/{REPO}.git"
+    refused = git("clone", "--quiet", clone_url, str(tmp_path / "a"))
+    assert refused.returncode != 0
+    assert server.state.git_requests[0].status == 401
+    foreign = git(
+        "-c", basic_header(token_for(server, 2002)), "clone", clone_url, str(tmp_path / "b")
+    )
+    assert foreign.returncode != 0
+    assert server.state.git_requests[-1].status == 404
+    bad_user = base64.b64encode(f"someone:{token_for(server)}".encode()).decode()
+    response = requests.get(
+        f"{clone_url}/info/refs?service=git-upload-pack",
+        timeout=10,
+        headers={"Authorization": f"Basic {bad_user}"},
+    )
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="GitHub"'
+
+
+def test_git_upload_pack_accepts_gzip_bodies(server: GitHubServer) -> None:
+    def pkt(line: str) -> bytes:
+        return f"{len(line) + 4:04x}{line}".encode()
+
+    request_body = pkt("command=ls-refs\n") + b"0001" + pkt("ref-prefix refs/heads/\n") + b"0000"
+    response = requests.post(
+        f"{server.url}/{REPO}.git/git-upload-pack",
+        data=gzip.compress(request_body),
+        headers={
+            "Authorization": f"Bearer {token_for(server)}",
+            "Content-Encoding": "gzip",
+            "Content-Type": "application/x-git-upload-pack-request",
+            "Git-Protocol": "version=2",
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/x-git-upload-pack-result"
+    assert b"refs/heads/main" in response.content
