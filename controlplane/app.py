@@ -9,12 +9,18 @@ from flask import Flask
 from flask_smorest import Api
 from redis import Redis
 
-from controlplane import __version__
+from controlplane import __version__, schemas
 from controlplane.api import health, v1, webhooks
 from controlplane.api.errors import register_error_handlers
 from controlplane.db import Database
 from controlplane.settings import Settings
 from tasks import pipeline
+
+
+class PortsideApi(Api):  # type: ignore[misc]
+    """flask-smorest's Api, documenting errors in Portside's own shape."""
+
+    ERROR_SCHEMA = schemas.ApiErrorSchema
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -42,11 +48,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.redis_url, socket_connect_timeout=2, socket_timeout=5
     )
     pipeline.configure_sender(settings)
-    register_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(webhooks.blueprint)
-    api = Api(app)
+    api = PortsideApi(app)
     for blueprint in v1.BLUEPRINTS:
         api.register_blueprint(blueprint)
+    # After Api(): flask-smorest registers an HTTPException handler of its own.
+    register_error_handlers(app)
     logging.getLogger("controlplane").setLevel(logging.INFO)
     return app

@@ -181,7 +181,10 @@ class Build(TimestampMixin, Base):
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
     commit_sha: Mapped[str] = mapped_column(String(40))
     branch: Mapped[str] = mapped_column(String(255))
-    trigger_key: Mapped[str] = mapped_column(String(64), default="push")
+    trigger_key: Mapped[str] = mapped_column(String(64), default="auto")
+    # When GitHub received the push (its payload's repository.pushed_at): orders pushes
+    # whose deliveries arrive out of order.
+    pushed_at: Mapped[dt.datetime | None]
     delivery_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     commit_message: Mapped[str | None] = mapped_column(Text)

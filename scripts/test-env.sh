@@ -80,6 +80,23 @@ pid_matches() {
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$pattern"
 }
 
+# spawn_daemon LOG COMMAND...: run COMMAND in the background (its pid in $!), immune to
+# hangups, output appended to LOG, and holding no other file descriptor of ours: neither
+# the `up` lock (fd 9) nor pipes of whoever ran this script (a CI runner waiting for EOF).
+spawn_daemon() {
+    local logfile=$1
+    shift
+    (
+        for fd_path in /proc/"$BASHPID"/fd/*; do
+            fd="${fd_path##*/}"
+            if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)); then
+                eval "exec $fd>&-" 2>/dev/null || true
+            fi
+        done
+        exec nohup "$@" </dev/null >>"$logfile" 2>&1
+    ) &
+}
+
 # wait_for SECONDS DESCRIPTION COMMAND...: run COMMAND until it succeeds or time runs out.
 wait_for() {
     local seconds=$1 what=$2
@@ -211,14 +228,13 @@ ensure_dockerd() {
     # now belongs to another process.
     rm -f "$DOCKERD_PIDFILE"
     log "starting dockerd (log: $DOCKERD_LOG)"
-    nohup dockerd \
+    spawn_daemon "$DOCKERD_LOG" dockerd \
         --iptables=false \
         --storage-driver=vfs \
         --data-root "$DOCKER_DATA_ROOT" \
         --exec-root "$DOCKER_EXEC_ROOT" \
         --pidfile "$DOCKERD_PIDFILE" \
-        --host "$DOCKER_HOST_URL" \
-        </dev/null >>"$DOCKERD_LOG" 2>&1 &
+        --host "$DOCKER_HOST_URL"
     local pid=$!
     local deadline=$((SECONDS + WAIT_SECONDS))
     until docker_ready; do
@@ -254,7 +270,7 @@ ensure_registry() {
     fi
     rm -f "$REGISTRY_PIDFILE"
     log "starting registry on $REGISTRY_ADDR (log: $REGISTRY_LOG)"
-    nohup docker-registry serve "$REGISTRY_CONFIG" </dev/null >>"$REGISTRY_LOG" 2>&1 &
+    spawn_daemon "$REGISTRY_LOG" docker-registry serve "$REGISTRY_CONFIG"
     local pid=$!
     echo "$pid" >"$REGISTRY_PIDFILE"
     local deadline=$((SECONDS + WAIT_SECONDS))
@@ -286,6 +302,7 @@ ensure_base_image() {
     log "building base image $BASE_IMAGE from $busybox"
     local rootfs
     make_temp_dir rootfs
+    chmod 755 "$rootfs"
     mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,root,var/www,home}
     cp "$busybox" "$rootfs/bin/busybox"
     local applet
@@ -433,7 +450,8 @@ stop_pidfile() {
 cmd_up() {
     install_packages
     mkdir -p "$RUN_DIR" "$LIB_DIR" "$LOG_DIR"
-    # One `up` at a time.
+    # One `up` at a time. The daemons started below must not inherit fd 9 (see spawn_daemon),
+    # or they would hold the lock for as long as they run.
     exec 9>"$RUN_DIR/up.lock"
     flock -w 300 9 || die "another 'test-env.sh up' holds $RUN_DIR/up.lock"
     ensure_postgres

@@ -34,6 +34,12 @@ def configure(settings: Settings) -> Celery:
             "visibility_timeout": visibility_timeout,
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            # Publishing gives up within a second when Redis is down: the caller has
+            # committed its record and the outbox re-sends it (GitHub waits 10 s at most).
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
         },
         result_backend_transport_options={"visibility_timeout": visibility_timeout},
         broker_connection_retry_on_startup=True,
@@ -58,7 +64,12 @@ def configure(settings: Settings) -> Celery:
         # The web process must answer GitHub quickly even when Redis is down: the
         # delivery is already committed and the outbox re-drives it.
         task_publish_retry=False,
+        # Results are kept only by tasks that opt in; a sender then never touches the
+        # result store (which would block on a Redis outage).
+        task_ignore_result=True,
         result_expires=24 * 3600,
+        redis_socket_connect_timeout=2,
+        redis_socket_timeout=5,
         task_serializer="json",
         accept_content=["json"],
         timezone="UTC",

@@ -22,9 +22,11 @@ def configure_sender(settings: Settings) -> None:
 
 def enqueue_delivery(delivery_id: int) -> None:
     """Queue the processing of a committed delivery; raises if the broker is unreachable."""
-    celery_app.send_task(PROCESS_DELIVERY, args=[delivery_id], queue=CONTROL_QUEUE)
+    celery_app.send_task(
+        PROCESS_DELIVERY, args=[delivery_id], queue=CONTROL_QUEUE, ignore_result=True
+    )
 
 
 def enqueue_build(build_id: int) -> None:
     """Queue a committed build; the control worker turns it into the build chain."""
-    celery_app.send_task(START_BUILD, args=[build_id], queue=CONTROL_QUEUE)
+    celery_app.send_task(START_BUILD, args=[build_id], queue=CONTROL_QUEUE, ignore_result=True)

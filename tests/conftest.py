@@ -23,7 +23,7 @@ from controlplane.services import tokens
 from controlplane.settings import Secret, Settings
 from tests.helpers import WEBHOOK_SECRET
 
-pytest_plugins = ["tests.fixtures.github"]
+pytest_plugins = ["tests.fixtures.docker", "tests.fixtures.github"]
 
 TEST_REDIS_DB = 13
 

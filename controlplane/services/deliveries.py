@@ -174,9 +174,15 @@ def process(session: Session, delivery_id: int, github: GitHubApp | None) -> lis
 
 
 def mark_failed(session: Session, delivery_id: int, reason: str) -> None:
+    """Record a failed run (its own transaction: the run's changes were rolled back)."""
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status.not_in(DONE))
-        .values(status="failed", outcome=reason[:2000], processed_at=utcnow())
+        .values(
+            status="failed",
+            outcome=reason[:2000],
+            processed_at=utcnow(),
+            attempts=WebhookDelivery.attempts + 1,
+        )
     )
     session.commit()

@@ -102,6 +102,7 @@ def start_build(
     delivery_id: int | None = None,
     commit_message: str | None = None,
     author: str | None = None,
+    pushed_at: dt.datetime | None = None,
 ) -> Build | None:
     """Create a queued build unless one exists for the same environment, commit and key."""
     existing = session.scalar(
@@ -122,6 +123,7 @@ def start_build(
         delivery_id=delivery_id,
         commit_message=commit_message,
         author=author,
+        pushed_at=pushed_at,
         status="queued",
         steps=[
             BuildStep(name=name, position=position) for position, name in enumerate(PIPELINE_STEPS)
@@ -162,26 +164,15 @@ def _tracking_services(session: Session, repository_id: int, full_name: str) -> 
     return services
 
 
-def _is_stale(session: Session, environment: Environment, pushed_at: int | None) -> Build | None:
-    """A build of a later push, if this push's delivery arrived after it."""
-    if pushed_at is None:
-        return None
-    when = dt.datetime.fromtimestamp(pushed_at, dt.UTC)
+def _newer_build(session: Session, environment: Environment, pushed_at: dt.datetime) -> Build | None:
+    """A build of a later push, when this push's delivery arrived after it."""
     newer: Build | None = session.scalar(
         select(Build)
-        .join(WebhookDelivery, Build.delivery_id == WebhookDelivery.id)
-        .where(Build.environment_id == environment.id, Build.created_at > when)
-        .order_by(Build.created_at.desc())
+        .where(Build.environment_id == environment.id, Build.pushed_at > pushed_at)
+        .order_by(Build.pushed_at.desc())
         .limit(1)
     )
-    if newer is None or newer.delivery_id is None:
-        return None
-    delivery = session.get(WebhookDelivery, newer.delivery_id)
-    repo = (delivery.payload.get("repository") or {}) if delivery else {}
-    newer_pushed_at = repo.get("pushed_at")
-    if isinstance(newer_pushed_at, int) and newer_pushed_at > pushed_at:
-        return newer
-    return None
+    return newer
 
 
 def handle_push(session: Session, delivery: WebhookDelivery, github: GitHubApp | None) -> Outcome:
@@ -223,14 +214,19 @@ def handle_push(session: Session, delivery: WebhookDelivery, github: GitHubApp |
         return Outcome("ignored", f"no service tracks {full_name}@{branch}")
     head = payload.get("head_commit") or {}
     paths = changed_paths(payload)
-    pushed_at = repository_data.get("pushed_at")
+    raw_pushed_at = repository_data.get("pushed_at")
+    pushed_at = (
+        dt.datetime.fromtimestamp(raw_pushed_at, dt.UTC)
+        if isinstance(raw_pushed_at, int)
+        else None
+    )
     notes: list[str] = []
     for service in services:
         if service.watch_paths and not matches_watch_paths(paths, service.watch_paths):
             notes.append(f"{service.name}: no changed file matches its watch paths")
             continue
         environment = production_environment(session, service)
-        newer = _is_stale(session, environment, pushed_at if isinstance(pushed_at, int) else None)
+        newer = _newer_build(session, environment, pushed_at) if pushed_at else None
         if newer is not None:
             notes.append(f"{service.name}: a newer push ({newer.commit_sha[:7]}) is built")
             continue
@@ -244,6 +240,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, github: GitHubApp |
             commit_message=head.get("message"),
             author=(head.get("author") or {}).get("username")
             or (head.get("author") or {}).get("name"),
+            pushed_at=pushed_at,
         )
         if build is None:
             notes.append(f"{service.name}: {after[:7]} is already built")

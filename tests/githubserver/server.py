@@ -17,7 +17,7 @@ import subprocess
 import threading
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,6 +213,8 @@ class GitHubState:
         self.app_id = app_id
         self.private_key_pem = private_key_pem
         key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("a GitHub App key is an RSA key")
         self.public_key = key.public_key()
         self.token_lifetime = timedelta(hours=1)
         self.installations: dict[int, Installation] = {}
@@ -247,8 +249,8 @@ class GitHubState:
         if installation_id not in self.installations:
             raise KeyError(f"no installation {installation_id}")
         owner, name = full_name.split("/")
-        repo = Repository(installation_id, owner, name, self.git_root / owner / f"{name}.git")
-        repo.default_branch = default_branch
+        path = self.git_root / owner / f"{name}.git"
+        repo = Repository(installation_id, owner, name, path, default_branch)
         if not repo.path.exists():
             repos.init_bare_repo(repo.path, default_branch)
         self.repositories[full_name.lower()] = repo
@@ -314,6 +316,8 @@ class GitHubState:
         permissions: dict[str, str] | None = None,
         repositories: frozenset[str] | None = None,
     ) -> InstallationToken:
+        """Mint a token as POST /app/installations/{id}/access_tokens does (counted in
+        `tokens`); `repositories` are lowercased full names, None for all of them."""
         alphabet = string.ascii_letters + string.digits
         token = InstallationToken(
             "ghs_" + "".join(secrets.choice(alphabet) for _ in range(36)),
@@ -508,12 +512,12 @@ def _pull(state: GitHubState, pull: PullRequest, base: str) -> Json:
     base_sha = repos.resolve_commit(repo.path, f"refs/heads/{pull.base_ref}")
     closed = pull.state == "closed"
 
-    def side(owner: str, ref: str, sha: str | None, side_repo: Repository) -> Json:
+    def side(ref: str, sha: str | None, side_repo: Repository) -> Json:
         return {
-            "label": f"{owner}:{ref}",
+            "label": f"{side_repo.owner}:{ref}",
             "ref": ref,
             "sha": sha,
-            "user": _user(owner, base),
+            "user": _user(side_repo.owner, base),
             "repo": repository_json(state, side_repo, base),
         }
 
@@ -537,36 +541,22 @@ def _pull(state: GitHubState, pull: PullRequest, base: str) -> Json:
         "closed_at": CREATED if closed else None,
         "merged_at": CREATED if pull.merged else None,
         "merged": pull.merged,
-        "head": side(head_repo.owner, pull.head_ref, pull.head_sha, head_repo),
-        "base": side(repo.owner, pull.base_ref, base_sha, repo),
+        "head": side(pull.head_ref, pull.head_sha, head_repo),
+        "base": side(pull.base_ref, base_sha, repo),
     }
 
 
 def _issue(state: GitHubState, pull: PullRequest, base: str) -> Json:
+    """A pull request seen through the issues API."""
     rendered = _pull(state, pull, base)
-    return {
-        **{
-            k: rendered[k]
-            for k in (
-                "id",
-                "node_id",
-                "number",
-                "state",
-                "title",
-                "body",
-                "user",
-                "locked",
-                "comments_url",
-                "created_at",
-                "updated_at",
-                "closed_at",
-            )
-        },
+    shared = "id node_id number state title body user locked comments_url created_at updated_at"
+    return {k: rendered[k] for k in shared.split()} | {
         "url": rendered["issue_url"],
         "html_url": rendered["html_url"],
+        "closed_at": rendered["closed_at"],
         "labels": [],
         "comments": sum(
-            1 for c in state.comments if c.repo == pull.repo and c.issue_number == pull.number
+            c.repo == pull.repo and c.issue_number == pull.number for c in state.comments
         ),
         "pull_request": {"url": rendered["url"], "html_url": rendered["html_url"]},
     }
@@ -963,31 +953,16 @@ def create_github_server(state: GitHubState) -> Flask:
         return _deployment_status(state, status, base()), 201
 
     def deactivate_previous(current: Deployment) -> None:
-        """GitHub's auto_inactive: earlier successful deployments to the environment go inactive."""
+        """GitHub's auto_inactive: earlier non-transient, non-production deployments to the
+        environment whose latest status is success get an inactive status."""
         for dep in state.deployments:
-            if (
-                dep.id >= current.id
-                or dep.repo != current.repo
-                or dep.environment != current.environment
-                or dep.transient_environment
-                or dep.production_environment
-            ):
+            same = dep.repo == current.repo and dep.environment == current.environment
+            if not same or dep.id >= current.id or dep.transient_environment:
                 continue
-            latest = [s for s in state.deployment_statuses if s.deployment_id == dep.id]
-            if latest and latest[-1].state == "success":
-                state.deployment_statuses.append(
-                    DeploymentStatus(
-                        state.next_id(),
-                        dep.id,
-                        dep.repo,
-                        "inactive",
-                        dep.environment,
-                        "",
-                        latest[-1].log_url,
-                        latest[-1].environment_url,
-                        _now(),
-                    )
-                )
+            own = [s for s in state.deployment_statuses if s.deployment_id == dep.id]
+            if own and own[-1].state == "success" and not dep.production_environment:
+                inactive = replace(own[-1], id=state.next_id(), state="inactive", created_at=_now())
+                state.deployment_statuses.append(inactive)
 
     @app.get("/repos/<owner>/<name>/deployments/<int:deployment_id>/statuses")
     def list_deployment_statuses(owner: str, name: str, deployment_id: int) -> Response:
@@ -1076,9 +1051,8 @@ def create_github_server(state: GitHubState) -> Flask:
         elif request.method == "GET" and request.args.get("service") != "git-upload-pack":
             response = Response("Only git-upload-pack is served.\n", 403)
         else:
-            response = _http_backend(
-                state.git_root, f"/{repo.owner}/{repo.name}.git" + request.path.split(".git", 1)[1]
-            )
+            service_path = request.path.removeprefix(f"/{owner}/{name}.git")
+            response = _http_backend(state.git_root, f"/{repo.owner}/{repo.name}.git{service_path}")
         state.git_requests.append(
             GitRequest(request.method, request.path, user, secret, response.status_code)
         )
@@ -1123,6 +1097,8 @@ def _http_backend(project_root: Path, path_info: str) -> Response:
     result = subprocess.run(
         ["git", "http-backend"], input=payload, capture_output=True, env=env, check=False
     )
+    if result.returncode != 0:
+        return Response(result.stderr, 500)
     head, _, content = result.stdout.partition(b"\r\n\r\n")
     response = Response(content, 200)
     for line in head.decode("latin-1").split("\r\n"):

@@ -191,6 +191,7 @@ def upgrade() -> None:
     sa.Column('commit_sha', sa.String(length=40), nullable=False),
     sa.Column('branch', sa.String(length=255), nullable=False),
     sa.Column('trigger_key', sa.String(length=64), nullable=False),
+    sa.Column('pushed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('delivery_id', sa.Integer(), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('commit_message', sa.Text(), nullable=True),
