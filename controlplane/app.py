@@ -10,11 +10,12 @@ from flask_smorest import Api
 from redis import Redis
 
 from controlplane import __version__, schemas
-from controlplane.api import health, v1, webhooks
+from controlplane.api import health, pipeline, v1, webhooks
 from controlplane.api.errors import register_error_handlers
 from controlplane.db import Database
+from controlplane.github.app import GitHubApp
 from controlplane.settings import Settings
-from tasks import pipeline
+from tasks import pipeline as task_pipeline
 
 
 class PortsideApi(Api):  # type: ignore[misc]
@@ -47,11 +48,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["portside.redis"] = Redis.from_url(
         settings.redis_url, socket_connect_timeout=2, socket_timeout=5
     )
-    pipeline.configure_sender(settings)
+    app.extensions["portside.github"] = GitHubApp.from_settings(settings)
+    task_pipeline.configure_sender(settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(webhooks.blueprint)
     api = PortsideApi(app)
-    for blueprint in v1.BLUEPRINTS:
+    for blueprint in (*v1.BLUEPRINTS, pipeline.worker_api, pipeline.deployments_api):
         api.register_blueprint(blueprint)
     # After Api(): flask-smorest registers an HTTPException handler of its own.
     register_error_handlers(app)

@@ -158,12 +158,17 @@ class Environment(TimestampMixin, Base):
     current_deployment_id: Mapped[int | None] = mapped_column(
         ForeignKey("deployments.id", use_alter=True)
     )
+    # Moves by compare-and-swap whenever the current deployment changes.
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
     last_activity_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[dt.datetime | None]
     closed_by: Mapped[str | None] = mapped_column(String(255))
 
     service: Mapped[Service] = relationship(back_populates="environments")
     host: Mapped[Host] = relationship()
+    current_deployment: Mapped[Deployment | None] = relationship(
+        foreign_keys=[current_deployment_id], post_update=True
+    )
 
 
 class Build(TimestampMixin, Base):
@@ -193,6 +198,12 @@ class Build(TimestampMixin, Base):
     images: Mapped[dict[str, Any]] = mapped_column(default=dict)
     compose: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    failed_step: Mapped[str | None] = mapped_column(String(32))
+    # Bumped when a build is taken up again after its worker died; messages of an
+    # earlier attempt are then ignored.
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    heartbeat_at: Mapped[dt.datetime | None]
+    log: Mapped[str | None] = mapped_column(Text)
     enqueued_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
@@ -286,24 +297,29 @@ class Variable(TimestampMixin, Base):
     """A runtime variable of a service (or one environment); secret values are encrypted."""
 
     __tablename__ = "variables"
-    __table_args__ = (UniqueConstraint("service_id", "environment_id", "name"),)
+    __table_args__ = (UniqueConstraint("service_id", "environment_id", "kind", "name"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
     environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"))
     name: Mapped[str] = mapped_column(String(255))
+    # "runtime": given to the running container; "build": a docker build argument.
+    kind: Mapped[str] = mapped_column(String(16), default="runtime")
     value_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     is_secret: Mapped[bool] = mapped_column(Boolean, default=True)
     expose_to_forks: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class RegistryCredential(TimestampMixin, Base):
-    """Credentials of an image registry, handed to build workers and agents when needed."""
+    """Credentials of an image registry: the global default (no installation) or an
+    installation's override; handed to build workers and agents when needed."""
 
     __tablename__ = "registries"
+    __table_args__ = (UniqueConstraint("address", "installation_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    address: Mapped[str] = mapped_column(String(255), unique=True)
+    address: Mapped[str] = mapped_column(String(255))
+    installation_id: Mapped[int | None] = mapped_column(ForeignKey("installations.id"), index=True)
     username: Mapped[str | None] = mapped_column(String(255))
     password_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
 

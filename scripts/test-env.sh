@@ -44,7 +44,7 @@ BASE_IMAGE=portside-test/base:latest
 
 PG_HOST=127.0.0.1
 PG_PORT=5432
-PG_DB=test
+PG_DB="test"
 REDIS_HOST=127.0.0.1
 REDIS_PORT=6379
 
@@ -70,13 +70,21 @@ make_temp_dir() {
     TEMP_DIRS+=("$temp_dir_out")
 }
 
+# alive PID: the process exists and is not a zombie (PID 1 of these machines may take a
+# while to reap orphans, and `kill -0` succeeds on a zombie).
+alive() {
+    local state
+    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
 # pid_matches PIDFILE PATTERN: the pid in PIDFILE is alive and its command line has PATTERN.
 pid_matches() {
     local pidfile=$1 pattern=$2 pid
     [[ -s "$pidfile" ]] || return 1
     pid="$(<"$pidfile")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    [[ -r "/proc/$pid/cmdline" ]] || return 1
+    alive "$pid" || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$pattern"
 }
 
@@ -156,7 +164,7 @@ redis_ready() { [[ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/nu
 pg_role() {
     local role
     for role in postgres root; do
-        if psql -h "$PG_HOST" -p "$PG_PORT" -U "$role" -d postgres -w -Atqc 'select 1' \
+        if PGCONNECT_TIMEOUT=5 psql -h "$PG_HOST" -p "$PG_PORT" -U "$role" -d postgres -w -Atqc 'select 1' \
             >/dev/null 2>&1; then
             echo "$role"
             return 0
@@ -169,7 +177,8 @@ ensure_postgres() {
     command -v pg_isready >/dev/null || die "pg_isready not found: PostgreSQL is not installed"
     if ! pg_ready; then
         local version
-        version="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)"
+        version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null |
+            sort -V | tail -n 1)"
         [[ -n "$version" ]] || die "PostgreSQL does not answer and no cluster is in /etc/postgresql"
         log "starting PostgreSQL $version/main"
         pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 ||
@@ -225,8 +234,14 @@ ensure_dockerd() {
         stop_pidfile "$DOCKERD_PIDFILE" "$DOCKER_SOCK" dockerd 30
     fi
     # A pid file left by a killed dockerd would make the new one refuse to start if its pid
-    # now belongs to another process.
+    # now belongs to another process. Likewise dockerd waits (and fails after 15 s) for the
+    # containerd named in containerd.pid when that pid is alive: keep that file only if it
+    # names a live containerd of ours, which dockerd then reuses.
     rm -f "$DOCKERD_PIDFILE"
+    local containerd_pidfile="$DOCKER_EXEC_ROOT/containerd/containerd.pid"
+    if [[ -e "$containerd_pidfile" ]] && ! pid_matches "$containerd_pidfile" "$DOCKER_EXEC_ROOT"; then
+        rm -f "$containerd_pidfile"
+    fi
     log "starting dockerd (log: $DOCKERD_LOG)"
     spawn_daemon "$DOCKERD_LOG" dockerd \
         --iptables=false \
@@ -238,7 +253,7 @@ ensure_dockerd() {
     local pid=$!
     local deadline=$((SECONDS + WAIT_SECONDS))
     until docker_ready; do
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! alive "$pid"; then
             tail -n 30 "$DOCKERD_LOG" >&2 || true
             die "dockerd exited while starting; see $DOCKERD_LOG"
         fi
@@ -275,7 +290,7 @@ ensure_registry() {
     echo "$pid" >"$REGISTRY_PIDFILE"
     local deadline=$((SECONDS + WAIT_SECONDS))
     until registry_ready; do
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! alive "$pid"; then
             tail -n 30 "$REGISTRY_LOG" >&2 || true
             rm -f "$REGISTRY_PIDFILE"
             die "docker-registry exited while starting; see $REGISTRY_LOG"
@@ -432,7 +447,7 @@ stop_pidfile() {
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + seconds))
-    while kill -0 "$pid" 2>/dev/null; do
+    while alive "$pid"; do
         if ((SECONDS >= deadline)); then
             log "$name did not stop in ${seconds}s; killing it"
             kill -KILL "$pid" 2>/dev/null || true

@@ -154,3 +154,116 @@ class BuildSchema(Schema):
 
 class BuildDetailSchema(BuildSchema):
     steps = fields.List(fields.Nested(BuildStepSchema))
+
+
+class ServicePatchSchema(Schema):
+    branch = fields.String()
+    host = fields.String()
+    compose_path = fields.String(allow_none=True)
+    port = fields.Integer(allow_none=True)
+    domain = fields.String(allow_none=True)
+    watch_paths = fields.List(fields.String())
+
+
+class StepClaimSchema(Schema):
+    attempt = fields.Integer(required=True)
+    worker = fields.String(required=True, validate=validate.Length(min=1, max=255))
+
+
+class BuildSpecSchema(Schema):
+    build_id = fields.Integer()
+    attempt = fields.Integer()
+    step = fields.String()
+    service_id = fields.Integer()
+    service = fields.String()
+    environment = fields.String()
+    repository = fields.String()
+    installation_id = fields.Integer(allow_none=True)
+    clone_url = fields.String(allow_none=True)
+    commit_sha = fields.String()
+    branch = fields.String()
+    compose_path = fields.String(allow_none=True)
+    allow_privileged = fields.Boolean()
+    images = fields.Dict()
+    build_args = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class StepResultSchema(Schema):
+    attempt = fields.Integer(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed")))
+    error = fields.String(load_default=None, allow_none=True)
+
+
+class HeartbeatSchema(Schema):
+    attempt = fields.Integer(required=True)
+
+
+class ImageSchema(Schema):
+    repository = fields.String(required=True)
+    tag = fields.String(required=True)
+    digest = fields.String(required=True, validate=validate.Regexp(r"^sha256:[0-9a-f]{64}$"))
+
+
+class ArtifactsSchema(Schema):
+    attempt = fields.Integer(required=True)
+    images = fields.Dict(keys=fields.String(), values=fields.Nested(ImageSchema), required=True)
+    compose = fields.String(load_default=None, allow_none=True)
+
+
+class GitTokenSchema(Schema):
+    token = fields.String()
+    expires_in = fields.Integer()
+
+
+class GitTokenQuerySchema(Schema):
+    refresh = fields.Boolean(load_default=False)
+
+
+class RegistryCredentialsSchema(Schema):
+    address = fields.String()
+    username = fields.String(allow_none=True)
+    password = fields.String(allow_none=True)
+
+
+class RegistryCreateSchema(Schema):
+    address = fields.String(required=True)
+    username = fields.String(load_default=None, allow_none=True)
+    password = fields.String(load_default=None, allow_none=True, load_only=True)
+    installation_id = fields.Integer(load_default=None, allow_none=True)
+
+
+class RegistrySchema(Schema):
+    id = fields.Integer()
+    address = fields.String()
+    username = fields.String(allow_none=True)
+    installation_id = fields.Integer(allow_none=True)
+    has_password = fields.Function(lambda r: r.password_encrypted is not None)
+    created_at = fields.DateTime()
+
+
+class DeploymentCreateSchema(Schema):
+    build_id = fields.Integer(required=True)
+
+
+class DeploymentSchema(Schema):
+    id = fields.Integer()
+    environment_id = fields.Integer()
+    environment = fields.String(attribute="environment.name")
+    build_id = fields.Integer()
+    commit_sha = fields.String(attribute="build.commit_sha")
+    status = fields.String()
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    activated_at = fields.DateTime(allow_none=True)
+
+
+class LogLineSchema(Schema):
+    id = fields.String()
+    line = fields.String()
+
+
+class LogsSchema(Schema):
+    build_id = fields.Integer()
+    status = fields.String()
+    complete = fields.Boolean()
+    lines = fields.List(fields.String())

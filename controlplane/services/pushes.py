@@ -164,7 +164,9 @@ def _tracking_services(session: Session, repository_id: int, full_name: str) -> 
     return services
 
 
-def _newer_build(session: Session, environment: Environment, pushed_at: dt.datetime) -> Build | None:
+def _newer_build(
+    session: Session, environment: Environment, pushed_at: dt.datetime
+) -> Build | None:
     """A build of a later push, when this push's delivery arrived after it."""
     newer: Build | None = session.scalar(
         select(Build)
@@ -216,9 +218,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, github: GitHubApp |
     paths = changed_paths(payload)
     raw_pushed_at = repository_data.get("pushed_at")
     pushed_at = (
-        dt.datetime.fromtimestamp(raw_pushed_at, dt.UTC)
-        if isinstance(raw_pushed_at, int)
-        else None
+        dt.datetime.fromtimestamp(raw_pushed_at, dt.UTC) if isinstance(raw_pushed_at, int) else None
     )
     notes: list[str] = []
     for service in services:

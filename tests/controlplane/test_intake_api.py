@@ -59,14 +59,19 @@ def test_installations_api_lists_the_roster_recorded_from_events(
     delivery_id = _post(client, "installation", json.dumps(payload).encode())
     # No worker here: the roster is empty until the delivery is processed.
     assert client.get("/v1/installations", headers=read_headers).json == []
-    assert client.get(
-        f"/v1/installations/{payload['installation']['id']}/repositories", headers=read_headers
-    ).status_code == 404
+    assert (
+        client.get(
+            f"/v1/installations/{payload['installation']['id']}/repositories", headers=read_headers
+        ).status_code
+        == 404
+    )
     assert delivery_id
 
 
 def test_database_down_answers_503_so_github_knows(settings: Settings) -> None:
-    down = dataclasses.replace(settings, database_url="postgresql+psycopg2://postgres@127.0.0.1:1/x")
+    down = dataclasses.replace(
+        settings, database_url="postgresql+psycopg2://postgres@127.0.0.1:1/x"
+    )
     client = create_app(down).test_client()
     body = load_payload("push__with-new-branch.payload.json")
     response = client.post("/webhooks/github", data=body, headers=webhook_headers("push", body))

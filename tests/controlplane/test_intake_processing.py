@@ -124,9 +124,12 @@ def test_installation_sync_keeps_the_exact_roster_with_compose_detection(
     db_session.expire_all()
     installation = db_session.get(Installation, INSTALLATION)
     assert installation is not None and installation.deleted_at is not None
-    assert db_session.scalar(
-        select(func.count()).select_from(Repository).where(Repository.removed_at.is_(None))
-    ) == 0
+    assert (
+        db_session.scalar(
+            select(func.count()).select_from(Repository).where(Repository.removed_at.is_(None))
+        )
+        == 0
+    )
 
 
 @pytest.fixture

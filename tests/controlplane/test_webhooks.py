@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from controlplane.github.webhooks import signature, verify_signature
 from controlplane.models import WebhookDelivery
 from tests.helpers import (
-    WEBHOOK_SECRET,
     event_of,
     load_payload,
     payload_names,
@@ -122,7 +121,9 @@ def test_twenty_concurrent_copies_make_one_row(app, db_session: Session) -> None
     statuses: list[int] = []
 
     def post() -> None:
-        statuses.append(app.test_client().post("/webhooks/github", data=body, headers=headers).status_code)
+        statuses.append(
+            app.test_client().post("/webhooks/github", data=body, headers=headers).status_code
+        )
 
     threads = [threading.Thread(target=post) for _ in range(20)]
     for thread in threads:
@@ -139,5 +140,3 @@ def test_unhandled_event_is_recorded_as_ignored(client: FlaskClient, db_session:
     assert response.status_code == 202
     row = db_session.scalar(select(WebhookDelivery))
     assert row is not None and row.status == "ignored" and "star" in (row.outcome or "")
-
-

@@ -2,7 +2,6 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 10:19:59.865433
 """
 
 from collections.abc import Sequence
@@ -56,16 +55,6 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_installations'))
     )
-    op.create_table('registries',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('address', sa.String(length=255), nullable=False),
-    sa.Column('username', sa.String(length=255), nullable=True),
-    sa.Column('password_encrypted', sa.LargeBinary(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_registries')),
-    sa.UniqueConstraint('address', name=op.f('uq_registries_address'))
-    )
     op.create_table('webhook_deliveries',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('guid', sa.String(length=64), nullable=False),
@@ -106,6 +95,21 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_api_tokens_host_id'), ['host_id'], unique=False)
+
+    op.create_table('registries',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('address', sa.String(length=255), nullable=False),
+    sa.Column('installation_id', sa.BigInteger(), nullable=True),
+    sa.Column('username', sa.String(length=255), nullable=True),
+    sa.Column('password_encrypted', sa.LargeBinary(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['installation_id'], ['installations.id'], name=op.f('fk_registries_installation_id_installations')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_registries')),
+    sa.UniqueConstraint('address', 'installation_id', name=op.f('uq_registries_address'))
+    )
+    with op.batch_alter_table('registries', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_registries_installation_id'), ['installation_id'], unique=False)
 
     op.create_table('repositories',
     sa.Column('id', sa.BigInteger(), autoincrement=False, nullable=False),
@@ -169,6 +173,7 @@ def upgrade() -> None:
     sa.Column('domain', sa.String(length=253), nullable=True),
     sa.Column('address', sa.String(length=255), nullable=True),
     sa.Column('current_deployment_id', sa.Integer(), nullable=True),
+    sa.Column('generation', sa.BigInteger(), nullable=False),
     sa.Column('last_activity_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('closed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('closed_by', sa.String(length=255), nullable=True),
@@ -200,6 +205,10 @@ def upgrade() -> None:
     sa.Column('images', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('compose', sa.Text(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('failed_step', sa.String(length=32), nullable=True),
+    sa.Column('attempt', sa.Integer(), nullable=False),
+    sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('log', sa.Text(), nullable=True),
     sa.Column('enqueued_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
@@ -221,6 +230,7 @@ def upgrade() -> None:
     sa.Column('service_id', sa.Integer(), nullable=False),
     sa.Column('environment_id', sa.Integer(), nullable=True),
     sa.Column('name', sa.String(length=255), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('value_encrypted', sa.LargeBinary(), nullable=False),
     sa.Column('is_secret', sa.Boolean(), nullable=False),
     sa.Column('expose_to_forks', sa.Boolean(), nullable=False),
@@ -229,7 +239,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['environment_id'], ['environments.id'], name=op.f('fk_variables_environment_id_environments')),
     sa.ForeignKeyConstraint(['service_id'], ['services.id'], name=op.f('fk_variables_service_id_services')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_variables')),
-    sa.UniqueConstraint('service_id', 'environment_id', 'name', name=op.f('uq_variables_service_id'))
+    sa.UniqueConstraint('service_id', 'environment_id', 'kind', 'name', name=op.f('uq_variables_service_id'))
     )
     with op.batch_alter_table('variables', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_variables_service_id'), ['service_id'], unique=False)
@@ -304,6 +314,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_repositories_full_name'))
 
     op.drop_table('repositories')
+    with op.batch_alter_table('registries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_registries_installation_id'))
+
+    op.drop_table('registries')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_api_tokens_host_id'))
 
@@ -314,7 +328,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_webhook_deliveries_event'))
 
     op.drop_table('webhook_deliveries')
-    op.drop_table('registries')
     op.drop_table('installations')
     op.drop_table('hosts')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:

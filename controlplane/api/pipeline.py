@@ -1,0 +1,220 @@
+"""The build workers' side of the API: claim and finish steps, fetch short-lived
+credentials, upload artifacts, record deployments; plus build logs for everyone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, current_app, request, stream_with_context
+from flask_smorest import Blueprint
+from redis import Redis
+from sqlalchemy import select
+
+from controlplane import schemas
+from controlplane.api.auth import actor, require
+from controlplane.crypto import SecretBox
+from controlplane.db import session
+from controlplane.errors import Conflict, ServiceUnavailable
+from controlplane.github.app import GitHubApp
+from controlplane.models import Variable
+from controlplane.services import builds, logs, registries
+from controlplane.settings import Settings
+
+worker_api = Blueprint(
+    "pipeline", __name__, url_prefix="/v1/builds", description="Build workers and build logs"
+)
+deployments_api = Blueprint(
+    "deployments", __name__, url_prefix="/v1/services", description="Deployments of a service"
+)
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["portside.settings"]
+    return settings
+
+
+def _redis() -> Redis:
+    client: Redis = current_app.extensions["portside.redis"]
+    return client
+
+
+def _box() -> SecretBox:
+    return SecretBox.from_settings(_settings())
+
+
+def _build_args(service_id: int) -> dict[str, str]:
+    box = _box()
+    rows = session().scalars(
+        select(Variable).where(
+            Variable.service_id == service_id,
+            Variable.kind == "build",
+            Variable.environment_id.is_(None),
+        )
+    )
+    return {row.name: box.decrypt(row.value_encrypted) for row in rows}
+
+
+def _end(build_id: int) -> None:
+    """Close the live log and keep its text with the build."""
+    build = builds.get_build(session(), build_id)
+    logs.close(_redis(), build_id)
+    logs.persist(session(), _redis(), build)
+
+
+@worker_api.post("/<int:build_id>/steps/<step>/claim")
+@require("worker")
+@worker_api.arguments(schemas.StepClaimSchema)
+@worker_api.response(200, schemas.BuildSpecSchema)
+@worker_api.alt_response(409, schema=schemas.ApiErrorSchema, description="must not run")
+def claim_step(data: dict[str, Any], build_id: int, step: str) -> dict[str, Any]:
+    db = session()
+    spec = builds.claim_step(db, build_id, step, data["attempt"], data["worker"])
+    db.commit()
+    body = dataclasses.asdict(spec)
+    body["build_args"] = _build_args(spec.service_id) if step == "build" else {}
+    return body
+
+
+@worker_api.post("/<int:build_id>/steps/<step>/finish")
+@require("worker")
+@worker_api.arguments(schemas.StepResultSchema)
+@worker_api.response(204)
+def finish_step(data: dict[str, Any], build_id: int, step: str) -> None:
+    db = session()
+    build = builds.finish_step(
+        db,
+        build_id,
+        step,
+        data["attempt"],
+        succeeded=data["status"] == "succeeded",
+        error=data["error"],
+    )
+    if build.status == "failed":
+        _end(build_id)
+    db.commit()
+
+
+@worker_api.post("/<int:build_id>/heartbeat")
+@require("worker")
+@worker_api.arguments(schemas.HeartbeatSchema)
+@worker_api.response(204)
+def heartbeat(data: dict[str, Any], build_id: int) -> None:
+    db = session()
+    builds.heartbeat(db, build_id, data["attempt"])
+    db.commit()
+
+
+@worker_api.post("/<int:build_id>/git-token")
+@require("worker")
+@worker_api.arguments(schemas.GitTokenQuerySchema, location="query")
+@worker_api.response(200, schemas.GitTokenSchema)
+def git_token(query: dict[str, Any], build_id: int) -> dict[str, Any]:
+    """A fresh installation token for cloning this build's repository (never stored)."""
+    build = builds.get_build(session(), build_id)
+    if build.status not in ("queued", "running"):
+        raise Conflict(f"build {build_id} is {build.status}")
+    repository = build.service.repository
+    github: GitHubApp | None = current_app.extensions["portside.github"]
+    if github is None or repository is None:
+        raise ServiceUnavailable("no GitHub App is configured for this repository")
+    token = github.installation_token(repository.installation_id, refresh=query["refresh"])
+    return {"token": token, "expires_in": 600}
+
+
+@worker_api.get("/<int:build_id>/registry-credentials")
+@require("worker")
+@worker_api.response(200, schemas.RegistryCredentialsSchema)
+def registry_credentials(build_id: int) -> dict[str, Any]:
+    build = builds.get_build(session(), build_id)
+    repository = build.service.repository
+    credentials = registries.credentials_for(
+        session(),
+        _box(),
+        _settings().registry,
+        repository.installation_id if repository else None,
+    )
+    return {
+        "address": credentials.address,
+        "username": credentials.username,
+        "password": credentials.password,
+    }
+
+
+@worker_api.post("/<int:build_id>/artifacts")
+@require("worker")
+@worker_api.arguments(schemas.ArtifactsSchema)
+@worker_api.response(204)
+def upload_artifacts(data: dict[str, Any], build_id: int) -> None:
+    db = session()
+    builds.record_artifacts(db, build_id, data["attempt"], data["images"], data["compose"])
+    db.commit()
+
+
+@deployments_api.post("/<int:service_id>/deployments")
+@require("worker")
+@deployments_api.arguments(schemas.DeploymentCreateSchema)
+@deployments_api.response(201, schemas.DeploymentSchema)
+def create_deployment(data: dict[str, Any], service_id: int) -> Any:
+    db = session()
+    deployment = builds.record_deployment(db, service_id, data["build_id"], actor())
+    db.flush()
+    _end(data["build_id"])
+    db.commit()
+    return deployment
+
+
+@deployments_api.get("/<int:service_id>/deployments")
+@require("read")
+@deployments_api.response(200, schemas.DeploymentSchema(many=True))
+def list_deployments(service_id: int) -> list[Any]:
+    return builds.deployments_of(session(), service_id)
+
+
+@worker_api.get("/<int:build_id>/logs")
+@require("read")
+@worker_api.response(200, schemas.LogsSchema)
+@worker_api.doc(description="With `Accept: text/event-stream`, follows the log until the end.")
+def build_logs(build_id: int) -> Any:
+    build = builds.get_build(session(), build_id)
+    if request.accept_mimetypes.best == "text/event-stream":
+        return _follow(build_id, build.status in builds.FINISHED)
+    if build.status in builds.FINISHED and build.log is not None:
+        lines = build.log.split("\n") if build.log else []
+    else:
+        lines = [line for _id, line in logs.read(_redis(), build_id) if line is not None]
+    return {
+        "build_id": build_id,
+        "status": build.status,
+        "complete": build.status in builds.FINISHED,
+        "lines": lines,
+    }
+
+
+def _follow(build_id: int, finished: bool) -> Response:
+    redis_client = _redis()
+    stored = builds.get_build(session(), build_id).log if finished else None
+    last_event_id = request.headers.get("Last-Event-ID") or "0-0"
+
+    def events() -> Iterator[str]:
+        if stored is not None:
+            for text in stored.split("\n") if stored else []:
+                yield f"data: {json.dumps(text)}\n\n"
+            yield "event: end\ndata: {}\n\n"
+            return
+        for entry_id, line in logs.follow(redis_client, build_id, last_event_id):
+            if not entry_id:
+                yield ": keep-alive\n\n"
+            elif line is None:
+                yield f"id: {entry_id}\nevent: end\ndata: {{}}\n\n"
+                return
+            else:
+                yield f"id: {entry_id}\ndata: {json.dumps(line)}\n\n"
+
+    return Response(
+        stream_with_context(events()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

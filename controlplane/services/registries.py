@@ -1,0 +1,107 @@
+"""Registry credentials: a global default per registry and per-installation overrides,
+stored encrypted and handed out only to the build worker or agent that needs them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from controlplane.crypto import SecretBox
+from controlplane.errors import Conflict, NotFound, ValidationFailed
+from controlplane.models import Installation, RegistryCredential
+from controlplane.services import audit
+
+REGISTRY_ADDRESS = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    address: str
+    username: str | None
+    password: str | None
+
+    def __repr__(self) -> str:
+        return f"Credentials(address={self.address!r}, username={self.username!r}, password='***')"
+
+
+def registry_host(address: str) -> str:
+    """The host[:port] part of a registry address (``host:5000/prefix`` → ``host:5000``)."""
+    return address.split("/", 1)[0]
+
+
+def create_registry(
+    session: Session,
+    box: SecretBox,
+    *,
+    address: str,
+    username: str | None,
+    password: str | None,
+    installation_id: int | None,
+    actor: str,
+) -> RegistryCredential:
+    address = address.strip().lower().rstrip("/")
+    if "://" in address or not REGISTRY_ADDRESS.match(address):
+        raise ValidationFailed(
+            "not a registry address", details={"address": ["host[:port][/prefix], no scheme"]}
+        )
+    if installation_id is not None and session.get(Installation, installation_id) is None:
+        raise ValidationFailed(
+            "unknown installation", details={"installation_id": ["no such installation"]}
+        )
+    if bool(username) != bool(password):
+        raise ValidationFailed(
+            "username and password go together",
+            details={"password": ["give both username and password, or neither"]},
+        )
+    registry = RegistryCredential(
+        address=address,
+        installation_id=installation_id,
+        username=username,
+        password_encrypted=box.encrypt(password) if password else None,
+    )
+    session.add(registry)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"credentials for {address} exist for that scope") from None
+    audit.record(session, actor, "registry.create", "registry", registry.id, address=address)
+    return registry
+
+
+def list_registries(session: Session) -> list[RegistryCredential]:
+    return list(session.scalars(select(RegistryCredential).order_by(RegistryCredential.id)))
+
+
+def delete_registry(session: Session, registry_id: int, actor: str) -> None:
+    registry = session.get(RegistryCredential, registry_id)
+    if registry is None:
+        raise NotFound(f"registry {registry_id} does not exist")
+    session.delete(registry)
+    audit.record(session, actor, "registry.delete", "registry", registry_id)
+
+
+def credentials_for(
+    session: Session, box: SecretBox, address: str, installation_id: int | None
+) -> Credentials:
+    """The installation's override for ``address``, else the global default, else none."""
+    host = registry_host(address)
+    candidates = list(
+        session.scalars(
+            select(RegistryCredential).where(
+                RegistryCredential.address.in_({address, host}),
+                (RegistryCredential.installation_id == installation_id)
+                | RegistryCredential.installation_id.is_(None),
+            )
+        )
+    )
+    candidates.sort(key=lambda r: (r.installation_id is None, r.address != address))
+    if not candidates:
+        return Credentials(address, None, None)
+    chosen = candidates[0]
+    password = box.decrypt(chosen.password_encrypted) if chosen.password_encrypted else None
+    return Credentials(address, chosen.username, password)
