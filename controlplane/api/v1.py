@@ -10,11 +10,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controlplane import schemas
-from controlplane.api.auth import actor, require
+from controlplane.api.auth import actor, current_token, require
+from controlplane.crypto import SecretBox
 from controlplane.db import session
-from controlplane.errors import NotFound
+from controlplane.errors import Forbidden, NotFound
 from controlplane.models import Build, Host, WebhookDelivery
-from controlplane.services import audit, deliveries, hosts, installations, services, tokens
+from controlplane.services import (
+    audit,
+    deliveries,
+    hosts,
+    installations,
+    registries,
+    services,
+    tokens,
+    variables,
+)
 from tasks import pipeline
 
 tokens_api = Blueprint("tokens", __name__, url_prefix="/v1/tokens", description="API tokens")
@@ -29,6 +39,9 @@ services_api = Blueprint(
     "services", __name__, url_prefix="/v1/services", description="Deployed services"
 )
 builds_api = Blueprint("builds", __name__, url_prefix="/v1/builds", description="Builds")
+registries_api = Blueprint(
+    "registries", __name__, url_prefix="/v1/registries", description="Registry credentials"
+)
 
 BLUEPRINTS = (
     tokens_api,
@@ -37,6 +50,7 @@ BLUEPRINTS = (
     installations_api,
     services_api,
     builds_api,
+    registries_api,
 )
 ERRORS = {401: "no valid token", 403: "token of the wrong scope"}
 
@@ -176,6 +190,74 @@ def get_service(service_id: int) -> Any:
     return services.get_service(session(), service_id)
 
 
+@services_api.patch("/<int:service_id>")
+@require("admin")
+@services_api.arguments(schemas.ServicePatchSchema)
+@services_api.response(200, schemas.ServiceSchema)
+def update_service(changes: dict[str, Any], service_id: int) -> Any:
+    db = session()
+    service = services.update_service(db, service_id, changes, actor())
+    db.commit()
+    return service
+
+
+@services_api.get("/<int:service_id>/variables")
+@require("read")
+@services_api.arguments(schemas.VariableQuerySchema, location="query")
+@services_api.response(200, schemas.VariableSchema(many=True))
+def list_variables(query: dict[str, Any], service_id: int) -> list[dict[str, Any]]:
+    """Values are hidden unless an admin asks with ``?reveal=true`` (which is audited)."""
+    db = session()
+    reveal = query["reveal"]
+    if reveal and current_token().scope != "admin":
+        raise Forbidden("revealing values needs an admin token")
+    box = SecretBox.from_settings(current_app.extensions["portside.settings"]) if reveal else None
+    rows = variables.list_variables(db, service_id)
+    if reveal:
+        audit.record(db, actor(), "variable.reveal", "service", service_id)
+        db.commit()
+    return [
+        {
+            "name": row.name,
+            "kind": row.kind,
+            "is_secret": row.is_secret,
+            "updated_at": row.updated_at,
+            "value": box.decrypt(row.value_encrypted) if box else None,
+        }
+        for row in rows
+    ]
+
+
+@services_api.put("/<int:service_id>/variables/<name>")
+@require("admin")
+@services_api.arguments(schemas.VariableSetSchema)
+@services_api.response(200, schemas.VariableSchema)
+def set_variable(data: dict[str, Any], service_id: int, name: str) -> Any:
+    db = session()
+    box = SecretBox.from_settings(current_app.extensions["portside.settings"])
+    variable = variables.set_variable(
+        db,
+        box,
+        service_id,
+        name=name,
+        value=data["value"],
+        kind=data["kind"],
+        is_secret=data["secret"],
+        actor=actor(),
+    )
+    db.commit()
+    return variable
+
+
+@services_api.delete("/<int:service_id>/variables/<kind>/<name>")
+@require("admin")
+@services_api.response(204)
+def delete_variable(service_id: int, kind: str, name: str) -> None:
+    db = session()
+    variables.delete_variable(db, service_id, kind, name, actor())
+    db.commit()
+
+
 @services_api.delete("/<int:service_id>")
 @require("admin")
 @services_api.response(204)
@@ -210,3 +292,31 @@ def get_build(build_id: int) -> Build:
     if build is None:
         raise NotFound(f"build {build_id} does not exist")
     return build
+
+
+@registries_api.post("")
+@require("admin")
+@registries_api.arguments(schemas.RegistryCreateSchema)
+@registries_api.response(201, schemas.RegistrySchema)
+def create_registry(data: dict[str, Any]) -> Any:
+    db = session()
+    box = SecretBox.from_settings(current_app.extensions["portside.settings"])
+    registry = registries.create_registry(db, box, **data, actor=actor())
+    db.commit()
+    return registry
+
+
+@registries_api.get("")
+@require("admin")
+@registries_api.response(200, schemas.RegistrySchema(many=True))
+def list_registries() -> list[Any]:
+    return registries.list_registries(session())
+
+
+@registries_api.delete("/<int:registry_id>")
+@require("admin")
+@registries_api.response(204)
+def delete_registry(registry_id: int) -> None:
+    db = session()
+    registries.delete_registry(db, registry_id, actor())
+    db.commit()

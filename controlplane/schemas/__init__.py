@@ -267,3 +267,21 @@ class LogsSchema(Schema):
     status = fields.String()
     complete = fields.Boolean()
     lines = fields.List(fields.String())
+
+
+class VariableSetSchema(Schema):
+    value = fields.String(required=True, load_only=True)
+    kind = fields.String(load_default="runtime", validate=validate.OneOf(("runtime", "build")))
+    secret = fields.Boolean(load_default=True)
+
+
+class VariableQuerySchema(Schema):
+    reveal = fields.Boolean(load_default=False)
+
+
+class VariableSchema(Schema):
+    name = fields.String()
+    kind = fields.String()
+    secret = fields.Boolean(attribute="is_secret")
+    value = fields.String(allow_none=True, metadata={"description": "only with ?reveal=true"})
+    updated_at = fields.DateTime()

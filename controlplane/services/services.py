@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -119,6 +121,48 @@ def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
     )
     audit.record(session, actor, "service.create", "service", service.id, name=service.name)
     session.flush()
+    return service
+
+
+def update_service(
+    session: Session, service_id: int, changes: dict[str, Any], actor: str
+) -> Service:
+    """Change a service's branch, host, compose path, port, domain or watch paths."""
+    service = get_service(session, service_id)
+    current = dataclasses.replace(
+        ServiceSpec(
+            name=service.name,
+            repository=service.repository_full_name,
+            branch=service.branch,
+            host=service.host.name,
+            compose_path=service.compose_path,
+            port=service.port,
+            domain=service.domain,
+            watch_paths=list(service.watch_paths),
+        ),
+        **changes,
+    )
+    errors = _validate(current)
+    if errors:
+        raise ValidationFailed("the service has invalid fields", details=errors)
+    if current.host != service.host.name:
+        host = session.scalar(select(Host).where(Host.name == current.host))
+        if host is None:
+            raise ValidationFailed(
+                "unknown host", details={"host": [f"no host named {current.host}"]}
+            )
+        service.host_id = host.id
+    service.branch = current.branch
+    service.compose_path = current.compose_path
+    service.port = current.port
+    service.domain = current.domain.lower() if current.domain else None
+    service.watch_paths = current.watch_paths
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict("another service has that domain") from None
+    audit.record(session, actor, "service.update", "service", service.id, fields=sorted(changes))
     return service
 
 

@@ -1,0 +1,78 @@
+"""Per-service variables: runtime environment for the container, or docker build
+arguments; values are encrypted at rest and shown only when an admin asks."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controlplane.crypto import SecretBox
+from controlplane.errors import NotFound, ValidationFailed
+from controlplane.models import Variable
+from controlplane.services import audit
+from controlplane.services.services import get_service
+
+VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+KINDS = ("runtime", "build")
+
+
+def set_variable(
+    session: Session,
+    box: SecretBox,
+    service_id: int,
+    *,
+    name: str,
+    value: str,
+    kind: str = "runtime",
+    is_secret: bool = True,
+    actor: str,
+) -> Variable:
+    service = get_service(session, service_id)
+    if not VARIABLE_NAME.match(name):
+        raise ValidationFailed(
+            "not a variable name", details={"name": ["letters, digits and _, not first a digit"]}
+        )
+    if kind not in KINDS:
+        raise ValidationFailed("unknown kind", details={"kind": [f"one of {', '.join(KINDS)}"]})
+    variable = session.scalar(
+        select(Variable).where(
+            Variable.service_id == service.id,
+            Variable.environment_id.is_(None),
+            Variable.kind == kind,
+            Variable.name == name,
+        )
+    )
+    if variable is None:
+        variable = Variable(service_id=service.id, name=name, kind=kind, value_encrypted=b"")
+        session.add(variable)
+    variable.value_encrypted = box.encrypt(value)
+    variable.is_secret = is_secret
+    session.flush()
+    # The value itself never goes to the audit log.
+    audit.record(session, actor, "variable.set", "service", service.id, name=name, kind=kind)
+    return variable
+
+
+def list_variables(session: Session, service_id: int) -> list[Variable]:
+    service = get_service(session, service_id)
+    return list(
+        session.scalars(
+            select(Variable)
+            .where(Variable.service_id == service.id)
+            .order_by(Variable.kind, Variable.name)
+        )
+    )
+
+
+def delete_variable(session: Session, service_id: int, kind: str, name: str, actor: str) -> None:
+    variable = session.scalar(
+        select(Variable).where(
+            Variable.service_id == service_id, Variable.kind == kind, Variable.name == name
+        )
+    )
+    if variable is None:
+        raise NotFound(f"service {service_id} has no {kind} variable {name}")
+    session.delete(variable)
+    audit.record(session, actor, "variable.delete", "service", service_id, name=name, kind=kind)
