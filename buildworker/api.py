@@ -62,9 +62,7 @@ class ControlPlane:
         )
         return spec
 
-    def finish(
-        self, build_id: int, step: str, attempt: int, *, error: str | None = None
-    ) -> None:
+    def finish(self, build_id: int, step: str, attempt: int, *, error: str | None = None) -> None:
         self._call(
             "POST",
             f"/v1/builds/{build_id}/steps/{step}/finish",

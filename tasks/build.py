@@ -1,15 +1,101 @@
-"""Build-queue tasks: thin wrappers around the buildworker library (no database here)."""
+"""Build-queue tasks: thin wrappers around ``buildworker.runner`` (no database here).
+
+The first step is taken from the shared ``builds`` queue; it pins the rest of the chain
+to this node's own queue, because the workspace and the built images live here.
+"""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
+import docker
 from celery import Task
+from celery.exceptions import Ignore
+from redis import Redis
 
 from buildworker import info
-from tasks.app import celery_app
+from buildworker.api import ControlPlane, StepRefused
+from buildworker.errors import PermanentBuildError, TransientBuildError
+from buildworker.runner import StepRunner, WorkerConfig
+from controlplane.services import logs
+from tasks.app import celery_app, node_queue, settings_of
 
 WORKER_INFO = "portside.worker_info"
+MAX_RETRIES = 4
+
+
+def node_name(hostname: str) -> str:
+    """``build-1@host`` → ``build-1``: the name a build worker was started with."""
+    return hostname.split("@", 1)[0]
+
+
+@functools.cache
+def runner(hostname: str) -> StepRunner:
+    settings = settings_of(celery_app)
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+
+    def sink(build_id: int, lines: list[str]) -> None:
+        logs.append(redis, build_id, lines)
+
+    return StepRunner(
+        ControlPlane(settings.url, settings.token.reveal()),
+        docker.from_env(timeout=300),
+        WorkerConfig(
+            node=hostname,
+            registry=settings.registry,
+            workspace_root=Path(settings.data_dir) / "workspaces",
+        ),
+        sink,
+    )
+
+
+def _pin_rest_of_chain(task: Task[Any, Any]) -> None:
+    """Route the remaining steps of this chain to this node's own queue."""
+    queue = node_queue(node_name(task.request.hostname or ""))
+    for signature in task.request.chain or []:
+        signature.setdefault("options", {})["queue"] = queue
+
+
+def _run_step(task: Task[Any, Any], step: str, build_id: int, attempt: int) -> None:
+    steps = runner(task.request.hostname or "unknown")
+    if step == "clone":
+        _pin_rest_of_chain(task)
+    try:
+        steps.run(step, build_id, attempt)
+    except StepRefused as exc:
+        # Done already, cancelled, or taken over by another attempt: stop this chain.
+        raise Ignore(str(exc)) from None
+    except TransientBuildError as exc:
+        if task.request.retries >= MAX_RETRIES:
+            steps.give_up(step, build_id, attempt, str(exc))
+            raise Ignore(str(exc)) from None
+        raise task.retry(exc=exc, countdown=min(60, 2 ** (task.request.retries + 1))) from None
+    except PermanentBuildError as exc:
+        raise Ignore(str(exc)) from None
+
+
+def _step_task(step: str) -> Any:
+    def run(self: Task[Any, Any], build_id: int, attempt: int) -> None:
+        _run_step(self, step, build_id, attempt)
+
+    run.__name__ = step
+    run.__doc__ = f"Pipeline step {step!r} of one build attempt (idempotent per build/step)."
+    return celery_app.task(
+        name=f"portside.{step}",
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=MAX_RETRIES,
+    )(run)
+
+
+clone = _step_task("clone")
+build = _step_task("build")
+push = _step_task("push")
+upload_compose = _step_task("upload_compose")
+record_deployment = _step_task("record_deployment")
 
 
 @celery_app.task(name=WORKER_INFO, bind=True, acks_late=True, ignore_result=False)

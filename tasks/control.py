@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from controlplane.errors import PermanentError, TransientError
 from controlplane.models import Build, utcnow
-from controlplane.services import deliveries, pushes
+from controlplane.services import builds, deliveries, pushes
 from tasks import pipeline, runtime
 from tasks.app import CONTROL_QUEUE, celery_app
 
@@ -86,13 +86,17 @@ def reconcile_branches() -> list[int]:
 
 
 @celery_app.task(name=pipeline.START_BUILD, acks_late=True)
-def start_build(build_id: int) -> int:
-    """Hand a queued build to the build workers (the chain arrives with the pipeline)."""
+def start_build(build_id: int) -> list[int]:
+    """Cancel the older unfinished builds of the environment, then send the chain."""
     with runtime.database().session_scope() as session:
         build = session.get(Build, build_id)
         if build is None:
             raise PermanentError(f"build {build_id} does not exist")
-    return build_id
+        cancelled = builds.supersede_older(session, build)
+        attempt, queued = build.attempt, build.status == "queued"
+    if queued:
+        pipeline.build_chain(build_id, attempt).apply_async()
+    return cancelled
 
 
 @worker_process_init.connect

@@ -6,13 +6,16 @@ never imports task code (and with it the build worker's dependencies).
 
 from __future__ import annotations
 
+from celery import chain
+
 from controlplane.settings import Settings
-from tasks.app import CONTROL_QUEUE, celery_app, configure
+from tasks.app import BUILDS_QUEUE, CONTROL_QUEUE, celery_app, configure
 
 PROCESS_DELIVERY = "portside.process_delivery"
 REDRIVE_DELIVERIES = "portside.redrive_deliveries"
 RECONCILE_BRANCHES = "portside.reconcile_branches"
 START_BUILD = "portside.start_build"
+BUILD_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 
 
 def configure_sender(settings: Settings) -> None:
@@ -30,3 +33,20 @@ def enqueue_delivery(delivery_id: int) -> None:
 def enqueue_build(build_id: int) -> None:
     """Queue a committed build; the control worker turns it into the build chain."""
     celery_app.send_task(START_BUILD, args=[build_id], queue=CONTROL_QUEUE, ignore_result=True)
+
+
+def build_chain(build_id: int, attempt: int) -> chain:
+    """The pipeline of one build attempt, from stable task names; the first step goes to
+    the shared builds queue and pins the rest to the node that took it."""
+    return chain(
+        *(
+            celery_app.signature(
+                f"portside.{step}",
+                args=(build_id, attempt),
+                immutable=True,
+                queue=BUILDS_QUEUE,
+                ignore_result=True,
+            )
+            for step in BUILD_STEPS
+        )
+    )

@@ -92,7 +92,7 @@ def finish_step(data: dict[str, Any], build_id: int, step: str) -> None:
         succeeded=data["status"] == "succeeded",
         error=data["error"],
     )
-    if build.status == "failed":
+    if build.status in builds.FINISHED:
         _end(build_id)
     db.commit()
 
@@ -160,8 +160,6 @@ def upload_artifacts(data: dict[str, Any], build_id: int) -> None:
 def create_deployment(data: dict[str, Any], service_id: int) -> Any:
     db = session()
     deployment = builds.record_deployment(db, service_id, data["build_id"], actor())
-    db.flush()
-    _end(data["build_id"])
     db.commit()
     return deployment
 

@@ -127,9 +127,13 @@ def finish_step(
 ) -> Build:
     """Record a step's end; a failed step fails the build with an error a person can act on."""
     build = get_build(session, build_id, lock=True)
-    if attempt != build.attempt or build.status in FINISHED:
+    if attempt != build.attempt:
         raise Conflict(f"build {build_id} attempt {attempt} is no longer current")
     step = _step(build, step_name)
+    if succeeded and step.status == "succeeded":
+        return build  # a repeated report (recording the deployment finishes its own step)
+    if build.status in FINISHED:
+        raise Conflict(f"build {build_id} is {build.status}")
     now = utcnow()
     step.finished_at = now
     build.heartbeat_at = now

@@ -1,0 +1,207 @@
+"""Build, push and remove images with the Docker SDK's low-level API, streaming the output.
+
+The low-level API is used because it yields the engine's JSON messages as they come,
+so every line reaches the build log live, and errors inside the stream (which the
+engine sends with a 200 status) are seen and classified here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from buildworker.errors import BuildError, PermanentBuildError, TransientBuildError
+
+Log = Callable[[str], None]
+
+# Push errors that another try cannot fix; anything else (connection refused, timeouts,
+# 5xx from the registry) is treated as transient.
+_PUSH_REFUSALS = (
+    "unauthorized",
+    "denied",
+    "authentication required",
+    "name invalid",
+    "name unknown",
+    "manifest invalid",
+    "tag invalid",
+    "does not exist",
+    "no such image",
+    "invalid reference format",
+)
+# Build errors that are the engine's trouble rather than the Dockerfile's.
+_BUILD_TRANSIENT = ("no space left on device", "connection reset", "i/o timeout")
+_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
+_BUILT = re.compile(r"Successfully built ([0-9a-f]{12,64})")
+
+
+def build_image(  # noqa: PLR0917 - the signature the task wrappers were promised
+    client: docker.DockerClient,
+    context_dir: Path,
+    dockerfile: str,
+    tag: str,
+    labels: Mapping[str, str],
+    buildargs: Mapping[str, str],
+    log: Log,
+    *,
+    target: str | None = None,
+    cache_from: Sequence[str] = (),
+) -> str:
+    """Build ``context_dir`` as ``tag`` and return the image id (``sha256:...``).
+
+    Nothing is pulled (``FROM`` images must be local or pullable by the engine itself as
+    it sees fit); ``cache_from`` names earlier images of the branch to reuse layers from.
+    """
+    if not (context_dir / dockerfile).is_file():
+        raise PermanentBuildError(f"Dockerfile {dockerfile!r} not found in the build context")
+    lines = _LineSplitter(log)
+    image_id: str | None = None
+    with _engine_errors("build", _build_error, log):
+        stream: Iterable[dict[str, Any]] = client.api.build(
+            path=str(context_dir),
+            dockerfile=dockerfile,
+            tag=tag,
+            labels=dict(labels),
+            buildargs=dict(buildargs),
+            target=target,
+            cache_from=list(cache_from) or None,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        for message in stream:
+            _raise_on_error(message, lines, _build_error)
+            if "stream" in message:
+                lines.feed(str(message["stream"]))
+                if found := _BUILT.search(str(message["stream"])):
+                    image_id = image_id or found.group(1)
+            elif isinstance(message.get("aux"), dict) and "ID" in message["aux"]:
+                image_id = str(message["aux"]["ID"])
+            else:
+                _log_status(message, lines)
+        lines.flush()
+        if image_id is None or not image_id.startswith("sha256:"):
+            image_id = str(client.api.inspect_image(tag)["Id"])
+    return image_id
+
+
+def push_image(
+    client: docker.DockerClient,
+    repository: str,
+    tag: str,
+    auth: dict[str, str] | None,
+    log: Log,
+) -> str:
+    """Push ``repository:tag`` and return the manifest digest the registry gave it.
+
+    ``auth`` (``username``/``password``) is sent to the engine for this push only; None
+    uses the engine host's own configuration.
+    """
+    lines = _LineSplitter(log)
+    digest: str | None = None
+    with _engine_errors("push", _push_error, log):
+        stream: Iterable[dict[str, Any]] = client.api.push(
+            repository, tag=tag, stream=True, decode=True, auth_config=auth
+        )
+        for message in stream:
+            _raise_on_error(message, lines, _push_error)
+            aux = message.get("aux")
+            if isinstance(aux, dict) and str(aux.get("Digest", "")).startswith("sha256:"):
+                digest = str(aux["Digest"])
+            elif found := _DIGEST.search(str(message.get("status", ""))):
+                digest = digest or found.group(1)
+            _log_status(message, lines)
+        lines.flush()
+    if digest is None:
+        raise TransientBuildError(f"the push of {repository}:{tag} reported no digest")
+    return digest
+
+
+def remove_image(client: docker.DockerClient, image: str, *, force: bool = False) -> bool:
+    """Remove an image (id or tag); False if it was already gone."""
+    with _engine_errors("remove image", _removal_error):
+        try:
+            client.api.remove_image(image, force=force)
+        except docker.errors.ImageNotFound:
+            return False
+    return True
+
+
+class _LineSplitter:
+    """The engine splits output at arbitrary points; the log wants whole lines."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._partial = ""
+
+    def feed(self, text: str) -> None:
+        *complete, self._partial = (self._partial + text).split("\n")
+        for line in complete:
+            self._log(line.rstrip("\r"))
+
+    def flush(self) -> None:
+        if self._partial:
+            self._log(self._partial.rstrip("\r"))
+            self._partial = ""
+
+
+def _log_status(message: dict[str, Any], lines: _LineSplitter) -> None:
+    """Log a status message once per state, not every progress-bar tick."""
+    status = message.get("status")
+    if not status or (message.get("progressDetail") or {}).get("current") is not None:
+        return
+    layer = message.get("id")
+    lines.feed(f"{layer}: {status}\n" if layer else f"{status}\n")
+
+
+def _raise_on_error(
+    message: dict[str, Any], lines: _LineSplitter, classify: Callable[[str], BuildError]
+) -> None:
+    if "errorDetail" in message or "error" in message:
+        lines.flush()
+        detail = message.get("errorDetail") or {}
+        text = str(detail.get("message") or message.get("error") or "unknown error").strip()
+        lines.feed(f"ERROR: {text}\n")
+        raise classify(text)
+
+
+def _build_error(text: str) -> BuildError:
+    if any(marker in text.lower() for marker in _BUILD_TRANSIENT):
+        return TransientBuildError(f"build failed on the worker: {text}")
+    return PermanentBuildError(f"build failed: {text}")
+
+
+def _removal_error(text: str) -> BuildError:
+    return PermanentBuildError(f"cannot remove image: {text}")
+
+
+def _push_error(text: str) -> BuildError:
+    if any(marker in text.lower() for marker in _PUSH_REFUSALS):
+        return PermanentBuildError(f"push refused: {text}")
+    return TransientBuildError(f"push failed: {text}")
+
+
+@contextmanager
+def _engine_errors(
+    what: str, classify: Callable[[str], BuildError], log: Log | None = None
+) -> Iterator[None]:
+    """Map the SDK's exceptions: an unreachable engine is transient, its answers classified."""
+    try:
+        yield
+    except BuildError:
+        raise
+    except docker.errors.APIError as exc:  # before RequestException: it is an HTTPError
+        text = str(exc.explanation or exc)
+        if log is not None:
+            log(f"ERROR: {text}")
+        raise classify(text) from exc
+    except requests.exceptions.RequestException as exc:
+        raise TransientBuildError(f"Docker engine unreachable during {what}: {exc}") from exc
+    except docker.errors.DockerException as exc:
+        raise PermanentBuildError(f"{what} failed: {exc}") from exc

@@ -1,0 +1,256 @@
+"""One build step at a time, on one node: the build worker's part of the pipeline.
+
+The Celery task wrappers call :meth:`StepRunner.run` with a build id, its attempt and a
+step name. Each step claims itself from the control plane (which refuses a step that is
+done, cancelled or taken over), does its work, and reports back. Clone, build and push
+share a workspace and the local images, which is why they run on the same node; what one
+step leaves for the next is kept in the workspace's ``state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from buildworker import compose, git, images, names
+from buildworker.api import ControlPlane
+from buildworker.errors import PermanentBuildError
+
+log = logging.getLogger(__name__)
+
+STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
+HEARTBEAT_SECONDS = 10.0
+LogSink = Callable[[int, list[str]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    node: str
+    registry: str
+    workspace_root: Path
+
+
+class BuildLog:
+    """Forwards a build's log lines to the sink with every known secret replaced by ***."""
+
+    def __init__(self, sink: LogSink, build_id: int, secrets: Iterable[str] = ()) -> None:
+        self._sink = sink
+        self._build_id = build_id
+        self._secrets: set[str] = set()
+        self.hide(*secrets)
+
+    def hide(self, *secrets: str | None) -> None:
+        self._secrets.update(s for s in secrets if s and len(s) >= 4)
+
+    def mask(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def __call__(self, text: str) -> None:
+        lines = [self.mask(line) for line in text.rstrip("\n").split("\n")]
+        self._sink(self._build_id, lines)
+
+
+class _Heartbeat:
+    """Tells the control plane the step is alive, so a dead worker's build is taken over."""
+
+    def __init__(self, api: ControlPlane, build_id: int, attempt: int) -> None:
+        self._api = api
+        self._build_id = build_id
+        self._attempt = attempt
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self._api.heartbeat(self._build_id, self._attempt)
+            except Exception as exc:
+                log.warning("heartbeat of build %s failed: %s", self._build_id, exc)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+
+class StepRunner:
+    """Runs pipeline steps for builds on this node."""
+
+    def __init__(
+        self,
+        api: ControlPlane,
+        docker_client: docker.DockerClient,
+        config: WorkerConfig,
+        sink: LogSink,
+    ) -> None:
+        self.api = api
+        self.docker = docker_client
+        self.config = config
+        self.sink = sink
+
+    def workspace(self, build_id: int, attempt: int) -> Path:
+        return self.config.workspace_root / f"build-{build_id}-{attempt}"
+
+    def run(self, step: str, build_id: int, attempt: int) -> None:
+        """Claim, run and report one step; transient errors propagate for a retry."""
+        if step not in STEPS:
+            raise PermanentBuildError(f"unknown step {step!r}")
+        spec = self.api.claim(build_id, step, attempt, self.config.node)
+        build_log = BuildLog(self.sink, build_id, spec.get("build_args", {}).values())
+        build_log(f"==> {step} ({self.config.node})")
+        try:
+            with _Heartbeat(self.api, build_id, attempt):
+                getattr(self, f"_{step}")(spec, build_log)
+        except PermanentBuildError as exc:
+            message = build_log.mask(str(exc))
+            build_log(f"error: {message}")
+            self.api.finish(build_id, step, attempt, error=message)
+            self.cleanup(build_id, attempt)
+            raise
+        self.api.finish(build_id, step, attempt)
+
+    def give_up(self, step: str, build_id: int, attempt: int, error: str) -> None:
+        """Fail a step whose transient error outlasted its retries."""
+        BuildLog(self.sink, build_id)(f"error: {step} gave up: {error}")
+        self.api.finish(build_id, step, attempt, error=f"{step} gave up after retries: {error}")
+        self.cleanup(build_id, attempt)
+
+    def cleanup(self, build_id: int, attempt: int) -> None:
+        shutil.rmtree(self.workspace(build_id, attempt), ignore_errors=True)
+
+    # -- state handed from one step to the next on this node --------------------------
+
+    def _state_path(self, spec: dict[str, Any]) -> Path:
+        return self.workspace(spec["build_id"], spec["attempt"]) / "state.json"
+
+    def _load_state(self, spec: dict[str, Any]) -> dict[str, Any]:
+        path = self._state_path(spec)
+        if not path.is_file():
+            raise PermanentBuildError(
+                f"the workspace of build {spec['build_id']} is gone from {self.config.node}"
+            )
+        state: dict[str, Any] = json.loads(path.read_text())
+        return state
+
+    def _save_state(self, spec: dict[str, Any], state: dict[str, Any]) -> None:
+        path = self._state_path(spec)
+        path.write_text(json.dumps(state))
+
+    def _checkout(self, spec: dict[str, Any]) -> Path:
+        return self.workspace(spec["build_id"], spec["attempt"]) / "src"
+
+    # -- the steps --------------------------------------------------------------------
+
+    def _clone(self, spec: dict[str, Any], build_log: BuildLog) -> None:
+        if not spec.get("clone_url"):
+            raise PermanentBuildError(
+                f"repository {spec['repository']} is not installed: no clone URL known"
+            )
+        workspace = self.workspace(spec["build_id"], spec["attempt"])
+        workspace.mkdir(parents=True, exist_ok=True)
+        token = self.api.git_token(spec["build_id"])
+        build_log.hide(token)
+        try:
+            git.fetch_commit(
+                spec["clone_url"], spec["commit_sha"], token, self._checkout(spec), log=build_log
+            )
+        except git.AuthenticationFailed:
+            token = self.api.git_token(spec["build_id"], refresh=True)
+            build_log.hide(token)
+            build_log("the installation token was refused; fetching again with a fresh one")
+            git.fetch_commit(
+                spec["clone_url"], spec["commit_sha"], token, self._checkout(spec), log=build_log
+            )
+        self._save_state(spec, {"images": {}})
+
+    def _build(self, spec: dict[str, Any], build_log: BuildLog) -> None:
+        state = self._load_state(spec)
+        checkout = self._checkout(spec)
+        plan = compose.plan_builds(
+            checkout, spec.get("compose_path"), allow_privileged=spec["allow_privileged"]
+        )
+        tag = names.short_sha(spec["commit_sha"])
+        branch_tag = names.branch_tag(spec["branch"])
+        built: dict[str, Any] = {}
+        for item in plan.builds:
+            repository = names.image_repository(
+                self.config.registry, spec["repository"], item.service
+            )
+            key = item.service or "app"
+            build_log(f"building {key} as {repository}:{tag}")
+            images.build_image(
+                self.docker,
+                context_dir=item.context,
+                dockerfile=item.dockerfile,
+                tag=f"{repository}:{tag}",
+                labels={
+                    "io.portside.build": str(spec["build_id"]),
+                    "io.portside.service": spec["service"],
+                    "io.portside.commit": spec["commit_sha"],
+                },
+                buildargs={**item.args, **spec.get("build_args", {})},
+                target=item.target,
+                cache_from=[f"{repository}:{branch_tag}"],
+                log=build_log,
+            )
+            self.docker.images.get(f"{repository}:{tag}").tag(repository, branch_tag)
+            built[key] = {"repository": repository, "tag": tag, "branch_tag": branch_tag}
+        state["images"] = built
+        state["compose"] = plan.compose.text if plan.compose else None
+        self._save_state(spec, state)
+
+    def _push(self, spec: dict[str, Any], build_log: BuildLog) -> None:
+        state = self._load_state(spec)
+        credentials = self.api.registry_credentials(spec["build_id"])
+        build_log.hide(credentials.get("password"))
+        auth = (
+            {"username": credentials["username"], "password": credentials["password"]}
+            if credentials.get("username")
+            else None
+        )
+        for key, image in state["images"].items():
+            build_log(f"pushing {image['repository']}:{image['tag']}")
+            image["digest"] = images.push_image(
+                self.docker, image["repository"], image["tag"], auth=auth, log=build_log
+            )
+            images.push_image(
+                self.docker, image["repository"], image["branch_tag"], auth=auth, log=build_log
+            )
+            build_log(f"{key}: {image['repository']}@{image['digest']}")
+        self._save_state(spec, state)
+
+    def _upload_compose(self, spec: dict[str, Any], build_log: BuildLog) -> None:
+        state = self._load_state(spec)
+        pinned = None
+        if state.get("compose"):
+            pinned = compose.pin_images(
+                state["compose"],
+                {
+                    key: f"{image['repository']}@{image['digest']}"
+                    for key, image in state["images"].items()
+                },
+            )
+            build_log("compose file pinned to the pushed digests")
+        artifacts = {
+            key: {"repository": i["repository"], "tag": i["tag"], "digest": i["digest"]}
+            for key, i in state["images"].items()
+        }
+        self.api.upload_artifacts(spec["build_id"], spec["attempt"], artifacts, pinned)
+
+    def _record_deployment(self, spec: dict[str, Any], build_log: BuildLog) -> None:
+        deployment = self.api.record_deployment(spec["service_id"], spec["build_id"])
+        build_log(f"deployment {deployment['id']} recorded ({deployment['status']})")
+        self.cleanup(spec["build_id"], spec["attempt"])
