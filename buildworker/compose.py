@@ -143,7 +143,7 @@ def pin_images(compose_text: str, images: Mapping[str, str]) -> str:
     """The compose file with each service in ``images`` running that digest reference.
 
     Its ``build:`` goes, so hosts pull the exact image that was pushed and never build.
-    Comments are not kept (the file is regenerated); anchors are expanded.
+    Comments are not kept (the file is regenerated) and merge keys (``<<``) come out resolved.
     """
     document = _load(compose_text)
     services = _services(document)

@@ -249,7 +249,15 @@ def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     """Everything on one machine: migrate, then web, control worker, build worker, beat."""
     _check_redis(settings)
-    migrate.upgrade(_database(settings).engine)
+    database = _database(settings)
+    migrate.upgrade(database.engine)
+    env = dict(os.environ, PORTSIDE_URL=f"http://{args.bind}")
+    if not settings.token:
+        # The build worker talks to the web process like any other: with a worker token.
+        with database.session_scope() as session:
+            _token, env["PORTSIDE_TOKEN"] = tokens.create_token(
+                session, "dev-buildworker", "worker"
+            )
     portside = [sys.executable, "-m", "controlplane.cli"]
     children = {
         "web": [*portside, "web", "--bind", args.bind],
@@ -257,7 +265,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         "buildworker": [*portside, "buildworker", "--name", "build-dev"],
         "beat": [*portside, "beat"],
     }
-    processes = {name: subprocess.Popen(command) for name, command in children.items()}
+    processes = {name: subprocess.Popen(command, env=env) for name, command in children.items()}
     print(f"portside dev: web on http://{args.bind}, workers and beat started; Ctrl-C stops")
     print("portside dev: the host agent is not available yet (issue 5)")
     stopping = False

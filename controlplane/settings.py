@@ -89,6 +89,8 @@ class Settings:
     agent_interval: int = 10
     agent_publish_host: str = ""
     build_timeout: int = 3600
+    # A running build whose worker sent no heartbeat for this long is taken over.
+    build_stale_after: int = 90
     webhook_max_bytes: int = 25 * 1024 * 1024
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
 
@@ -169,7 +171,9 @@ class Settings:
         if (raw := get("AGENT_PUBLISH_HOST")) is not None:
             kwargs["agent_publish_host"] = raw
         if (raw := get("BUILD_TIMEOUT")) is not None:
-            kwargs["build_timeout"] = _require_int("PORTSIDE_BUILD_TIMEOUT", raw, 60, 86400)
+            kwargs["build_timeout"] = _require_int("PORTSIDE_BUILD_TIMEOUT", raw, 10, 86400)
+        if (raw := get("BUILD_STALE_AFTER")) is not None:
+            kwargs["build_stale_after"] = _require_int("PORTSIDE_BUILD_STALE_AFTER", raw, 15, 3600)
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @property

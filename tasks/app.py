@@ -55,6 +55,9 @@ def configure(settings: Settings) -> Celery:
             "portside.upload_compose": {"queue": BUILDS_QUEUE},
             "portside.record_deployment": {"queue": BUILDS_QUEUE},
         },
+        # A step over the build time limit fails with that reason (SoftTimeLimitExceeded).
+        task_soft_time_limit=settings.build_timeout,
+        task_time_limit=settings.build_timeout + 60,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_track_started=True,
@@ -77,6 +80,10 @@ def configure(settings: Settings) -> Celery:
         beat_schedule={
             "redrive-deliveries": {"task": "portside.redrive_deliveries", "schedule": 30.0},
             "reconcile-branches": {"task": "portside.reconcile_branches", "schedule": 300.0},
+            "take-over-stale-builds": {
+                "task": "portside.take_over_stale_builds",
+                "schedule": max(5.0, settings.build_stale_after / 3),
+            },
         },
         portside_settings=settings,
     )

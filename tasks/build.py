@@ -12,7 +12,7 @@ from typing import Any
 
 import docker
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from redis import Redis
 
 from buildworker import info
@@ -74,6 +74,10 @@ def _run_step(task: Task[Any, Any], step: str, build_id: int, attempt: int) -> N
         raise task.retry(exc=exc, countdown=min(60, 2 ** (task.request.retries + 1))) from None
     except PermanentBuildError as exc:
         raise Ignore(str(exc)) from None
+    except SoftTimeLimitExceeded:
+        limit = settings_of(celery_app).build_timeout
+        steps.give_up(step, build_id, attempt, f"the build exceeded its time limit of {limit} s")
+        raise Ignore("time limit") from None
 
 
 def _step_task(step: str) -> Any:

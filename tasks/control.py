@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -14,7 +15,7 @@ from controlplane.errors import PermanentError, TransientError
 from controlplane.models import Build, utcnow
 from controlplane.services import builds, deliveries, pushes
 from tasks import pipeline, runtime
-from tasks.app import CONTROL_QUEUE, celery_app
+from tasks.app import CONTROL_QUEUE, celery_app, settings_of
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,23 @@ def start_build(build_id: int) -> list[int]:
     if queued:
         pipeline.build_chain(build_id, attempt).apply_async()
     return cancelled
+
+
+@celery_app.task(name=pipeline.TAKE_OVER_STALE_BUILDS, acks_late=True)
+def take_over_stale_builds() -> list[int]:
+    """Start again, as a new attempt, every running build whose worker went silent."""
+    stale_after = dt.timedelta(seconds=settings_of(celery_app).build_stale_after)
+    taken: list[tuple[int, int]] = []
+    with runtime.database().session_scope() as session:
+        for build in builds.stale_builds(session, stale_after):
+            log.warning("build %s lost its worker %s; taking it over", build.id, build.worker)
+            builds.take_over(session, build)
+            taken.append((build.id, build.attempt))
+    for build_id, attempt in taken:
+        pipeline.build_chain(build_id, attempt).apply_async()
+        with runtime.database().session_scope() as session:
+            session.execute(update(Build).where(Build.id == build_id).values(enqueued_at=utcnow()))
+    return [build_id for build_id, _ in taken]
 
 
 @worker_process_init.connect

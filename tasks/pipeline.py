@@ -15,6 +15,7 @@ PROCESS_DELIVERY = "portside.process_delivery"
 REDRIVE_DELIVERIES = "portside.redrive_deliveries"
 RECONCILE_BRANCHES = "portside.reconcile_branches"
 START_BUILD = "portside.start_build"
+TAKE_OVER_STALE_BUILDS = "portside.take_over_stale_builds"
 BUILD_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 
 

@@ -23,7 +23,7 @@ from controlplane.services import tokens
 from controlplane.settings import Secret, Settings
 from tests.helpers import WEBHOOK_SECRET
 
-pytest_plugins = ["tests.fixtures.docker", "tests.fixtures.github"]
+pytest_plugins = ["tests.fixtures.docker", "tests.fixtures.github", "tests.fixtures.stack"]
 
 TEST_REDIS_DB = 13
 
@@ -128,3 +128,11 @@ def read_headers(database: Database) -> dict[str, str]:
 @pytest.fixture
 def worker_headers(database: Database) -> dict[str, str]:
     return {"Authorization": f"Bearer {_token(database, 'worker')}"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item, so fixtures can tell a failed test."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

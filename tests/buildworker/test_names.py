@@ -10,16 +10,19 @@ from buildworker.names import branch_tag, compose_project_name, image_repository
 
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # The distribution spec's name grammar (domain, then path components).
-NAME = re.compile(
-    r"[a-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
-)
+NAME = re.compile(r"[a-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+")
 
 
 @pytest.mark.parametrize(
     ("registry", "owner_repo", "service", "expected"),
     [
         ("127.0.0.1:5001", "Codertocat/Hello-World", None, "127.0.0.1:5001/codertocat/hello-world"),
-        ("127.0.0.1:5001", "Codertocat/Hello-World", "web", "127.0.0.1:5001/codertocat/hello-world-web"),
+        (
+            "127.0.0.1:5001",
+            "Codertocat/Hello-World",
+            "web",
+            "127.0.0.1:5001/codertocat/hello-world-web",
+        ),
         ("https://Registry.example.com/Team/", "o/r", None, "registry.example.com/team/o/r"),
         ("reg:5000", "octo-org/my_app.v2", None, "reg:5000/octo-org/my_app.v2"),
     ],

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
 
 from tests.githubserver import repos
+from tests.support.live import LiveServer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -1117,20 +1117,17 @@ class GitHubServer:
     def __init__(self, state: GitHubState) -> None:
         self.state = state
         self._app = create_github_server(state)
-        self._server = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._live = LiveServer(self._dispatch)
+        self.url = self._live.url
 
     def _dispatch(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self._app(environ, start_response)
 
     def start(self) -> None:
-        self._thread.start()
+        self._live.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
+        self._live.stop()
 
     def reset(self, state: GitHubState) -> None:
         self.state = state

@@ -1,0 +1,152 @@
+"""End to end: a signed push becomes images in the registry and a recorded deployment,
+through real Celery workers, git over HTTP, the Docker engine and the registry."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from controlplane.models import Build, Deployment
+from controlplane.services import hosts, services
+from tests.fixtures.stack import Stack, wait_for
+from tests.helpers import json_payload, webhook_headers
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+INSTALLATION = 957387
+REPOSITORY = "Codertocat/Hello-World"
+
+
+def post_delivery(stack: Stack, event: str, payload: dict[str, Any]) -> int:
+    body = json.dumps(payload).encode()
+    response = requests.post(
+        f"{stack.url}/webhooks/github", data=body, headers=webhook_headers(event, body), timeout=10
+    )
+    assert response.status_code == 202, response.text
+    return int(response.json()["id"])
+
+
+def install(stack: Stack, base_image: str) -> None:
+    """The App installed on a repository whose Dockerfile builds FROM the test base image."""
+    state = stack.github.state
+    state.add_installation(INSTALLATION, "Codertocat")
+    state.add_repository(INSTALLATION, REPOSITORY, default_branch="master")
+    state.commit(
+        REPOSITORY,
+        {
+            "Dockerfile": f"FROM {base_image}\nCOPY index.html /www/index.html\n"
+            'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n',
+            "index.html": "hello\n",
+        },
+        branch="master",
+    )
+    payload = json_payload("installation__created.payload.json")
+    payload["installation"]["id"] = INSTALLATION
+    repo = state.repository(REPOSITORY)
+    payload["repositories"] = [{"id": repo.id, "name": repo.name, "full_name": REPOSITORY}]
+    post_delivery(stack, "installation", payload)
+    with stack.database.session_scope() as session:
+        hosts.create_host(session, "web-1", "test")
+        services.create_service(
+            session,
+            services.ServiceSpec(
+                name="hello", repository=REPOSITORY, branch="master", host="web-1", port=8080
+            ),
+            "test",
+        )
+
+
+def push(stack: Stack, files: dict[str, str], pushed_at: int) -> str:
+    sha = stack.github.state.commit(REPOSITORY, files, branch="master")
+    payload = copy.deepcopy(json_payload("push__with-new-branch.payload.json"))
+    payload["installation"]["id"] = INSTALLATION
+    payload["repository"].update(
+        {
+            key: value
+            for key, value in stack.github.repository_json(REPOSITORY).items()
+            if key in ("id", "clone_url", "full_name", "name")
+        }
+    )
+    payload["repository"]["pushed_at"] = pushed_at
+    payload["after"] = sha
+    payload["head_commit"]["id"] = sha
+    post_delivery(stack, "push", payload)
+    return sha
+
+
+def build_of(stack: Stack, sha: str) -> Build | None:
+    with stack.database.session_scope() as session:
+        return session.scalar(select(Build).where(Build.commit_sha == sha))
+
+
+def finished(stack: Stack, sha: str) -> Build | None:
+    build = build_of(stack, sha)
+    return build if build and build.status in ("succeeded", "failed", "cancelled") else None
+
+
+def test_push_builds_pushes_and_records_a_deployment(
+    stack: Stack, base_image: str, registry: Any, docker_cleanup: None
+) -> None:
+    install(stack, base_image)
+    stack.start_buildworker("build-e2e")
+    sha = push(stack, {"index.html": "version 1\n"}, 1_700_000_000)
+    build = wait_for(lambda: build_of(stack, sha), 60, what="the build row")
+
+    followed: list[str] = []
+
+    def follow() -> None:
+        with requests.get(
+            f"{stack.url}/v1/builds/{build.id}/logs",
+            headers={"Accept": "text/event-stream", **stack_read_headers(stack)},
+            stream=True,
+            timeout=300,
+        ) as response:
+            for raw in response.iter_lines(decode_unicode=True):
+                if raw.startswith("event: end"):
+                    return
+                if raw.startswith("data: "):
+                    followed.append(json.loads(raw[6:]))
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    done = wait_for(lambda: finished(stack, sha), 300, 0.5, "the build to finish")
+    assert done.status == "succeeded", done.error
+    follower.join(60)
+
+    with stack.database.session_scope() as session:
+        deployment = session.scalar(select(Deployment).where(Deployment.build_id == done.id))
+        assert deployment is not None
+        steps = [(s.name, s.status) for s in session.get(Build, done.id).steps]  # type: ignore[union-attr]
+    assert steps == [
+        (name, "succeeded")
+        for name in ("clone", "build", "push", "upload_compose", "record_deployment")
+    ]
+    image = done.images["app"]
+    repo_path = image["repository"].split("/", 1)[1]
+    assert repo_path == "codertocat/hello-world"
+    assert registry.manifest_digest(repo_path, image["tag"]) == image["digest"]
+
+    stored = requests.get(
+        f"{stack.url}/v1/builds/{done.id}/logs", headers=stack_read_headers(stack), timeout=10
+    ).json()
+    assert stored["complete"] is True
+    assert any(line.startswith("==> clone") for line in stored["lines"])
+    assert any("pushing" in line for line in stored["lines"])
+    assert any(line.startswith("==> build") for line in followed)
+    tokens = [t.token for t in stack.github.state.tokens]
+    assert tokens and not any(t in line for t in tokens for line in stored["lines"])
+    registry.delete_image(repo_path, image["tag"])
+
+
+def stack_read_headers(stack: Stack) -> dict[str, str]:
+    from controlplane.services import tokens
+
+    with stack.database.session_scope() as session:
+        _row, secret = tokens.create_token(session, "e2e-reader", "read")
+    return {"Authorization": f"Bearer {secret}"}
