@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from sqlalchemy import select
 
-from controlplane.models import Build, Deployment
+from controlplane.models import Build, Deployment, WebhookDelivery
 from controlplane.services import hosts, services
 from tests.fixtures.stack import Stack, wait_for
 from tests.helpers import json_payload, webhook_headers
@@ -50,7 +51,8 @@ def install(stack: Stack, base_image: str) -> None:
     payload["installation"]["id"] = INSTALLATION
     repo = state.repository(REPOSITORY)
     payload["repositories"] = [{"id": repo.id, "name": repo.name, "full_name": REPOSITORY}]
-    post_delivery(stack, "installation", payload)
+    delivery_id = post_delivery(stack, "installation", payload)
+    wait_for(lambda: delivery_status(stack, delivery_id) == "processed", 60, what="installation")
     with stack.database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
         services.create_service(
@@ -60,6 +62,12 @@ def install(stack: Stack, base_image: str) -> None:
             ),
             "test",
         )
+
+
+def delivery_status(stack: Stack, delivery_id: int) -> str | None:
+    with stack.database.session_scope() as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        return delivery.status if delivery else None
 
 
 def push(stack: Stack, files: dict[str, str], pushed_at: int) -> str:
@@ -150,3 +158,105 @@ def stack_read_headers(stack: Stack) -> dict[str, str]:
     with stack.database.session_scope() as session:
         _row, secret = tokens.create_token(session, "e2e-reader", "read")
     return {"Authorization": f"Bearer {secret}"}
+
+
+def test_two_quick_pushes_deploy_only_the_second(
+    stack: Stack, base_image: str, registry: Any, docker_cleanup: None
+) -> None:
+    install(stack, base_image)
+    first = push(stack, {"index.html": "one\n"}, 1_700_000_100)
+    second = push(stack, {"index.html": "two\n"}, 1_700_000_200)
+    wait_for(lambda: build_of(stack, second), 60, what="the second build")
+    stack.start_buildworker("build-quick")
+    assert wait_for(lambda: finished(stack, second), 300, 0.5).status == "succeeded"
+    cancelled = wait_for(lambda: finished(stack, first), 60)
+    assert cancelled.status == "cancelled" and "superseded" in (cancelled.error or "")
+    with stack.database.session_scope() as session:
+        deployed = [d.build.commit_sha for d in session.scalars(select(Deployment))]
+    assert deployed == [second]
+    image = build_of(stack, second).images["app"]  # type: ignore[union-attr]
+    registry.delete_image(image["repository"].split("/", 1)[1], image["tag"])
+
+
+def test_a_build_worker_killed_mid_build_is_replaced_without_duplicates(
+    stack: Stack, base_image: str, registry: Any, docker_cleanup: None
+) -> None:
+    install(stack, base_image)
+    stack.start(
+        "beat",
+        ["beat"],
+        stack.worker_env
+        | {
+            "PORTSIDE_DATABASE_URL": stack.settings.database_url,
+        },
+    )
+    doomed = stack.start_buildworker("build-doomed")
+    sha = push(
+        stack,
+        {"Dockerfile": f"FROM {base_image}\nRUN sleep 8\nCOPY index.html /www/index.html\n"},
+        1_700_000_300,
+    )
+
+    def building() -> bool:
+        build = build_of(stack, sha)
+        return bool(build) and any(
+            s.name == "build" and s.status == "running"
+            for s in steps_of(stack, build.id)  # type: ignore[union-attr]
+        )
+
+    wait_for(building, 120, 0.2, "the build step to start")
+    doomed.kill()
+    doomed.process.wait(10)
+    stack.start_buildworker("build-rescuer")
+    done = wait_for(lambda: finished(stack, sha), 300, 0.5, "the build to be taken over")
+    assert done.status == "succeeded", done.error
+    assert done.attempt == 2 and done.worker.startswith("build-rescuer")
+    with stack.database.session_scope() as session:
+        assert len(list(session.scalars(select(Deployment)))) == 1
+        assert len(list(session.scalars(select(Build)))) == 1
+    image = done.images["app"]
+    registry.delete_image(image["repository"].split("/", 1)[1], image["tag"])
+
+
+def steps_of(stack: Stack, build_id: int) -> list[Any]:
+    with stack.database.session_scope() as session:
+        build = session.get(Build, build_id)
+        return list(build.steps) if build else []
+
+
+def test_compose_repository_yields_a_pinned_compose_artifact(
+    stack: Stack, base_image: str, registry: Any, docker_cleanup: None
+) -> None:
+    install(stack, base_image)
+    dockerfile = f"FROM {base_image}\nCOPY . /srv\n"
+    compose = (
+        "services:\n"
+        "  web:\n    build: ./web\n    ports: ['8080']\n"
+        "  worker:\n    build:\n      context: ./worker\n"
+        f"  cache:\n    image: {base_image}\n"
+    )
+    stack.start_buildworker("build-compose")
+    sha = push(
+        stack,
+        {
+            "compose.yaml": compose,
+            "web/Dockerfile": dockerfile,
+            "web/index.html": "web\n",
+            "worker/Dockerfile": dockerfile,
+            "worker/run.sh": "echo work\n",
+        },
+        1_700_000_400,
+    )
+    done = wait_for(lambda: finished(stack, sha), 300, 0.5, "the compose build")
+    assert done.status == "succeeded", done.error
+    assert set(done.images) == {"web", "worker"}
+    pinned = yaml.safe_load(done.compose or "")
+    for name in ("web", "worker"):
+        image = done.images[name]
+        assert pinned["services"][name]["image"] == f"{image['repository']}@{image['digest']}"
+        assert "build" not in pinned["services"][name]
+        assert image["repository"].endswith(f"codertocat/hello-world-{name}")
+        repo_path = image["repository"].split("/", 1)[1]
+        assert registry.manifest_digest(repo_path, image["tag"]) == image["digest"]
+        registry.delete_image(repo_path, image["tag"])
+    assert pinned["services"]["cache"]["image"] == base_image
