@@ -127,4 +127,10 @@ def _redrive_on_start(sender: Any = None, **_: Any) -> None:
     """A control worker that starts re-drives the outbox before anything else."""
     queues = {queue.name for queue in sender.app.amqp.queues.consume_from.values()}
     if CONTROL_QUEUE in queues:
-        sender.app.send_task(pipeline.REDRIVE_DELIVERIES, queue=CONTROL_QUEUE)
+        # Now, and once more when the youngest delivery committed before the start is
+        # old enough to be re-driven (see deliveries.RECEIVED_GRACE).
+        grace = int(deliveries.RECEIVED_GRACE.total_seconds()) + 1
+        for countdown in (0, grace):
+            sender.app.send_task(
+                pipeline.REDRIVE_DELIVERIES, queue=CONTROL_QUEUE, countdown=countdown
+            )

@@ -1,0 +1,122 @@
+"""Redis down while deliveries arrive: all answered 202, all processed once it is back."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from controlplane.db import Database
+from controlplane.models import WebhookDelivery
+from controlplane.settings import Settings
+from tests.fixtures.stack import PortsideProcess, environment_of, wait_for
+from tests.helpers import load_payload, webhook_headers
+from tests.support.live import free_port
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+
+class RedisServer:
+    """A redis-server of this test's own, to stop and start at will."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: _pings(client), 20, 0.1, "redis-server to start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(private_redis: RedisServer) -> str:
+    """Everything in this module talks to the private Redis, not the machine's."""
+    return private_redis.url
+
+
+def test_deliveries_survive_a_redis_outage(
+    client: FlaskClient,
+    database: Database,
+    settings: Settings,
+    private_redis: RedisServer,
+    portside_process: Callable[..., PortsideProcess],
+) -> None:
+    body = load_payload("push__with-new-branch.payload.json")
+    private_redis.stop()
+    guids = []
+    for _ in range(5):
+        headers = webhook_headers("push", body)
+        started = time.monotonic()
+        response = client.post("/webhooks/github", data=body, headers=headers)
+        assert response.status_code == 202
+        # GitHub gives up after 10 s; the outage must not hold the answer anywhere near.
+        assert time.monotonic() - started < 8
+        guids.append(headers["X-GitHub-Delivery"])
+    with database.session_scope() as session:
+        statuses = set(session.scalars(select(WebhookDelivery.status)))
+    assert statuses == {"received"}
+
+    private_redis.start()
+    worker = portside_process("control-worker", ["worker"], environment_of(settings))
+    wait_for(lambda: "ready." in worker.log(), 60, what="the control worker")
+
+    def all_done() -> bool:
+        with database.session_scope() as session:
+            return set(session.scalars(select(WebhookDelivery.status))) == {"ignored"}
+
+    # The push targets a repository no service tracks: each delivery ends "ignored",
+    # processed exactly once.
+    wait_for(all_done, 90, 0.5, "the re-driven deliveries")
+    with database.session_scope() as session:
+        rows = list(session.scalars(select(WebhookDelivery)))
+        assert sorted(r.guid for r in rows) == sorted(guids)
+        assert all(r.attempts == 1 for r in rows)
+        assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 5
