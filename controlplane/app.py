@@ -7,13 +7,12 @@ import os
 
 from flask import Flask
 from flask_smorest import Api
-from redis import Redis
 
 from controlplane import __version__, schemas
-from controlplane.api import health, pipeline, v1, webhooks
+from controlplane.api import agent, health, pipeline, v1, webhooks
 from controlplane.api.errors import register_error_handlers
-from controlplane.db import Database
 from controlplane.github.app import GitHubApp
+from controlplane.services import desired
 from controlplane.settings import Settings
 from tasks import pipeline as task_pipeline
 
@@ -44,14 +43,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         },
     )
     app.extensions["portside.settings"] = settings
-    Database(settings).init_app(app)
-    app.extensions["portside.redis"] = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=5
-    )
+    database, redis_client = desired.open_database(settings)
+    database.init_app(app)
+    app.extensions["portside.redis"] = redis_client
     app.extensions["portside.github"] = GitHubApp.from_settings(settings)
     task_pipeline.configure_sender(settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(agent.blueprint)
     api = PortsideApi(app)
     for blueprint in (*v1.BLUEPRINTS, pipeline.worker_api, pipeline.deployments_api):
         api.register_blueprint(blueprint)

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from controlplane import migrate
 from controlplane.db import Database
 from controlplane.errors import ApiError, ConfigError, PortsideError
-from controlplane.services import hosts, services, tokens
+from controlplane.services import desired, hosts, services, tokens
 from controlplane.settings import Settings, mask_url
 
 EXIT_UNAVAILABLE = 1
@@ -42,7 +42,7 @@ class CommandError(Exception):
 
 
 def _database(settings: Settings) -> Database:
-    database = Database(settings)
+    database, _redis = desired.open_database(settings)
     try:
         database.ping()
     except SQLAlchemyError as exc:

@@ -7,7 +7,7 @@ from :func:`session` (one per request, closed at teardown), Celery tasks from
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,12 @@ class Database:
         self.engine: Engine = make_engine(settings)
         self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
+    def after_commit(self, callback: Callable[[Session], None]) -> None:
+        """Run ``callback(session)`` after every commit (for effects outside the database,
+        such as waking agents); ``session.info`` is cleared of it on rollback."""
+        event.listen(self._sessionmaker, "after_commit", callback)
+        event.listen(self._sessionmaker, "after_rollback", _forget_pending_effects)
+
     def init_app(self, app: Flask) -> None:
         app.extensions["portside.db"] = self
         app.teardown_appcontext(_close_request_session)
@@ -91,6 +97,10 @@ def session() -> Session:
         g.db_session = database.new_session()
     current: Session = g.db_session
     return current
+
+
+def _forget_pending_effects(session: Session) -> None:
+    session.info.clear()
 
 
 def _close_request_session(_exc: BaseException | None) -> None:

@@ -107,6 +107,10 @@ class Host(TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=1)
     accepts_previews: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What the agent reported having applied: environments stay pending until then.
+    applied_generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    entrypoint: Mapped[str] = mapped_column(String(64), default="websecure")
+    cert_resolver: Mapped[str] = mapped_column(String(64), default="letsencrypt")
     last_seen_at: Mapped[dt.datetime | None]
     agent_version: Mapped[str | None] = mapped_column(String(64))
     observed: Mapped[dict[str, Any] | None]
@@ -130,6 +134,12 @@ class Service(TimestampMixin, Base):
     preview_ttl_seconds: Mapped[int] = mapped_column(Integer, default=7 * 24 * 3600)
     max_previews: Mapped[int] = mapped_column(Integer, default=10)
     allow_privileged: Mapped[bool] = mapped_column(Boolean, default=False)
+    health_check_path: Mapped[str] = mapped_column(String(255), default="/")
+    cpu_limit: Mapped[float | None]
+    memory_limit: Mapped[str | None] = mapped_column(String(16))
+    restart_policy: Mapped[str] = mapped_column(String(32), default="unless-stopped")
+    # How many earlier deployments keep their images in the registry, for rollbacks.
+    keep_deployments: Mapped[int] = mapped_column(Integer, default=5)
     deleted_at: Mapped[dt.datetime | None]
 
     host: Mapped[Host] = relationship()

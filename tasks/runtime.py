@@ -6,12 +6,14 @@ import functools
 
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
+from controlplane.services import desired
 from tasks.app import celery_app, settings_of
 
 
 @functools.cache
 def database() -> Database:
-    return Database(settings_of(celery_app))
+    db, _redis = desired.open_database(settings_of(celery_app))
+    return db
 
 
 @functools.cache

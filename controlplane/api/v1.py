@@ -14,10 +14,11 @@ from controlplane.api.auth import actor, current_token, require
 from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import Forbidden, NotFound
-from controlplane.models import Build, Host, WebhookDelivery
+from controlplane.models import Build, Environment, Host, WebhookDelivery
 from controlplane.services import (
     audit,
     deliveries,
+    desired,
     hosts,
     installations,
     registries,
@@ -39,6 +40,9 @@ services_api = Blueprint(
     "services", __name__, url_prefix="/v1/services", description="Deployed services"
 )
 builds_api = Blueprint("builds", __name__, url_prefix="/v1/builds", description="Builds")
+environments_api = Blueprint(
+    "environments", __name__, url_prefix="/v1/environments", description="Environments"
+)
 registries_api = Blueprint(
     "registries", __name__, url_prefix="/v1/registries", description="Registry credentials"
 )
@@ -51,6 +55,7 @@ BLUEPRINTS = (
     services_api,
     builds_api,
     registries_api,
+    environments_api,
 )
 ERRORS = {401: "no valid token", 403: "token of the wrong scope"}
 
@@ -104,10 +109,41 @@ def create_host(data: dict[str, Any]) -> dict[str, Any]:
 
 @hosts_api.get("")
 @require("read")
-@hosts_api.response(200, schemas.HostSchema(many=True))
+@hosts_api.response(200, schemas.HostDetailSchema(many=True))
 @hosts_api.paginate()
-def list_hosts(pagination_parameters: Any) -> list[Any]:
-    return _paged(session(), select(Host).order_by(Host.name), pagination_parameters)
+def list_hosts(pagination_parameters: Any) -> list[dict[str, Any]]:
+    """Hosts with last seen time, agent version and what each environment is running."""
+    db = session()
+    interval = current_app.extensions["portside.settings"].agent_interval
+    listed = _paged(db, select(Host).order_by(Host.name), pagination_parameters)
+    result = []
+    for host in listed:
+        running = db.scalars(
+            select(Environment).where(
+                Environment.host_id == host.id, Environment.status != "inactive"
+            )
+        )
+        result.append(
+            {
+                **{
+                    name: getattr(host, name)
+                    for name in schemas.HostSchema().fields
+                    if name != "token"
+                },
+                "applied_generation": host.applied_generation,
+                "online": desired.is_online(host, interval),
+                "environments": [
+                    {
+                        "name": env.name,
+                        "status": env.status,
+                        "deployment_id": env.current_deployment_id,
+                        "address": env.address,
+                    }
+                    for env in running
+                ],
+            }
+        )
+    return result
 
 
 @deliveries_api.get("")
@@ -320,3 +356,39 @@ def delete_registry(registry_id: int) -> None:
     db = session()
     registries.delete_registry(db, registry_id, actor())
     db.commit()
+
+
+@environments_api.get("")
+@require("read")
+@environments_api.arguments(schemas.EnvironmentQuerySchema, location="query")
+@environments_api.response(200, schemas.EnvironmentSchema(many=True))
+@environments_api.paginate()
+def list_environments(query: dict[str, Any], pagination_parameters: Any) -> list[Any]:
+    statement = select(Environment).order_by(Environment.name)
+    if "service" in query:
+        statement = statement.where(Environment.service_id == query["service"])
+    if "kind" in query:
+        statement = statement.where(Environment.kind == query["kind"])
+    return _paged(session(), statement, pagination_parameters)
+
+
+@environments_api.get("/<int:environment_id>")
+@require("read")
+@environments_api.response(200, schemas.EnvironmentSchema)
+def get_environment(environment_id: int) -> Environment:
+    environment = session().get(Environment, environment_id)
+    if environment is None:
+        raise NotFound(f"environment {environment_id} does not exist")
+    return environment
+
+
+@environments_api.post("/<int:environment_id>/rollback")
+@require("admin")
+@environments_api.arguments(schemas.RollbackSchema)
+@environments_api.response(202, schemas.CurrentDeploymentSchema)
+def rollback_environment(data: dict[str, Any], environment_id: int) -> Any:
+    """Make an earlier successful deployment the desired state again (no rebuild)."""
+    db = session()
+    deployment = desired.rollback(db, environment_id, data["deployment_id"], actor())
+    db.commit()
+    return deployment

@@ -285,3 +285,44 @@ class VariableSchema(Schema):
     secret = fields.Boolean(attribute="is_secret")
     value = fields.String(allow_none=True, metadata={"description": "only with ?reveal=true"})
     updated_at = fields.DateTime()
+
+
+class CurrentDeploymentSchema(Schema):
+    id = fields.Integer()
+    build_id = fields.Integer()
+    commit_sha = fields.String(attribute="build.commit_sha")
+    status = fields.String()
+    activated_at = fields.DateTime(allow_none=True)
+
+
+class EnvironmentQuerySchema(Schema):
+    service = fields.Integer()
+    kind = fields.String(validate=validate.OneOf(("production", "preview")))
+
+
+class EnvironmentSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    kind = fields.String()
+    status = fields.String()
+    service_id = fields.Integer()
+    service = fields.String(attribute="service.name")
+    host = fields.String(attribute="host.name")
+    branch = fields.String()
+    head_sha = fields.String(allow_none=True)
+    pr_number = fields.Integer(allow_none=True)
+    domain = fields.String(allow_none=True)
+    address = fields.String(allow_none=True)
+    generation = fields.Integer()
+    current_deployment = fields.Nested(CurrentDeploymentSchema, allow_none=True)
+    created_at = fields.DateTime()
+
+
+class RollbackSchema(Schema):
+    deployment_id = fields.Integer(load_default=None, allow_none=True)
+
+
+class HostDetailSchema(HostSchema):
+    applied_generation = fields.Integer()
+    online = fields.Boolean()
+    environments = fields.List(fields.Dict())

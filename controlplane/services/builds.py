@@ -22,11 +22,10 @@ from controlplane.models import (
     BuildStep,
     Deployment,
     Environment,
-    Host,
     Service,
     utcnow,
 )
-from controlplane.services import audit
+from controlplane.services import audit, desired
 from controlplane.services.pushes import PIPELINE_STEPS
 
 log = logging.getLogger(__name__)
@@ -228,9 +227,7 @@ def record_deployment(session: Session, service_id: int, build_id: int, actor: s
     )
     if swapped.rowcount != 1:  # type: ignore[attr-defined]
         raise Conflict(f"environment {environment.name} changed meanwhile; retry")
-    session.execute(
-        update(Host).where(Host.id == environment.host_id).values(generation=Host.generation + 1)
-    )
+    desired.bump(session, environment.host_id)
     _finish_build(build, "succeeded")
     audit.record(
         session,

@@ -1,0 +1,1 @@
+"""Benchmarks of Portside's hot paths; ``python -m bench`` (``make bench``) runs them."""

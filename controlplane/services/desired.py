@@ -1,0 +1,309 @@
+"""Desired state: the full snapshot a host's agent converges to, versioned by the host's
+generation, and the agent's reports that move deployments to active or failed.
+
+Every change of what a host should run bumps its generation in the same transaction
+(:func:`bump`); after the commit the new generation is written to Redis and published on
+the host's wake-up channel, so a long-polling agent hears of it at once and an agent
+that is up to date is answered 304 from Redis alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from controlplane.crypto import SecretBox
+from controlplane.db import Database
+from controlplane.errors import NotFound, ValidationFailed
+from controlplane.models import Deployment, Environment, Host, Variable, utcnow
+from controlplane.services import audit, registries
+from controlplane.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GENERATION_TTL = 30  # seconds; bounds how long a stale cached generation can live
+CHANGED_HOSTS = "portside.changed_hosts"
+
+
+def generation_key(host_id: int) -> str:
+    return f"portside:host:{host_id}:generation"
+
+
+def wake_channel(host_id: int) -> str:
+    return f"portside:host:{host_id}:wake"
+
+
+def bump(session: Session, host_id: int) -> None:
+    """Advance a host's generation; announced to its agent after the commit."""
+    session.execute(update(Host).where(Host.id == host_id).values(generation=Host.generation + 1))
+    session.info.setdefault(CHANGED_HOSTS, set()).add(host_id)
+
+
+def announcer(engine: Engine, redis: Redis) -> Callable[[Session], None]:
+    """An after-commit hook announcing the generations a transaction bumped."""
+
+    def announce_committed(session: Session) -> None:
+        announce(engine, redis, session.info.pop(CHANGED_HOSTS, set()))
+
+    return announce_committed
+
+
+def open_database(settings: Settings) -> tuple[Database, Redis]:
+    """A process's database handle that announces new generations after each commit."""
+    database = Database(settings)
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    database.after_commit(announcer(database.engine, redis))
+    return database, redis
+
+
+def announce(engine: Engine, redis: Redis, host_ids: set[int]) -> None:
+    """Write the committed generations to Redis and wake the agents (best effort)."""
+    if not host_ids:
+        return
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(Host.id, Host.generation).where(Host.id.in_(host_ids))
+        ).all()
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for host_id, generation in rows:
+            pipe.set(generation_key(host_id), generation, ex=GENERATION_TTL)
+            pipe.publish(wake_channel(host_id), generation)
+        pipe.execute()
+    except RedisError as exc:  # agents still converge on their next tick
+        log.warning("could not announce new generations: %s", exc)
+
+
+def cached_generation(redis: Redis, host_id: int) -> int | None:
+    try:
+        value = redis.get(generation_key(host_id))
+    except RedisError:
+        return None
+    return int(value) if value is not None else None  # type: ignore[arg-type]
+
+
+def remember_generation(redis: Redis, host_id: int, generation: int) -> None:
+    with contextlib.suppress(RedisError):  # the cache is an optimisation only
+        redis.set(generation_key(host_id), generation, ex=GENERATION_TTL, nx=True)
+
+
+def _runtime_env(session: Session, box: SecretBox, environment: Environment) -> dict[str, str]:
+    rows = session.scalars(
+        select(Variable).where(
+            Variable.service_id == environment.service_id,
+            Variable.kind == "runtime",
+            (Variable.environment_id.is_(None)) | (Variable.environment_id == environment.id),
+        )
+    )
+    values: dict[str, str] = {}
+    # Environment-specific values override the service's; forks get only what is allowed.
+    for row in sorted(rows, key=lambda r: r.environment_id is not None):
+        if environment.from_fork and row.is_secret and not row.expose_to_forks:
+            continue
+        values[row.name] = box.decrypt(row.value_encrypted)
+    return values
+
+
+def _environment_state(
+    session: Session, box: SecretBox, environment: Environment, registry_address: str
+) -> dict[str, Any] | None:
+    deployment = environment.current_deployment
+    if deployment is None:
+        return None
+    build = deployment.build
+    service = environment.service
+    compose = build.compose
+    image = None
+    if not compose:
+        app_image = build.images.get("app") or next(iter(build.images.values()), None)
+        if app_image is None:
+            return None
+        image = f"{app_image['repository']}@{app_image['digest']}"
+    installation_id = service.repository.installation_id if service.repository else None
+    credentials = registries.credentials_for(session, box, registry_address, installation_id)
+    return {
+        "name": environment.name,
+        "kind": environment.kind,
+        "service": service.name,
+        "deployment_id": deployment.id,
+        "build_id": build.id,
+        "commit_sha": build.commit_sha,
+        "mode": "compose" if compose else "container",
+        "image": image,
+        "compose": compose,
+        "port": service.port,
+        "routed_service": next(iter(build.images), None) if compose else None,
+        "domains": [environment.domain] if environment.domain else [],
+        "env": _runtime_env(session, box, environment),
+        "health_check": {"path": service.health_check_path, "timeout": 60}
+        if service.port
+        else None,
+        "resources": {
+            "cpus": service.cpu_limit,
+            "memory": service.memory_limit,
+            "restart": service.restart_policy,
+        },
+        "registry": {
+            "address": credentials.address,
+            "username": credentials.username,
+            "password": credentials.password,
+        },
+    }
+
+
+def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str) -> dict[str, Any]:
+    """Everything ``host`` should run, with its secrets decrypted for it alone."""
+    environments = session.scalars(
+        select(Environment)
+        .where(
+            Environment.host_id == host.id,
+            Environment.status != "inactive",
+            Environment.current_deployment_id.is_not(None),
+        )
+        .order_by(Environment.name)
+    )
+    states = [_environment_state(session, box, env, registry_address) for env in environments]
+    return {
+        "host": host.name,
+        "generation": host.generation,
+        "complete": True,
+        "routing": {"entrypoint": host.entrypoint, "cert_resolver": host.cert_resolver},
+        "environments": [state for state in states if state is not None],
+    }
+
+
+def _previous_active(
+    session: Session, environment: Environment, failed: Deployment
+) -> Deployment | None:
+    return session.scalar(
+        select(Deployment)
+        .where(
+            Deployment.environment_id == environment.id,
+            Deployment.id != failed.id,
+            Deployment.activated_at.is_not(None),
+            Deployment.status.in_(("active", "superseded")),
+        )
+        .order_by(Deployment.activated_at.desc())
+        .limit(1)
+    )
+
+
+def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
+    """Apply an agent's report: activate healthy deployments, fail and revert broken ones."""
+    host.last_seen_at = utcnow()
+    host.agent_version = str(report.get("agent_version") or "")[:64] or None
+    generation = report.get("generation")
+    if isinstance(generation, int):
+        host.applied_generation = generation
+    host.observed = report
+    for item in report.get("environments") or []:
+        environment = session.scalar(
+            select(Environment).where(
+                Environment.host_id == host.id, Environment.name == item.get("name")
+            )
+        )
+        if environment is None:
+            continue
+        deployment = session.get(Deployment, item.get("deployment_id"))
+        if deployment is None or deployment.environment_id != environment.id:
+            continue
+        state = item.get("state")
+        if state == "running" and item.get("healthy"):
+            _activate(session, environment, deployment, item.get("address"))
+        elif state == "failed" and deployment.status in ("pending", "active"):
+            _fail(session, environment, deployment, item)
+
+
+def _activate(
+    session: Session, environment: Environment, deployment: Deployment, address: object
+) -> None:
+    if isinstance(address, str) and address:
+        environment.address = address[:255]
+    if environment.current_deployment_id == deployment.id:
+        environment.status = "running"
+    if deployment.status == "active":
+        return
+    deployment.status = "active"
+    deployment.activated_at = utcnow()
+    deployment.error = None
+    session.execute(
+        update(Deployment)
+        .where(
+            Deployment.environment_id == environment.id,
+            Deployment.id != deployment.id,
+            Deployment.status == "active",
+        )
+        .values(status="superseded")
+    )
+    audit.record(session, "agent", "deployment.active", "deployment", deployment.id)
+
+
+def _fail(
+    session: Session, environment: Environment, deployment: Deployment, item: dict[str, Any]
+) -> None:
+    error = str(item.get("error") or "the agent could not run the deployment")
+    logs = item.get("logs")
+    deployment.status = "failed"
+    deployment.error = (f"{error}\n{logs}" if logs else error)[:8000]
+    audit.record(session, "agent", "deployment.failed", "deployment", deployment.id)
+    if environment.current_deployment_id != deployment.id:
+        return
+    previous = _previous_active(session, environment, deployment)
+    # Desired state goes back to what is still serving; nothing to run if nothing was.
+    environment.current_deployment_id = previous.id if previous else None
+    environment.status = "running" if previous else "failed"
+    if previous is not None:
+        previous.status = "active"
+    environment.generation += 1
+    bump(session, environment.host_id)
+
+
+def rollback(
+    session: Session, environment_id: int, deployment_id: int | None, actor: str
+) -> Deployment:
+    """Make an earlier successful deployment the desired state again."""
+    environment = session.get(Environment, environment_id, with_for_update=True)
+    if environment is None:
+        raise NotFound(f"environment {environment_id} does not exist")
+    candidates = list(
+        session.scalars(
+            select(Deployment)
+            .where(
+                Deployment.environment_id == environment.id,
+                Deployment.activated_at.is_not(None),
+                Deployment.id != environment.current_deployment_id,
+            )
+            .order_by(Deployment.activated_at.desc())
+        )
+    )
+    if deployment_id is not None:
+        candidates = [d for d in candidates if d.id == deployment_id]
+    if not candidates:
+        raise ValidationFailed(
+            "nothing to roll back to",
+            details={"deployment_id": ["no earlier successful deployment of this environment"]},
+        )
+    target = candidates[0]
+    target.status = "pending"
+    environment.current_deployment_id = target.id
+    environment.status = "deploying"
+    environment.generation += 1
+    bump(session, environment.host_id)
+    audit.record(
+        session, actor, "environment.rollback", "environment", environment.id, deployment=target.id
+    )
+    return target
+
+
+def is_online(host: Host, interval: int, now: dt.datetime | None = None) -> bool:
+    if host.last_seen_at is None:
+        return False
+    return (now or utcnow()) - host.last_seen_at < dt.timedelta(seconds=max(30, 3 * interval))
