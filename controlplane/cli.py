@@ -30,6 +30,7 @@ from controlplane.settings import Settings, mask_url
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
+DEV_HOST = "local"
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 
 
@@ -241,23 +242,24 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
-    raise CommandError(
-        "portside agent is not available yet: the host agent arrives with issue 5", EXIT_USAGE
-    )
+    """The host agent is a package of its own (no Flask or database): exec it."""
+    os.execv(sys.executable, [sys.executable, "-m", "hostagent"])
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    """Everything on one machine: migrate, then web, control worker, build worker, beat."""
+    """Everything on one machine: migrate, then web, workers, beat and an agent."""
     _check_redis(settings)
     database = _database(settings)
     migrate.upgrade(database.engine)
     env = dict(os.environ, PORTSIDE_URL=f"http://{args.bind}")
-    if not settings.token:
-        # The build worker talks to the web process like any other: with a worker token.
-        with database.session_scope() as session:
+    agent_env = dict(env, PORTSIDE_AGENT_PUBLISH_HOST=settings.agent_publish_host or "127.0.0.1")
+    # The build worker and the agent talk to the web process like any other: with tokens.
+    with database.session_scope() as session:
+        if not settings.token:
             _token, env["PORTSIDE_TOKEN"] = tokens.create_token(
                 session, "dev-buildworker", "worker"
             )
+        agent_env["PORTSIDE_TOKEN"] = hosts.agent_token(session, DEV_HOST)
     portside = [sys.executable, "-m", "controlplane.cli"]
     children = {
         "web": [*portside, "web", "--bind", args.bind],
@@ -267,7 +269,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     }
     processes = {name: subprocess.Popen(command, env=env) for name, command in children.items()}
     print(f"portside dev: web on http://{args.bind}, workers and beat started; Ctrl-C stops")
-    print("portside dev: the host agent is not available yet (issue 5)")
+    print(f"portside dev: the agent runs host {DEV_HOST!r}; create services on it")
     stopping = False
 
     def stop(*_: Any) -> None:

@@ -22,8 +22,17 @@ def node_queue(hostname: str) -> str:
     return f"builds.{hostname}"
 
 
+def _drop_pooled_connections() -> None:
+    """Forget connections to a previous broker when the app is configured again in the
+    same process (tests do; Celery keeps its pools otherwise)."""
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
 def configure(settings: Settings) -> Celery:
     """Point the app at the broker and set the delivery guarantees Portside relies on."""
+    if celery_app.conf.get("portside_settings") is not None:
+        _drop_pooled_connections()
     visibility_timeout = settings.build_timeout * 2
     celery_app.conf.update(
         broker_url=settings.redis_url,
@@ -61,7 +70,9 @@ def configure(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_track_started=True,
-        task_send_sent_event=True,
+        # No task-sent events: they double the Redis traffic of the webhook hot path;
+        # workers still send received/started/succeeded events for Flower.
+        task_send_sent_event=False,
         worker_send_task_events=True,
         worker_prefetch_multiplier=1,
         # The web process must answer GitHub quickly even when Redis is down: the

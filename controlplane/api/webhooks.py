@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from controlplane.api.errors import error_response
@@ -12,8 +10,6 @@ from controlplane.github import webhooks
 from controlplane.services import deliveries
 from controlplane.settings import Settings
 from tasks import pipeline
-
-log = logging.getLogger(__name__)
 
 blueprint = Blueprint("webhooks", __name__)
 
@@ -36,16 +32,9 @@ def github_webhook() -> Response | tuple[Response, int]:
     delivery = webhooks.parse(dict(request.headers), body)
     if delivery.event == "ping":
         return jsonify(status="pong", zen=delivery.payload.get("zen")), 200
-    db_session = session()
-    recorded = deliveries.record(db_session, delivery)
-    row = recorded.delivery
+    recorded = deliveries.intake(session(), delivery, body, pipeline.enqueue_delivery)
     if recorded.kind == "duplicate":
-        return jsonify(status="duplicate", id=row.id, delivery_status=row.status), 200
-    if row.status == "received":
-        try:
-            pipeline.enqueue_delivery(row.id)
-        except Exception as exc:  # the broker is down: the outbox re-drives it later
-            log.warning("delivery %s committed but not enqueued: %s", row.guid, exc)
-        else:
-            deliveries.mark_enqueued(db_session, row.id)
-    return jsonify(status=row.status, id=row.id), 202
+        return jsonify(
+            status="duplicate", id=recorded.delivery_id, delivery_status=recorded.status
+        ), 200
+    return jsonify(status=recorded.status, id=recorded.delivery_id), 202

@@ -48,6 +48,10 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse(headers: Mapping[str, str], body: bytes) -> Delivery:
     """Parse a delivery whose signature was already verified; BadRequest when malformed."""
     headers = {name.lower(): value for name, value in headers.items()}
@@ -58,7 +62,7 @@ def parse(headers: Mapping[str, str], body: bytes) -> Delivery:
     if len(guid) > MAX_GUID_LENGTH or len(event) > 64:
         raise BadRequest("X-GitHub-Delivery or X-GitHub-Event is too long")
     try:
-        payload = json.loads(body)
+        payload = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(payload, dict):

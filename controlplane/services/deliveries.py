@@ -10,13 +10,15 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import cast, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from controlplane.errors import NotFound, PermanentError
+from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github.app import GitHubApp
 from controlplane.github.webhooks import Delivery
 from controlplane.models import WebhookDelivery, utcnow
@@ -38,47 +40,101 @@ Handler = Callable[[Session, WebhookDelivery, GitHubApp | None], Outcome]
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    delivery: WebhookDelivery
+    delivery_id: int
+    status: str
     # "new": first time seen; "retry": a failed one redelivered; "duplicate": already had.
     kind: Literal["new", "retry", "duplicate"]
 
 
-def record(session: Session, delivery: Delivery) -> Recorded:
-    """Commit a delivery (the outbox row) unless its GUID is known; say which case it was."""
+class DeliveryNotVisible(TransientError):
+    """The row is not committed yet (its enqueue raced the commit) or never was."""
+
+
+def _insert(dialect: str) -> Any:
+    return postgresql_insert if dialect == "postgresql" else sqlite_insert
+
+
+def intake(
+    session: Session, delivery: Delivery, raw_body: bytes, enqueue: Callable[[int], None]
+) -> Recorded:
+    """Record a verified delivery and enqueue its processing, in one transaction.
+
+    The row is inserted as ``enqueued`` and the message sent before the commit; if the
+    broker is down the row is set back to ``received`` for the outbox to re-drive. A
+    worker that gets the message before the commit finds no row and retries
+    (:class:`DeliveryNotVisible`). One commit, one round trip for the insert: this is
+    the hot path GitHub waits on.
+    """
     handled = delivery.event in HANDLED_EVENTS
-    row = WebhookDelivery(
-        guid=delivery.guid,
-        event=delivery.event,
-        action=delivery.action,
-        hook_id=delivery.hook_id,
-        installation_id=delivery.installation_id,
-        repository_id=delivery.repository_id,
-        repository_full_name=delivery.repository_full_name,
-        payload=delivery.payload,
-        status="received" if handled else "ignored",
-        outcome=None if handled else f"event {delivery.event!r} is not handled by Portside",
-        processed_at=None if handled else utcnow(),
-    )
-    session.add(row)
-    try:
-        session.commit()
-        return Recorded(row, "new")
-    except IntegrityError:
-        session.rollback()
-    existing = session.scalar(select(WebhookDelivery).where(WebhookDelivery.guid == delivery.guid))
-    if existing is None:  # deleted between the insert and the select
-        raise PermanentError(f"delivery {delivery.guid} vanished while being recorded")
-    if existing.status == "failed":
-        claimed = session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == existing.id, WebhookDelivery.status == "failed")
-            .values(status="received", outcome=None, enqueued_at=None)
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    payload_text = raw_body.decode("utf-8")
+    # The raw body goes in as it came: no second JSON encoding of a large payload.
+    payload = cast(literal(payload_text), JSONB) if dialect == "postgresql" else payload_text
+    statement = (
+        _insert(dialect)(WebhookDelivery)
+        .values(
+            guid=delivery.guid,
+            event=delivery.event,
+            action=delivery.action,
+            hook_id=delivery.hook_id,
+            installation_id=delivery.installation_id,
+            repository_id=delivery.repository_id,
+            repository_full_name=delivery.repository_full_name,
+            payload=payload,
+            status="enqueued" if handled else "ignored",
+            outcome=None if handled else f"event {delivery.event!r} is not handled by Portside",
+            attempts=0,
+            received_at=now,
+            enqueued_at=now if handled else None,
+            processed_at=None if handled else now,
         )
+        .on_conflict_do_nothing(index_elements=["guid"])
+        .returning(WebhookDelivery.id)
+    )
+    delivery_id = session.scalar(statement)
+    if delivery_id is not None:
+        status = "ignored"
+        if handled:
+            status = _send(session, delivery_id, enqueue)
         session.commit()
-        if claimed.rowcount == 1:  # type: ignore[attr-defined]
-            session.refresh(existing)
-            return Recorded(existing, "retry")
-    return Recorded(existing, "duplicate")
+        return Recorded(delivery_id, status, "new")
+    session.rollback()
+    return _known(session, delivery.guid, enqueue)
+
+
+def _send(session: Session, delivery_id: int, enqueue: Callable[[int], None]) -> str:
+    try:
+        enqueue(delivery_id)
+    except Exception as exc:  # the broker is down: the outbox re-drives it later
+        log.warning("delivery %s committed but not enqueued: %s", delivery_id, exc)
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(status="received", enqueued_at=None)
+        )
+        return "received"
+    return "enqueued"
+
+
+def _known(session: Session, guid: str, enqueue: Callable[[int], None]) -> Recorded:
+    """A GUID seen before: run a failed delivery again, leave any other alone."""
+    existing = session.scalar(select(WebhookDelivery).where(WebhookDelivery.guid == guid))
+    if existing is None:  # deleted between the insert and the select
+        raise PermanentError(f"delivery {guid} vanished while being recorded")
+    if existing.status != "failed":
+        return Recorded(existing.id, existing.status, "duplicate")
+    claimed = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == existing.id, WebhookDelivery.status == "failed")
+        .values(status="enqueued", outcome=None, enqueued_at=utcnow())
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return Recorded(existing.id, existing.status, "duplicate")
+    status = _send(session, existing.id, enqueue)
+    session.commit()
+    return Recorded(existing.id, status, "retry")
 
 
 def mark_enqueued(session: Session, delivery_id: int) -> None:
@@ -150,7 +206,7 @@ def process(session: Session, delivery_id: int, github: GitHubApp | None) -> lis
     """
     delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
     if delivery is None:
-        raise NotFound(f"delivery {delivery_id} does not exist")
+        raise DeliveryNotVisible(f"delivery {delivery_id} is not (yet) committed")
     if delivery.status in DONE:
         return []
     delivery.attempts += 1

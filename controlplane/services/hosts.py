@@ -41,3 +41,11 @@ def create_host(
 
 def list_hosts(session: Session) -> list[Host]:
     return list(session.scalars(select(Host).order_by(Host.name)))
+
+
+def agent_token(session: Session, name: str) -> str:
+    """A new token for the agent of host ``name``, creating the host if needed."""
+    host = session.scalar(select(Host).where(Host.name == name))
+    if host is None:
+        return create_host(session, name, "cli")[1]
+    return tokens.create_token(session, f"agent:{name}", "host", host_id=host.id)[1]

@@ -1,0 +1,348 @@
+"""The agent loop: fetch desired → observe → plan → apply → report, forever.
+
+``run_once`` is one level-triggered pass (a 304 still reconciles, so drift by hand is
+repaired); ``run_forever`` only paces it and never lets an exception end the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from hostagent.apply import Applier, EnvironmentOutcome, describe, detect_compose_command
+from hostagent.client import (
+    AGENT_VERSION,
+    PERMANENT_BACKOFF,
+    ControlPlaneClient,
+    DesiredStateSource,
+    backoff_delay,
+)
+from hostagent.desired import DesiredEnvironment, DesiredState, config_hash
+from hostagent.errors import AgentConfigError, AgentError, PermanentAgentError
+from hostagent.observe import ObservedContainer, ObservedEnvironment, ObservedState, observe
+from hostagent.plan import failure_key, plan
+from hostagent.settings import AgentSettings
+
+log = logging.getLogger("hostagent")
+
+MAX_LONG_POLL = 60
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A deployment that did not come up: reported as failed until the state moves on."""
+
+    environment: str
+    deployment_id: int | None
+    error: str
+    logs: str | None
+
+
+@dataclass
+class AgentState:
+    """What survives from one tick to the next (in memory only)."""
+
+    applier: Applier
+    publish_host: str = ""
+    failures: dict[str, Failure] = field(default_factory=dict)
+    consecutive_errors: int = 0
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """What one pass did: the report it built (None if nothing is known yet)."""
+
+    report: dict[str, Any] | None
+    desired: DesiredState | None
+    fetched: bool
+    changed: bool
+    error: AgentError | None
+    outcomes: Mapping[str, EnvironmentOutcome]
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
+
+
+def _container_json(container: ObservedContainer) -> dict[str, Any]:
+    return {
+        "id": container.id,
+        "name": container.name,
+        "image": container.image,
+        "status": container.status,
+        "health": container.health,
+        "restart_count": container.restart_count,
+    }
+
+
+def _environment_status(
+    env: DesiredEnvironment,
+    observed: ObservedEnvironment,
+    digest: str,
+    failure: Failure | None,
+    outcome: EnvironmentOutcome | None,
+) -> dict[str, Any]:
+    """The status of one desired environment, from what Docker shows after applying."""
+    if env.mode == "container":
+        current = [c for c in observed.app_containers if c.config_hash == digest and c.running]
+        serving = next((c for c in reversed(current) if c.serving), None)
+        running = serving is not None
+        healthy = running
+        address = serving.address(env.port) if serving else None
+    else:
+        containers = observed.compose_containers
+        present = {c.compose_service for c in containers}
+        settled = [c for c in containers if c.running or c.exit_code == 0]
+        running = (
+            bool(containers)
+            and all(c.config_hash == digest for c in containers)
+            and all(service in present for service in env.compose_services)
+            and len(settled) == len(containers)
+        )
+        healthy = running and all(c.health in (None, "healthy") for c in containers)
+        routed = next(
+            (c for c in containers if c.compose_service == env.routed_service and c.running),
+            None,
+        )
+        address = routed.address(env.port) if routed else None
+    state = "running" if running else "starting"
+    error = logs = None
+    if failure is not None:
+        state, healthy, error, logs = "failed", False, failure.error, failure.logs
+    elif outcome is not None and outcome.error:
+        error = outcome.error  # transient: still "starting", tried again next tick
+    return {
+        "name": env.name,
+        "deployment_id": env.deployment_id,
+        "state": state,
+        "healthy": bool(healthy),
+        "address": address,
+        "error": error,
+        "logs": logs,
+        "containers": [_container_json(c) for c in observed.containers],
+    }
+
+
+def build_report(
+    desired: DesiredState,
+    observed: ObservedState,
+    outcomes: Mapping[str, EnvironmentOutcome],
+    failures: Mapping[str, Failure],
+    publish_host: str = "",
+) -> dict[str, Any]:
+    """The body of ``POST /v1/agent/status`` for the generation just applied."""
+    environments = []
+    for env in desired.environments:
+        digest = config_hash(env, publish_host, desired.routing)
+        environments.append(
+            _environment_status(
+                env,
+                observed.get(env.name),
+                digest,
+                failures.get(failure_key(env, digest)),
+                outcomes.get(env.name),
+            )
+        )
+    for name, outcome in outcomes.items():
+        if outcome.state == "removed":
+            environments.append(
+                {
+                    "name": name,
+                    "deployment_id": outcome.deployment_id,
+                    "state": "removed",
+                    "healthy": False,
+                    "address": None,
+                    "error": None,
+                    "logs": None,
+                    "containers": [],
+                }
+            )
+    return {
+        "generation": desired.generation,
+        "agent_version": AGENT_VERSION,
+        "environments": environments,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# One pass
+# ---------------------------------------------------------------------------------------
+
+
+def _remember_failures(
+    state: AgentState, desired: DesiredState, outcomes: Mapping[str, EnvironmentOutcome]
+) -> None:
+    for outcome in outcomes.values():
+        if outcome.failure_key and outcome.error:
+            state.failures[outcome.failure_key] = Failure(
+                outcome.name, outcome.deployment_id, outcome.error, outcome.logs
+            )
+    # Forget failures of configs no longer desired: memory stays bounded, and a state
+    # that brings the config back later deserves a fresh try.
+    wanted = {
+        failure_key(env, config_hash(env, state.publish_host, desired.routing))
+        for env in desired.environments
+    }
+    for key in list(state.failures):
+        if key not in wanted:
+            del state.failures[key]
+
+
+def run_once(
+    state: AgentState, source: DesiredStateSource, *, wait: float | None = 0
+) -> TickResult:
+    """Fetch (unless ``wait`` is None), observe, plan, apply, observe again, report.
+
+    A failed fetch does not stop the pass: the last good state is reconciled anyway.
+    Docker errors while observing propagate (the loop catches them).
+    """
+    error: AgentError | None = None
+    changed = fetched = False
+    desired = source.last_good
+    if wait is not None:
+        try:
+            result = source.fetch(wait)
+            desired, changed, fetched = result.state, result.changed, True
+            state.consecutive_errors = 0
+        except AgentError as exc:
+            error = exc
+            state.consecutive_errors += 1
+            log.warning("desired state: %s (working on the last good state)", exc)
+    host = desired.host if desired is not None else None
+    client = state.applier.client
+    observed = observe(client, host)
+    actions = plan(desired, observed, publish_host=state.publish_host, failed=set(state.failures))
+    outcomes: dict[str, EnvironmentOutcome] = {}
+    if actions:
+        log.info("applying: %s", "; ".join(describe(actions)))
+        outcomes = state.applier.apply(actions)
+        observed = observe(client, host)
+    report: dict[str, Any] | None = None
+    if desired is not None:
+        _remember_failures(state, desired, outcomes)
+        report = build_report(desired, observed, outcomes, state.failures, state.publish_host)
+        if not isinstance(error, PermanentAgentError):
+            try:
+                source.report(report)
+            except AgentError as exc:
+                log.warning("status report not sent: %s", exc)
+    return TickResult(report, desired, fetched, changed, error, outcomes)
+
+
+# ---------------------------------------------------------------------------------------
+# Pacing
+# ---------------------------------------------------------------------------------------
+
+
+def fetch_delay(error: AgentError, consecutive_errors: int) -> float:
+    """How long to leave the control plane alone after ``error``."""
+    if isinstance(error, PermanentAgentError):
+        return error.retry_after or PERMANENT_BACKOFF
+    delay = backoff_delay(max(0, consecutive_errors - 1))
+    return max(delay, error.retry_after or 0.0)
+
+
+def tick_delay(
+    interval: float,
+    elapsed: float,
+    *,
+    changed: bool,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Sleep before the next pass: at once after a change, else the rest of the interval.
+
+    A long poll already waited most of the interval; the jitter (up to 10 %) keeps a
+    fleet of agents from ticking in step.
+    """
+    jitter = rand() * interval * 0.1
+    if changed:
+        return min(jitter, 0.5)
+    return max(0.0, interval - elapsed) + jitter
+
+
+def run_forever(
+    settings: AgentSettings,
+    state: AgentState,
+    source: DesiredStateSource,
+    stop: threading.Event,
+) -> None:
+    """Tick until ``stop`` is set; a failing tick is logged, never fatal."""
+    long_poll = max(0, min(int(settings.interval), MAX_LONG_POLL))
+    wait: float = 0  # the first fetch answers at once
+    next_fetch = 0.0
+    while not stop.is_set():
+        started = time.monotonic()
+        should_fetch = started >= next_fetch
+        changed = False
+        try:
+            result = run_once(state, source, wait=wait if should_fetch else None)
+            changed = result.changed
+            if result.error is not None:
+                next_fetch = time.monotonic() + fetch_delay(result.error, state.consecutive_errors)
+                wait = 0
+            elif result.fetched:
+                wait = long_poll
+        except Exception:
+            log.exception("tick failed; trying again at the next one")
+        elapsed = time.monotonic() - started
+        delay = tick_delay(settings.interval, elapsed, changed=changed)
+        if not should_fetch or wait == 0:
+            delay = max(delay, 0.0)
+        stop.wait(delay)
+
+
+def main(environ: Mapping[str, str]) -> int:
+    """``portside agent``: 0 on a clean stop, 2 on bad configuration, 1 without Docker."""
+    try:
+        settings = AgentSettings.from_env(environ)
+    except AgentConfigError as exc:
+        print(f"portside agent: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=str(environ.get("PORTSIDE_LOG_LEVEL", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import docker
+
+    try:
+        client = docker.DockerClient.from_env(environment=dict(environ))
+        client.ping()
+    except Exception as exc:
+        print(f"portside agent: cannot reach the Docker engine: {exc}", file=sys.stderr)
+        return 1
+    applier = Applier(
+        client,
+        settings.state_dir,
+        publish_host=settings.publish_host,
+        compose_command_override=settings.compose_command,
+        environ=dict(environ),
+    )
+    try:
+        log.info("compose command: %s", " ".join(detect_compose_command(settings.compose_command)))
+    except AgentError as exc:
+        log.warning("%s; compose environments will fail", exc)
+    source = ControlPlaneClient(settings)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping after this tick", signum)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
+    log.info("agent %s starting: %r", AGENT_VERSION, settings)
+    try:
+        run_forever(settings, AgentState(applier, settings.publish_host), source, stop)
+    finally:
+        source.close()
+        client.close()
+    return 0

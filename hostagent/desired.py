@@ -1,0 +1,456 @@
+"""The desired state: parsed and validated strictly, hashed, and turned into labels.
+
+Strict on purpose: a body that does not validate raises, and the agent keeps its last
+good state instead of acting on something it cannot trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from hostagent.errors import InvalidDesiredState
+
+ENV_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+HOST_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+DIGEST_IMAGE_RE = re.compile(
+    r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"@sha256:[0-9a-f]{64}"
+)
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+MEMORY_RE = re.compile(r"[0-9]+[bkmg]?", re.IGNORECASE)
+TRAEFIK_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+COMPOSE_SERVICE_RE = re.compile(r"[a-zA-Z0-9._-]+")
+RESTART_RE = re.compile(r"no|always|unless-stopped|on-failure(?::[0-9]{1,4})?")
+SHA_RE = re.compile(r"[0-9a-f]{40}")
+MAX_HEALTH_TIMEOUT = 3600.0
+
+Kind = Literal["production", "preview"]
+Mode = Literal["container", "compose"]
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where Traefik takes requests in and which resolver signs their certificates."""
+
+    entrypoint: str = "websecure"
+    cert_resolver: str | None = "letsencrypt"
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """An HTTP GET on the container port that must answer below 500 within timeout."""
+
+    path: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Limits and restart policy applied to every container of the environment."""
+
+    cpus: float | None = None
+    memory: str | None = None
+    restart: str = "unless-stopped"
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Pull credentials; the password never shows in a repr."""
+
+    address: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class DesiredEnvironment:
+    """One environment the host should run, exactly as the control plane wants it."""
+
+    name: str
+    kind: Kind
+    service: str
+    deployment_id: int
+    build_id: int | None
+    commit_sha: str | None
+    mode: Mode
+    image: str | None
+    compose: str | None
+    port: int | None
+    routed_service: str | None
+    domains: tuple[str, ...]
+    env: Mapping[str, str] = field(repr=False)
+    health_check: HealthCheck | None
+    resources: Resources
+    registry: RegistryAuth | None
+    compose_services: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """A full snapshot for this host; ``complete`` says an absence means "remove"."""
+
+    host: str
+    generation: int
+    complete: bool
+    routing: Routing
+    environments: tuple[DesiredEnvironment, ...]
+
+    def environment(self, name: str) -> DesiredEnvironment | None:
+        return next((env for env in self.environments if env.name == name), None)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation helpers: each names the field that is wrong.
+# ---------------------------------------------------------------------------------------
+
+
+def _fail(where: str, what: str) -> InvalidDesiredState:
+    return InvalidDesiredState(f"desired state: {where} {what}")
+
+
+def _obj(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, "must be an object")
+    return value
+
+
+def _str(value: object, where: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not allow_empty and not value):
+        raise _fail(where, "must be a non-empty string")
+    return value
+
+
+def _opt_str(value: object, where: str) -> str | None:
+    return None if value is None else _str(value, where)
+
+
+def _int(value: object, where: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(where, f"must be an integer >= {minimum}")
+    return value
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise _fail(where, "must be a positive number")
+    return float(value)
+
+
+def valid_domain(domain: str) -> bool:
+    """RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens."""
+    if not domain or len(domain) > 253 or domain != domain.lower():
+        return False
+    labels = domain.split(".")
+    return len(labels) >= 1 and all(HOST_LABEL_RE.fullmatch(label) for label in labels)
+
+
+def _domains(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _fail(where, "must be a list")
+    domains: list[str] = []
+    for index, item in enumerate(value):
+        text = _str(item, f"{where}[{index}]").strip().lower().rstrip(".")
+        if not valid_domain(text):
+            raise _fail(f"{where}[{index}]", "is not a valid host name")
+        if text not in domains:
+            domains.append(text)
+    return tuple(domains)
+
+
+def _env_vars(value: object, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    mapping = _obj(value, where)
+    env: dict[str, str] = {}
+    for key, item in mapping.items():
+        if not isinstance(key, str) or not ENV_KEY_RE.fullmatch(key):
+            raise _fail(where, "has a key that is not an environment variable name")
+        if not isinstance(item, str) or "\x00" in item:
+            # The value is a secret maybe: name the key only.
+            raise _fail(f"{where}.{key}", "must be a string")
+        env[key] = item
+    return env
+
+
+def _health(value: object, where: str) -> HealthCheck | None:
+    if value is None:
+        return None
+    data = _obj(value, where)
+    path = _str(data.get("path", "/"), f"{where}.path")
+    if not path.startswith("/") or any(ch.isspace() or ord(ch) < 32 for ch in path):
+        raise _fail(f"{where}.path", "must be an absolute URL path without spaces")
+    timeout = _number(data.get("timeout", 60), f"{where}.timeout")
+    if timeout > MAX_HEALTH_TIMEOUT:
+        raise _fail(f"{where}.timeout", f"must be at most {MAX_HEALTH_TIMEOUT:g}")
+    return HealthCheck(path=path, timeout=timeout)
+
+
+def _resources(value: object, where: str) -> Resources:
+    if value is None:
+        return Resources()
+    data = _obj(value, where)
+    cpus = data.get("cpus")
+    memory = data.get("memory")
+    restart = data.get("restart") or "unless-stopped"
+    if cpus is not None:
+        cpus = _number(cpus, f"{where}.cpus")
+    if memory is not None:
+        memory = _str(memory, f"{where}.memory").strip().lower()
+        if not MEMORY_RE.fullmatch(memory):
+            raise _fail(f"{where}.memory", "must look like 256m, 1g or a number of bytes")
+    restart = _str(restart, f"{where}.restart")
+    if not RESTART_RE.fullmatch(restart):
+        raise _fail(f"{where}.restart", "must be no, always, unless-stopped or on-failure[:N]")
+    return Resources(cpus=cpus, memory=memory, restart=restart)
+
+
+def _registry(value: object, where: str) -> RegistryAuth | None:
+    if value is None:
+        return None
+    data = _obj(value, where)
+    return RegistryAuth(
+        address=_str(data.get("address"), f"{where}.address"),
+        username=_opt_str(data.get("username"), f"{where}.username"),
+        password=_opt_str(data.get("password"), f"{where}.password"),
+    )
+
+
+def compose_services(text: str, where: str = "compose") -> tuple[str, ...]:
+    """The service names of a compose file; raises if it is not a usable compose file."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _fail(where, f"is not valid YAML ({exc.__class__.__name__})") from None
+    services = _obj(data, where).get("services")
+    if not isinstance(services, dict) or not services:
+        raise _fail(f"{where}.services", "must be a non-empty mapping")
+    for name, spec in services.items():
+        if not isinstance(name, str) or not COMPOSE_SERVICE_RE.fullmatch(name):
+            raise _fail(f"{where}.services", f"has an invalid service name {name!r}")
+        if not isinstance(spec, dict):
+            raise _fail(f"{where}.services.{name}", "must be a mapping")
+    return tuple(sorted(services))
+
+
+def parse_environment(value: object, where: str) -> DesiredEnvironment:
+    """Validate one environment of the snapshot."""
+    data = _obj(value, where)
+    name = _str(data.get("name"), f"{where}.name")
+    if not ENV_NAME_RE.fullmatch(name):
+        raise _fail(f"{where}.name", "must be 1-63 characters of [a-z0-9-]")
+    where = f"environment {name!r}:"
+    kind = data.get("kind")
+    if kind not in ("production", "preview"):
+        raise _fail(f"{where} kind", "must be production or preview")
+    mode = data.get("mode")
+    if mode not in ("container", "compose"):
+        raise _fail(f"{where} mode", "must be container or compose")
+    port = data.get("port")
+    if port is not None:
+        port = _int(port, f"{where} port", minimum=1)
+        if port > 65535:
+            raise _fail(f"{where} port", "must be at most 65535")
+    commit_sha = _opt_str(data.get("commit_sha"), f"{where} commit_sha")
+    if commit_sha is not None and not SHA_RE.fullmatch(commit_sha):
+        raise _fail(f"{where} commit_sha", "must be 40 lower-case hex digits")
+    build_id = data.get("build_id")
+    image: str | None = None
+    compose: str | None = None
+    routed: str | None = None
+    services: tuple[str, ...] = ()
+    if mode == "container":
+        image = _str(data.get("image"), f"{where} image")
+        if not DIGEST_IMAGE_RE.fullmatch(image):
+            raise _fail(f"{where} image", "must be a repository pinned by @sha256 digest")
+    else:
+        compose = _str(data.get("compose"), f"{where} compose")
+        services = compose_services(compose, f"{where} compose")
+        routed = _opt_str(data.get("routed_service"), f"{where} routed_service")
+        if routed is not None and routed not in services:
+            raise _fail(f"{where} routed_service", "names no service of the compose file")
+    return DesiredEnvironment(
+        name=name,
+        kind=kind,
+        service=_str(data.get("service"), f"{where} service"),
+        deployment_id=_int(data.get("deployment_id"), f"{where} deployment_id", minimum=1),
+        build_id=None if build_id is None else _int(build_id, f"{where} build_id"),
+        commit_sha=commit_sha,
+        mode=mode,
+        image=image,
+        compose=compose,
+        port=port,
+        routed_service=routed,
+        domains=_domains(data.get("domains", []), f"{where} domains"),
+        env=_env_vars(data.get("env"), f"{where} env"),
+        health_check=_health(data.get("health_check"), f"{where} health_check"),
+        resources=_resources(data.get("resources"), f"{where} resources"),
+        registry=_registry(data.get("registry"), f"{where} registry"),
+        compose_services=services,
+    )
+
+
+def parse_desired_state(value: object) -> DesiredState:
+    """Validate a whole snapshot; raise InvalidDesiredState on anything doubtful.
+
+    An empty ``environments`` list is only accepted with ``"complete": true``: an empty
+    answer the server did not vouch for must never tear the host down.
+    """
+    data = _obj(value, "body")
+    generation = _int(data.get("generation"), "generation")
+    complete = data.get("complete") is True
+    raw_envs = data.get("environments")
+    if not isinstance(raw_envs, list):
+        raise _fail("environments", "must be a list")
+    if not raw_envs and not complete:
+        raise _fail("environments", "is empty and the state is not marked complete")
+    routing_data = _obj(data.get("routing") or {}, "routing")
+    entrypoint = _str(routing_data.get("entrypoint", "websecure"), "routing.entrypoint")
+    resolver = routing_data.get("cert_resolver")
+    resolver = None if resolver in (None, "") else _str(resolver, "routing.cert_resolver")
+    for label, text in (("entrypoint", entrypoint), ("cert_resolver", resolver)):
+        if text is not None and not TRAEFIK_NAME_RE.fullmatch(text):
+            raise _fail(f"routing.{label}", "must be letters, digits, '-' or '_'")
+    environments = tuple(
+        parse_environment(item, f"environments[{index}]") for index, item in enumerate(raw_envs)
+    )
+    names = [env.name for env in environments]
+    if len(set(names)) != len(names):
+        raise _fail("environments", "name the same environment twice")
+    return DesiredState(
+        host=_str(data.get("host"), "host"),
+        generation=generation,
+        complete=complete,
+        routing=Routing(entrypoint=entrypoint, cert_resolver=resolver),
+        environments=environments,
+    )
+
+
+def desired_state_to_json(state: DesiredState) -> dict[str, Any]:
+    """The snapshot back in the control plane's shape, for the on-disk cache."""
+    return {
+        "host": state.host,
+        "generation": state.generation,
+        "complete": state.complete,
+        "routing": {
+            "entrypoint": state.routing.entrypoint,
+            "cert_resolver": state.routing.cert_resolver,
+        },
+        "environments": [
+            {
+                "name": env.name,
+                "kind": env.kind,
+                "service": env.service,
+                "deployment_id": env.deployment_id,
+                "build_id": env.build_id,
+                "commit_sha": env.commit_sha,
+                "mode": env.mode,
+                "image": env.image,
+                "compose": env.compose,
+                "port": env.port,
+                "routed_service": env.routed_service,
+                "domains": list(env.domains),
+                "env": dict(env.env),
+                "health_check": None
+                if env.health_check is None
+                else {"path": env.health_check.path, "timeout": env.health_check.timeout},
+                "resources": {
+                    "cpus": env.resources.cpus,
+                    "memory": env.resources.memory,
+                    "restart": env.resources.restart,
+                },
+                "registry": None
+                if env.registry is None
+                else {
+                    "address": env.registry.address,
+                    "username": env.registry.username,
+                    "password": env.registry.password,
+                },
+            }
+            for env in state.environments
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Config hash and labels
+# ---------------------------------------------------------------------------------------
+
+
+def config_hash(
+    env: DesiredEnvironment, publish_host: str = "", routing: Routing | None = None
+) -> str:
+    """sha256 over everything whose change must recreate the container(s).
+
+    The deployment id is left out on purpose: a redeploy of the same image with the same
+    settings changes nothing that runs, so nothing is restarted.
+    """
+    routing = routing or Routing()
+    material = {
+        "name": env.name,
+        "kind": env.kind,
+        "mode": env.mode,
+        "image": env.image,
+        "compose": env.compose,
+        "port": env.port,
+        "routed_service": env.routed_service,
+        "domains": list(env.domains),
+        "env": sorted(env.env.items()),
+        "health_check": None
+        if env.health_check is None
+        else [env.health_check.path, env.health_check.timeout],
+        "resources": [env.resources.cpus, env.resources.memory, env.resources.restart],
+        "publish_host": publish_host,
+        "routing": [routing.entrypoint, routing.cert_resolver],
+    }
+    encoded = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def host_rule(domains: tuple[str, ...] | list[str]) -> str:
+    """A Traefik rule matching any of ``domains``; each is checked before it is quoted."""
+    for domain in domains:
+        if not valid_domain(domain):
+            raise ValueError(f"not a valid host name for a Traefik rule: {domain!r}")
+    return " || ".join(f"Host(`{domain}`)" for domain in domains)
+
+
+def traefik_labels(
+    name: str,
+    domains: tuple[str, ...],
+    port: int | None,
+    routing: Routing,
+    health_check: HealthCheck | None = None,
+) -> dict[str, str]:
+    """Docker-provider labels routing ``domains`` to ``port``; empty if nothing to route.
+
+    Old and new containers of one environment carry the same router and service names,
+    so during a switch Traefik load-balances over both; its own health check on the
+    service keeps requests away from a new container until it answers.
+    """
+    if not domains or port is None:
+        return {}
+    if not ENV_NAME_RE.fullmatch(name):
+        raise ValueError(f"not a valid router name: {name!r}")
+    router = f"traefik.http.routers.{name}"
+    service = f"traefik.http.services.{name}"
+    labels = {
+        "traefik.enable": "true",
+        f"{router}.rule": host_rule(domains),
+        f"{router}.entrypoints": routing.entrypoint,
+        f"{router}.service": name,
+        f"{service}.loadbalancer.server.port": str(port),
+    }
+    if routing.cert_resolver:
+        labels[f"{router}.tls"] = "true"
+        labels[f"{router}.tls.certresolver"] = routing.cert_resolver
+    if health_check is not None:
+        labels[f"{service}.loadbalancer.healthcheck.path"] = health_check.path
+        labels[f"{service}.loadbalancer.healthcheck.interval"] = "5s"
+    return labels

@@ -1,0 +1,94 @@
+"""The agent's settings: one frozen object built once from ``PORTSIDE_*`` variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from hostagent.errors import AgentConfigError
+
+DEFAULT_INTERVAL = 10.0
+MAX_INTERVAL = 3600.0
+
+
+def _default_state_dir(environ: Mapping[str, str]) -> Path:
+    home = environ.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "share" / "portside" / "agent"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What the agent needs to know about its place in the world; the token never shows."""
+
+    url: str
+    token: str
+    interval: float = DEFAULT_INTERVAL
+    publish_host: str = ""
+    state_dir: Path = Path(".")
+    compose_command: tuple[str, ...] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"AgentSettings(url={self.url!r}, token='***', interval={self.interval!r}, "
+            f"publish_host={self.publish_host!r}, state_dir={str(self.state_dir)!r}, "
+            f"compose_command={self.compose_command!r})"
+        )
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> AgentSettings:
+        """Read and check every variable; raise AgentConfigError naming the bad one."""
+        url = environ.get("PORTSIDE_URL", "").strip().rstrip("/")
+        if not url:
+            raise AgentConfigError("PORTSIDE_URL is required (the control plane's URL)")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise AgentConfigError("PORTSIDE_URL must be an http:// or https:// URL")
+        token = environ.get("PORTSIDE_TOKEN", "").strip()
+        if not token:
+            raise AgentConfigError("PORTSIDE_TOKEN is required (this host's agent token)")
+        raw_interval = environ.get("PORTSIDE_AGENT_INTERVAL", "").strip()
+        interval = DEFAULT_INTERVAL
+        if raw_interval:
+            try:
+                interval = float(raw_interval)
+            except ValueError:
+                raise AgentConfigError(
+                    "PORTSIDE_AGENT_INTERVAL must be a number of seconds"
+                ) from None
+            if not 0 < interval <= MAX_INTERVAL:
+                raise AgentConfigError(
+                    f"PORTSIDE_AGENT_INTERVAL must be between 0 and {MAX_INTERVAL:g} seconds"
+                )
+        publish_host = environ.get("PORTSIDE_AGENT_PUBLISH_HOST", "").strip()
+        if any(ch.isspace() or ch in "/:" for ch in publish_host) and not _is_ipv6(publish_host):
+            raise AgentConfigError("PORTSIDE_AGENT_PUBLISH_HOST must be a bare address")
+        raw_dir = environ.get("PORTSIDE_AGENT_STATE_DIR", "").strip()
+        state_dir = Path(raw_dir).expanduser() if raw_dir else _default_state_dir(environ)
+        raw_compose = environ.get("PORTSIDE_COMPOSE_COMMAND", "").strip()
+        compose: tuple[str, ...] | None = None
+        if raw_compose:
+            try:
+                compose = tuple(shlex.split(raw_compose))
+            except ValueError as exc:
+                raise AgentConfigError(f"PORTSIDE_COMPOSE_COMMAND does not parse: {exc}") from None
+        return cls(
+            url=url,
+            token=token,
+            interval=interval,
+            publish_host=publish_host,
+            state_dir=state_dir,
+            compose_command=compose or None,
+        )
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        return ipaddress.ip_address(value).version == 6
+    except ValueError:
+        return False
