@@ -134,6 +134,8 @@ class Service(TimestampMixin, Base):
     preview_ttl_seconds: Mapped[int] = mapped_column(Integer, default=7 * 24 * 3600)
     max_previews: Mapped[int] = mapped_column(Integer, default=10)
     allow_privileged: Mapped[bool] = mapped_column(Boolean, default=False)
+    previews_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    fork_previews: Mapped[bool] = mapped_column(Boolean, default=True)
     health_check_path: Mapped[str] = mapped_column(String(255), default="/")
     cpu_limit: Mapped[float | None]
     memory_limit: Mapped[str | None] = mapped_column(String(16))
@@ -173,6 +175,10 @@ class Environment(TimestampMixin, Base):
     last_activity_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[dt.datetime | None]
     closed_by: Mapped[str | None] = mapped_column(String(255))
+    closed_reason: Mapped[str | None] = mapped_column(String(255))
+    # Whether a person approved handing runtime secrets to this fork's preview.
+    secrets_approved: Mapped[bool] = mapped_column(Boolean, default=False)
+    github_comment_id: Mapped[int | None] = mapped_column(BigInteger)
 
     service: Mapped[Service] = relationship(back_populates="environments")
     host: Mapped[Host] = relationship()
@@ -209,6 +215,7 @@ class Build(TimestampMixin, Base):
     compose: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     failed_step: Mapped[str | None] = mapped_column(String(32))
+    github_deployment_id: Mapped[int | None] = mapped_column(BigInteger)
     # Bumped when a build is taken up again after its worker died; messages of an
     # earlier attempt are then ignored.
     attempt: Mapped[int] = mapped_column(Integer, default=1)
@@ -255,7 +262,6 @@ class Deployment(TimestampMixin, Base):
     build_id: Mapped[int] = mapped_column(ForeignKey("builds.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
-    github_deployment_id: Mapped[int | None] = mapped_column(BigInteger)
     activated_at: Mapped[dt.datetime | None]
 
     environment: Mapped[Environment] = relationship(foreign_keys=[environment_id])
@@ -315,6 +321,8 @@ class Variable(TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(255))
     # "runtime": given to the running container; "build": a docker build argument.
     kind: Mapped[str] = mapped_column(String(16), default="runtime")
+    # Which environments get it: "all", "production" or "preview".
+    scope: Mapped[str] = mapped_column(String(16), default="all")
     value_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     is_secret: Mapped[bool] = mapped_column(Boolean, default=True)
     expose_to_forks: Mapped[bool] = mapped_column(Boolean, default=False)

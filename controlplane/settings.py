@@ -144,6 +144,10 @@ class Settings:
             if "PRIVATE KEY-----" not in key:
                 raise ConfigError("PORTSIDE_GITHUB_PRIVATE_KEY is not a PEM private key")
             kwargs["github_private_key"] = Secret(key)
+        if ("github_app_id" in kwargs) != ("github_private_key" in kwargs):
+            raise ConfigError(
+                "PORTSIDE_GITHUB_APP_ID and PORTSIDE_GITHUB_PRIVATE_KEY(_PATH) must be set together"
+            )
         if (raw := get("GITHUB_WEBHOOK_SECRET")) is not None:
             kwargs["github_webhook_secret"] = Secret(raw)
         if (raw := get("GITHUB_API_URL")) is not None:

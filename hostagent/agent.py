@@ -294,10 +294,7 @@ def run_forever(
         except Exception:
             log.exception("tick failed; trying again at the next one")
         elapsed = time.monotonic() - started
-        delay = tick_delay(settings.interval, elapsed, changed=changed)
-        if not should_fetch or wait == 0:
-            delay = max(delay, 0.0)
-        stop.wait(delay)
+        stop.wait(tick_delay(settings.interval, elapsed, changed=changed))
 
 
 def main(environ: Mapping[str, str]) -> int:

@@ -150,6 +150,7 @@ class Applier:
     run: Runner = subprocess.run
     poll_seconds: float = POLL_SECONDS
     stable_seconds: float = STABLE_SECONDS
+    stop_timeout: int = STOP_TIMEOUT
     _compose: tuple[str, ...] | None = field(default=None, init=False, repr=False)
 
     # -- entry point ---------------------------------------------------------------------
@@ -295,7 +296,7 @@ class Applier:
 
     def stop_container(self, container_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
-            self.client.containers.get(container_id).stop(timeout=STOP_TIMEOUT)
+            self.client.containers.get(container_id).stop(timeout=self.stop_timeout)
 
     def remove_container(self, container_id: str, *, volumes: bool = True) -> None:
         with contextlib.suppress(docker.errors.NotFound):
@@ -477,7 +478,15 @@ class Applier:
         for image in self._compose_images(action.file_text):
             self.ensure_image(image, spec.registry)
         log.info("environment %s: compose up (deployment %s)", spec.name, spec.deployment_id)
-        self.run_compose(spec.name, [main, override], "up", "-d", "--remove-orphans")
+        self.run_compose(
+            spec.name,
+            [main, override],
+            "up",
+            "-d",
+            "--remove-orphans",
+            "--timeout",
+            str(self.stop_timeout),
+        )
         self.wait_compose_healthy(spec)
 
     def wait_compose_healthy(self, spec: DesiredEnvironment) -> None:
@@ -540,7 +549,8 @@ class Applier:
             if path.exists()
         ]
         if files:
-            args = ["down", "--remove-orphans"] + (["--volumes"] if remove_volumes else [])
+            args = ["down", "--remove-orphans", "--timeout", str(self.stop_timeout)]
+            args += ["--volumes"] if remove_volumes else []
             self.run_compose(environment, files, *args)
         for container in self.project_containers(environment):
             self.remove_container(container.id, volumes=remove_volumes)

@@ -195,7 +195,9 @@ class ControlPlaneClient:
             headers=headers,
             timeout=(CONNECT_TIMEOUT, seconds + WAIT_MARGIN),
         )
-        if response.status_code == 304 and self._state is not None:
+        if response.status_code == 304:
+            if self._state is None:  # we sent no ETag: a 304 means nothing we can use
+                raise TransientAgentError("control plane answered 304 to a request without ETag")
             return Fetched(self._state, changed=False)
         if response.status_code != 200:
             raise error_for_status(response)

@@ -91,6 +91,7 @@ def configure(settings: Settings) -> Celery:
         beat_schedule={
             "redrive-deliveries": {"task": "portside.redrive_deliveries", "schedule": 30.0},
             "reconcile-branches": {"task": "portside.reconcile_branches", "schedule": 300.0},
+            "clean-up-previews": {"task": "portside.clean_up_previews", "schedule": 600.0},
             "take-over-stale-builds": {
                 "task": "portside.take_over_stale_builds",
                 "schedule": max(5.0, settings.build_stale_after / 3),

@@ -11,9 +11,19 @@ from celery.signals import worker_process_init, worker_ready
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
+from controlplane.crypto import SecretBox
 from controlplane.errors import PermanentError, TransientError
 from controlplane.models import Build, utcnow
-from controlplane.services import builds, deliveries, pushes
+from controlplane.services import (
+    builds,
+    deliveries,
+    effects,
+    feedback,
+    previews,
+    pushes,
+    registries,
+)
+from controlplane.services.outcomes import HandlerContext
 from tasks import pipeline, runtime
 from tasks.app import CONTROL_QUEUE, celery_app, settings_of
 
@@ -46,16 +56,17 @@ def _enqueue_builds(build_ids: list[int]) -> None:
 def process_delivery(self: Task[Any, Any], delivery_id: int) -> list[int]:
     """Apply one delivery (idempotent: a processed delivery is skipped)."""
     database = runtime.database()
+    context = HandlerContext(runtime.github_app(), settings_of(celery_app).preview_domain)
     try:
         with database.session_scope() as session:
-            started = deliveries.process(session, delivery_id, runtime.github_app())
+            started = deliveries.process(session, delivery_id, context)
     except RETRYABLE as exc:
         if self.request.retries >= (self.max_retries or 0):
             with database.session_scope() as session:
                 deliveries.mark_failed(session, delivery_id, f"gave up: {exc}")
         raise
-    _enqueue_builds(started)
-    return started
+    _enqueue_builds(started.builds)
+    return started.builds
 
 
 @celery_app.task(name=pipeline.REDRIVE_DELIVERIES, acks_late=True)
@@ -95,6 +106,8 @@ def start_build(build_id: int) -> list[int]:
             raise PermanentError(f"build {build_id} does not exist")
         cancelled = builds.supersede_older(session, build)
         attempt, queued = build.attempt, build.status == "queued"
+        if queued:
+            effects.note_feedback(session, "build_queued", build_id)
     if queued:
         pipeline.build_chain(build_id, attempt).apply_async()
     return cancelled
@@ -115,6 +128,61 @@ def take_over_stale_builds() -> list[int]:
         with runtime.database().session_scope() as session:
             session.execute(update(Build).where(Build.id == build_id).values(enqueued_at=utcnow()))
     return [build_id for build_id, _ in taken]
+
+
+@celery_app.task(
+    name=pipeline.GITHUB_FEEDBACK,
+    acks_late=True,
+    autoretry_for=RETRYABLE,
+    retry_backoff=5,
+    max_retries=5,
+)
+def github_feedback(event: str, object_id: int) -> None:
+    """Commit statuses, deployments and PR comments on GitHub; never blocks a deploy."""
+    github = runtime.github_app()
+    if github is None:
+        return
+    with runtime.database().session_scope() as session:
+        feedback.send(session, github, settings_of(celery_app), event, object_id)
+
+
+@celery_app.task(
+    name=pipeline.DELETE_IMAGES,
+    acks_late=True,
+    autoretry_for=RETRYABLE,
+    retry_backoff=10,
+    max_retries=5,
+)
+def delete_images(images: list[dict[str, str]]) -> int:
+    """Delete a removed preview's images from the registry, by digest."""
+    settings = settings_of(celery_app)
+    deleted = 0
+    with runtime.database().session_scope() as session:
+        box = SecretBox.from_settings(settings) if settings.secret_key else None
+        for image in images:
+            credentials = (
+                registries.credentials_for(session, box, image["repository"], None)
+                if box
+                else registries.Credentials(image["repository"], None, None)
+            )
+            deleted += registries.delete_image(credentials, image["repository"], image["digest"])
+    return deleted
+
+
+@celery_app.task(name=pipeline.CLEAN_UP_PREVIEWS, acks_late=True)
+def clean_up_previews() -> list[str]:
+    """Tear down previews whose PR closed unnoticed, idle ones, and those over the limit."""
+    github = runtime.github_app()
+    removed: list[str] = []
+    with runtime.database().session_scope() as session:
+        doomed = previews.stale_previews(session)
+        if github is not None:
+            doomed += previews.closed_on_github(session, github)
+        for environment, reason in doomed:
+            if environment.status != "inactive":
+                previews.teardown(session, environment, "portside:cleanup", reason)
+                removed.append(environment.name)
+    return removed
 
 
 @worker_process_init.connect

@@ -6,6 +6,8 @@ never imports task code (and with it the build worker's dependencies).
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import chain
 
 from controlplane.settings import Settings
@@ -16,6 +18,9 @@ REDRIVE_DELIVERIES = "portside.redrive_deliveries"
 RECONCILE_BRANCHES = "portside.reconcile_branches"
 START_BUILD = "portside.start_build"
 TAKE_OVER_STALE_BUILDS = "portside.take_over_stale_builds"
+GITHUB_FEEDBACK = "portside.github_feedback"
+DELETE_IMAGES = "portside.delete_images"
+CLEAN_UP_PREVIEWS = "portside.clean_up_previews"
 BUILD_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 
 
@@ -34,6 +39,19 @@ def enqueue_delivery(delivery_id: int) -> None:
 def enqueue_build(build_id: int) -> None:
     """Queue a committed build; the control worker turns it into the build chain."""
     celery_app.send_task(START_BUILD, args=[build_id], queue=CONTROL_QUEUE, ignore_result=True)
+
+
+def send_feedback(event: str, object_id: int) -> None:
+    """Tell GitHub about a build or deployment (commit status, deployment, PR comment)."""
+    celery_app.send_task(
+        GITHUB_FEEDBACK, args=[event, object_id], queue=CONTROL_QUEUE, ignore_result=True
+    )
+
+
+def delete_images(images: list[dict[str, Any]]) -> None:
+    """Delete torn-down images from the registry (repository and digest only)."""
+    refs = [{"repository": i["repository"], "digest": i["digest"]} for i in images]
+    celery_app.send_task(DELETE_IMAGES, args=[refs], queue=CONTROL_QUEUE, ignore_result=True)
 
 
 def build_chain(build_id: int, attempt: int) -> chain:

@@ -23,7 +23,12 @@ from controlplane.services import desired, tokens
 from controlplane.settings import Secret, Settings
 from tests.helpers import WEBHOOK_SECRET
 
-pytest_plugins = ["tests.fixtures.docker", "tests.fixtures.github", "tests.fixtures.stack"]
+pytest_plugins = [
+    "tests.fixtures.docker",
+    "tests.fixtures.github",
+    "tests.fixtures.stack",
+    "tests.fixtures.processes",
+]
 
 TEST_REDIS_DB = 13
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Response, current_app
 from flask_smorest import Blueprint
+from marshmallow import Schema
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -60,6 +61,11 @@ BLUEPRINTS = (
 ERRORS = {401: "no valid token", 403: "token of the wrong scope"}
 
 
+def _fields(row: Any, schema: type[Schema], **extra: Any) -> dict[str, Any]:
+    """A row's attributes named by ``schema``, plus ``extra``, for a response schema to dump."""
+    return {name: getattr(row, name) for name in schema().fields} | extra
+
+
 def _paged(db: Session, query: Any, pagination: Any) -> list[Any]:
     pagination.item_count = db.scalar(select(func.count()).select_from(query.subquery()))
     offset = (pagination.page - 1) * pagination.page_size
@@ -76,7 +82,7 @@ def create_token(data: dict[str, Any]) -> dict[str, Any]:
     token, secret = tokens.create_token(db, data["name"], data["scope"])
     audit.record(db, actor(), "token.create", "token", token.id, name=token.name)
     db.commit()
-    return {**schemas.TokenSchema().dump(token), "token": secret}
+    return _fields(token, schemas.TokenSchema, token=secret)
 
 
 @tokens_api.get("")
@@ -104,7 +110,7 @@ def create_host(data: dict[str, Any]) -> dict[str, Any]:
     db = session()
     host, secret = hosts.create_host(db, data["name"], actor(), data["accepts_previews"])
     db.commit()
-    return {**schemas.HostSchema().dump(host), "token": secret}
+    return _fields(host, schemas.HostSchema, token=secret)
 
 
 @hosts_api.get("")
@@ -125,11 +131,7 @@ def list_hosts(pagination_parameters: Any) -> list[dict[str, Any]]:
         )
         result.append(
             {
-                **{
-                    name: getattr(host, name)
-                    for name in schemas.HostSchema().fields
-                    if name != "token"
-                },
+                **_fields(host, schemas.HostSchema),
                 "applied_generation": host.applied_generation,
                 "online": desired.is_online(host, interval),
                 "environments": [

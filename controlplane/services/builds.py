@@ -25,7 +25,7 @@ from controlplane.models import (
     Service,
     utcnow,
 )
-from controlplane.services import audit, desired
+from controlplane.services import audit, desired, effects
 from controlplane.services.pushes import PIPELINE_STEPS
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def claim_step(
         build.status = "running"
         build.started_at = now
         build.environment.status = "building"
+        effects.note_feedback(session, "build_running", build.id)
     build.worker = worker
     build.heartbeat_at = now
     step.status = "running"
@@ -146,6 +147,7 @@ def finish_step(
     build.error = step.error
     build.finished_at = now
     build.environment.status = "failed"
+    effects.note_feedback(session, "build_failed", build.id)
     for later in build.steps:
         if later.status == "pending":
             later.status = "skipped"

@@ -19,11 +19,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from controlplane.errors import NotFound, PermanentError, TransientError
-from controlplane.github.app import GitHubApp
 from controlplane.github.webhooks import Delivery
 from controlplane.models import WebhookDelivery, utcnow
-from controlplane.services import installations, pushes
-from controlplane.services.outcomes import Outcome
+from controlplane.services import installations, previews, pushes
+from controlplane.services.outcomes import Effects, HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ RECEIVED_GRACE = dt.timedelta(seconds=10)
 ENQUEUED_GRACE = dt.timedelta(minutes=2)
 
 
-Handler = Callable[[Session, WebhookDelivery, GitHubApp | None], Outcome]
+Handler = Callable[[Session, WebhookDelivery, HandlerContext], Outcome]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,26 +178,16 @@ def redeliver(session: Session, delivery_id: int) -> WebhookDelivery:
     return delivery
 
 
-def _handle_pull_request(
-    session: Session, delivery: WebhookDelivery, github: GitHubApp | None
-) -> Outcome:
-    number = delivery.payload.get("number")
-    return Outcome(
-        "processed",
-        f"pull request #{number} {delivery.action} recorded for the preview lifecycle",
-    )
-
-
 HANDLERS: dict[str, Handler] = {
     "installation": installations.handle_installation_event,
     "installation_repositories": installations.handle_repositories_event,
     "push": pushes.handle_push,
-    "pull_request": _handle_pull_request,
+    "pull_request": previews.handle_pull_request,
 }
 
 
-def process(session: Session, delivery_id: int, github: GitHubApp | None) -> list[int]:
-    """Apply a delivery's effects once; return the ids of builds it started.
+def process(session: Session, delivery_id: int, context: HandlerContext) -> Effects:
+    """Apply a delivery's effects once; return the work left for after the commit.
 
     The row is locked for the transaction, so concurrent runs of the same delivery
     serialize and the second one finds it done. Transient errors propagate (the task
@@ -208,23 +197,23 @@ def process(session: Session, delivery_id: int, github: GitHubApp | None) -> lis
     if delivery is None:
         raise DeliveryNotVisible(f"delivery {delivery_id} is not (yet) committed")
     if delivery.status in DONE:
-        return []
+        return Effects()
     delivery.attempts += 1
     handler = HANDLERS.get(delivery.event)
     try:
         outcome = (
-            handler(session, delivery, github)
+            handler(session, delivery, context)
             if handler
             else Outcome("ignored", f"event {delivery.event!r} is not handled by Portside")
         )
     except PermanentError as exc:
         session.rollback()
         mark_failed(session, delivery_id, str(exc))
-        return []
+        return Effects()
     delivery.status = outcome.status
     delivery.outcome = outcome.reason
     delivery.processed_at = utcnow()
-    started = pushes.builds_started_by(session, delivery.id)
+    started = Effects(builds=pushes.builds_started_by(session, delivery.id))
     session.commit()
     return started
 

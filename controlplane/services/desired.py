@@ -24,8 +24,9 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import NotFound, ValidationFailed
 from controlplane.models import Deployment, Environment, Host, Variable, utcnow
-from controlplane.services import audit, registries
+from controlplane.services import audit, effects, registries
 from controlplane.settings import Settings
+from tasks import pipeline
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,12 @@ def announcer(engine: Engine, redis: Redis) -> Callable[[Session], None]:
 
 
 def open_database(settings: Settings) -> tuple[Database, Redis]:
-    """A process's database handle that announces new generations after each commit."""
+    """A process's database handle that, after each commit, announces new generations
+    and sends the follow-up tasks the transaction noted."""
     database = Database(settings)
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     database.after_commit(announcer(database.engine, redis))
+    database.after_commit(effects.dispatcher(pipeline.send_feedback, pipeline.delete_images))
     return database, redis
 
 
@@ -244,6 +247,7 @@ def _activate(
         .values(status="superseded")
     )
     audit.record(session, "agent", "deployment.active", "deployment", deployment.id)
+    effects.note_feedback(session, "deployment_active", deployment.id)
 
 
 def _fail(
@@ -254,6 +258,7 @@ def _fail(
     deployment.status = "failed"
     deployment.error = (f"{error}\n{logs}" if logs else error)[:8000]
     audit.record(session, "agent", "deployment.failed", "deployment", deployment.id)
+    effects.note_feedback(session, "deployment_failed", deployment.id)
     if environment.current_deployment_id != deployment.id:
         return
     previous = _previous_active(session, environment, deployment)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from controlplane.errors import NotFound, PermanentError
 from controlplane.github.app import GitHubApp
 from controlplane.models import Installation, Repository, WebhookDelivery, utcnow
-from controlplane.services.outcomes import Outcome
+from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ def _payload_installation(delivery: WebhookDelivery) -> dict[str, Any]:
 
 
 def handle_installation_event(
-    session: Session, delivery: WebhookDelivery, github: GitHubApp | None
+    session: Session, delivery: WebhookDelivery, context: HandlerContext
 ) -> Outcome:
+    github = context.github
     data = _payload_installation(delivery)
     action = delivery.action
     installation = _upsert_installation(session, data)
@@ -112,8 +113,9 @@ def handle_installation_event(
 
 
 def handle_repositories_event(
-    session: Session, delivery: WebhookDelivery, github: GitHubApp | None
+    session: Session, delivery: WebhookDelivery, context: HandlerContext
 ) -> Outcome:
+    github = context.github
     installation = _upsert_installation(session, _payload_installation(delivery))
     session.flush()
     added = [

@@ -28,7 +28,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services.outcomes import Outcome
+from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def builds_started_by(session: Session, delivery_id: int) -> list[int]:
     )
 
 
-def _tracking_services(session: Session, repository_id: int, full_name: str) -> list[Service]:
+def tracking_services(session: Session, repository_id: int, full_name: str) -> list[Service]:
     """Services of a repository, found by GitHub's id so a rename keeps them."""
     services = list(
         session.scalars(
@@ -177,18 +177,26 @@ def _newer_build(
     return newer
 
 
-def handle_push(session: Session, delivery: WebhookDelivery, github: GitHubApp | None) -> Outcome:
-    payload = delivery.payload
-    ref = payload.get("ref") or ""
+def installation_refusal(session: Session, delivery: WebhookDelivery) -> str | None:
+    """Why a delivery's installation cannot start anything, or None when it can."""
     if delivery.installation_id is None:
-        return Outcome("ignored", "push without an installation: not from the Portside App")
+        return f"{delivery.event} without an installation: not from the Portside App"
     installation = session.get(Installation, delivery.installation_id)
     if installation is None:
-        return Outcome("ignored", f"installation {delivery.installation_id} is not known")
+        return f"installation {delivery.installation_id} is not known"
     if installation.deleted_at is not None:
-        return Outcome("ignored", f"installation {installation.id} is deleted")
+        return f"installation {installation.id} is deleted"
     if installation.suspended_at is not None:
-        return Outcome("ignored", f"installation {installation.id} is suspended")
+        return f"installation {installation.id} is suspended"
+    return None
+
+
+def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerContext) -> Outcome:
+    payload = delivery.payload
+    ref = payload.get("ref") or ""
+    refusal = installation_refusal(session, delivery)
+    if refusal:
+        return Outcome("ignored", refusal)
     if ref.startswith("refs/tags/"):
         return Outcome("ignored", f"tag push {ref}: tags are not deployed")
     if not ref.startswith("refs/heads/"):
@@ -209,7 +217,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, github: GitHubApp |
         repository.clone_url = repository_data.get("clone_url") or repository.clone_url
     services = [
         service
-        for service in _tracking_services(session, delivery.repository_id, full_name)
+        for service in tracking_services(session, delivery.repository_id, full_name)
         if service.branch == branch
     ]
     if not services:

@@ -3,17 +3,21 @@ stored encrypted and handed out only to the build worker or agent that needs the
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
+import requests
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controlplane.crypto import SecretBox
-from controlplane.errors import Conflict, NotFound, ValidationFailed
+from controlplane.errors import Conflict, NotFound, TransientError, ValidationFailed
 from controlplane.models import Installation, RegistryCredential
 from controlplane.services import audit
+
+log = logging.getLogger(__name__)
 
 REGISTRY_ADDRESS = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
 
@@ -105,3 +109,32 @@ def credentials_for(
     chosen = candidates[0]
     password = box.decrypt(chosen.password_encrypted) if chosen.password_encrypted else None
     return Credentials(address, chosen.username, password)
+
+
+def _registry_url(host: str) -> str:
+    """Registries on loopback speak plain HTTP (as Docker assumes); others HTTPS."""
+    bare = host.split(":", 1)[0]
+    plain = bare in ("localhost", "::1") or bare.startswith("127.")
+    return f"{'http' if plain else 'https'}://{host}"
+
+
+def delete_image(credentials: Credentials, repository: str, digest: str) -> bool:
+    """Delete a pushed image (every tag on it) by digest; True when it is gone."""
+    host, _, name = repository.partition("/")
+    auth = (
+        (credentials.username, credentials.password)
+        if credentials.username and credentials.password
+        else None
+    )
+    try:
+        response = requests.delete(
+            f"{_registry_url(host)}/v2/{name}/manifests/{digest}", auth=auth, timeout=30
+        )
+    except requests.RequestException as exc:
+        raise TransientError(f"registry {host} is unreachable: {exc.__class__.__name__}") from None
+    if response.status_code in (202, 404):
+        return True
+    if response.status_code >= 500:
+        raise TransientError(f"registry {host} answered {response.status_code}")
+    log.warning("registry %s refused to delete %s@%s: %s", host, name, digest, response.status_code)
+    return False

@@ -16,6 +16,7 @@ from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Installation, Repository, WebhookDelivery
 from controlplane.services import deliveries, hosts, pushes, services
+from controlplane.services.outcomes import HandlerContext
 from tests.fixtures.github import GitHubAppKey
 from tests.githubserver.server import GitHubServer
 from tests.helpers import json_payload, webhook_headers
@@ -68,7 +69,7 @@ def post(client: FlaskClient, event: str, payload: dict[str, Any], guid: str | N
 
 def process(database: Database, delivery_id: int, github: GitHubApp | None) -> list[int]:
     with database.session_scope() as session:
-        return deliveries.process(session, delivery_id, github)
+        return deliveries.process(session, delivery_id, HandlerContext(github)).builds
 
 
 def delivery(db_session: Session, delivery_id: int) -> WebhookDelivery:

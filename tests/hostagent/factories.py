@@ -36,7 +36,9 @@ def env_body(name: str = "hello", **overrides: Any) -> dict[str, Any]:
     return body
 
 
-def state_body(*envs: dict[str, Any], generation: int = 42, complete: bool = True) -> dict[str, Any]:
+def state_body(
+    *envs: dict[str, Any], generation: int = 42, complete: bool = True
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "host": "web-1",
         "generation": generation,

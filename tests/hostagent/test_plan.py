@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hostagent.observe import ObservedState
 from hostagent.plan import (
     ComposeDown,
     ComposeUp,
@@ -16,7 +17,6 @@ from hostagent.plan import (
     failure_key,
     plan,
 )
-from hostagent.observe import ObservedState
 from tests.hostagent.factories import (
     container,
     desired,
@@ -28,10 +28,10 @@ from tests.hostagent.factories import (
 COMPOSE = """
 services:
   web:
-    image: 127.0.0.1:5001/a/web@sha256:%s
+    image: 127.0.0.1:5001/a/web@sha256:{web}
   worker:
-    image: 127.0.0.1:5001/a/worker@sha256:%s
-""" % ("1" * 64, "2" * 64)
+    image: 127.0.0.1:5001/a/worker@sha256:{worker}
+""".format(web="1" * 64, worker="2" * 64)
 
 
 def kinds(actions):
@@ -169,7 +169,9 @@ def test_empty_complete_state_removes_everything():
 def test_nothing_destructive_without_a_trusted_complete_state(state):
     current = observed(container("c1", config_hash=NEW), container("x1", env="other"))
     actions = plan(state, current)
-    assert not any(isinstance(a, RemoveEnvironment | StopContainer | RemoveContainer) for a in actions)
+    assert not any(
+        isinstance(a, RemoveEnvironment | StopContainer | RemoveContainer) for a in actions
+    )
 
 
 def test_nothing_at_all_when_nothing_is_known():

@@ -1,0 +1,204 @@
+"""Feedback on GitHub through the App: a commit status for every build, a GitHub
+Deployment per preview deploy, and one PR comment per preview, edited in place.
+
+Each function is idempotent for its event (safe to run again after a retry): the
+GitHub deployment id and the comment id are kept on the build and the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from github import Github
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controlplane.github.app import GitHubApp
+from controlplane.models import Build, Deployment, Environment
+from controlplane.settings import Settings
+
+CONTEXT = "portside/build"
+COMMENT_MARKER = "<!-- portside:preview:{name} -->"
+
+
+def _installation_of(build: Build) -> int | None:
+    repository = build.service.repository
+    return repository.installation_id if repository else None
+
+
+def _log_url(settings: Settings, build: Build) -> str:
+    return f"{settings.url}/v1/builds/{build.id}/logs"
+
+
+def environment_url(environment: Environment) -> str | None:
+    if environment.domain:
+        return f"https://{environment.domain}"
+    if environment.address:
+        return f"http://{environment.address}"
+    return None
+
+
+def _commit_status(client: Github, build: Build, state: str, url: str, text: str) -> None:
+    repo = client.get_repo(build.service.repository_full_name)
+    repo.get_commit(build.commit_sha).create_status(
+        state=state, target_url=url, description=text[:140], context=CONTEXT
+    )
+
+
+def _deployment_status(
+    client: Github, build: Build, state: str, *, log_url: str, url: str | None = None
+) -> None:
+    if build.github_deployment_id is None:
+        return
+    repo = client.get_repo(build.service.repository_full_name)
+    deployment = repo.get_deployment(build.github_deployment_id)
+    options: dict[str, Any] = {"target_url": log_url}
+    if url:
+        options["environment_url"] = url
+    deployment.create_status(state, **options)
+
+
+def _comment(client: Github, environment: Environment, body: str) -> int:
+    repo = client.get_repo(environment.service.repository_full_name)
+    issue = repo.get_issue(environment.pr_number or 0)
+    text = f"{COMMENT_MARKER.format(name=environment.name)}\n{body}"
+    if environment.github_comment_id:
+        issue.get_comment(environment.github_comment_id).edit(text)
+        return environment.github_comment_id
+    return int(issue.create_comment(text).id)
+
+
+def build_queued(session: Session, github: GitHubApp, settings: Settings, build_id: int) -> None:
+    build = session.get(Build, build_id)
+    installation = _installation_of(build) if build else None
+    if build is None or installation is None:
+        return
+    environment = build.environment
+
+    def act(client: Github) -> None:
+        _commit_status(client, build, "pending", _log_url(settings, build), "Portside is building")
+        if environment.kind != "preview" or build.github_deployment_id is not None:
+            return
+        repo = client.get_repo(build.service.repository_full_name)
+        deployment = repo.create_deployment(
+            ref=build.commit_sha,
+            environment=environment.name,
+            transient_environment=True,
+            production_environment=False,
+            auto_merge=False,
+            required_contexts=[],
+            description=f"Preview of {build.service.name} for #{environment.pr_number}",
+        )
+        build.github_deployment_id = deployment.id
+        deployment.create_status("queued", target_url=_log_url(settings, build))
+
+    github.call(installation, f"feedback for build {build.id}", act)
+
+
+def build_running(session: Session, github: GitHubApp, settings: Settings, build_id: int) -> None:
+    build = session.get(Build, build_id)
+    installation = _installation_of(build) if build else None
+    if build is None or installation is None:
+        return
+    github.call(
+        installation,
+        f"feedback for build {build.id}",
+        lambda client: _deployment_status(
+            client, build, "in_progress", log_url=_log_url(settings, build)
+        ),
+    )
+
+
+def build_failed(session: Session, github: GitHubApp, settings: Settings, build_id: int) -> None:
+    build = session.get(Build, build_id)
+    installation = _installation_of(build) if build else None
+    if build is None or installation is None:
+        return
+    log_url = _log_url(settings, build)
+
+    def act(client: Github) -> None:
+        failed = f"{build.failed_step or 'build'} failed: {build.error or ''}"
+        _commit_status(client, build, "failure", log_url, failed)
+        _deployment_status(client, build, "failure", log_url=log_url)
+
+    github.call(installation, f"feedback for build {build.id}", act)
+
+
+def deployment_finished(
+    session: Session, github: GitHubApp, settings: Settings, deployment_id: int, *, ok: bool
+) -> None:
+    deployment = session.get(Deployment, deployment_id)
+    build = deployment.build if deployment else None
+    installation = _installation_of(build) if build else None
+    if deployment is None or build is None or installation is None:
+        return
+    environment = deployment.environment
+    url = environment_url(environment)
+    log_url = _log_url(settings, build)
+
+    def act(client: Github) -> None:
+        if ok:
+            _commit_status(
+                client, build, "success", url or log_url, f"Deployed to {environment.name}"
+            )
+            _deployment_status(client, build, "success", log_url=log_url, url=url)
+        else:
+            _commit_status(client, build, "failure", log_url, "The new version did not start")
+            _deployment_status(client, build, "failure", log_url=log_url)
+        if environment.kind == "preview" and ok:
+            body = (
+                f"**Preview of {environment.service.name}** is ready: {url or 'no address yet'}\n\n"
+                f"Running commit `{build.commit_sha[:7]}` (deployment {deployment.id})."
+            )
+            environment.github_comment_id = _comment(client, environment, body)
+
+    github.call(installation, f"feedback for deployment {deployment.id}", act)
+
+
+def preview_removed(
+    session: Session, github: GitHubApp, settings: Settings, environment_id: int
+) -> None:
+    environment = session.get(Environment, environment_id)
+    if environment is None or environment.service.repository is None:
+        return
+    installation = environment.service.repository.installation_id
+    builds = list(
+        session.scalars(
+            select(Build).where(
+                Build.environment_id == environment.id, Build.github_deployment_id.is_not(None)
+            )
+        )
+    )
+
+    def act(client: Github) -> None:
+        for build in builds:
+            _deployment_status(client, build, "inactive", log_url=_log_url(settings, build))
+        if environment.github_comment_id:
+            reason = environment.closed_reason or "closed"
+            _comment(
+                client,
+                environment,
+                f"The preview of {environment.service.name} was removed ({reason}).",
+            )
+
+    github.call(installation, f"feedback for {environment.name}", act)
+
+
+EVENTS = {
+    "build_queued": build_queued,
+    "build_running": build_running,
+    "build_failed": build_failed,
+    "preview_removed": preview_removed,
+}
+
+
+def send(
+    session: Session, github: GitHubApp, settings: Settings, event: str, object_id: int
+) -> None:
+    """Run the feedback of one event (a control task's body)."""
+    if event == "deployment_active":
+        deployment_finished(session, github, settings, object_id, ok=True)
+    elif event == "deployment_failed":
+        deployment_finished(session, github, settings, object_id, ok=False)
+    elif event in EVENTS:
+        EVENTS[event](session, github, settings, object_id)

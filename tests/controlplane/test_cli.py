@@ -1,0 +1,231 @@
+"""The ``portside`` console script, run as a real process with its settings in the environment.
+
+Every failure a person can fix ends in exactly one line on stderr: exit 2 for bad usage or
+settings, exit 1 for a dependency that does not answer. Admin commands print the new
+secret on the last line of stdout so scripts can capture it with ``tail -n 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from controlplane.db import Database
+from controlplane.models import ApiToken, Host
+from controlplane.services import tokens
+from controlplane.settings import Settings
+
+PORTSIDE = Path(sys.executable).with_name("portside")
+CLOSED_PORT = 1
+
+
+def clean_environ() -> dict[str, str]:
+    """The test process's environment without any PORTSIDE_* variable of its own."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("PORTSIDE_")}
+
+
+class Result:
+    def __init__(self, completed: subprocess.CompletedProcess[str]) -> None:
+        self.code = completed.returncode
+        self.stdout = completed.stdout
+        self.stderr = completed.stderr
+
+    @property
+    def stdout_lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return self.stderr.splitlines()
+
+    def __repr__(self) -> str:
+        return f"exit {self.code}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+
+
+Run = Callable[..., Result]
+
+
+def run_portside(args: list[str], env: dict[str, str], timeout: float = 60) -> Result:
+    completed = subprocess.run(
+        [str(PORTSIDE), *args],
+        env={**clean_environ(), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(completed)
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    """Settings for a fresh SQLite file of this test's own."""
+    return {
+        "PORTSIDE_DATA_DIR": str(tmp_path / "data"),
+        "PORTSIDE_DATABASE_URL": f"sqlite:///{tmp_path / 'portside.sqlite3'}",
+    }
+
+
+@pytest.fixture
+def portside(sqlite_env: dict[str, str]) -> Run:
+    """Run ``portside ARGS`` against the test's SQLite file (``env`` adds or overrides)."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> Result:
+        return run_portside(list(args), {**sqlite_env, **(env or {})})
+
+    return run
+
+
+@pytest.fixture
+def migrated(portside: Run) -> Run:
+    result = portside("db", "upgrade")
+    assert result.code == 0, result
+    return portside
+
+
+@pytest.fixture
+def sqlite_database(sqlite_env: dict[str, str]) -> Iterator[Database]:
+    """A handle on the same SQLite file the commands use, to check what they wrote."""
+    database = Database(Settings.from_env(sqlite_env))
+    yield database
+    database.dispose()
+
+
+def assert_one_line_failure(result: Result, code: int, *expected: str) -> None:
+    assert result.code == code, result
+    assert len(result.stderr_lines) == 1, result
+    assert "Traceback" not in result.stderr
+    line = result.stderr_lines[0]
+    for text in expected:
+        assert text in line, result
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORTSIDE_AGENT_INTERVAL", "abc"),
+        ("PORTSIDE_REDIS_URL", "http://x"),
+        ("PORTSIDE_DATABASE_URL", "mysql://x"),
+        ("PORTSIDE_SECRET_KEY", "short"),
+        ("PORTSIDE_GITHUB_PRIVATE_KEY_PATH", "/nonexistent/portside/app.pem"),
+    ],
+)
+@pytest.mark.parametrize("command", [["tokens", "list"], ["worker"], ["db", "upgrade"]])
+def test_a_bad_setting_exits_2_with_one_line_naming_it(
+    portside: Run, variable: str, value: str, command: list[str]
+) -> None:
+    result = portside(*command, env={variable: value})
+
+    assert_one_line_failure(result, 2, variable)
+    assert result.stdout == ""
+
+
+def test_an_unreachable_database_exits_1_with_one_line(portside: Run) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{CLOSED_PORT}/x"
+
+    for command in (["tokens", "list"], ["db", "upgrade"], ["hosts", "create", "web-1"]):
+        result = portside(*command, env={"PORTSIDE_DATABASE_URL": url})
+
+        assert_one_line_failure(result, 1, "database", f"127.0.0.1:{CLOSED_PORT}")
+
+
+def test_the_database_password_is_not_printed_when_it_is_unreachable(portside: Run) -> None:
+    url = f"postgresql://postgres:hunter2-db-password@127.0.0.1:{CLOSED_PORT}/x"
+
+    result = portside("tokens", "list", env={"PORTSIDE_DATABASE_URL": url})
+
+    assert_one_line_failure(result, 1, "database")
+    assert "hunter2-db-password" not in result.stderr + result.stdout
+
+
+def test_a_worker_without_redis_exits_1_with_one_line(migrated: Run) -> None:
+    url = f"redis://127.0.0.1:{CLOSED_PORT}/0"
+
+    for command in (["worker"], ["buildworker", "--name", "build-test"]):
+        result = migrated(*command, env={"PORTSIDE_REDIS_URL": url})
+
+        assert_one_line_failure(result, 1, "Redis", f"127.0.0.1:{CLOSED_PORT}")
+
+
+def test_db_upgrade_then_an_admin_token_that_authenticates(
+    migrated: Run, sqlite_database: Database
+) -> None:
+    result = migrated("tokens", "create", "--name", "ci", "--scope", "admin")
+
+    assert result.code == 0, result
+    secret = result.stdout_lines[-1]
+    assert secret.startswith("ps_")
+    assert secret not in "\n".join(result.stdout_lines[:-1])
+    with sqlite_database.session_scope() as session:
+        token = tokens.authenticate(session, secret)
+        assert token is not None
+        assert (token.name, token.scope) == ("ci", "admin")
+        # Only the hash is kept: the plaintext is nowhere in the row.
+        assert secret.split("_", 2)[2].encode() not in token.secret_hash
+        assert tokens.authenticate(session, secret + "x") is None
+
+
+def test_hosts_create_prints_the_hosts_agent_token_last(
+    migrated: Run, sqlite_database: Database
+) -> None:
+    result = migrated("hosts", "create", "web-1")
+
+    assert result.code == 0, result
+    secret = result.stdout_lines[-1]
+    with sqlite_database.session_scope() as session:
+        host = session.scalar(select(Host).where(Host.name == "web-1"))
+        assert host is not None
+        token = tokens.authenticate(session, secret)
+        assert token is not None
+        assert token.scope == "host"
+        assert token.host_id == host.id
+
+
+def test_a_duplicate_host_exits_2_with_one_line(migrated: Run, sqlite_database: Database) -> None:
+    assert migrated("hosts", "create", "web-1").code == 0
+
+    result = migrated("hosts", "create", "web-1")
+
+    assert_one_line_failure(result, 2, "web-1")
+    with sqlite_database.session_scope() as session:
+        assert len(session.scalars(select(Host)).all()) == 1
+        # The failed attempt left no orphan agent token behind either.
+        assert len(session.scalars(select(ApiToken)).all()) == 1
+
+
+def test_the_agent_without_its_settings_exits_2_with_one_line(portside: Run) -> None:
+    # The agent is a package of its own (hostagent); it names what it is missing.
+    result = portside("agent")
+
+    assert_one_line_failure(result, 2, "PORTSIDE_URL")
+
+
+def test_tokens_list_json_parses(migrated: Run) -> None:
+    assert migrated("tokens", "create", "--name", "ci", "--scope", "admin").code == 0
+    assert migrated("tokens", "create", "--name", "dashboard", "--scope", "read").code == 0
+    revoked = json.loads(migrated("tokens", "list", "--json").stdout)[0]["id"]
+    assert migrated("tokens", "revoke", str(revoked)).code == 0
+
+    result = migrated("tokens", "list", "--json")
+
+    assert result.code == 0, result
+    listed = json.loads(result.stdout)
+    expected = [("ci", "admin"), ("dashboard", "read")]
+    assert [(row["name"], row["scope"]) for row in listed] == expected
+    assert listed[0]["revoked_at"]
+    assert not listed[1]["revoked_at"]
+    assert all("token" not in row and "secret_hash" not in row for row in listed)
+
+
+def test_usage_errors_exit_2(portside: Run) -> None:
+    result = portside("tokens", "create", "--name", "x", "--scope", "superuser")
+
+    assert result.code == 2, result
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,143 @@
+"""Alembic migrations: head is exactly the models' schema, and base is empty again.
+
+Each test gets a database of its own (never the session's shared one), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, ForeignKeyConstraint, Table, create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from controlplane import migrate
+from controlplane.models import Base
+
+MODEL_TABLES = set(Base.metadata.tables)
+
+
+def _admin_url() -> str:
+    return os.environ.get(
+        "PORTSIDE_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    )
+
+
+@pytest.fixture
+def empty_postgres() -> Iterator[Engine]:
+    """An empty PostgreSQL database of this test's own."""
+    admin = create_engine(_admin_url(), isolation_level="AUTOCOMMIT")
+    name = f"portside_migrations_{os.getpid()}_{secrets.token_hex(3)}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(_admin_url()).set(database=name)
+    engine = create_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def empty_sqlite(tmp_path: Path) -> Iterator[Engine]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'portside.sqlite3'}")
+    yield engine
+    engine.dispose()
+
+
+def tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, list):
+        return "; ".join(_describe(part) for part in item)
+    if isinstance(item, tuple):
+        return " ".join(_describe(part) for part in item)
+    if isinstance(item, ForeignKeyConstraint):
+        columns = ", ".join(column.name for column in item.columns)
+        return f"{item.table.name}({columns}) -> {item.referred_table.name}"
+    if isinstance(item, Table):
+        return f"table {item.name}"
+    table = getattr(item, "table", None)
+    if table is not None and getattr(item, "name", None):
+        return f"{table.name}.{item.name}"
+    return str(item)
+
+
+def schema_differences(engine: Engine) -> list[str]:
+    """What autogenerate would change to make the database match the models, readably."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return [_describe(diff) for diff in compare_metadata(context, Base.metadata)]
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def test_the_models_have_tables() -> None:
+    # Guards the tests below against an empty metadata that would trivially match.
+    assert {"webhook_deliveries", "api_tokens", "hosts", "builds"} <= MODEL_TABLES
+
+
+def test_upgrade_to_head_creates_every_table_of_the_models(empty_postgres: Engine) -> None:
+    assert tables(empty_postgres) == set()
+
+    migrate.upgrade(empty_postgres)
+
+    assert tables(empty_postgres) == MODEL_TABLES | {"alembic_version"}
+    assert current_revision(empty_postgres) is not None
+
+
+def test_the_migrated_schema_matches_the_models(empty_postgres: Engine) -> None:
+    migrate.upgrade(empty_postgres)
+
+    assert schema_differences(empty_postgres) == []
+
+
+def test_upgrade_is_idempotent(empty_postgres: Engine) -> None:
+    migrate.upgrade(empty_postgres)
+    head = current_revision(empty_postgres)
+
+    migrate.upgrade(empty_postgres)
+
+    assert current_revision(empty_postgres) == head
+    assert schema_differences(empty_postgres) == []
+
+
+def test_downgrade_to_base_leaves_only_alembic_version(empty_postgres: Engine) -> None:
+    migrate.upgrade(empty_postgres)
+
+    migrate.downgrade(empty_postgres, "base")
+
+    assert tables(empty_postgres) == {"alembic_version"}
+    assert current_revision(empty_postgres) is None
+    # And it can go up again from there.
+    migrate.upgrade(empty_postgres)
+    assert schema_differences(empty_postgres) == []
+
+
+def test_upgrade_and_downgrade_on_sqlite(empty_sqlite: Engine) -> None:
+    migrate.upgrade(empty_sqlite)
+
+    assert tables(empty_sqlite) == MODEL_TABLES | {"alembic_version"}
+    assert current_revision(empty_sqlite) is not None
+    assert schema_differences(empty_sqlite) == []
+
+    migrate.downgrade(empty_sqlite, "base")
+
+    assert tables(empty_sqlite) == {"alembic_version"}
+    assert current_revision(empty_sqlite) is None

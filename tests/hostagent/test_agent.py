@@ -1,0 +1,99 @@
+"""The loop's pacing helpers and its refusal to die, without Docker."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hostagent.agent import AgentState, fetch_delay, run_forever, run_once, tick_delay
+from hostagent.apply import Applier
+from hostagent.client import Fetched
+from hostagent.desired import DesiredState
+from hostagent.errors import PermanentAgentError, TransientAgentError
+from hostagent.settings import AgentSettings
+from tests.hostagent.factories import desired
+
+
+class EmptyEngine:
+    """Just enough of a DockerClient for observe(): no containers at all."""
+
+    class api:  # noqa: N801 - mimics docker's attribute name
+        @staticmethod
+        def containers(all: bool, filters: dict[str, Any]) -> list[Any]:
+            return []
+
+
+@dataclass
+class ScriptedSource:
+    script: list[Any]
+    stop: threading.Event
+    calls: list[float] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    last_good: DesiredState | None = None
+
+    def fetch(self, wait: float) -> Fetched:
+        self.calls.append(wait)
+        item = self.script.pop(0) if self.script else None
+        if not self.script:
+            self.stop.set()
+        if isinstance(item, BaseException):
+            raise item
+        assert isinstance(item, DesiredState)
+        self.last_good = item
+        return Fetched(item, changed=True)
+
+    def report(self, status: dict[str, Any]) -> None:
+        self.reports.append(status)
+
+
+def test_tick_delay():
+    assert tick_delay(10, 0, changed=True, rand=lambda: 1.0) == 0.5
+    assert tick_delay(10, 3, changed=False, rand=lambda: 0.0) == 7
+    assert tick_delay(10, 12, changed=False, rand=lambda: 1.0) == 1.0
+
+
+def test_fetch_delay():
+    assert fetch_delay(PermanentAgentError("401", retry_after=300), 1) == 300
+    assert fetch_delay(TransientAgentError("429", retry_after=40), 1) == 40
+    assert 0.5 <= fetch_delay(TransientAgentError("503"), 1) <= 1.0
+    assert 4 <= fetch_delay(TransientAgentError("503"), 4) <= 8
+
+
+def test_run_forever_survives_anything(tmp_path: Path):
+    stop = threading.Event()
+    state = desired()
+    source = ScriptedSource(
+        [RuntimeError("unexpected"), TransientAgentError("down"), state, state], stop
+    )
+    settings = AgentSettings(url="http://x", token="t", interval=0.01, state_dir=tmp_path)
+    agent = AgentState(Applier(EmptyEngine(), tmp_path))
+    thread = threading.Thread(target=run_forever, args=(settings, agent, source, stop))
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(source.calls) == 4
+    assert source.calls[-1] == 0  # interval 0.01 s: a long poll of 0 s
+    assert source.reports and source.reports[-1]["generation"] == 42
+
+
+def test_run_once_reports_nothing_before_anything_is_known(tmp_path: Path):
+    source = ScriptedSource(
+        [TransientAgentError("down"), TransientAgentError("down")], threading.Event()
+    )
+    result = run_once(AgentState(Applier(EmptyEngine(), tmp_path)), source)
+    assert result.report is None and result.desired is None
+    assert source.reports == []
+
+
+@pytest.mark.parametrize("complete", [True])
+def test_report_shape(tmp_path: Path, complete: bool):
+    stop = threading.Event()
+    state = desired(complete=complete)
+    source = ScriptedSource([state, state], stop)
+    result = run_once(AgentState(Applier(EmptyEngine(), tmp_path)), source)
+    assert result.report == {"generation": 42, "agent_version": "0.1.0", "environments": []}
+    assert source.reports == [result.report]
