@@ -35,6 +35,7 @@ import copy
 import datetime as dt
 import http.client
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -562,6 +563,7 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> Result:
     redis.flushdb()
     client = docker.from_env(timeout=120)
     key = generate_private_key_pem()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the GitHub server's access log
     github_server = GitHubServer(GitHubState(work_dir / "github", APP_ID, key))
     github_server.start()
     github_server.state.add_installation(INSTALLATION, OWNER, "Organization")

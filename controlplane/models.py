@@ -325,7 +325,6 @@ class Variable(TimestampMixin, Base):
     scope: Mapped[str] = mapped_column(String(16), default="all")
     value_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     is_secret: Mapped[bool] = mapped_column(Boolean, default=True)
-    expose_to_forks: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class RegistryCredential(TimestampMixin, Base):

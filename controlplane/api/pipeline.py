@@ -45,16 +45,25 @@ def _box() -> SecretBox:
     return SecretBox.from_settings(_settings())
 
 
-def _build_args(service_id: int) -> dict[str, str]:
+def _build_args(build_id: int) -> dict[str, str]:
+    """The service's build arguments; a fork's build gets none marked secret."""
+    build = builds.get_build(session(), build_id)
+    environment = build.environment
+    untrusted = environment.from_fork and not environment.secrets_approved
     box = _box()
     rows = session().scalars(
         select(Variable).where(
-            Variable.service_id == service_id,
+            Variable.service_id == build.service_id,
             Variable.kind == "build",
             Variable.environment_id.is_(None),
+            Variable.scope.in_(("all", environment.kind)),
         )
     )
-    return {row.name: box.decrypt(row.value_encrypted) for row in rows}
+    return {
+        row.name: box.decrypt(row.value_encrypted)
+        for row in rows
+        if not (untrusted and row.is_secret)
+    }
 
 
 def _end(build_id: int) -> None:
@@ -74,7 +83,7 @@ def claim_step(data: dict[str, Any], build_id: int, step: str) -> dict[str, Any]
     spec = builds.claim_step(db, build_id, step, data["attempt"], data["worker"])
     db.commit()
     body = dataclasses.asdict(spec)
-    body["build_args"] = _build_args(spec.service_id) if step == "build" else {}
+    body["build_args"] = _build_args(build_id) if step == "build" else {}
     return body
 
 

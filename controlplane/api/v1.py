@@ -14,7 +14,7 @@ from controlplane import schemas
 from controlplane.api.auth import actor, current_token, require
 from controlplane.crypto import SecretBox
 from controlplane.db import session
-from controlplane.errors import Forbidden, NotFound
+from controlplane.errors import Conflict, Forbidden, NotFound
 from controlplane.models import Build, Environment, Host, WebhookDelivery
 from controlplane.services import (
     audit,
@@ -22,6 +22,7 @@ from controlplane.services import (
     desired,
     hosts,
     installations,
+    previews,
     registries,
     services,
     tokens,
@@ -258,6 +259,7 @@ def list_variables(query: dict[str, Any], service_id: int) -> list[dict[str, Any
         {
             "name": row.name,
             "kind": row.kind,
+            "scope": row.scope,
             "is_secret": row.is_secret,
             "updated_at": row.updated_at,
             "value": box.decrypt(row.value_encrypted) if box else None,
@@ -280,6 +282,7 @@ def set_variable(data: dict[str, Any], service_id: int, name: str) -> Any:
         name=name,
         value=data["value"],
         kind=data["kind"],
+        scope=data["scope"],
         is_secret=data["secret"],
         actor=actor(),
     )
@@ -394,3 +397,39 @@ def rollback_environment(data: dict[str, Any], environment_id: int) -> Any:
     deployment = desired.rollback(db, environment_id, data["deployment_id"], actor())
     db.commit()
     return deployment
+
+
+@environments_api.delete("/<int:environment_id>")
+@require("admin")
+@environments_api.response(204)
+def delete_environment(environment_id: int) -> None:
+    """Tear down a preview by hand (production environments go with their service)."""
+    db = session()
+    environment = previews.get_environment(db, environment_id)
+    if environment.kind != "preview":
+        raise Conflict("only previews are torn down this way; delete the service instead")
+    previews.teardown(db, environment, actor(), "removed through the API")
+    db.commit()
+
+
+@environments_api.post("/<int:environment_id>/redeploy")
+@require("admin")
+@environments_api.response(202, schemas.BuildSchema)
+def redeploy_environment(environment_id: int) -> Any:
+    """Build the environment's current commit again and deploy it."""
+    db = session()
+    build = previews.redeploy(db, environment_id, actor())
+    db.commit()
+    pipeline.enqueue_build(build.id)
+    return build
+
+
+@environments_api.post("/<int:environment_id>/approve-secrets")
+@require("admin")
+@environments_api.response(200, schemas.EnvironmentSchema)
+def approve_secrets(environment_id: int) -> Any:
+    """Let a fork's preview receive the service's runtime secrets (a person's decision)."""
+    db = session()
+    environment = previews.approve_secrets(db, environment_id, actor())
+    db.commit()
+    return environment

@@ -272,6 +272,9 @@ class LogsSchema(Schema):
 class VariableSetSchema(Schema):
     value = fields.String(required=True, load_only=True)
     kind = fields.String(load_default="runtime", validate=validate.OneOf(("runtime", "build")))
+    scope = fields.String(
+        load_default="all", validate=validate.OneOf(("all", "production", "preview"))
+    )
     secret = fields.Boolean(load_default=True)
 
 
@@ -282,6 +285,7 @@ class VariableQuerySchema(Schema):
 class VariableSchema(Schema):
     name = fields.String()
     kind = fields.String()
+    scope = fields.String()
     secret = fields.Boolean(attribute="is_secret")
     value = fields.String(allow_none=True, metadata={"description": "only with ?reveal=true"})
     updated_at = fields.DateTime()

@@ -109,7 +109,9 @@ def _runtime_env(session: Session, box: SecretBox, environment: Environment) -> 
     values: dict[str, str] = {}
     # Environment-specific values override the service's; forks get only what is allowed.
     for row in sorted(rows, key=lambda r: r.environment_id is not None):
-        if environment.from_fork and row.is_secret and not row.expose_to_forks:
+        if row.scope not in ("all", environment.kind):
+            continue
+        if environment.from_fork and row.is_secret and not environment.secrets_approved:
             continue
         values[row.name] = box.decrypt(row.value_encrypted)
     return values

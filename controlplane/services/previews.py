@@ -265,3 +265,37 @@ def get_environment(session: Session, environment_id: int) -> Environment:
     if environment is None:
         raise NotFound(f"environment {environment_id} does not exist")
     return environment
+
+
+def redeploy(session: Session, environment_id: int, actor: str) -> Build:
+    """A new build of the environment's current commit (a person asked for it)."""
+    environment = get_environment(session, environment_id)
+    if environment.status == "inactive" or not environment.head_sha:
+        raise ValidationFailed(
+            "nothing to redeploy", details={"environment": ["inactive or never built"]}
+        )
+    build = pushes.start_build(
+        session,
+        environment.service,
+        environment,
+        environment.head_sha,
+        branch=environment.branch,
+        trigger_key=f"redeploy:{utcnow().timestamp():.6f}",
+        author=actor,
+    )
+    assert build is not None  # the trigger key is new
+    session.flush()
+    audit.record(
+        session, actor, "environment.redeploy", "environment", environment.id, build=build.id
+    )
+    return build
+
+
+def approve_secrets(session: Session, environment_id: int, actor: str) -> Environment:
+    environment = get_environment(session, environment_id)
+    if not environment.secrets_approved:
+        environment.secrets_approved = True
+        environment.generation += 1
+        desired.bump(session, environment.host_id)
+        audit.record(session, actor, "environment.approve_secrets", "environment", environment.id)
+    return environment

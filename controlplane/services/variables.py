@@ -16,6 +16,8 @@ from controlplane.services.services import get_service
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 KINDS = ("runtime", "build")
+# Which environments get a variable: previews can have their own database URL, say.
+SCOPES = ("all", "production", "preview")
 
 
 def set_variable(
@@ -26,6 +28,7 @@ def set_variable(
     name: str,
     value: str,
     kind: str = "runtime",
+    scope: str = "all",
     is_secret: bool = True,
     actor: str,
 ) -> Variable:
@@ -34,6 +37,8 @@ def set_variable(
         raise ValidationFailed(
             "not a variable name", details={"name": ["letters, digits and _, not first a digit"]}
         )
+    if scope not in SCOPES:
+        raise ValidationFailed("unknown scope", details={"scope": [f"one of {', '.join(SCOPES)}"]})
     if kind not in KINDS:
         raise ValidationFailed("unknown kind", details={"kind": [f"one of {', '.join(KINDS)}"]})
     variable = session.scalar(
@@ -49,6 +54,7 @@ def set_variable(
         session.add(variable)
     variable.value_encrypted = box.encrypt(value)
     variable.is_secret = is_secret
+    variable.scope = scope
     session.flush()
     # The value itself never goes to the audit log.
     audit.record(session, actor, "variable.set", "service", service.id, name=name, kind=kind)

@@ -247,7 +247,6 @@ def upgrade() -> None:
     sa.Column('scope', sa.String(length=16), nullable=False),
     sa.Column('value_encrypted', sa.LargeBinary(), nullable=False),
     sa.Column('is_secret', sa.Boolean(), nullable=False),
-    sa.Column('expose_to_forks', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['environment_id'], ['environments.id'], name=op.f('fk_variables_environment_id_environments')),

@@ -1,0 +1,734 @@
+"""The desired-state benchmark: what the agents' polls cost the control plane.
+
+One run, on this machine, against 127.0.0.1 only:
+
+1. a PostgreSQL database of its own (migrated, dropped at the end), Redis db 11 (flushed
+   before and after), ``--hosts`` hosts with their agent tokens;
+2. the baseline: a bare Flask endpoint (``bench.agents:create_bare_app()``) that answers
+   ``GET /v1/agent/desired-state`` 304 when ``If-None-Match`` matches, under gunicorn with
+   ``deploy/gunicorn.conf.py``; then Portside (``controlplane.wsgi:app``) under the same
+   config;
+3. (a) polls that hit the 304 path — each request carries one host's token and that
+   host's current ETag, the hosts taken in turn — from the same load client as the
+   webhook benchmark (``--concurrency`` sender processes, keep-alive), after a warm-up
+   that fills every worker's token cache; requests/s and latency of each, the ratio;
+4. (b) the same 304 load with ``--small`` and then ``--large`` environments in the
+   database (bulk-inserted with SQLAlchemy Core: a service, environment, build and
+   active deployment each, spread over the hosts): the 304 throughput at both sizes,
+   and the database transactions per request (from ``pg_stat_database``);
+5. (c) ``--agents`` simulated agents (one per host) long-polling with ``?wait=30``;
+   then one host's generation is bumped (as recording a deployment does: in the
+   transaction, announced after the commit) and the time until its agent has its 200
+   is measured, then every other host at once, until every agent has its 200.
+
+Exit status: 0 when the run worked (even if a target is missed), 1 when it broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from redis import Redis
+from sqlalchemy import Engine, create_engine, func, insert, select, text, update
+
+from bench.common import (
+    HOST,
+    LoadResult,
+    Server,
+    build_request,
+    cpu_snapshot,
+    cpu_used,
+    gunicorn_setting,
+    pids_named,
+    run_load,
+    temporary_database,
+)
+from bench.webhooks import admin_database_url
+from controlplane import migrate
+from controlplane.models import Build, Deployment, Environment, Host, Service
+from controlplane.services import desired, hosts
+
+REDIS_DB = 11
+SECRET_KEY = "portside-bench-agents-key-0123456789"  # noqa: S105 - a throw-away test key
+PATH = "/v1/agent/desired-state"
+TARGET_RATIO = 0.6
+BARE_ETAG = '"7"'
+DIGEST = "sha256:" + "ab" * 32
+
+
+class BenchError(Exception):
+    """The run itself broke: the figures cannot be trusted."""
+
+
+# ------------------------------------------------------------------------------------
+# The baseline: the same protocol in bare Flask
+# ------------------------------------------------------------------------------------
+
+
+def create_bare_app() -> Flask:
+    """``GET /v1/agent/desired-state``: 304 when If-None-Match is the ETag, else a body."""
+    app = Flask(__name__)
+
+    @app.get(PATH)
+    def desired_state() -> Response:
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return Response(status=401)
+        if request.headers.get("If-None-Match") == BARE_ETAG:
+            response = Response(status=304)
+        else:
+            response = jsonify(generation=7, complete=True, environments=[])
+        response.headers["ETag"] = BARE_ETAG
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    return app
+
+
+# ------------------------------------------------------------------------------------
+# Environment
+# ------------------------------------------------------------------------------------
+
+
+def redis_url() -> str:
+    base = os.environ.get("PORTSIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+    scheme, _, rest = base.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}/{REDIS_DB}"
+
+
+def server_env(database_url: str, data_dir: Path, threads: int | None) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PORTSIDE_") or name.startswith("PORTSIDE_TEST_")
+    }
+    env.update(
+        PORTSIDE_DATABASE_URL=database_url,
+        PORTSIDE_REDIS_URL=redis_url(),
+        PORTSIDE_SECRET_KEY=SECRET_KEY,
+        PORTSIDE_DATA_DIR=str(data_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    if threads is not None:
+        env["GUNICORN_THREADS"] = str(threads)
+    return env
+
+
+@dataclass(frozen=True)
+class Agent:
+    host_id: int
+    name: str
+    token: str
+
+
+def create_hosts(engine: Engine, count: int) -> list[Agent]:
+    from sqlalchemy.orm import Session
+
+    agents = []
+    with Session(engine) as session:
+        for number in range(count):
+            host, token = hosts.create_host(session, f"bench-host-{number}", "bench")
+            agents.append(Agent(host.id, host.name, token))
+        session.commit()
+    return agents
+
+
+def seed_environments(engine: Engine, agents: Sequence[Agent], total: int) -> int:
+    """Bring the database to ``total`` environments (each with a service, a succeeded
+    build and its active deployment), spread over the hosts; return how many were added."""
+    with engine.connect() as connection:
+        present = int(connection.scalar(select(func.count()).select_from(Environment)) or 0)
+    wanted = total - present
+    if wanted <= 0:
+        return 0
+    first = present + 1
+    numbers = range(first, first + wanted)
+    host_of = {n: agents[n % len(agents)].host_id for n in numbers}
+    chunk = 2000
+    with engine.begin() as connection:
+        for start in range(0, wanted, chunk):
+            part = numbers[start : start + chunk]
+            connection.execute(
+                insert(Service),
+                [
+                    {
+                        "id": n,
+                        "name": f"svc-{n}",
+                        "repository_full_name": f"bench/app-{n}",
+                        "branch": "main",
+                        "host_id": host_of[n],
+                        "port": 8080,
+                        "domain": f"svc-{n}.bench.example",
+                    }
+                    for n in part
+                ],
+            )
+            connection.execute(
+                insert(Environment),
+                [
+                    {
+                        "id": n,
+                        "service_id": n,
+                        "host_id": host_of[n],
+                        "name": f"svc-{n}",
+                        "kind": "production",
+                        "status": "running",
+                        "branch": "main",
+                        "domain": f"svc-{n}.bench.example",
+                        "generation": 1,
+                    }
+                    for n in part
+                ],
+            )
+            connection.execute(
+                insert(Build),
+                [
+                    {
+                        "id": n,
+                        "service_id": n,
+                        "environment_id": n,
+                        "commit_sha": f"{n:040x}",
+                        "branch": "main",
+                        "status": "succeeded",
+                        "images": {
+                            "app": {
+                                "repository": f"127.0.0.1:5001/bench/app-{n}",
+                                "tag": f"{n:07x}",
+                                "digest": DIGEST,
+                            }
+                        },
+                    }
+                    for n in part
+                ],
+            )
+            connection.execute(
+                insert(Deployment),
+                [{"id": n, "environment_id": n, "build_id": n, "status": "active"} for n in part],
+            )
+        connection.execute(
+            update(Environment)
+            .where(Environment.id >= first)
+            .values(current_deployment_id=Environment.id)
+        )
+        for table in ("services", "environments", "builds", "deployments"):
+            connection.execute(
+                text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), :last)"),
+                {"last": first + wanted - 1},
+            )
+        # What the hosts should run changed: every generation moves, as bump() does.
+        connection.execute(update(Host).values(generation=Host.generation + 1))
+        connection.execute(text("ANALYZE"))
+    return wanted
+
+
+def forget_cached_generations(redis: Redis, agents: Sequence[Agent]) -> None:
+    redis.delete(*[desired.generation_key(agent.host_id) for agent in agents])
+
+
+def current_etags(port: int, agents: Sequence[Agent]) -> tuple[dict[int, str], list[float]]:
+    """GET every host's full snapshot (a 200): its ETag, and how long each took (ms)."""
+    etags: dict[int, str] = {}
+    took: list[float] = []
+    connection = http.client.HTTPConnection(HOST, port, timeout=60)
+    try:
+        for agent in agents:
+            began = time.perf_counter()
+            connection.request("GET", PATH, headers={"Authorization": f"Bearer {agent.token}"})
+            response = connection.getresponse()
+            body = response.read()
+            took.append((time.perf_counter() - began) * 1000)
+            if response.status != 200:
+                raise BenchError(
+                    f"{agent.name}: desired state answered {response.status}: {body!r}"
+                )
+            state = json.loads(body)
+            etag = response.headers.get("ETag") or ""
+            if etag != f'"{state["generation"]}"':
+                raise BenchError(
+                    f"{agent.name}: ETag {etag!r} for generation {state['generation']}"
+                )
+            etags[agent.host_id] = etag
+    finally:
+        connection.close()
+    return etags, took
+
+
+def poll_requests(
+    port: int, agents: Sequence[Agent], etags: dict[int, str], count: int
+) -> list[bytes]:
+    """``count`` conditional GETs, the hosts taken in turn, built up front."""
+    prepared = [
+        build_request(
+            port,
+            PATH,
+            {"Authorization": f"Bearer {agent.token}", "If-None-Match": etags[agent.host_id]},
+            b"",
+            method="GET",
+        )
+        for agent in agents
+    ]
+    return [prepared[index % len(prepared)] for index in range(count)]
+
+
+def database_transactions(engine: Engine) -> int:
+    """Transactions of our database so far (pg_stat_database, flushed about every second)."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_stat_force_next_flush()"))
+        value = connection.scalar(
+            text(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                "WHERE datname = current_database()"
+            )
+        )
+    return int(value or 0)
+
+
+# ------------------------------------------------------------------------------------
+# One 304 load run
+# ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PollRun:
+    name: str
+    environments: int | None
+    load: LoadResult
+    cpu_ms: dict[str, float]
+    db_transactions_per_request: float | None
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        data = {
+            "name": self.name,
+            "environments": self.environments,
+            **self.load.summary(),
+            "cpu_ms_per_request": self.cpu_ms,
+            "db_transactions_per_request": self.db_transactions_per_request,
+            "problems": self.problems,
+        }
+        return data
+
+
+def cpu_groups(server: Server) -> dict[str, list[int]]:
+    server_pids = [server.process.pid, *server.worker_pids()] if server.process else []
+    return {
+        "gunicorn": server_pids,
+        "postgres": pids_named("postgres"),
+        "redis": pids_named("redis-server"),
+    }
+
+
+def measure_polls(
+    name: str,
+    *,
+    server: Server,
+    requests: list[bytes],
+    args: argparse.Namespace,
+    engine: Engine | None,
+    environments: int | None,
+) -> PollRun:
+    warmup = run_load(server.port, requests[: args.warmup], args.concurrency, args.time_limit)
+    problems = [f"warm-up: {error}" for error in warmup.errors[:5]]
+    time.sleep(1.0)  # let the warm-up's statistics reach pg_stat_database
+    before_tx = database_transactions(engine) if engine is not None else 0
+    before = cpu_snapshot(cpu_groups(server))
+    load = run_load(server.port, requests, args.concurrency, args.time_limit)
+    used = cpu_used(before, cpu_snapshot(cpu_groups(server)))
+    per_request_tx = None
+    if engine is not None:
+        # Our own two statistics queries are transactions too.
+        spent = database_transactions(engine) - before_tx - 1
+        per_request_tx = round(max(spent, 0) / max(load.answered, 1), 4)
+    answered = max(load.answered, 1)
+    cpu_ms = {key: round(value * 1000 / answered, 3) for key, value in used.items()}
+    problems += [f"run: {error}" for error in load.errors[:10]]
+    wrong = {code: n for code, n in load.statuses.items() if code != 304}
+    if wrong:
+        problems.append(f"answers other than 304: {wrong}")
+    if load.answered != load.sent:
+        problems.append(f"{load.sent - load.answered} of {load.sent} unanswered")
+    return PollRun(name, environments, load, cpu_ms, per_request_tx, problems)
+
+
+# ------------------------------------------------------------------------------------
+# (c) long polls
+# ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LongPoll:
+    agent: Agent
+    etag: str
+    wait: int
+    status: int | None = None
+    answered_at: float | None = None
+    error: str | None = None
+    sent_at: float | None = None
+
+    def run(self, port: int) -> None:
+        connection = http.client.HTTPConnection(HOST, port, timeout=self.wait * 3 + 30)
+        try:
+            connection.connect()
+            self.sent_at = time.perf_counter()
+            connection.request(
+                "GET",
+                f"{PATH}?wait={self.wait}",
+                headers={
+                    "Authorization": f"Bearer {self.agent.token}",
+                    "If-None-Match": self.etag,
+                },
+            )
+            response = connection.getresponse()
+            response.read()
+            self.answered_at = time.perf_counter()
+            self.status = response.status
+        except OSError as exc:
+            self.error = repr(exc)
+        finally:
+            connection.close()
+
+
+def bump_hosts(engine: Engine, redis: Redis, host_ids: set[int]) -> float:
+    """Commit new generations for ``host_ids`` and announce them, as a deployment does;
+    return the perf_counter time just before the commit."""
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as session:
+        for host_id in host_ids:
+            desired.bump(session, host_id)
+        changed = session.info.pop(desired.CHANGED_HOSTS, set())
+        moment = time.perf_counter()
+        session.commit()
+    desired.announce(engine, redis, changed)
+    return moment
+
+
+def long_polls(
+    server: Server,
+    *,
+    engine: Engine,
+    redis: Redis,
+    agents: Sequence[Agent],
+    etags: dict[int, str],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    polls = [LongPoll(agent, etags[agent.host_id], args.wait) for agent in agents]
+    threads = [
+        threading.Thread(target=poll.run, args=(server.port,), daemon=True) for poll in polls
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(args.settle)
+    early = [poll for poll in polls if poll.status is not None]
+    chosen = random.choice([poll for poll in polls if poll.status is None] or polls)
+    one_at = bump_hosts(engine, redis, {chosen.agent.host_id})
+    deadline = time.monotonic() + args.wait * 2 + 30
+    while chosen.status is None and chosen.error is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.5)
+    others_answered = [
+        poll for poll in polls if poll is not chosen and poll not in early and poll.status
+    ]
+    rest = [poll for poll in polls if poll.status is None and poll.error is None]
+    all_at = bump_hosts(engine, redis, {poll.agent.host_id for poll in rest})
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    one_ms = (chosen.answered_at - one_at) * 1000 if chosen.answered_at else None
+    rest_ms = sorted(
+        (poll.answered_at - all_at) * 1000
+        for poll in rest
+        if poll.answered_at is not None and poll.status == 200
+    )
+    missing = [poll for poll in rest if poll.status != 200]
+    return {
+        "agents": len(polls),
+        "wait_s": args.wait,
+        "threads_available": server_threads(server),
+        "answered_before_any_change": len(early),
+        "one_host": {
+            "status": chosen.status,
+            "ms": round(one_ms, 1) if one_ms is not None else None,
+            "others_woken_meanwhile": len(others_answered),
+        },
+        "all_hosts": {
+            "agents": len(rest),
+            "got_200": len(rest_ms),
+            "p50_ms": round(statistics.median(rest_ms), 1) if rest_ms else None,
+            "p99_ms": round(rest_ms[max(0, int(len(rest_ms) * 0.99) - 1)], 1) if rest_ms else None,
+            "max_ms": round(rest_ms[-1], 1) if rest_ms else None,
+            "missing": len(missing),
+            "errors": sorted({poll.error for poll in missing if poll.error})[:5],
+        },
+    }
+
+
+def server_threads(server: Server) -> int:
+    return gunicorn_setting("workers", server.env) * gunicorn_setting("threads", server.env)
+
+
+# ------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------
+
+
+def benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"runs": [], "problems": []}
+    runs: list[PollRun] = result["runs"]
+    redis = Redis.from_url(redis_url(), socket_connect_timeout=2, socket_timeout=10)
+    redis.flushdb()
+    try:
+        with temporary_database(admin_database_url(), "portside_bench_agents_") as url:
+            engine = create_engine(url)
+            try:
+                migrate.upgrade(engine)
+                env = server_env(url, work_dir / "data", args.threads)
+                result["gunicorn"] = {
+                    "workers": gunicorn_setting("workers", env),
+                    "threads": gunicorn_setting("threads", env),
+                    "cpus": os.cpu_count(),
+                }
+                agents = create_hosts(engine, args.hosts)
+                seed_environments(engine, agents, args.small)
+                bare = Server("bare", "bench.agents:create_bare_app()", env, work_dir / "bare.log")
+                try:
+                    bare.start()
+                    etags = {agent.host_id: BARE_ETAG for agent in agents}
+                    batch = poll_requests(bare.port, agents, etags, args.requests)
+                    runs.append(
+                        measure_polls(
+                            "bare",
+                            server=bare,
+                            requests=batch,
+                            args=args,
+                            engine=None,
+                            environments=None,
+                        )
+                    )
+                finally:
+                    bare.stop()
+                portside = Server(
+                    "portside", "controlplane.wsgi:app", env, work_dir / "portside.log"
+                )
+                try:
+                    portside.start()
+                    sizes = [args.small, args.large] if args.large > args.small else [args.small]
+                    for size in sizes:
+                        seed_environments(engine, agents, size)
+                        forget_cached_generations(redis, agents)
+                        etags, took = current_etags(portside.port, agents)
+                        result.setdefault("full_snapshot_ms", {})[str(size)] = {
+                            "p50": round(statistics.median(took), 2),
+                            "max": round(max(took), 2),
+                            "environments_per_host": round(size / len(agents), 1),
+                        }
+                        batch = poll_requests(portside.port, agents, etags, args.requests)
+                        runs.append(
+                            measure_polls(
+                                f"portside@{size}",
+                                server=portside,
+                                requests=batch,
+                                args=args,
+                                engine=engine,
+                                environments=size,
+                            )
+                        )
+                    if args.agents:
+                        chosen = agents[: args.agents]
+                        forget_cached_generations(redis, chosen)
+                        etags, _took = current_etags(portside.port, chosen)
+                        result["long_poll"] = long_polls(
+                            portside,
+                            engine=engine,
+                            redis=redis,
+                            agents=chosen,
+                            etags=etags,
+                            args=args,
+                        )
+                except Exception as exc:
+                    result["problems"].append(f"{type(exc).__name__}: {exc}")
+                    result["problems"].append(f"server log:\n{portside.log_tail()}")
+                finally:
+                    portside.stop()
+            finally:
+                engine.dispose()
+    finally:
+        redis.flushdb()
+        redis.close()
+    for run in runs:
+        result["problems"] += [f"{run.name}: {problem}" for problem in run.problems]
+    return result
+
+
+def verdict(runs: Sequence[PollRun]) -> dict[str, Any]:
+    bare = runs[0].load
+    small = runs[1].load
+    large = runs[-1].load
+    ratio = small.requests_per_second / bare.requests_per_second
+    growth = large.requests_per_second / small.requests_per_second
+    return {
+        "ratio": round(ratio, 3),
+        "ratio_target": TARGET_RATIO,
+        "ratio_pass": ratio >= TARGET_RATIO,
+        "p99_bare_ms": round(bare.percentile(99), 2),
+        "p99_portside_ms": round(small.percentile(99), 2),
+        "large_over_small": round(growth, 3),
+        # "close to 1": within the run-to-run noise of this machine.
+        "size_pass": growth >= 0.85,
+    }
+
+
+def report(result: dict[str, Any], args: argparse.Namespace) -> bool:
+    runs: list[PollRun] = result.pop("runs")
+    ok = not result["problems"] and len(runs) >= 2
+    result["targets"] = [run.summary() for run in runs]
+    if ok:
+        result["verdict"] = verdict(runs)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return ok
+    gunicorn = result.get("gunicorn", {})
+    print(
+        f"Desired-state polls answered 304: {args.requests} per target over {args.hosts} hosts "
+        f"(each with its own token and ETag), {args.concurrency} senders, warm-up "
+        f"{args.warmup}; gunicorn {gunicorn.get('workers')} workers x "
+        f"{gunicorn.get('threads')} threads, {gunicorn.get('cpus')} CPUs"
+    )
+    print()
+    print(
+        f"{'target':<16} {'envs':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
+        f" {'db tx/req':>9}  CPU ms/req (gunicorn, postgres, redis, client)"
+    )
+    for run in runs:
+        load = run.load
+        tx = (
+            "—" if run.db_transactions_per_request is None else f"{run.db_transactions_per_request}"
+        )
+        cpu = ", ".join(
+            f"{run.cpu_ms.get(k, 0):.3f}" for k in ("gunicorn", "postgres", "redis", "client")
+        )
+        print(
+            f"{run.name:<16} {run.environments or '—'!s:>6} {load.requests_per_second:>8.1f} "
+            f"{load.percentile(50):>7.2f} {load.percentile(99):>7.2f} "
+            f"{load.percentile(100):>7.2f} {tx:>9}  {cpu}"
+        )
+    for size, figures in result.get("full_snapshot_ms", {}).items():
+        print(
+            f"full snapshot (200) at {size} environments "
+            f"({figures['environments_per_host']} per host): p50 {figures['p50']} ms, "
+            f"max {figures['max']} ms"
+        )
+    long_poll = result.get("long_poll")
+    if long_poll:
+        one = long_poll["one_host"]
+        every = long_poll["all_hosts"]
+        print()
+        print(
+            f"Long polls: {long_poll['agents']} agents with ?wait={long_poll['wait_s']} on "
+            f"{long_poll['threads_available']} gunicorn threads; "
+            f"{long_poll['answered_before_any_change']} answered before any change"
+        )
+        print(
+            f"  one host's generation bumped: its agent had {one['status']} after "
+            f"{one['ms']} ms; {one['others_woken_meanwhile']} other agents answered meanwhile"
+        )
+        print(
+            f"  {every['agents']} hosts bumped at once: {every['got_200']} got their 200, "
+            f"p50 {every['p50_ms']} ms, p99 {every['p99_ms']} ms, max {every['max_ms']} ms; "
+            f"{every['missing']} missing {every['errors']}"
+        )
+    print()
+    for problem in result["problems"]:
+        print(f"FAILED: {problem}")
+    if not ok:
+        print("the run broke: no verdict")
+        return ok
+    marks = result["verdict"]
+    print(
+        f"{'PASS' if marks['ratio_pass'] else 'FAIL'} vs target: Portside 304 / bare Flask "
+        f"throughput {marks['ratio']:.3f} (target >= {TARGET_RATIO}); p99 "
+        f"{marks['p99_portside_ms']:.2f} ms vs {marks['p99_bare_ms']:.2f} ms"
+    )
+    print(
+        f"{'PASS' if marks['size_pass'] else 'FAIL'} vs target: 304 throughput at "
+        f"{args.large} / at {args.small} environments {marks['large_over_small']:.3f} "
+        "(target: close to 1)"
+    )
+    return ok
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench agents",
+        description="Benchmark the agents' desired-state polls (304 path, long polls).",
+    )
+    parser.add_argument("--requests", type=int, default=5000, help="polls per measured run")
+    parser.add_argument("--warmup", type=int, default=1500, help="warm-up polls per run")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent senders")
+    parser.add_argument("--hosts", type=int, default=200, help="hosts (agents) in the database")
+    parser.add_argument("--small", type=int, default=10, help="environments, first size")
+    parser.add_argument("--large", type=int, default=10_000, help="environments, second size")
+    parser.add_argument(
+        "--agents", type=int, default=200, help="long-polling agents for (c); 0 skips it"
+    )
+    parser.add_argument("--wait", type=int, default=30, help="the long polls' ?wait=")
+    parser.add_argument(
+        "--settle", type=float, default=2.0, help="seconds the long polls get to arrive"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="GUNICORN_THREADS for both servers (default: the config's)"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=120.0, help="seconds allowed per load run"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--keep-dir", type=Path, help="keep server logs here (default: temporary)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.hosts <= 2000:
+        parser.error("--hosts must be between 1 and 2000")
+    if not 0 <= args.agents <= min(args.hosts, 1000):
+        parser.error("--agents must be between 0 and --hosts (at most 1000)")
+    if not 1 <= args.small <= args.large <= 100_000:
+        parser.error("need 1 <= --small <= --large <= 100000")
+    if args.requests < 1 or args.concurrency < 1 or args.warmup < 0:
+        parser.error("--requests and --concurrency must be positive, --warmup not negative")
+    if not 1 <= args.wait <= 60:
+        parser.error("--wait must be between 1 and 60")
+    return args
+
+
+@contextlib.contextmanager
+def work_directory(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="portside-bench-agents-") as temp:
+        yield Path(temp)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with work_directory(args.keep_dir) as work_dir:
+        ok = report(benchmark(args, work_dir), args)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
