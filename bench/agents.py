@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import math
 import os
 import random
 import statistics
@@ -69,6 +70,7 @@ PATH = "/v1/agent/desired-state"
 TARGET_RATIO = 0.6
 BARE_ETAG = '"7"'
 DIGEST = "sha256:" + "ab" * 32
+STATS_FLUSH_SECONDS = 10.5
 
 
 class BenchError(Exception):
@@ -312,6 +314,7 @@ class PollRun:
     load: LoadResult
     cpu_ms: dict[str, float]
     db_transactions_per_request: float | None
+    db_transactions_in_warmup: int | None
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -321,6 +324,7 @@ class PollRun:
             **self.load.summary(),
             "cpu_ms_per_request": self.cpu_ms,
             "db_transactions_per_request": self.db_transactions_per_request,
+            "db_transactions_in_warmup": self.db_transactions_in_warmup,
             "problems": self.problems,
         }
         return data
@@ -339,23 +343,37 @@ def measure_polls(
     name: str,
     *,
     server: Server,
+    warmup: list[bytes],
     requests: list[bytes],
     args: argparse.Namespace,
     engine: Engine | None,
     environments: int | None,
 ) -> PollRun:
-    warmup = run_load(server.port, requests[: args.warmup], args.concurrency, args.time_limit)
-    problems = [f"warm-up: {error}" for error in warmup.errors[:5]]
-    time.sleep(1.0)  # let the warm-up's statistics reach pg_stat_database
-    before_tx = database_transactions(engine) if engine is not None else 0
+    """Warm up (every worker learns every token), then measure the 304 load.
+
+    With ``engine``, also count the database's transactions during the measured run:
+    an idle PostgreSQL backend reports its statistics only after up to 10 s, hence the
+    pauses (short enough that the 15 s token cache filled by the warm-up still holds).
+    """
+    if engine is not None:
+        time.sleep(STATS_FLUSH_SECONDS)
+        before_warmup = database_transactions(engine)
+    warmed = run_load(server.port, warmup, args.concurrency, args.time_limit)
+    problems = [f"warm-up: {error}" for error in warmed.errors[:5]]
+    if engine is not None:
+        time.sleep(STATS_FLUSH_SECONDS)
+        before_tx = database_transactions(engine)
     before = cpu_snapshot(cpu_groups(server))
     load = run_load(server.port, requests, args.concurrency, args.time_limit)
     used = cpu_used(before, cpu_snapshot(cpu_groups(server)))
     per_request_tx = None
+    warmup_tx = None
     if engine is not None:
-        # Our own two statistics queries are transactions too.
+        time.sleep(STATS_FLUSH_SECONDS)
+        # Each of our statistics queries is a transaction too.
         spent = database_transactions(engine) - before_tx - 1
         per_request_tx = round(max(spent, 0) / max(load.answered, 1), 4)
+        warmup_tx = before_tx - before_warmup - 1
     answered = max(load.answered, 1)
     cpu_ms = {key: round(value * 1000 / answered, 3) for key, value in used.items()}
     problems += [f"run: {error}" for error in load.errors[:10]]
@@ -364,7 +382,7 @@ def measure_polls(
         problems.append(f"answers other than 304: {wrong}")
     if load.answered != load.sent:
         problems.append(f"{load.sent - load.answered} of {load.sent} unanswered")
-    return PollRun(name, environments, load, cpu_ms, per_request_tx, problems)
+    return PollRun(name, environments, load, cpu_ms, per_request_tx, warmup_tx, problems)
 
 
 # ------------------------------------------------------------------------------------
@@ -429,6 +447,11 @@ def long_polls(
     etags: dict[int, str],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    """Every agent long-polls once; one host changes, then all the others at once.
+
+    Each phase waits at most ``wait`` + 10 s — what the real agent's client allows a long
+    poll (hostagent/client.py WAIT_MARGIN) before it gives up and backs off.
+    """
     polls = [LongPoll(agent, etags[agent.host_id], args.wait) for agent in agents]
     threads = [
         threading.Thread(target=poll.run, args=(server.port,), daemon=True) for poll in polls
@@ -436,47 +459,69 @@ def long_polls(
     for thread in threads:
         thread.start()
     time.sleep(args.settle)
-    early = [poll for poll in polls if poll.status is not None]
-    chosen = random.choice([poll for poll in polls if poll.status is None] or polls)
+    early = [poll for poll in polls if poll.status is not None or poll.error is not None]
+    chosen = random.choice([poll for poll in polls if poll not in early] or polls)
+    patience = args.wait + 10.0
+
+    def wait_until_answered(targets: Sequence[LongPoll]) -> None:
+        deadline = time.perf_counter() + patience
+        while time.perf_counter() < deadline and any(
+            poll.answered_at is None and poll.error is None for poll in targets
+        ):
+            time.sleep(0.002)
+
     one_at = bump_hosts(engine, redis, {chosen.agent.host_id})
-    deadline = time.monotonic() + args.wait * 2 + 30
-    while chosen.status is None and chosen.error is None and time.monotonic() < deadline:
-        time.sleep(0.001)
+    wait_until_answered([chosen])
     time.sleep(0.5)
     others_answered = [
-        poll for poll in polls if poll is not chosen and poll not in early and poll.status
+        poll
+        for poll in polls
+        if poll is not chosen and poll not in early and poll.answered_at is not None
     ]
-    rest = [poll for poll in polls if poll.status is None and poll.error is None]
+    rest = [poll for poll in polls if poll.answered_at is None and poll.error is None]
     all_at = bump_hosts(engine, redis, {poll.agent.host_id for poll in rest})
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    one_ms = (chosen.answered_at - one_at) * 1000 if chosen.answered_at else None
+    wait_until_answered(rest)
+    one_ms = (
+        (chosen.answered_at - one_at) * 1000
+        if chosen.answered_at is not None and chosen.status == 200
+        else None
+    )
     rest_ms = sorted(
         (poll.answered_at - all_at) * 1000
         for poll in rest
         if poll.answered_at is not None and poll.status == 200
     )
     missing = [poll for poll in rest if poll.status != 200]
+    # The threads still waiting end with the server (stopped next) or their timeout.
     return {
         "agents": len(polls),
         "wait_s": args.wait,
+        "patience_s": patience,
         "threads_available": server_threads(server),
         "answered_before_any_change": len(early),
         "one_host": {
             "status": chosen.status,
             "ms": round(one_ms, 1) if one_ms is not None else None,
-            "others_woken_meanwhile": len(others_answered),
+            "others_answered_meanwhile": len(others_answered),
+            "others_statuses": sorted({poll.status or 0 for poll in others_answered}),
         },
         "all_hosts": {
             "agents": len(rest),
             "got_200": len(rest_ms),
             "p50_ms": round(statistics.median(rest_ms), 1) if rest_ms else None,
-            "p99_ms": round(rest_ms[max(0, int(len(rest_ms) * 0.99) - 1)], 1) if rest_ms else None,
+            "p99_ms": round(rest_ms[max(0, math.ceil(len(rest_ms) * 0.99) - 1)], 1)
+            if rest_ms
+            else None,
             "max_ms": round(rest_ms[-1], 1) if rest_ms else None,
             "missing": len(missing),
             "errors": sorted({poll.error for poll in missing if poll.error})[:5],
         },
     }
+
+
+def warmup_count(args: argparse.Namespace) -> int:
+    """Enough polls that every worker has seen every host's token (None: 30 per host)."""
+    return int(args.warmup) if args.warmup is not None else 30 * int(args.hosts)
 
 
 def server_threads(server: Server) -> int:
@@ -511,10 +556,12 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                     bare.start()
                     etags = {agent.host_id: BARE_ETAG for agent in agents}
                     batch = poll_requests(bare.port, agents, etags, args.requests)
+                    warm = poll_requests(bare.port, agents, etags, warmup_count(args))
                     runs.append(
                         measure_polls(
                             "bare",
                             server=bare,
+                            warmup=warm,
                             requests=batch,
                             args=args,
                             engine=None,
@@ -539,10 +586,14 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                             "environments_per_host": round(size / len(agents), 1),
                         }
                         batch = poll_requests(portside.port, agents, etags, args.requests)
+                        warm = poll_requests(portside.port, agents, etags, warmup_count(args))
+                        # Fresh cached generations (30 s in Redis) for the whole measurement.
+                        desired.announce(engine, redis, {agent.host_id for agent in agents})
                         runs.append(
                             measure_polls(
                                 f"portside@{size}",
                                 server=portside,
+                                warmup=warm,
                                 requests=batch,
                                 args=args,
                                 engine=engine,
@@ -607,7 +658,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> bool:
     print(
         f"Desired-state polls answered 304: {args.requests} per target over {args.hosts} hosts "
         f"(each with its own token and ETag), {args.concurrency} senders, warm-up "
-        f"{args.warmup}; gunicorn {gunicorn.get('workers')} workers x "
+        f"{warmup_count(args)}; gunicorn {gunicorn.get('workers')} workers x "
         f"{gunicorn.get('threads')} threads, {gunicorn.get('cpus')} CPUs"
     )
     print()
@@ -646,10 +697,13 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> bool:
         )
         print(
             f"  one host's generation bumped: its agent had {one['status']} after "
-            f"{one['ms']} ms; {one['others_woken_meanwhile']} other agents answered meanwhile"
+            f"{one['ms']} ms (waiting at most {long_poll['patience_s']:.0f} s); "
+            f"{one['others_answered_meanwhile']} other agents answered meanwhile "
+            f"(statuses {one['others_statuses']})"
         )
         print(
-            f"  {every['agents']} hosts bumped at once: {every['got_200']} got their 200, "
+            f"  then {every['agents']} hosts bumped at once: within {long_poll['patience_s']:.0f} s "
+            f"{every['got_200']} got their 200, "
             f"p50 {every['p50_ms']} ms, p99 {every['p99_ms']} ms, max {every['max_ms']} ms; "
             f"{every['missing']} missing {every['errors']}"
         )
@@ -679,7 +733,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Benchmark the agents' desired-state polls (304 path, long polls).",
     )
     parser.add_argument("--requests", type=int, default=5000, help="polls per measured run")
-    parser.add_argument("--warmup", type=int, default=1500, help="warm-up polls per run")
+    parser.add_argument("--warmup", type=int, help="warm-up polls per run (default: 30 per host)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent senders")
     parser.add_argument("--hosts", type=int, default=200, help="hosts (agents) in the database")
     parser.add_argument("--small", type=int, default=10, help="environments, first size")
@@ -706,7 +760,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--agents must be between 0 and --hosts (at most 1000)")
     if not 1 <= args.small <= args.large <= 100_000:
         parser.error("need 1 <= --small <= --large <= 100000")
-    if args.requests < 1 or args.concurrency < 1 or args.warmup < 0:
+    if args.requests < 1 or args.concurrency < 1 or (args.warmup or 0) < 0:
         parser.error("--requests and --concurrency must be positive, --warmup not negative")
     if not 1 <= args.wait <= 60:
         parser.error("--wait must be between 1 and 60")

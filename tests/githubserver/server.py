@@ -1022,12 +1022,20 @@ def create_github_server(state: GitHubState) -> Flask:
         found = [c for c in state.comments if c.repo == repo.full_name and c.issue_number == number]
         return jsonify([_comment(state, c, base()) for c in found])
 
-    @app.patch("/repos/<owner>/<name>/issues/comments/<int:comment_id>")
-    def edit_comment(owner: str, name: str, comment_id: int) -> Json:
+    def comment_of(owner: str, name: str, comment_id: int) -> IssueComment:
         repo = repo_for(owner, name)
         comment = next((c for c in state.comments if c.id == comment_id), None)
         if comment is None or comment.repo != repo.full_name:
             raise GitHubError(404, "Not Found")
+        return comment
+
+    @app.get("/repos/<owner>/<name>/issues/comments/<int:comment_id>")
+    def get_comment(owner: str, name: str, comment_id: int) -> Json:
+        return _comment(state, comment_of(owner, name, comment_id), base())
+
+    @app.patch("/repos/<owner>/<name>/issues/comments/<int:comment_id>")
+    def edit_comment(owner: str, name: str, comment_id: int) -> Json:
+        comment = comment_of(owner, name, comment_id)
         text = body().get("body")
         if not isinstance(text, str) or not text:
             raise GitHubError(422, "Validation Failed: body cannot be blank")

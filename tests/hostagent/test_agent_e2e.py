@@ -91,3 +91,27 @@ def test_agent_runs_replaces_and_repairs(
     stranger.reload()
     assert stranger.status == "running"
     stranger.remove(force=True)
+
+
+def test_a_bad_image_leaves_the_previous_version_serving(
+    stack: Stack, base_image: str, registry: Any, docker_cleanup: None
+) -> None:
+    install(stack, base_image)
+    stack.start_buildworker("build-bad")
+    stack.start_agent("web-1")
+    good = push(stack, {"index.html": "good version\n"}, 1_700_002_000)
+    assert wait_for(lambda: finished(stack, good), 300, 0.5).status == "succeeded"
+    wait_for(lambda: deployment_status(stack, good) == "active", 120, 0.5, "the good version")
+    bad = push(
+        stack,
+        {"Dockerfile": f'FROM {base_image}\nCMD ["sh", "-c", "echo cannot start; exit 3"]\n'},
+        1_700_002_100,
+    )
+    assert wait_for(lambda: finished(stack, bad), 300, 0.5).status == "succeeded"
+    wait_for(lambda: deployment_status(stack, bad) == "failed", 120, 0.5, "the failure report")
+    with stack.database.session_scope() as session:
+        failed = next(d for d in session.scalars(select(Deployment)) if d.build.commit_sha == bad)
+        assert "cannot start" in (failed.error or "")
+    assert serving(stack, "good version")
+    current = environment(stack)
+    assert current is not None and current.status == "running"
