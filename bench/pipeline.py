@@ -272,7 +272,7 @@ git init --quiet .
 git -c http.extraHeader="$GIT_AUTH" fetch --depth 1 --no-tags --quiet -- "$CLONE_URL" "$SHA"
 git -c advice.detachedHead=false checkout --quiet --detach FETCH_HEAD
 stamp fetched
-docker build --quiet --tag "$IMAGE" . >/dev/null
+docker build --quiet $LABELS --tag "$IMAGE" . >/dev/null  # $LABELS: split on purpose
 stamp built
 docker push --quiet "$IMAGE" >/dev/null 2>&1 || docker push "$IMAGE" >/dev/null
 stamp pushed
@@ -287,7 +287,9 @@ class ShellRun:
     phases: dict[str, float]
 
 
-def run_shell(github: GitHubSide, work_dir: Path, image_repo: str, index: int) -> ShellRun:
+def run_shell(
+    github: GitHubSide, work_dir: Path, image_repo: str, index: int, labels: bool = False
+) -> ShellRun:
     sha = github.commit(f"shell {index}")
     token = github.state.issue_token(INSTALLATION).token
     basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
@@ -301,6 +303,13 @@ def run_shell(github: GitHubSide, work_dir: Path, image_repo: str, index: int) -
         "CLONE_URL": github.clone_url(),
         "SHA": sha,
         "IMAGE": image,
+        # With --baseline-labels, the labels Portside's build step gives every image
+        # (buildworker/runner.py); the classic builder adds a layer step per label.
+        "LABELS": " ".join(
+            f"--label io.portside.{name}=bench-{index}" for name in ("build", "service", "commit")
+        )
+        if labels
+        else "",
         "DOCKER_BUILDKIT": "0",  # the classic builder, which the Docker SDK's build uses
         "GIT_TERMINAL_PROMPT": "0",
     }
@@ -554,6 +563,8 @@ def setup_service(database: Database, github: GitHubSide, port: int) -> None:
 
 def benchmark(args: argparse.Namespace, work_dir: Path) -> Result:
     result = Result()
+    if args.baseline_labels:
+        result.notes.append("the shell baseline gave its images Portside's three labels")
     suffix = secrets.token_hex(4)
     repository = f"{OWNER}/app-{suffix}"
     registry = registry_address()
@@ -633,7 +644,9 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> Result:
                 shell_dir.mkdir()
                 # One untimed run of each: the first push to a new registry repository
                 # uploads the base layer, the first task imports the build worker's code.
-                result.warmup["shell_s"] = run_shell(github, shell_dir, shell_repo, -1).total
+                result.warmup["shell_s"] = run_shell(
+                    github, shell_dir, shell_repo, -1, args.baseline_labels
+                ).total
                 result.warmup["portside_s"] = run_portside(
                     github, server.port, database, -1, args.timeout
                 ).total
@@ -648,7 +661,11 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> Result:
                     order = ("shell", "portside") if index % 2 == 0 else ("portside", "shell")
                     for side in order:
                         if side == "shell":
-                            result.shell.append(run_shell(github, shell_dir, shell_repo, index))
+                            result.shell.append(
+                                run_shell(
+                                    github, shell_dir, shell_repo, index, args.baseline_labels
+                                )
+                            )
                         else:
                             result.portside.append(
                                 run_portside(github, server.port, database, index, args.timeout)
@@ -788,6 +805,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--time-limit", type=float, default=600.0, help="no new repetition after this many s"
+    )
+    parser.add_argument(
+        "--baseline-labels",
+        action="store_true",
+        help="give the shell's images Portside's three labels too (where does the time go?)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--keep-dir", type=Path, help="keep logs here (default: temporary)")

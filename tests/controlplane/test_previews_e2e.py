@@ -15,7 +15,7 @@ from controlplane.models import Deployment, Environment, Service
 from controlplane.services import variables
 from tests.fixtures.stack import Stack, wait_for
 from tests.helpers import json_payload
-from tests.tasks.test_pipeline_e2e import REPOSITORY, finished, install, post_delivery
+from tests.tasks.test_pipeline_e2e import REPOSITORY, install, post_delivery
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 NAME = "hello-pr-2"
@@ -161,7 +161,7 @@ def test_fork_preview_gets_no_secret_and_a_missed_close_is_cleaned_up(
     assert not any(e.startswith("API_KEY=") for e in container.attrs["Config"]["Env"])
 
     pull.state = "closed"  # GitHub closed it; the delivery never came
-    stack.celery_send("portside.clean_up_previews")
+    stack.send("portside.clean_up_previews")
     wait_for(
         lambda: (
             not docker_client.containers.list(

@@ -182,14 +182,7 @@ def test_a_build_worker_killed_mid_build_is_replaced_without_duplicates(
     stack: Stack, base_image: str, registry: Any, docker_cleanup: None
 ) -> None:
     install(stack, base_image)
-    stack.start(
-        "beat",
-        ["beat"],
-        stack.worker_env
-        | {
-            "PORTSIDE_DATABASE_URL": stack.settings.database_url,
-        },
-    )
+    stack.start_beat()
     doomed = stack.start_buildworker("build-doomed")
     sha = push(
         stack,
