@@ -196,11 +196,9 @@ class StepRunner:
                 context_dir=item.context,
                 dockerfile=item.dockerfile,
                 tag=f"{repository}:{tag}",
-                labels={
-                    "io.portside.build": str(spec["build_id"]),
-                    "io.portside.service": spec["service"],
-                    "io.portside.commit": spec["commit_sha"],
-                },
+                # One label: the classic builder adds a layer per label, and the build
+                # row already knows the service and the commit.
+                labels={"io.portside.build": str(spec["build_id"])},
                 buildargs={**item.args, **spec.get("build_args", {})},
                 target=item.target,
                 cache_from=[f"{repository}:{branch_tag}"],

@@ -34,7 +34,8 @@ def make_engine(settings: Settings) -> Engine:
                 ) from None
         options["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
-        options.update(pool_size=10, max_overflow=20, pool_recycle=1800)
+        # 4 web workers x 15 stay well under PostgreSQL's default of 100 connections.
+        options.update(pool_size=5, max_overflow=10, pool_recycle=1800, pool_timeout=10)
         options["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(settings.database_url, **options)
     if settings.is_sqlite:

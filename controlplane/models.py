@@ -140,8 +140,6 @@ class Service(TimestampMixin, Base):
     cpu_limit: Mapped[float | None]
     memory_limit: Mapped[str | None] = mapped_column(String(16))
     restart_policy: Mapped[str] = mapped_column(String(32), default="unless-stopped")
-    # How many earlier deployments keep their images in the registry, for rollbacks.
-    keep_deployments: Mapped[int] = mapped_column(Integer, default=5)
     deleted_at: Mapped[dt.datetime | None]
 
     host: Mapped[Host] = relationship()

@@ -5,7 +5,8 @@ import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Agents long-poll (each holds a thread, not a database connection, while it waits).
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 worker_class = "gthread"
 # Long polls of the agents hold a request open for up to a minute.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "90"))

@@ -85,6 +85,7 @@ def desired_state() -> Response:
     generation = _generation(host_id)
     if presented is not None and presented == generation:
         if int(wait) > 0:
+            session().close()  # hold no database connection while waiting
             generation = _wait_for_change(host_id, generation, min(int(wait), MAX_WAIT))
         if presented == generation:
             return _not_modified(generation)

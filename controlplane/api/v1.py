@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controlplane import schemas
-from controlplane.api.auth import actor, current_token, require
+from controlplane.api.auth import actor, current_token, forget_host_token, require
 from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import Conflict, Forbidden, NotFound
@@ -98,9 +98,10 @@ def list_tokens() -> list[Any]:
 @tokens_api.response(204)
 def revoke_token(token_id: int) -> None:
     db = session()
-    tokens.revoke_token(db, token_id)
+    token = tokens.revoke_token(db, token_id)
     audit.record(db, actor(), "token.revoke", "token", token_id)
     db.commit()
+    forget_host_token(current_app.extensions["portside.redis"], token.public_id)
 
 
 @hosts_api.post("")

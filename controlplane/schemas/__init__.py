@@ -118,6 +118,14 @@ class ServiceSchema(Schema):
     port = fields.Integer(allow_none=True)
     domain = fields.String(allow_none=True)
     watch_paths = fields.List(fields.String())
+    health_check_path = fields.String()
+    cpu_limit = fields.Float(allow_none=True)
+    memory_limit = fields.String(allow_none=True)
+    restart_policy = fields.String()
+    previews_enabled = fields.Boolean()
+    fork_previews = fields.Boolean()
+    preview_ttl_seconds = fields.Integer()
+    max_previews = fields.Integer()
     created_at = fields.DateTime()
 
 
@@ -163,6 +171,16 @@ class ServicePatchSchema(Schema):
     port = fields.Integer(allow_none=True)
     domain = fields.String(allow_none=True)
     watch_paths = fields.List(fields.String())
+    health_check_path = fields.String(validate=validate.Regexp(r"^/[^\s]*$"))
+    cpu_limit = fields.Float(allow_none=True, validate=validate.Range(min=0.01, max=256))
+    memory_limit = fields.String(allow_none=True, validate=validate.Regexp(r"^[0-9]+[kmg]?$"))
+    restart_policy = fields.String(
+        validate=validate.OneOf(("no", "always", "unless-stopped", "on-failure"))
+    )
+    previews_enabled = fields.Boolean()
+    fork_previews = fields.Boolean()
+    preview_ttl_seconds = fields.Integer(validate=validate.Range(min=600))
+    max_previews = fields.Integer(validate=validate.Range(min=0, max=1000))
 
 
 class StepClaimSchema(Schema):

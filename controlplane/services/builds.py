@@ -67,6 +67,10 @@ def _step(build: Build, name: str) -> BuildStep:
     raise NotFound(f"build {build.id} has no step {name!r}")
 
 
+# A step whose worker sent a heartbeat this recently is still being worked on.
+STEP_ALIVE = dt.timedelta(seconds=45)
+
+
 def claim_step(
     session: Session, build_id: int, step_name: str, attempt: int, worker: str
 ) -> BuildSpec:
@@ -81,6 +85,10 @@ def claim_step(
     step = _step(build, step_name)
     if step.status == "succeeded":
         raise Conflict(f"step {step_name} of build {build_id} already succeeded")
+    alive = build.heartbeat_at is not None and utcnow() - build.heartbeat_at < STEP_ALIVE
+    if step.status == "running" and alive and build.worker != worker:
+        # A redelivered message while the first worker is still at it: never run twice.
+        raise Conflict(f"step {step_name} of build {build_id} is running on {build.worker}")
     earlier = [s for s in build.steps if s.position < step.position and s.status != "succeeded"]
     if earlier:
         raise Conflict(f"step {step_name} of build {build_id} cannot run before {earlier[0].name}")

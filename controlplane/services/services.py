@@ -15,6 +15,17 @@ from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.models import Environment, Host, Repository, Service, utcnow
 from controlplane.services import audit
 
+# Settings the agent and the preview lifecycle read as they are (validated by the schema).
+RUNTIME_FIELDS = (
+    "health_check_path",
+    "cpu_limit",
+    "memory_limit",
+    "restart_policy",
+    "previews_enabled",
+    "fork_previews",
+    "preview_ttl_seconds",
+    "max_previews",
+)
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -127,8 +138,9 @@ def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
 def update_service(
     session: Session, service_id: int, changes: dict[str, Any], actor: str
 ) -> Service:
-    """Change a service's branch, host, compose path, port, domain or watch paths."""
+    """Change what a service builds, where it runs and how (limits, health, previews)."""
     service = get_service(session, service_id)
+    spec_changes = {k: v for k, v in changes.items() if k not in RUNTIME_FIELDS}
     current = dataclasses.replace(
         ServiceSpec(
             name=service.name,
@@ -140,7 +152,7 @@ def update_service(
             domain=service.domain,
             watch_paths=list(service.watch_paths),
         ),
-        **changes,
+        **spec_changes,
     )
     errors = _validate(current)
     if errors:
@@ -157,6 +169,9 @@ def update_service(
     service.port = current.port
     service.domain = current.domain.lower() if current.domain else None
     service.watch_paths = current.watch_paths
+    for name in RUNTIME_FIELDS:
+        if name in changes:
+            setattr(service, name, changes[name])
     try:
         session.flush()
     except IntegrityError:

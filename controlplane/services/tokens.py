@@ -15,8 +15,16 @@ from controlplane.models import TOKEN_SCOPES, ApiToken, utcnow
 PREFIX = "ps"
 
 
-def _digest(secret: str) -> bytes:
+def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
+
+
+def split(presented: str) -> tuple[str, str] | None:
+    """``ps_<public id>_<secret>`` → (public id, secret); None when malformed."""
+    parts = presented.split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX:
+        return None
+    return parts[1], parts[2]
 
 
 def create_token(
@@ -33,7 +41,7 @@ def create_token(
     secret = secrets.token_urlsafe(32)
     token = ApiToken(
         public_id=public_id,
-        secret_hash=_digest(secret),
+        secret_hash=digest(secret),
         name=name.strip(),
         scope=scope,
         host_id=host_id,
@@ -45,16 +53,16 @@ def create_token(
 
 def authenticate(session: Session, presented: str) -> ApiToken | None:
     """Return the live token matching ``presented``, comparing secrets in constant time."""
-    parts = presented.split("_", 2)
-    if len(parts) != 3 or parts[0] != PREFIX:
+    parts = split(presented)
+    if parts is None:
         return None
-    _, public_id, secret = parts
+    public_id, secret = parts
     token = session.scalar(select(ApiToken).where(ApiToken.public_id == public_id))
     if token is None or token.revoked_at is not None:
         # Compare anyway so a missing id costs the same as a wrong secret.
-        hmac.compare_digest(_digest(secret), b"\0" * 32)
+        hmac.compare_digest(digest(secret), b"\0" * 32)
         return None
-    if not hmac.compare_digest(_digest(secret), token.secret_hash):
+    if not hmac.compare_digest(digest(secret), token.secret_hash):
         return None
     return token
 

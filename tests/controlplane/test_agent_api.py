@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
-from controlplane.models import Deployment, Environment
+from controlplane.models import ApiToken, Deployment, Environment
 from controlplane.services import builds, hosts, pushes, services, variables
 from controlplane.settings import Settings
 
@@ -199,3 +199,13 @@ def test_rollback_to_an_earlier_deployment(
     assert response.status_code == 202 and response.json["id"] == first
     state = client.get("/v1/agent/desired-state", headers=auth(host_token)).json
     assert state["environments"][0]["deployment_id"] == first
+
+
+def test_a_revoked_host_token_is_refused_at_once(
+    client: FlaskClient, host_token: str, admin_headers: dict[str, str], db_session: Session
+) -> None:
+    assert client.get("/v1/agent/desired-state", headers=auth(host_token)).status_code == 200
+    public_id = host_token.split("_")[1]
+    token_id = db_session.scalar(select(ApiToken.id).where(ApiToken.public_id == public_id))
+    assert client.delete(f"/v1/tokens/{token_id}", headers=admin_headers).status_code == 204
+    assert client.get("/v1/agent/desired-state", headers=auth(host_token)).status_code == 401

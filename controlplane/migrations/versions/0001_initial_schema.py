@@ -153,7 +153,6 @@ def upgrade() -> None:
     sa.Column('cpu_limit', sa.Double(), nullable=True),
     sa.Column('memory_limit', sa.String(length=16), nullable=True),
     sa.Column('restart_policy', sa.String(length=32), nullable=False),
-    sa.Column('keep_deployments', sa.Integer(), nullable=False),
     sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
