@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -416,6 +417,11 @@ class Applier:
                 )
                 if self.publish_host and spec.port:
                     entry["ports"] = [f"{self.publish_host}::{spec.port}"]
+            for route in spec.routes:
+                if route.service == name:
+                    router = f"{spec.name}-{re.sub(r'[^a-z0-9-]', '-', name.lower())}"
+                    labels = traefik_labels(router, route.domains, route.port, action.routing)
+                    entry["labels"].update({k: v.replace("$", "$$") for k, v in labels.items()})
             out[name] = entry
         override["services"] = out
         return override

@@ -90,6 +90,16 @@ class DesiredEnvironment:
     resources: Resources
     registry: RegistryAuth | None
     compose_services: tuple[str, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    """Another compose service with a subdomain of its own (``<service>.<domain>``)."""
+
+    service: str
+    port: int
+    domains: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -265,6 +275,7 @@ def parse_environment(value: object, where: str) -> DesiredEnvironment:
     compose: str | None = None
     routed: str | None = None
     services: tuple[str, ...] = ()
+    routes: tuple[Route, ...] = ()
     if mode == "container":
         image = _str(data.get("image"), f"{where} image")
         if not DIGEST_IMAGE_RE.fullmatch(image):
@@ -275,6 +286,7 @@ def parse_environment(value: object, where: str) -> DesiredEnvironment:
         routed = _opt_str(data.get("routed_service"), f"{where} routed_service")
         if routed is not None and routed not in services:
             raise _fail(f"{where} routed_service", "names no service of the compose file")
+        routes = _routes(data.get("routes", []), services, f"{where} routes")
     return DesiredEnvironment(
         name=name,
         kind=kind,
@@ -293,7 +305,24 @@ def parse_environment(value: object, where: str) -> DesiredEnvironment:
         resources=_resources(data.get("resources"), f"{where} resources"),
         registry=_registry(data.get("registry"), f"{where} registry"),
         compose_services=services,
+        routes=routes,
     )
+
+
+def _routes(value: object, services: tuple[str, ...], where: str) -> tuple[Route, ...]:
+    if not isinstance(value, list):
+        raise _fail(where, "must be a list")
+    routes = []
+    for index, item in enumerate(value):
+        data = _obj(item, f"{where}[{index}]")
+        service = _str(data.get("service"), f"{where}[{index}].service")
+        if service not in services:
+            raise _fail(f"{where}[{index}].service", "names no service of the compose file")
+        port = _int(data.get("port"), f"{where}[{index}].port", minimum=1)
+        if port > 65535:
+            raise _fail(f"{where}[{index}].port", "must be at most 65535")
+        routes.append(Route(service, port, _domains(data.get("domains", []), f"{where}[{index}]")))
+    return tuple(routes)
 
 
 def parse_desired_state(value: object) -> DesiredState:
@@ -355,6 +384,10 @@ def desired_state_to_json(state: DesiredState) -> dict[str, Any]:
                 "compose": env.compose,
                 "port": env.port,
                 "routed_service": env.routed_service,
+                "routes": [
+                    {"service": r.service, "port": r.port, "domains": list(r.domains)}
+                    for r in env.routes
+                ],
                 "domains": list(env.domains),
                 "env": dict(env.env),
                 "health_check": None
@@ -400,6 +433,7 @@ def config_hash(
         "compose": env.compose,
         "port": env.port,
         "routed_service": env.routed_service,
+        "routes": [[r.service, r.port, list(r.domains)] for r in env.routes],
         "domains": list(env.domains),
         "env": sorted(env.env.items()),
         "health_check": None

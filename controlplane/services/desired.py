@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
+import yaml
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, select, update
@@ -146,6 +148,9 @@ def _environment_state(
         "compose": compose,
         "port": service.port,
         "routed_service": next(iter(build.images), None) if compose else None,
+        "routes": compose_routes(compose, next(iter(build.images), None), environment.domain)
+        if compose
+        else [],
         "domains": [environment.domain] if environment.domain else [],
         "env": _runtime_env(session, box, environment),
         "health_check": {"path": service.health_check_path, "timeout": 60}
@@ -162,6 +167,36 @@ def _environment_state(
             "password": credentials.password,
         },
     }
+
+
+def _container_port(entry: Any) -> int | None:
+    """The container side of a compose ``ports``/``expose`` entry (8080, "80:8080", ...)."""
+    if isinstance(entry, dict):
+        entry = entry.get("target")
+    text = str(entry).split("/", 1)[0].rsplit(":", 1)[-1].split("-", 1)[0]
+    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+
+
+def compose_routes(compose: str, routed: str | None, domain: str | None) -> list[dict[str, Any]]:
+    """Every other compose service that listens gets ``<service>.<domain>`` of its own."""
+    if not domain:
+        return []
+    try:
+        document = yaml.safe_load(compose) or {}
+    except yaml.YAMLError:
+        return []
+    routes = []
+    for name, spec in (document.get("services") or {}).items():
+        if name == routed or not isinstance(spec, dict):
+            continue
+        ports = [
+            _container_port(p) for p in [*(spec.get("ports") or []), *(spec.get("expose") or [])]
+        ]
+        port = next((p for p in ports if p), None)
+        label = re.sub(r"[^a-z0-9-]", "-", str(name).lower()).strip("-")
+        if port and label:
+            routes.append({"service": name, "port": port, "domains": [f"{label}.{domain}"]})
+    return routes
 
 
 def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str) -> dict[str, Any]:

@@ -120,3 +120,24 @@ def test_compose_override_file(tmp_path: Path):
     assert web["labels"]["traefik.http.routers.hello.rule"] == "Host(`hello.example.com`)"
     assert not any(key.startswith("traefik.") for key in db["labels"])
     yaml.safe_dump(override)  # serialisable as written to disk
+
+
+def test_other_compose_services_get_routes_of_their_own(tmp_path: Path):
+    state = desired(
+        env_body(
+            mode="compose",
+            image=None,
+            compose=COMPOSE,
+            routed_service="web",
+            port=8080,
+            routes=[{"service": "db", "port": 5432, "domains": ["db.hello.example.com"]}],
+        )
+    )
+    env = state.environments[0]
+    action = ComposeUp(env.name, env, "h" * 64, state.routing, state.host)
+    override = Applier(object(), tmp_path).override_file(action)
+    db = override["services"]["db"]["labels"]
+    assert db["traefik.http.routers.hello-db.rule"] == "Host(`db.hello.example.com`)"
+    assert db["traefik.http.services.hello-db.loadbalancer.server.port"] == "5432"
+    web = override["services"]["web"]["labels"]
+    assert web["traefik.http.routers.hello.rule"] == "Host(`hello.example.com`)"

@@ -1,0 +1,13 @@
+# The Portside control plane image (web, workers, beat) used by deploy/compose.yaml.
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/portside
+COPY setup.py setup.cfg README.rst ./
+COPY controlplane controlplane
+COPY tasks tasks
+COPY buildworker buildworker
+COPY hostagent hostagent
+COPY deploy deploy
+RUN pip install --no-cache-dir -e .
+USER nobody
