@@ -26,8 +26,8 @@ from tests.helpers import WEBHOOK_SECRET
 pytest_plugins = [
     "tests.fixtures.docker",
     "tests.fixtures.github",
-    "tests.fixtures.stack",
     "tests.fixtures.processes",
+    "tests.fixtures.stack",
 ]
 
 TEST_REDIS_DB = 13

@@ -145,3 +145,28 @@ def test_idle_and_excess_previews_are_found(
         hello.preview_ttl_seconds = 30 * 24 * 3600
     with database.session_scope() as session:
         assert ["limit" in why for _e, why in previews.stale_previews(session)] == [True]
+
+
+def test_api_tears_down_and_redeploys(
+    client: Any,
+    database: Database,
+    db_session: Session,
+    service: int,
+    admin_headers: dict[str, str],
+    read_headers: dict[str, str],
+) -> None:
+    handle(database, "opened")
+    env = preview(db_session)
+    listed = client.get(f"/v1/environments?service={service}&kind=preview", headers=read_headers)
+    assert [e["name"] for e in listed.json] == ["hello-pr-2"]
+    redeployed = client.post(f"/v1/environments/{env.id}/redeploy", headers=admin_headers)
+    assert redeployed.status_code == 202 and redeployed.json["commit_sha"] == "c" * 40
+    assert len(list(db_session.scalars(select(Build)))) == 2
+    production = db_session.scalar(select(Environment).where(Environment.kind == "production"))
+    assert production is not None
+    refused = client.delete(f"/v1/environments/{production.id}", headers=admin_headers)
+    assert refused.status_code == 409
+    assert client.delete(f"/v1/environments/{env.id}", headers=read_headers).status_code == 403
+    assert client.delete(f"/v1/environments/{env.id}", headers=admin_headers).status_code == 204
+    assert preview(db_session).status == "inactive"
+    assert preview(db_session).closed_by == "token:test-admin"
