@@ -303,13 +303,9 @@ def run_shell(
         "CLONE_URL": github.clone_url(),
         "SHA": sha,
         "IMAGE": image,
-        # With --baseline-labels, the labels Portside's build step gives every image
-        # (buildworker/runner.py); the classic builder adds a layer step per label.
-        "LABELS": " ".join(
-            f"--label io.portside.{name}=bench-{index}" for name in ("build", "service", "commit")
-        )
-        if labels
-        else "",
+        # The same image Portside builds: with the build-id label its build step gives
+        # every image (buildworker/runner.py); the classic builder adds a step for it.
+        "LABELS": f"--label io.portside.build=bench-{index}" if labels else "",
         "DOCKER_BUILDKIT": "0",  # the classic builder, which the Docker SDK's build uses
         "GIT_TERMINAL_PROMPT": "0",
     }
@@ -563,8 +559,8 @@ def setup_service(database: Database, github: GitHubSide, port: int) -> None:
 
 def benchmark(args: argparse.Namespace, work_dir: Path) -> Result:
     result = Result()
-    if args.baseline_labels:
-        result.notes.append("the shell baseline gave its images Portside's three labels")
+    if not args.baseline_labels:
+        result.notes.append("the shell baseline built its images without Portside's label")
     suffix = secrets.token_hex(4)
     repository = f"{OWNER}/app-{suffix}"
     registry = registry_address()
@@ -807,9 +803,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--time-limit", type=float, default=600.0, help="no new repetition after this many s"
     )
     parser.add_argument(
-        "--baseline-labels",
-        action="store_true",
-        help="give the shell's images Portside's three labels too (where does the time go?)",
+        "--unlabelled-baseline",
+        dest="baseline_labels",
+        action="store_false",
+        help="build the shell's images without the build-id label Portside's images carry",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--keep-dir", type=Path, help="keep logs here (default: temporary)")
