@@ -20,12 +20,12 @@ import yaml
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import NotFound, ValidationFailed
-from controlplane.models import Deployment, Environment, Host, Variable, utcnow
+from controlplane.models import Deployment, Environment, Host, Service, Variable, utcnow
 from controlplane.services import audit, effects, registries
 from controlplane.settings import Settings
 from tasks import pipeline
@@ -209,6 +209,11 @@ def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str
             Environment.current_deployment_id.is_not(None),
         )
         .order_by(Environment.name)
+        # One query per relationship for the whole host, not several per environment.
+        .options(
+            selectinload(Environment.current_deployment).selectinload(Deployment.build),
+            selectinload(Environment.service).selectinload(Service.repository),
+        )
     )
     states = [_environment_state(session, box, env, registry_address) for env in environments]
     return {
