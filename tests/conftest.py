@@ -30,7 +30,9 @@ pytest_plugins = [
     "tests.fixtures.stack",
 ]
 
-TEST_REDIS_DB = 13
+# Concurrent test runs on one machine each need an index of their own (the benches use
+# 11, 12 and 14).
+TEST_REDIS_DB = int(os.environ.get("PORTSIDE_TEST_REDIS_DB", "13"))
 
 
 def _admin_url() -> str:
