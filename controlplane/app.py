@@ -8,8 +8,10 @@ import os
 from flask import Flask
 from flask_smorest import Api
 
-from controlplane import __version__, schemas
-from controlplane.api import agent, health, pipeline, v1, webhooks
+from controlplane import __version__, dashboard, schemas
+from controlplane.api import agent, health, openapi, pipeline, v1, webhooks
+from controlplane.api import metrics as metrics_api
+from controlplane.api import notifications as notifications_api
 from controlplane.api.errors import register_error_handlers
 from controlplane.github.app import GitHubApp
 from controlplane.services import desired
@@ -21,6 +23,9 @@ class PortsideApi(Api):  # type: ignore[misc]
     """flask-smorest's Api, documenting errors in Portside's own shape."""
 
     ERROR_SCHEMA = schemas.ApiErrorSchema
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__(app, spec_kwargs={"extra_plugins": [openapi.ErrorResponsesPlugin()]})
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -49,11 +54,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["portside.github"] = GitHubApp.from_settings(settings)
     task_pipeline.configure_sender(settings)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(metrics_api.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(agent.blueprint)
+    app.register_blueprint(dashboard.blueprint)
     api = PortsideApi(app)
     for blueprint in (*v1.BLUEPRINTS, pipeline.worker_api, pipeline.deployments_api):
         api.register_blueprint(blueprint)
+    api.register_blueprint(notifications_api.blueprint)
+    agent.document(api.spec, app)
     # After Api(): flask-smorest registers an HTTPException handler of its own.
     register_error_handlers(app)
     logging.getLogger("controlplane").setLevel(logging.INFO)

@@ -1,8 +1,14 @@
-"""The ``portside`` command: process entry points and admin commands.
+"""The ``portside`` command: process entry points, admin commands and an API client.
 
 Settings are read once here and handed down. Every failure a person can fix (a bad
 setting, a database or Redis that does not answer) ends in one line on stderr and a
 non-zero exit code: 2 for bad usage or settings, 1 for an unavailable dependency.
+
+Admin commands (``tokens``, ``hosts``, ``db``) work on the database directly. The
+commands of everyday use (``services``, ``vars``, ``builds``, ``logs``, ``redeploy``,
+``previews``, ``environments``) talk to a running control plane over HTTP at
+``PORTSIDE_URL`` with ``PORTSIDE_TOKEN``; their HTTP calls live in
+:mod:`controlplane.client`.
 """
 
 from __future__ import annotations
@@ -14,22 +20,27 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from controlplane import migrate
+from controlplane.client import ClientError, LogLine, PortsideClient, Quiet
 from controlplane.db import Database
 from controlplane.errors import ApiError, ConfigError, PortsideError
+from controlplane.models import BUILD_STATUSES
 from controlplane.services import desired, hosts, services, tokens
 from controlplane.settings import Settings, mask_url
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_AUTH = 4
 DEV_HOST = "local"
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -159,6 +170,8 @@ def cmd_hosts_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
+    if uses_api(os.environ):
+        return api_services_create(settings, args)
     spec = services.ServiceSpec(
         name=args.name,
         repository=args.repository,
@@ -179,6 +192,9 @@ def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_services_list(settings: Settings, args: argparse.Namespace) -> int:
+    if uses_api(os.environ):
+        return api_services_list(settings, args)
+
     def action(session: Any) -> list[dict[str, Any]]:
         return [
             {
@@ -192,8 +208,304 @@ def cmd_services_list(settings: Settings, args: argparse.Namespace) -> int:
             for s in services.list_services(session)
         ]
 
-    columns = ("id", "name", "repository", "branch", "host", "domain")
-    _emit(_admin(settings, action), columns, args.json)
+    _emit(_admin(settings, action), SERVICE_COLUMNS, args.json)
+    return 0
+
+
+# -- commands over the API ------------------------------------------------------------------
+
+SERVICE_COLUMNS = ("id", "name", "repository", "branch", "host", "domain")
+ENVIRONMENT_COLUMNS = ("id", "name", "kind", "service", "host", "status", "deployment", "address")
+PREVIEW_COLUMNS = ("id", "name", "service", "pr", "branch", "status", "deployment", "address")
+BUILD_COLUMNS = ("id", "service", "branch", "commit", "status", "author", "message", "created")
+VARIABLE_COLUMNS = ("name", "kind", "scope", "secret", "value", "updated_at")
+HIDDEN = "***"
+QUIET_AFTER = 10.0
+STEP_VERBS = {
+    "clone": "cloning",
+    "build": "building",
+    "push": "pushing",
+    "upload_compose": "uploading the compose file",
+    "record_deployment": "deploying",
+}
+
+
+def uses_api(environ: Mapping[str, str]) -> bool:
+    """``services create|list`` go through the API when it is configured, else the DB."""
+    return any((environ.get(name) or "").strip() for name in ("PORTSIDE_URL", "PORTSIDE_TOKEN"))
+
+
+def _client(settings: Settings) -> PortsideClient:
+    if not settings.token:
+        raise CommandError(
+            f"PORTSIDE_TOKEN is not set: the API at {settings.url} needs a token "
+            "(portside tokens create --name NAME --scope admin)",
+            EXIT_AUTH,
+        )
+    return PortsideClient(settings.url, settings.token.reveal())
+
+
+def _timestamp(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else ""
+
+
+def _duration(started: str | None, finished: str | None) -> str:
+    if not started or not finished:
+        return ""
+    elapsed = datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+    seconds = int(elapsed.total_seconds())
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _shorten(text: str | None, width: int = 50) -> str:
+    first = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return first if len(first) <= width else first[: width - 1] + "…"
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _environment_row(env: dict[str, Any]) -> dict[str, Any]:
+    current = env.get("current_deployment") or {}
+    deployment = f"{current['id']} {current.get('status', '')}".strip() if current else ""
+    return {
+        **env,
+        "pr": env.get("pr_number") or "",
+        "deployment": deployment,
+        "address": env.get("address") or env.get("domain") or "",
+    }
+
+
+def api_services_list(settings: Settings, args: argparse.Namespace) -> int:
+    rows = _client(settings).services()
+    _emit(rows, SERVICE_COLUMNS, args.json)
+    return 0
+
+
+def api_services_create(settings: Settings, args: argparse.Namespace) -> int:
+    spec = {
+        "name": args.name,
+        "repository": args.repository,
+        "branch": args.branch,
+        "host": args.host,
+        "compose_path": args.compose_path,
+        "port": args.port,
+        "domain": args.domain,
+        "watch_paths": args.watch_path or [],
+    }
+    service = _client(settings).create_service(spec)
+    if args.json:
+        _print_json(service)
+    else:
+        print(f"created service {service['name']} (id {service['id']})")
+    return 0
+
+
+def cmd_services_show(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    service = client.find_service(args.service)
+    environments = client.environments({"service": service["id"]})
+    if args.json:
+        _print_json({**service, "environments": environments})
+        return 0
+    width = max(len(key) for key in service)
+    for key, value in service.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        print(f"{key.ljust(width)}  {'' if shown is None else shown}")
+    print()
+    _emit([_environment_row(env) for env in environments], ENVIRONMENT_COLUMNS, False)
+    return 0
+
+
+def cmd_vars_list(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    service = client.find_service(args.service)
+    rows = client.variables(service["id"], reveal=args.reveal)
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = [
+        {
+            **row,
+            "secret": "yes" if row.get("secret") else "no",
+            "value": row["value"] if args.reveal and row.get("value") is not None else HIDDEN,
+            "updated_at": _timestamp(row.get("updated_at")),
+        }
+        for row in rows
+    ]
+    _emit(table, VARIABLE_COLUMNS, False)
+    return 0
+
+
+def cmd_vars_set(settings: Settings, args: argparse.Namespace) -> int:
+    value = sys.stdin.read().rstrip("\n") if args.value == "-" else args.value
+    client = _client(settings)
+    service = client.find_service(args.service)
+    kind = "build" if args.build else "runtime"
+    variable = client.set_variable(
+        service["id"], args.name, value, kind=kind, scope=args.scope, secret=not args.public
+    )
+    if args.json:
+        _print_json(variable)
+    else:
+        secrecy = "secret" if variable.get("secret") else "public"
+        print(
+            f"set {variable['kind']} variable {variable['name']} of {service['name']} "
+            f"(scope {variable['scope']}, {secrecy})"
+        )
+    return 0
+
+
+def cmd_builds_list(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    params: dict[str, Any] = {}
+    if args.service:
+        params["service"] = client.find_service(args.service)["id"]
+    if args.status:
+        params["status"] = args.status
+    rows = client.builds(params, limit=args.limit)
+    if args.json:
+        _print_json(rows)
+        return 0
+    names = {service["id"]: service["name"] for service in client.services()}
+    table = [
+        {
+            **row,
+            "service": names.get(row["service_id"], row["service_id"]),
+            "commit": (row.get("commit_sha") or "")[:10],
+            "message": _shorten(row.get("commit_message")),
+            "created": _timestamp(row.get("created_at")),
+            "duration": _duration(row.get("started_at"), row.get("finished_at")),
+        }
+        for row in rows
+    ]
+    _emit(table, (*BUILD_COLUMNS, "duration"), False)
+    return 0
+
+
+class _Progress:
+    """One line on stderr saying what a quiet build is doing; redrawn in place on a TTY."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{text}")
+            self.shown = True
+        else:
+            self.stream.write(f"{text}\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def _activity(client: PortsideClient, build_id: int) -> str:
+    """What a build is busy with, in a few words ("building", "queued")."""
+    try:
+        build = client.build(build_id)
+    except ClientError:
+        return "running"
+    if build["status"] == "queued":
+        return "queued"
+    for step in build.get("steps") or []:
+        if step.get("status") == "running":
+            return STEP_VERBS.get(step["name"], f"running {step['name']}")
+    return str(build["status"])
+
+
+def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    if not args.follow:
+        logs = client.logs(args.build)
+        if args.json:
+            _print_json(logs)
+            return 0
+        for line in logs["lines"]:
+            print(line)
+        if not logs["complete"]:
+            print(
+                f"portside: build {args.build} is {logs['status']}; follow it with -f",
+                file=sys.stderr,
+            )
+        return 0
+    client.build(args.build)  # a missing build is a 404 here, before streaming
+    progress = _Progress(sys.stderr)
+    for event in client.follow_logs(args.build, quiet_after=args.quiet_after):
+        if isinstance(event, Quiet):
+            progress.show(f"... still {_activity(client, args.build)} ({int(event.seconds)} s)")
+        elif isinstance(event, LogLine):
+            progress.clear()
+            print(json.dumps({"line": event.text}) if args.json else event.text, flush=True)
+    progress.clear()
+    build = client.build(args.build)
+    ending = f"build {build['id']} {build['status']}"
+    if build.get("error"):
+        ending += f": {_shorten(build['error'], 200)}"
+    print(f"portside: {ending}", file=sys.stderr)
+    return 0
+
+
+def _resolve_environment(client: PortsideClient, name_or_id: str) -> dict[str, Any]:
+    """An environment by id or name; a service's name means its production environment."""
+    try:
+        return client.find_environment(name_or_id)
+    except ClientError as exc:
+        if exc.status != 404 or name_or_id.isdigit():
+            raise
+    for env in client.environments({"kind": "production"}):
+        if env.get("service") == name_or_id:
+            return env
+    raise CommandError(f"there is no environment or service named {name_or_id!r}", EXIT_NOT_FOUND)
+
+
+def cmd_redeploy(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    environment = _resolve_environment(client, args.environment)
+    build = client.redeploy(environment["id"])
+    if args.json:
+        _print_json(build)
+    else:
+        print(
+            f"redeploying {environment['name']}: build {build['id']} of "
+            f"{(build.get('commit_sha') or '')[:10]} queued "
+            f"(portside logs {build['id']} -f to follow it)"
+        )
+    return 0
+
+
+def cmd_environments_list(settings: Settings, args: argparse.Namespace, kind: str = "") -> int:
+    client = _client(settings)
+    params: dict[str, Any] = {}
+    if args.service:
+        params["service"] = client.find_service(args.service)["id"]
+    if kind or getattr(args, "kind", None):
+        params["kind"] = kind or args.kind
+    rows = client.environments(params)
+    if args.json:
+        _print_json(rows)
+        return 0
+    columns = PREVIEW_COLUMNS if kind == "preview" else ENVIRONMENT_COLUMNS
+    _emit([_environment_row(env) for env in rows], columns, False)
+    return 0
+
+
+def cmd_previews_list(settings: Settings, args: argparse.Namespace) -> int:
+    return cmd_environments_list(settings, args, kind="preview")
+
+
+def cmd_previews_teardown(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    environment = client.find_environment(args.environment)
+    client.teardown(environment["id"])
+    print(f"preview {environment['name']} is being torn down")
     return 0
 
 
@@ -352,6 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     host_list.add_argument("--json", action="store_true")
 
     service_parser = add("services", lambda *_: 0, "services")
+    service_parser.epilog = (
+        "create and list work on the database directly unless PORTSIDE_URL or PORTSIDE_TOKEN "
+        "is set; then they, like show, go through the API. " + API_EPILOG
+    )
     service_commands = service_parser.add_subparsers(dest="services_command", required=True)
     service_create = add("create", cmd_services_create, "create a service", service_commands)
     service_create.add_argument("name")
@@ -362,9 +678,90 @@ def build_parser() -> argparse.ArgumentParser:
     service_create.add_argument("--port", type=int)
     service_create.add_argument("--domain")
     service_create.add_argument("--watch-path", action="append", help="a glob; repeatable")
+    service_create.add_argument("--json", action="store_true", help="(API) print the service")
     service_list = add("list", cmd_services_list, "list services", service_commands)
     service_list.add_argument("--json", action="store_true")
+    show = add("show", cmd_services_show, "a service and its environments", service_commands)
+    show.add_argument("service", help="name or id")
+    show.add_argument("--json", action="store_true")
+    _add_api_commands(add, commands)
     return parser
+
+
+API_EPILOG = (
+    "Talks to the control plane at PORTSIDE_URL with the API token in PORTSIDE_TOKEN. "
+    "Exit status: 0 ok, 1 the server or network failed, 2 bad usage or input refused, "
+    "3 not found, 4 missing, invalid or insufficient token."
+)
+
+
+def _add_api_commands(add: Callable[..., Any], commands: Any) -> None:
+    """The commands that talk to a running control plane over HTTP."""
+
+    def api(name: str, handler: Callable[..., int], help_text: str, parent: Any) -> Any:
+        sub = add(name, handler, help_text, parent)
+        sub.epilog = API_EPILOG
+        if handler is not _group:
+            sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return sub
+
+    variables = api("vars", _group, "a service's variables (values hidden unless asked)", commands)
+    var_commands = variables.add_subparsers(dest="vars_command", required=True, metavar="COMMAND")
+    var_list = api("list", cmd_vars_list, "list a service's variables", var_commands)
+    var_list.add_argument("service", help="name or id")
+    var_list.add_argument("--reveal", action="store_true", help="show values (admin, audited)")
+    var_set = api("set", cmd_vars_set, "set a variable (secret unless --public)", var_commands)
+    var_set.add_argument("service", help="name or id")
+    var_set.add_argument("name")
+    var_set.add_argument("value", help="the value, or - to read it from stdin")
+    var_set.add_argument("--build", action="store_true", help="a build argument, not runtime")
+    var_set.add_argument("--scope", choices=("all", "production", "preview"), default="all")
+    var_set.add_argument("--public", action="store_true", help="not a secret")
+
+    build_parser_ = api("builds", _group, "builds", commands)
+    build_commands = build_parser_.add_subparsers(
+        dest="builds_command", required=True, metavar="COMMAND"
+    )
+    build_list = api("list", cmd_builds_list, "list builds, newest first", build_commands)
+    build_list.add_argument("--service", help="name or id")
+    build_list.add_argument("--status", choices=BUILD_STATUSES)
+    build_list.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
+
+    logs = api("logs", cmd_logs, "a build's log", commands)
+    logs.add_argument("build", type=int, help="the build's id")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="follow the log until the build ends"
+    )
+    logs.add_argument(
+        "--quiet-after",
+        type=float,
+        default=QUIET_AFTER,
+        help="with -f, say what the build does after this many seconds without output",
+    )
+
+    redeploy = api("redeploy", cmd_redeploy, "build and deploy an environment again", commands)
+    redeploy.add_argument(
+        "environment", help="environment name or id (a service's name: its production)"
+    )
+
+    environments = api("environments", _group, "production and preview environments", commands)
+    env_commands = environments.add_subparsers(dest="env_command", required=True, metavar="COMMAND")
+    env_list = api("list", cmd_environments_list, "list environments", env_commands)
+    env_list.add_argument("--service", help="name or id")
+    env_list.add_argument("--kind", choices=("production", "preview"))
+
+    previews = api("previews", _group, "preview environments of pull requests", commands)
+    preview_commands = previews.add_subparsers(
+        dest="previews_command", required=True, metavar="COMMAND"
+    )
+    preview_list = api("list", cmd_previews_list, "list previews", preview_commands)
+    preview_list.add_argument("--service", help="name or id")
+    teardown = api("teardown", cmd_previews_teardown, "tear a preview down", preview_commands)
+    teardown.add_argument("environment", help="the preview's name or id")
+
+
+def _group(*_: Any) -> int:
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -379,10 +776,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"portside: {exc}", file=sys.stderr)
         return exc.code
+    except ClientError as exc:
+        print(f"portside: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     except ApiError as exc:
         details = f" ({json.dumps(exc.details)})" if exc.details else ""
         print(f"portside: {exc.message}{details}", file=sys.stderr)
-        return EXIT_USAGE
+        return {404: EXIT_NOT_FOUND, 401: EXIT_AUTH, 403: EXIT_AUTH}.get(exc.status, EXIT_USAGE)
     except PortsideError as exc:
         print(f"portside: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -351,3 +351,19 @@ class AuditEvent(Base):
     target_id: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+
+NOTIFICATION_KINDS = ("webhook", "slack")
+
+
+class NotificationTarget(TimestampMixin, Base):
+    """Where a service's deploy events are sent: a signed JSON webhook or a Slack
+    incoming webhook; the signing secret is encrypted at rest."""
+
+    __tablename__ = "notification_targets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="webhook")
+    url: Mapped[str] = mapped_column(String(2048))
+    secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -17,3 +17,36 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # GitHub's 25 MB deliveries are refused by the app, not by a header limit.
 limit_request_field_size = 16384
+
+# Prometheus metrics from every worker (prometheus-client's multiprocess mode): a fresh
+# directory per run, set before any worker imports prometheus_client, and the files of
+# dead workers marked so their live gauges go.
+_made_metrics_dirs: list[str] = []
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    import glob
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+    else:
+        path = tempfile.mkdtemp(prefix="portside-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        _made_metrics_dirs.append(path)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    import shutil
+
+    for path in _made_metrics_dirs:
+        shutil.rmtree(path, ignore_errors=True)

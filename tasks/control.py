@@ -19,6 +19,7 @@ from controlplane.services import (
     deliveries,
     effects,
     feedback,
+    notifications,
     previews,
     pushes,
     registries,
@@ -183,6 +184,45 @@ def clean_up_previews() -> list[str]:
                 previews.teardown(session, environment, "portside:cleanup", reason)
                 removed.append(environment.name)
     return removed
+
+
+NOTIFY_MAX_RETRIES = 6
+NOTIFY_BACKOFF = 2  # seconds, doubled each time: 2, 4, 8, ... at most NOTIFY_BACKOFF_MAX
+NOTIFY_BACKOFF_MAX = 300
+
+
+def notify_countdown(retries: int) -> int:
+    return int(min(NOTIFY_BACKOFF * 2**retries, NOTIFY_BACKOFF_MAX))
+
+
+@celery_app.task(
+    name=pipeline.NOTIFY,
+    bind=True,
+    acks_late=True,
+    max_retries=NOTIFY_MAX_RETRIES,
+)
+def notify(
+    self: Task[Any, Any], event: str, object_id: int, target_ids: list[int] | None = None
+) -> list[int]:
+    """Send a deploy event to the service's notification targets; the targets that failed
+    (and only those) are tried again with backoff, a bounded number of times."""
+    settings = settings_of(celery_app)
+    if not settings.secret_key:
+        log.warning("PORTSIDE_SECRET_KEY is not set: notifications cannot be signed or sent")
+        return []
+    box = SecretBox.from_settings(settings)
+    try:
+        with runtime.database().session_scope() as session:
+            failed = notifications.send(session, box, event, object_id, target_ids=target_ids)
+    except RETRYABLE as exc:  # the database, not a target: try the whole event again
+        raise self.retry(exc=exc, countdown=notify_countdown(self.request.retries)) from exc
+    if failed and self.request.retries < (self.max_retries or 0):
+        raise self.retry(
+            args=[event, object_id, failed], countdown=notify_countdown(self.request.retries)
+        )
+    if failed:
+        log.error("gave up notifying targets %s of %s %s", failed, event, object_id)
+    return failed
 
 
 @worker_process_init.connect

@@ -21,6 +21,7 @@ TAKE_OVER_STALE_BUILDS = "portside.take_over_stale_builds"
 GITHUB_FEEDBACK = "portside.github_feedback"
 DELETE_IMAGES = "portside.delete_images"
 CLEAN_UP_PREVIEWS = "portside.clean_up_previews"
+NOTIFY = "portside.notify"
 BUILD_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 
 
@@ -52,6 +53,11 @@ def delete_images(images: list[dict[str, Any]]) -> None:
     """Delete torn-down images from the registry (repository and digest only)."""
     refs = [{"repository": i["repository"], "digest": i["digest"]} for i in images]
     celery_app.send_task(DELETE_IMAGES, args=[refs], queue=CONTROL_QUEUE, ignore_result=True)
+
+
+def notify(event: str, object_id: int) -> None:
+    """Tell a service's notification targets about a deploy event (ids only)."""
+    celery_app.send_task(NOTIFY, args=[event, object_id], queue=CONTROL_QUEUE, ignore_result=True)
 
 
 def build_chain(build_id: int, attempt: int) -> chain:

@@ -1,7 +1,9 @@
 """The agents' API: their desired state (ETag, long poll) and their status reports.
 
 The hot path — an agent that is up to date asking again — is answered 304 from Redis
-and an in-process token cache, without a database query.
+and an in-process token cache, without a database query. These views are a plain Flask
+blueprint for that reason (no schema is dumped on the way out); :func:`document` adds
+them to the OpenAPI document by hand.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from apispec import APISpec
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from marshmallow import Schema, fields
 from redis import Redis
 from redis.exceptions import RedisError
 
+from controlplane import metrics, schemas
 from controlplane.api.auth import current_host, require_host
 from controlplane.crypto import SecretBox
 from controlplane.db import session
@@ -69,6 +74,7 @@ def _wait_for_change(host_id: int, seen: int, seconds: float) -> int:
 
 
 def _not_modified(generation: int) -> Response:
+    metrics.count_poll(304)
     response = Response(status=304)
     response.headers["ETag"] = f'"{generation}"'
     return response
@@ -98,6 +104,7 @@ def desired_state() -> Response:
         db, SecretBox.from_settings(settings), host, settings.registry
     )
     desired.remember_generation(_redis(), host_id, host.generation)
+    metrics.count_poll(200)
     response = jsonify(state)
     response.headers["ETag"] = f'"{host.generation}"'
     response.headers["Cache-Control"] = "no-store"
@@ -117,3 +124,114 @@ def status() -> tuple[str, int]:
     desired.record_status(db, host, report)
     db.commit()
     return "", 204
+
+
+class RoutingSchema(Schema):
+    entrypoint = fields.String()
+    cert_resolver = fields.String(allow_none=True)
+
+
+class DesiredStateSchema(Schema):
+    """Documentation only: the snapshot is built as a dict and sent with ``jsonify``."""
+
+    host = fields.String()
+    generation = fields.Integer()
+    complete = fields.Boolean()
+    routing = fields.Nested(RoutingSchema)
+    environments = fields.List(
+        fields.Dict(),
+        metadata={"description": "each environment to run: its containers, routes, secrets"},
+    )
+
+
+class EnvironmentStatusSchema(Schema):
+    name = fields.String(required=True)
+    deployment_id = fields.Integer()
+    state = fields.String(metadata={"description": "running, failed, starting, ..."})
+    healthy = fields.Boolean()
+    address = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+
+
+class StatusReportSchema(Schema):
+    agent_version = fields.String()
+    generation = fields.Integer(metadata={"description": "the generation the agent applied"})
+    environments = fields.List(fields.Nested(EnvironmentStatusSchema))
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schemas.ApiErrorSchema}},
+    }
+
+
+def document(spec: APISpec, app: Flask) -> None:
+    """Add the agent endpoints to the OpenAPI document (call after the Api exists)."""
+    rules = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
+    auth_errors = {
+        "401": _error("no valid token"),
+        "403": _error("not the token of a host"),
+        "404": _error("the token's host no longer exists"),
+    }
+    spec.path(
+        rule=rules[f"{blueprint.name}.desired_state"],
+        operations={
+            "get": {
+                "tags": ["agent"],
+                "summary": "The host's desired state, a full snapshot versioned by its ETag",
+                "description": (
+                    "Send the last ETag in `If-None-Match`: 304 when nothing changed. With "
+                    f"`wait` (seconds, at most {MAX_WAIT}) the request is held until the "
+                    "generation moves or the time is up. Needs the host's own token."
+                ),
+                "parameters": [
+                    {
+                        "in": "query",
+                        "name": "wait",
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "long poll for up to this many seconds",
+                    },
+                    {
+                        "in": "header",
+                        "name": "If-None-Match",
+                        "schema": {"type": "string"},
+                        "description": "the ETag (generation) the agent has",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the snapshot",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": DesiredStateSchema}},
+                    },
+                    "304": {
+                        "description": "unchanged since the presented ETag",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                    },
+                    "400": _error("wait is not a number of seconds"),
+                    **auth_errors,
+                    "default": "DEFAULT_ERROR",
+                },
+            }
+        },
+    )
+    spec.path(
+        rule=rules[f"{blueprint.name}.status"],
+        operations={
+            "post": {
+                "tags": ["agent"],
+                "summary": "Report what the host runs; healthy deployments become active",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": StatusReportSchema}},
+                },
+                "responses": {
+                    "204": {"description": "recorded"},
+                    "400": _error("the report is not a JSON object with an environments list"),
+                    **auth_errors,
+                    "default": "DEFAULT_ERROR",
+                },
+            }
+        },
+    )

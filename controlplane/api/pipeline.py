@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, current_app, request, stream_with_context
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint, Page
 from redis import Redis
 from sqlalchemy import select
 
@@ -176,6 +176,7 @@ def create_deployment(data: dict[str, Any], service_id: int) -> Any:
 @deployments_api.get("/<int:service_id>/deployments")
 @require("read")
 @deployments_api.response(200, schemas.DeploymentSchema(many=True))
+@deployments_api.paginate(Page)
 def list_deployments(service_id: int) -> list[Any]:
     return builds.deployments_of(session(), service_id)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint, Page
 from marshmallow import Schema
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -89,6 +89,7 @@ def create_token(data: dict[str, Any]) -> dict[str, Any]:
 @tokens_api.get("")
 @require("admin")
 @tokens_api.response(200, schemas.TokenSchema(many=True))
+@tokens_api.paginate(Page)
 def list_tokens() -> list[Any]:
     return tokens.list_tokens(session())
 
@@ -194,6 +195,7 @@ def redeliver(delivery_id: int) -> WebhookDelivery:
 @installations_api.get("")
 @require("read")
 @installations_api.response(200, schemas.InstallationSchema(many=True))
+@installations_api.paginate(Page)
 def list_installations() -> list[Any]:
     return installations.list_installations(session())
 
@@ -201,6 +203,7 @@ def list_installations() -> list[Any]:
 @installations_api.get("/<int:installation_id>/repositories")
 @require("read")
 @installations_api.response(200, schemas.RepositorySchema(many=True))
+@installations_api.paginate(Page)
 def list_repositories(installation_id: int) -> list[Any]:
     return installations.list_repositories(session(), installation_id)
 
@@ -219,6 +222,7 @@ def create_service(data: dict[str, Any]) -> Any:
 @services_api.get("")
 @require("read")
 @services_api.response(200, schemas.ServiceSchema(many=True))
+@services_api.paginate(Page)
 def list_services() -> list[Any]:
     return services.list_services(session())
 
@@ -351,6 +355,7 @@ def create_registry(data: dict[str, Any]) -> Any:
 @registries_api.get("")
 @require("admin")
 @registries_api.response(200, schemas.RegistrySchema(many=True))
+@registries_api.paginate(Page)
 def list_registries() -> list[Any]:
     return registries.list_registries(session())
 

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from controlplane import metrics
 from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github.webhooks import Delivery
 from controlplane.models import WebhookDelivery, utcnow
@@ -97,9 +98,12 @@ def intake(
         if handled:
             status = _send(session, delivery_id, enqueue)
         session.commit()
+        metrics.count_delivery(delivery.event, "received")
         return Recorded(delivery_id, status, "new")
     session.rollback()
-    return _known(session, delivery.guid, enqueue)
+    known = _known(session, delivery.guid, enqueue)
+    metrics.count_delivery(delivery.event, "duplicate" if known.kind == "duplicate" else "received")
+    return known
 
 
 def _send(session: Session, delivery_id: int, enqueue: Callable[[int], None]) -> str:

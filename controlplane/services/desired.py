@@ -65,7 +65,9 @@ def open_database(settings: Settings) -> tuple[Database, Redis]:
     database = Database(settings)
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     database.after_commit(announcer(database.engine, redis))
-    database.after_commit(effects.dispatcher(pipeline.send_feedback, pipeline.delete_images))
+    database.after_commit(
+        effects.dispatcher(pipeline.send_feedback, pipeline.delete_images, pipeline.notify)
+    )
     return database, redis
 
 
@@ -290,6 +292,7 @@ def _activate(
     )
     audit.record(session, "agent", "deployment.active", "deployment", deployment.id)
     effects.note_feedback(session, "deployment_active", deployment.id)
+    effects.note_notification(session, "deployment_active", deployment.id)
 
 
 def _fail(
@@ -301,6 +304,7 @@ def _fail(
     deployment.error = (f"{error}\n{logs}" if logs else error)[:8000]
     audit.record(session, "agent", "deployment.failed", "deployment", deployment.id)
     effects.note_feedback(session, "deployment_failed", deployment.id)
+    effects.note_notification(session, "deployment_failed", deployment.id)
     if environment.current_deployment_id != deployment.id:
         return
     previous = _previous_active(session, environment, deployment)

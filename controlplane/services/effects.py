@@ -1,4 +1,5 @@
-"""Work that must wait until a transaction commits: GitHub feedback and registry cleanup.
+"""Work that must wait until a transaction commits: GitHub feedback, registry cleanup and
+notifications to the targets a service configured.
 
 Services note these in ``session.info``; the dispatcher installed on each process's
 database sends them as control tasks after the commit (best effort: GitHub feedback is
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 FEEDBACK = "portside.feedback"
 DOOMED_IMAGES = "portside.doomed_images"
+NOTIFICATIONS = "portside.notifications"
 
 
 def note_feedback(session: Session, event: str, object_id: int) -> None:
@@ -28,13 +30,26 @@ def note_doomed_images(session: Session, images: list[dict[str, Any]]) -> None:
         session.info.setdefault(DOOMED_IMAGES, []).extend(images)
 
 
+def note_notification(session: Session, event: str, object_id: int) -> None:
+    """A deploy event for the service's notification targets (see services.notifications)."""
+    session.info.setdefault(NOTIFICATIONS, []).append((event, object_id))
+
+
 def dispatcher(
     send_feedback: Callable[[str, int], None],
     delete_images: Callable[[list[dict[str, Any]]], None],
+    notify: Callable[[str, int], None] | None = None,
 ) -> Callable[[Session], None]:
     def dispatch_committed(session: Session) -> None:
         events = session.info.pop(FEEDBACK, [])
         images = session.info.pop(DOOMED_IMAGES, [])
+        notifications = session.info.pop(NOTIFICATIONS, [])
+        if notify is not None:
+            for event, object_id in notifications:
+                try:
+                    notify(event, object_id)
+                except Exception as exc:  # never blocks or undoes a deploy
+                    log.warning("could not send notification %s %s: %s", event, object_id, exc)
         try:
             for event, object_id in events:
                 send_feedback(event, object_id)

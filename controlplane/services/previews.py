@@ -148,6 +148,7 @@ def teardown(
         audit.record(
             session, actor, "environment.teardown", "environment", environment.id, reason=reason
         )
+        effects.note_notification(session, "preview_removed", environment.id)
     effects.note_doomed_images(session, images)
     effects.note_feedback(session, "preview_removed", environment.id)
     return images

@@ -1,0 +1,304 @@
+"""An HTTP client of Portside's REST API, for the ``portside`` command (and scripts).
+
+Every failure is a :class:`ClientError` whose ``exit_code`` says what kind it is:
+1 the server or the network failed, 2 the API refused the input, 3 not found, 4 the token
+is missing, invalid or of the wrong scope. The message is one line, the API's own when it
+sent one.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from controlplane.errors import PortsideError
+
+PAGE_SIZE = 100
+USER_AGENT = "portside-cli"
+
+
+class ClientError(PortsideError):
+    """Root of the client's errors; ``exit_code`` is what the command exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class Unavailable(ClientError):
+    """The control plane did not answer, or answered with a server error (5xx)."""
+
+    exit_code = 1
+
+
+class Refused(ClientError):
+    """The API refused the request (a 4xx other than 401, 403 and 404)."""
+
+    exit_code = 2
+
+
+class NotFound(ClientError):
+    exit_code = 3
+
+
+class AuthFailed(ClientError):
+    """401 or 403: no valid token, or one of a scope that may not do this."""
+
+    exit_code = 4
+
+
+def error_for(status: int, message: str) -> ClientError:
+    """The exception for an HTTP error ``status`` (the one place the mapping lives)."""
+    if status in (401, 403):
+        return AuthFailed(message, status)
+    if status == 404:
+        return NotFound(message, status)
+    if 400 <= status < 500:
+        return Refused(message, status)
+    return Unavailable(message, status)
+
+
+def _message(response: requests.Response) -> str:
+    """The API's ``{"error", "message", "details"}`` as one line, or the status line."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        message: str = body["message"]
+        details = body.get("details")
+        if details:
+            message += f" ({json.dumps(details, separators=(', ', ': '))})"
+        return message
+    return f"{response.status_code} {response.reason} from {response.url}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quiet:
+    """Nothing arrived for ``seconds`` (the stream is alive but the build is busy)."""
+
+    seconds: float
+
+
+LogEvent = LogLine | Quiet
+
+
+class PortsideClient:
+    """The API at ``url`` with a bearer ``token``; methods return the decoded JSON."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._http = requests.Session()
+        self._http.headers.update({"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT})
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self._http.request(method, f"{self.url}{path}", **kwargs)
+        except requests.Timeout:
+            raise Unavailable(f"the control plane at {self.url} did not answer in time") from None
+        except requests.RequestException as exc:
+            reason = type(exc).__name__
+            raise Unavailable(
+                f"the control plane at {self.url} is unreachable ({reason})"
+            ) from None
+        if response.status_code >= 400:
+            raise error_for(response.status_code, _message(response))
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise Unavailable(f"{self.url}{path} did not answer with JSON") from None
+
+    def paged(self, path: str, params: dict[str, Any] | None = None, limit: int = 0) -> list[Any]:
+        """Every item of a paginated list (``X-Pagination``), or the first ``limit``."""
+        items: list[Any] = []
+        page = 1
+        while True:
+            response = self._send(
+                "GET", path, params={**(params or {}), "page": page, "page_size": PAGE_SIZE}
+            )
+            batch = response.json()
+            if not isinstance(batch, list):
+                raise Unavailable(f"{self.url}{path} did not answer with a list")
+            items += batch
+            if limit and len(items) >= limit:
+                return items[:limit]
+            pagination = json.loads(response.headers.get("X-Pagination") or "{}")
+            if not batch or "next_page" not in pagination:
+                return items
+            page = int(pagination["next_page"])
+
+    # -- services and variables -----------------------------------------------------------
+
+    def services(self) -> list[dict[str, Any]]:
+        return self.paged("/v1/services")
+
+    def service(self, service_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/services/{service_id}")
+        return result
+
+    def create_service(self, spec: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/v1/services", json=spec)
+        return result
+
+    def find_service(self, name_or_id: str) -> dict[str, Any]:
+        """A service named ``name_or_id``, or with that id."""
+        if name_or_id.isdigit():
+            return self.service(int(name_or_id))
+        for service in self.services():
+            if service["name"] == name_or_id:
+                return service
+        raise NotFound(f"there is no service named {name_or_id!r}", 404)
+
+    def variables(self, service_id: int, reveal: bool = False) -> list[dict[str, Any]]:
+        params = {"reveal": "true"} if reveal else {}
+        result: list[dict[str, Any]] = self.request(
+            "GET", f"/v1/services/{service_id}/variables", params=params
+        )
+        return result
+
+    def set_variable(
+        self, service_id: int, name: str, value: str, *, kind: str, scope: str, secret: bool
+    ) -> dict[str, Any]:
+        body = {"value": value, "kind": kind, "scope": scope, "secret": secret}
+        result: dict[str, Any] = self.request(
+            "PUT", f"/v1/services/{service_id}/variables/{name}", json=body
+        )
+        return result
+
+    # -- builds and logs ------------------------------------------------------------------
+
+    def builds(self, params: dict[str, Any], limit: int = 0) -> list[dict[str, Any]]:
+        return self.paged("/v1/builds", params, limit)
+
+    def build(self, build_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/builds/{build_id}")
+        return result
+
+    def logs(self, build_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/builds/{build_id}/logs")
+        return result
+
+    def follow_logs(self, build_id: int, quiet_after: float = 10.0) -> Iterator[LogEvent]:
+        """The build's log lines as they come (server-sent events) until the log ends.
+
+        When nothing arrives for ``quiet_after`` seconds a :class:`Quiet` is yielded (and
+        again each ``quiet_after`` seconds after), so a caller can show progress. The
+        server's keep-alives every 15 s tell a busy build from a dead connection: without
+        them for a minute the stream counts as lost.
+        """
+        response = self._send(
+            "GET",
+            f"/v1/builds/{build_id}/logs",
+            headers={"Accept": "text/event-stream"},
+            stream=True,
+            timeout=(self.timeout, 60.0),
+        )
+        events: queue.Queue[tuple[str, str] | BaseException | None] = queue.Queue()
+
+        def read() -> None:
+            try:
+                for event in parse_sse(response.iter_lines(decode_unicode=True)):
+                    events.put(event)
+                events.put(None)
+            except BaseException as exc:  # handed to the caller's thread
+                events.put(exc)
+
+        reader = threading.Thread(target=read, name=f"portside-logs-{build_id}", daemon=True)
+        reader.start()
+        last = time.monotonic()
+        try:
+            while True:
+                try:
+                    item = events.get(timeout=quiet_after)
+                except queue.Empty:
+                    yield Quiet(time.monotonic() - last)
+                    continue
+                if item is None:
+                    raise Unavailable(f"the log stream of build {build_id} ended early")
+                if isinstance(item, BaseException):
+                    raise Unavailable(
+                        f"the log stream of build {build_id} was interrupted "
+                        f"({type(item).__name__})"
+                    )
+                kind, data = item
+                if kind == "end":
+                    return
+                if kind == "message":
+                    last = time.monotonic()
+                    text = json.loads(data)
+                    yield LogLine(text if isinstance(text, str) else json.dumps(text))
+        finally:
+            response.close()
+
+    # -- environments ---------------------------------------------------------------------
+
+    def environments(self, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self.paged("/v1/environments", params)
+
+    def environment(self, environment_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/environments/{environment_id}")
+        return result
+
+    def find_environment(self, name_or_id: str) -> dict[str, Any]:
+        if name_or_id.isdigit():
+            return self.environment(int(name_or_id))
+        for environment in self.environments():
+            if environment["name"] == name_or_id:
+                return environment
+        raise NotFound(f"there is no environment named {name_or_id!r}", 404)
+
+    def redeploy(self, environment_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/environments/{environment_id}/redeploy")
+        return result
+
+    def teardown(self, environment_id: int) -> None:
+        self.request("DELETE", f"/v1/environments/{environment_id}")
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs from the lines of a ``text/event-stream`` body."""
+    kind, data = "message", list[str]()
+    for line in lines:
+        if line == "":
+            if data:
+                yield kind, "\n".join(data)
+            kind, data = "message", []
+        elif line.startswith(":"):
+            continue  # a comment: the server's keep-alive
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                kind = value
+            elif field == "data":
+                data.append(value)
+    if data:
+        yield kind, "\n".join(data)

@@ -1,0 +1,49 @@
+// Follows a running build's log through the dashboard's same-origin event stream and
+// reloads the page once the build has ended, to show its final steps and outcome.
+(function () {
+  "use strict";
+  var log = document.getElementById("log");
+  if (!log || !log.dataset.stream || !window.EventSource) {
+    return;
+  }
+  var state = document.getElementById("log-state");
+  var badge = document.getElementById("build-status");
+  var source = new EventSource(log.dataset.stream);
+
+  function nearBottom() {
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  }
+
+  function append(text) {
+    var follow = nearBottom();
+    var line = document.createElement("span");
+    line.className = "line";
+    line.textContent = text + "\n";
+    log.appendChild(line);
+    if (follow) {
+      log.scrollTop = log.scrollHeight;
+    }
+  }
+
+  source.onopen = function () {
+    if (state) { state.textContent = "following live…"; }
+  };
+  source.onmessage = function (event) {
+    append(JSON.parse(event.data));
+  };
+  source.onerror = function () {
+    // EventSource reconnects by itself, resuming after the last event id it saw.
+    if (state) { state.textContent = "reconnecting…"; }
+  };
+  source.addEventListener("end", function (event) {
+    source.close();
+    var status = (JSON.parse(event.data || "{}") || {}).status;
+    if (badge && status) {
+      badge.textContent = status;
+      badge.dataset.status = status;
+      badge.className = "badge badge-" + status;
+    }
+    if (state) { state.textContent = "ended"; }
+    window.setTimeout(function () { window.location.reload(); }, 800);
+  });
+})();

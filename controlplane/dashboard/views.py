@@ -1,0 +1,512 @@
+"""The dashboard's pages: thin views over the models and services, rendered with Jinja.
+
+Every page needs a session (see :mod:`controlplane.dashboard.login`); without one a page
+redirects to the login form and the log stream answers 401.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.sansio.blueprints import BlueprintSetupState
+from redis import Redis
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from controlplane.dashboard import login, present
+from controlplane.db import Database, session
+from controlplane.models import (
+    BUILD_STATUSES,
+    DELIVERY_STATUSES,
+    Build,
+    Deployment,
+    Environment,
+    Host,
+    Service,
+    WebhookDelivery,
+)
+from controlplane.services import builds, desired, logs
+from controlplane.services.feedback import environment_url
+from controlplane.settings import Settings
+
+blueprint = Blueprint(
+    "dashboard",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/dashboard-static",
+)
+
+PAGE_SIZE = 50
+# The build page shows this many log lines; the whole log is at log.txt.
+PAGE_LOG_LINES = 5000
+FAILURE_TAIL = 25
+# How often a stream with nothing new checks whether its build ended without a log end
+# (a cancelled build's log is never closed), and how long it waits at the end for the
+# build's final state to be committed.
+STREAM_POLL_MS = 5000
+END_WAIT_SECONDS = 10.0
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+PUBLIC_ENDPOINTS = ("dashboard.login", "dashboard.static")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+@blueprint.record_once
+def _setup(state: BlueprintSetupState) -> None:
+    settings: Settings = state.app.extensions["portside.settings"]
+    login.configure(state.app, settings)
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["portside.settings"]
+    return settings
+
+
+def _redis() -> Redis:
+    client: Redis = current_app.extensions["portside.redis"]
+    return client
+
+
+def _secret_key() -> bytes:
+    key = current_app.secret_key
+    return key.encode() if isinstance(key, str) else bytes(key or b"")
+
+
+# ---------------------------------------------------------------------------------------
+# Session, headers, errors
+# ---------------------------------------------------------------------------------------
+
+
+@blueprint.before_request
+def _require_login() -> BaseResponse | None:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    token = login.current_token(session(), _secret_key())
+    if token is None:
+        if request.endpoint == "dashboard.log_stream":
+            return Response("log in first\n", status=401, mimetype="text/plain")
+        return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+    g.dashboard_token = token
+    return None
+
+
+@blueprint.after_request
+def _headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.endpoint != "dashboard.static":
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@blueprint.context_processor
+def _template_helpers() -> dict[str, Any]:
+    token = g.get("dashboard_token")
+    return {
+        **present.helpers(),
+        "viewer": token.name if token is not None else None,
+        "viewer_scope": token.scope if token is not None else None,
+        "csrf_token": login.csrf_token(),
+    }
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[str, int]:
+    status = exc.code or 500
+    return render_template("error.html", status=status, message=exc.description), status
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site: never another origin (``//host``, ``/\\host``, a scheme)."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return url_for("dashboard.services_page")
+
+
+@blueprint.route("/login", methods=["GET", "POST"], endpoint="login")
+def login_page() -> BaseResponse | tuple[str, int]:
+    target = _safe_next(request.values.get("next"))
+    if request.method == "GET":
+        if login.current_token(session(), _secret_key()) is not None:
+            return redirect(target)
+        return render_template("login.html", next=target, error=None), 200
+    presented = request.form.get("token", "")
+    token = login.log_in(session(), presented, _secret_key()) if presented.strip() else None
+    if token is None:
+        error = "That token is not a live read or admin token."
+        return render_template("login.html", next=target, error=error), 401
+    return redirect(target)
+
+
+@blueprint.post("/logout")
+def logout() -> BaseResponse:
+    if not login.csrf_ok(request.form.get("csrf")):
+        abort(400, "the logout form is out of date; reload the page")
+    login.log_out()
+    return redirect(url_for("dashboard.login"))
+
+
+# ---------------------------------------------------------------------------------------
+# Services and environments
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class EnvironmentRow:
+    environment: Environment
+    url: str | None
+    deployment: Deployment | None
+    latest_build: Build | None
+
+
+@dataclass
+class ServiceRow:
+    service: Service
+    production: list[EnvironmentRow] = field(default_factory=list)
+    previews: list[EnvironmentRow] = field(default_factory=list)
+    closed_previews: int = 0
+
+
+def _latest_builds(environment_ids: list[int]) -> dict[int, Build]:
+    if not environment_ids:
+        return {}
+    newest = (
+        select(func.max(Build.id))
+        .where(Build.environment_id.in_(environment_ids))
+        .group_by(Build.environment_id)
+    )
+    rows = session().scalars(select(Build).where(Build.id.in_(newest)))
+    return {build.environment_id: build for build in rows}
+
+
+@blueprint.get("/")
+def services_page() -> str:
+    db = session()
+    listed = list(
+        db.scalars(
+            select(Service)
+            .where(Service.deleted_at.is_(None))
+            .order_by(Service.name)
+            .options(
+                selectinload(Service.environments)
+                .selectinload(Environment.current_deployment)
+                .selectinload(Deployment.build),
+                selectinload(Service.host),
+            )
+        )
+    )
+    latest = _latest_builds([env.id for s in listed for env in s.environments])
+    rows = []
+    for service in listed:
+        row = ServiceRow(service)
+        ordered = sorted(
+            service.environments,
+            key=lambda e: (e.kind != "production", -(e.pr_number or 0), e.name),
+        )
+        for env in ordered:
+            if env.kind != "production" and env.status == "inactive":
+                row.closed_previews += 1
+                continue
+            item = EnvironmentRow(
+                env, environment_url(env), env.current_deployment, latest.get(env.id)
+            )
+            (row.production if env.kind == "production" else row.previews).append(item)
+        rows.append(row)
+    return render_template("services.html", rows=rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Builds
+# ---------------------------------------------------------------------------------------
+
+
+def _page_number() -> int:
+    try:
+        return max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        return 1
+
+
+def _filters(**values: object) -> dict[str, object]:
+    """The query arguments a pager keeps: the filters in use, and no empty ones."""
+    return {name: value for name, value in values.items() if value not in (None, "")}
+
+
+@blueprint.get("/builds")
+def builds_page() -> str:
+    db = session()
+    statement = select(Build).order_by(Build.id.desc())
+    service_id = request.args.get("service", type=int)
+    status = request.args.get("status")
+    if service_id is not None:
+        statement = statement.where(Build.service_id == service_id)
+    if status in BUILD_STATUSES:
+        statement = statement.where(Build.status == status)
+    else:
+        status = None
+    page = _page_number()
+    listed = list(
+        db.scalars(
+            statement.options(selectinload(Build.service), selectinload(Build.environment))
+            .offset((page - 1) * PAGE_SIZE)
+            .limit(PAGE_SIZE + 1)
+        )
+    )
+    services = list(
+        db.scalars(select(Service).where(Service.deleted_at.is_(None)).order_by(Service.name))
+    )
+    return render_template(
+        "builds.html",
+        builds=listed[:PAGE_SIZE],
+        page=page,
+        has_more=len(listed) > PAGE_SIZE,
+        services=services,
+        service_id=service_id,
+        status=status,
+        statuses=BUILD_STATUSES,
+        filters=_filters(service=service_id, status=status),
+    )
+
+
+def _build_or_404(build_id: int) -> Build:
+    build = session().get(Build, build_id)
+    if build is None:
+        abort(404, f"There is no build {build_id}.")
+    return build
+
+
+def _log_lines(build: Build) -> tuple[list[str], str]:
+    """The build's log so far and the id of the last live entry read (for the stream)."""
+    if build.status in builds.FINISHED and build.log is not None:
+        return (build.log.split("\n") if build.log else []), "0-0"
+    entries = logs.read(_redis(), build.id)
+    last = entries[-1][0] if entries else "0-0"
+    return [line for _id, line in entries if line is not None], last
+
+
+@blueprint.get("/builds/<int:build_id>")
+def build_page(build_id: int) -> str:
+    build = _build_or_404(build_id)
+    lines, last_id = _log_lines(build)
+    finished = build.status in builds.FINISHED
+    failed_step = next((s for s in build.steps if s.status == "failed"), None)
+    deployment = session().scalar(
+        select(Deployment).where(Deployment.build_id == build.id).order_by(Deployment.id.desc())
+    )
+    return render_template(
+        "build.html",
+        build=build,
+        finished=finished,
+        failed_step=failed_step,
+        deployment=deployment,
+        lines=lines[-PAGE_LOG_LINES:],
+        hidden_lines=max(0, len(lines) - PAGE_LOG_LINES),
+        tail=lines[-FAILURE_TAIL:],
+        stream_url=None
+        if finished
+        else url_for("dashboard.log_stream", build_id=build.id, after=last_id),
+    )
+
+
+@blueprint.get("/builds/<int:build_id>/log.txt")
+def log_text(build_id: int) -> Response:
+    lines, _last = _log_lines(_build_or_404(build_id))
+    return Response("\n".join(lines) + ("\n" if lines else ""), mimetype="text/plain")
+
+
+def _event(data: Any, event: str | None = None, entry_id: str | None = None) -> str:
+    head = (f"id: {entry_id}\n" if entry_id else "") + (f"event: {event}\n" if event else "")
+    return f"{head}data: {json.dumps(data)}\n\n"
+
+
+def _status_of(database: Database, build_id: int) -> str | None:
+    db = database.new_session()
+    try:
+        return db.scalar(select(Build.status).where(Build.id == build_id))
+    finally:
+        db.close()
+
+
+def _final_status(database: Database, build_id: int) -> str | None:
+    """The build's status once its end is committed (the log closes just before)."""
+    deadline = time.monotonic() + END_WAIT_SECONDS
+    while True:
+        status = _status_of(database, build_id)
+        if status in builds.FINISHED or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+@blueprint.get("/builds/<int:build_id>/log/stream")
+def log_stream(build_id: int) -> Response:
+    """The build's log as server-sent events for this session (EventSource sends no
+    bearer header): ``data`` events of JSON strings, then ``event: end`` with the status."""
+    build = _build_or_404(build_id)
+    after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0-0"
+    if not STREAM_ID.match(after):
+        after = "0-0"
+    finished = build.status in builds.FINISHED
+    stored = build.log.split("\n") if finished and build.log else None
+    status = build.status
+    database: Database = current_app.extensions["portside.db"]
+    redis_client = _redis()
+    # Streaming holds no database connection: the request's session goes back now.
+    session().close()
+
+    def events() -> Iterator[str]:
+        if finished and stored is not None:
+            for text in stored:
+                yield _event(text)
+            yield _event({"status": status}, "end")
+            return
+        yield ": stream open\n\n"
+        for entry_id, line in logs.follow(redis_client, build_id, after, STREAM_POLL_MS):
+            if entry_id and line is not None:
+                yield _event(line, entry_id=entry_id)
+                continue
+            if entry_id:  # the log's end marker
+                yield _event({"status": _final_status(database, build_id)}, "end", entry_id)
+                return
+            current = _status_of(database, build_id)
+            if current is None or current in builds.FINISHED:
+                # Ended without closing its log (cancelled, superseded) or was removed.
+                yield _event({"status": current}, "end")
+                return
+            yield ": keep-alive\n\n"
+
+    return Response(
+        events(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Deliveries and hosts
+# ---------------------------------------------------------------------------------------
+
+
+@blueprint.get("/deliveries")
+def deliveries_page() -> str:
+    db = session()
+    statement = select(WebhookDelivery).order_by(WebhookDelivery.id.desc())
+    status = request.args.get("status")
+    if status in DELIVERY_STATUSES:
+        statement = statement.where(WebhookDelivery.status == status)
+    else:
+        status = None
+    page = _page_number()
+    listed = list(db.scalars(statement.offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE + 1)))
+    shown = listed[:PAGE_SIZE]
+    started: dict[int, list[Build]] = {}
+    if shown:
+        for build in db.scalars(
+            select(Build).where(Build.delivery_id.in_([d.id for d in shown])).order_by(Build.id)
+        ):
+            started.setdefault(build.delivery_id or 0, []).append(build)
+    return render_template(
+        "deliveries.html",
+        deliveries=shown,
+        started=started,
+        page=page,
+        has_more=len(listed) > PAGE_SIZE,
+        status=status,
+        statuses=DELIVERY_STATUSES,
+        filters=_filters(status=status),
+    )
+
+
+@dataclass
+class ContainerRow:
+    name: str
+    image: str
+    status: str
+    health: str
+    restarts: str
+
+
+@dataclass
+class HostRow:
+    host: Host
+    online: bool
+    environments: list[EnvironmentRow]
+    containers: dict[str, list[ContainerRow]]
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)[:200]
+
+
+def _reported_containers(observed: Any) -> dict[str, list[ContainerRow]]:
+    """The containers an agent last reported, by environment (the report is the agent's
+    JSON: read defensively)."""
+    result: dict[str, list[ContainerRow]] = {}
+    reported = observed.get("environments") if isinstance(observed, dict) else None
+    for item in reported if isinstance(reported, list) else []:
+        if not isinstance(item, dict):
+            continue
+        containers = item.get("containers")
+        result[_text(item.get("name"))] = [
+            ContainerRow(
+                name=_text(c.get("name")),
+                image=_text(c.get("image")),
+                status=_text(c.get("status")),
+                health=_text(c.get("health")),
+                restarts=_text(c.get("restart_count")),
+            )
+            for c in (containers if isinstance(containers, list) else [])
+            if isinstance(c, dict)
+        ]
+    return result
+
+
+@blueprint.get("/hosts")
+def hosts_page() -> str:
+    db = session()
+    interval = _settings().agent_interval
+    rows = []
+    for host in db.scalars(select(Host).order_by(Host.name)):
+        environments = db.scalars(
+            select(Environment)
+            .where(Environment.host_id == host.id, Environment.status != "inactive")
+            .order_by(Environment.name)
+            .options(selectinload(Environment.current_deployment).selectinload(Deployment.build))
+        )
+        rows.append(
+            HostRow(
+                host=host,
+                online=desired.is_online(host, interval),
+                environments=[
+                    EnvironmentRow(env, environment_url(env), env.current_deployment, None)
+                    for env in environments
+                ],
+                containers=_reported_containers(host.observed),
+            )
+        )
+    return render_template("hosts.html", rows=rows)

@@ -1,0 +1,201 @@
+"""``/metrics``: Prometheus text that parses, with counters that move as things happen."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from controlplane.db import Database
+from controlplane.models import utcnow
+from controlplane.services import builds, deliveries, hosts, pushes, services
+from controlplane.services.outcomes import HandlerContext
+from controlplane.settings import Settings
+from tests.controlplane.test_agent_api import DIGEST, auth, host_token  # noqa: F401
+from tests.fixtures.processes import wait_until, worker_environment
+from tests.helpers import load_payload, webhook_headers
+from tests.support.live import free_port
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def scrape(client: FlaskClient) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return parse(response.get_data(as_text=True))
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_deliveries_are_counted_by_event_and_outcome(
+    client: FlaskClient, database: Database
+) -> None:
+    before = scrape(client)
+    body = load_payload("push__with-new-branch.payload.json")
+    headers = webhook_headers("push", body)
+    assert client.post("/webhooks/github", data=body, headers=headers).status_code == 202
+    assert client.post("/webhooks/github", data=body, headers=headers).status_code == 200
+    star = json.dumps({"action": "created"}).encode()
+    client.post("/webhooks/github", data=star, headers=webhook_headers("star", star))
+    installation = load_payload("installation__created.payload.json")
+    response = client.post(
+        "/webhooks/github", data=installation, headers=webhook_headers("installation", installation)
+    )
+    with database.session_scope() as session:  # what the control worker does
+        deliveries.process(session, int(response.json["id"]), HandlerContext())
+    after = scrape(client)
+
+    def moved(event: str, outcome: str) -> float:
+        name = "portside_deliveries_total"
+        return value(after, name, event=event, outcome=outcome) - value(
+            before, name, event=event, outcome=outcome
+        )
+
+    assert moved("push", "received") == 1
+    assert moved("push", "duplicate") == 1
+    assert moved("star", "received") == 1
+    assert moved("star", "ignored") == 1
+    assert moved("installation", "processed") == 1
+
+
+def test_polls_reports_builds_and_deployments(
+    client: FlaskClient,
+    database: Database,
+    host_token: str,  # noqa: F811
+    worker_headers: dict[str, str],
+) -> None:
+    before = scrape(client)
+    first = client.get("/v1/agent/desired-state", headers=auth(host_token))
+    assert first.status_code == 200
+    again = client.get(
+        "/v1/agent/desired-state",
+        headers={**auth(host_token), "If-None-Match": first.headers["ETag"]},
+    )
+    assert again.status_code == 304
+    with database.session_scope() as session:
+        service = services.list_services(session)[0]
+        build = pushes.start_build(
+            session,
+            service,
+            pushes.production_environment(session, service),
+            "b" * 40,
+            branch="main",
+        )
+        assert build is not None
+        build.enqueued_at = utcnow()
+        build_id = build.id
+    with database.session_scope() as session:
+        builds.claim_step(session, build_id, "clone", 1, "w1")
+    with database.session_scope() as session:
+        builds.finish_step(session, build_id, "clone", 1, succeeded=True)
+        build = builds.get_build(session, build_id)
+        build.images = {"app": {"repository": "127.0.0.1:5001/o/hello", "digest": DIGEST}}
+        session.flush()
+        deployment_id = builds.record_deployment(session, service.id, build_id, "test").id
+    report = {
+        "generation": 2,
+        "agent_version": "test",
+        "environments": [
+            {
+                "name": "hello",
+                "deployment_id": deployment_id,
+                "state": "running",
+                "healthy": True,
+                "address": "127.0.0.1:8080",
+                "containers": [
+                    {"name": "hello-app", "health": "healthy", "restart_count": 3},
+                    {"name": "hello-worker", "health": None, "restart_count": 0},
+                ],
+            }
+        ],
+    }
+    assert client.post("/v1/agent/status", json=report, headers=auth(host_token)).status_code == 204
+    after = scrape(client)
+    polls = "portside_desired_state_polls_total"
+    assert value(after, polls, status="200") - value(before, polls, status="200") == 1
+    assert value(after, polls, status="304") - value(before, polls, status="304") == 1
+    labels = {"host": "web-1", "environment": "hello", "container": "hello-app"}
+    assert value(after, "portside_container_restarts", **labels) == 3
+    assert value(after, "portside_container_health", health="healthy", **labels) == 1
+    worker = {**labels, "container": "hello-worker"}
+    assert value(after, "portside_container_health", health="none", **worker) == 1
+    age = value(after, "portside_agent_last_seen_age_seconds", host="web-1")
+    assert 0 <= age < 60
+    assert ("portside_agent_last_seen_age_seconds", frozenset({("host", "web-2")})) not in after
+    assert value(after, "portside_deployments", status="active") == 1
+    assert value(after, "portside_builds", status="succeeded") == 1
+    assert value(after, "portside_builds", status="failed") == 0
+    step = "portside_build_step_duration_seconds"
+    assert value(after, f"{step}_count", step="clone") == 1
+    assert value(after, f"{step}_bucket", step="clone", le="+Inf") == 1
+    wait = "portside_build_queue_wait_seconds"
+    assert value(after, f"{wait}_count", step="clone") == 1
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_add_up(settings: Settings, database: Database, tmp_path: Path) -> None:
+    """``portside web`` with several workers: every worker's polls appear in one scrape."""
+    with database.session_scope() as session:
+        _host, token = hosts.create_host(session, "multi-1", "test")
+    port = free_port()
+    env = worker_environment(settings) | {"GUNICORN_WORKERS": "3", "GUNICORN_THREADS": "2"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = (tmp_path / "web.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "controlplane.cli", "web", "--bind", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return requests.get(f"{url}/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(up, "portside web to answer", diagnostics=(tmp_path / "web.log").read_text)
+        etag = requests.get(f"{url}/v1/agent/desired-state", headers=auth(token), timeout=5)
+        for _ in range(12):  # a new connection each time: spread over the workers
+            polled = requests.get(
+                f"{url}/v1/agent/desired-state",
+                headers={
+                    **auth(token),
+                    "If-None-Match": etag.headers["ETag"],
+                    "Connection": "close",
+                },
+                timeout=5,
+            )
+            assert polled.status_code == 304
+        samples: Samples = {}
+        for _ in range(3):  # whichever worker answers the scrape, it counts them all
+            scraped = requests.get(f"{url}/metrics", timeout=5)
+            samples = parse(scraped.text)
+            assert value(samples, "portside_desired_state_polls_total", status="304") == 12
+            assert value(samples, "portside_desired_state_polls_total", status="200") == 1
+        assert "portside_builds" in {name for name, _labels in samples}
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(30)
+        log.close()
