@@ -31,10 +31,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from controlplane import migrate
 from controlplane.client import ClientError, LogLine, PortsideClient, Quiet
+from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import ApiError, ConfigError, PortsideError
 from controlplane.models import BUILD_STATUSES
-from controlplane.services import desired, hosts, services, tokens
+from controlplane.services import desired, hosts, secrets, services, tokens
 from controlplane.settings import Settings, mask_url
 
 EXIT_UNAVAILABLE = 1
@@ -85,6 +86,15 @@ def cmd_db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
     database = _database(settings)
     migrate.downgrade(database.engine, args.revision)
     print(f"database at {mask_url(settings.database_url)} is at revision {args.revision}")
+    return 0
+
+
+def cmd_secrets_rotate_key(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-encrypt every stored secret with PORTSIDE_SECRET_KEY (old keys from
+    PORTSIDE_SECRET_KEY_OLD); afterwards PORTSIDE_SECRET_KEY_OLD can be removed."""
+    box = SecretBox.from_settings(settings)
+    counts = _admin(settings, lambda session: secrets.rotate_key(session, box, "cli"))
+    print(", ".join(f"{count} {name}" for name, count in counts.items()) + " re-encrypted")
     return 0
 
 
@@ -642,6 +652,15 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("revision", nargs="?", default="head")
     downgrade = add("downgrade", cmd_db_downgrade, "revert migrations", db_commands)
     downgrade.add_argument("revision", nargs="?", default="base")
+
+    secret_parser = add("secrets", lambda *_: 0, "secrets stored encrypted")
+    secret_commands = secret_parser.add_subparsers(dest="secrets_command", required=True)
+    add(
+        "rotate-key",
+        cmd_secrets_rotate_key,
+        "re-encrypt every stored secret with PORTSIDE_SECRET_KEY",
+        secret_commands,
+    )
 
     token_parser = add("tokens", lambda *_: 0, "API tokens")
     token_commands = token_parser.add_subparsers(dest="tokens_command", required=True)

@@ -83,6 +83,8 @@ class Settings:
     github_api_url: str = "https://api.github.com"
     registry: str = "127.0.0.1:5000"
     secret_key: Secret = Secret("")
+    # Earlier keys, still accepted for decryption until `portside secrets rotate-key` ran.
+    old_secret_keys: tuple[Secret, ...] = ()
     url: str = "http://127.0.0.1:8000"
     token: Secret = Secret("")
     preview_domain: str = ""
@@ -100,6 +102,8 @@ class Settings:
             value = getattr(self, field.name)
             if isinstance(value, Secret):
                 text = repr(value)
+            elif field.name == "old_secret_keys":
+                text = f"({len(value)} keys)"
             elif field.name in ("database_url", "redis_url"):
                 text = repr(mask_url(value))
             else:
@@ -164,6 +168,10 @@ class Settings:
             if len(raw) < 16:
                 raise ConfigError("PORTSIDE_SECRET_KEY must be at least 16 characters long")
             kwargs["secret_key"] = Secret(raw)
+        if (raw := get("SECRET_KEY_OLD")) is not None:
+            kwargs["old_secret_keys"] = tuple(
+                Secret(key.strip()) for key in raw.split(",") if key.strip()
+            )
         if (raw := get("URL")) is not None:
             kwargs["url"] = _require_url("PORTSIDE_URL", raw, ("http", "https")).rstrip("/")
         if (raw := get("TOKEN")) is not None:

@@ -15,7 +15,7 @@ from controlplane.api.auth import actor, current_token, forget_host_token, requi
 from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import Conflict, Forbidden, NotFound
-from controlplane.models import Build, Environment, Host, WebhookDelivery
+from controlplane.models import AuditEvent, Build, Environment, Host, WebhookDelivery
 from controlplane.services import (
     audit,
     deliveries,
@@ -45,6 +45,7 @@ builds_api = Blueprint("builds", __name__, url_prefix="/v1/builds", description=
 environments_api = Blueprint(
     "environments", __name__, url_prefix="/v1/environments", description="Environments"
 )
+audit_api = Blueprint("audit", __name__, url_prefix="/v1/audit", description="Audit log")
 registries_api = Blueprint(
     "registries", __name__, url_prefix="/v1/registries", description="Registry credentials"
 )
@@ -58,6 +59,7 @@ BLUEPRINTS = (
     builds_api,
     registries_api,
     environments_api,
+    audit_api,
 )
 ERRORS = {401: "no valid token", 403: "token of the wrong scope"}
 
@@ -439,3 +441,18 @@ def approve_secrets(environment_id: int) -> Any:
     environment = previews.approve_secrets(db, environment_id, actor())
     db.commit()
     return environment
+
+
+@audit_api.get("")
+@require("admin")
+@audit_api.arguments(schemas.AuditQuerySchema, location="query")
+@audit_api.response(200, schemas.AuditEventSchema(many=True))
+@audit_api.paginate()
+def list_audit(query: dict[str, Any], pagination_parameters: Any) -> list[Any]:
+    """Who changed what and when, newest first (never secret values)."""
+    statement = select(AuditEvent).order_by(AuditEvent.id.desc())
+    if "action" in query:
+        statement = statement.where(AuditEvent.action == query["action"])
+    if "target_type" in query:
+        statement = statement.where(AuditEvent.target_type == query["target_type"])
+    return _paged(session(), statement, pagination_parameters)

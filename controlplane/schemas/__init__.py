@@ -381,3 +381,18 @@ class NewNotificationTargetSchema(NotificationTargetSchema):
         allow_none=True,
         metadata={"description": "the webhook's signing secret, shown this once"},
     )
+
+
+class AuditQuerySchema(Schema):
+    action = fields.String()
+    target_type = fields.String()
+
+
+class AuditEventSchema(Schema):
+    id = fields.Integer()
+    actor = fields.String()
+    action = fields.String()
+    target_type = fields.String()
+    target_id = fields.String(allow_none=True)
+    detail = fields.Dict()
+    created_at = fields.DateTime()
