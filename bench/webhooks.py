@@ -2,7 +2,7 @@
 
 One run, on this machine, against 127.0.0.1 only:
 
-1. a PostgreSQL database of its own (migrated, dropped at the end) and Redis db 14
+1. a PostgreSQL database of its own (migrated, dropped at the end) and Redis db 10
    (flushed before and after);
 2. the baseline: ``bench.bare_app`` (Flask, read the body, 204) under gunicorn with
    ``deploy/gunicorn.conf.py``;
@@ -40,24 +40,28 @@ from sqlalchemy import create_engine, text
 
 from bench.common import (
     ROOT,
+    Figure,
     LoadResult,
     Server,
+    broken,
     build_request,
     cpu_snapshot,
     cpu_used,
     gunicorn_setting,
     pids_named,
+    redis_url,
     run_load,
     temporary_database,
 )
 from controlplane import migrate
 from controlplane.github.webhooks import signature
+from tasks.pipeline import INCOMING_DELIVERIES
 
 PAYLOADS = ROOT.parent / "shared" / "github" / "payloads"
 DEFAULT_PAYLOAD = "push__with-installation.payload.json"
 WEBHOOK_SECRET = "portside-bench-webhook-secret"  # noqa: S105 - a throw-away test secret
-REDIS_DB = 14
-CONTROL_QUEUE = "control"
+# With no control worker running, every accepted delivery's id waits for the relay here.
+INCOMING_QUEUE = INCOMING_DELIVERIES
 TARGET_RATIO = 0.35
 TARGET_P99_MS = 50.0
 
@@ -71,7 +75,9 @@ class BenchError(Exception):
 # ------------------------------------------------------------------------------------
 
 
-def delivery_headers(event: str, body: bytes, guid: str) -> dict[str, str]:
+def delivery_headers(
+    event: str, body: bytes, guid: str, secret: str = WEBHOOK_SECRET
+) -> dict[str, str]:
     """The headers GitHub sends with a delivery (see tests/helpers.py)."""
     return {
         "X-GitHub-Event": event,
@@ -79,7 +85,7 @@ def delivery_headers(event: str, body: bytes, guid: str) -> dict[str, str]:
         "X-GitHub-Hook-ID": "123456",
         "X-GitHub-Hook-Installation-Target-Type": "integration",
         "X-GitHub-Hook-Installation-Target-ID": "4242",
-        "X-Hub-Signature-256": signature(body, WEBHOOK_SECRET),
+        "X-Hub-Signature-256": signature(body, secret),
         "User-Agent": "GitHub-Hookshot/044aadd",
         "Content-Type": "application/json",
     }
@@ -112,13 +118,6 @@ def admin_database_url() -> str:
     return os.environ.get(
         "PORTSIDE_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
     )
-
-
-def redis_url() -> str:
-    base = os.environ.get("PORTSIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
-    scheme, _, rest = base.partition("://")
-    host = rest.split("/", 1)[0]
-    return f"{scheme}://{host}/{REDIS_DB}"
 
 
 def server_env(database_url: str, data_dir: Path) -> dict[str, str]:
@@ -202,11 +201,11 @@ def check_portside(engine: Any, redis: Redis, guids: Sequence[str]) -> tuple[lis
         checks.append(f"{expected} rows with status 'enqueued'")
     else:
         problems.append(f"database: statuses {dict(statuses)}, want {expected} 'enqueued'")
-    queued = int(redis.llen(CONTROL_QUEUE))
+    queued = int(redis.llen(INCOMING_QUEUE))
     if queued == expected:
-        checks.append(f"{queued} messages waiting in Redis list {CONTROL_QUEUE!r}")
+        checks.append(f"{queued} delivery ids waiting in Redis list {INCOMING_QUEUE!r}")
     else:
-        problems.append(f"redis: {queued} messages in {CONTROL_QUEUE!r}, want {expected}")
+        problems.append(f"redis: {queued} messages in {INCOMING_QUEUE!r}, want {expected}")
     return checks, problems
 
 
@@ -214,7 +213,7 @@ def reset_intake(engine: Any, redis: Redis) -> None:
     """Forget the warm-up: its rows and its messages (Kombu's bindings stay)."""
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM webhook_deliveries"))
-    redis.delete(CONTROL_QUEUE)
+    redis.delete(INCOMING_QUEUE)
 
 
 def cpu_groups(server: Server) -> dict[str, list[int]]:
@@ -270,9 +269,10 @@ BREAKDOWN: tuple[tuple[str, str], ...] = (
     ("    github_webhook view", "github_webhook (controlplane/api/webhooks.py"),
     ("      verify_signature", "verify_signature (controlplane/github/webhooks.py"),
     ("      webhooks.parse (json.loads)", "parse (controlplane/github/webhooks.py"),
-    ("      deliveries.record", "record (controlplane/services/deliveries.py"),
-    ("      pipeline.enqueue_delivery", "enqueue_delivery (tasks/pipeline.py"),
-    ("      deliveries.mark_enqueued", "mark_enqueued (controlplane/services/deliveries.py"),
+    ("      deliveries.intake", "intake (controlplane/services/deliveries.py"),
+    ("        INSERT (driver SQL)", "exec_driver_sql (sqlalchemy/engine/base.py"),
+    ("        pipeline.announce_delivery", "announce_delivery (tasks/pipeline.py"),
+    ("        commit", "commit (sqlalchemy/engine/base.py"),
     ("      jsonify", "jsonify (flask/json/__init__.py"),
     ("    request teardown (session close)", "do_teardown_appcontext (flask/app.py"),
     ("  SQLAlchemy pool pre-ping", "_do_ping_w_event (sqlalchemy/engine/default.py"),
@@ -631,7 +631,22 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
             print(line)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def figures(result: dict[str, Any], args: argparse.Namespace) -> list[Figure]:
+    """The intake's two figures for the final table."""
+    ratio_name = f"webhook intake: Portside/bare throughput ({args.concurrency} senders)"
+    p99_name = f"webhook intake: p99 latency ({args.concurrency} senders)"
+    ratio_target, p99_target = f">= {TARGET_RATIO}", f"< {TARGET_P99_MS:.0f} ms"
+    verdict = result.get("verdict")
+    if not verdict:
+        return [broken(ratio_name, ratio_target), broken(p99_name, p99_target)]
+    return [
+        Figure(ratio_name, f"{verdict['ratio']:.3f}", ratio_target, verdict["ratio_pass"]),
+        Figure(p99_name, f"{verdict['p99_ms']:.1f} ms", p99_target, verdict["p99_pass"]),
+    ]
+
+
+def run(argv: Sequence[str] | None = None) -> tuple[int, list[Figure]]:
+    """Run, print the report; return the exit status and the figures for the final table."""
     args = parse_args(argv)
     if args.keep_dir is not None:
         args.keep_dir.mkdir(parents=True, exist_ok=True)
@@ -647,4 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     profile["raw_stacks"] = str(kept)
     ok = bool(result["ok"])
     report(result, args)
-    return 0 if ok else 1
+    return (0 if ok else 1), figures(result, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv)[0]

@@ -7,6 +7,7 @@ from :func:`session` (one per request, closed at teardown), Celery tasks from
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +21,16 @@ from controlplane.errors import ConfigError
 from controlplane.settings import Settings
 
 
-def make_engine(settings: Settings) -> Engine:
-    """Create the engine; SQLite gets a busy timeout and foreign keys turned on."""
-    options: dict[str, Any] = {"pool_pre_ping": True}
+def make_engine(settings: Settings, *, autocommit: bool = False) -> Engine:
+    """Create an engine; SQLite gets a busy timeout and foreign keys turned on.
+
+    ``autocommit`` makes the small pool of the webhook intake: every statement commits
+    on its own (one round trip, no BEGIN/COMMIT) and no pre-ping (another round trip per
+    checkout); a dead connection raises once and the caller retries.
+    """
+    options: dict[str, Any] = {"pool_pre_ping": not autocommit}
+    if autocommit:
+        options["isolation_level"] = "AUTOCOMMIT"
     if settings.is_sqlite:
         path = settings.database_url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -34,8 +42,10 @@ def make_engine(settings: Settings) -> Engine:
                 ) from None
         options["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
-        # 4 web workers x 15 stay well under PostgreSQL's default of 100 connections.
+        # 4 web workers x (15 + 8 for the intake) stay under PostgreSQL's default of 100.
         options.update(pool_size=5, max_overflow=10, pool_recycle=1800, pool_timeout=10)
+        if autocommit:
+            options.update(pool_size=4, max_overflow=4)
         options["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(settings.database_url, **options)
     if settings.is_sqlite:
@@ -56,6 +66,12 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         self.engine: Engine = make_engine(settings)
         self._sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._settings = settings
+
+    @functools.cached_property
+    def intake_engine(self) -> Engine:
+        """The webhook receiver's autocommit pool, made on first use (web processes only)."""
+        return make_engine(self._settings, autocommit=True)
 
     def after_commit(self, callback: Callable[[Session], None]) -> None:
         """Run ``callback(session)`` after every commit (for effects outside the database,
@@ -89,6 +105,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if "intake_engine" in self.__dict__:
+            self.intake_engine.dispose()
 
 
 def session() -> Session:

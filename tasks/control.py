@@ -7,7 +7,8 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from redis import Redis
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
@@ -27,6 +28,7 @@ from controlplane.services import (
 from controlplane.services.outcomes import HandlerContext
 from tasks import pipeline, runtime
 from tasks.app import CONTROL_QUEUE, celery_app, settings_of
+from tasks.relay import DeliveryRelay
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +232,20 @@ def _after_fork(**_: Any) -> None:
     runtime.reset()
 
 
+_relays: list[DeliveryRelay] = []
+
+
 @worker_ready.connect
 def _redrive_on_start(sender: Any = None, **_: Any) -> None:
-    """A control worker that starts re-drives the outbox before anything else."""
+    """A control worker that starts relays new deliveries and re-drives the outbox."""
     queues = {queue.name for queue in sender.app.amqp.queues.consume_from.values()}
     if CONTROL_QUEUE in queues:
+        broker = Redis.from_url(
+            settings_of(sender.app).redis_url, socket_connect_timeout=2, socket_timeout=5
+        )
+        relay = DeliveryRelay(broker, pipeline.enqueue_delivery)
+        relay.start()
+        _relays.append(relay)
         # Now, and once more when the youngest delivery committed before the start is
         # old enough to be re-driven (see deliveries.RECEIVED_GRACE).
         grace = int(deliveries.RECEIVED_GRACE.total_seconds()) + 1
@@ -242,3 +253,9 @@ def _redrive_on_start(sender: Any = None, **_: Any) -> None:
             sender.app.send_task(
                 pipeline.REDRIVE_DELIVERIES, queue=CONTROL_QUEUE, countdown=countdown
             )
+
+
+@worker_shutdown.connect
+def _stop_relay(**_: Any) -> None:
+    while _relays:
+        _relays.pop().stop()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 from flask import Blueprint, Response, current_app, jsonify, request
+from redis import Redis
 
 from controlplane.api.errors import error_response
-from controlplane.db import session
 from controlplane.github import webhooks
 from controlplane.services import deliveries
 from controlplane.settings import Settings
@@ -32,9 +35,16 @@ def github_webhook() -> Response | tuple[Response, int]:
     delivery = webhooks.parse(dict(request.headers), body)
     if delivery.event == "ping":
         return jsonify(status="pong", zen=delivery.payload.get("zen")), 200
-    recorded = deliveries.intake(session(), delivery, body, pipeline.enqueue_delivery)
+    broker: Redis = current_app.extensions["portside.redis"]
+    recorded = deliveries.intake(
+        current_app.extensions["portside.db"],
+        delivery,
+        body,
+        functools.partial(pipeline.announce_delivery, broker),
+    )
     if recorded.kind == "duplicate":
         return jsonify(
             status="duplicate", id=recorded.delivery_id, delivery_status=recorded.status
         ), 200
-    return jsonify(status=recorded.status, id=recorded.delivery_id), 202
+    answer = json.dumps({"status": recorded.status, "id": recorded.delivery_id})
+    return current_app.response_class(answer, 202, mimetype="application/json")

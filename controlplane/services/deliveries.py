@@ -7,18 +7,18 @@ keyed by the delivery row, so a lost enqueue is re-driven and a duplicate is har
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import cast, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, DateTime, Dialect, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from controlplane import metrics
+from controlplane.db import Database
 from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github.webhooks import Delivery
 from controlplane.models import WebhookDelivery, utcnow
@@ -47,97 +47,137 @@ class Recorded:
 
 
 class DeliveryNotVisible(TransientError):
-    """The row is not committed yet (its enqueue raced the commit) or never was."""
+    """The row is not visible (yet): a message for a delivery never committed."""
 
 
-def _insert(dialect: str) -> Any:
-    return postgresql_insert if dialect == "postgresql" else sqlite_insert
+@functools.cache
+def _insert_sql(dialect: Dialect) -> tuple[str, Callable[[Any], Any] | None]:
+    """The intake INSERT as driver SQL, made once per dialect, and its timestamp binder.
+
+    Building and compiling a SQLAlchemy statement cost more than the insert itself on
+    the hot path GitHub waits on; the SQL text never changes.
+    """
+    if dialect.paramstyle == "pyformat":
+        marks = {column: f"%({column})s" for column in _INSERT_COLUMNS}
+    else:
+        marks = {column: f":{column}" for column in _INSERT_COLUMNS}
+    if dialect.name == "postgresql":
+        # The raw body goes in as it came: no second JSON encoding of a large payload.
+        marks["payload"] = f"CAST({marks['payload']} AS JSONB)"
+    # Only constants go into the text; every value is a driver parameter.
+    table = WebhookDelivery.__tablename__
+    sql = (
+        f"INSERT INTO {table} ({', '.join(_INSERT_COLUMNS)}) "  # noqa: S608
+        f"VALUES ({', '.join(marks[column] for column in _INSERT_COLUMNS)}) "
+        "ON CONFLICT (guid) DO NOTHING RETURNING id"
+    )
+    return sql, DateTime(timezone=True).bind_processor(dialect)
+
+
+_INSERT_COLUMNS = (
+    "guid",
+    "event",
+    "action",
+    "hook_id",
+    "installation_id",
+    "repository_id",
+    "repository_full_name",
+    "payload",
+    "status",
+    "outcome",
+    "attempts",
+    "received_at",
+    "enqueued_at",
+    "processed_at",
+)
 
 
 def intake(
-    session: Session, delivery: Delivery, raw_body: bytes, enqueue: Callable[[int], None]
+    database: Database, delivery: Delivery, raw_body: bytes, enqueue: Callable[[int], None]
 ) -> Recorded:
-    """Record a verified delivery and enqueue its processing, in one transaction.
+    """Commit a verified delivery, then enqueue its processing: the hot path GitHub waits on.
 
-    The row is inserted as ``enqueued`` and the message sent before the commit; if the
-    broker is down the row is set back to ``received`` for the outbox to re-drive. A
-    worker that gets the message before the commit finds no row and retries
-    (:class:`DeliveryNotVisible`). One commit, one round trip for the insert: this is
-    the hot path GitHub waits on.
+    One autocommitted ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (one round trip)
+    records the row as ``enqueued``; then ``enqueue`` announces it. If the broker is down
+    the row is set back to ``received`` and the outbox re-drives it; if this process dies
+    between the two, the outbox re-drives the ``enqueued`` row after ``ENQUEUED_GRACE``.
+    A connection found dead (the database restarted) is retried once, which is safe:
+    the insert is keyed by the delivery GUID.
     """
+    try:
+        return _intake(database, delivery, raw_body, enqueue)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return _intake(database, delivery, raw_body, enqueue)
+
+
+def _intake(
+    database: Database, delivery: Delivery, raw_body: bytes, enqueue: Callable[[int], None]
+) -> Recorded:
     handled = delivery.event in HANDLED_EVENTS
-    now = utcnow()
-    dialect = session.get_bind().dialect.name
-    payload_text = raw_body.decode("utf-8")
-    # The raw body goes in as it came: no second JSON encoding of a large payload.
-    payload = cast(literal(payload_text), JSONB) if dialect == "postgresql" else payload_text
-    statement = (
-        _insert(dialect)(WebhookDelivery)
-        .values(
-            guid=delivery.guid,
-            event=delivery.event,
-            action=delivery.action,
-            hook_id=delivery.hook_id,
-            installation_id=delivery.installation_id,
-            repository_id=delivery.repository_id,
-            repository_full_name=delivery.repository_full_name,
-            payload=payload,
-            status="enqueued" if handled else "ignored",
-            outcome=None if handled else f"event {delivery.event!r} is not handled by Portside",
-            attempts=0,
-            received_at=now,
-            enqueued_at=now if handled else None,
-            processed_at=None if handled else now,
-        )
-        .on_conflict_do_nothing(index_elements=["guid"])
-        .returning(WebhookDelivery.id)
-    )
-    delivery_id = session.scalar(statement)
-    if delivery_id is not None:
-        status = "ignored"
-        if handled:
-            status = _send(session, delivery_id, enqueue)
-        session.commit()
-        metrics.count_delivery(delivery.event, "received")
-        return Recorded(delivery_id, status, "new")
-    session.rollback()
-    known = _known(session, delivery.guid, enqueue)
-    metrics.count_delivery(delivery.event, "duplicate" if known.kind == "duplicate" else "received")
-    return known
+    with database.intake_engine.connect() as connection:
+        sql, bind_timestamp = _insert_sql(connection.dialect)
+        now = bind_timestamp(utcnow()) if bind_timestamp else utcnow()
+        parameters = {
+            "guid": delivery.guid,
+            "event": delivery.event,
+            "action": delivery.action,
+            "hook_id": delivery.hook_id,
+            "installation_id": delivery.installation_id,
+            "repository_id": delivery.repository_id,
+            "repository_full_name": delivery.repository_full_name,
+            "payload": raw_body.decode("utf-8"),
+            "status": "enqueued" if handled else "ignored",
+            "outcome": None if handled else f"event {delivery.event!r} is not handled by Portside",
+            "attempts": 0,
+            "received_at": now,
+            "enqueued_at": now if handled else None,
+            "processed_at": None if handled else now,
+        }
+        delivery_id = connection.exec_driver_sql(sql, parameters).scalar()
+        if delivery_id is None:
+            known = _known(connection, delivery.guid, enqueue)
+            kind = "duplicate" if known.kind == "duplicate" else "received"
+            metrics.count_delivery(delivery.event, kind)
+            return known
+        status = _announce(connection, delivery_id, enqueue) if handled else "ignored"
+    metrics.count_delivery(delivery.event, "received")
+    return Recorded(delivery_id, status, "new")
 
 
-def _send(session: Session, delivery_id: int, enqueue: Callable[[int], None]) -> str:
+def _announce(connection: Connection, delivery_id: int, enqueue: Callable[[int], None]) -> str:
+    """Enqueue a committed delivery; with the broker down, leave it to the outbox."""
     try:
         enqueue(delivery_id)
-    except Exception as exc:  # the broker is down: the outbox re-drives it later
+    except Exception as exc:
         log.warning("delivery %s committed but not enqueued: %s", delivery_id, exc)
-        session.execute(
+        connection.execute(
             update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id)
+            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "enqueued")
             .values(status="received", enqueued_at=None)
         )
         return "received"
     return "enqueued"
 
 
-def _known(session: Session, guid: str, enqueue: Callable[[int], None]) -> Recorded:
+def _known(connection: Connection, guid: str, enqueue: Callable[[int], None]) -> Recorded:
     """A GUID seen before: run a failed delivery again, leave any other alone."""
-    existing = session.scalar(select(WebhookDelivery).where(WebhookDelivery.guid == guid))
+    existing = connection.execute(
+        select(WebhookDelivery.id, WebhookDelivery.status).where(WebhookDelivery.guid == guid)
+    ).one_or_none()
     if existing is None:  # deleted between the insert and the select
         raise PermanentError(f"delivery {guid} vanished while being recorded")
     if existing.status != "failed":
         return Recorded(existing.id, existing.status, "duplicate")
-    claimed = session.execute(
+    claimed = connection.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == existing.id, WebhookDelivery.status == "failed")
         .values(status="enqueued", outcome=None, enqueued_at=utcnow())
     )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        return Recorded(existing.id, existing.status, "duplicate")
-    status = _send(session, existing.id, enqueue)
-    session.commit()
-    return Recorded(existing.id, status, "retry")
+    if claimed.rowcount != 1:  # a concurrent redelivery claimed it first
+        return Recorded(existing.id, "enqueued", "duplicate")
+    return Recorded(existing.id, _announce(connection, existing.id, enqueue), "retry")
 
 
 def mark_enqueued(session: Session, delivery_id: int) -> None:

@@ -162,6 +162,8 @@ def handle_pull_request(
         return Outcome("ignored", refusal)
     if delivery.repository_id is None or not delivery.repository_full_name:
         return Outcome("ignored", "pull request without a repository")
+    if refusal := pushes.repository_refusal(session, delivery):
+        return Outcome("ignored", refusal)
     pull = _pull_request(delivery)
     number = int(delivery.payload["number"])
     action = delivery.action or ""

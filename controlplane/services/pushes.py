@@ -191,6 +191,20 @@ def installation_refusal(session: Session, delivery: WebhookDelivery) -> str | N
     return None
 
 
+def repository_refusal(session: Session, delivery: WebhookDelivery) -> str | None:
+    """Why a delivery's repository cannot start anything: the App must be installed on it
+    (a service naming a repository is not enough), or None when it is."""
+    repository = session.get(Repository, delivery.repository_id) if delivery.repository_id else None
+    if (
+        repository is None
+        or repository.removed_at is not None
+        or repository.installation_id != delivery.installation_id
+    ):
+        name = delivery.repository_full_name or delivery.repository_id
+        return f"repository {name} is not installed for installation {delivery.installation_id}"
+    return None
+
+
 def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerContext) -> Outcome:
     payload = delivery.payload
     ref = payload.get("ref") or ""
@@ -210,6 +224,8 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     repository_data = payload.get("repository") or {}
     if delivery.repository_id is None:
         raise PermanentError("push without a repository")
+    if refusal := repository_refusal(session, delivery):
+        return Outcome("ignored", refusal)
     full_name = str(repository_data.get("full_name") or delivery.repository_full_name)
     repository = session.get(Repository, delivery.repository_id)
     if repository is not None:

@@ -141,6 +141,8 @@ def update_service(
     """Change what a service builds, where it runs and how (limits, health, previews)."""
     service = get_service(session, service_id)
     spec_changes = {k: v for k, v in changes.items() if k not in RUNTIME_FIELDS}
+    if spec_changes.get("domain"):  # as on create: HELLO.example.com is hello.example.com
+        spec_changes["domain"] = spec_changes["domain"].strip().lower()
     current = dataclasses.replace(
         ServiceSpec(
             name=service.name,
