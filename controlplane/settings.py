@@ -93,6 +93,8 @@ class Settings:
     build_timeout: int = 3600
     # A running build whose worker sent no heartbeat for this long is taken over.
     build_stale_after: int = 90
+    # An enqueued delivery still unprocessed after this long is sent again by the outbox.
+    redrive_after: int = 120
     webhook_max_bytes: int = 25 * 1024 * 1024
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
 
@@ -184,6 +186,8 @@ class Settings:
             kwargs["agent_publish_host"] = raw
         if (raw := get("BUILD_TIMEOUT")) is not None:
             kwargs["build_timeout"] = _require_int("PORTSIDE_BUILD_TIMEOUT", raw, 10, 86400)
+        if (raw := get("REDRIVE_AFTER")) is not None:
+            kwargs["redrive_after"] = _require_int("PORTSIDE_REDRIVE_AFTER", raw, 5, 86400)
         if (raw := get("BUILD_STALE_AFTER")) is not None:
             kwargs["build_stale_after"] = _require_int("PORTSIDE_BUILD_STALE_AFTER", raw, 15, 3600)
         return cls(**kwargs)  # type: ignore[arg-type]

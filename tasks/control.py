@@ -76,7 +76,8 @@ def process_delivery(self: Task[Any, Any], delivery_id: int) -> list[int]:
 def redrive_deliveries() -> dict[str, int]:
     """The outbox: re-send deliveries and builds committed but never (or no longer) queued."""
     with runtime.database().session_scope() as session:
-        due = deliveries.due_for_redrive(session)
+        grace = dt.timedelta(seconds=settings_of(celery_app).redrive_after)
+        due = deliveries.due_for_redrive(session, grace)
         builds = pushes.builds_to_enqueue(session)
     for delivery_id in due:
         pipeline.enqueue_delivery(delivery_id)
@@ -243,7 +244,7 @@ def _redrive_on_start(sender: Any = None, **_: Any) -> None:
         broker = Redis.from_url(
             settings_of(sender.app).redis_url, socket_connect_timeout=2, socket_timeout=5
         )
-        relay = DeliveryRelay(broker, pipeline.enqueue_delivery)
+        relay = DeliveryRelay(broker, pipeline.enqueue_delivery, sender.hostname)
         relay.start()
         _relays.append(relay)
         # Now, and once more when the youngest delivery committed before the start is

@@ -1,11 +1,13 @@
 """The delivery relay: turns delivery ids announced by the web process into control tasks.
 
 The webhook receiver only LPUSHes a committed delivery's id (see
-:func:`tasks.pipeline.announce_delivery`); a thread of each control worker pops them in
-order and sends ``portside.process_delivery``. An id lost in between (a relay killed
-after its pop, Redis restarted) leaves its row ``enqueued``, and the outbox
-(``portside.redrive_deliveries``) sends it again after ``ENQUEUED_GRACE``; processing is
-idempotent, so a second send is harmless.
+:func:`tasks.pipeline.announce_delivery`); a thread of each control worker moves the ids,
+oldest first, to a list of its own (``LMOVE``, atomic), sends
+``portside.process_delivery`` and then drops the id from its list. A relay killed in
+between finds its ids there when it starts again and puts them back first. Whatever is
+still lost (Redis restarted without persistence) leaves its row ``enqueued``, and the
+outbox (``portside.redrive_deliveries``) sends it again after ``PORTSIDE_REDRIVE_AFTER``;
+processing is idempotent, so a second send is harmless.
 """
 
 from __future__ import annotations
@@ -20,19 +22,23 @@ from tasks.pipeline import INCOMING_DELIVERIES
 
 log = logging.getLogger(__name__)
 
-# Ids taken per round trip once the first one woke the relay.
-BATCH = 100
-# Seconds a pop blocks, so a stop request is noticed promptly.
+# Seconds a move blocks, so a stop request is noticed promptly.
 POP_TIMEOUT = 1
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+
+
+def relaying_list(node: str) -> str:
+    """The list holding the ids one relay took and has not sent yet."""
+    return f"{INCOMING_DELIVERIES}:relaying:{node}"
 
 
 class DeliveryRelay:
     """Moves ids from the incoming list to the control queue, oldest first."""
 
-    def __init__(self, broker: Redis, send: Callable[[int], None]) -> None:
+    def __init__(self, broker: Redis, send: Callable[[int], None], node: str) -> None:
         self.broker = broker
         self.send = send
+        self.taken = relaying_list(node)
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -47,8 +53,12 @@ class DeliveryRelay:
 
     def run(self) -> None:
         failures = 0
+        recovered = False
         while not self.stopping.is_set():
             try:
+                if not recovered:
+                    self.give_back()
+                    recovered = True
                 self.relay_once()
                 failures = 0
             except Exception as exc:  # the broker is down: wait; unsent ids stay listed
@@ -57,18 +67,31 @@ class DeliveryRelay:
                 log.warning("delivery relay: broker unavailable (%s); retrying in %ss", exc, delay)
                 self.stopping.wait(delay)
 
-    def relay_once(self) -> int:
-        """Send what is waiting (blocking up to POP_TIMEOUT for the first id)."""
-        first = self.broker.brpop([INCOMING_DELIVERIES], timeout=POP_TIMEOUT)
-        if first is None:
-            return 0
-        more = self.broker.rpop(INCOMING_DELIVERIES, BATCH - 1) or []
-        ids = [int(first[1]), *(int(raw) for raw in more)]
-        for index, delivery_id in enumerate(ids):
-            try:
-                self.send(delivery_id)
-            except Exception:
-                # Put the unsent ones back at the head, in order, before giving up.
-                self.broker.rpush(INCOMING_DELIVERIES, *reversed(ids[index:]))
-                raise
-        return len(ids)
+    def give_back(self) -> int:
+        """Return ids an earlier run of this relay took but never sent, to be sent first."""
+        returned = 0
+        while self.broker.lmove(self.taken, INCOMING_DELIVERIES, "LEFT", "RIGHT") is not None:
+            returned += 1
+        if returned:
+            log.info("delivery relay: %d ids taken by an earlier run put back", returned)
+        return returned
+
+    def relay_once(self) -> bool:
+        """Send the oldest waiting id (blocking up to POP_TIMEOUT for one)."""
+        raw = self.broker.blmove(INCOMING_DELIVERIES, self.taken, POP_TIMEOUT, "RIGHT", "LEFT")
+        if raw is None:
+            return False
+        raw = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            delivery_id = int(raw)
+        except ValueError:  # not ours: nothing can ever send it
+            log.error("delivery relay: dropped %r, not a delivery id", raw)
+            self.broker.lrem(self.taken, 1, raw)
+            return True
+        try:
+            self.send(delivery_id)
+        except Exception:
+            self.broker.lmove(self.taken, INCOMING_DELIVERIES, "LEFT", "RIGHT")
+            raise
+        self.broker.lrem(self.taken, 1, raw)
+        return True

@@ -31,8 +31,6 @@ HANDLED_EVENTS = frozenset({"installation", "installation_repositories", "push",
 DONE = ("processed", "ignored")
 # A delivery that nobody enqueued for this long is re-driven by the outbox.
 RECEIVED_GRACE = dt.timedelta(seconds=10)
-# An enqueued delivery still unprocessed after this long lost its message (Redis restart).
-ENQUEUED_GRACE = dt.timedelta(minutes=2)
 
 
 Handler = Callable[[Session, WebhookDelivery, HandlerContext], Outcome]
@@ -100,7 +98,7 @@ def intake(
     One autocommitted ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (one round trip)
     records the row as ``enqueued``; then ``enqueue`` announces it. If the broker is down
     the row is set back to ``received`` and the outbox re-drives it; if this process dies
-    between the two, the outbox re-drives the ``enqueued`` row after ``ENQUEUED_GRACE``.
+    between the two, the outbox re-drives the ``enqueued`` row after ``PORTSIDE_REDRIVE_AFTER``.
     A connection found dead (the database restarted) is retried once, which is safe:
     the insert is keyed by the delivery GUID.
     """
@@ -190,8 +188,11 @@ def mark_enqueued(session: Session, delivery_id: int) -> None:
     session.commit()
 
 
-def due_for_redrive(session: Session, now: dt.datetime | None = None) -> list[int]:
-    """Deliveries committed but never enqueued, or enqueued and then lost."""
+def due_for_redrive(
+    session: Session, enqueued_grace: dt.timedelta, now: dt.datetime | None = None
+) -> list[int]:
+    """Deliveries committed but never enqueued, or enqueued and still unprocessed after
+    ``enqueued_grace`` (their message or id was lost: Redis restarted, a process died)."""
     now = now or utcnow()
     rows = session.scalars(
         select(WebhookDelivery.id)
@@ -200,7 +201,7 @@ def due_for_redrive(session: Session, now: dt.datetime | None = None) -> list[in
                 (WebhookDelivery.status == "received")
                 & (WebhookDelivery.received_at < now - RECEIVED_GRACE),
                 WebhookDelivery.status.in_(("enqueued", "processing"))
-                & (WebhookDelivery.enqueued_at < now - ENQUEUED_GRACE),
+                & (WebhookDelivery.enqueued_at < now - enqueued_grace),
             )
         )
         .order_by(WebhookDelivery.id)
