@@ -10,4 +10,6 @@ COPY buildworker buildworker
 COPY hostagent hostagent
 COPY deploy deploy
 RUN pip install --no-cache-dir -e .
+# The data directory (workspaces, beat schedule) belongs to the unprivileged user.
+RUN mkdir -p /var/lib/portside && chown nobody /var/lib/portside
 USER nobody

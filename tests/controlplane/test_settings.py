@@ -166,3 +166,44 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     changed = dataclasses.replace(settings, redis_url="redis://elsewhere:6379/0")
     assert changed.redis_url == "redis://elsewhere:6379/0"
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_secrets_can_come_from_files(tmp_path: Path) -> None:
+    key_file = tmp_path / "secret_key"
+    key_file.write_text("a-key-from-a-docker-secret\n")
+    url_file = tmp_path / "database_url"
+    url_file.write_text("postgresql://portside:pw@db/portside\n")
+
+    settings = Settings.from_env(
+        {
+            "PORTSIDE_DATA_DIR": str(tmp_path),
+            "PORTSIDE_SECRET_KEY_FILE": str(key_file),
+            "PORTSIDE_DATABASE_URL_FILE": str(url_file),
+            "PORTSIDE_REDRIVE_AFTER": "30",
+        }
+    )
+
+    assert settings.secret_key.reveal() == "a-key-from-a-docker-secret"
+    assert settings.database_url == "postgresql+psycopg2://portside:pw@db/portside"
+    assert settings.redrive_after == 30
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"PORTSIDE_SECRET_KEY": "x", "PORTSIDE_SECRET_KEY_FILE": "{dir}/key"},
+            "set only one of PORTSIDE_SECRET_KEY and PORTSIDE_SECRET_KEY_FILE",
+        ),
+        ({"PORTSIDE_TOKEN_FILE": "{dir}/missing"}, "PORTSIDE_TOKEN_FILE cannot be read"),
+        ({"PORTSIDE_REDRIVE_AFTER": "1"}, "PORTSIDE_REDRIVE_AFTER"),
+    ],
+)
+def test_secret_files_and_the_redrive_delay_are_checked(
+    tmp_path: Path, environ: dict[str, str], message: str
+) -> None:
+    (tmp_path / "key").write_text("k")
+    filled = {name: value.format(dir=tmp_path) for name, value in environ.items()}
+
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"PORTSIDE_DATA_DIR": str(tmp_path), **filled})

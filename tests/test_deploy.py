@@ -1,0 +1,97 @@
+"""``deploy/``: the compose files are valid for Debian's docker-compose, and complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+REQUIRED = {
+    "PORTSIDE_GITHUB_APP_ID": "12345",
+    "PORTSIDE_REGISTRY": "registry.example.com",
+    "PORTSIDE_DOMAIN": "portside.example.com",
+    "PORTSIDE_ACME_EMAIL": "ops@example.com",
+}
+
+
+def compose_config(path: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = os.environ.get("PORTSIDE_COMPOSE_COMMAND", "docker-compose").split()
+    if shutil.which(command[0]) is None:
+        pytest.fail(f"{command[0]} is not installed (scripts/test-env.sh installs it)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSIDE_")}
+    env.update(extra_env)
+    return subprocess.run(
+        [*command, "-f", str(path), "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def host_ip(port: str | dict[str, Any]) -> str:
+    return port.get("host_ip", "") if isinstance(port, dict) else port.split(":", 1)[0]
+
+
+def test_the_control_plane_compose_file_is_valid_and_complete() -> None:
+    result = compose_config(DEPLOY / "compose.yaml", REQUIRED)
+
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    services = config["services"]
+    assert set(services) == {
+        "migrate",
+        "web",
+        "worker",
+        "beat",
+        "flower",
+        "traefik",
+        "postgres",
+        "redis",
+    }
+    for name in ("migrate", "web", "worker", "beat", "flower"):
+        environment = services[name]["environment"]
+        # Every secret from a file, none inline.
+        assert environment["PORTSIDE_SECRET_KEY_FILE"] == "/run/secrets/secret_key"
+        assert environment["PORTSIDE_DATABASE_URL_FILE"] == "/run/secrets/database_url"
+        assert "PORTSIDE_SECRET_KEY" not in environment
+        assert "PORTSIDE_GITHUB_WEBHOOK_SECRET" not in environment
+        assert environment["PORTSIDE_URL"] == "https://portside.example.com"
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"]
+    assert "POSTGRES_PASSWORD" not in services["postgres"]["environment"]
+    # Flower only on the server's loopback (compose v1 prints strings, v2 mappings).
+    assert [host_ip(port) for port in services["flower"]["ports"]] == ["127.0.0.1"]
+
+
+def test_the_compose_file_names_a_missing_setting() -> None:
+    missing = {k: v for k, v in REQUIRED.items() if k != "PORTSIDE_DOMAIN"}
+
+    result = compose_config(DEPLOY / "compose.yaml", missing)
+
+    assert result.returncode != 0
+    assert "set the control plane's domain in .env" in result.stderr
+
+
+def test_the_host_traefik_compose_file_is_valid() -> None:
+    result = compose_config(DEPLOY / "traefik" / "compose.yaml", {})
+
+    assert result.returncode == 0, result.stderr
+    assert set(yaml.safe_load(result.stdout)["services"]) == {"traefik"}
+
+
+@pytest.mark.parametrize("unit", ["portside-agent.service", "portside-buildworker.service"])
+def test_systemd_units_run_portside_from_an_environment_file(unit: str) -> None:
+    text = (DEPLOY / unit).read_text()
+    sections = [line for line in text.splitlines() if line.startswith("[")]
+
+    assert sections == ["[Unit]", "[Service]", "[Install]"]
+    assert "EnvironmentFile=/etc/portside/" in text
+    assert "ExecStart=/opt/portside/venv/bin/portside " in text
+    assert "Restart=always" in text
