@@ -118,7 +118,7 @@ def _emit(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> 
 
 def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
     def action(session: Any) -> str:
-        token, secret = tokens.create_token(session, args.name, args.scope)
+        token, secret = tokens.create_token(session, args.name, args.scope, actor="cli")
         print(f"created {token.scope} token {token.id} named {token.name!r}; it is shown once:")
         return secret
 
@@ -144,7 +144,7 @@ def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    _admin(settings, lambda session: tokens.revoke_token(session, args.id))
+    _admin(settings, lambda session: tokens.revoke_token(session, args.id, "cli"))
     print(f"token {args.id} revoked")
     return 0
 

@@ -82,8 +82,7 @@ def _paged(db: Session, query: Any, pagination: Any) -> list[Any]:
 @tokens_api.alt_response(401, schema=schemas.ApiErrorSchema, description=ERRORS[401])
 def create_token(data: dict[str, Any]) -> dict[str, Any]:
     db = session()
-    token, secret = tokens.create_token(db, data["name"], data["scope"])
-    audit.record(db, actor(), "token.create", "token", token.id, name=token.name)
+    token, secret = tokens.create_token(db, data["name"], data["scope"], actor=actor())
     db.commit()
     return _fields(token, schemas.TokenSchema, token=secret)
 
@@ -101,8 +100,7 @@ def list_tokens() -> list[Any]:
 @tokens_api.response(204)
 def revoke_token(token_id: int) -> None:
     db = session()
-    token = tokens.revoke_token(db, token_id)
-    audit.record(db, actor(), "token.revoke", "token", token_id)
+    token = tokens.revoke_token(db, token_id, actor())
     db.commit()
     forget_host_token(current_app.extensions["portside.redis"], token.public_id)
 

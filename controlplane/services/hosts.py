@@ -34,7 +34,9 @@ def create_host(
     except IntegrityError:
         session.rollback()
         raise Conflict(f"host {name!r} already exists") from None
-    _token, secret = tokens.create_token(session, f"agent:{name}", "host", host_id=host.id)
+    _token, secret = tokens.create_token(
+        session, f"agent:{name}", "host", host_id=host.id, actor=actor
+    )
     audit.record(session, actor, "host.create", "host", host.id, name=name)
     return host, secret
 
@@ -48,4 +50,4 @@ def agent_token(session: Session, name: str) -> str:
     host = session.scalar(select(Host).where(Host.name == name))
     if host is None:
         return create_host(session, name, "cli")[1]
-    return tokens.create_token(session, f"agent:{name}", "host", host_id=host.id)[1]
+    return tokens.create_token(session, f"agent:{name}", "host", host_id=host.id, actor="cli")[1]

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.errors import BadRequest, NotFound
 from controlplane.models import TOKEN_SCOPES, ApiToken, utcnow
+from controlplane.services import audit
 
 PREFIX = "ps"
 
@@ -28,9 +29,9 @@ def split(presented: str) -> tuple[str, str] | None:
 
 
 def create_token(
-    session: Session, name: str, scope: str, host_id: int | None = None
+    session: Session, name: str, scope: str, host_id: int | None = None, actor: str = "system"
 ) -> tuple[ApiToken, str]:
-    """Create a token and return it with its plaintext, which is never stored."""
+    """Create a token and return it with its plaintext, which is never stored (audited)."""
     if scope not in TOKEN_SCOPES:
         raise BadRequest(f"scope must be one of {', '.join(TOKEN_SCOPES)}")
     if scope == "host" and host_id is None:
@@ -48,6 +49,7 @@ def create_token(
     )
     session.add(token)
     session.flush()
+    audit.record(session, actor, "token.create", "token", token.id, name=token.name, scope=scope)
     return token, f"{PREFIX}_{public_id}_{secret}"
 
 
@@ -67,12 +69,13 @@ def authenticate(session: Session, presented: str) -> ApiToken | None:
     return token
 
 
-def revoke_token(session: Session, token_id: int) -> ApiToken:
+def revoke_token(session: Session, token_id: int, actor: str) -> ApiToken:
     token = session.get(ApiToken, token_id)
     if token is None:
         raise NotFound(f"token {token_id} does not exist")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
+        audit.record(session, actor, "token.revoke", "token", token_id)
     return token
 
 

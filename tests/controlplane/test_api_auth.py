@@ -107,7 +107,7 @@ def test_a_token_revoked_through_the_service_is_401(
     db_session.commit()
     assert client.get("/v1/tokens", headers=bearer(secret)).status_code == 200
 
-    tokens.revoke_token(db_session, row.id)
+    tokens.revoke_token(db_session, row.id, "test")
     db_session.commit()
 
     assert_error(client.get("/v1/tokens", headers=bearer(secret)), 401, "unauthorized")

@@ -94,3 +94,39 @@ def test_changes_are_audited_without_their_values(
     assert "never-in-the-audit-log" not in json.dumps(events.json)
     only = client.get("/v1/audit?action=service.create", headers=admin_headers).json
     assert [e["action"] for e in only] == ["service.create"]
+
+
+def test_tokens_made_and_revoked_by_the_cli_or_the_api_are_audited(
+    client: FlaskClient, database: Database, settings: Settings, admin_headers: dict[str, str]
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PORTSIDE_")},
+        "PORTSIDE_DATABASE_URL": settings.database_url,
+        "PORTSIDE_REDIS_URL": settings.redis_url,
+    }
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "controlplane.cli", "tokens", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    created = cli("create", "--name", "ci-bot", "--scope", "read")
+    token_id = int(created.split(" token ", 1)[1].split()[0])
+    cli("revoke", str(token_id))
+    made = client.post("/v1/tokens", json={"name": "dash", "scope": "read"}, headers=admin_headers)
+    assert made.status_code == 201
+    assert client.delete(f"/v1/tokens/{made.json['id']}", headers=admin_headers).status_code == 204
+
+    events = client.get("/v1/audit?target_type=token", headers=admin_headers).json
+    seen = [(e["actor"], e["action"], e["target_id"]) for e in events]
+    assert ("cli", "token.create", str(token_id)) in seen
+    assert ("cli", "token.revoke", str(token_id)) in seen
+    assert ("token:test-admin", "token.create", str(made.json["id"])) in seen
+    assert ("token:test-admin", "token.revoke", str(made.json["id"])) in seen
+    assert made.json["token"] not in json.dumps(events)

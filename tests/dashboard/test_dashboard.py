@@ -285,7 +285,7 @@ def test_revoking_the_token_ends_its_dashboard_session(
     with database.session_scope() as session:
         token = session.scalar(select(ApiToken).where(ApiToken.name == "alice-laptop"))
         assert token is not None
-        tokens.revoke_token(session, token.id)
+        tokens.revoke_token(session, token.id, "test")
     assert viewer.get("/").status_code == 302
 
 
