@@ -204,6 +204,11 @@ class StepRunner:
                 cache_from=[f"{repository}:{branch_tag}"],
                 log=build_log,
             )
+            # The service's build variables may be secret; the compose file's are not.
+            if images.scrub_build_args(
+                self.docker, f"{repository}:{tag}", spec.get("build_args", {})
+            ):
+                build_log("build variables taken out of the image history")
             self.docker.images.get(f"{repository}:{tag}").tag(repository, branch_tag)
             built[key] = {"repository": repository, "tag": tag, "branch_tag": branch_tag}
         state["images"] = built

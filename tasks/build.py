@@ -7,13 +7,14 @@ to this node's own queue, because the workspace and the built images live here.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Any
 
 import docker
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
-from redis import Redis
+from redis import Redis, RedisError
 
 from buildworker import info
 from buildworker.api import ControlPlane, StepRefused
@@ -21,6 +22,8 @@ from buildworker.errors import PermanentBuildError, TransientBuildError
 from buildworker.runner import StepRunner, WorkerConfig
 from controlplane.services import logs
 from tasks.app import celery_app, node_queue, settings_of
+
+log = logging.getLogger(__name__)
 
 WORKER_INFO = "portside.worker_info"
 MAX_RETRIES = 4
@@ -37,7 +40,11 @@ def runner(hostname: str) -> StepRunner:
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
 
     def sink(build_id: int, lines: list[str]) -> None:
-        logs.append(redis, build_id, lines)
+        # The live log is best effort: Redis restarting must not fail the build itself.
+        try:
+            logs.append(redis, build_id, lines)
+        except RedisError as exc:
+            log.warning("build %s: %d log lines lost: %s", build_id, len(lines), exc)
 
     return StepRunner(
         ControlPlane(settings.url, settings.token.reveal()),

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
@@ -15,57 +13,11 @@ from controlplane.db import Database
 from controlplane.models import WebhookDelivery
 from controlplane.settings import Settings
 from tests.fixtures.processes import Workers
+from tests.fixtures.servers import RedisServer
 from tests.fixtures.stack import wait_for
 from tests.helpers import load_payload, webhook_headers
-from tests.support.live import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-
-
-class RedisServer:
-    """A redis-server of this test's own, to stop and start at will."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        wait_for(lambda: _pings(client), 20, 0.1, "redis-server to start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 @pytest.fixture
