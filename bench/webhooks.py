@@ -7,10 +7,11 @@ One run, on this machine, against 127.0.0.1 only:
 2. the baseline: ``bench.bare_app`` (Flask, read the body, 204) under gunicorn with
    ``deploy/gunicorn.conf.py``;
 3. Portside: ``controlplane.wsgi:app`` under the same gunicorn config, with no control
-   worker running, so every accepted delivery waits in Redis;
+   worker running, so every accepted delivery waits in the outbox (``received``: its
+   commit is its enqueue, the relay of a control worker sends it on);
 4. for each: a short warm-up, then N signed push deliveries (unique GUIDs) from
    ``--concurrency`` sender processes; then the checks (every answer 202, N distinct
-   rows ``enqueued``, N messages in the ``control`` list);
+   rows ``received``);
 5. a table, the verdict against the targets, and — when a target is missed — a py-spy
    profile of the request path.
 
@@ -55,13 +56,10 @@ from bench.common import (
 )
 from controlplane import migrate
 from controlplane.github.webhooks import signature
-from tasks.pipeline import INCOMING_DELIVERIES
 
 PAYLOADS = ROOT.parent / "shared" / "github" / "payloads"
 DEFAULT_PAYLOAD = "push__with-installation.payload.json"
 WEBHOOK_SECRET = "portside-bench-webhook-secret"  # noqa: S105 - a throw-away test secret
-# With no control worker running, every accepted delivery's id waits for the relay here.
-INCOMING_QUEUE = INCOMING_DELIVERIES
 TARGET_RATIO = 0.35
 TARGET_P99_MS = 50.0
 
@@ -179,8 +177,8 @@ def status_problems(load: LoadResult, expected: int, what: str) -> list[str]:
     return problems
 
 
-def check_portside(engine: Any, redis: Redis, guids: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Every delivery committed once, enqueued, and its message waiting in Redis."""
+def check_portside(engine: Any, guids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Every delivery committed once and waiting in the outbox."""
     checks: list[str] = []
     problems: list[str] = []
     with engine.connect() as connection:
@@ -197,23 +195,17 @@ def check_portside(engine: Any, redis: Redis, guids: Sequence[str]) -> tuple[lis
             f"database: {count} rows ({len(stored)} distinct GUIDs) for {expected} deliveries, "
             f"{missing} missing"
         )
-    if statuses == Counter({"enqueued": expected}):
-        checks.append(f"{expected} rows with status 'enqueued'")
+    if statuses == Counter({"received": expected}):
+        checks.append(f"{expected} rows with status 'received' (in the outbox)")
     else:
-        problems.append(f"database: statuses {dict(statuses)}, want {expected} 'enqueued'")
-    queued = int(redis.llen(INCOMING_QUEUE))
-    if queued == expected:
-        checks.append(f"{queued} delivery ids waiting in Redis list {INCOMING_QUEUE!r}")
-    else:
-        problems.append(f"redis: {queued} messages in {INCOMING_QUEUE!r}, want {expected}")
+        problems.append(f"database: statuses {dict(statuses)}, want {expected} 'received'")
     return checks, problems
 
 
-def reset_intake(engine: Any, redis: Redis) -> None:
-    """Forget the warm-up: its rows and its messages (Kombu's bindings stay)."""
+def reset_intake(engine: Any) -> None:
+    """Forget the warm-up's rows."""
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM webhook_deliveries"))
-    redis.delete(INCOMING_QUEUE)
 
 
 def cpu_groups(server: Server) -> dict[str, list[int]]:
@@ -242,7 +234,7 @@ def run_target(
         if run.problems:
             raise BenchError(f"{run.name}: the warm-up failed: {run.problems}")
     if run.name == "portside":
-        reset_intake(engine, redis)
+        reset_intake(engine)
     batch = make_batch(server.port, payload, args.requests)
     before = cpu_snapshot(cpu_groups(server))
     run.load = run_load(server.port, batch.requests, args.concurrency, args.time_limit)
@@ -251,7 +243,7 @@ def run_target(
     if not run.problems:
         run.checks.append(f"{run.load.answered} answers, all {run.expected_status}")
     if run.name == "portside":
-        checks, problems = check_portside(engine, redis, batch.guids)
+        checks, problems = check_portside(engine, batch.guids)
         run.checks += checks
         run.problems += problems
 
@@ -271,8 +263,6 @@ BREAKDOWN: tuple[tuple[str, str], ...] = (
     ("      webhooks.parse (json.loads)", "parse (controlplane/github/webhooks.py"),
     ("      deliveries.intake", "intake (controlplane/services/deliveries.py"),
     ("        INSERT (driver SQL)", "exec_driver_sql (sqlalchemy/engine/base.py"),
-    ("        pipeline.announce_delivery", "announce_delivery (tasks/pipeline.py"),
-    ("        commit", "commit (sqlalchemy/engine/base.py"),
     ("      jsonify", "jsonify (flask/json/__init__.py"),
     ("    request teardown (session close)", "do_teardown_appcontext (flask/app.py"),
     ("  SQLAlchemy pool pre-ping", "_do_ping_w_event (sqlalchemy/engine/default.py"),

@@ -30,7 +30,8 @@ def make_engine(settings: Settings, *, autocommit: bool = False) -> Engine:
     """
     options: dict[str, Any] = {"pool_pre_ping": not autocommit}
     if autocommit:
-        options["isolation_level"] = "AUTOCOMMIT"
+        # Nothing to roll back when a connection goes back to the pool.
+        options.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     if settings.is_sqlite:
         path = settings.database_url.split("///", 1)[-1]
         if path and path != ":memory:":

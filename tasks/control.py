@@ -8,11 +8,11 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
-from redis import Redis
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from controlplane.crypto import SecretBox
+from controlplane.db import Database
 from controlplane.errors import PermanentError, TransientError
 from controlplane.models import Build, utcnow
 from controlplane.services import (
@@ -241,22 +241,18 @@ def _redrive_on_start(sender: Any = None, **_: Any) -> None:
     """A control worker that starts relays new deliveries and re-drives the outbox."""
     queues = {queue.name for queue in sender.app.amqp.queues.consume_from.values()}
     if CONTROL_QUEUE in queues:
-        broker = Redis.from_url(
-            settings_of(sender.app).redis_url, socket_connect_timeout=2, socket_timeout=5
-        )
-        relay = DeliveryRelay(broker, pipeline.enqueue_delivery, sender.hostname)
+        # A database of its own: this thread lives in the pool's parent process.
+        relay = DeliveryRelay(Database(settings_of(sender.app)), pipeline.enqueue_delivery)
         relay.start()
         _relays.append(relay)
-        # Now, and once more when the youngest delivery committed before the start is
-        # old enough to be re-driven (see deliveries.RECEIVED_GRACE).
-        grace = int(deliveries.RECEIVED_GRACE.total_seconds()) + 1
-        for countdown in (0, grace):
-            sender.app.send_task(
-                pipeline.REDRIVE_DELIVERIES, queue=CONTROL_QUEUE, countdown=countdown
-            )
+        # Received deliveries are the relay's; this re-sends enqueued ones whose message
+        # was lost while no worker ran (beat repeats it every 30 s).
+        sender.app.send_task(pipeline.REDRIVE_DELIVERIES, queue=CONTROL_QUEUE)
 
 
 @worker_shutdown.connect
 def _stop_relay(**_: Any) -> None:
     while _relays:
-        _relays.pop().stop()
+        relay = _relays.pop()
+        relay.stop()
+        relay.database.dispose()

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from celery import chain
-from redis import Redis
 
 from controlplane.settings import Settings
 from tasks.app import BUILDS_QUEUE, CONTROL_QUEUE, celery_app, configure
@@ -23,8 +22,6 @@ GITHUB_FEEDBACK = "portside.github_feedback"
 DELETE_IMAGES = "portside.delete_images"
 CLEAN_UP_PREVIEWS = "portside.clean_up_previews"
 NOTIFY = "portside.notify"
-# Delivery ids announced by the web process, waiting for the relay (a Redis list).
-INCOMING_DELIVERIES = "portside:deliveries:incoming"
 BUILD_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 
 
@@ -38,15 +35,6 @@ def enqueue_delivery(delivery_id: int) -> None:
     celery_app.send_task(
         PROCESS_DELIVERY, args=[delivery_id], queue=CONTROL_QUEUE, ignore_result=True
     )
-
-
-def announce_delivery(broker: Redis, delivery_id: int) -> None:
-    """Hand a committed delivery to the control worker's relay (:mod:`tasks.relay`).
-
-    One LPUSH instead of a Celery publish keeps the webhook answer fast; the relay sends
-    the task. Raises if the broker is unreachable (the outbox re-drives the row then).
-    """
-    broker.lpush(INCOMING_DELIVERIES, delivery_id)
 
 
 def enqueue_build(build_id: int) -> None:

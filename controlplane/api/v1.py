@@ -183,12 +183,6 @@ def redeliver(delivery_id: int) -> WebhookDelivery:
     delivery = deliveries.redeliver(db, delivery_id)
     audit.record(db, actor(), "delivery.redeliver", "delivery", delivery_id)
     db.commit()
-    try:
-        pipeline.enqueue_delivery(delivery.id)
-    except Exception:
-        current_app.logger.warning("redelivery %s not enqueued; the outbox will", delivery_id)
-    else:
-        deliveries.mark_enqueued(db, delivery.id)
     return delivery
 
 

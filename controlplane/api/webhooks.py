@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from redis import Redis
 
 from controlplane.api.errors import error_response
 from controlplane.github import webhooks
 from controlplane.services import deliveries
 from controlplane.settings import Settings
-from tasks import pipeline
 
 blueprint = Blueprint("webhooks", __name__)
 
@@ -35,13 +32,7 @@ def github_webhook() -> Response | tuple[Response, int]:
     delivery = webhooks.parse(dict(request.headers), body)
     if delivery.event == "ping":
         return jsonify(status="pong", zen=delivery.payload.get("zen")), 200
-    broker: Redis = current_app.extensions["portside.redis"]
-    recorded = deliveries.intake(
-        current_app.extensions["portside.db"],
-        delivery,
-        body,
-        functools.partial(pipeline.announce_delivery, broker),
-    )
+    recorded = deliveries.intake(current_app.extensions["portside.db"], delivery, body)
     if recorded.kind == "duplicate":
         return jsonify(
             status="duplicate", id=recorded.delivery_id, delivery_status=recorded.status

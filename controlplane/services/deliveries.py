@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, DateTime, Dialect, or_, select, update
+from sqlalchemy import Connection, DateTime, Dialect, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -48,29 +48,8 @@ class DeliveryNotVisible(TransientError):
     """The row is not visible (yet): a message for a delivery never committed."""
 
 
-@functools.cache
-def _insert_sql(dialect: Dialect) -> tuple[str, Callable[[Any], Any] | None]:
-    """The intake INSERT as driver SQL, made once per dialect, and its timestamp binder.
-
-    Building and compiling a SQLAlchemy statement cost more than the insert itself on
-    the hot path GitHub waits on; the SQL text never changes.
-    """
-    if dialect.paramstyle == "pyformat":
-        marks = {column: f"%({column})s" for column in _INSERT_COLUMNS}
-    else:
-        marks = {column: f":{column}" for column in _INSERT_COLUMNS}
-    if dialect.name == "postgresql":
-        # The raw body goes in as it came: no second JSON encoding of a large payload.
-        marks["payload"] = f"CAST({marks['payload']} AS JSONB)"
-    # Only constants go into the text; every value is a driver parameter.
-    table = WebhookDelivery.__tablename__
-    sql = (
-        f"INSERT INTO {table} ({', '.join(_INSERT_COLUMNS)}) "  # noqa: S608
-        f"VALUES ({', '.join(marks[column] for column in _INSERT_COLUMNS)}) "
-        "ON CONFLICT (guid) DO NOTHING RETURNING id"
-    )
-    return sql, DateTime(timezone=True).bind_processor(dialect)
-
+# The channel a committed delivery is announced on (PostgreSQL NOTIFY, with its commit).
+CHANNEL = "portside_deliveries"
 
 _INSERT_COLUMNS = (
     "guid",
@@ -85,34 +64,59 @@ _INSERT_COLUMNS = (
     "outcome",
     "attempts",
     "received_at",
-    "enqueued_at",
     "processed_at",
 )
 
 
-def intake(
-    database: Database, delivery: Delivery, raw_body: bytes, enqueue: Callable[[int], None]
-) -> Recorded:
-    """Commit a verified delivery, then enqueue its processing: the hot path GitHub waits on.
+@functools.cache
+def _insert_sql(dialect: Dialect) -> tuple[str, Callable[[Any], Any] | None]:
+    """The intake statement as driver SQL, made once per dialect, and its timestamp binder.
 
-    One autocommitted ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (one round trip)
-    records the row as ``enqueued``; then ``enqueue`` announces it. If the broker is down
-    the row is set back to ``received`` and the outbox re-drives it; if this process dies
-    between the two, the outbox re-drives the ``enqueued`` row after ``PORTSIDE_REDRIVE_AFTER``.
-    A connection found dead (the database restarted) is retried once, which is safe:
-    the insert is keyed by the delivery GUID.
+    On PostgreSQL one statement inserts the row and wakes the relays (``pg_notify`` is
+    delivered at the commit, and only if a row was inserted). Building and compiling a
+    SQLAlchemy statement per request cost more than the insert itself.
+    """
+    if dialect.paramstyle == "pyformat":
+        marks = {column: f"%({column})s" for column in _INSERT_COLUMNS}
+    else:
+        marks = {column: f":{column}" for column in _INSERT_COLUMNS}
+    table = WebhookDelivery.__tablename__
+    columns = ", ".join(_INSERT_COLUMNS)
+    if dialect.name == "postgresql":
+        # The raw body goes in as it came: no second JSON encoding of a large payload.
+        marks["payload"] = f"CAST({marks['payload']} AS JSONB)"
+    values = ", ".join(marks[column] for column in _INSERT_COLUMNS)
+    # Only constants go into the text; every value is a driver parameter.
+    insert = (
+        f"INSERT INTO {table} ({columns}) VALUES ({values}) "  # noqa: S608
+        "ON CONFLICT (guid) DO NOTHING RETURNING id"
+    )
+    if dialect.name == "postgresql":
+        notify = f"pg_notify('{CHANNEL}', '')"
+        sql = f"WITH inserted AS ({insert}) SELECT id, {notify} FROM inserted"  # noqa: S608
+    else:
+        sql = insert
+    return sql, DateTime(timezone=True).bind_processor(dialect)
+
+
+def intake(database: Database, delivery: Delivery, raw_body: bytes) -> Recorded:
+    """Commit a verified delivery to the outbox: the hot path GitHub waits on.
+
+    One autocommitted statement (one round trip, no Redis): the row is ``received`` and
+    the relays in the control workers are woken by its commit; they send it to the
+    control queue (see :mod:`tasks.relay`). A redelivery of the same GUID inserts
+    nothing. A connection found dead (the database restarted) is retried once, which is
+    safe: the insert is keyed by the GUID.
     """
     try:
-        return _intake(database, delivery, raw_body, enqueue)
+        return _intake(database, delivery, raw_body)
     except DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
-    return _intake(database, delivery, raw_body, enqueue)
+    return _intake(database, delivery, raw_body)
 
 
-def _intake(
-    database: Database, delivery: Delivery, raw_body: bytes, enqueue: Callable[[int], None]
-) -> Recorded:
+def _intake(database: Database, delivery: Delivery, raw_body: bytes) -> Recorded:
     handled = delivery.event in HANDLED_EVENTS
     with database.intake_engine.connect() as connection:
         sql, bind_timestamp = _insert_sql(connection.dialect)
@@ -126,40 +130,23 @@ def _intake(
             "repository_id": delivery.repository_id,
             "repository_full_name": delivery.repository_full_name,
             "payload": raw_body.decode("utf-8"),
-            "status": "enqueued" if handled else "ignored",
+            "status": "received" if handled else "ignored",
             "outcome": None if handled else f"event {delivery.event!r} is not handled by Portside",
             "attempts": 0,
             "received_at": now,
-            "enqueued_at": now if handled else None,
             "processed_at": None if handled else now,
         }
         delivery_id = connection.exec_driver_sql(sql, parameters).scalar()
         if delivery_id is None:
-            known = _known(connection, delivery.guid, enqueue)
+            known = _known(connection, delivery.guid)
             kind = "duplicate" if known.kind == "duplicate" else "received"
             metrics.count_delivery(delivery.event, kind)
             return known
-        status = _announce(connection, delivery_id, enqueue) if handled else "ignored"
     metrics.count_delivery(delivery.event, "received")
-    return Recorded(delivery_id, status, "new")
+    return Recorded(delivery_id, "received" if handled else "ignored", "new")
 
 
-def _announce(connection: Connection, delivery_id: int, enqueue: Callable[[int], None]) -> str:
-    """Enqueue a committed delivery; with the broker down, leave it to the outbox."""
-    try:
-        enqueue(delivery_id)
-    except Exception as exc:
-        log.warning("delivery %s committed but not enqueued: %s", delivery_id, exc)
-        connection.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "enqueued")
-            .values(status="received", enqueued_at=None)
-        )
-        return "received"
-    return "enqueued"
-
-
-def _known(connection: Connection, guid: str, enqueue: Callable[[int], None]) -> Recorded:
+def _known(connection: Connection, guid: str) -> Recorded:
     """A GUID seen before: run a failed delivery again, leave any other alone."""
     existing = connection.execute(
         select(WebhookDelivery.id, WebhookDelivery.status).where(WebhookDelivery.guid == guid)
@@ -171,11 +158,45 @@ def _known(connection: Connection, guid: str, enqueue: Callable[[int], None]) ->
     claimed = connection.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == existing.id, WebhookDelivery.status == "failed")
-        .values(status="enqueued", outcome=None, enqueued_at=utcnow())
+        .values(status="received", outcome=None, enqueued_at=None, processed_at=None)
     )
     if claimed.rowcount != 1:  # a concurrent redelivery claimed it first
-        return Recorded(existing.id, "enqueued", "duplicate")
-    return Recorded(existing.id, _announce(connection, existing.id, enqueue), "retry")
+        return Recorded(existing.id, "received", "duplicate")
+    wake_relays(connection)
+    return Recorded(existing.id, "received", "retry")
+
+
+def wake_relays(connection: Connection | Session) -> None:
+    """Tell the relays new rows are ``received`` (at the commit; they also poll)."""
+    bind = connection if isinstance(connection, Connection) else connection.get_bind()
+    if bind.dialect.name == "postgresql":
+        connection.execute(select(func.pg_notify(CHANNEL, "")))
+
+
+def claim_received(session: Session, limit: int) -> list[int]:
+    """Lock up to ``limit`` received deliveries, oldest first, for one relay to send.
+
+    Rows another relay holds are skipped, so relays in several control workers share
+    the work without sending a row twice.
+    """
+    return list(
+        session.scalars(
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status == "received")
+            .order_by(WebhookDelivery.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
+def mark_sent(session: Session, delivery_ids: list[int]) -> None:
+    """Note that the relay queued these (part of the relay's transaction)."""
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.status == "received")
+        .values(status="enqueued", enqueued_at=utcnow())
+    )
 
 
 def mark_enqueued(session: Session, delivery_id: int) -> None:
@@ -211,7 +232,7 @@ def due_for_redrive(
 
 
 def redeliver(session: Session, delivery_id: int) -> WebhookDelivery:
-    """Reset a delivery so it is processed again (an operator's explicit request)."""
+    """Put a delivery back in the outbox (an operator's request); the caller commits."""
     delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is None:
         raise NotFound(f"delivery {delivery_id} does not exist")
@@ -219,7 +240,7 @@ def redeliver(session: Session, delivery_id: int) -> WebhookDelivery:
     delivery.outcome = None
     delivery.enqueued_at = None
     delivery.processed_at = None
-    session.commit()
+    wake_relays(session)
     return delivery
 
 

@@ -47,9 +47,9 @@ def test_redeliver_needs_admin_and_requeues(
     assert client.post(url, headers=read_headers).status_code == 403
     response = client.post(url, headers=admin_headers)
     assert response.status_code == 202
-    assert response.json["status"] == "enqueued"
+    assert response.json["status"] == "received"
     audit = client.get("/v1/deliveries", headers=admin_headers).json
-    assert audit[0]["status"] == "enqueued"
+    assert audit[0]["status"] == "received"
 
 
 def test_installations_api_lists_the_roster_recorded_from_events(

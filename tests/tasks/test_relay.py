@@ -1,23 +1,21 @@
-"""The delivery relay against a real Redis: order, failures and a relay's restart."""
+"""The outbox relay against the real database: order, failures, sharing and wake-ups."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
 
 import pytest
-import redis
+from sqlalchemy import select
 
-from tasks.pipeline import INCOMING_DELIVERIES, announce_delivery
-from tasks.relay import DeliveryRelay, relaying_list
+from controlplane.db import Database
+from controlplane.github.webhooks import parse
+from controlplane.models import WebhookDelivery
+from controlplane.services import deliveries
+from tasks.relay import DeliveryRelay
+from tests.fixtures.processes import wait_until
+from tests.helpers import load_payload, webhook_headers
 
-NODE = "control@test"
-
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
+BODY = load_payload("push__payload.json")
 
 
 class Recorder:
@@ -33,89 +31,99 @@ class Recorder:
         self.sent.append(delivery_id)
 
 
-def drain(relay: DeliveryRelay) -> None:
-    while relay.relay_once():
-        pass
+def receive(database: Database) -> int:
+    """A delivery committed by the webhook receiver's own code path."""
+    guid = str(uuid.uuid4())
+    delivery = parse(dict(webhook_headers("push", BODY, guid=guid)), BODY)
+    recorded = deliveries.intake(database, delivery, BODY)
+    assert (recorded.status, recorded.kind) == ("received", "new")
+    return recorded.delivery_id
 
 
-def test_ids_are_sent_oldest_first_and_leave_nothing_behind(broker: redis.Redis) -> None:
+def statuses(database: Database) -> dict[int, str]:
+    with database.session_scope() as session:
+        rows = session.execute(select(WebhookDelivery.id, WebhookDelivery.status))
+        return {row.id: row.status for row in rows}
+
+
+def test_received_deliveries_are_sent_oldest_first_and_marked_enqueued(
+    database: Database,
+) -> None:
+    ids = [receive(database) for _ in range(3)]
     recorder = Recorder()
-    relay = DeliveryRelay(broker, recorder, NODE)
-    for delivery_id in (7, 8, 9):
-        announce_delivery(broker, delivery_id)
 
-    drain(relay)
+    assert DeliveryRelay(database, recorder).relay_once() == 3
 
-    assert recorder.sent == [7, 8, 9]
-    assert broker.llen(INCOMING_DELIVERIES) == 0
-    assert broker.llen(relaying_list(NODE)) == 0
+    assert recorder.sent == ids
+    assert statuses(database) == dict.fromkeys(ids, "enqueued")
+    assert DeliveryRelay(database, recorder).relay_once() == 0
+    assert recorder.sent == ids
 
 
-def test_an_id_that_could_not_be_sent_goes_back_to_the_head(broker: redis.Redis) -> None:
+def test_a_failed_send_leaves_the_batch_received_for_the_next_round(
+    database: Database,
+) -> None:
+    ids = [receive(database) for _ in range(2)]
     recorder = Recorder()
-    relay = DeliveryRelay(broker, recorder, NODE)
-    announce_delivery(broker, 1)
-    announce_delivery(broker, 2)
     recorder.failing = True
+    relay = DeliveryRelay(database, recorder)
 
     with pytest.raises(ConnectionError):
         relay.relay_once()
 
-    assert broker.lrange(INCOMING_DELIVERIES, 0, -1) == [b"2", b"1"]
+    assert statuses(database) == dict.fromkeys(ids, "received")
     recorder.failing = False
-    drain(relay)
-    assert recorder.sent == [1, 2]
+    assert relay.relay_once() == 2
+    assert recorder.sent == ids
 
 
-def test_a_restarted_relay_sends_what_its_killed_run_had_taken_first(
-    broker: redis.Redis,
-) -> None:
-    announce_delivery(broker, 1)
-    announce_delivery(broker, 2)
-    # The killed run had moved id 1 to its own list and died before sending it.
-    broker.lmove(INCOMING_DELIVERIES, relaying_list(NODE), "RIGHT", "LEFT")
+def test_two_relays_never_send_the_same_row(database: Database) -> None:
+    first_id = receive(database)
+    # The first relay holds its batch (its transaction is open) when the second looks.
+    with database.session_scope() as holding:
+        assert deliveries.claim_received(holding, 100) == [first_id]
+        second_id = receive(database)
+        other = Recorder()
+        assert DeliveryRelay(database, other).relay_once() == 1
+        assert other.sent == [second_id]
+        deliveries.mark_sent(holding, [first_id])
+    assert statuses(database) == {first_id: "enqueued", second_id: "enqueued"}
+
+
+def test_a_redelivered_failed_delivery_goes_back_to_the_outbox(database: Database) -> None:
+    delivery_id = receive(database)
+    with database.session_scope() as session:
+        deliveries.mark_failed(session, delivery_id, "boom")
+    guid = statuses_guid(database, delivery_id)
+    again = parse(dict(webhook_headers("push", BODY, guid=guid)), BODY)
+
+    recorded = deliveries.intake(database, again, BODY)
+
+    assert (recorded.delivery_id, recorded.status, recorded.kind) == (
+        delivery_id,
+        "received",
+        "retry",
+    )
     recorder = Recorder()
-    relay = DeliveryRelay(broker, recorder, NODE)
-
-    assert relay.give_back() == 1
-    drain(relay)
-
-    assert recorder.sent == [1, 2]
-    assert broker.llen(relaying_list(NODE)) == 0
+    assert DeliveryRelay(database, recorder).relay_once() == 1
+    assert recorder.sent == [delivery_id]
 
 
-def test_another_nodes_taken_ids_are_left_to_it(broker: redis.Redis) -> None:
-    broker.lpush(relaying_list("control@other"), 5)
-    relay = DeliveryRelay(broker, Recorder(), NODE)
+def statuses_guid(database: Database, delivery_id: int) -> str:
+    with database.session_scope() as session:
+        row = session.get(WebhookDelivery, delivery_id)
+        assert row is not None
+        return row.guid
 
-    assert relay.give_back() == 0
-    assert broker.lrange(relaying_list("control@other"), 0, -1) == [b"5"]
 
-
-def test_garbage_in_the_list_is_dropped_not_retried_forever(broker: redis.Redis) -> None:
+def test_the_thread_is_woken_by_the_commit_and_stops_on_request(database: Database) -> None:
     recorder = Recorder()
-    relay = DeliveryRelay(broker, recorder, NODE)
-    broker.lpush(INCOMING_DELIVERIES, "not-an-id")
-    announce_delivery(broker, 3)
-
-    drain(relay)
-
-    assert recorder.sent == [3]
-    assert broker.llen(relaying_list(NODE)) == 0
-
-
-def test_the_thread_relays_until_stopped(broker: redis.Redis) -> None:
-    recorder = Recorder()
-    relay = DeliveryRelay(broker, recorder, NODE)
+    relay = DeliveryRelay(database, recorder)
     relay.start()
     try:
-        announce_delivery(broker, 11)
-        announce_delivery(broker, 12)
-        for _ in range(100):
-            if len(recorder.sent) == 2:
-                break
-            relay.stopping.wait(0.05)
+        ids = [receive(database) for _ in range(2)]
+        wait_until(lambda: recorder.sent == ids, f"the relay to send {ids}", timeout=30)
     finally:
         relay.stop()
-    assert recorder.sent == [11, 12]
     assert relay._thread is not None and not relay._thread.is_alive()
+    assert statuses(database) == dict.fromkeys(ids, "enqueued")
