@@ -46,7 +46,8 @@ def make_engine(settings: Settings, *, autocommit: bool = False) -> Engine:
         # 4 web workers x (15 + 8 for the intake) stay under PostgreSQL's default of 100.
         options.update(pool_size=5, max_overflow=10, pool_recycle=1800, pool_timeout=10)
         if autocommit:
-            options.update(pool_size=4, max_overflow=4)
+            # A fixed pool: an overflow connection would be opened and closed per burst.
+            options.update(pool_size=8, max_overflow=0)
         options["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(settings.database_url, **options)
     if settings.is_sqlite:

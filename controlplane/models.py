@@ -7,6 +7,7 @@ are plain strings checked against the ``*_STATUSES`` tuples so migrations stay s
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from sqlalchemy import (
@@ -280,13 +281,23 @@ class WebhookDelivery(Base):
     installation_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     repository_id: Mapped[int | None] = mapped_column(BigInteger)
     repository_full_name: Mapped[str | None] = mapped_column(String(255))
-    payload: Mapped[dict[str, Any]]
+    # The body exactly as GitHub signed it; parsed when processed, not when received.
+    body: Mapped[str] = mapped_column("payload", Text)
     status: Mapped[str] = mapped_column(String(16), default="received")
     outcome: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     enqueued_at: Mapped[dt.datetime | None]
     processed_at: Mapped[dt.datetime | None]
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The parsed body (a JSON object: the receiver refused anything else)."""
+        cached: dict[str, Any] | None = self.__dict__.get("_payload")
+        if cached is None:
+            cached = json.loads(self.body)
+            self.__dict__["_payload"] = cached
+        return cached
 
 
 class ApiToken(Base):

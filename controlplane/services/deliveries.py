@@ -82,9 +82,6 @@ def _insert_sql(dialect: Dialect) -> tuple[str, Callable[[Any], Any] | None]:
         marks = {column: f":{column}" for column in _INSERT_COLUMNS}
     table = WebhookDelivery.__tablename__
     columns = ", ".join(_INSERT_COLUMNS)
-    if dialect.name == "postgresql":
-        # The raw body goes in as it came: no second JSON encoding of a large payload.
-        marks["payload"] = f"CAST({marks['payload']} AS JSONB)"
     values = ", ".join(marks[column] for column in _INSERT_COLUMNS)
     # Only constants go into the text; every value is a driver parameter.
     insert = (

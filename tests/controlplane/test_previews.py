@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -62,7 +63,7 @@ def handle(database: Database, action: str, **changes: Any) -> str:
             installation_id=1,
             repository_id=REPO_ID,
             repository_full_name="Codertocat/Hello-World",
-            payload=payload,
+            body=json.dumps(payload),
         )
         session.add(delivery)
         session.flush()

@@ -95,7 +95,7 @@ def seeded(database: Database, redis_url: str) -> Seeded:
             event="push",
             action=None,
             repository_full_name="octo/hello",
-            payload={},
+            body="{}",
             status="processed",
             outcome="started build for hello",
             attempts=1,

@@ -7,6 +7,7 @@ started with the test's settings (tests.fixtures.processes).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
 import pytest
@@ -90,7 +91,7 @@ def test_the_control_worker_redrives_deliveries_when_it_starts(
         row = WebhookDelivery(
             guid=str(uuid.uuid4()),
             event="push",
-            payload=payload,
+            body=json.dumps(payload),
             repository_id=payload["repository"]["id"],
             repository_full_name=payload["repository"]["full_name"],
             status="received",
