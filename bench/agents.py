@@ -2,7 +2,7 @@
 
 One run, on this machine, against 127.0.0.1 only:
 
-1. a PostgreSQL database of its own (migrated, dropped at the end), Redis db 11 (flushed
+1. a PostgreSQL database of its own (migrated, dropped at the end), Redis db 10 (flushed
    before and after), ``--hosts`` hosts with their agent tokens;
 2. the baseline: a bare Flask endpoint (``bench.agents:create_bare_app()``) that answers
    ``GET /v1/agent/desired-state`` 304 when ``If-None-Match`` matches, under gunicorn with
@@ -16,10 +16,16 @@ One run, on this machine, against 127.0.0.1 only:
    database (bulk-inserted with SQLAlchemy Core: a service, environment, build and
    active deployment each, spread over the hosts): the 304 throughput at both sizes,
    and the database transactions per request (from ``pg_stat_database``);
-5. (c) ``--agents`` simulated agents (one per host) long-polling with ``?wait=30``;
-   then one host's generation is bumped (as recording a deployment does: in the
-   transaction, announced after the commit) and the time until its agent has its 200
-   is measured, then every other host at once, until every agent has its 200.
+5. (c) a fleet of ``--agents`` simulated agents (one per host, threads of this process),
+   each polling as hostagent's loop does: ``?wait=`` (the agent's default interval) with
+   its ETag, giving up after wait + WAIT_MARGIN, backing off after an error. After every
+   agent has its first snapshot, ``--steady`` seconds are watched: the long polls held at
+   once (each holds one subscription to its host's wake channel), the agents' outcomes,
+   gunicorn's RSS and CPU. Then 10 hosts get a new generation at once (as recording a
+   deployment does: bumped in the transaction, announced after the commit), then every
+   host: the time until each affected agent has its 200. Each gthread thread holds one
+   long poll, so the fleet needs workers x threads >= agents (``--long-poll-threads``
+   tries another thread count for this part only).
 
 Exit status: 0 when the run worked (even if a target is missed), 1 when it broke.
 """
@@ -49,13 +55,17 @@ from sqlalchemy import Engine, create_engine, func, insert, select, text, update
 
 from bench.common import (
     HOST,
+    Figure,
     LoadResult,
     Server,
+    broken,
     build_request,
     cpu_snapshot,
     cpu_used,
     gunicorn_setting,
     pids_named,
+    process_rss_bytes,
+    redis_url,
     run_load,
     temporary_database,
 )
@@ -63,14 +73,16 @@ from bench.webhooks import admin_database_url
 from controlplane import migrate
 from controlplane.models import Build, Deployment, Environment, Host, Service
 from controlplane.services import desired, hosts
+from hostagent.client import WAIT_MARGIN, backoff_delay
+from hostagent.settings import DEFAULT_INTERVAL
 
-REDIS_DB = 11
 SECRET_KEY = "portside-bench-agents-key-0123456789"  # noqa: S105 - a throw-away test key
 PATH = "/v1/agent/desired-state"
 TARGET_RATIO = 0.6
 BARE_ETAG = '"7"'
 DIGEST = "sha256:" + "ab" * 32
 STATS_FLUSH_SECONDS = 10.5
+KEEPALIVE_SECONDS = 4.0  # under deploy/gunicorn.conf.py's keepalive: older ones are dropped
 
 
 class BenchError(Exception):
@@ -109,12 +121,6 @@ def create_bare_app() -> Flask:
 # ------------------------------------------------------------------------------------
 
 
-def redis_url() -> str:
-    base = os.environ.get("PORTSIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
-    scheme, _, rest = base.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}/{REDIS_DB}"
-
-
 def server_env(database_url: str, data_dir: Path, threads: int | None) -> dict[str, str]:
     env = {
         name: value
@@ -140,12 +146,12 @@ class Agent:
     token: str
 
 
-def create_hosts(engine: Engine, count: int) -> list[Agent]:
+def create_hosts(engine: Engine, count: int, first: int = 0) -> list[Agent]:
     from sqlalchemy.orm import Session
 
     agents = []
     with Session(engine) as session:
-        for number in range(count):
+        for number in range(first, first + count):
             host, token = hosts.create_host(session, f"bench-host-{number}", "bench")
             agents.append(Agent(host.id, host.name, token))
         session.commit()
@@ -386,46 +392,78 @@ def measure_polls(
 
 
 # ------------------------------------------------------------------------------------
-# (c) long polls
+# (c) a fleet of agents long-polling
 # ------------------------------------------------------------------------------------
 
 
 @dataclass
-class LongPoll:
+class AgentLoop:
+    """One simulated agent, polling as hostagent/agent.py's loop does: ``?wait=`` with its
+    ETag, giving up after wait + WAIT_MARGIN, at once again after a change, the rest of
+    the interval plus up to 10 % jitter after a 304, backing off (with ``wait=0``) after
+    an error. It records when it first saw each generation."""
+
     agent: Agent
-    etag: str
     wait: int
-    status: int | None = None
-    answered_at: float | None = None
-    error: str | None = None
-    sent_at: float | None = None
+    stop: threading.Event
+    generation: int | None = None
+    seen: dict[int, float] = field(default_factory=dict)  # generation -> perf_counter
+    outcomes: list[tuple[float, str]] = field(default_factory=list)  # (when, what)
+
+    def poll(self, connection: http.client.HTTPConnection, wait: int) -> str:
+        headers = {"Authorization": f"Bearer {self.agent.token}"}
+        if self.generation is not None:
+            headers["If-None-Match"] = f'"{self.generation}"'
+        connection.request("GET", f"{PATH}?wait={wait}", headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        if response.status == 200:
+            self.generation = int(json.loads(body)["generation"])
+            self.seen.setdefault(self.generation, time.perf_counter())
+        return str(response.status)
 
     def run(self, port: int) -> None:
-        connection = http.client.HTTPConnection(HOST, port, timeout=self.wait * 3 + 30)
-        try:
-            connection.connect()
-            self.sent_at = time.perf_counter()
-            connection.request(
-                "GET",
-                f"{PATH}?wait={self.wait}",
-                headers={
-                    "Authorization": f"Bearer {self.agent.token}",
-                    "If-None-Match": self.etag,
-                },
-            )
-            response = connection.getresponse()
-            response.read()
-            self.answered_at = time.perf_counter()
-            self.status = response.status
-        except OSError as exc:
-            self.error = repr(exc)
-        finally:
+        errors = 0
+        wait = 0  # the first fetch answers at once
+        connection: http.client.HTTPConnection | None = None
+        idle_since = 0.0
+        while not self.stop.is_set():
+            began = time.perf_counter()
+            if connection is not None and began - idle_since > KEEPALIVE_SECONDS:
+                connection.close()  # the server has dropped it; urllib3 would open a new one
+                connection = None
+            if connection is None:
+                connection = http.client.HTTPConnection(HOST, port)
+            connection.timeout = wait + WAIT_MARGIN
+            try:
+                what = self.poll(connection, wait)
+            except TimeoutError:
+                what = "timeout"
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+                what = type(exc).__name__
+            idle_since = time.perf_counter()
+            self.outcomes.append((idle_since, what))
+            if what in ("200", "304"):
+                errors, wait = 0, self.wait
+                jitter = random.random() * self.wait * 0.1
+                elapsed = idle_since - began
+                # After a new snapshot the agent applies it and ticks again at once.
+                delay = (
+                    min(jitter, 0.5) if what == "200" else max(0.0, self.wait - elapsed) + jitter
+                )
+            else:
+                connection.close()
+                connection = None
+                errors, wait = errors + 1, 0
+                delay = backoff_delay(errors - 1)
+            self.stop.wait(delay)
+        if connection is not None:
             connection.close()
 
 
-def bump_hosts(engine: Engine, redis: Redis, host_ids: set[int]) -> float:
-    """Commit new generations for ``host_ids`` and announce them, as a deployment does;
-    return the perf_counter time just before the commit."""
+def bump_hosts(engine: Engine, redis: Redis, host_ids: set[int]) -> tuple[float, dict[int, int]]:
+    """Commit new generations for ``host_ids`` and announce them, as recording a deployment
+    does; return the perf_counter time just before the commit and the new generations."""
     from sqlalchemy.orm import Session
 
     with Session(engine) as session:
@@ -435,7 +473,53 @@ def bump_hosts(engine: Engine, redis: Redis, host_ids: set[int]) -> float:
         moment = time.perf_counter()
         session.commit()
     desired.announce(engine, redis, changed)
-    return moment
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(Host.id, Host.generation).where(Host.id.in_(host_ids))
+        ).all()
+    return moment, {row.id: row.generation for row in rows}
+
+
+def held_long_polls(redis: Redis, agents: Sequence[Agent]) -> int:
+    """Long polls held right now: each holds one subscription to its host's wake channel."""
+    channels = [desired.wake_channel(agent.host_id) for agent in agents]
+    counts = redis.execute_command("PUBSUB", "NUMSUB", *channels)
+    return sum(int(count) for count in counts[1::2])
+
+
+def gunicorn_rss(server: Server) -> int:
+    """Resident memory of the master and every worker, in bytes."""
+    pids = [server.process.pid, *server.worker_pids()] if server.process else []
+    return sum(process_rss_bytes(pid) for pid in pids)
+
+
+def propagation(
+    loops: Sequence[AgentLoop], moment: float, wanted: dict[int, int], patience: float
+) -> dict[str, Any]:
+    """Wait until every affected agent has seen its new generation (or ``patience`` ends);
+    the delays from the commit, in ms."""
+    affected = [loop for loop in loops if loop.agent.host_id in wanted]
+    deadline = time.perf_counter() + patience
+
+    def delays() -> list[float]:
+        found = []
+        for loop in affected:
+            target = wanted[loop.agent.host_id]
+            seen = [at for generation, at in loop.seen.items() if generation >= target]
+            if seen:
+                found.append((min(seen) - moment) * 1000)
+        return found
+
+    while len(delays()) < len(affected) and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    found = sorted(delays())
+    return {
+        "agents": len(affected),
+        "seen": len(found),
+        "p50_ms": round(statistics.median(found), 1) if found else None,
+        "p99_ms": round(found[max(0, math.ceil(len(found) * 0.99) - 1)], 1) if found else None,
+        "max_ms": round(found[-1], 1) if found else None,
+    }
 
 
 def long_polls(
@@ -444,78 +528,77 @@ def long_polls(
     engine: Engine,
     redis: Redis,
     agents: Sequence[Agent],
-    etags: dict[int, str],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Every agent long-polls once; one host changes, then all the others at once.
-
-    Each phase waits at most ``wait`` + 10 s — what the real agent's client allows a long
-    poll (hostagent/client.py WAIT_MARGIN) before it gives up and backs off.
-    """
-    polls = [LongPoll(agent, etags[agent.host_id], args.wait) for agent in agents]
+    """The fleet polls for ``--steady`` seconds (held polls, memory, CPU and the agents'
+    outcomes sampled); then 10 hosts get a deployment at once, then every host."""
+    idle_rss = gunicorn_rss(server)
+    stop = threading.Event()
+    loops = [AgentLoop(agent, args.wait, stop) for agent in agents]
     threads = [
-        threading.Thread(target=poll.run, args=(server.port,), daemon=True) for poll in polls
+        threading.Thread(target=loop.run, args=(server.port,), daemon=True, name="bench-agent")
+        for loop in loops
     ]
+    started = time.perf_counter()
     for thread in threads:
         thread.start()
-    time.sleep(args.settle)
-    early = [poll for poll in polls if poll.status is not None or poll.error is not None]
-    chosen = random.choice([poll for poll in polls if poll not in early] or polls)
-    patience = args.wait + 10.0
-
-    def wait_until_answered(targets: Sequence[LongPoll]) -> None:
-        deadline = time.perf_counter() + patience
-        while time.perf_counter() < deadline and any(
-            poll.answered_at is None and poll.error is None for poll in targets
-        ):
-            time.sleep(0.002)
-
-    one_at = bump_hosts(engine, redis, {chosen.agent.host_id})
-    wait_until_answered([chosen])
-    time.sleep(0.5)
-    others_answered = [
-        poll
-        for poll in polls
-        if poll is not chosen and poll not in early and poll.answered_at is not None
-    ]
-    rest = [poll for poll in polls if poll.answered_at is None and poll.error is None]
-    all_at = bump_hosts(engine, redis, {poll.agent.host_id for poll in rest})
-    wait_until_answered(rest)
-    one_ms = (
-        (chosen.answered_at - one_at) * 1000
-        if chosen.answered_at is not None and chosen.status == 200
-        else None
-    )
-    rest_ms = sorted(
-        (poll.answered_at - all_at) * 1000
-        for poll in rest
-        if poll.answered_at is not None and poll.status == 200
-    )
-    missing = [poll for poll in rest if poll.status != 200]
-    # The threads still waiting end with the server (stopped next) or their timeout.
+    patience = 2 * (args.wait + WAIT_MARGIN)
+    try:
+        # Every agent has its first snapshot (the fleet's start), then the steady state.
+        wait_for_first = time.perf_counter() + patience
+        while any(loop.generation is None for loop in loops):
+            if time.perf_counter() > wait_for_first:
+                break
+            time.sleep(0.05)
+        first_snapshots_s = time.perf_counter() - started
+        window_start = time.perf_counter()
+        before = cpu_snapshot(cpu_groups(server))
+        held: list[int] = []
+        rss: list[int] = []
+        while time.perf_counter() - window_start < args.steady:
+            held.append(held_long_polls(redis, agents))
+            rss.append(gunicorn_rss(server))
+            time.sleep(1.0)
+        window = time.perf_counter() - window_start
+        used = cpu_used(before, cpu_snapshot(cpu_groups(server)))
+        window_end = time.perf_counter()
+        outcomes: dict[str, int] = {}
+        for loop in loops:
+            for at, what in loop.outcomes:
+                if window_start <= at < window_end:
+                    outcomes[what] = outcomes.get(what, 0) + 1
+        chosen = random.sample(list(agents), min(10, len(agents)))
+        moment, wanted = bump_hosts(engine, redis, {agent.host_id for agent in chosen})
+        some = propagation(loops, moment, wanted, patience)
+        moment, wanted = bump_hosts(engine, redis, {agent.host_id for agent in agents})
+        every = propagation(loops, moment, wanted, patience)
+    finally:
+        stop.set()
+    agent_minutes = len(agents) * window / 60
     return {
-        "agents": len(polls),
+        "agents": len(agents),
         "wait_s": args.wait,
         "patience_s": patience,
         "threads_available": server_threads(server),
-        "answered_before_any_change": len(early),
-        "one_host": {
-            "status": chosen.status,
-            "ms": round(one_ms, 1) if one_ms is not None else None,
-            "others_answered_meanwhile": len(others_answered),
-            "others_statuses": sorted({poll.status or 0 for poll in others_answered}),
+        "first_snapshots_s": round(first_snapshots_s, 1),
+        "without_first_snapshot": sum(loop.generation is None for loop in loops),
+        "window_s": round(window, 1),
+        "held_max": max(held, default=0),
+        "held_median": statistics.median(held) if held else 0,
+        "outcomes": dict(sorted(outcomes.items())),
+        "rss_idle_mb": round(idle_rss / 2**20, 1),
+        "rss_mb": round(max(rss, default=0) / 2**20, 1),
+        "rss_kb_per_agent": round((max(rss, default=0) - idle_rss) / 1024 / len(agents), 1),
+        "cpu_ms_per_agent_minute": {
+            group: round(seconds * 1000 / agent_minutes, 2)
+            for group, seconds in used.items()
+            if group in ("gunicorn", "postgres", "redis", "machine")
         },
-        "all_hosts": {
-            "agents": len(rest),
-            "got_200": len(rest_ms),
-            "p50_ms": round(statistics.median(rest_ms), 1) if rest_ms else None,
-            "p99_ms": round(rest_ms[max(0, math.ceil(len(rest_ms) * 0.99) - 1)], 1)
-            if rest_ms
-            else None,
-            "max_ms": round(rest_ms[-1], 1) if rest_ms else None,
-            "missing": len(missing),
-            "errors": sorted({poll.error for poll in missing if poll.error})[:5],
-        },
+        "polls_per_agent_minute": round(
+            sum(n for what, n in outcomes.items() if what in ("200", "304")) / agent_minutes, 2
+        ),
+        "ten_hosts": some,
+        "all_hosts": every,
     }
 
 
@@ -600,16 +683,14 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                         )
                 bare.stop()
                 if args.agents:
-                    chosen = agents[: args.agents]
-                    forget_cached_generations(redis, chosen)
-                    etags, _took = current_etags(portside.port, chosen)
+                    extra = max(0, args.agents - len(agents))
+                    fleet = agents[: args.agents] + create_hosts(engine, extra, len(agents))
+                    if args.long_poll_threads is not None:
+                        portside.stop()
+                        portside.env = {**env, "GUNICORN_THREADS": str(args.long_poll_threads)}
+                        portside.start()
                     result["long_poll"] = long_polls(
-                        portside,
-                        engine=engine,
-                        redis=redis,
-                        agents=chosen,
-                        etags=etags,
-                        args=args,
+                        portside, engine=engine, redis=redis, agents=fleet, args=args
                     )
             except Exception as exc:
                 result["problems"].append(f"{type(exc).__name__}: {exc}")
@@ -691,6 +772,32 @@ def verdict(grouped: dict[str, Target], args: argparse.Namespace) -> dict[str, A
     }
 
 
+def render_long_poll(figures: dict[str, Any]) -> list[str]:
+    cpu = figures["cpu_ms_per_agent_minute"]
+    lines = [
+        "",
+        f"Long polls: {figures['agents']} agents polling like hostagent (?wait="
+        f"{figures['wait_s']}, giving up after {figures['wait_s'] + WAIT_MARGIN:.0f} s) on "
+        f"{figures['threads_available']} gunicorn threads; all had a first snapshot after "
+        f"{figures['first_snapshots_s']} s ({figures['without_first_snapshot']} never did)",
+        f"  steady state, {figures['window_s']} s: long polls held at once: median "
+        f"{figures['held_median']}, max {figures['held_max']}; outcomes {figures['outcomes']}; "
+        f"{figures['polls_per_agent_minute']} answered polls per agent-minute",
+        f"  gunicorn RSS {figures['rss_idle_mb']} MB before the fleet, {figures['rss_mb']} MB "
+        f"with it: {figures['rss_kb_per_agent']} KB per agent",
+        "  CPU ms per agent-minute: "
+        + ", ".join(f"{group} {value}" for group, value in cpu.items()),
+    ]
+    for key, label in (("ten_hosts", "10 hosts"), ("all_hosts", "every host")):
+        marks = figures[key]
+        lines.append(
+            f"  a deployment to {label} at once: {marks['seen']}/{marks['agents']} agents saw "
+            f"it within {figures['patience_s']:.0f} s; p50 {marks['p50_ms']} ms, p99 "
+            f"{marks['p99_ms']} ms, max {marks['max_ms']} ms after the commit"
+        )
+    return lines
+
+
 def report(result: dict[str, Any], args: argparse.Namespace) -> bool:
     runs: list[PollRun] = result.pop("runs")
     grouped = targets(runs)
@@ -738,27 +845,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> bool:
         )
     long_poll = result.get("long_poll")
     if long_poll:
-        one = long_poll["one_host"]
-        every = long_poll["all_hosts"]
-        patience = long_poll["patience_s"]
-        print()
-        print(
-            f"Long polls: {long_poll['agents']} agents with ?wait={long_poll['wait_s']} on "
-            f"{long_poll['threads_available']} gunicorn threads; "
-            f"{long_poll['answered_before_any_change']} answered before any change"
-        )
-        print(
-            f"  one host's generation bumped: its agent had {one['status']} after "
-            f"{one['ms']} ms (waiting at most {patience:.0f} s); "
-            f"{one['others_answered_meanwhile']} other agents answered meanwhile "
-            f"(statuses {one['others_statuses']})"
-        )
-        print(
-            f"  then {every['agents']} hosts bumped at once: within {patience:.0f} s "
-            f"{every['got_200']} got their 200, p50 {every['p50_ms']} ms, "
-            f"p99 {every['p99_ms']} ms, max {every['max_ms']} ms; "
-            f"{every['missing']} missing {every['errors']}"
-        )
+        for line in render_long_poll(long_poll):
+            print(line)
     print()
     for problem in result["problems"]:
         print(f"FAILED: {problem}")
@@ -793,11 +881,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--small", type=int, default=10, help="environments, first size")
     parser.add_argument("--large", type=int, default=10_000, help="environments, second size")
     parser.add_argument(
-        "--agents", type=int, default=200, help="long-polling agents for (c); 0 skips it"
+        "--agents", type=int, default=1000, help="long-polling agents for (c); 0 skips it"
     )
-    parser.add_argument("--wait", type=int, default=30, help="the long polls' ?wait=")
     parser.add_argument(
-        "--settle", type=float, default=2.0, help="seconds the long polls get to arrive"
+        "--wait",
+        type=int,
+        default=int(DEFAULT_INTERVAL),
+        help="the long polls' ?wait= (default: the agent's default interval)",
+    )
+    parser.add_argument(
+        "--steady", type=float, default=30.0, help="seconds the fleet is watched polling"
+    )
+    parser.add_argument(
+        "--long-poll-threads",
+        type=int,
+        help="GUNICORN_THREADS for the long polls only (default: as for the rest)",
     )
     parser.add_argument(
         "--threads", type=int, help="GUNICORN_THREADS for both servers (default: the config's)"
@@ -810,8 +908,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.hosts <= 2000:
         parser.error("--hosts must be between 1 and 2000")
-    if not 0 <= args.agents <= min(args.hosts, 1000):
-        parser.error("--agents must be between 0 and --hosts (at most 1000)")
+    if not 0 <= args.agents <= 5000:
+        parser.error("--agents must be between 0 and 5000")
     if not 1 <= args.small <= args.large <= 100_000:
         parser.error("need 1 <= --small <= --large <= 100000")
     if (
@@ -836,11 +934,110 @@ def work_directory(keep: Path | None) -> Iterator[Path]:
         yield Path(temp)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# Ours, for the fleet: every agent's poll held (a deployment seen at once, not a tick
+# later), none given up, a deployment seen within a second, the fleet within a few.
+TARGET_RSS_KB_PER_AGENT = 256.0  # 1,000 agents in at most 256 MB
+TARGET_CPU_MS_PER_AGENT_MINUTE = 10.0  # 1,000 agents in at most 1/6 of a core
+TARGET_ONE_DEPLOYMENT_MS = 1000.0
+TARGET_FLEET_MS = 5000.0
+
+
+def poll_figures(result: dict[str, Any], args: argparse.Namespace) -> list[Figure]:
+    """The 304 path's figures (after :func:`report`, which adds the verdict)."""
+    large = max(args.small, args.large)
+    ratio = (f"agents: Portside/bare 304 throughput ({args.small} envs)", f">= {TARGET_RATIO}")
+    size = (f"agents: 304 throughput at {large} / at {args.small} envs", ">= 0.85 (not growing)")
+    tx = (f"agents: db transactions per 304 at {large} envs", "< 0.01 (ours)")
+    marks = result.get("verdict")
+    counted = [
+        run["db_transactions_per_request"]
+        for run in result.get("runs", [])
+        if run["name"] == f"portside@{large}" and run["db_transactions_per_request"] is not None
+    ]
+    if not marks or not counted:
+        return [broken(*ratio), broken(*size), broken(*tx)]
+    growth = f"{marks['large_over_small']:.3f} (raw {marks['large_over_small_raw']:.3f})"
+    return [
+        Figure(ratio[0], f"{marks['ratio']:.3f}", ratio[1], marks["ratio_pass"]),
+        Figure(size[0], growth, size[1], marks["size_pass"]),
+        Figure(tx[0], f"{counted[0]}", tx[1], counted[0] < 0.01),
+    ]
+
+
+def fleet_figures(fleet: dict[str, Any] | None, agents: int) -> list[Figure]:
+    """The long-polling fleet's figures; every target here is ours."""
+    names = {
+        "held": (f"agents: long polls held at once ({agents} agents)", f"{agents} (ours)"),
+        "gave_up": ("agents: polls the agents gave up or failed", "0 (ours)"),
+        "ten_hosts": (
+            "agents: deployment to 10 hosts -> all 10 seen",
+            f"< {TARGET_ONE_DEPLOYMENT_MS:.0f} ms (ours)",
+        ),
+        "all_hosts": (
+            f"agents: deployment to all {agents} -> all seen",
+            f"< {TARGET_FLEET_MS:.0f} ms (ours)",
+        ),
+        "rss": ("agents: gunicorn RSS per agent", f"<= {TARGET_RSS_KB_PER_AGENT:.0f} KB (ours)"),
+        "cpu": (
+            "agents: gunicorn CPU per agent-minute",
+            f"<= {TARGET_CPU_MS_PER_AGENT_MINUTE:.0f} ms (ours)",
+        ),
+    }
+    if not fleet:
+        return [broken(*names[key]) for key in names]
+    failed = sum(n for what, n in fleet["outcomes"].items() if what not in ("200", "304"))
+    polls = sum(fleet["outcomes"].values())
+    cpu = fleet["cpu_ms_per_agent_minute"]["gunicorn"]
+    found = [
+        Figure(
+            names["held"][0],
+            f"max {fleet['held_max']} on {fleet['threads_available']} threads",
+            names["held"][1],
+            fleet["held_max"] >= agents,
+        ),
+        Figure(names["gave_up"][0], f"{failed} of {polls} polls", names["gave_up"][1], failed == 0),
+    ]
+    for key, limit in (("ten_hosts", TARGET_ONE_DEPLOYMENT_MS), ("all_hosts", TARGET_FLEET_MS)):
+        marks = fleet[key]
+        measured = (
+            f"max {marks['max_ms']:.0f} ms, p50 {marks['p50_ms']:.0f} "
+            f"({marks['seen']}/{marks['agents']} seen)"
+            if marks["max_ms"] is not None
+            else f"0/{marks['agents']} seen"
+        )
+        met = marks["seen"] == marks["agents"] and (marks["max_ms"] or math.inf) < limit
+        found.append(Figure(names[key][0], measured, names[key][1], met))
+    rss = fleet["rss_kb_per_agent"]
+    return [
+        *found,
+        Figure(
+            names["rss"][0],
+            f"{rss:.0f} KB (total {fleet['rss_mb']:.0f} MB)",
+            names["rss"][1],
+            rss <= TARGET_RSS_KB_PER_AGENT,
+        ),
+        Figure(
+            names["cpu"][0], f"{cpu:.1f} ms", names["cpu"][1], cpu <= TARGET_CPU_MS_PER_AGENT_MINUTE
+        ),
+    ]
+
+
+def figures(result: dict[str, Any], args: argparse.Namespace) -> list[Figure]:
+    found = poll_figures(result, args)
+    return [*found, *fleet_figures(result.get("long_poll"), args.agents)] if args.agents else found
+
+
+def run(argv: Sequence[str] | None = None) -> tuple[int, list[Figure]]:
+    """Run, print the report; return the exit status and the figures for the final table."""
     args = parse_args(argv)
     with work_directory(args.keep_dir) as work_dir:
-        ok = report(benchmark(args, work_dir), args)
-    return 0 if ok else 1
+        result = benchmark(args, work_dir)
+        ok = report(result, args)
+    return (0 if ok else 1), figures(result, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv)[0]
 
 
 if __name__ == "__main__":

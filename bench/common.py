@@ -35,6 +35,56 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 HOST = "127.0.0.1"
+# One Redis database for every benchmark (they run one at a time and flush it before and
+# after), chosen apart from the test suite's (PORTSIDE_TEST_REDIS_DB, 13 by default).
+BENCH_REDIS_DB_VARIABLE = "PORTSIDE_BENCH_REDIS_DB"
+DEFAULT_BENCH_REDIS_DB = 10
+TEST_SUITE_REDIS_DB = 13
+
+
+def redis_url() -> str:
+    """The benchmarks' Redis database; refused when it is the test suite's, which is flushed."""
+    db = int(os.environ.get(BENCH_REDIS_DB_VARIABLE, DEFAULT_BENCH_REDIS_DB))
+    suite = int(os.environ.get("PORTSIDE_TEST_REDIS_DB", TEST_SUITE_REDIS_DB))
+    if db == suite:
+        raise SystemExit(
+            f"{BENCH_REDIS_DB_VARIABLE}={db} is the test suite's Redis database; "
+            "the benchmarks flush theirs: choose another"
+        )
+    base = os.environ.get("PORTSIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+    scheme, _, rest = base.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}/{db}"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One line of the final table: what was measured against what it should be."""
+
+    name: str
+    measured: str
+    target: str
+    met: bool | None  # None: reported beside the others, with no target of its own
+
+
+def broken(name: str, target: str) -> Figure:
+    """A figure the run could not measure: it counts as not met."""
+    return Figure(name, "BROKEN: not measured", target, False)
+
+
+def render_figures(figures: Sequence[Figure]) -> list[str]:
+    """The figures as one fixed-width table: figure | measured | target | met?"""
+    rows = [("figure", "measured", "target", "met?")]
+    rows += [
+        (f.name, f.measured, f.target, {True: "yes", False: "NO", None: "-"}[f.met])
+        for f in figures
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    lines = [
+        " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    return [line.rstrip() for line in lines]
 
 
 def free_port() -> int:
@@ -192,6 +242,32 @@ def process_cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_rss_bytes(pid: int) -> int:
+    """Resident memory of one process (0 when it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def session_pids(session_id: int) -> list[int]:
+    """Every process of a session (a command started with ``start_new_session``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[3]) == session_id:
+                pids.append(int(entry.name))
+    return pids
 
 
 def pids_named(name: str) -> list[int]:

@@ -2,7 +2,7 @@
 
 One run, on this machine, against 127.0.0.1 only:
 
-1. a PostgreSQL database of its own (migrated, dropped at the end), Redis db 12 (flushed
+1. a PostgreSQL database of its own (migrated, dropped at the end), Redis db 10 (flushed
    before and after), the test GitHub server (``tests.githubserver``) in a thread of this
    process with a GitHub App, an installation and one repository of a name of its own;
 2. Portside as it runs for real: ``controlplane.wsgi:app`` under gunicorn with
@@ -57,7 +57,15 @@ import requests
 from redis import Redis
 from sqlalchemy import Engine, create_engine, select
 
-from bench.common import ROOT, Server, gunicorn_setting, temporary_database
+from bench.common import (
+    ROOT,
+    Figure,
+    Server,
+    broken,
+    gunicorn_setting,
+    redis_url,
+    temporary_database,
+)
 from bench.webhooks import PAYLOADS, admin_database_url
 from controlplane import migrate
 from controlplane.db import Database
@@ -67,7 +75,6 @@ from controlplane.services import hosts, services, tokens
 from controlplane.settings import Secret, Settings
 from tests.githubserver.server import GitHubServer, GitHubState, generate_private_key_pem
 
-REDIS_DB = 12
 WEBHOOK_SECRET = "portside-bench-pipeline-secret"  # noqa: S105 - a throw-away test secret
 SECRET_KEY = "portside-bench-pipeline-key-0123456789"  # noqa: S105 - a throw-away test key
 APP_ID = 424243
@@ -88,12 +95,6 @@ class BenchError(Exception):
 # ------------------------------------------------------------------------------------
 # Environment
 # ------------------------------------------------------------------------------------
-
-
-def redis_url() -> str:
-    base = os.environ.get("PORTSIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
-    scheme, _, rest = base.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}/{REDIS_DB}"
 
 
 def registry_address() -> str:
@@ -826,15 +827,45 @@ def work_directory(keep: Path | None) -> Iterator[Path]:
         yield Path(temp)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def figures(result: Result) -> list[Figure]:
+    """The pipeline's two figures for the final table."""
+    ratio_name = "pipeline: Portside/shell median push -> deployment"
+    clone_name = "pipeline: 202 -> clone start p50"
+    ratio_target, clone_target = f"<= {TARGET_RATIO}", f"< {TARGET_CLONE_START_MS:.0f} ms"
+    if result.problems or not result.shell or not result.portside:
+        return [broken(ratio_name, ratio_target), broken(clone_name, clone_target)]
+    verdict = result.verdict()
+    return [
+        Figure(
+            ratio_name,
+            f"{verdict['ratio']:.3f} ({verdict['portside_median_s']:.2f} s / "
+            f"{verdict['shell_median_s']:.2f} s)",
+            ratio_target,
+            verdict["ratio_pass"],
+        ),
+        Figure(
+            clone_name,
+            f"{verdict['to_clone_p50_ms']:.0f} ms",
+            clone_target,
+            verdict["to_clone_pass"],
+        ),
+    ]
+
+
+def run(argv: Sequence[str] | None = None) -> tuple[int, list[Figure]]:
+    """Run, print the report; return the exit status and the figures for the final table."""
     args = parse_args(argv)
     if not os.environ.get("DOCKER_HOST"):
         print('DOCKER_HOST is not set: eval "$(scripts/test-env.sh env)" first', file=sys.stderr)
-        return 1
+        return 1, figures(Result(problems=["DOCKER_HOST is not set"]))
     with work_directory(args.keep_dir) as work_dir:
         result = benchmark(args, work_dir)
         ok = report(result, args)
-    return 0 if ok else 1
+    return (0 if ok else 1), figures(result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv)[0]
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ pytest_plugins = [
 ]
 
 # Concurrent test runs on one machine each need an index of their own (the benches use
-# 11, 12 and 14).
+# 10, or PORTSIDE_BENCH_REDIS_DB).
 TEST_REDIS_DB = int(os.environ.get("PORTSIDE_TEST_REDIS_DB", "13"))
 
 

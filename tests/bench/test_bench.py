@@ -1,0 +1,99 @@
+"""The benchmarks' own arithmetic, and a tiny real run of the two that need the whole stack.
+
+No figure is asserted: the numbers depend on the machine. The runs prove the benchmarks
+still work end to end (their checks pass, their table is printed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.buildqueue import QueuedBuild, fairness, ideal_queue, in_flight, jain, percentile
+from bench.common import Figure, broken, render_figures
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def queued(service: str, created: float, clone: float, end: float, work: float) -> QueuedBuild:
+    return QueuedBuild(service, created, clone, end, work, "w1", "succeeded")
+
+
+def test_the_table_has_one_row_per_figure_and_aligned_columns() -> None:
+    lines = render_figures(
+        [
+            Figure("intake ratio", "0.40", ">= 0.35", True),
+            Figure("p99", "61.0 ms", "< 50 ms", False),
+            Figure("latency", "1 s", "none", None),
+            broken("storm", "1000/1000"),
+        ]
+    )
+    assert lines[0].split(" | ") == ["figure      ", "measured            ", "target   ", "met?"]
+    assert [line.rsplit("| ", 1)[1] for line in lines[2:]] == ["yes", "NO", "-", "NO"]
+    assert len({line.index("|") for line in lines if "|" in line}) == 1
+
+
+def test_jain_is_one_for_equal_shares_and_one_over_n_for_a_monopoly() -> None:
+    assert jain([5, 5, 5, 5]) == 1.0
+    assert jain([20, 0, 0, 0]) == 0.25
+    assert math.isnan(jain([0, 0]))
+
+
+def test_an_ideal_queue_starts_the_oldest_build_when_a_worker_frees() -> None:
+    builds = [
+        queued("a", 0.0, 0, 0, 10.0),
+        queued("a", 0.0, 0, 0, 10.0),
+        queued("b", 1.0, 0, 0, 5.0),
+    ]
+    # Two workers: the first two start at once, the third waits for the first to end.
+    assert ideal_queue(builds, 2) == [(0.0, 10.0), (0.0, 10.0), (9.0, 14.0)]
+
+
+def test_builds_in_flight_counts_overlaps_on_one_worker() -> None:
+    assert in_flight([queued("a", 0, 0, 5, 5), queued("a", 0, 5, 9, 4)]) == 1
+    assert in_flight([queued("a", 0, 0, 5, 5), queued("a", 0, 1, 9, 4)]) == 2
+
+
+def test_fairness_of_a_backlog_drained_one_service_after_the_other() -> None:
+    builds = [queued("a", 0, 0, end, 1) for end in (1, 2)]
+    builds += [queued("b", 0, 0, end, 1) for end in (3, 4)]
+    index, positions = fairness(builds)
+    assert index == 0.5  # the first half of the completions were all a's
+    assert positions == {"a": 1.5, "b": 3.5}
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.0
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PORTSIDE_BENCH_REDIS_DB": os.environ.get("PORTSIDE_BENCH_REDIS_DB", "10")}
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_a_small_storm_runs_and_every_push_is_processed_once() -> None:
+    result = run_bench("storm", "--deliveries", "20", "--warmup", "5", "--drain-timeout", "120")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(
+        r"processed exactly once, one build each +\| 20/20 +\| 20/20 +\| yes", result.stdout
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_a_small_build_queue_drains() -> None:
+    result = run_bench("queue", "--services", "2", "--per-service", "2", "--timeout", "240")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"builds succeeded .*\| 4/4 in \d+ s +\| 4/4 +\| yes", result.stdout)
