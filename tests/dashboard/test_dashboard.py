@@ -583,6 +583,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 def test_the_build_page_shows_a_running_builds_log_live_in_chromium(
     stack: Stack, base_image: str, registry: Any, docker_cleanup: None, browser: Any
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -625,7 +626,8 @@ def test_the_build_page_shows_a_running_builds_log_live_in_chromium(
 
     done = wait_for(lambda: finished(stack, sha), 300, 0.5, "the build to finish")
     assert done.status == "succeeded", done.error
-    WebDriverWait(browser, 60, 0.2).until(
+    # The page reloads when the build ends: an element may go stale between two looks.
+    WebDriverWait(browser, 60, 0.2, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: (
             d.find_element(By.ID, "build-status").get_attribute("data-status") == "succeeded"
             and not d.execute_script("return window.portsideSamePage === true;")

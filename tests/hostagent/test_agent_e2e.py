@@ -44,7 +44,9 @@ def deployment_status(stack: Stack, sha: str) -> str | None:
 
 
 def containers_of(client: docker.DockerClient) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": "io.portside.environment=hello"})
+    # This test's host only: other tests' agents (other host names) may have left theirs.
+    labels = ["io.portside.environment=hello", "io.portside.host=web-1"]
+    return client.containers.list(all=True, filters={"label": labels})
 
 
 def test_agent_runs_replaces_and_repairs(
