@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from sqlalchemy import Engine, create_engine, func, insert, select, text, update
 
@@ -480,11 +481,18 @@ def bump_hosts(engine: Engine, redis: Redis, host_ids: set[int]) -> tuple[float,
     return moment, {row.id: row.generation for row in rows}
 
 
-def held_long_polls(redis: Redis, agents: Sequence[Agent]) -> int:
-    """Long polls held right now: each holds one subscription to its host's wake channel."""
-    channels = [desired.wake_channel(agent.host_id) for agent in agents]
-    counts = redis.execute_command("PUBSUB", "NUMSUB", *channels)
-    return sum(int(count) for count in counts[1::2])
+def held_long_polls(port: int) -> int:
+    """Long polls held right now, as the web workers count them (``/metrics``)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    for family in text_string_to_metric_families(text):
+        if family.name == "portside_long_polls_waiting":
+            return int(sum(sample.value for sample in family.samples))
+    raise BenchError("/metrics has no portside_long_polls_waiting")
 
 
 def gunicorn_rss(server: Server) -> int:
@@ -556,7 +564,7 @@ def long_polls(
         held: list[int] = []
         rss: list[int] = []
         while time.perf_counter() - window_start < args.steady:
-            held.append(held_long_polls(redis, agents))
+            held.append(held_long_polls(server.port))
             rss.append(gunicorn_rss(server))
             time.sleep(1.0)
         window = time.perf_counter() - window_start

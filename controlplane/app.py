@@ -13,6 +13,7 @@ from controlplane.api import agent, health, openapi, pipeline, v1, webhooks
 from controlplane.api import metrics as metrics_api
 from controlplane.api import notifications as notifications_api
 from controlplane.api.errors import register_error_handlers
+from controlplane.api.longpoll import WakeHub
 from controlplane.github.app import GitHubApp
 from controlplane.services import desired
 from controlplane.settings import Settings
@@ -50,12 +51,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["portside.settings"] = settings
     database, redis_client = desired.open_database(settings)
     database.init_app(app)
+    app.wsgi_app = webhooks.mount(  # type: ignore[method-assign,assignment]
+        app.wsgi_app, webhooks.GitHubWebhookEndpoint(settings, database)
+    )
     app.extensions["portside.redis"] = redis_client
+    app.extensions["portside.wake_hub"] = WakeHub(settings.redis_url)
     app.extensions["portside.github"] = GitHubApp.from_settings(settings)
     task_pipeline.configure_sender(settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(metrics_api.blueprint)
-    app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(agent.blueprint)
     app.register_blueprint(dashboard.blueprint)
     api = PortsideApi(app)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -29,6 +29,11 @@ DESIRED_STATE_POLLS = Counter(
     "portside_desired_state_polls",
     "Agents' desired-state requests by answer: 200 (a new snapshot) or 304 (up to date).",
     ["status"],
+)
+LONG_POLLS_WAITING = Gauge(
+    "portside_long_polls_waiting",
+    "Agents' desired-state requests held open right now, waiting for a change.",
+    multiprocess_mode="livesum",
 )
 
 

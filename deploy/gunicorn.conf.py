@@ -5,8 +5,14 @@ import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
-# Agents long-poll (each holds a thread, not a database connection, while it waits).
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+# Agents long-poll: each waiting poll holds a thread (no database or Redis connection),
+# so workers x threads is how many agents one web server holds at once. Threads are
+# started as requests need them; idle ones cost little.
+threads = int(os.environ.get("GUNICORN_THREADS", "512"))
+# Above threads, so kept-alive connections stay possible (gunicorn keeps at most
+# worker_connections - threads of them idle); a worker at its limit stops accepting and
+# another takes the connection.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", str(2 * threads)))
 worker_class = "gthread"
 # Long polls of the agents hold a request open for up to a minute.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "90"))

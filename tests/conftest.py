@@ -108,6 +108,7 @@ def app(settings: Settings, database: Database) -> Iterator[Flask]:
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
+    app.extensions["portside.wake_hub"].close()
     app.extensions["portside.db"].dispose()
 
 

@@ -8,17 +8,16 @@ them to the OpenAPI document by hand.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from apispec import APISpec
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import Schema, fields
 from redis import Redis
-from redis.exceptions import RedisError
 
 from controlplane import metrics, schemas
 from controlplane.api.auth import current_host, require_host
+from controlplane.api.longpoll import WakeHub
 from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import BadRequest, NotFound
@@ -53,24 +52,11 @@ def _generation(host_id: int) -> int:
 
 
 def _wait_for_change(host_id: int, seen: int, seconds: float) -> int:
-    """Hold the request until the host's generation moves or ``seconds`` pass."""
-    deadline = time.monotonic() + seconds
-    try:
-        pubsub = _redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(desired.wake_channel(host_id))
-    except RedisError:
-        return seen
-    try:
-        # Re-check after subscribing: a change just before would otherwise be missed.
-        current = _generation(host_id)
-        while current == seen and (left := deadline - time.monotonic()) > 0:
-            pubsub.get_message(timeout=min(left, 5.0))
-            current = _generation(host_id)
-        return current
-    except RedisError:
-        return seen
-    finally:
-        pubsub.close()
+    """Hold the request until the host's generation moves or ``seconds`` pass (no Redis
+    or database connection is held meanwhile: see :mod:`controlplane.api.longpoll`)."""
+    hub: WakeHub = current_app.extensions["portside.wake_hub"]
+    redis = _redis()
+    return hub.wait(host_id, seen, seconds, lambda: desired.cached_generation(redis, host_id))
 
 
 def _not_modified(generation: int) -> Response:

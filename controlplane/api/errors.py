@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -15,12 +16,12 @@ log = logging.getLogger(__name__)
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
+    """The error body; made without an app context, so the plain WSGI webhook endpoint
+    answers in the same shape as the Flask app."""
     body: dict[str, Any] = {"error": code, "message": message}
     if details is not None:
         body["details"] = details
-    response = jsonify(body)
-    response.status_code = status
-    return response
+    return Response(json.dumps(body, separators=(",", ":")), status, mimetype="application/json")
 
 
 def _code_for(status: int) -> str:
@@ -39,13 +40,11 @@ def _code_for(status: int) -> str:
     }.get(status, "error")
 
 
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
+def exception_response(exc: Exception) -> Response:
+    """The JSON answer to any exception a request raised."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.details)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, HTTPException):
         status = exc.code or 500
         details = None
         data = getattr(exc, "data", None)
@@ -56,20 +55,16 @@ def register_error_handlers(app: Flask) -> None:
         if status == 422 and details is not None:
             message = "the request has invalid fields"
         return error_response(status, _code_for(status), message, details)
-
-    @app.errorhandler(OperationalError)
-    def _database_down(exc: OperationalError) -> Response:
+    if isinstance(exc, OperationalError):
         log.error("database unavailable: %s", exc.orig.__class__.__name__)
         return error_response(503, "unavailable", "the database is unavailable, try again")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return error_response(503, "unavailable", "the database is unavailable, try again")
+    log.exception("unhandled error")
+    return error_response(500, "internal_error", "an internal error occurred")
 
-    @app.errorhandler(DBAPIError)
-    def _database_error(exc: DBAPIError) -> Response:
-        if exc.connection_invalidated:
-            return error_response(503, "unavailable", "the database is unavailable, try again")
-        log.exception("database error")
-        return error_response(500, "internal_error", "an internal error occurred")
 
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "an internal error occurred")
+def register_error_handlers(app: Flask) -> None:
+    # Each class by name: flask-smorest registers an HTTPException handler of its own.
+    for handled in (ApiError, HTTPException, DBAPIError, Exception):
+        app.register_error_handler(handled, exception_response)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -34,14 +34,28 @@ log = logging.getLogger(__name__)
 
 GENERATION_TTL = 30  # seconds; bounds how long a stale cached generation can live
 CHANGED_HOSTS = "portside.changed_hosts"
+REDIS_CONNECTIONS = 64  # per process
 
 
 def generation_key(host_id: int) -> str:
     return f"portside:host:{host_id}:generation"
 
 
+_WAKE_CHANNEL_FORMAT = "portside:host:{}:wake"
+# Every host's wake channel, for one pattern subscription per web process.
+WAKE_PATTERN = _WAKE_CHANNEL_FORMAT.format("*")
+
+
 def wake_channel(host_id: int) -> str:
-    return f"portside:host:{host_id}:wake"
+    return _WAKE_CHANNEL_FORMAT.format(host_id)
+
+
+_WAKE_CHANNEL = re.compile(r"portside:host:(\d+):wake")
+
+
+def host_of_wake_channel(channel: str) -> int | None:
+    matched = _WAKE_CHANNEL.fullmatch(channel)
+    return int(matched.group(1)) if matched else None
 
 
 def bump(session: Session, host_id: int) -> None:
@@ -63,7 +77,16 @@ def open_database(settings: Settings) -> tuple[Database, Redis]:
     """A process's database handle that, after each commit, announces new generations
     and sends the follow-up tasks the transaction noted."""
     database = Database(settings)
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    # A web process runs hundreds of threads: past the pool's size they wait their turn
+    # (redis-py's default pool raises "Too many connections" instead).
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=5,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+    )
+    redis = Redis(connection_pool=pool)
     database.after_commit(announcer(database.engine, redis))
     database.after_commit(
         effects.dispatcher(pipeline.send_feedback, pipeline.delete_images, pipeline.notify)

@@ -1,0 +1,165 @@
+"""Long polls of the agents: one Redis subscription per web process wakes them all.
+
+A waiting desired-state request holds a thread of the web worker and a
+:class:`threading.Event`, nothing else: no Redis connection and no database connection.
+One listener thread per process subscribes to every host's wake channel (a pattern
+subscription) and sets the events of the requests waiting for that host. A thousand
+agents waiting cost a thousand parked threads, not a thousand Redis clients (redis-py
+pools 100 connections per process; Redis itself would see every poll subscribe and
+unsubscribe).
+
+Nothing is missed: a request registers before it re-reads the cached generation
+(:func:`controlplane.services.desired.announce` writes the cache before it publishes),
+and when the subscription is lost and made again every waiting request re-reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from controlplane import metrics
+from controlplane.services import desired
+
+log = logging.getLogger(__name__)
+
+# How long a request waits for the listener's first subscription before answering at once.
+SUBSCRIBE_PATIENCE = 1.0
+RECONNECT_DELAY = 1.0
+HEALTH_CHECK_INTERVAL = 15  # seconds: a silently dead subscription is found by a PING
+
+
+class WakeHub:
+    """The process's one subscription to the hosts' wake channels and who waits on it."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis_url = redis_url
+        self._lock = threading.Lock()
+        self._waiters: dict[int, set[threading.Event]] = {}
+        self._announced: dict[int, int] = {}
+        self._subscribed = threading.Event()
+        self._listener_pid: int | None = None
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def wait(
+        self, host_id: int, seen: int, seconds: float, cached: Callable[[], int | None]
+    ) -> int:
+        """Hold until the host's generation moves past ``seen`` or ``seconds`` pass.
+
+        ``cached`` reads the generation Redis holds (None if unknown); the result is the
+        generation to answer with (``seen`` when nothing moved).
+        """
+        self._start_listening()
+        deadline = time.monotonic() + seconds
+        if not self._subscribed.wait(min(seconds, SUBSCRIBE_PATIENCE)):
+            return seen  # no subscription now: answer 304, the agent asks again later
+        woken = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(host_id, set()).add(woken)
+        try:
+            with metrics.LONG_POLLS_WAITING.track_inprogress():
+                # Registered first, read second: a change announced in between is seen.
+                current = cached()
+                while not _moved(current, seen) and (left := deadline - time.monotonic()) > 0:
+                    woken.wait(left)
+                    woken.clear()
+                    announced = self._announced.get(host_id)
+                    current = announced if _moved(announced, seen) else cached()
+            return max(current or seen, seen)
+        finally:
+            with self._lock:
+                waiting = self._waiters.get(host_id)
+                if waiting is not None:
+                    waiting.discard(woken)
+                    if not waiting:
+                        del self._waiters[host_id]
+
+    def close(self) -> None:
+        """Stop the listener and close its connection (a web worker's listener just dies
+        with the process)."""
+        self._stop.set()
+        if self._listener is not None and self._listener_pid == os.getpid():
+            self._listener.join()
+
+    def _start_listening(self) -> None:
+        """Start this process's listener once (again in a forked child: threads do not
+        survive a fork)."""
+        pid = os.getpid()
+        if self._listener_pid == pid:
+            return
+        with self._lock:
+            if self._listener_pid == pid:
+                return
+            self._listener_pid = pid
+            self._subscribed = threading.Event()
+            self._waiters.clear()
+            self._listener = threading.Thread(
+                target=self._listen, name="portside-wake-hub", daemon=True
+            )
+            self._listener.start()
+
+    def _listen(self) -> None:
+        redis = Redis.from_url(
+            self._redis_url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+            client_name=f"portside-wake-hub-{os.getpid()}",
+        )
+        while not self._stop.is_set():
+            pubsub = redis.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                pubsub.psubscribe(desired.WAKE_PATTERN)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._receive(message)
+            except RedisError as exc:
+                if self._subscribed.is_set():
+                    log.warning("long polls: lost the wake-up subscription: %s", exc)
+                self._subscribed.clear()
+                self._wake_everyone()  # they re-read the cache, then wait on
+                self._stop.wait(RECONNECT_DELAY)
+            finally:
+                pubsub.close()
+        redis.close()
+
+    def _receive(self, message: dict[str, Any]) -> None:
+        if message["type"] == "psubscribe":
+            # Subscribed from here on; whatever was announced before, the cache holds.
+            self._subscribed.set()
+            self._wake_everyone()
+            return
+        if message["type"] != "pmessage":
+            return
+        host_id = desired.host_of_wake_channel(_text(message["channel"]))
+        generation = _text(message["data"])
+        if host_id is None or not generation.isdigit():
+            return
+        with self._lock:
+            if int(generation) > self._announced.get(host_id, -1):
+                self._announced[host_id] = int(generation)
+            for woken in self._waiters.get(host_id, ()):
+                woken.set()
+
+    def _wake_everyone(self) -> None:
+        with self._lock:
+            for waiting in self._waiters.values():
+                for woken in waiting:
+                    woken.set()
+
+
+def _moved(generation: int | None, seen: int) -> bool:
+    return generation is not None and generation > seen
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
