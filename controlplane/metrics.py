@@ -32,7 +32,7 @@ DESIRED_STATE_POLLS = Counter(
 )
 LONG_POLLS_WAITING = Gauge(
     "portside_long_polls_waiting",
-    "Agents' desired-state requests held open right now, waiting for a change.",
+    "Agents' desired-state requests held open, waiting for a change (updated each second).",
     multiprocess_mode="livesum",
 )
 

@@ -40,11 +40,18 @@ def _presented_generation() -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-def _generation(host_id: int) -> int:
+def _generation(host_id: int, *, release: bool = False) -> int:
+    """The host's generation: from Redis, else from the database (and then cached);
+    ``release`` gives the database connection back at once (a waiting poll holds none)."""
     cached = desired.cached_generation(_redis(), host_id)
     if cached is not None:
         return cached
-    host = session().get(Host, host_id)
+    db = session()
+    try:
+        host = db.get(Host, host_id)
+    finally:
+        if release:
+            db.close()
     if host is None:
         raise NotFound("this host no longer exists")
     desired.remember_generation(_redis(), host_id, host.generation)
@@ -52,11 +59,10 @@ def _generation(host_id: int) -> int:
 
 
 def _wait_for_change(host_id: int, seen: int, seconds: float) -> int:
-    """Hold the request until the host's generation moves or ``seconds`` pass (no Redis
-    or database connection is held meanwhile: see :mod:`controlplane.api.longpoll`)."""
+    """The host's generation, once it differs from ``seen`` or ``seconds`` passed (no
+    Redis or database connection is held meanwhile: see :mod:`controlplane.api.longpoll`)."""
     hub: WakeHub = current_app.extensions["portside.wake_hub"]
-    redis = _redis()
-    return hub.wait(host_id, seen, seconds, lambda: desired.cached_generation(redis, host_id))
+    return hub.wait(host_id, seen, seconds, lambda: _generation(host_id, release=True))
 
 
 def _not_modified(generation: int) -> Response:
@@ -74,13 +80,13 @@ def desired_state() -> Response:
     if not wait.isdigit():
         raise BadRequest("wait must be a number of seconds")
     presented = _presented_generation()
-    generation = _generation(host_id)
-    if presented is not None and presented == generation:
-        if int(wait) > 0:
-            session().close()  # hold no database connection while waiting
-            generation = _wait_for_change(host_id, generation, min(int(wait), MAX_WAIT))
-        if presented == generation:
-            return _not_modified(generation)
+    if presented is not None and int(wait) > 0:
+        session().close()  # hold no database connection while waiting
+        generation = _wait_for_change(host_id, presented, min(int(wait), MAX_WAIT))
+    else:
+        generation = _generation(host_id)
+    if presented == generation:
+        return _not_modified(generation)
     db = session()
     host = db.get(Host, host_id)
     if host is None:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SUBSCRIBE_PATIENCE = 1.0
 RECONNECT_DELAY = 1.0
 HEALTH_CHECK_INTERVAL = 15  # seconds: a silently dead subscription is found by a PING
+REPORT_EVERY = 1.0  # seconds between updates of the waiting-polls gauge
 
 
 class WakeHub:
@@ -43,39 +44,39 @@ class WakeHub:
         self._redis_url = redis_url
         self._lock = threading.Lock()
         self._waiters: dict[int, set[threading.Event]] = {}
-        self._announced: dict[int, int] = {}
+        self._waiting = 0
         self._subscribed = threading.Event()
         self._listener_pid: int | None = None
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def wait(
-        self, host_id: int, seen: int, seconds: float, cached: Callable[[], int | None]
-    ) -> int:
-        """Hold until the host's generation moves past ``seen`` or ``seconds`` pass.
+    def wait(self, host_id: int, seen: int, seconds: float, current: Callable[[], int]) -> int:
+        """Hold until the host's generation moves from ``seen`` or ``seconds`` pass.
 
-        ``cached`` reads the generation Redis holds (None if unknown); the result is the
-        generation to answer with (``seen`` when nothing moved).
+        ``current`` reads the host's generation (from the cache); it is asked again each
+        time the host's channel speaks, since a message may come from another Portside
+        sharing the Redis server (channels are not per database). Returns the generation
+        to answer with.
         """
         self._start_listening()
         deadline = time.monotonic() + seconds
         if not self._subscribed.wait(min(seconds, SUBSCRIBE_PATIENCE)):
-            return seen  # no subscription now: answer 304, the agent asks again later
+            return current()  # no subscription now: answer at once, the agent asks again
         woken = threading.Event()
         with self._lock:
             self._waiters.setdefault(host_id, set()).add(woken)
+            self._waiting += 1
         try:
-            with metrics.LONG_POLLS_WAITING.track_inprogress():
-                # Registered first, read second: a change announced in between is seen.
-                current = cached()
-                while not _moved(current, seen) and (left := deadline - time.monotonic()) > 0:
-                    woken.wait(left)
-                    woken.clear()
-                    announced = self._announced.get(host_id)
-                    current = announced if _moved(announced, seen) else cached()
-            return max(current or seen, seen)
+            # Registered first, read second: a change announced in between is seen.
+            generation = current()
+            while generation == seen and (left := deadline - time.monotonic()) > 0:
+                woken.wait(left)
+                woken.clear()
+                generation = current()
+            return generation
         finally:
             with self._lock:
+                self._waiting -= 1
                 waiting = self._waiters.get(host_id)
                 if waiting is not None:
                     waiting.discard(woken)
@@ -101,6 +102,7 @@ class WakeHub:
             self._listener_pid = pid
             self._subscribed = threading.Event()
             self._waiters.clear()
+            self._waiting = 0
             self._listener = threading.Thread(
                 target=self._listen, name="portside-wake-hub", daemon=True
             )
@@ -114,6 +116,7 @@ class WakeHub:
             health_check_interval=HEALTH_CHECK_INTERVAL,
             client_name=f"portside-wake-hub-{os.getpid()}",
         )
+        reported = 0.0
         while not self._stop.is_set():
             pubsub = redis.pubsub()  # type: ignore[no-untyped-call]
             try:
@@ -122,6 +125,7 @@ class WakeHub:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._receive(message)
+                    reported = self._report(reported)
             except RedisError as exc:
                 if self._subscribed.is_set():
                     log.warning("long polls: lost the wake-up subscription: %s", exc)
@@ -132,6 +136,15 @@ class WakeHub:
                 pubsub.close()
         redis.close()
 
+    def _report(self, last: float) -> float:
+        """Update the gauge of waiting polls about once a second (a gauge moved by every
+        poll cost more than the rest of the wait)."""
+        now = time.monotonic()
+        if now - last < REPORT_EVERY:
+            return last
+        metrics.LONG_POLLS_WAITING.set(self._waiting)
+        return now
+
     def _receive(self, message: dict[str, Any]) -> None:
         if message["type"] == "psubscribe":
             # Subscribed from here on; whatever was announced before, the cache holds.
@@ -141,12 +154,9 @@ class WakeHub:
         if message["type"] != "pmessage":
             return
         host_id = desired.host_of_wake_channel(_text(message["channel"]))
-        generation = _text(message["data"])
-        if host_id is None or not generation.isdigit():
+        if host_id is None:
             return
         with self._lock:
-            if int(generation) > self._announced.get(host_id, -1):
-                self._announced[host_id] = int(generation)
             for woken in self._waiters.get(host_id, ()):
                 woken.set()
 
@@ -155,10 +165,6 @@ class WakeHub:
             for waiting in self._waiters.values():
                 for woken in waiting:
                     woken.set()
-
-
-def _moved(generation: int | None, seen: int) -> bool:
-    return generation is not None and generation > seen
 
 
 def _text(value: bytes | str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import (
     Blueprint,
+    Flask,
     Response,
     abort,
     current_app,
@@ -79,8 +80,11 @@ SECURITY_HEADERS = {
 
 @blueprint.record_once
 def _setup(state: BlueprintSetupState) -> None:
-    settings: Settings = state.app.extensions["portside.settings"]
-    login.configure(state.app, settings)
+    app = state.app
+    if not isinstance(app, Flask):
+        raise TypeError("the dashboard is registered on a Flask app")
+    settings: Settings = app.extensions["portside.settings"]
+    login.configure(app, settings)
 
 
 def _settings() -> Settings:

@@ -152,10 +152,29 @@ def test_a_change_announced_while_the_subscription_is_down_is_not_missed(
 def test_without_a_subscription_a_long_poll_is_answered_instead_of_held() -> None:
     hub = WakeHub("redis://127.0.0.1:1/0")  # nobody listens there
     answers: list[int] = []
-    waiter = threading.Thread(target=lambda: answers.append(hub.wait(1, 3, 3600, lambda: None)))
+    waiter = threading.Thread(target=lambda: answers.append(hub.wait(1, 3, 3600, lambda: 3)))
     try:
         waiter.start()
         waiter.join(30)
         assert answers == [3]  # answered "unchanged" at once, not after an hour
     finally:
         hub.close()
+
+
+def test_a_wake_up_without_a_change_keeps_the_poll_waiting(
+    app: Flask, database: Database, fleet: list[tuple[int, str]], redis_client: redis.Redis
+) -> None:
+    """Channels are shared by every Redis database: another Portside's message for a host
+    with the same id must not answer this one's agent."""
+    hub: WakeHub = app.extensions["portside.wake_hub"]
+    host_id, token = fleet[0]
+    etag = current_etag(app, token)
+    poll = Poll(app, token, etag, 30)
+    poll.start()
+    wait_until(lambda: waiting_polls(hub, host_id) == 1)
+    redis_client.publish(desired.wake_channel(host_id), 999)
+    poll.join(0.5)
+    assert poll.is_alive()
+    bump(database, host_id)
+    poll.join(10)
+    assert (poll.status, poll.answer_etag) == (200, f'"{int(etag.strip(QUOTE)) + 1}"')
