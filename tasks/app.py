@@ -41,6 +41,10 @@ def configure(settings: Settings) -> Celery:
             # Longer than the longest build: an unacked step is not handed to another
             # worker while the first is still working on it.
             "visibility_timeout": visibility_timeout,
+            # Consume a worker's queues in the order it names them (BRPOP over the list
+            # as given) instead of round robin: a build worker's own queue, holding the
+            # next step of the build it started, always before the shared one.
+            "queue_order_strategy": "priority",
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
             # Publishing gives up within a second when Redis is down: the caller has

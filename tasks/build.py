@@ -1,7 +1,9 @@
 """Build-queue tasks: thin wrappers around ``buildworker.runner`` (no database here).
 
 The first step is taken from the shared ``builds`` queue; it pins the rest of the chain
-to this node's own queue, because the workspace and the built images live here.
+to this node's own queue, because the workspace and the built images live here. The
+worker reads its own queue first (tasks.worker.build_queues), so it ends one build
+before it clones the next.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from redis import Redis
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
@@ -28,7 +29,7 @@ from controlplane.services import (
 from controlplane.services.outcomes import HandlerContext
 from tasks import pipeline, runtime
 from tasks.app import CONTROL_QUEUE, celery_app, settings_of
-from tasks.relay import DeliveryRelay
+from tasks.relay import BuildDispatcher, DeliveryRelay
 
 log = logging.getLogger(__name__)
 
@@ -103,35 +104,30 @@ def reconcile_branches() -> list[int]:
 
 @celery_app.task(name=pipeline.START_BUILD, acks_late=True)
 def start_build(build_id: int) -> list[int]:
-    """Cancel the older unfinished builds of the environment, then send the chain."""
+    """Cancel the older unfinished builds of the environment and wake the dispatchers,
+    which send the chain when the build's turn comes (tasks.relay.BuildDispatcher)."""
     with runtime.database().session_scope() as session:
         build = session.get(Build, build_id)
         if build is None:
             raise PermanentError(f"build {build_id} does not exist")
         cancelled = builds.supersede_older(session, build)
-        attempt, queued = build.attempt, build.status == "queued"
-        if queued:
+        if build.status == "queued":
             effects.note_feedback(session, "build_queued", build_id)
-    if queued:
-        pipeline.build_chain(build_id, attempt).apply_async()
+        builds.wake_dispatchers(session)
     return cancelled
 
 
 @celery_app.task(name=pipeline.TAKE_OVER_STALE_BUILDS, acks_late=True)
 def take_over_stale_builds() -> list[int]:
-    """Start again, as a new attempt, every running build whose worker went silent."""
+    """Queue again, as a new attempt, every running build whose worker went silent."""
     stale_after = dt.timedelta(seconds=settings_of(celery_app).build_stale_after)
-    taken: list[tuple[int, int]] = []
+    taken: list[int] = []
     with runtime.database().session_scope() as session:
         for build in builds.stale_builds(session, stale_after):
             log.warning("build %s lost its worker %s; taking it over", build.id, build.worker)
             builds.take_over(session, build)
-            taken.append((build.id, build.attempt))
-    for build_id, attempt in taken:
-        pipeline.build_chain(build_id, attempt).apply_async()
-        with runtime.database().session_scope() as session:
-            session.execute(update(Build).where(Build.id == build_id).values(enqueued_at=utcnow()))
-    return [build_id for build_id, _ in taken]
+            taken.append(build.id)
+    return taken
 
 
 @celery_app.task(
@@ -233,18 +229,28 @@ def _after_fork(**_: Any) -> None:
     runtime.reset()
 
 
-_relays: list[DeliveryRelay] = []
+_relays: list[DeliveryRelay | BuildDispatcher] = []
 
 
 @worker_ready.connect
 def _redrive_on_start(sender: Any = None, **_: Any) -> None:
-    """A control worker that starts relays new deliveries and re-drives the outbox."""
+    """A control worker that starts relays new deliveries, dispatches queued builds and
+    re-drives the outbox."""
     queues = {queue.name for queue in sender.app.amqp.queues.consume_from.values()}
     if CONTROL_QUEUE in queues:
         # A database of its own: this thread lives in the pool's parent process.
-        relay = DeliveryRelay(Database(settings_of(sender.app)), pipeline.enqueue_delivery)
-        relay.start()
-        _relays.append(relay)
+        settings = settings_of(sender.app)
+        relay = DeliveryRelay(Database(settings), pipeline.enqueue_delivery)
+        dispatcher = BuildDispatcher(
+            Database(settings),
+            Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
+            pipeline.send_build,
+            pipeline.shared_queue_length,
+            dt.timedelta(seconds=settings.build_stale_after),
+        )
+        for loop in (relay, dispatcher):
+            loop.start()
+            _relays.append(loop)
         # Received deliveries are the relay's; this re-sends enqueued ones whose message
         # was lost while no worker ran (beat repeats it every 30 s).
         sender.app.send_task(pipeline.REDRIVE_DELIVERIES, queue=CONTROL_QUEUE)

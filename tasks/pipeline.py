@@ -60,6 +60,19 @@ def notify(event: str, object_id: int) -> None:
     celery_app.send_task(NOTIFY, args=[event, object_id], queue=CONTROL_QUEUE, ignore_result=True)
 
 
+def send_build(build_id: int, attempt: int) -> None:
+    """Send one build attempt's chain; only the dispatcher does, when the build's turn
+    comes (controlplane.services.builds.dispatch)."""
+    build_chain(build_id, attempt).apply_async()
+
+
+def shared_queue_length() -> int:
+    """Messages waiting in the shared builds queue (a message a worker took is not)."""
+    with celery_app.connection_for_write() as connection:
+        declared = connection.default_channel.queue_declare(queue=BUILDS_QUEUE)
+        return int(declared.message_count)
+
+
 def build_chain(build_id: int, attempt: int) -> chain:
     """The pipeline of one build attempt, from stable task names; the first step goes to
     the shared builds queue and pins the rest to the node that took it."""

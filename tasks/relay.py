@@ -1,4 +1,5 @@
-"""The outbox relay: sends committed deliveries to the control queue.
+"""The outbox relay, which sends committed deliveries to the control queue, and the build
+dispatcher, which sends queued builds to the build workers' shared queue.
 
 The webhook receiver only commits a ``received`` row (and, on PostgreSQL, a
 ``NOTIFY portside_deliveries`` with it). A thread of each control worker waits for that
@@ -8,19 +9,26 @@ notification (or polls, on SQLite and as a safety net), locks the oldest receive
 transaction. A relay that dies before its commit leaves its rows ``received`` for the
 next round; a message lost after it (Redis restarted) is re-sent by the beat re-drive
 after ``PORTSIDE_REDRIVE_AFTER``. Processing is idempotent, so a second send is harmless.
+
+The build dispatcher is woken the same way (``NOTIFY portside_builds``, sent when a build
+is queued, taken over or starts) and keeps a few builds, chosen fairly, waiting in the
+shared ``builds`` queue; the rest wait in the database, where nothing is lost with Redis.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import select
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from redis import Redis
+
 from controlplane.db import Database
-from controlplane.services import deliveries
+from controlplane.services import builds, deliveries
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +42,30 @@ RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
 Wait = Callable[[float], None]
 
 
-class DeliveryRelay:
-    """Moves received deliveries to the control queue, oldest first."""
+class _Loop:
+    """A thread doing rounds of work: whenever its channel is notified, and every
+    POLL_INTERVAL anyway (a missed NOTIFY, SQLite); a failure is retried with backoff."""
 
-    def __init__(self, database: Database, send: Callable[[int], None]) -> None:
+    name = "loop"
+    channel = ""
+
+    def __init__(self, database: Database) -> None:
         self.database = database
-        self.send = send
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="delivery-relay", daemon=True)
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def round(self) -> bool:
+        """One round of work; True when there is more to do at once."""
+        raise NotImplementedError
 
     def run(self) -> None:
         failures = 0
@@ -59,28 +74,18 @@ class DeliveryRelay:
                 with self.listening() as wait:
                     failures = 0
                     while not self.stopping.is_set():
-                        while self.relay_once() == BATCH and not self.stopping.is_set():
+                        while self.round() and not self.stopping.is_set():
                             pass
                         wait(POLL_INTERVAL)
-            except Exception as exc:  # database or broker down: the rows stay received
+            except Exception as exc:  # database or broker down: the rows wait
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
                 failures += 1
-                log.warning("delivery relay: %s; retrying in %ss", exc, delay)
+                log.warning("%s: %s; retrying in %ss", self.name, exc, delay)
                 self.stopping.wait(delay)
-
-    def relay_once(self) -> int:
-        """Send one batch of received deliveries; return how many were sent."""
-        with self.database.session_scope() as session:
-            delivery_ids = deliveries.claim_received(session, BATCH)
-            for delivery_id in delivery_ids:
-                self.send(delivery_id)
-            if delivery_ids:
-                deliveries.mark_sent(session, delivery_ids)
-        return len(delivery_ids)
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[Wait]:
-        """A ``wait(timeout)`` that returns early when a delivery is committed."""
+        """A ``wait(timeout)`` that returns early when the channel is notified."""
         if self.database.engine.dialect.name != "postgresql":
 
             def poll(timeout: float) -> None:
@@ -94,7 +99,7 @@ class DeliveryRelay:
             connection: Any = pooled.driver_connection
             connection.autocommit = True
             with connection.cursor() as cursor:
-                cursor.execute(f"LISTEN {deliveries.CHANNEL}")
+                cursor.execute(f"LISTEN {self.channel}")
 
             def wait(timeout: float) -> None:
                 # Short slices, so a stop request is noticed within a second.
@@ -112,3 +117,65 @@ class DeliveryRelay:
             yield wait
         finally:
             pooled.invalidate()
+
+
+class DeliveryRelay(_Loop):
+    """Moves received deliveries to the control queue, oldest first."""
+
+    name = "delivery-relay"
+    channel = deliveries.CHANNEL
+
+    def __init__(self, database: Database, send: Callable[[int], None]) -> None:
+        super().__init__(database)
+        self.send = send
+
+    def round(self) -> bool:
+        return self.relay_once() == BATCH
+
+    def relay_once(self) -> int:
+        """Send one batch of received deliveries; return how many were sent."""
+        with self.database.session_scope() as session:
+            delivery_ids = deliveries.claim_received(session, BATCH)
+            for delivery_id in delivery_ids:
+                self.send(delivery_id)
+            if delivery_ids:
+                deliveries.mark_sent(session, delivery_ids)
+        return len(delivery_ids)
+
+
+class BuildDispatcher(_Loop):
+    """Sends queued builds to the shared build queue as places there free up, choosing
+    fairly between services (controlplane.services.builds.dispatch). Woken when a build
+    is queued or starts; the poll also notices cancellations and lost messages."""
+
+    name = "build-dispatcher"
+    channel = builds.DISPATCH_CHANNEL
+
+    def __init__(
+        self,
+        database: Database,
+        redis: Redis,
+        send: Callable[[int, int], None],
+        shared_queue_length: Callable[[], int],
+        lost_after: dt.timedelta,
+    ) -> None:
+        super().__init__(database)
+        self.redis = redis
+        self.send = send
+        self.shared_queue_length = shared_queue_length
+        self.lost_after = lost_after
+
+    def round(self) -> bool:
+        self.dispatch_once()
+        return False
+
+    def dispatch_once(self) -> list[int]:
+        """One look at the queue; return the ids of the builds sent."""
+        with self.database.session_scope() as session:
+            return builds.dispatch(
+                session,
+                self.redis,
+                self.send,
+                shared_queue_length=self.shared_queue_length,
+                lost_after=self.lost_after,
+            )

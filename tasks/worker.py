@@ -7,8 +7,10 @@ from tasks.app import BUILDS_QUEUE, configure, node_queue
 
 
 def build_queues(node_name: str) -> list[str]:
-    """A build worker takes first steps from the shared queue, later ones from its own."""
-    return [BUILDS_QUEUE, node_queue(node_name)]
+    """A build worker takes first steps from the shared queue, later ones from its own;
+    its own comes first, and the broker is told to keep that order (tasks.app), so a
+    worker finishes the build it started before it takes the next one."""
+    return [node_queue(node_name), BUILDS_QUEUE]
 
 
 def run(settings: Settings, argv: list[str]) -> None:

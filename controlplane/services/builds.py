@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from redis import Redis
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from controlplane.errors import Conflict, NotFound, ValidationFailed
@@ -98,6 +103,7 @@ def claim_step(
         build.started_at = now
         build.environment.status = "building"
         effects.note_feedback(session, "build_running", build.id)
+        wake_dispatchers(session)  # its place in the shared queue is free again
     build.worker = worker
     build.heartbeat_at = now
     step.status = "running"
@@ -298,16 +304,18 @@ def stale_builds(session: Session, older_than: dt.timedelta) -> list[Build]:
 
 
 def take_over(session: Session, build: Build) -> Build:
-    """Start a build again from its first step as a new attempt (old messages are void)."""
+    """Queue a build again from its first step as a new attempt (old messages are void);
+    the dispatchers send it when its turn comes."""
     build.attempt += 1
     build.status = "queued"
-    build.enqueued_at = None
+    build.enqueued_at = utcnow()
     build.worker = None
     build.images = {}
     build.compose = None
     for step in build.steps:
         step.status = "pending"
         step.error = None
+    wake_dispatchers(session)
     return build
 
 
@@ -323,3 +331,171 @@ def deployments_of(session: Session, service_id: int) -> list[Deployment]:
             .order_by(Deployment.id.desc())
         )
     )
+
+
+# -- dispatch: queued builds go to the shared queue a few at a time, fairly -------------
+#
+# A queued build waits in the database. Only about as many builds as there are build
+# workers wait in the shared ``builds`` queue (where a free worker takes the oldest
+# message), so which build runs next is chosen here, each time a place in that queue
+# frees, not by the order of arrival: services take turns, the one served least recently
+# first, and within a service the oldest build first. One service's backlog of fifty
+# then delays another's two by a build each, not by fifty.
+
+DISPATCH_CHANNEL = "portside_builds"
+# Builds whose first step is in the shared queue and not yet claimed, by "id:attempt".
+DISPATCHED_KEY = "portside:builds:dispatched"
+DISPATCH_LOCK = 7_370_250_300_001  # pg_advisory_xact_lock key: one dispatcher at a time
+# A worker that heartbeated a build this recently counts as one that takes builds.
+WORKERS_SEEN_WITHIN = dt.timedelta(minutes=10)
+
+
+def wake_dispatchers(session: Session) -> None:
+    """Have the dispatchers look again once this transaction commits (PostgreSQL delivers
+    a NOTIFY with the commit and drops it on rollback; on SQLite they poll)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {DISPATCH_CHANNEL}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A queued build as the dispatcher sees it."""
+
+    build_id: int
+    attempt: int
+    service_id: int
+    queued_at: float  # seconds since the epoch
+
+    @property
+    def member(self) -> str:
+        """Its entry among the dispatched: a new attempt is a new entry."""
+        return f"{self.build_id}:{self.attempt}"
+
+
+def fair_order(waiting: Iterable[Waiting], last_served: Mapping[int, float]) -> list[Waiting]:
+    """The order builds should start in: services take turns, the one served least
+    recently (never: first) leading; within a service the oldest build first."""
+    lines: dict[int, deque[Waiting]] = {}
+    for build in sorted(waiting, key=lambda b: (b.queued_at, b.build_id)):
+        lines.setdefault(build.service_id, deque()).append(build)
+    turns = deque(
+        sorted(lines, key=lambda s: (last_served.get(s, -math.inf), lines[s][0].queued_at, s))
+    )
+    order: list[Waiting] = []
+    while turns:
+        service = turns.popleft()
+        order.append(lines[service].popleft())
+        if lines[service]:
+            turns.append(service)
+    return order
+
+
+def _epoch(moment: dt.datetime) -> float:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def waiting_builds(session: Session) -> list[Waiting]:
+    """Queued builds, except those a newer queued build of their environment supersedes
+    (its start_build task cancels them: building them would be wasted)."""
+    rows = session.execute(
+        select(
+            Build.id,
+            Build.attempt,
+            Build.service_id,
+            Build.environment_id,
+            Build.pushed_at,
+            Build.created_at,
+        ).where(Build.status == "queued")
+    ).all()
+    newest: dict[int, Any] = {}
+    for row in rows:
+        best = newest.get(row.environment_id)
+        if best is None or (row.pushed_at or row.created_at, row.id) > (
+            best.pushed_at or best.created_at,
+            best.id,
+        ):
+            newest[row.environment_id] = row
+    return [
+        Waiting(row.id, row.attempt, row.service_id, _epoch(row.created_at))
+        for row in newest.values()
+    ]
+
+
+def workers_seen(session: Session) -> int:
+    """Build workers at work lately (at least one): how many builds may wait for them."""
+    count = session.scalar(
+        select(func.count(func.distinct(Build.worker))).where(
+            Build.worker.is_not(None), Build.heartbeat_at >= utcnow() - WORKERS_SEEN_WITHIN
+        )
+    )
+    return max(1, int(count or 0))
+
+
+def _last_started(session: Session, service_ids: set[int]) -> dict[int, float]:
+    """When a build of each service last started: how recently the service was served."""
+    rows = session.execute(
+        select(Build.service_id, func.max(Build.started_at))
+        .where(Build.service_id.in_(service_ids))
+        .group_by(Build.service_id)
+    ).all()
+    return {service_id: _epoch(started) for service_id, started in rows if started is not None}
+
+
+def _dispatched(redis: Redis) -> dict[str, float]:
+    entries: Sequence[tuple[Any, float]] = redis.zrange(  # type: ignore[assignment]
+        DISPATCHED_KEY, 0, -1, withscores=True
+    )
+    return {
+        member.decode() if isinstance(member, bytes) else str(member): float(at)
+        for member, at in entries
+    }
+
+
+def dispatch(
+    session: Session,
+    redis: Redis,
+    send: Callable[[int, int], None],
+    *,
+    shared_queue_length: Callable[[], int],
+    lost_after: dt.timedelta,
+) -> list[int]:
+    """Send the next builds to the shared queue, up to as many as workers were seen,
+    less the builds still waiting there; return their ids.
+
+    Which builds wait there is kept in Redis beside their messages: a Redis that loses
+    its data loses both, and the builds are sent again (the database keeps them queued).
+    A message out for ``lost_after`` while the queue is empty went with a worker that
+    died before claiming it, and is sent again. A build sent twice runs once: claiming
+    its first step lets one message through and refuses the other.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DISPATCH_LOCK})
+    waiting = {build.member: build for build in waiting_builds(session)}
+    marked = _dispatched(redis)
+    now = time.time()
+    gone = [member for member in marked if member not in waiting]
+    lost = [
+        member
+        for member, at in marked.items()
+        if member in waiting and now - at > lost_after.total_seconds()
+    ]
+    if lost and shared_queue_length() > 0:
+        lost = []  # they may still be in the queue, behind busy workers
+    if lost:
+        log.warning("builds %s left for the queue but never started; sending them again", lost)
+    if gone or lost:
+        redis.zrem(DISPATCHED_KEY, *gone, *lost)
+    out = {member: at for member, at in marked.items() if member in waiting and member not in lost}
+    free = workers_seen(session) - len(out)
+    candidates = [build for member, build in waiting.items() if member not in out]
+    if free <= 0 or not candidates:
+        return []
+    served = _last_started(session, {build.service_id for build in candidates})
+    for member, at in out.items():
+        service_id = waiting[member].service_id
+        served[service_id] = max(served.get(service_id, -math.inf), at)
+    chosen = fair_order(candidates, served)[:free]
+    for build in chosen:
+        send(build.build_id, build.attempt)
+        redis.zadd(DISPATCHED_KEY, {build.member: now})
+    return [build.build_id for build in chosen]
