@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from flask import Request, Response
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from controlplane.api.errors import error_response, exception_response
@@ -45,7 +45,9 @@ class GitHubWebhookEndpoint:
         return response(environ, start_response)
 
     def _receive(self, request: Request) -> Response:
-        if request.method != "POST" or request.path not in ("", "/"):
+        if request.path not in ("", "/"):  # what follows the mounted path
+            raise NotFound()
+        if request.method != "POST":
             raise MethodNotAllowed(valid_methods=["POST"])
         secret = self._settings.github_webhook_secret.reveal()
         if not secret:

@@ -90,6 +90,15 @@ def test_missing_headers_and_non_object_bodies_answer_400(client: FlaskClient) -
         assert response.status_code == 400, bad[:20]
 
 
+def test_other_methods_and_paths_are_refused_in_the_api_error_shape(client: FlaskClient) -> None:
+    """The endpoint is served outside Flask: its errors still look like the API's."""
+    wrong_method = client.get("/webhooks/github")
+    assert (wrong_method.status_code, wrong_method.json["error"]) == (405, "method_not_allowed")
+    body = load_payload("push__payload.json")
+    deeper = client.post("/webhooks/github/x", data=body, headers=webhook_headers("push", body))
+    assert (deeper.status_code, deeper.json["error"]) == (404, "not_found")
+
+
 def test_oversized_body_is_refused_from_content_length(client: FlaskClient) -> None:
     class Unreadable(io.RawIOBase):
         def readinto(self, buffer: object) -> int:
