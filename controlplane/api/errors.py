@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, Response
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from controlplane.errors import ApiError
@@ -55,6 +56,11 @@ def exception_response(exc: Exception) -> Response:
         if status == 422 and details is not None:
             message = "the request has invalid fields"
         return error_response(status, _code_for(status), message, details)
+    if isinstance(exc, PoolTimeout):
+        # Every database connection of this process is busy (a storm of agents fetching
+        # snapshots): a retryable answer, not an internal error.
+        log.warning("database connection pool exhausted")
+        return error_response(503, "unavailable", "the server is busy, try again")
     if isinstance(exc, OperationalError):
         log.error("database unavailable: %s", exc.orig.__class__.__name__)
         return error_response(503, "unavailable", "the database is unavailable, try again")

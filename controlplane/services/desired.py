@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import re
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -125,14 +127,10 @@ def remember_generation(redis: Redis, host_id: int, generation: int) -> None:
         redis.set(generation_key(host_id), generation, ex=GENERATION_TTL, nx=True)
 
 
-def _runtime_env(session: Session, box: SecretBox, environment: Environment) -> dict[str, str]:
-    rows = session.scalars(
-        select(Variable).where(
-            Variable.service_id == environment.service_id,
-            Variable.kind == "runtime",
-            (Variable.environment_id.is_(None)) | (Variable.environment_id == environment.id),
-        )
-    )
+def _runtime_env(
+    box: SecretBox, environment: Environment, service_variables: list[Variable]
+) -> dict[str, str]:
+    rows = [row for row in service_variables if row.environment_id in (None, environment.id)]
     values: dict[str, str] = {}
     # Environment-specific values override the service's; forks get only what is allowed.
     for row in sorted(rows, key=lambda r: r.environment_id is not None):
@@ -145,7 +143,10 @@ def _runtime_env(session: Session, box: SecretBox, environment: Environment) -> 
 
 
 def _environment_state(
-    session: Session, box: SecretBox, environment: Environment, registry_address: str
+    box: SecretBox,
+    environment: Environment,
+    service_variables: list[Variable],
+    credentials_for: Callable[[int | None], registries.Credentials],
 ) -> dict[str, Any] | None:
     deployment = environment.current_deployment
     if deployment is None:
@@ -160,7 +161,7 @@ def _environment_state(
             return None
         image = f"{app_image['repository']}@{app_image['digest']}"
     installation_id = service.repository.installation_id if service.repository else None
-    credentials = registries.credentials_for(session, box, registry_address, installation_id)
+    credentials = credentials_for(installation_id)
     return {
         "name": environment.name,
         "kind": environment.kind,
@@ -177,7 +178,7 @@ def _environment_state(
         if compose
         else [],
         "domains": [environment.domain] if environment.domain else [],
-        "env": _runtime_env(session, box, environment),
+        "env": _runtime_env(box, environment, service_variables),
         "health_check": {"path": service.health_check_path, "timeout": 60}
         if service.port
         else None,
@@ -239,8 +240,25 @@ def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str
             selectinload(Environment.current_deployment).selectinload(Deployment.build),
             selectinload(Environment.service).selectinload(Service.repository),
         )
-    )
-    states = [_environment_state(session, box, env, registry_address) for env in environments]
+    ).all()
+    # The runtime variables of every service here in one query, and each installation's
+    # registry credentials once: a host with fifty environments is a handful of queries.
+    variables: dict[int, list[Variable]] = defaultdict(list)
+    service_ids = {environment.service_id for environment in environments}
+    if service_ids:
+        for row in session.scalars(
+            select(Variable).where(Variable.service_id.in_(service_ids), Variable.kind == "runtime")
+        ):
+            variables[row.service_id].append(row)
+
+    @functools.cache
+    def credentials_for(installation_id: int | None) -> registries.Credentials:
+        return registries.credentials_for(session, box, registry_address, installation_id)
+
+    states = [
+        _environment_state(box, environment, variables[environment.service_id], credentials_for)
+        for environment in environments
+    ]
     return {
         "host": host.name,
         "generation": host.generation,

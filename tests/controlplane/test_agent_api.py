@@ -209,3 +209,18 @@ def test_a_revoked_host_token_is_refused_at_once(
     token_id = db_session.scalar(select(ApiToken.id).where(ApiToken.public_id == public_id))
     assert client.delete(f"/v1/tokens/{token_id}", headers=admin_headers).status_code == 204
     assert client.get("/v1/agent/desired-state", headers=auth(host_token)).status_code == 401
+
+
+def test_an_exhausted_connection_pool_is_a_retryable_503(
+    app: Flask, client: FlaskClient, host_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storm of snapshot requests that outlasts the pool's wait answers 503 (agents back
+    off and ask again), not an internal error."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    def exhausted(*_args: object, **_kwargs: object) -> None:
+        raise PoolTimeout("QueuePool limit reached")
+
+    monkeypatch.setattr("controlplane.api.agent.desired.snapshot", exhausted)
+    response = client.get("/v1/agent/desired-state", headers=auth(host_token))
+    assert (response.status_code, response.json["error"]) == (503, "unavailable")
