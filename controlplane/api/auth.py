@@ -61,7 +61,7 @@ class _HostTokenCache:
     it at once in Redis; other processes stop accepting it within LOCAL_TTL)."""
 
     LOCAL_TTL = 15.0
-    SHARED_TTL = 60
+    SHARED_TTL = 600  # revoking deletes it at once; the TTL only tidies up
     LIMIT = 50_000
 
     def __init__(self) -> None:
