@@ -22,17 +22,19 @@ def node_queue(hostname: str) -> str:
     return f"builds.{hostname}"
 
 
-def _drop_pooled_connections() -> None:
-    """Forget connections to a previous broker when the app is configured again in the
-    same process (tests do; Celery keeps its pools otherwise)."""
+def _drop_cached_clients() -> None:
+    """Forget the broker pools and the result backend made from an earlier configuration
+    (tests configure the app again in one process; Celery keeps them otherwise, and a
+    backend first used before any result store was set stays disabled for good)."""
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
+    celery_app._backend_cache = None  # a thread-safe backend is kept here
+    vars(celery_app._local).pop("backend", None)  # any other in the calling thread
 
 
 def configure(settings: Settings) -> Celery:
     """Point the app at the broker and set the delivery guarantees Portside relies on."""
-    if celery_app.conf.get("portside_settings") is not None:
-        _drop_pooled_connections()
+    _drop_cached_clients()
     visibility_timeout = settings.build_timeout * 2
     celery_app.conf.update(
         broker_url=settings.redis_url,
