@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets as secrets_module
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import docker
+from docker.errors import DockerException
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -568,12 +571,39 @@ def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "hostagent"])
 
 
+def _dev_secret_key(data_dir: Path) -> str:
+    """``portside dev``'s secret key: made once, kept (0600) in the data directory."""
+    path = data_dir / "dev-secret.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets_module.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def _docker_engine_answers() -> bool:
+    """Whether the agent can start here (it exits at once without a Docker engine)."""
+    try:
+        client = docker.from_env(timeout=3)
+    except DockerException:
+        return False
+    try:
+        return bool(client.ping())
+    except DockerException:
+        return False
+    finally:
+        client.close()
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     """Everything on one machine: migrate, then web, workers, beat and an agent."""
     _check_redis(settings)
     database = _database(settings)
     migrate.upgrade(database.engine)
     env = dict(os.environ, PORTSIDE_URL=f"http://{args.bind}")
+    if not settings.secret_key:
+        # Snapshots carry decrypted secrets: a dev key of its own, kept beside the data.
+        env["PORTSIDE_SECRET_KEY"] = _dev_secret_key(settings.data_dir)
     agent_env = dict(env, PORTSIDE_AGENT_PUBLISH_HOST=settings.agent_publish_host or "127.0.0.1")
     # The build worker and the agent talk to the web process like any other: with tokens.
     with database.session_scope() as session:
@@ -589,9 +619,21 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         "buildworker": [*portside, "buildworker", "--name", "build-dev"],
         "beat": [*portside, "beat"],
     }
-    processes = {name: subprocess.Popen(command, env=env) for name, command in children.items()}
+    if _docker_engine_answers():
+        children["agent"] = [*portside, "agent"]
+    processes = {
+        name: subprocess.Popen(command, env=agent_env if name == "agent" else env)
+        for name, command in children.items()
+    }
     print(f"portside dev: web on http://{args.bind}, workers and beat started; Ctrl-C stops")
-    print(f"portside dev: the agent runs host {DEV_HOST!r}; create services on it")
+    if "agent" in processes:
+        print(f"portside dev: the agent runs host {DEV_HOST!r}; create services on it")
+    else:
+        print(
+            "portside dev: no Docker engine answers (DOCKER_HOST), so no agent runs; "
+            "building and deploying need one",
+            file=sys.stderr,
+        )
     stopping = False
 
     def stop(*_: Any) -> None:
