@@ -15,6 +15,8 @@ from typing import Any
 from controlplane.errors import BadRequest
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+# The headers :func:`parse` reads (any other is ignored).
+DELIVERY_HEADERS = ("X-GitHub-Delivery", "X-GitHub-Event", "X-GitHub-Hook-ID")
 MAX_GUID_LENGTH = 64
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, DateTime, Dialect, func, or_, select, update
+from sqlalchemy import Connection, DateTime, Dialect, Engine, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -115,32 +115,63 @@ def intake(database: Database, delivery: Delivery, raw_body: bytes) -> Recorded:
 
 def _intake(database: Database, delivery: Delivery, raw_body: bytes) -> Recorded:
     handled = delivery.event in HANDLED_EVENTS
-    with database.intake_engine.connect() as connection:
-        sql, bind_timestamp = _insert_sql(connection.dialect)
-        now = bind_timestamp(utcnow()) if bind_timestamp else utcnow()
-        parameters = {
-            "guid": delivery.guid,
-            "event": delivery.event,
-            "action": delivery.action,
-            "hook_id": delivery.hook_id,
-            "installation_id": delivery.installation_id,
-            "repository_id": delivery.repository_id,
-            "repository_full_name": delivery.repository_full_name,
-            "payload": raw_body.decode("utf-8"),
-            "status": "received" if handled else "ignored",
-            "outcome": None if handled else f"event {delivery.event!r} is not handled by Portside",
-            "attempts": 0,
-            "received_at": now,
-            "processed_at": None if handled else now,
-        }
-        delivery_id = connection.exec_driver_sql(sql, parameters).scalar()
-        if delivery_id is None:
+    engine = database.intake_engine
+    sql, bind_timestamp = _insert_sql(engine.dialect)
+    now = bind_timestamp(utcnow()) if bind_timestamp else utcnow()
+    parameters = {
+        "guid": delivery.guid,
+        "event": delivery.event,
+        "action": delivery.action,
+        "hook_id": delivery.hook_id,
+        "installation_id": delivery.installation_id,
+        "repository_id": delivery.repository_id,
+        "repository_full_name": delivery.repository_full_name,
+        "payload": raw_body.decode("utf-8"),
+        "status": "received" if handled else "ignored",
+        "outcome": None if handled else f"event {delivery.event!r} is not handled by Portside",
+        "attempts": 0,
+        "received_at": now,
+        "processed_at": None if handled else now,
+    }
+    delivery_id = _insert(engine, sql, parameters)
+    if delivery_id is None:
+        with engine.connect() as connection:
             known = _known(connection, delivery.guid)
-            kind = "duplicate" if known.kind == "duplicate" else "received"
-            metrics.count_delivery(delivery.event, kind)
-            return known
+        kind = "duplicate" if known.kind == "duplicate" else "received"
+        metrics.count_delivery(delivery.event, kind)
+        return known
     metrics.count_delivery(delivery.event, "received")
     return Recorded(delivery_id, "received" if handled else "ignored", "new")
+
+
+def _insert(engine: Engine, sql: str, parameters: dict[str, Any]) -> int | None:
+    """Run the intake statement on a pooled DB-API connection; the new row's id, or None
+    for a GUID already there.
+
+    SQLAlchemy's Connection, execution context and result cost more CPU than the insert
+    itself on the path a storm waits on. Driver errors are raised as SQLAlchemy's, with a
+    lost connection invalidated (as a Connection would).
+    """
+    dbapi = engine.dialect.loaded_dbapi
+    try:
+        connection = engine.raw_connection()
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    except dbapi.Error as exc:
+        lost = engine.dialect.is_disconnect(exc, connection.dbapi_connection, None)
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error, connection_invalidated=lost) from exc
+    finally:
+        connection.close()
+    return None if row is None else int(row[0])
 
 
 def _known(connection: Connection, guid: str) -> Recorded:
