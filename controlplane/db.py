@@ -8,6 +8,9 @@ from :func:`session` (one per request, closed at teardown), Celery tasks from
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controlplane.errors import ConfigError
 from controlplane.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(settings: Settings, *, autocommit: bool = False) -> Engine:
@@ -62,6 +67,86 @@ def make_engine(settings: Settings, *, autocommit: bool = False) -> Engine:
     return engine
 
 
+class Notifier:
+    """Sends PostgreSQL notifications from a thread of its own, after the caller's commit.
+
+    A NOTIFY in the committing transaction holds PostgreSQL's notification lock through
+    that commit's WAL flush, so concurrent committers go one at a time (half the insert
+    rate of 8 webhook senders, and a convoy when the CPUs are busy). Here a caller only
+    records the channel; the thread sends every channel recorded meanwhile in one short
+    transaction that does not wait for its flush: a notification lost to a crash costs
+    the listeners one poll, never data.
+    """
+
+    RETRY_DELAY = 1.0
+    # After a send, channels recorded within this many seconds wait for the next one:
+    # under a storm one notification covers many commits (each costs the database a
+    # transaction); a commit after a quiet spell is announced at once.
+    MIN_INTERVAL = 0.005
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._changed = threading.Condition()
+        self._pending: set[str] = set()
+        self._closed = False
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_pid = 0
+
+    def notify(self, channel: str) -> None:
+        """Wake ``channel``'s listeners soon (call it after the commit they must see)."""
+        with self._changed:
+            self._pending.add(channel)
+            thread = self._thread
+            # Threads do not survive a fork: a gunicorn worker starts its own.
+            if thread is None or self._thread_pid != os.getpid() or not thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
+                self._thread_pid = os.getpid()
+                self._thread.start()
+            self._changed.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._changed:
+            self._closed = True
+            self._closing.set()
+            self._changed.notify_all()
+            thread = self._thread
+        if thread is not None and self._thread_pid == os.getpid():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._pending and not self._closed:
+                    self._changed.wait()
+                if self._closed:
+                    return
+                channels, self._pending = self._pending, set()
+            try:
+                self._send(sorted(channels))
+            except Exception as exc:  # the database is down: listeners poll meanwhile
+                log.warning("could not notify %s: %s", ", ".join(channels), exc)
+                with self._changed:
+                    self._pending |= channels
+                self._closing.wait(self.RETRY_DELAY)
+            else:
+                self._closing.wait(self.MIN_INTERVAL)
+
+    def _send(self, channels: list[str]) -> None:
+        notifies = ", ".join("pg_notify(%s, '')" for _ in channels)
+        # One autocommitted statement: its own transaction, committed asynchronously.
+        sql = f"SELECT set_config('synchronous_commit', 'off', true), {notifies}"
+        connection = self._engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, channels)
+            finally:
+                cursor.close()
+        finally:
+            connection.close()
+
+
 class Database:
     """Engine + session factory; connects lazily, on the first query."""
 
@@ -74,6 +159,16 @@ class Database:
     def intake_engine(self) -> Engine:
         """The webhook receiver's autocommit pool, made on first use (web processes only)."""
         return make_engine(self._settings, autocommit=True)
+
+    @functools.cached_property
+    def _notifier(self) -> Notifier:
+        return Notifier(self.intake_engine)
+
+    def notify_soon(self, channel: str) -> None:
+        """Wake ``channel``'s listeners after a commit, without delaying the caller
+        (PostgreSQL; elsewhere the listeners poll)."""
+        if self.engine.dialect.name == "postgresql":
+            self._notifier.notify(channel)
 
     def after_commit(self, callback: Callable[[Session], None]) -> None:
         """Run ``callback(session)`` after every commit (for effects outside the database,
@@ -106,6 +201,8 @@ class Database:
             connection.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
+        if "_notifier" in self.__dict__:
+            self._notifier.close()
         self.engine.dispose()
         if "intake_engine" in self.__dict__:
             self.intake_engine.dispose()

@@ -1,8 +1,8 @@
 """The outbox relay, which sends committed deliveries to the control queue, and the build
 dispatcher, which sends queued builds to the build workers' shared queue.
 
-The webhook receiver only commits a ``received`` row (and, on PostgreSQL, a
-``NOTIFY portside_deliveries`` with it). A thread of each control worker waits for that
+The webhook receiver only commits a ``received`` row (and, on PostgreSQL, sends a
+``NOTIFY portside_deliveries`` after it). A thread of each control worker waits for that
 notification (or polls, on SQLite and as a safety net), locks the oldest received rows
 (``FOR UPDATE SKIP LOCKED``, so relays in several workers never send the same row), sends
 ``portside.process_delivery`` for each and marks them ``enqueued`` in the same

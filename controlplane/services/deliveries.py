@@ -48,7 +48,7 @@ class DeliveryNotVisible(TransientError):
     """The row is not visible (yet): a message for a delivery never committed."""
 
 
-# The channel a committed delivery is announced on (PostgreSQL NOTIFY, with its commit).
+# The channel committed deliveries are announced on (PostgreSQL NOTIFY, after the commit).
 CHANNEL = "portside_deliveries"
 
 _INSERT_COLUMNS = (
@@ -70,11 +70,8 @@ _INSERT_COLUMNS = (
 
 @functools.cache
 def _insert_sql(dialect: Dialect) -> tuple[str, Callable[[Any], Any] | None]:
-    """The intake statement as driver SQL, made once per dialect, and its timestamp binder.
-
-    On PostgreSQL one statement inserts the row and wakes the relays (``pg_notify`` is
-    delivered at the commit, and only if a row was inserted). Building and compiling a
-    SQLAlchemy statement per request cost more than the insert itself.
+    """The intake statement as driver SQL, made once per dialect, and its timestamp binder
+    (building and compiling a SQLAlchemy statement per request cost more than the insert).
     """
     if dialect.paramstyle == "pyformat":
         marks = {column: f"%({column})s" for column in _INSERT_COLUMNS}
@@ -84,26 +81,21 @@ def _insert_sql(dialect: Dialect) -> tuple[str, Callable[[Any], Any] | None]:
     columns = ", ".join(_INSERT_COLUMNS)
     values = ", ".join(marks[column] for column in _INSERT_COLUMNS)
     # Only constants go into the text; every value is a driver parameter.
-    insert = (
+    sql = (
         f"INSERT INTO {table} ({columns}) VALUES ({values}) "  # noqa: S608
         "ON CONFLICT (guid) DO NOTHING RETURNING id"
     )
-    if dialect.name == "postgresql":
-        notify = f"pg_notify('{CHANNEL}', '')"
-        sql = f"WITH inserted AS ({insert}) SELECT id, {notify} FROM inserted"  # noqa: S608
-    else:
-        sql = insert
     return sql, DateTime(timezone=True).bind_processor(dialect)
 
 
 def intake(database: Database, delivery: Delivery, raw_body: bytes) -> Recorded:
     """Commit a verified delivery to the outbox: the hot path GitHub waits on.
 
-    One autocommitted statement (one round trip, no Redis): the row is ``received`` and
-    the relays in the control workers are woken by its commit; they send it to the
-    control queue (see :mod:`tasks.relay`). A redelivery of the same GUID inserts
-    nothing. A connection found dead (the database restarted) is retried once, which is
-    safe: the insert is keyed by the GUID.
+    One autocommitted statement (one round trip, no Redis): the row is ``received``, and
+    once it is committed the relays in the control workers are woken (a NOTIFY sent by
+    another thread); they send it to the control queue (see :mod:`tasks.relay`). A
+    redelivery of the same GUID inserts nothing. A connection found dead (the database
+    restarted) is retried once, which is safe: the insert is keyed by the GUID.
     """
     try:
         return _intake(database, delivery, raw_body)
@@ -140,6 +132,8 @@ def _intake(database: Database, delivery: Delivery, raw_body: bytes) -> Recorded
         kind = "duplicate" if known.kind == "duplicate" else "received"
         metrics.count_delivery(delivery.event, kind)
         return known
+    if handled:
+        database.notify_soon(CHANNEL)
     metrics.count_delivery(delivery.event, "received")
     return Recorded(delivery_id, "received" if handled else "ignored", "new")
 

@@ -141,3 +141,36 @@ def test_upgrade_and_downgrade_on_sqlite(empty_sqlite: Engine) -> None:
 
     assert tables(empty_sqlite) == {"alembic_version"}
     assert current_revision(empty_sqlite) is None
+
+
+def payload_compression(engine: Engine) -> str:
+    """The column's own compression method ('' = the server's default, pglz)."""
+    with engine.connect() as connection:
+        method = connection.execute(
+            text(
+                "SELECT attcompression FROM pg_attribute"
+                " WHERE attrelid = 'webhook_deliveries'::regclass AND attname = 'payload'"
+            )
+        ).scalar()
+    return str(method or "")
+
+
+def test_delivery_bodies_are_compressed_with_lz4(empty_postgres: Engine) -> None:
+    migrate.upgrade(empty_postgres)
+    assert payload_compression(empty_postgres) == "l"
+    with empty_postgres.begin() as connection:
+        body = '{"zen": "' + "Keep it logically awesome. " * 400 + '"}'
+        connection.execute(
+            text(
+                "INSERT INTO webhook_deliveries (guid, event, payload, status, attempts,"
+                " received_at) VALUES ('lz4-check', 'ping', :body, 'ignored', 0, now())"
+            ),
+            {"body": body},
+        )
+        stored = connection.execute(
+            text("SELECT pg_column_compression(payload), payload FROM webhook_deliveries")
+        ).one()
+    assert stored == ("lz4", body)
+
+    migrate.downgrade(empty_postgres, "0003")
+    assert payload_compression(empty_postgres) == ""
