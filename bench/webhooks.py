@@ -261,7 +261,7 @@ BREAKDOWN: tuple[tuple[str, str], ...] = (
     ("    verify_signature", "verify_signature (controlplane/github/webhooks.py"),
     ("    webhooks.parse (json.loads)", "parse (controlplane/github/webhooks.py"),
     ("    deliveries.intake", "intake (controlplane/services/deliveries.py"),
-    ("      INSERT (DB-API)", "_insert (controlplane/services/deliveries.py"),
+    ("      INSERT (DB-API)", "execute_on_driver (controlplane/db.py"),
     ("      pool checkout+checkin", "(sqlalchemy/pool/"),
     ("      wake the relays (notify_soon)", "notify_soon (controlplane/db.py"),
     ("      metrics", "count_delivery (controlplane/metrics.py"),

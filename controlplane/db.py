@@ -11,13 +11,14 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controlplane.errors import ConfigError
@@ -67,6 +68,37 @@ def make_engine(settings: Settings, *, autocommit: bool = False) -> Engine:
     return engine
 
 
+def execute_on_driver(
+    engine: Engine, sql: str, parameters: Sequence[Any] | Mapping[str, Any]
+) -> tuple[Any, ...] | None:
+    """Run one statement (driver SQL) on a pooled DB-API connection; its first row, if any.
+
+    For the webhook path, where SQLAlchemy's Connection, execution context and result
+    cost more CPU than the insert itself. Driver errors are raised as SQLAlchemy's, and a
+    lost connection is invalidated, as a Connection would.
+    """
+    dbapi = engine.dialect.loaded_dbapi
+    try:
+        connection = engine.raw_connection()
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            row = cursor.fetchone() if cursor.description else None
+        finally:
+            cursor.close()
+    except dbapi.Error as exc:
+        lost = engine.dialect.is_disconnect(exc, connection.dbapi_connection, None)
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error, connection_invalidated=lost) from exc
+    finally:
+        connection.close()
+    return None if row is None else tuple(row)
+
+
 class Notifier:
     """Sends PostgreSQL notifications from a thread of its own, after the caller's commit.
 
@@ -82,7 +114,7 @@ class Notifier:
     # After a send, channels recorded within this many seconds wait for the next one:
     # under a storm one notification covers many commits (each costs the database a
     # transaction); a commit after a quiet spell is announced at once.
-    MIN_INTERVAL = 0.005
+    MIN_INTERVAL = 0.02
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -136,15 +168,7 @@ class Notifier:
         notifies = ", ".join("pg_notify(%s, '')" for _ in channels)
         # One autocommitted statement: its own transaction, committed asynchronously.
         sql = f"SELECT set_config('synchronous_commit', 'off', true), {notifies}"
-        connection = self._engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(sql, channels)
-            finally:
-                cursor.close()
-        finally:
-            connection.close()
+        execute_on_driver(self._engine, sql, channels)
 
 
 class Database:
@@ -201,8 +225,9 @@ class Database:
             connection.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
-        if "_notifier" in self.__dict__:
-            self._notifier.close()
+        notifier = self.__dict__.pop("_notifier", None)
+        if notifier is not None:
+            notifier.close()
         self.engine.dispose()
         if "intake_engine" in self.__dict__:
             self.intake_engine.dispose()

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, DateTime, Dialect, Engine, func, or_, select, update
+from sqlalchemy import Connection, DateTime, Dialect, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from controlplane import metrics
-from controlplane.db import Database
+from controlplane.db import Database, execute_on_driver
 from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github.webhooks import Delivery
 from controlplane.models import WebhookDelivery, utcnow
@@ -125,8 +125,8 @@ def _intake(database: Database, delivery: Delivery, raw_body: bytes) -> Recorded
         "received_at": now,
         "processed_at": None if handled else now,
     }
-    delivery_id = _insert(engine, sql, parameters)
-    if delivery_id is None:
+    inserted = execute_on_driver(engine, sql, parameters)
+    if inserted is None:
         with engine.connect() as connection:
             known = _known(connection, delivery.guid)
         kind = "duplicate" if known.kind == "duplicate" else "received"
@@ -135,37 +135,7 @@ def _intake(database: Database, delivery: Delivery, raw_body: bytes) -> Recorded
     if handled:
         database.notify_soon(CHANNEL)
     metrics.count_delivery(delivery.event, "received")
-    return Recorded(delivery_id, "received" if handled else "ignored", "new")
-
-
-def _insert(engine: Engine, sql: str, parameters: dict[str, Any]) -> int | None:
-    """Run the intake statement on a pooled DB-API connection; the new row's id, or None
-    for a GUID already there.
-
-    SQLAlchemy's Connection, execution context and result cost more CPU than the insert
-    itself on the path a storm waits on. Driver errors are raised as SQLAlchemy's, with a
-    lost connection invalidated (as a Connection would).
-    """
-    dbapi = engine.dialect.loaded_dbapi
-    try:
-        connection = engine.raw_connection()
-    except dbapi.Error as exc:
-        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
-    try:
-        cursor = connection.cursor()
-        try:
-            cursor.execute(sql, parameters)
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-    except dbapi.Error as exc:
-        lost = engine.dialect.is_disconnect(exc, connection.dbapi_connection, None)
-        if lost:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(sql, None, exc, dbapi.Error, connection_invalidated=lost) from exc
-    finally:
-        connection.close()
-    return None if row is None else int(row[0])
+    return Recorded(int(inserted[0]), "received" if handled else "ignored", "new")
 
 
 def _known(connection: Connection, guid: str) -> Recorded:
