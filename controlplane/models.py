@@ -278,7 +278,7 @@ class WebhookDelivery(Base):
     event: Mapped[str] = mapped_column(String(64), index=True)
     action: Mapped[str | None] = mapped_column(String(64))
     hook_id: Mapped[str | None] = mapped_column(String(32))
-    installation_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
     repository_id: Mapped[int | None] = mapped_column(BigInteger)
     repository_full_name: Mapped[str | None] = mapped_column(String(255))
     # The body exactly as GitHub signed it; parsed when processed, not when received.
