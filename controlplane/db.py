@@ -147,6 +147,7 @@ class Notifier:
             thread.join(timeout)
 
     def _run(self) -> None:
+        failing = False
         while True:
             with self._changed:
                 while not self._pending and not self._closed:
@@ -157,11 +158,14 @@ class Notifier:
             try:
                 self._send(sorted(channels))
             except Exception as exc:  # the database is down: listeners poll meanwhile
-                log.warning("could not notify %s: %s", ", ".join(channels), exc)
+                if not failing:  # once per outage, not once per retry
+                    log.warning("could not notify %s: %s", ", ".join(channels), exc)
+                failing = True
                 with self._changed:
                     self._pending |= channels
                 self._closing.wait(self.RETRY_DELAY)
             else:
+                failing = False
                 self._closing.wait(self.MIN_INTERVAL)
 
     def _send(self, channels: list[str]) -> None:

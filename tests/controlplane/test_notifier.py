@@ -9,12 +9,13 @@ from typing import Any
 
 import psycopg2
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 
 from controlplane.db import Database, Notifier
 from controlplane.github.webhooks import parse
 from controlplane.services import deliveries
+from tests.fixtures.processes import wait_until
 from tests.helpers import load_payload, webhook_headers
 
 BODY = load_payload("push__payload.json")
@@ -70,15 +71,24 @@ def test_a_burst_of_notifications_arrives_and_the_thread_stops_on_close(
     assert notifier._thread is not None and not notifier._thread.is_alive()
 
 
-def test_an_unreachable_database_neither_raises_nor_blocks_the_caller() -> None:
+def test_an_unreachable_database_neither_raises_nor_blocks_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     engine = create_engine(
         "postgresql+psycopg2://postgres@127.0.0.1:9/none", connect_args={"connect_timeout": 1}
     )
+    attempts: list[object] = []
+    event.listen(engine, "do_connect", lambda *args: attempts.append(args))
     notifier = Notifier(engine)
+    notifier.RETRY_DELAY = 0.01
     try:
         notifier.notify(deliveries.CHANNEL)  # returns at once; the thread retries
         assert notifier._thread is not None and notifier._thread.is_alive()
+        wait_until(lambda: len(attempts) >= 3, "three connection attempts", timeout=30)
     finally:
         notifier.close()
         engine.dispose()
     assert not notifier._thread.is_alive()
+    # One warning for the outage, not one per retry.
+    warnings = [r for r in caplog.records if r.name == "controlplane.db"]
+    assert len(warnings) == 1 and "could not notify" in warnings[0].getMessage()
