@@ -156,6 +156,12 @@ def payload_compression(engine: Engine) -> str:
 
 
 def test_delivery_bodies_are_compressed_with_lz4(empty_postgres: Engine) -> None:
+    with empty_postgres.connect() as connection:
+        methods = connection.execute(
+            text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        ).scalar()
+    if "lz4" not in (methods or []):
+        pytest.skip("this PostgreSQL was built without lz4 (the migration leaves pglz)")
     migrate.upgrade(empty_postgres)
     assert payload_compression(empty_postgres) == "l"
     with empty_postgres.begin() as connection:
