@@ -64,8 +64,12 @@ class GitHubWebhookEndpoint:
         secret = self._settings.github_webhook_secret.reveal()
         if not secret:
             raise ServiceUnavailable("PORTSIDE_GITHUB_WEBHOOK_SECRET is not configured")
+        header = environ.get(_SIGNATURE_KEY)
+        if not header or not header.startswith("sha256="):
+            # Refused before the body is read: an unsigned sender costs no upload.
+            raise Unauthorized("signature verification failed")
         body = _read_body(environ, self._settings.webhook_max_bytes)
-        if not webhooks.verify_signature(body, environ.get(_SIGNATURE_KEY), secret):
+        if not webhooks.verify_signature(body, header, secret):
             raise Unauthorized("signature verification failed")
         headers = {name: environ.get(key, "") for name, key in _ENVIRON_KEYS.items()}
         delivery = webhooks.parse(headers, body)

@@ -112,6 +112,22 @@ def test_oversized_body_is_refused_from_content_length(client: FlaskClient) -> N
     assert response.json["error"] == "payload_too_large"
 
 
+def test_unsigned_body_is_refused_before_it_is_read(client: FlaskClient) -> None:
+    class Unreadable(io.RawIOBase):
+        def readinto(self, buffer: object) -> int:
+            raise AssertionError("the body was read")
+
+    headers = webhook_headers("push", b"{}")
+    for signature_header in (None, "sha1=" + "0" * 40):
+        sent = {k: v for k, v in headers.items() if k != "X-Hub-Signature-256"}
+        if signature_header is not None:
+            sent["X-Hub-Signature-256"] = signature_header
+        environ = {"CONTENT_LENGTH": str(20 * 1024 * 1024), "wsgi.input": Unreadable()}
+        response = client.post("/webhooks/github", headers=sent, environ_overrides=environ)
+        assert response.status_code == 401
+        assert response.json["error"] == "unauthorized"
+
+
 def test_redelivery_of_the_same_id_answers_200_and_is_recorded_once(
     client: FlaskClient, db_session: Session
 ) -> None:
