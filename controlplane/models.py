@@ -41,7 +41,16 @@ DELIVERY_STATUSES = ("received", "enqueued", "processing", "processed", "ignored
 BUILD_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "superseded")
 STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped")
 DEPLOYMENT_STATUSES = ("pending", "active", "superseded", "failed", "inactive")
-ENVIRONMENT_STATUSES = ("pending", "building", "deploying", "running", "failed", "inactive")
+ENVIRONMENT_STATUSES = (
+    "pending",
+    "awaiting_approval",
+    "building",
+    "deploying",
+    "running",
+    "failed",
+    "refused",
+    "inactive",
+)
 TOKEN_SCOPES = ("admin", "worker", "read", "host")
 
 
@@ -108,6 +117,8 @@ class Host(TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=1)
     accepts_previews: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Runs code nobody on the team reviewed (fork previews); never production.
+    untrusted: Mapped[bool] = mapped_column(Boolean, default=False)
     # What the agent reported having applied: environments stay pending until then.
     applied_generation: Mapped[int] = mapped_column(BigInteger, default=0)
     entrypoint: Mapped[str] = mapped_column(String(64), default="websecure")
@@ -134,9 +145,13 @@ class Service(TimestampMixin, Base):
     watch_paths: Mapped[list[Any]] = mapped_column(default=list)
     preview_ttl_seconds: Mapped[int] = mapped_column(Integer, default=7 * 24 * 3600)
     max_previews: Mapped[int] = mapped_column(Integer, default=10)
-    allow_privileged: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Compose keys beyond the allow-list that an admin allowed for production builds
+    # (service-level key names such as "cap_add"); fork builds never get them.
+    compose_allow: Mapped[list[Any]] = mapped_column(default=list)
     previews_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     fork_previews: Mapped[bool] = mapped_column(Boolean, default=True)
+    # An admin's explicit choice to run this service's fork previews on trusted hosts.
+    fork_previews_on_trusted_hosts: Mapped[bool] = mapped_column(Boolean, default=False)
     health_check_path: Mapped[str] = mapped_column(String(255), default="/")
     cpu_limit: Mapped[float | None]
     memory_limit: Mapped[str | None] = mapped_column(String(16))
@@ -158,7 +173,9 @@ class Environment(TimestampMixin, Base):
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     kind: Mapped[str] = mapped_column(String(16), default="production")
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(32), default="pending")
+    # Why the environment is refused or awaiting something, for a person to read.
+    status_reason: Mapped[str | None] = mapped_column(Text)
     branch: Mapped[str] = mapped_column(String(255))
     head_sha: Mapped[str | None] = mapped_column(String(40))
     pr_number: Mapped[int | None] = mapped_column(Integer)
@@ -175,12 +192,19 @@ class Environment(TimestampMixin, Base):
     closed_at: Mapped[dt.datetime | None]
     closed_by: Mapped[str | None] = mapped_column(String(255))
     closed_reason: Mapped[str | None] = mapped_column(String(255))
-    # Whether a person approved handing runtime secrets to this fork's preview.
-    secrets_approved: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The fork commit a person approved to build and run (a newer head needs a new one).
+    approved_sha: Mapped[str | None] = mapped_column(String(40))
+    # The fork commit a person approved to receive secrets; per commit, like approved_sha.
+    secrets_approved_sha: Mapped[str | None] = mapped_column(String(40))
     github_comment_id: Mapped[int | None] = mapped_column(BigInteger)
 
     service: Mapped[Service] = relationship(back_populates="environments")
     host: Mapped[Host] = relationship()
+
+    def secrets_approved_for(self, commit_sha: str | None) -> bool:
+        """A person approved handing secrets to this fork's code at exactly that commit."""
+        return commit_sha is not None and self.secrets_approved_sha == commit_sha
+
     current_deployment: Mapped[Deployment | None] = relationship(
         foreign_keys=[current_deployment_id], post_update=True
     )
@@ -202,6 +226,10 @@ class Build(TimestampMixin, Base):
     commit_sha: Mapped[str] = mapped_column(String(40))
     branch: Mapped[str] = mapped_column(String(255))
     trigger_key: Mapped[str] = mapped_column(String(64), default="auto")
+    # Code from a fork: no network, no secrets, no cache, images of its own, untrusted workers.
+    untrusted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The worker token holding the running step: only it may fetch this build's credentials.
+    worker_token_id: Mapped[int | None] = mapped_column(Integer)
     # When GitHub received the push (its payload's repository.pushed_at): orders pushes
     # whose deliveries arrive out of order.
     pushed_at: Mapped[dt.datetime | None]
@@ -348,6 +376,9 @@ class RegistryCredential(TimestampMixin, Base):
     installation_id: Mapped[int | None] = mapped_column(ForeignKey("installations.id"), index=True)
     username: Mapped[str | None] = mapped_column(String(255))
     password_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Read-only credentials handed to agents; the push credentials above stay with builders.
+    pull_username: Mapped[str | None] = mapped_column(String(255))
+    pull_password_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class AuditEvent(Base):

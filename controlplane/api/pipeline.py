@@ -49,7 +49,7 @@ def _build_args(build_id: int) -> dict[str, str]:
     """The service's build arguments; a fork's build gets none marked secret."""
     build = builds.get_build(session(), build_id)
     environment = build.environment
-    untrusted = environment.from_fork and not environment.secrets_approved
+    untrusted = environment.from_fork and not environment.secrets_approved_for(build.commit_sha)
     box = _box()
     rows = session().scalars(
         select(Variable).where(

@@ -201,7 +201,7 @@ class BuildSpecSchema(Schema):
     commit_sha = fields.String()
     branch = fields.String()
     compose_path = fields.String(allow_none=True)
-    allow_privileged = fields.Boolean()
+    compose_allow = fields.List(fields.String())
     images = fields.Dict()
     build_args = fields.Dict(keys=fields.String(), values=fields.String())
 

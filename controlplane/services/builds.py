@@ -54,7 +54,7 @@ class BuildSpec:
     commit_sha: str
     branch: str
     compose_path: str | None
-    allow_privileged: bool
+    compose_allow: list[str]
     images: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,7 +125,7 @@ def claim_step(
         commit_sha=build.commit_sha,
         branch=build.branch,
         compose_path=service.compose_path or (repository.compose_path if repository else None),
-        allow_privileged=service.allow_privileged,
+        compose_allow=[] if build.untrusted else [str(key) for key in service.compose_allow],
         images=dict(build.images or {}),
     )
 

@@ -127,6 +127,11 @@ def remember_generation(redis: Redis, host_id: int, generation: int) -> None:
         redis.set(generation_key(host_id), generation, ex=GENERATION_TTL, nx=True)
 
 
+def _running_commit(environment: Environment) -> str | None:
+    deployment = environment.current_deployment
+    return deployment.build.commit_sha if deployment is not None else None
+
+
 def _runtime_env(
     box: SecretBox, environment: Environment, service_variables: list[Variable]
 ) -> dict[str, str]:
@@ -136,7 +141,11 @@ def _runtime_env(
     for row in sorted(rows, key=lambda r: r.environment_id is not None):
         if row.scope not in ("all", environment.kind):
             continue
-        if environment.from_fork and row.is_secret and not environment.secrets_approved:
+        if (
+            environment.from_fork
+            and row.is_secret
+            and not environment.secrets_approved_for(_running_commit(environment))
+        ):
             continue
         values[row.name] = box.decrypt(row.value_encrypted)
     return values

@@ -296,8 +296,8 @@ def redeploy(session: Session, environment_id: int, actor: str) -> Build:
 
 def approve_secrets(session: Session, environment_id: int, actor: str) -> Environment:
     environment = get_environment(session, environment_id)
-    if not environment.secrets_approved:
-        environment.secrets_approved = True
+    if environment.head_sha and not environment.secrets_approved_for(environment.head_sha):
+        environment.secrets_approved_sha = environment.head_sha
         environment.generation += 1
         desired.bump(session, environment.host_id)
         audit.record(session, actor, "environment.approve_secrets", "environment", environment.id)
