@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import Flask, session
 from flask.sessions import SecureCookieSessionInterface
@@ -147,3 +148,18 @@ def csrf_ok(presented: str | None) -> bool:
 
 def log_out() -> None:
     session.clear()
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` if it is a path on this site, else None: a redirect after login must
+    never leave for another origin. Browsers drop tabs and newlines from a URL and read a
+    backslash as a slash, so ``/\\host`` and ``/<tab>/host`` are ``//host`` to them:
+    both are refused, as is any whitespace, control character or backslash."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ch.isspace() or not ch.isprintable() for ch in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target

@@ -147,10 +147,8 @@ def _http_error(exc: HTTPException) -> tuple[str, int]:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path on this site: never another origin (``//host``, ``/\\host``, a scheme)."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
-    return url_for("dashboard.services_page")
+    """Only a path on this site: never another origin (see :func:`login.safe_next`)."""
+    return login.safe_next(target) or url_for("dashboard.services_page")
 
 
 @blueprint.route("/login", methods=["GET", "POST"], endpoint="login")
