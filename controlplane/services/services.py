@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.models import Environment, Host, Repository, Service, utcnow
-from controlplane.services import audit
+from controlplane.services import audit, previews
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
 RUNTIME_FIELDS = (
@@ -27,6 +27,8 @@ RUNTIME_FIELDS = (
     "max_previews",
 )
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+# Preview environments are named ``<service>-pr-<n>``: a service named so would collide.
+PREVIEW_SUFFIX = re.compile(r"-pr-[0-9]+$")
 REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 BRANCH_FORBIDDEN = re.compile(r"[\x00-\x20~^:?*\[\\;&|$`'\"<>(){}!]|\.\.|@\{|//")
@@ -67,6 +69,8 @@ def _validate(spec: ServiceSpec) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
     if not SERVICE_NAME.match(spec.name):
         errors["name"] = ["lowercase letters, digits and hyphens, starting with a letter"]
+    elif PREVIEW_SUFFIX.search(spec.name):
+        errors["name"] = ["must not end in -pr-<number>: that is how previews are named"]
     if not REPOSITORY_NAME.match(spec.repository):
         errors["repository"] = ["must be owner/name"]
     if not valid_branch(spec.branch):
@@ -197,7 +201,14 @@ def list_services(session: Session) -> list[Service]:
 
 
 def delete_service(session: Session, service_id: int, actor: str) -> None:
+    """Delete a service and tear down every environment of it, production included: out
+    of its host's desired state, builds cancelled, images deleted after the commit."""
     service = get_service(session, service_id)
+    environments = session.scalars(
+        select(Environment).where(Environment.service_id == service.id).order_by(Environment.id)
+    )
+    for environment in environments:
+        previews.teardown(session, environment, actor, "service deleted")
     service.deleted_at = utcnow()
     service.domain = None
     audit.record(session, actor, "service.delete", "service", service.id, name=service.name)
