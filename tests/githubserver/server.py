@@ -51,6 +51,7 @@ DEFAULT_PERMISSIONS = {
     "pull_requests": "write",
     "issues": "write",
 }
+_LEVELS = ("read", "write", "admin")
 DEPLOYMENT_STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
 COMMIT_STATES = {"error", "failure", "pending", "success"}
 
@@ -120,6 +121,14 @@ class InstallationToken:
         return repo.installation_id == self.installation_id and (
             self.repositories is None or repo.full_name.lower() in self.repositories
         )
+
+    def allows(self, permission: str, level: str) -> bool:
+        """Whether the token was minted with ``permission`` at ``level`` or above (every
+        token reads metadata, as on GitHub)."""
+        if permission == "metadata" and level == "read":
+            return True
+        held = self.permissions.get(permission)
+        return held is not None and _LEVELS.index(held) >= _LEVELS.index(level)
 
 
 @dataclass(slots=True)
@@ -687,11 +696,17 @@ def create_github_server(state: GitHubState) -> Flask:
             raise GitHubError(403, "This installation has been suspended")
         return token
 
-    def repo_for(owner: str, name: str) -> Repository:
+    def repo_for(
+        owner: str, name: str, permission: str = "metadata", level: str = "read"
+    ) -> Repository:
+        """The repository, as GitHub shows it to this token: 404 outside the token's
+        repositories, 403 when the token lacks ``permission`` at ``level``."""
         token = require_token()
         repo = state.repositories.get(f"{owner}/{name}".lower())
         if repo is None or not token.grants(repo):
             raise GitHubError(404, "Not Found")
+        if not token.allows(permission, level):
+            raise GitHubError(403, "Resource not accessible by integration")
         return repo
 
     def installation(installation_id: int) -> Installation:
@@ -811,7 +826,7 @@ def create_github_server(state: GitHubState) -> Flask:
     @app.get("/repos/<owner>/<name>/contents/", defaults={"path": ""})
     @app.get("/repos/<owner>/<name>/contents/<path:path>")
     def get_contents(owner: str, name: str, path: str) -> Json | Response:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "contents")
         ref = request.args.get("ref") or repo.default_branch
         sha = commit_sha(repo, ref)
         path = path.strip("/")
@@ -825,9 +840,30 @@ def create_github_server(state: GitHubState) -> Flask:
         listing = repos.list_tree(repo.path, sha, path)
         return jsonify([_content(repo, e, ref, base()) for e in listing])
 
+    @app.put("/repos/<owner>/<name>/contents/<path:path>")
+    def put_contents(owner: str, name: str, path: str) -> tuple[Json, int]:
+        """Create or replace one file with a commit (needs contents: write)."""
+        repo = repo_for(owner, name, "contents", "write")
+        data = body()
+        message, content = data.get("message"), data.get("content")
+        if not isinstance(message, str) or not isinstance(content, str):
+            raise GitHubError(422, "Invalid request.\n\nmessage and content are required.")
+        try:
+            raw = base64.b64decode(content, validate=True)
+        except binascii.Error:
+            raise GitHubError(422, "content is not valid Base64") from None
+        branch = data.get("branch") or repo.default_branch
+        sha = state.commit(repo.full_name, {path: raw}, branch, message)
+        entry = repos.find_entry(repo.path, sha, path)
+        assert entry is not None
+        return {
+            "content": _content(repo, entry, branch, base()),
+            "commit": _commit(repo, repos.commit_info(repo.path, sha), base()),
+        }, 201
+
     @app.get("/repos/<owner>/<name>/branches/<path:branch>")
     def get_branch(owner: str, name: str, branch: str) -> Json:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "contents")
         sha = repos.resolve_ref(repo.path, f"refs/heads/{branch}")
         if sha is None:
             raise GitHubError(404, "Branch not found")
@@ -853,7 +889,7 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.get("/repos/<owner>/<name>/git/ref/<path:ref>")
     def get_git_ref(owner: str, name: str, ref: str) -> Json:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "contents")
         sha = repos.resolve_ref(repo.path, f"refs/{ref}")
         if sha is None:
             raise GitHubError(404, "Not Found")
@@ -867,24 +903,24 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.get("/repos/<owner>/<name>/commits/<path:ref>")
     def get_commit(owner: str, name: str, ref: str) -> Json:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "contents")
         return _commit(repo, repos.commit_info(repo.path, commit_sha(repo, ref)), base())
 
     @app.get("/repos/<owner>/<name>/pulls/<int:number>")
     def get_pull(owner: str, name: str, number: int) -> Json:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "pull_requests")
         return _pull(state, pull_request(repo, number), base())
 
     @app.get("/repos/<owner>/<name>/issues/<int:number>")
     def get_issue(owner: str, name: str, number: int) -> Json:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "pull_requests")
         return _issue(state, pull_request(repo, number), base())
 
     # -- deployments --
 
     @app.post("/repos/<owner>/<name>/deployments")
     def create_deployment(owner: str, name: str) -> tuple[Json, int]:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "deployments", "write")
         data = body()
         ref = data.get("ref")
         if not isinstance(ref, str) or not ref:
@@ -915,7 +951,7 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.get("/repos/<owner>/<name>/deployments")
     def list_deployments(owner: str, name: str) -> Response:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "deployments")
         filters = {
             k: request.args[k] for k in ("sha", "ref", "task", "environment") if k in request.args
         }
@@ -928,11 +964,13 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.get("/repos/<owner>/<name>/deployments/<int:deployment_id>")
     def get_deployment(owner: str, name: str, deployment_id: int) -> Json:
-        return _deployment(state, deployment(repo_for(owner, name), deployment_id), base())
+        return _deployment(
+            state, deployment(repo_for(owner, name, "deployments"), deployment_id), base()
+        )
 
     @app.post("/repos/<owner>/<name>/deployments/<int:deployment_id>/statuses")
     def create_deployment_status(owner: str, name: str, deployment_id: int) -> tuple[Json, int]:
-        dep = deployment(repo_for(owner, name), deployment_id)
+        dep = deployment(repo_for(owner, name, "deployments", "write"), deployment_id)
         data = body()
         if data.get("state") not in DEPLOYMENT_STATES:
             raise GitHubError(422, "Validation Failed: state is not included in the list")
@@ -966,7 +1004,7 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.get("/repos/<owner>/<name>/deployments/<int:deployment_id>/statuses")
     def list_deployment_statuses(owner: str, name: str, deployment_id: int) -> Response:
-        dep = deployment(repo_for(owner, name), deployment_id)
+        dep = deployment(repo_for(owner, name, "deployments"), deployment_id)
         found = [s for s in reversed(state.deployment_statuses) if s.deployment_id == dep.id]
         return jsonify([_deployment_status(state, s, base()) for s in found])
 
@@ -974,7 +1012,7 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.post("/repos/<owner>/<name>/statuses/<sha>")
     def create_commit_status(owner: str, name: str, sha: str) -> tuple[Json, int]:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "statuses", "write")
         data = body()
         resolved = repos.resolve_commit(repo.path, sha)
         if resolved is None:
@@ -997,7 +1035,7 @@ def create_github_server(state: GitHubState) -> Flask:
     @app.get("/repos/<owner>/<name>/statuses/<path:ref>")
     @app.get("/repos/<owner>/<name>/commits/<path:ref>/statuses")
     def list_commit_statuses(owner: str, name: str, ref: str) -> Response:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "statuses")
         sha = commit_sha(repo, ref)
         found = [s for s in reversed(state.statuses) if s.repo == repo.full_name and s.sha == sha]
         return jsonify([_commit_status(s, base()) for s in found])
@@ -1006,7 +1044,7 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.post("/repos/<owner>/<name>/issues/<int:number>/comments")
     def create_comment(owner: str, name: str, number: int) -> tuple[Json, int]:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "pull_requests", "write")
         pull_request(repo, number)
         text = body().get("body")
         if not isinstance(text, str) or not text:
@@ -1018,12 +1056,12 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.get("/repos/<owner>/<name>/issues/<int:number>/comments")
     def list_comments(owner: str, name: str, number: int) -> Response:
-        repo = repo_for(owner, name)
+        repo = repo_for(owner, name, "pull_requests")
         found = [c for c in state.comments if c.repo == repo.full_name and c.issue_number == number]
         return jsonify([_comment(state, c, base()) for c in found])
 
-    def comment_of(owner: str, name: str, comment_id: int) -> IssueComment:
-        repo = repo_for(owner, name)
+    def comment_of(owner: str, name: str, comment_id: int, level: str = "read") -> IssueComment:
+        repo = repo_for(owner, name, "pull_requests", level)
         comment = next((c for c in state.comments if c.id == comment_id), None)
         if comment is None or comment.repo != repo.full_name:
             raise GitHubError(404, "Not Found")
@@ -1035,7 +1073,7 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.patch("/repos/<owner>/<name>/issues/comments/<int:comment_id>")
     def edit_comment(owner: str, name: str, comment_id: int) -> Json:
-        comment = comment_of(owner, name, comment_id)
+        comment = comment_of(owner, name, comment_id, "write")
         text = body().get("body")
         if not isinstance(text, str) or not text:
             raise GitHubError(422, "Validation Failed: body cannot be blank")
@@ -1056,6 +1094,8 @@ def create_github_server(state: GitHubState) -> Flask:
             )
         elif repo is None or not token.grants(repo):
             response = Response("Repository not found.\n", 404)
+        elif not token.allows("contents", "read"):
+            response = Response("Permission to read the repository denied.\n", 403)
         elif request.method == "GET" and request.args.get("service") != "git-upload-pack":
             response = Response("Only git-upload-pack is served.\n", 403)
         else:

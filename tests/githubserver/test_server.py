@@ -375,3 +375,46 @@ def test_git_upload_pack_accepts_chunked_gzip_bodies(server: GitHubServer) -> No
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/x-git-upload-pack-result"
     assert b"refs/heads/main" in response.content
+
+
+def test_a_token_writes_only_with_the_permission_it_was_minted_with(
+    server: GitHubServer, github_app_key: GitHubAppKey, tmp_path: Path
+) -> None:
+    state = server.state
+    state.installations[INSTALLATION_ID].permissions["contents"] = "write"
+    state.add_repository(INSTALLATION_ID, "octo-org/other")
+    sha = state.commit(REPO, {"README": "x\n"})
+    minted = requests.post(
+        f"{server.url}/app/installations/{INSTALLATION_ID}/access_tokens",
+        json={"repositories": ["hello"], "permissions": {"contents": "read"}},
+        headers={"Authorization": f"Bearer {app_jwt(github_app_key)}"},
+        timeout=10,
+    ).json()["token"]
+    api = f"{server.url}/repos/{REPO}"
+    put = {"message": "m", "content": base64.b64encode(b"planted\n").decode()}
+
+    def call(method: str, url: str, token: str, body: Any = None) -> int:
+        headers = {"Authorization": f"token {token}"}
+        return requests.request(method, url, json=body, headers=headers, timeout=10).status_code
+
+    assert call("GET", f"{api}/contents/README", minted) == 200
+    assert call("PUT", f"{api}/contents/README", minted, put) == 403
+    assert call("POST", f"{api}/statuses/{sha}", minted, {"state": "success"}) == 403
+    assert call("POST", f"{api}/deployments", minted, {"ref": "main"}) == 403
+    assert call("GET", f"{server.url}/repos/octo-org/other/contents/README", minted) == 404
+    assert (
+        git(
+            "-c", basic_header(minted), "clone", f"{server.url}/{REPO}.git", str(tmp_path / "a")
+        ).returncode
+        == 0
+    )
+    other = git(
+        "-c", basic_header(minted), "clone", f"{server.url}/octo-org/other.git", str(tmp_path / "b")
+    )
+    assert other.returncode != 0 and state.git_requests[-1].status == 404
+    # A token with the installation's contents: write may.
+    assert call("PUT", f"{api}/contents/README", token_for(server), put) == 201
+    readme = requests.get(
+        f"{api}/contents/README", headers={"Authorization": f"token {minted}"}, timeout=10
+    ).json()
+    assert base64.b64decode(readme["content"]) == b"planted\n"
