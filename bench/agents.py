@@ -78,6 +78,7 @@ from hostagent.client import WAIT_MARGIN, backoff_delay
 from hostagent.settings import DEFAULT_INTERVAL
 
 SECRET_KEY = "portside-bench-agents-key-0123456789"  # noqa: S105 - a throw-away test key
+METRICS_TOKEN = "portside-bench-metrics-token-0123"  # noqa: S105 - a throw-away test token
 PATH = "/v1/agent/desired-state"
 TARGET_RATIO = 0.6
 BARE_ETAG = '"7"'
@@ -133,6 +134,7 @@ def server_env(database_url: str, data_dir: Path, threads: int | None) -> dict[s
         PORTSIDE_REDIS_URL=redis_url(),
         PORTSIDE_SECRET_KEY=SECRET_KEY,
         PORTSIDE_DATA_DIR=str(data_dir),
+        PORTSIDE_METRICS_TOKEN=METRICS_TOKEN,
         PYTHONUNBUFFERED="1",
     )
     if threads is not None:
@@ -489,7 +491,7 @@ def held_long_polls(port: int) -> int:
     """Long polls held right now, as the web workers count them (``/metrics``)."""
     connection = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
-        connection.request("GET", "/metrics")
+        connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
         text = connection.getresponse().read().decode()
     finally:
         connection.close()

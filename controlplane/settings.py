@@ -10,6 +10,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from controlplane.errors import ConfigError
@@ -96,12 +97,17 @@ class Settings:
     old_secret_keys: tuple[Secret, ...] = ()
     url: str = "http://127.0.0.1:8000"
     token: Secret = Secret("")
+    # What Prometheus presents as its bearer token for /metrics (a read or admin API token
+    # works too); without either, /metrics answers 401.
+    metrics_token: Secret = Secret("")
     preview_domain: str = ""
     agent_interval: int = 10
     agent_publish_host: str = ""
     build_timeout: int = 3600
     # A running build whose worker sent no heartbeat for this long is taken over.
     build_stale_after: int = 90
+    # Which builds a build worker takes: "no" (trusted only), "only" (forks' only), "yes".
+    build_untrusted: Literal["no", "only", "yes"] = "no"
     # An enqueued delivery still unprocessed after this long is sent again by the outbox.
     redrive_after: int = 120
     webhook_max_bytes: int = 25 * 1024 * 1024
@@ -192,6 +198,10 @@ class Settings:
             kwargs["url"] = _require_url("PORTSIDE_URL", raw, ("http", "https")).rstrip("/")
         if (raw := get("TOKEN")) is not None:
             kwargs["token"] = Secret(raw)
+        if (raw := get("METRICS_TOKEN")) is not None:
+            if len(raw) < 16:
+                raise ConfigError("PORTSIDE_METRICS_TOKEN must be at least 16 characters long")
+            kwargs["metrics_token"] = Secret(raw)
         if (raw := get("PREVIEW_DOMAIN")) is not None:
             kwargs["preview_domain"] = raw.lower()
         if (raw := get("AGENT_INTERVAL")) is not None:
@@ -204,6 +214,10 @@ class Settings:
             kwargs["redrive_after"] = _require_int("PORTSIDE_REDRIVE_AFTER", raw, 5, 86400)
         if (raw := get("BUILD_STALE_AFTER")) is not None:
             kwargs["build_stale_after"] = _require_int("PORTSIDE_BUILD_STALE_AFTER", raw, 15, 3600)
+        if (raw := get("BUILD_UNTRUSTED")) is not None:
+            if raw.strip().lower() not in ("no", "only", "yes"):
+                raise ConfigError(f"PORTSIDE_BUILD_UNTRUSTED must be no, only or yes, got {raw!r}")
+            kwargs["build_untrusted"] = raw.strip().lower()
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @property

@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event
 
+from controlplane.app import create_app
 from controlplane.db import Database
 from controlplane.models import utcnow
 from controlplane.services import builds, deliveries, hosts, pushes, services
 from controlplane.services.outcomes import HandlerContext
-from controlplane.settings import Settings
+from controlplane.settings import Secret, Settings
 from tests.controlplane.test_agent_api import DIGEST, auth, host_token  # noqa: F401
 from tests.fixtures.processes import wait_until, worker_environment
 from tests.helpers import load_payload, webhook_headers
 from tests.support.live import free_port
 
+METRICS_TOKEN = "metrics-token-for-the-tests"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -34,8 +39,11 @@ def parse(text: str) -> Samples:
     return samples
 
 
-def scrape(client: FlaskClient) -> Samples:
-    response = client.get("/metrics")
+def scrape(client: FlaskClient, headers: dict[str, str]) -> Samples:
+    """A scrape counted from the database afresh (not this process's cached families)."""
+    cache = client.application.extensions["portside.metrics_cache"]
+    cache.expire()
+    response = client.get("/metrics", headers=headers)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     return parse(response.get_data(as_text=True))
@@ -46,9 +54,9 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def test_deliveries_are_counted_by_event_and_outcome(
-    client: FlaskClient, database: Database
+    client: FlaskClient, database: Database, read_headers: dict[str, str]
 ) -> None:
-    before = scrape(client)
+    before = scrape(client, read_headers)
     body = load_payload("push__with-new-branch.payload.json")
     headers = webhook_headers("push", body)
     assert client.post("/webhooks/github", data=body, headers=headers).status_code == 202
@@ -61,7 +69,7 @@ def test_deliveries_are_counted_by_event_and_outcome(
     )
     with database.session_scope() as session:  # what the control worker does
         deliveries.process(session, int(response.json["id"]), HandlerContext())
-    after = scrape(client)
+    after = scrape(client, read_headers)
 
     def moved(event: str, outcome: str) -> float:
         name = "portside_deliveries_total"
@@ -81,8 +89,9 @@ def test_polls_reports_builds_and_deployments(
     database: Database,
     host_token: str,  # noqa: F811
     worker_headers: dict[str, str],
+    read_headers: dict[str, str],
 ) -> None:
-    before = scrape(client)
+    before = scrape(client, read_headers)
     first = client.get("/v1/agent/desired-state", headers=auth(host_token))
     assert first.status_code == 200
     again = client.get(
@@ -128,7 +137,7 @@ def test_polls_reports_builds_and_deployments(
         ],
     }
     assert client.post("/v1/agent/status", json=report, headers=auth(host_token)).status_code == 204
-    after = scrape(client)
+    after = scrape(client, read_headers)
     polls = "portside_desired_state_polls_total"
     assert value(after, polls, status="200") - value(before, polls, status="200") == 1
     assert value(after, polls, status="304") - value(before, polls, status="304") == 1
@@ -156,7 +165,11 @@ def test_gunicorn_workers_add_up(settings: Settings, database: Database, tmp_pat
     with database.session_scope() as session:
         _host, token = hosts.create_host(session, "multi-1", "test")
     port = free_port()
-    env = worker_environment(settings) | {"GUNICORN_WORKERS": "3", "GUNICORN_THREADS": "2"}
+    env = worker_environment(settings) | {
+        "GUNICORN_WORKERS": "3",
+        "GUNICORN_THREADS": "2",
+        "PORTSIDE_METRICS_TOKEN": METRICS_TOKEN,
+    }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = (tmp_path / "web.log").open("wb")
     process = subprocess.Popen(
@@ -190,7 +203,8 @@ def test_gunicorn_workers_add_up(settings: Settings, database: Database, tmp_pat
             assert polled.status_code == 304
         samples: Samples = {}
         for _ in range(3):  # whichever worker answers the scrape, it counts them all
-            scraped = requests.get(f"{url}/metrics", timeout=5)
+            scraped = requests.get(f"{url}/metrics", headers=auth(METRICS_TOKEN), timeout=5)
+            assert scraped.status_code == 200, scraped.text
             samples = parse(scraped.text)
             assert value(samples, "portside_desired_state_polls_total", status="304") == 12
             assert value(samples, "portside_desired_state_polls_total", status="200") == 1
@@ -199,3 +213,71 @@ def test_gunicorn_workers_add_up(settings: Settings, database: Database, tmp_pat
         os.killpg(process.pid, 15)
         process.wait(30)
         log.close()
+
+
+@pytest.fixture
+def metrics_client(settings: Settings, database: Database) -> Iterator[FlaskClient]:
+    """A control plane configured with ``PORTSIDE_METRICS_TOKEN``."""
+    app = create_app(dataclasses.replace(settings, metrics_token=Secret(METRICS_TOKEN)))
+    app.config["TESTING"] = True
+    yield app.test_client()
+    app.extensions["portside.wake_hub"].close()
+    app.extensions["portside.db"].dispose()
+
+
+def test_scraping_needs_the_metrics_token_or_a_read_token(
+    metrics_client: FlaskClient,
+    database: Database,
+    read_headers: dict[str, str],
+    admin_headers: dict[str, str],
+    worker_headers: dict[str, str],
+) -> None:
+    assert metrics_client.get("/metrics").status_code == 401
+    wrong = metrics_client.get("/metrics", headers=auth(METRICS_TOKEN + "x"))
+    assert (wrong.status_code, wrong.json["error"]) == (401, "unauthorized")
+    assert (
+        metrics_client.get("/metrics", headers={"Authorization": METRICS_TOKEN}).status_code == 401
+    )
+    assert metrics_client.get("/metrics", headers=worker_headers).status_code == 403
+    for headers in (auth(METRICS_TOKEN), read_headers, admin_headers):
+        answered = metrics_client.get("/metrics", headers=headers)
+        assert answered.status_code == 200
+        assert "portside_builds" in answered.get_data(as_text=True)
+    with database.session_scope() as session:  # a host token reads no metrics either
+        _host, host_secret = hosts.create_host(session, "scraped-1", "test")
+    assert metrics_client.get("/metrics", headers=auth(host_secret)).status_code == 403
+
+
+def test_without_a_metrics_token_only_api_tokens_scrape(
+    client: FlaskClient, read_headers: dict[str, str]
+) -> None:
+    assert client.get("/metrics", headers=auth(METRICS_TOKEN)).status_code == 401
+    assert client.get("/metrics", headers=read_headers).status_code == 200
+
+
+def test_a_refused_scrape_and_a_repeated_one_cost_no_database_query(
+    metrics_client: FlaskClient,
+) -> None:
+    app = metrics_client.application
+    queries: list[str] = []
+
+    def count(*args: object) -> None:
+        queries.append(str(args[2]))
+
+    engine = app.extensions["portside.db"].engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        first = metrics_client.get("/metrics", headers=auth(METRICS_TOKEN))
+        assert first.status_code == 200 and queries  # counted from the database once
+        queries.clear()
+        assert metrics_client.get("/metrics").status_code == 401
+        again = metrics_client.get("/metrics", headers=auth(METRICS_TOKEN))
+        assert again.status_code == 200
+        assert queries == []
+        families = {f.name for f in text_string_to_metric_families(again.get_data(as_text=True))}
+        assert {"portside_builds", "portside_deployments"} <= families
+        app.extensions["portside.metrics_cache"].expire()
+        assert metrics_client.get("/metrics", headers=auth(METRICS_TOKEN)).status_code == 200
+        assert queries  # computed again once expired
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
