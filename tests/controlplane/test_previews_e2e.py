@@ -11,7 +11,7 @@ import requests
 from sqlalchemy import select
 
 from controlplane.crypto import SecretBox
-from controlplane.models import Deployment, Environment, Service
+from controlplane.models import Build, Deployment, Environment, Service
 from controlplane.services import variables
 from tests.fixtures.stack import Stack, wait_for
 from tests.helpers import json_payload
@@ -21,12 +21,15 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 NAME = "hello-pr-2"
 
 
-def pull_request(stack: Stack, action: str, branch: str, *, fork: bool = False) -> dict[str, Any]:
+def pull_request(
+    stack: Stack, action: str, branch: str, *, fork: bool = False, number: int = 2
+) -> dict[str, Any]:
     """GitHub's recorded payload, pointed at the test server's repository and branch."""
     name = "closed" if action == "closed" else "opened"
     payload = copy.deepcopy(json_payload(f"pull_request__{name}.payload.json"))
     repo = stack.github.repository_json(REPOSITORY)
     payload["action"] = action
+    payload["number"] = payload["pull_request"]["number"] = number
     payload["installation"]["id"] = 957387
     payload["repository"].update({k: repo[k] for k in ("id", "full_name", "name", "clone_url")})
     head = payload["pull_request"]["head"]
@@ -50,6 +53,11 @@ def _tip(stack: Stack, branch: str) -> str:
 def preview(stack: Stack) -> Environment | None:
     with stack.database.session_scope() as session:
         return session.scalar(select(Environment).where(Environment.name == NAME))
+
+
+def awaiting_approval(stack: Stack) -> Environment | None:
+    env = preview(stack)
+    return env if env is not None and env.status == "awaiting_approval" else None
 
 
 def serving(stack: Stack, text: str) -> str | None:
@@ -139,7 +147,7 @@ def test_preview_lifecycle(
     wait_for(lambda: any(s.state == "inactive" for s in state.deployment_statuses), 60, 0.5)
 
 
-def test_fork_preview_gets_no_secret_and_a_missed_close_is_cleaned_up(
+def test_fork_preview_waits_for_approval_gets_no_secret_and_a_missed_close_is_cleaned_up(
     stack: Stack,
     base_image: str,
     docker_client: docker.DockerClient,
@@ -148,17 +156,29 @@ def test_fork_preview_gets_no_secret_and_a_missed_close_is_cleaned_up(
 ) -> None:
     install(stack, base_image)
     with_domain_and_secret(stack)
-    stack.start_buildworker("build-fork")
+    sandbox = stack.create_host("sandbox-1", untrusted=True)
+    stack.start_buildworker("build-fork", {"PORTSIDE_BUILD_UNTRUSTED": "yes"})
     stack.start_agent("web-1")
+    stack.start_agent("sandbox-1")
     state = stack.github.state
     state.commit(REPOSITORY, {"index.html": "from a fork\n"}, branch="fork-change")
     pull = state.add_pull_request(REPOSITORY, 2, "fork-change", base_ref="master")
     post_delivery(stack, "pull_request", pull_request(stack, "opened", "fork-change", fork=True))
+    waiting = wait_for(lambda: awaiting_approval(stack), 60, 0.2, "the fork preview to wait")
+    with stack.database.session_scope() as session:
+        assert not session.scalars(select(Build)).all()
+    response = stack.approve(waiting.id)
+    assert response.status_code == 200, response.text
     wait_for(lambda: serving(stack, "from a fork"), 300, 0.5, "the fork preview to serve")
     (container,) = docker_client.containers.list(
         filters={"label": f"io.portside.environment={NAME}"}
     )
     assert not any(e.startswith("API_KEY=") for e in container.attrs["Config"]["Env"])
+    env = preview(stack)
+    assert env is not None and env.host_id == sandbox
+    with stack.database.session_scope() as session:
+        (build,) = session.scalars(select(Build))
+        assert build.untrusted is True
 
     pull.state = "closed"  # GitHub closed it; the delivery never came
     stack.send("portside.clean_up_previews")
