@@ -14,10 +14,10 @@ from redis import Redis
 from sqlalchemy import select
 
 from controlplane import schemas
-from controlplane.api.auth import actor, require
+from controlplane.api.auth import actor, current_token, require
 from controlplane.crypto import SecretBox
 from controlplane.db import session
-from controlplane.errors import Conflict, ServiceUnavailable
+from controlplane.errors import ServiceUnavailable
 from controlplane.github.app import GitHubApp
 from controlplane.models import Variable
 from controlplane.services import builds, logs, registries
@@ -46,8 +46,9 @@ def _box() -> SecretBox:
 
 
 def _build_args(build_id: int) -> dict[str, str]:
-    """The service's build arguments; a fork's build gets none marked secret."""
-    build = builds.get_build(session(), build_id)
+    """The service's build arguments for the worker holding the build step; a fork's
+    build gets none marked secret."""
+    build = builds.held_build(session(), build_id, current_token().id)
     environment = build.environment
     untrusted = environment.from_fork and not environment.secrets_approved_for(build.commit_sha)
     box = _box()
@@ -80,7 +81,9 @@ def _end(build_id: int) -> None:
 @worker_api.alt_response(409, schema=schemas.ApiErrorSchema, description="must not run")
 def claim_step(data: dict[str, Any], build_id: int, step: str) -> dict[str, Any]:
     db = session()
-    spec = builds.claim_step(db, build_id, step, data["attempt"], data["worker"])
+    spec = builds.claim_step(
+        db, build_id, step, data["attempt"], data["worker"], token_id=current_token().id
+    )
     db.commit()
     body = dataclasses.asdict(spec)
     body["build_args"] = _build_args(build_id) if step == "build" else {}
@@ -121,15 +124,16 @@ def heartbeat(data: dict[str, Any], build_id: int) -> None:
 @worker_api.arguments(schemas.GitTokenQuerySchema, location="query")
 @worker_api.response(200, schemas.GitTokenSchema)
 def git_token(query: dict[str, Any], build_id: int) -> dict[str, Any]:
-    """A fresh installation token for cloning this build's repository (never stored)."""
-    build = builds.get_build(session(), build_id)
-    if build.status not in ("queued", "running"):
-        raise Conflict(f"build {build_id} is {build.status}")
+    """A fresh installation token for cloning this build's repository, read-only and for
+    that repository alone, to the worker holding the build's step (never stored)."""
+    build = builds.held_build(session(), build_id, current_token().id)
     repository = build.service.repository
     github: GitHubApp | None = current_app.extensions["portside.github"]
     if github is None or repository is None:
         raise ServiceUnavailable("no GitHub App is configured for this repository")
-    token = github.installation_token(repository.installation_id, refresh=query["refresh"])
+    token = github.clone_token(
+        repository.installation_id, repository.full_name, refresh=query["refresh"]
+    )
     return {"token": token, "expires_in": 600}
 
 
@@ -137,7 +141,8 @@ def git_token(query: dict[str, Any], build_id: int) -> dict[str, Any]:
 @require("worker")
 @worker_api.response(200, schemas.RegistryCredentialsSchema)
 def registry_credentials(build_id: int) -> dict[str, Any]:
-    build = builds.get_build(session(), build_id)
+    """The push credentials of the build's registry, to the worker holding its step."""
+    build = builds.held_build(session(), build_id, current_token().id)
     repository = build.service.repository
     credentials = registries.credentials_for(
         session(),

@@ -61,8 +61,9 @@ class GitHubApp:
 
     def __init__(self, app_id: int, private_key: str, api_url: str) -> None:
         self.api_url = api_url.rstrip("/")
+        self._app_auth = Auth.AppAuth(app_id, private_key)
         self._integration = GithubIntegration(
-            auth=Auth.AppAuth(app_id, private_key),
+            auth=self._app_auth,
             base_url=self.api_url,
             timeout=TIMEOUT,
             retry=None,
@@ -70,6 +71,8 @@ class GitHubApp:
             seconds_between_writes=None,
         )
         self._tokens: dict[int, InstallationToken] = {}
+        # Clone tokens, by (installation, repository full name): one repository, read-only.
+        self._clone_tokens: dict[tuple[int, str], InstallationToken] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -101,6 +104,53 @@ class GitHubApp:
                 expires_at = expires_at.replace(tzinfo=dt.UTC)
             self._tokens[installation_id] = InstallationToken(grant.token, expires_at)
             return grant.token
+
+    def clone_token(self, installation_id: int, full_name: str, *, refresh: bool = False) -> str:
+        """A token that reads the contents of ``full_name`` and nothing else: what a build
+        worker gets to clone, so a worker (or the fork code it runs) holding it cannot reach
+        the installation's other repositories nor write anywhere."""
+        now = dt.datetime.now(dt.UTC)
+        key = (installation_id, full_name.lower())
+        with self._lock:
+            cached = self._clone_tokens.get(key)
+            if cached is not None and cached.fresh(now) and not refresh:
+                return cached.token
+            grant = self._mint(
+                installation_id,
+                {
+                    "repositories": [full_name.rpartition("/")[2]],
+                    "permissions": {"contents": "read"},
+                },
+            )
+            self._clone_tokens[key] = grant
+            return grant.token
+
+    def _mint(self, installation_id: int, scope: dict[str, object]) -> InstallationToken:
+        """POST /app/installations/{id}/access_tokens with a repository and permission
+        scope (PyGithub's get_access_token sends no repositories)."""
+        what = f"installation {installation_id} token"
+        try:
+            response = requests.post(
+                f"{self.api_url}/app/installations/{installation_id}/access_tokens",
+                json=scope,
+                headers={
+                    "Authorization": f"Bearer {self._app_auth.create_jwt()}",
+                    "Accept": "application/vnd.github+json",
+                    "X-GitHub-Api-Version": "2022-11-28",
+                },
+                timeout=TIMEOUT,
+            )
+        except requests.RequestException as exc:
+            raise translate(exc, what) from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise GitHubError(f"{what}: GitHub answered {response.status_code}")
+        if response.status_code != 201:
+            raise GitHubRefused(f"{what}: GitHub answered {response.status_code}")
+        body = response.json()
+        expires_at = dt.datetime.fromisoformat(str(body["expires_at"]).replace("Z", "+00:00"))
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=dt.UTC)
+        return InstallationToken(str(body["token"]), expires_at)
 
     def call(self, installation_id: int, what: str, operation: Callable[[Github], T]) -> T:
         """Run ``operation`` with an installation client; a 401 refreshes the token once."""

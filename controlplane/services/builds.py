@@ -21,7 +21,7 @@ from redis import Redis
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from controlplane.errors import Conflict, NotFound, ValidationFailed
+from controlplane.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from controlplane.models import (
     Build,
     BuildStep,
@@ -77,9 +77,16 @@ STEP_ALIVE = dt.timedelta(seconds=45)
 
 
 def claim_step(
-    session: Session, build_id: int, step_name: str, attempt: int, worker: str
+    session: Session,
+    build_id: int,
+    step_name: str,
+    attempt: int,
+    worker: str,
+    *,
+    token_id: int | None = None,
 ) -> BuildSpec:
-    """Mark a step running for ``worker``; Conflict when it must not run (again)."""
+    """Mark a step running for ``worker``, held by the API token ``token_id`` (the only
+    one then answered this build's credentials); Conflict when it must not run (again)."""
     build = get_build(session, build_id, lock=True)
     if build.status in FINISHED:
         raise Conflict(f"build {build_id} is {build.status}")
@@ -105,6 +112,7 @@ def claim_step(
         effects.note_feedback(session, "build_running", build.id)
         wake_dispatchers(session)  # its place in the shared queue is free again
     build.worker = worker
+    build.worker_token_id = token_id
     build.heartbeat_at = now
     step.status = "running"
     step.attempts += 1
@@ -128,6 +136,20 @@ def claim_step(
         compose_allow=[] if build.untrusted else [str(key) for key in service.compose_allow],
         images=dict(build.images or {}),
     )
+
+
+def held_build(session: Session, build_id: int, token_id: int) -> Build:
+    """The build whose running step the token ``token_id`` claimed; Forbidden otherwise, so
+    a worker token reaches the credentials of the builds it works on and no others."""
+    build = get_build(session, build_id)
+    holding = (
+        build.status == "running"
+        and build.worker_token_id == token_id
+        and any(step.status == "running" for step in build.steps)
+    )
+    if not holding:
+        raise Forbidden(f"this token does not hold a running step of build {build_id}")
+    return build
 
 
 def finish_step(

@@ -213,6 +213,12 @@ def test_registry_credentials_are_encrypted_and_never_listed(
     assert "registry-pass" not in created.get_data(as_text=True)
     assert client.get("/v1/registries", headers=admin_headers).json[0]["has_password"] is True
     build_id = new_build(database, service_id, SHA_A, 1)
+    claimed = client.post(
+        f"/v1/builds/{build_id}/steps/clone/claim",
+        json={"attempt": 1, "worker": "build-1@test"},
+        headers=worker_headers,
+    )
+    assert claimed.status_code == 200, claimed.json
     credentials = client.get(
         f"/v1/builds/{build_id}/registry-credentials", headers=worker_headers
     ).json
