@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/v1",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=openapi.SWAGGER_UI_URL,
         API_SPEC_OPTIONS={
             "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
             "security": [{"bearer": []}],
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     task_pipeline.configure_sender(settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(metrics_api.blueprint)
+    app.register_blueprint(openapi.swagger_ui_assets())
     app.register_blueprint(agent.blueprint)
     app.register_blueprint(dashboard.blueprint)
     api = PortsideApi(app)

@@ -5,13 +5,22 @@ that fails its schema, the paginated ``X-Pagination`` header); the errors that c
 authentication and from the services are the same for every view, so they are added by
 an apispec plugin here rather than repeated on each one. Each refers to a response that
 flask-smorest registers under the status's name with Portside's ``ApiErrorSchema``.
+
+Swagger UI at ``/v1/docs`` loads its scripts and styles from this server: the dist files
+that the flask-swagger-ui package ships (pinned in setup.cfg), not from a CDN, so the
+page works offline and runs no script that was not installed with Portside.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 from apispec import BasePlugin
+from flask import Blueprint
+
+# Where the Swagger UI page finds swagger-ui-bundle.js and friends (OPENAPI_SWAGGER_UI_URL).
+SWAGGER_UI_URL = "/v1/docs/assets/"
 
 MUTATING = ("post", "put", "patch", "delete")
 WITH_BODY = ("post", "put", "patch")
@@ -43,3 +52,14 @@ class ErrorResponsesPlugin(BasePlugin):  # type: ignore[misc]
             for status, name in wanted.items():
                 if status not in responses and str(status) not in responses:
                     responses[status] = name
+
+
+def swagger_ui_assets() -> Blueprint:
+    """A blueprint serving swagger-ui's dist files under :data:`SWAGGER_UI_URL`."""
+    dist = resources.files("flask_swagger_ui") / "dist"
+    return Blueprint(
+        "swagger_ui_assets",
+        __name__,
+        static_folder=str(dist),
+        static_url_path=SWAGGER_UI_URL.rstrip("/"),
+    )

@@ -17,7 +17,7 @@ from controlplane.services import hosts, services
 
 METHODS = ("get", "post", "put", "patch", "delete")
 # Served by flask-smorest itself, not part of the API they describe.
-DOCUMENT_ROUTES = {"/v1/openapi.json", "/v1/docs"}
+DOCUMENT_ROUTES = {"/v1/openapi.json", "/v1/docs", "/v1/docs/assets/<path:filename>"}
 # A service's variables and notification targets are a handful each, read whole.
 UNPAGINATED_LISTS = {
     "/v1/services/{service_id}/variables",
@@ -169,3 +169,24 @@ def test_swagger_ui_is_served(client: FlaskClient) -> None:
     page = response.get_data(as_text=True)
     assert "swagger-ui" in page
     assert "/v1/openapi.json" in page
+
+
+def test_swagger_ui_works_offline(client: FlaskClient) -> None:
+    """The page names no other origin; every script and stylesheet it loads is served here."""
+    page = client.get("/v1/docs").get_data(as_text=True)
+    assert re.search(r"https?://|//[a-z0-9]", page, re.IGNORECASE) is None
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert {asset.rsplit("/", 1)[-1] for asset in assets} >= {
+        "swagger-ui.css",
+        "swagger-ui-bundle.js",
+        "swagger-ui-standalone-preset.js",
+    }
+    for asset in assets:
+        assert asset.startswith("/v1/docs/assets/")
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.get_data()) > 10_000, asset
+        expected = "text/css" if asset.endswith(".css") else "text/javascript"
+        assert response.mimetype == expected, asset
+        response.close()
+    assert client.get("/v1/docs/assets/../../openapi.json").status_code == 404
