@@ -310,11 +310,15 @@ class _Checker:
                 self.string(key_path, item)
         context = value.get("context", ".")
         if self.relative(_join(path, "context"), context, "build context"):
+            # The Dockerfile may sit outside its context (docker allows it), not outside
+            # the repository.
             dockerfile = value.get("dockerfile", "Dockerfile")
-            if self.relative(_join(path, "dockerfile"), dockerfile, "dockerfile"):
-                joined = posixpath.normpath(posixpath.join(str(context), str(dockerfile)))
-                if joined == ".." or joined.startswith("../"):
-                    self.refuse(_join(path, "dockerfile"), "must stay inside the repository")
+            if not isinstance(dockerfile, str) or posixpath.isabs(dockerfile):
+                self.refuse(_join(path, "dockerfile"), "the dockerfile must be a relative path")
+            else:
+                self.relative(
+                    _join(path, "dockerfile"), posixpath.join(context, dockerfile), "dockerfile"
+                )
 
     def relative(self, path: str, value: Any, what: str) -> bool:
         """A relative path that does not climb out of the compose file's directory."""
