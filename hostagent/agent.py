@@ -25,7 +25,7 @@ from hostagent.client import (
     DesiredStateSource,
     backoff_delay,
 )
-from hostagent.desired import DesiredEnvironment, DesiredState, config_hash
+from hostagent.desired import DesiredEnvironment, DesiredState, PreviewLimits, config_hash
 from hostagent.errors import AgentConfigError, AgentError, PermanentAgentError
 from hostagent.observe import ObservedContainer, ObservedEnvironment, ObservedState, observe
 from hostagent.plan import failure_key, plan
@@ -44,6 +44,7 @@ class Failure:
     deployment_id: int | None
     error: str
     logs: str | None
+    refused: bool = False
 
 
 @dataclass
@@ -52,6 +53,7 @@ class AgentState:
 
     applier: Applier
     publish_host: str = ""
+    preview_limits: PreviewLimits = field(default_factory=PreviewLimits)
     failures: dict[str, Failure] = field(default_factory=dict)
     consecutive_errors: int = 0
 
@@ -117,7 +119,8 @@ def _environment_status(
     state = "running" if running else "starting"
     error = logs = None
     if failure is not None:
-        state, healthy, error, logs = "failed", False, failure.error, failure.logs
+        state = "refused" if failure.refused else "failed"
+        healthy, error, logs = False, failure.error, failure.logs
     elif outcome is not None and outcome.error:
         error = outcome.error  # transient: still "starting", tried again next tick
     return {
@@ -152,6 +155,19 @@ def build_report(
                 outcomes.get(env.name),
             )
         )
+    for refused in desired.refused:
+        environments.append(
+            {
+                "name": refused.name,
+                "deployment_id": refused.deployment_id,
+                "state": "refused",
+                "healthy": False,
+                "address": None,
+                "error": refused.reason,
+                "logs": None,
+                "containers": [_container_json(c) for c in observed.get(refused.name).containers],
+            }
+        )
     for name, outcome in outcomes.items():
         if outcome.state == "removed":
             environments.append(
@@ -184,7 +200,11 @@ def _remember_failures(
     for outcome in outcomes.values():
         if outcome.failure_key and outcome.error:
             state.failures[outcome.failure_key] = Failure(
-                outcome.name, outcome.deployment_id, outcome.error, outcome.logs
+                outcome.name,
+                outcome.deployment_id,
+                outcome.error,
+                outcome.logs,
+                refused=outcome.state == "refused",
             )
     # Forget failures of configs no longer desired: memory stays bounded, and a state
     # that brings the config back later deserves a fresh try.
@@ -203,6 +223,7 @@ def run_once(
     """Fetch (unless ``wait`` is None), observe, plan, apply, observe again, report.
 
     A failed fetch does not stop the pass: the last good state is reconciled anyway.
+    Previews get this host's default limits wherever theirs are looser or missing.
     Docker errors while observing propagate (the loop catches them).
     """
     error: AgentError | None = None
@@ -217,6 +238,8 @@ def run_once(
             error = exc
             state.consecutive_errors += 1
             log.warning("desired state: %s (working on the last good state)", exc)
+    if desired is not None:
+        desired = desired.with_preview_limits(state.preview_limits)
     host = desired.host if desired is not None else None
     client = state.applier.client
     observed = observe(client, host)
@@ -338,7 +361,8 @@ def main(environ: Mapping[str, str]) -> int:
         signal.signal(signum, _stop)
     log.info("agent %s starting: %r", AGENT_VERSION, settings)
     try:
-        run_forever(settings, AgentState(applier, settings.publish_host), source, stop)
+        agent_state = AgentState(applier, settings.publish_host, settings.preview_limits)
+        run_forever(settings, agent_state, source, stop)
     finally:
         source.close()
         client.close()

@@ -8,11 +8,11 @@ healthy is removed again and the old one keeps serving.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +21,25 @@ from typing import Any
 
 import docker.errors
 import requests
-import yaml
 
+from contracts.compose_policy import ROUTING_LABEL_PREFIXES, Caps, ComposeRefused, load_and_check
+from contracts.yamlsafe import dump_yaml
 from hostagent import labels as lbl
-from hostagent.desired import DesiredEnvironment, RegistryAuth, traefik_labels
-from hostagent.errors import AgentError, PermanentAgentError, TransientAgentError
+from hostagent.desired import DesiredEnvironment, RegistryAuth, Resources, traefik_labels
+from hostagent.errors import (
+    AgentError,
+    EnvironmentRefused,
+    PermanentAgentError,
+    TransientAgentError,
+)
+from hostagent.files import (
+    make_dirs,
+    open_dir,
+    read_file,
+    remove_file,
+    sealed_fd,
+    write_file,
+)
 from hostagent.plan import (
     Action,
     ComposeDown,
@@ -51,6 +65,14 @@ ANY_IPV4 = "0.0.0.0"  # noqa: S104 - a bound address read back, never bound to h
 # What a compose subprocess may see of the agent's environment: never its token.
 COMPOSE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR")
 COMPOSE_ENV_PREFIXES = ("DOCKER_",)
+COMPOSE_DIR = "compose"
+COMPOSE_FILE = "docker-compose.yml"
+OVERRIDE_FILE = "portside.override.yml"
+# The project directory compose resolves relative paths against: empty, private, and
+# holding nothing of the agent's, whatever a compose file names relative to it.
+EMPTY_DIR = "empty"
+# Compose limit keys the override sets, and where ``deploy.resources.limits`` says the same.
+LIMIT_KEYS = (("cpus", "cpus"), ("mem_limit", "memory"), ("pids_limit", "pids"))
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -68,7 +90,7 @@ class EnvironmentOutcome:
     """What applying one environment's actions came to; ``failure_key`` when it failed."""
 
     name: str
-    state: str | None = None  # "failed", "starting" (transient error), "removed" or None
+    state: str | None = None  # "failed", "refused", "starting" (transient), "removed" or None
     error: str | None = None
     logs: str | None = None
     failure_key: str | None = None
@@ -114,20 +136,6 @@ def compose_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Atomic write, readable by the agent only (the files may carry secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _docker_error(exc: Exception, what: str) -> AgentError:
@@ -214,7 +222,10 @@ class Applier:
             outcome.failure_key = failure_key(started.spec, started.config_hash)
         elif isinstance(action, ComposeUp) and permanent:
             outcome.failure_key = failure_key(action.spec, action.config_hash)
-        outcome.state = "failed" if outcome.failure_key else "starting"
+        if isinstance(error, EnvironmentRefused):
+            outcome.state = "refused"
+        else:
+            outcome.state = "failed" if outcome.failure_key else "starting"
         outcome.error = str(error)
         outcome.logs = logs
         log.warning("environment %s: %s", outcome.name, error)
@@ -276,6 +287,8 @@ class Applier:
             kwargs["nano_cpus"] = int(spec.resources.cpus * 1_000_000_000)
         if spec.resources.memory:
             kwargs["mem_limit"] = spec.resources.memory
+        if spec.resources.pids:
+            kwargs["pids_limit"] = spec.resources.pids
         if self.publish_host and spec.port:
             kwargs["ports"] = {f"{spec.port}/tcp": (self.publish_host, None)}
         log.info("environment %s: starting %s from %s", spec.name, action.name, spec.image)
@@ -378,13 +391,27 @@ class Applier:
         return self._compose
 
     def compose_dir(self, environment: str) -> Path:
-        return self.state_dir / "compose" / environment
+        return self.state_dir / COMPOSE_DIR / environment
 
-    def override_file(self, action: ComposeUp) -> dict[str, Any]:
-        """Labels, runtime env, restart policy and the published port, per service."""
+    def checked_compose(self, spec: DesiredEnvironment) -> dict[str, Any]:
+        """The compose file after the policy (the last line), made safe to run.
+
+        Refused: EnvironmentRefused naming every key path, and nothing is started.
+        """
+        try:
+            document = load_and_check(
+                spec.compose or "",
+                extra_allowed=spec.allowed_compose_keys,
+                caps=resource_caps(spec.resources),
+            )
+        except ComposeRefused as exc:
+            raise EnvironmentRefused(str(exc)) from None
+        return sanitized_compose(document)
+
+    def override_file(self, action: ComposeUp, document: Mapping[str, Any]) -> dict[str, Any]:
+        """Labels, runtime env, restart policy, limits and the one published port, per service."""
         spec = action.spec
-        base = yaml.safe_load(spec.compose or "") or {}
-        services: Mapping[str, Any] = base.get("services") or {}
+        services: Mapping[str, Any] = document.get("services") or {}
         common = {
             lbl.ENVIRONMENT: spec.name,
             lbl.DEPLOYMENT: str(spec.deployment_id),
@@ -396,16 +423,25 @@ class Applier:
         }
         # Compose interpolates "$": escape it so values arrive as they were given.
         env = {key: value.replace("$", "$$") for key, value in spec.env.items()}
+        limits = {
+            "cpus": spec.resources.cpus,
+            "mem_limit": spec.resources.memory,
+            "pids_limit": spec.resources.pids,
+        }
         override: dict[str, Any] = {}
-        if "version" in base:
-            override["version"] = base["version"]
+        if "version" in document:
+            override["version"] = document["version"]
         out: dict[str, Any] = {}
         for name, service in services.items():
             entry: dict[str, Any] = {"labels": dict(common)}
             if env:
                 entry["environment"] = dict(env)
-            if not (isinstance(service, dict) and "restart" in service):
+            if "restart" not in service:
                 entry["restart"] = spec.resources.restart
+            # A limit of the file's own is within the caps (the policy checked): keep it.
+            entry.update(
+                {key: value for key, value in limits.items() if value and key not in service}
+            )
             if name == spec.routed_service:
                 entry["labels"].update(
                     {
@@ -426,20 +462,19 @@ class Applier:
         override["services"] = out
         return override
 
-    def _compose_images(self, text: str) -> list[str]:
-        data = yaml.safe_load(text) or {}
-        images = []
-        for service in (data.get("services") or {}).values():
-            image = service.get("image") if isinstance(service, dict) else None
-            if isinstance(image, str) and "@sha256:" in image:
-                images.append(image)
-        return images
+    def run_compose(self, environment: str, texts: Sequence[str], *args: str) -> str:
+        """Run compose on ``texts`` (never a shell); raise with its stderr tail.
 
-    def run_compose(self, environment: str, files: Sequence[Path], *args: str) -> str:
-        """Run compose with an argument list (never a shell); raise with its stderr tail."""
+        Each file reaches compose as a sealed in-memory file (``/dev/fd/N``), so nothing
+        can swap it between the agent's checks and compose reading it; relative paths
+        resolve against an empty private directory.
+        """
+        project_dir = make_dirs(self.state_dir, EMPTY_DIR)
+        fds = [sealed_fd(text, f"{environment}-{index}") for index, text in enumerate(texts)]
         command = [*self.compose_command, "-p", environment]
-        for path in files:
-            command += ["-f", str(path)]
+        command += ["--project-directory", str(project_dir)]
+        for fd in fds:
+            command += ["-f", f"/dev/fd/{fd}"]
         command += list(args)
         try:
             result = self.run(
@@ -448,13 +483,17 @@ class Applier:
                 text=True,
                 timeout=COMPOSE_TIMEOUT,
                 check=False,
-                cwd=str(files[0].parent) if files else None,
+                cwd=str(project_dir),
                 env=compose_environment(self.environ),
+                pass_fds=tuple(fds),
             )
         except subprocess.TimeoutExpired as exc:
             raise TransientAgentError(f"compose {args[0]} timed out") from exc
         except OSError as exc:
             raise PermanentAgentError(f"cannot run {command[0]}: {exc}") from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
         if result.returncode != 0:
             tail = "\n".join(
                 (result.stderr or result.stdout or "").strip().splitlines()[-LOG_LINES:]
@@ -476,17 +515,18 @@ class Applier:
 
     def compose_up(self, action: ComposeUp) -> None:
         spec = action.spec
-        directory = self.compose_dir(spec.name)
-        main = directory / "docker-compose.yml"
-        override = directory / "portside.override.yml"
-        _write_private(main, action.file_text)
-        _write_private(override, yaml.safe_dump(self.override_file(action), sort_keys=True))
-        for image in self._compose_images(action.file_text):
+        document = self.checked_compose(spec)
+        texts = [dump_yaml(document), dump_yaml(self.override_file(action, document))]
+        with open_dir(self.state_dir, COMPOSE_DIR, spec.name) as directory:
+            # Kept for operators and for ``down``; ``up`` runs the texts themselves.
+            write_file(directory, COMPOSE_FILE, texts[0])
+            write_file(directory, OVERRIDE_FILE, texts[1])
+        for image in compose_images(document):
             self.ensure_image(image, spec.registry)
         log.info("environment %s: compose up (deployment %s)", spec.name, spec.deployment_id)
         self.run_compose(
             spec.name,
-            [main, override],
+            texts,
             "up",
             "-d",
             "--remove-orphans",
@@ -548,24 +588,27 @@ class Applier:
 
     def compose_down(self, environment: str, *, remove_volumes: bool) -> None:
         """``down`` with the stored files; without them, remove by label (same result)."""
-        directory = self.compose_dir(environment)
-        files = [
-            path
-            for path in (directory / "docker-compose.yml", directory / "portside.override.yml")
-            if path.exists()
-        ]
-        if files:
+        try:
+            with open_dir(self.state_dir, COMPOSE_DIR, environment, create=False) as directory:
+                stored = [read_file(directory, name) for name in (COMPOSE_FILE, OVERRIDE_FILE)]
+        except FileNotFoundError:
+            stored = []
+        texts = [text for text in stored if text is not None]
+        if texts:
             args = ["down", "--remove-orphans", "--timeout", str(self.stop_timeout)]
             args += ["--volumes"] if remove_volumes else []
-            self.run_compose(environment, files, *args)
+            self.run_compose(environment, texts, *args)
         for container in self.project_containers(environment):
             self.remove_container(container.id, volumes=remove_volumes)
         self._remove_project_leftovers(environment, remove_volumes=remove_volumes)
-        for path in files:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        with contextlib.suppress(OSError):
-            directory.rmdir()
+        with (
+            contextlib.suppress(FileNotFoundError),
+            open_dir(self.state_dir, COMPOSE_DIR, create=False) as parent,
+        ):
+            with open_dir(self.state_dir, COMPOSE_DIR, environment, create=False) as directory:
+                for name in os.listdir(directory):
+                    remove_file(directory, name)
+            os.rmdir(environment, dir_fd=parent)
 
     def _remove_project_leftovers(self, project: str, *, remove_volumes: bool) -> None:
         label = f"{lbl.COMPOSE_PROJECT}={project}"
@@ -585,6 +628,83 @@ class Applier:
             self.remove_container(container_id, volumes=action.remove_volumes)
 
 
+def resource_caps(resources: Resources) -> Caps:
+    """The most a compose file may ask for: the environment's own (effective) limits."""
+    return Caps(cpus=resources.cpus, memory_bytes=resources.memory_bytes, pids=resources.pids)
+
+
+def _container_port(entry: Any) -> Any:
+    """The container side of a ``ports`` entry (``8080``, ``"80:8080/tcp"``, long syntax)."""
+    if isinstance(entry, Mapping):
+        target = entry.get("target")
+        protocol = entry.get("protocol")
+        return f"{target}/{protocol}" if protocol else target
+    if isinstance(entry, str):
+        port, slash, protocol = entry.partition("/")
+        return port.rsplit(":", 1)[-1] + slash + protocol
+    return entry
+
+
+def _without_routing_labels(labels: Any) -> Any:
+    """``labels`` (mapping or ``key=value`` list) minus every key the agent alone writes."""
+    if isinstance(labels, Mapping):
+        return {
+            key: value
+            for key, value in labels.items()
+            if not str(key).startswith(ROUTING_LABEL_PREFIXES)
+        }
+    if isinstance(labels, list):
+        return [
+            item
+            for item in labels
+            if not str(item).partition("=")[0].startswith(ROUTING_LABEL_PREFIXES)
+        ]
+    return labels
+
+
+def sanitized_compose(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked compose document with the agent's rules applied, whatever was allowed.
+
+    No routing labels but the agent's own; no published ports (``ports`` become
+    ``expose``: the agent publishes the routed port itself); limits written the way both
+    compose v1 and v2 apply them (``deploy.resources.limits`` moved to ``cpus``,
+    ``mem_limit`` and ``pids_limit``).
+    """
+    result = copy.deepcopy(dict(document))
+    for service in (result.get("services") or {}).values():
+        if "labels" in service:
+            service["labels"] = _without_routing_labels(service["labels"])
+        ports = service.pop("ports", None) or []
+        if ports:
+            service["expose"] = [*(service.get("expose") or []), *map(_container_port, ports)]
+        deploy = service.get("deploy")
+        if isinstance(deploy, dict) and isinstance(deploy.get("resources"), dict):
+            limits = deploy["resources"].pop("limits", None) or {}
+            for key, deploy_key in LIMIT_KEYS:
+                if deploy_key in limits and key not in service:
+                    value = limits[deploy_key]
+                    service[key] = float(value) if key == "cpus" else value
+            if not deploy["resources"]:
+                del deploy["resources"]
+            if not deploy:
+                del service["deploy"]
+    for section in ("volumes", "networks"):
+        for item in (result.get(section) or {}).values():
+            if isinstance(item, dict) and "labels" in item:
+                item["labels"] = _without_routing_labels(item["labels"])
+    return result
+
+
+def compose_images(document: Mapping[str, Any]) -> list[str]:
+    """The digest-pinned images of a compose document: pulled with the registry's login."""
+    images = []
+    for service in (document.get("services") or {}).values():
+        image = service.get("image") if isinstance(service, Mapping) else None
+        if isinstance(image, str) and "@sha256:" in image:
+            images.append(image)
+    return images
+
+
 def describe(actions: Iterable[Action]) -> list[str]:
     """One line per action for the log, without the runtime env (it holds secrets)."""
     lines = []
@@ -600,7 +720,10 @@ __all__ = [
     "Applier",
     "DeploymentFailed",
     "EnvironmentOutcome",
+    "compose_images",
     "describe",
     "detect_compose_command",
     "failure_key",
+    "resource_caps",
+    "sanitized_compose",
 ]

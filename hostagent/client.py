@@ -21,13 +21,14 @@ from typing import Any, Protocol
 
 import requests
 
-from hostagent.desired import DesiredState, desired_state_to_json, parse_desired_state
+from hostagent.desired import DesiredState, parse_desired_state
 from hostagent.errors import (
     AgentError,
     InvalidDesiredState,
     PermanentAgentError,
     TransientAgentError,
 )
+from hostagent.files import private_dir
 from hostagent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,11 @@ def error_for_status(response: requests.Response) -> AgentError:
 
 
 class StateCache:
-    """The last good desired state on disk, written atomically (it holds secrets: 0600)."""
+    """The last good desired state on disk, written atomically (it holds secrets: 0600).
+
+    The body is kept as the control plane sent it, so environments refused on arrival are
+    refused again after a restart instead of vanishing (and being torn down).
+    """
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / CACHE_FILE
@@ -133,9 +138,9 @@ class StateCache:
             log.warning("ignoring the cached desired state %s: %s", self.path, exc)
             return None
 
-    def save(self, state: DesiredState) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = json.dumps(desired_state_to_json(state), sort_keys=True)
+    def save(self, body: Mapping[str, Any]) -> None:
+        private_dir(self.path.parent)
+        text = json.dumps(body, sort_keys=True)
         fd, tmp = tempfile.mkstemp(prefix=".desired-", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -215,7 +220,7 @@ class ControlPlaneClient:
             )
         self._state = state
         try:
-            self.cache.save(state)
+            self.cache.save(body)
         except OSError as exc:  # the cache is a fallback: never fail a good fetch for it
             log.warning("could not cache the desired state in %s: %s", self.cache.path, exc)
         return Fetched(state, changed=previous is None or previous != state)

@@ -1,21 +1,27 @@
 """The desired state: parsed and validated strictly, hashed, and turned into labels.
 
-Strict on purpose: a body that does not validate raises, and the agent keeps its last
-good state instead of acting on something it cannot trust.
+Strict on purpose, per environment: a snapshot whose frame does not validate raises and the
+agent keeps its last good state; one environment that does not validate is refused on its
+own (left out of the plan, never torn down, reported with its reason) and the others are
+served, so one bad compose file never freezes a host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
-
+from contracts.yamlsafe import YamlRefused, load_yaml
 from hostagent.errors import InvalidDesiredState
+
+log = logging.getLogger(__name__)
 
 ENV_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 HOST_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -24,7 +30,9 @@ DIGEST_IMAGE_RE = re.compile(
     r"@sha256:[0-9a-f]{64}"
 )
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
-MEMORY_RE = re.compile(r"[0-9]+[bkmg]?", re.IGNORECASE)
+MEMORY_RE = re.compile(r"([0-9]+)([bkmg]?)", re.IGNORECASE)
+MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+COMPOSE_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 TRAEFIK_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 COMPOSE_SERVICE_RE = re.compile(r"[a-zA-Z0-9._-]+")
 RESTART_RE = re.compile(r"no|always|unless-stopped|on-failure(?::[0-9]{1,4})?")
@@ -58,6 +66,37 @@ class Resources:
     cpus: float | None = None
     memory: str | None = None
     restart: str = "unless-stopped"
+    pids: int | None = None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else memory_bytes(self.memory)
+
+
+@dataclass(frozen=True)
+class PreviewLimits:
+    """What a preview may use at most when its desired state asks for no tighter limit."""
+
+    cpus: float = 1.0
+    memory: str = "512m"
+    pids: int = 256
+
+    def tighten(self, resources: Resources) -> Resources:
+        """``resources`` with each limit no looser than these defaults."""
+        cpus = self.cpus if resources.cpus is None else min(resources.cpus, self.cpus)
+        memory = resources.memory
+        if memory is None or memory_bytes(memory) > memory_bytes(self.memory):
+            memory = self.memory
+        pids = self.pids if resources.pids is None else min(resources.pids, self.pids)
+        return Resources(cpus=cpus, memory=memory, restart=resources.restart, pids=pids)
+
+
+def memory_bytes(text: str) -> int:
+    """Bytes of a Docker memory size (``256m``, ``1g``, ``1048576``); ValueError otherwise."""
+    match = MEMORY_RE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a memory size: {text!r}")
+    return int(match.group(1)) * MEMORY_UNITS[match.group(2).lower()]
 
 
 @dataclass(frozen=True)
@@ -91,6 +130,21 @@ class DesiredEnvironment:
     registry: RegistryAuth | None
     compose_services: tuple[str, ...] = ()
     routes: tuple[Route, ...] = ()
+    compose_allow: frozenset[str] = frozenset()
+
+    @property
+    def allowed_compose_keys(self) -> frozenset[str]:
+        """Extra compose keys an admin allowed; production only, whatever the snapshot says."""
+        return self.compose_allow if self.kind == "production" else frozenset()
+
+
+@dataclass(frozen=True)
+class RefusedEnvironment:
+    """An environment of the snapshot that did not validate: kept as it runs, reported."""
+
+    name: str
+    deployment_id: int | None
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -111,9 +165,20 @@ class DesiredState:
     complete: bool
     routing: Routing
     environments: tuple[DesiredEnvironment, ...]
+    refused: tuple[RefusedEnvironment, ...] = ()
 
     def environment(self, name: str) -> DesiredEnvironment | None:
         return next((env for env in self.environments if env.name == name), None)
+
+    def with_preview_limits(self, limits: PreviewLimits) -> DesiredState:
+        """The same snapshot with every preview's resources tightened to ``limits``."""
+        environments = tuple(
+            dataclasses.replace(env, resources=limits.tighten(env.resources))
+            if env.kind == "preview"
+            else env
+            for env in self.environments
+        )
+        return dataclasses.replace(self, environments=environments)
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,16 +274,19 @@ def _resources(value: object, where: str) -> Resources:
     cpus = data.get("cpus")
     memory = data.get("memory")
     restart = data.get("restart") or "unless-stopped"
+    pids = data.get("pids")
     if cpus is not None:
         cpus = _number(cpus, f"{where}.cpus")
     if memory is not None:
         memory = _str(memory, f"{where}.memory").strip().lower()
         if not MEMORY_RE.fullmatch(memory):
             raise _fail(f"{where}.memory", "must look like 256m, 1g or a number of bytes")
+    if pids is not None:
+        pids = _int(pids, f"{where}.pids", minimum=1)
     restart = _str(restart, f"{where}.restart")
     if not RESTART_RE.fullmatch(restart):
         raise _fail(f"{where}.restart", "must be no, always, unless-stopped or on-failure[:N]")
-    return Resources(cpus=cpus, memory=memory, restart=restart)
+    return Resources(cpus=cpus, memory=memory, restart=restart, pids=pids)
 
 
 def _registry(value: object, where: str) -> RegistryAuth | None:
@@ -235,9 +303,9 @@ def _registry(value: object, where: str) -> RegistryAuth | None:
 def compose_services(text: str, where: str = "compose") -> tuple[str, ...]:
     """The service names of a compose file; raises if it is not a usable compose file."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise _fail(where, f"is not valid YAML ({exc.__class__.__name__})") from None
+        data = load_yaml(text)
+    except YamlRefused as exc:
+        raise _fail(where, f"is refused: {exc}") from None
     services = _obj(data, where).get("services")
     if not isinstance(services, dict) or not services:
         raise _fail(f"{where}.services", "must be a non-empty mapping")
@@ -306,7 +374,20 @@ def parse_environment(value: object, where: str) -> DesiredEnvironment:
         registry=_registry(data.get("registry"), f"{where} registry"),
         compose_services=services,
         routes=routes,
+        compose_allow=_compose_allow(data.get("compose_allow"), f"{where} compose_allow"),
     )
+
+
+def _compose_allow(value: object, where: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list):
+        raise _fail(where, "must be a list")
+    keys = frozenset(_str(item, f"{where}[{index}]") for index, item in enumerate(value))
+    bad = sorted(key for key in keys if not COMPOSE_KEY_RE.fullmatch(key))
+    if bad:
+        raise _fail(where, f"names something that is not a compose key: {bad[0]!r}")
+    return keys
 
 
 def _routes(value: object, services: tuple[str, ...], where: str) -> tuple[Route, ...]:
@@ -325,11 +406,32 @@ def _routes(value: object, services: tuple[str, ...], where: str) -> tuple[Route
     return tuple(routes)
 
 
-def parse_desired_state(value: object) -> DesiredState:
-    """Validate a whole snapshot; raise InvalidDesiredState on anything doubtful.
+def _refusal(value: object, index: int, exc: InvalidDesiredState) -> RefusedEnvironment | None:
+    """What to report for an environment that did not validate; None if it has no name.
 
-    An empty ``environments`` list is only accepted with ``"complete": true``: an empty
-    answer the server did not vouch for must never tear the host down.
+    Without a valid name nothing the agent runs can belong to it, so there is nothing to
+    keep and nobody to tell.
+    """
+    data = value if isinstance(value, dict) else {}
+    name = data.get("name")
+    if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+        log.warning("desired state: environments[%d] refused: %s", index, exc)
+        return None
+    deployment_id = data.get("deployment_id")
+    if isinstance(deployment_id, bool) or not isinstance(deployment_id, int):
+        deployment_id = None
+    log.warning("desired state: environment %s refused: %s", name, exc)
+    return RefusedEnvironment(name, deployment_id, str(exc))
+
+
+def parse_desired_state(value: object) -> DesiredState:
+    """Validate a snapshot: its frame strictly, each environment on its own.
+
+    A bad frame raises InvalidDesiredState (the agent keeps its last good state). A bad
+    environment lands in ``refused`` with its reason; so do all entries of a name the
+    snapshot gives twice. An empty ``environments`` list is only accepted with
+    ``"complete": true``: an empty answer the server did not vouch for must never tear
+    the host down.
     """
     data = _obj(value, "body")
     generation = _int(data.get("generation"), "generation")
@@ -346,69 +448,30 @@ def parse_desired_state(value: object) -> DesiredState:
     for label, text in (("entrypoint", entrypoint), ("cert_resolver", resolver)):
         if text is not None and not TRAEFIK_NAME_RE.fullmatch(text):
             raise _fail(f"routing.{label}", "must be letters, digits, '-' or '_'")
-    environments = tuple(
-        parse_environment(item, f"environments[{index}]") for index, item in enumerate(raw_envs)
-    )
-    names = [env.name for env in environments]
-    if len(set(names)) != len(names):
-        raise _fail("environments", "name the same environment twice")
+    host = _str(data.get("host"), "host")
+    parsed: list[DesiredEnvironment] = []
+    refused: dict[str, RefusedEnvironment] = {}
+    for index, item in enumerate(raw_envs):
+        try:
+            parsed.append(parse_environment(item, f"environments[{index}]"))
+        except InvalidDesiredState as exc:
+            refusal = _refusal(item, index, exc)
+            if refusal is not None:
+                refused.setdefault(refusal.name, refusal)
+    counts = Counter([env.name for env in parsed] + list(refused))
+    for env in parsed:
+        if counts[env.name] > 1 and env.name not in refused:
+            reason = f"desired state: environment {env.name!r} is named twice in the snapshot"
+            log.warning("%s", reason)
+            refused[env.name] = RefusedEnvironment(env.name, env.deployment_id, reason)
     return DesiredState(
-        host=_str(data.get("host"), "host"),
+        host=host,
         generation=generation,
         complete=complete,
         routing=Routing(entrypoint=entrypoint, cert_resolver=resolver),
-        environments=environments,
+        environments=tuple(env for env in parsed if env.name not in refused),
+        refused=tuple(refused.values()),
     )
-
-
-def desired_state_to_json(state: DesiredState) -> dict[str, Any]:
-    """The snapshot back in the control plane's shape, for the on-disk cache."""
-    return {
-        "host": state.host,
-        "generation": state.generation,
-        "complete": state.complete,
-        "routing": {
-            "entrypoint": state.routing.entrypoint,
-            "cert_resolver": state.routing.cert_resolver,
-        },
-        "environments": [
-            {
-                "name": env.name,
-                "kind": env.kind,
-                "service": env.service,
-                "deployment_id": env.deployment_id,
-                "build_id": env.build_id,
-                "commit_sha": env.commit_sha,
-                "mode": env.mode,
-                "image": env.image,
-                "compose": env.compose,
-                "port": env.port,
-                "routed_service": env.routed_service,
-                "routes": [
-                    {"service": r.service, "port": r.port, "domains": list(r.domains)}
-                    for r in env.routes
-                ],
-                "domains": list(env.domains),
-                "env": dict(env.env),
-                "health_check": None
-                if env.health_check is None
-                else {"path": env.health_check.path, "timeout": env.health_check.timeout},
-                "resources": {
-                    "cpus": env.resources.cpus,
-                    "memory": env.resources.memory,
-                    "restart": env.resources.restart,
-                },
-                "registry": None
-                if env.registry is None
-                else {
-                    "address": env.registry.address,
-                    "username": env.registry.username,
-                    "password": env.registry.password,
-                },
-            }
-            for env in state.environments
-        ],
-    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -443,6 +506,11 @@ def config_hash(
         "publish_host": publish_host,
         "routing": [routing.entrypoint, routing.cert_resolver],
     }
+    # Newer fields count only when set, so an agent upgrade restarts nothing that runs.
+    if env.resources.pids is not None:
+        material["pids"] = env.resources.pids
+    if env.allowed_compose_keys:
+        material["compose_allow"] = sorted(env.allowed_compose_keys)
     encoded = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()
 

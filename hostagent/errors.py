@@ -34,3 +34,11 @@ class InvalidDesiredState(TransientAgentError):
     Transient on purpose: the agent keeps its last good state and asks again later,
     when a fixed control plane may answer something sensible.
     """
+
+
+class EnvironmentRefused(PermanentAgentError):
+    """The agent will not run this environment as given (its compose file breaks the policy).
+
+    Nothing is started for it, what already runs for it is kept, and it is reported as
+    ``refused`` with the reason until the desired state brings something else.
+    """

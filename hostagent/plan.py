@@ -183,11 +183,11 @@ def _plan_compose(
     host: str,
     failed: Collection[str],
 ) -> list[Action]:
+    if failure_key(env, digest) in failed:
+        # This exact config failed or was refused: keep what serves, wait for a new state.
+        return []
     actions: list[Action] = []
-    if (
-        _compose_needs_up(env, observed.compose_containers, digest)
-        and failure_key(env, digest) not in failed
-    ):
+    if _compose_needs_up(env, observed.compose_containers, digest):
         actions.append(ComposeUp(env.name, env, digest, routing, host))
     # Containers of an earlier single-container deployment of this environment.
     actions.extend(_retire(observed.app_containers))
@@ -205,8 +205,9 @@ def plan(
 
     ``desired`` None means nothing is known yet: nothing is planned, least of all a
     removal. Environments observed but not desired are removed only when ``desired`` is
-    complete. ``failed`` holds :func:`failure_key` values of deployments that failed;
-    they are not retried until the desired state brings a different one.
+    complete; a refused environment is neither planned nor removed (what runs stays).
+    ``failed`` holds :func:`failure_key` values of deployments that failed or were
+    refused; they are not retried until the desired state brings a different one.
     """
     if desired is None:
         return []
@@ -224,6 +225,7 @@ def plan(
             )
     if desired.complete:
         wanted = {env.name for env in desired.environments}
+        wanted |= {refused.name for refused in desired.refused}
         for name, current in observed.environments.items():
             if name in wanted or not current.containers:
                 continue

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from hostagent.desired import MEMORY_RE, PreviewLimits
 from hostagent.errors import AgentConfigError
 
 DEFAULT_INTERVAL = 10.0
 MAX_INTERVAL = 3600.0
+MAX_CPUS = 1024.0
 
 
 def _default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -30,12 +32,14 @@ class AgentSettings:
     publish_host: str = ""
     state_dir: Path = Path(".")
     compose_command: tuple[str, ...] | None = None
+    preview_limits: PreviewLimits = PreviewLimits()
 
     def __repr__(self) -> str:
         return (
             f"AgentSettings(url={self.url!r}, token='***', interval={self.interval!r}, "
             f"publish_host={self.publish_host!r}, state_dir={str(self.state_dir)!r}, "
-            f"compose_command={self.compose_command!r})"
+            f"compose_command={self.compose_command!r}, "
+            f"preview_limits={self.preview_limits!r})"
         )
 
     __str__ = __repr__
@@ -49,6 +53,16 @@ class AgentSettings:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise AgentConfigError("PORTSIDE_URL must be an http:// or https:// URL")
+        if (
+            parts.scheme == "http"
+            and not _is_loopback(parts.hostname or "")
+            and environ.get("PORTSIDE_ALLOW_INSECURE_URL", "").strip() != "1"
+        ):
+            raise AgentConfigError(
+                "PORTSIDE_URL is plain http:// to a host that is not loopback (the token and "
+                "every secret would cross the network unencrypted); use https:// or set "
+                "PORTSIDE_ALLOW_INSECURE_URL=1"
+            )
         token = environ.get("PORTSIDE_TOKEN", "").strip()
         if not token:
             raise AgentConfigError("PORTSIDE_TOKEN is required (this host's agent token)")
@@ -84,7 +98,43 @@ class AgentSettings:
             publish_host=publish_host,
             state_dir=state_dir,
             compose_command=compose or None,
+            preview_limits=_preview_limits(environ),
         )
+
+
+def _preview_limits(environ: Mapping[str, str]) -> PreviewLimits:
+    """``PORTSIDE_AGENT_PREVIEW_CPUS|MEMORY|PIDS``; each defaults to PreviewLimits'."""
+    defaults = PreviewLimits()
+    raw_cpus = environ.get("PORTSIDE_AGENT_PREVIEW_CPUS", "").strip()
+    raw_memory = environ.get("PORTSIDE_AGENT_PREVIEW_MEMORY", "").strip().lower()
+    raw_pids = environ.get("PORTSIDE_AGENT_PREVIEW_PIDS", "").strip()
+    cpus, pids = defaults.cpus, defaults.pids
+    if raw_cpus:
+        try:
+            cpus = float(raw_cpus)
+        except ValueError:
+            cpus = 0.0
+        if not 0 < cpus <= MAX_CPUS:
+            raise AgentConfigError(
+                f"PORTSIDE_AGENT_PREVIEW_CPUS must be a number of CPUs (0 to {MAX_CPUS:g})"
+            )
+    if raw_memory and not MEMORY_RE.fullmatch(raw_memory):
+        raise AgentConfigError("PORTSIDE_AGENT_PREVIEW_MEMORY must look like 512m or 1g")
+    if raw_pids:
+        pids = int(raw_pids) if raw_pids.isdigit() else 0
+        if pids < 1:
+            raise AgentConfigError("PORTSIDE_AGENT_PREVIEW_PIDS must be a positive integer")
+    return PreviewLimits(cpus=cpus, memory=raw_memory or defaults.memory, pids=pids)
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: traffic that never leaves the machine."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_ipv6(value: str) -> bool:

@@ -15,7 +15,7 @@ from hostagent.client import Fetched
 from hostagent.desired import DesiredState
 from hostagent.errors import PermanentAgentError, TransientAgentError
 from hostagent.settings import AgentSettings
-from tests.hostagent.factories import desired
+from tests.hostagent.factories import desired, env_body
 
 
 class EmptyEngine:
@@ -97,3 +97,64 @@ def test_report_shape(tmp_path: Path, complete: bool):
     result = run_once(AgentState(Applier(EmptyEngine(), tmp_path)), source)
     assert result.report == {"generation": 42, "agent_version": "0.1.0", "environments": []}
     assert source.reports == [result.report]
+
+
+def test_refused_environments_are_reported_with_their_reason(tmp_path: Path):
+    state = desired(env_body("broken", deployment_id=5, port=0))
+    source = ScriptedSource([state], threading.Event())
+    agent = AgentState(Applier(EmptyEngine(), tmp_path))
+    report = run_once(agent, source).report
+    assert report is not None
+    (broken,) = report["environments"]
+    assert broken == {
+        "name": "broken",
+        "deployment_id": 5,
+        "state": "refused",
+        "healthy": False,
+        "address": None,
+        "error": "desired state: environment 'broken': port must be an integer >= 1",
+        "logs": None,
+        "containers": [],
+    }
+
+
+POLICY_BREAKER = """
+services:
+  web:
+    image: 127.0.0.1:5001/a/web@sha256:{d}
+    cap_add: [SYS_MODULE]
+    volumes: ["/:/host"]
+""".format(d="1" * 64)
+
+
+def test_a_compose_file_the_policy_refuses_starts_nothing_and_is_reported(tmp_path: Path):
+    calls: list[list[str]] = []
+
+    def run(command: list[str], **_kwargs: Any) -> Any:
+        calls.append(command)
+        raise AssertionError("compose must not run for a refused file")
+
+    body = env_body(
+        "stack", mode="compose", image=None, compose=POLICY_BREAKER, routed_service="web"
+    )
+    state = desired(body, generation=1)
+    source = ScriptedSource([state, state], threading.Event())
+    agent = AgentState(Applier(EmptyEngine(), tmp_path, run=run))
+    first = run_once(agent, source)
+    assert first.outcomes["stack"].state == "refused"
+    assert first.report is not None
+    (status,) = first.report["environments"]
+    assert status["state"] == "refused" and status["healthy"] is False
+    assert "services.web.cap_add" in status["error"]
+    assert "services.web.volumes" in status["error"]
+    assert calls == [] and not (tmp_path / "compose").exists()
+    # Not tried again every tick, still reported refused.
+    second = run_once(agent, source)
+    assert second.outcomes == {} and second.report is not None
+    assert second.report["environments"][0]["state"] == "refused"
+    # An admin allowing the key for production does not allow binds.
+    allowed = desired({**body, "compose_allow": ["cap_add"], "deployment_id": 8}, generation=2)
+    third = run_once(agent, ScriptedSource([allowed], threading.Event()))
+    assert third.report is not None
+    error = third.report["environments"][0]["error"]
+    assert "services.web.volumes" in error and "cap_add" not in error

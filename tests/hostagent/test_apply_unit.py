@@ -106,7 +106,8 @@ def test_compose_override_file(tmp_path: Path):
     )
     env = state.environments[0]
     action = ComposeUp(env.name, env, "h" * 64, state.routing, state.host)
-    override = Applier(object(), tmp_path, publish_host="127.0.0.1").override_file(action)
+    applier = Applier(object(), tmp_path, publish_host="127.0.0.1")
+    override = applier.override_file(action, applier.checked_compose(env))
     assert override["version"] == "3.8"
     web, db = override["services"]["web"], override["services"]["db"]
     for service in (web, db):
@@ -135,7 +136,8 @@ def test_other_compose_services_get_routes_of_their_own(tmp_path: Path):
     )
     env = state.environments[0]
     action = ComposeUp(env.name, env, "h" * 64, state.routing, state.host)
-    override = Applier(object(), tmp_path).override_file(action)
+    applier = Applier(object(), tmp_path)
+    override = applier.override_file(action, applier.checked_compose(env))
     db = override["services"]["db"]["labels"]
     assert db["traefik.http.routers.hello-db.rule"] == "Host(`db.hello.example.com`)"
     assert db["traefik.http.services.hello-db.loadbalancer.server.port"] == "5432"

@@ -144,7 +144,7 @@ def test_lower_generation_is_the_servers_truth(server, make_client):
         json_response(state_body(complete=False)),  # empty and not vouched for
         json_response({"generation": "x"}),
         lambda _r: Response("<html>proxy error</html>", status=200),
-        json_response(state_body(env_body(domains=["bad domain"]))),
+        json_response({**state_body(env_body()), "host": None}),
     ],
 )
 def test_untrusted_bodies_keep_the_last_good_state(server, make_client, handler):
@@ -235,3 +235,15 @@ def test_parse_retry_after():
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470) == 10
+
+
+def test_a_bad_environment_is_refused_and_stays_refused_after_a_restart(server, make_client):
+    app, _url = server
+    bad = env_body("bad", deployment_id=4, domains=["bad domain"])
+    app.handlers = [state_response(5, env_body(), bad)]
+    client = make_client()
+    state = client.fetch().state
+    assert [env.name for env in state.environments] == ["hello"]
+    assert [(r.name, r.deployment_id) for r in state.refused] == [("bad", 4)]
+    restarted = make_client().last_good
+    assert restarted is not None and restarted == state

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
 from hostagent.desired import (
+    PreviewLimits,
     Routing,
     config_hash,
     host_rule,
+    memory_bytes,
     parse_desired_state,
     traefik_labels,
     valid_domain,
@@ -66,36 +69,94 @@ E = "environments"
         ({"generation": 1}, "environments must be a list"),
         (_mutate(["generation"], "42"), "generation must be an integer"),
         (_mutate(["generation"], True), "generation must be an integer"),
-        (_mutate([E, 0, "name"], "Hello_World"), "name must be"),
-        (_mutate([E, 0, "kind"], "staging"), "kind must be"),
-        (_mutate([E, 0, "mode"], "swarm"), "mode must be"),
-        (_mutate([E, 0, "image"], "127.0.0.1:5001/a/b:latest"), "pinned by @sha256"),
-        (_mutate([E, 0, "image"], KeyError), "image must be"),
-        (_mutate([E, 0, "port"], 70000), "port must be at most"),
-        (_mutate([E, 0, "domains"], ["bad domain.com"]), "not a valid host name"),
-        (_mutate([E, 0, "domains"], ["a.com`) || Host(`evil.com"]), "not a valid host name"),
-        (_mutate([E, 0, "domains"], ["-x.com"]), "not a valid host name"),
-        (_mutate([E, 0, "env"], {"A=B": "x"}), "environment variable name"),
-        (_mutate([E, 0, "env"], {"A": 1}), "env.A must be a string"),
-        (_mutate([E, 0, "health_check"], {"path": "no-slash"}), "absolute URL path"),
-        (_mutate([E, 0, "resources"], {"memory": "lots"}), "memory must look like"),
-        (_mutate([E, 0, "resources"], {"restart": "sometimes"}), "restart must be"),
-        (_mutate([E, 0, "deployment_id"], None), "deployment_id must be"),
-        (_mutate([E, 0, "commit_sha"], "abc"), "commit_sha must be"),
         (_mutate(["routing"], {"entrypoint": "web secure"}), "routing.entrypoint"),
-        (state_body(env_body(), env_body()), "same environment twice"),
+        (_mutate(["host"], ""), "host must be"),
     ],
 )
-def test_rejects_what_it_cannot_trust(body, message):
+def test_rejects_a_frame_it_cannot_trust(body, message):
     with pytest.raises(InvalidDesiredState, match=message) as info:
         parse_desired_state(body)
     assert isinstance(info.value, TransientAgentError)
 
 
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]\n"
+    for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "staging"}, "kind must be"),
+        ({"mode": "swarm"}, "mode must be"),
+        ({"image": "127.0.0.1:5001/a/b:latest"}, "pinned by @sha256"),
+        ({"image": KeyError}, "image must be"),
+        ({"port": 70000}, "port must be at most"),
+        ({"domains": ["bad domain.com"]}, "not a valid host name"),
+        ({"domains": ["a.com`) || Host(`evil.com"]}, "not a valid host name"),
+        ({"domains": ["-x.com"]}, "not a valid host name"),
+        ({"env": {"A=B": "x"}}, "environment variable name"),
+        ({"env": {"A": 1}}, "env.A must be a string"),
+        ({"health_check": {"path": "no-slash"}}, "absolute URL path"),
+        ({"resources": {"memory": "lots"}}, "memory must look like"),
+        ({"resources": {"restart": "sometimes"}}, "restart must be"),
+        ({"resources": {"pids": 0}}, "pids must be"),
+        ({"commit_sha": "abc"}, "commit_sha must be"),
+        ({"compose_allow": "privileged"}, "compose_allow must be a list"),
+        ({"compose_allow": ["cap add"]}, "not a compose key"),
+        ({"mode": "compose", "compose": "services:\n  'my web': {}\n"}, "invalid service name"),
+        ({"mode": "compose", "compose": ALIAS_BOMB}, "aliases"),
+        ({"mode": "compose", "compose": "services: [1, 2"}, "not valid YAML"),
+    ],
+)
+def test_one_bad_environment_is_refused_alone(change, message):
+    bad = env_body("bad", deployment_id=9)
+    for key, value in change.items():
+        if value is KeyError:
+            del bad[key]
+        else:
+            bad[key] = value
+    state = parse_desired_state(state_body(env_body("good"), bad, env_body("other")))
+    assert [env.name for env in state.environments] == ["good", "other"]
+    (refused,) = state.refused
+    assert refused.name == "bad" and refused.deployment_id == 9
+    assert re.search(message, refused.reason), refused.reason
+    assert refused.reason.startswith("desired state: environment 'bad':")
+
+
+def test_a_refused_environment_without_a_deployment_id_is_still_reported():
+    state = parse_desired_state(state_body(env_body("bad", deployment_id=None)))
+    assert state.environments == ()
+    (refused,) = state.refused
+    assert refused.name == "bad" and refused.deployment_id is None
+    assert "deployment_id must be" in refused.reason
+
+
+def test_an_environment_without_a_valid_name_is_left_out_entirely():
+    state = parse_desired_state(
+        state_body(env_body("good"), env_body("Hello_World"), {"name": 1}, "not an object")
+    )
+    assert [env.name for env in state.environments] == ["good"]
+    assert state.refused == ()
+
+
+def test_a_name_given_twice_refuses_every_entry_of_it():
+    state = parse_desired_state(
+        state_body(env_body("twice"), env_body("good"), env_body("twice", deployment_id=8))
+    )
+    assert [env.name for env in state.environments] == ["good"]
+    (refused,) = state.refused
+    assert refused.name == "twice" and "named twice" in refused.reason
+    # One valid and one invalid entry of a name: neither runs.
+    state = parse_desired_state(state_body(env_body("twice"), env_body("twice", kind="x")))
+    assert state.environments == () and [r.name for r in state.refused] == ["twice"]
+
+
 def test_bad_env_value_error_does_not_echo_the_value():
-    with pytest.raises(InvalidDesiredState) as info:
-        parse_desired_state(_mutate([E, 0, "env"], {"TOKEN": ["s3cr3t"]}))
-    assert "s3cr3t" not in str(info.value)
+    state = parse_desired_state(_mutate([E, 0, "env"], {"TOKEN": ["s3cr3t"]}))
+    (refused,) = state.refused
+    assert "env.TOKEN" in refused.reason and "s3cr3t" not in refused.reason
 
 
 def test_compose_mode_validation():
@@ -104,17 +165,29 @@ def test_compose_mode_validation():
         image=None,
         compose="services:\n  web:\n    image: x@sha256:" + "1" * 64 + "\n  db: {}\n",
         routed_service="web",
+        compose_allow=["cap_add"],
     )
     env = parse_desired_state(state_body(good)).environments[0]
     assert env.compose_services == ("db", "web")
+    assert env.allowed_compose_keys == frozenset({"cap_add"})
+    preview = parse_desired_state(state_body({**good, "kind": "preview"})).environments[0]
+    assert preview.compose_allow == frozenset({"cap_add"})
+    assert preview.allowed_compose_keys == frozenset()  # never for a preview
     for bad, message in [
-        ({"compose": "services: [1, 2"}, "not valid YAML"),
         ({"compose": "version: '3'\n"}, "services must be"),
         ({"routed_service": "nope"}, "names no service"),
         ({"compose": None}, "compose must be"),
+        ({"compose": "services:\n  web: {}\n  web: {}\n"}, "duplicate key"),
     ]:
-        with pytest.raises(InvalidDesiredState, match=message):
-            parse_desired_state(state_body({**copy.deepcopy(good), **bad}))
+        state = parse_desired_state(state_body({**copy.deepcopy(good), **bad}))
+        (refused,) = state.refused
+        assert re.search(message, refused.reason), refused.reason
+
+
+def test_yaml_is_read_as_compose_reads_it():
+    compose = "services:\n  on:\n    image: x@sha256:" + "1" * 64 + "\n"
+    body = env_body(mode="compose", image=None, compose=compose, routed_service="on")
+    assert parse_desired_state(state_body(body)).environments[0].compose_services == ("on",)
 
 
 def test_domains_are_normalised():
@@ -186,3 +259,55 @@ def test_config_hash_covers_what_recreates():
     assert config_hash(base, "127.0.0.1") != digest
     same = parse_desired_state(state_body(env_body(deployment_id=99))).environments[0]
     assert config_hash(same) == digest
+
+
+def test_config_hash_counts_new_fields_only_when_set():
+    """An agent upgrade must not restart what runs: unset new fields leave the hash alone."""
+    base = parse_desired_state(state_body(env_body())).environments[0]
+    digest = config_hash(base)
+    unset = env_body(compose_allow=[], resources={**env_body()["resources"], "pids": None})
+    assert config_hash(parse_desired_state(state_body(unset)).environments[0]) == digest
+    for change in [
+        {"compose_allow": ["cap_add"]},
+        {"resources": {**env_body()["resources"], "pids": 100}},
+    ]:
+        other = parse_desired_state(state_body(env_body(**change))).environments[0]
+        assert config_hash(other) != digest, change
+
+
+@pytest.mark.parametrize(
+    ("resources", "cpus", "memory", "pids"),
+    [
+        ({}, 1.0, "512m", 256),
+        ({"cpus": 0.25, "memory": "64m", "pids": 50}, 0.25, "64m", 50),
+        ({"cpus": 4, "memory": "2g", "pids": 10_000}, 1.0, "512m", 256),
+        ({"memory": "536870912"}, 1.0, "536870912", 256),
+        ({"memory": "536870913"}, 1.0, "512m", 256),
+    ],
+)
+def test_previews_get_the_tighter_of_their_limits_and_the_defaults(
+    resources, cpus, memory, pids
+):
+    state = parse_desired_state(
+        state_body(
+            env_body("prod", resources=dict(resources)),
+            env_body("pr", kind="preview", resources=dict(resources)),
+        )
+    ).with_preview_limits(PreviewLimits())
+    prod, preview = state.environments
+    assert prod.resources == parse_desired_state(
+        state_body(env_body("prod", resources=dict(resources)))
+    ).environments[0].resources
+    assert (preview.resources.cpus, preview.resources.memory, preview.resources.pids) == (
+        cpus,
+        memory,
+        pids,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512m", 512 << 20), ("1g", 1 << 30), ("64K", 64 << 10), ("100", 100), ("7b", 7)],
+)
+def test_memory_bytes(text, size):
+    assert memory_bytes(text) == size

@@ -277,3 +277,24 @@ def test_switch_from_compose_to_container_downs_the_project_after_the_switch():
     actions = plan(STATE, current)
     assert [type(a).__name__ for a in actions] == ["StartContainer", "WaitHealthy", "ComposeDown"]
     assert actions[-1] == ComposeDown("hello", remove_volumes=False)
+
+
+def test_a_refused_environment_is_neither_planned_nor_torn_down():
+    state = desired(env_body(), env_body("broken", kind="staging"))
+    assert [r.name for r in state.refused] == ["broken"]
+    current = observed(
+        container("c1", config_hash=NEW),
+        container("b1", env="broken", kind="preview", deployment_id=3),
+        container("g1", env="gone", deployment_id=2),
+    )
+    actions = plan(state, current)
+    assert [(type(a).__name__, a.environment) for a in actions] == [
+        ("RemoveEnvironment", "gone")
+    ]
+
+
+def test_a_failed_or_refused_compose_config_keeps_what_serves():
+    env = COMPOSE_STATE.environment("hello")
+    assert env is not None
+    current = observed(container("c1"))  # the single container it was before
+    assert plan(COMPOSE_STATE, current, failed={failure_key(env, CHASH)}) == []

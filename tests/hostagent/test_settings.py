@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from hostagent.agent import main
+from hostagent.desired import PreviewLimits
 from hostagent.errors import AgentConfigError
 from hostagent.settings import AgentSettings
 
 BASE = {
-    "PORTSIDE_URL": "http://cp.example:8000/",
+    "PORTSIDE_URL": "https://cp.example:8000/",
     "PORTSIDE_TOKEN": "tok-secret",
     "HOME": "/home/a",
 }
@@ -19,11 +20,12 @@ BASE = {
 
 def test_defaults():
     settings = AgentSettings.from_env(BASE)
-    assert settings.url == "http://cp.example:8000"
+    assert settings.url == "https://cp.example:8000"
     assert settings.interval == 10
     assert settings.publish_host == ""
     assert settings.state_dir == Path("/home/a/.local/share/portside/agent")
     assert settings.compose_command is None
+    assert settings.preview_limits == PreviewLimits(cpus=1.0, memory="512m", pids=256)
 
 
 def test_all_set():
@@ -34,8 +36,12 @@ def test_all_set():
             "PORTSIDE_AGENT_PUBLISH_HOST": "127.0.0.1",
             "PORTSIDE_AGENT_STATE_DIR": "/var/lib/portside",
             "PORTSIDE_COMPOSE_COMMAND": "docker-compose",
+            "PORTSIDE_AGENT_PREVIEW_CPUS": "0.5",
+            "PORTSIDE_AGENT_PREVIEW_MEMORY": "1G",
+            "PORTSIDE_AGENT_PREVIEW_PIDS": "100",
         }
     )
+    assert settings.preview_limits == PreviewLimits(cpus=0.5, memory="1g", pids=100)
     assert settings.interval == 2.5
     assert settings.publish_host == "127.0.0.1"
     assert settings.state_dir == Path("/var/lib/portside")
@@ -57,6 +63,14 @@ def test_token_is_masked():
         ({"PORTSIDE_AGENT_INTERVAL": "0"}, "PORTSIDE_AGENT_INTERVAL"),
         ({"PORTSIDE_AGENT_PUBLISH_HOST": "127.0.0.1:80"}, "PORTSIDE_AGENT_PUBLISH_HOST"),
         ({"PORTSIDE_COMPOSE_COMMAND": "'docker"}, "PORTSIDE_COMPOSE_COMMAND"),
+        ({"PORTSIDE_AGENT_PREVIEW_CPUS": "lots"}, "PORTSIDE_AGENT_PREVIEW_CPUS"),
+        ({"PORTSIDE_AGENT_PREVIEW_CPUS": "0"}, "PORTSIDE_AGENT_PREVIEW_CPUS"),
+        ({"PORTSIDE_AGENT_PREVIEW_MEMORY": "half"}, "PORTSIDE_AGENT_PREVIEW_MEMORY"),
+        ({"PORTSIDE_AGENT_PREVIEW_PIDS": "0"}, "PORTSIDE_AGENT_PREVIEW_PIDS"),
+        ({"PORTSIDE_AGENT_PREVIEW_PIDS": "-5"}, "PORTSIDE_AGENT_PREVIEW_PIDS"),
+        ({"PORTSIDE_URL": "http://cp.example:8000"}, "PORTSIDE_ALLOW_INSECURE_URL"),
+        ({"PORTSIDE_URL": "http://10.0.0.2"}, "PORTSIDE_ALLOW_INSECURE_URL"),
+        ({"PORTSIDE_URL": "http://127.0.0.1.example.com"}, "PORTSIDE_ALLOW_INSECURE_URL"),
     ],
 )
 def test_bad_values_name_the_variable(changes, variable):
@@ -68,3 +82,24 @@ def test_main_exits_2_on_bad_config(capsys):
     assert main({"PORTSIDE_TOKEN": "x"}) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "PORTSIDE_URL" in err
+
+
+def test_main_exits_2_on_plain_http_to_another_host(capsys):
+    assert main({**BASE, "PORTSIDE_URL": "http://cp.example"}) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "PORTSIDE_ALLOW_INSECURE_URL=1" in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8000", "http://127.8.9.1", "http://[::1]:80", "http://localhost:5000"],
+)
+def test_plain_http_on_loopback_is_fine(url):
+    assert AgentSettings.from_env({**BASE, "PORTSIDE_URL": url}).url == url
+
+
+def test_plain_http_elsewhere_only_when_told():
+    environ = {**BASE, "PORTSIDE_URL": "http://cp.internal", "PORTSIDE_ALLOW_INSECURE_URL": "1"}
+    assert AgentSettings.from_env(environ).url == "http://cp.internal"
+    with pytest.raises(AgentConfigError):
+        AgentSettings.from_env({**environ, "PORTSIDE_ALLOW_INSECURE_URL": "yes please"})
