@@ -180,7 +180,9 @@ class StepRunner:
         state = self._load_state(spec)
         checkout = self._checkout(spec)
         plan = compose.plan_builds(
-            checkout, spec.get("compose_path"), allow_privileged=bool(spec.get("compose_allow"))
+            checkout,
+            spec.get("compose_path"),
+            extra_allowed=frozenset(spec.get("compose_allow", [])),
         )
         tag = names.short_sha(spec["commit_sha"])
         branch_tag = names.branch_tag(spec["branch"])

@@ -124,31 +124,47 @@ def test_plan_without_anything_to_build(tmp_path):
 
 BAD_FILES = {
     "not yaml": ("services: [\n", "not valid YAML"),
-    "no services": ("version: '3'\n", "no services"),
+    "no services": ("version: '3'\n", "services: a compose file needs"),
     "list root": ("- a\n", "must be a mapping"),
-    "context outside": ("services:\n  a:\n    build: ../..\n", "outside the repository"),
-    "absolute context": ("services:\n  a:\n    build: /etc\n", "relative path"),
+    "alias bomb": (
+        "a: &a [x]\n" + "".join(f"x-b{i}: *a\n" for i in range(101)) + "services: {}\n",
+        r"\(file\): more than 100 YAML aliases",
+    ),
+    "context outside": ("services:\n  a:\n    build: ../..\n", "services.a.build: "),
+    "absolute context": ("services:\n  a:\n    build: /etc\n", "services.a.build: "),
     "remote context": (
         "services:\n  a:\n    build: https://github.com/o/r.git\n",
-        "remote build contexts",
+        "services.a.build: .* not a URL",
     ),
     "missing context": ("services:\n  a:\n    build: nowhere\n", "not found"),
+    "context symlink": (
+        "services:\n  a:\n    build: escape\n",
+        "services.a.build.context 'escape' points outside the repository",
+    ),
     "dockerfile outside": (
         "services:\n  a:\n    build:\n      context: .\n      dockerfile: ../../../etc/passwd\n",
-        "outside the repository",
+        "services.a.build.dockerfile: ",
     ),
     "dockerfile symlink": (
         "services:\n  a:\n    build:\n      context: .\n      dockerfile: evil.Dockerfile\n",
-        "outside the repository",
+        "services.a.build.dockerfile 'evil.Dockerfile' points outside the repository",
     ),
     "missing dockerfile": (
         "services:\n  a:\n    build:\n      context: .\n      dockerfile: nope\n",
         "not found",
     ),
-    "include": ("include: [other.yml]\nservices:\n  a:\n    image: x\n", "include"),
+    "env_file symlink": (
+        "services:\n  a:\n    image: x\n    env_file: [ok.env, {path: escape/shadow}]\n",
+        r"services.a.env_file\[1\] 'escape/shadow' points outside the repository",
+    ),
+    "include": ("include: [other.yml]\nservices:\n  a:\n    image: x\n", "include: not allowed"),
     "extends file": (
         "services:\n  a:\n    extends:\n      file: ../other.yml\n      service: b\n",
-        "extends",
+        "services.a.extends.file",
+    ),
+    "configs": (
+        "services:\n  a:\n    image: x\n    configs: [c]\nconfigs:\n  c: {file: /etc/shadow}\n",
+        "configs: not allowed.*services.a.configs: not allowed",
     ),
 }
 
@@ -158,53 +174,63 @@ def test_bad_compose_files(tmp_path, case):
     text, message = BAD_FILES[case]
     workspace = write(tmp_path / "ws", {"compose.yaml": text, "Dockerfile": "FROM base\n"})
     os.symlink("/etc/passwd", workspace / "evil.Dockerfile")
+    os.symlink("/etc", workspace / "escape")
     with pytest.raises(PermanentBuildError, match=message):
         load_compose(workspace)
 
 
+def test_a_compose_file_that_is_a_symlink_out_is_refused(tmp_path):
+    write(tmp_path, {"outside/compose.yaml": "services:\n  a:\n    image: x\n"})
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    os.symlink(tmp_path / "outside" / "compose.yaml", workspace / "compose.yaml")
+    with pytest.raises(PermanentBuildError, match="points outside the repository"):
+        load_compose(workspace)
+    os.symlink("/nonexistent", workspace / "compose.yml")  # a dangling link is no fallback
+    (workspace / "compose.yaml").unlink()
+    with pytest.raises(PermanentBuildError, match="points outside the repository"):
+        load_compose(workspace)
+
+
 PRIVILEGED = {
-    "privileged": "privileged: true",
-    "privileged yes": "privileged: 'yes'",
-    "network host": "network_mode: host",
-    "pid host": "pid: host",
-    "ipc host": "ipc: host",
-    "interpolated": "network_mode: ${MODE}",
-    "sys_admin": "cap_add: [SYS_ADMIN]",
-    "cap all": "cap_add: [ALL]",
-    "cap prefix": "cap_add: [CAP_SYS_ADMIN]",
-    "devices": "devices: ['/dev/kvm:/dev/kvm']",
-    "seccomp": "security_opt: ['seccomp:unconfined']",
-    "docker socket": "volumes: ['/var/run/docker.sock:/var/run/docker.sock']",
-    "home bind": "volumes: ['~/.ssh:/root/.ssh:ro']",
-    "parent bind": "volumes: ['../secrets:/s']",
-    "symlink bind": "volumes: ['./escape:/e']",
-    "long bind": "volumes: [{type: bind, source: /etc, target: /e}]",
-    "env_file": "env_file: /etc/shadow",
+    "privileged": ("privileged: true", "services.app.privileged"),
+    "network host": ("network_mode: host", "services.app.network_mode"),
+    "pid of a container": ("pid: container:prod-web-1", "services.app.pid"),
+    "cap_add": ("cap_add: [SYS_MODULE]", "services.app.cap_add"),
+    "devices": ("devices: ['/dev/kvm:/dev/kvm']", "services.app.devices"),
+    "device cgroup rules": (
+        "device_cgroup_rules: ['b *:* rwm']",
+        "services.app.device_cgroup_rules",
+    ),
+    "seccomp": ("security_opt: ['seccomp:unconfined']", "services.app.security_opt"),
+    "docker socket": (
+        "volumes: ['/var/run/docker.sock:/var/run/docker.sock']",
+        r"services.app.volumes\[0\]",
+    ),
+    "relative bind": ("volumes: ['.:/app']", r"services.app.volumes\[0\]"),
 }
 
 
 @pytest.mark.parametrize("case", PRIVILEGED, ids=list(PRIVILEGED))
 def test_host_powers_are_refused_unless_allowed(tmp_path, case):
-    text = f"services:\n  app:\n    image: x\n    {PRIVILEGED[case]}\n"
+    line, path = PRIVILEGED[case]
+    text = f"services:\n  app:\n    image: x\n    {line}\n"
     workspace = write(tmp_path / "ws", {"compose.yaml": text})
-    os.symlink("/etc", workspace / "escape")
-    with pytest.raises(PermanentBuildError, match=r"app: .* not allowed"):
+    with pytest.raises(PermanentBuildError, match=f"compose file refused: {path}: "):
         load_compose(workspace)
-    assert load_compose(workspace, allow_privileged=True) is not None
+    key = line.partition(":")[0]
+    assert load_compose(workspace, extra_allowed=frozenset({key})) is not None
+    with pytest.raises(PermanentBuildError):
+        load_compose(workspace, extra_allowed=frozenset({"something_else"}))
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "secrets:\n  s:\n    file: /etc/shadow\n",
-        "configs:\n  c:\n    file: ../../x\n",
-        "volumes:\n  v:\n    driver_opts: {type: none, o: bind, device: /etc}\n",
-    ],
-)
-def test_top_level_host_files_are_refused(tmp_path, text):
-    workspace = write(tmp_path, {"compose.yaml": "services:\n  app:\n    image: x\n" + text})
-    with pytest.raises(PermanentBuildError, match="outside the project directory"):
+def test_every_refused_key_path_is_in_the_error(tmp_path):
+    text = "services:\n  app:\n    image: x\n    cap_add: [X]\n    pid: host\n"
+    workspace = write(tmp_path, {"compose.yaml": text + "volumes:\n  v: {external: true}\n"})
+    with pytest.raises(PermanentBuildError) as raised:
         load_compose(workspace)
+    for path in ("services.app.cap_add", "services.app.pid", "volumes.v.external"):
+        assert path in str(raised.value)
 
 
 def test_harmless_service_passes(tmp_path):
@@ -215,17 +241,18 @@ def test_harmless_service_passes(tmp_path):
                 services:
                   app:
                     image: x
-                    cap_add: [NET_BIND_SERVICE]
-                    network_mode: bridge
-                    env_file: .env
+                    env_file: [.env, {path: config/app.env, required: false}]
+                    expose: [8000]
+                    ports: ["8000"]
                     volumes:
                       - data:/data
-                      - ./config:/config:ro
                       - /anonymous
                       - {type: volume, source: data, target: /more}
+                      - {type: tmpfs, target: /tmp}
                 volumes:
                   data: {}
-                """
+                """,
+            ".env": "A=1\n",
         },
     )
     assert load_compose(tmp_path) is not None
