@@ -25,6 +25,8 @@ import requests
 from buildworker.errors import BuildError, PermanentBuildError, TransientBuildError
 
 Log = Callable[[str], None]
+# Every image a Portside build makes carries it (and so does any image built on one).
+BUILD_LABEL = "io.portside.build"
 
 # Push errors that another try cannot fix; anything else (connection refused, timeouts,
 # 5xx from the registry) is treated as transient.
@@ -57,12 +59,17 @@ def build_image(  # noqa: PLR0917 - the signature the task wrappers were promise
     *,
     target: str | None = None,
     cache_from: Sequence[str] = (),
+    untrusted: bool = False,
 ) -> str:
     """Build ``context_dir`` as ``tag`` and return the image id (``sha256:...``).
 
     Nothing is pulled (``FROM`` images must be local or pullable by the engine itself as
     it sees fit); ``cache_from`` names earlier images of the branch to reuse layers from.
+    An ``untrusted`` build (a fork's code) runs its steps with no network at all and
+    takes no layer from the engine's cache, which holds production's layers.
     """
+    if untrusted and cache_from:
+        raise ValueError("an untrusted build takes no cache")
     if not (context_dir / dockerfile).is_file():
         raise PermanentBuildError(f"Dockerfile {dockerfile!r} not found in the build context")
     lines = _LineSplitter(log)
@@ -76,6 +83,8 @@ def build_image(  # noqa: PLR0917 - the signature the task wrappers were promise
             buildargs=dict(buildargs),
             target=target,
             cache_from=list(cache_from) or None,
+            nocache=untrusted,
+            network_mode="none" if untrusted else None,
             rm=True,
             forcerm=True,
             decode=True,
@@ -293,3 +302,14 @@ def _engine_errors(
         raise TransientBuildError(f"Docker engine unreachable during {what}: {exc}") from exc
     except docker.errors.DockerException as exc:
         raise PermanentBuildError(f"{what} failed: {exc}") from exc
+
+
+def built_by_portside(client: docker.DockerClient, reference: str) -> bool:
+    """True when ``reference`` names a local image a Portside build made (by its label,
+    whatever name it goes by on this engine)."""
+    with _engine_errors("inspect image", _build_error):
+        try:
+            config = client.api.inspect_image(reference).get("Config") or {}
+        except docker.errors.NotFound:
+            return False
+    return BUILD_LABEL in (config.get("Labels") or {})

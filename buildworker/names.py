@@ -60,6 +60,25 @@ def image_repository(registry: str, owner_repo: str, compose_service: str | None
     return name
 
 
+def pull_request_repository(
+    registry: str, owner_repo: str, pr_number: int, compose_service: str | None = None
+) -> str:
+    """``<registry>/<owner>/<repo>/pr-<n>[/<service>]``: the images of a fork's pull request.
+
+    A name of its own, one path component deeper than any of :func:`image_repository`'s,
+    so a fork's build can never write over an image production builds or deploys.
+    """
+    if pr_number < 1:
+        raise ValueError(f"not a pull request number: {pr_number!r}")
+    parts = [image_repository(registry, owner_repo), f"pr-{pr_number}"]
+    if compose_service:
+        parts.append(_path_component(compose_service, case_matters=True))
+    name = "/".join(parts)
+    if len(name) > MAX_REPOSITORY:
+        raise ValueError(f"image repository name longer than {MAX_REPOSITORY} characters")
+    return name
+
+
 def branch_tag(branch: str) -> str:
     """A Docker tag for ``branch``: the name itself when it is already a valid tag.
 

@@ -16,11 +16,11 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import docker
 
-from buildworker import compose, git, images, names
+from buildworker import compose, dockerfile, git, images, names
 from buildworker.api import ControlPlane
 from buildworker.errors import PermanentBuildError
 
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 HEARTBEAT_SECONDS = 10.0
 LogSink = Callable[[int, list[str]], None]
+# Which builds a worker takes: trusted only, a fork's (untrusted) only, or both.
+UntrustedMode = Literal["no", "only", "yes"]
+UNTRUSTED_MODES: tuple[UntrustedMode, ...] = ("no", "only", "yes")
+_TAKES = {"no": "trusted builds only", "only": "untrusted builds only", "yes": "both"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,16 @@ class WorkerConfig:
     node: str
     registry: str
     workspace_root: Path
+    untrusted: UntrustedMode = "no"
+
+    def takes(self, untrusted: bool) -> bool:
+        """Whether this worker may run a build of that kind: a worker for forks' code
+        holds no production work, and one for production runs no fork's code."""
+        return self.untrusted == "yes" or (self.untrusted == "only") == untrusted
+
+
+class WrongWorker(PermanentBuildError):
+    """The step is for another kind of worker (a misrouted message); nothing was done."""
 
 
 class BuildLog:
@@ -104,12 +118,24 @@ class StepRunner:
     def workspace(self, build_id: int, attempt: int) -> Path:
         return self.config.workspace_root / f"build-{build_id}-{attempt}"
 
-    def run(self, step: str, build_id: int, attempt: int) -> None:
-        """Claim, run and report one step; transient errors propagate for a retry."""
+    def run(self, step: str, build_id: int, attempt: int, *, untrusted: bool = False) -> None:
+        """Claim, run and report one step; transient errors propagate for a retry.
+
+        ``untrusted`` is what the message says; a step this worker must not take is
+        refused before the claim. The claim's own word decides after it: a message that
+        said otherwise leaves the step unreported, and the build is taken over and sent
+        to the right queue.
+        """
         if step not in STEPS:
             raise PermanentBuildError(f"unknown step {step!r}")
+        if not self.config.takes(untrusted):
+            raise WrongWorker(self._wrong_worker(build_id, untrusted))
         spec = self.api.claim(build_id, step, attempt, self.config.node)
         build_log = BuildLog(self.sink, build_id, spec.get("build_args", {}).values())
+        if not self.config.takes(bool(spec.get("untrusted"))):
+            message = self._wrong_worker(build_id, bool(spec.get("untrusted")))
+            build_log(f"refused by {self.config.node}: {message}")
+            raise WrongWorker(message)
         build_log(f"==> {step} ({self.config.node})")
         try:
             with _Heartbeat(self.api, build_id, attempt):
@@ -121,6 +147,11 @@ class StepRunner:
             self.cleanup(build_id, attempt)
             raise
         self.api.finish(build_id, step, attempt)
+
+    def _wrong_worker(self, build_id: int, untrusted: bool) -> str:
+        kind = "an untrusted (fork's)" if untrusted else "a trusted"
+        takes = _TAKES[self.config.untrusted]
+        return f"build {build_id} is {kind} build; worker {self.config.node} takes {takes}"
 
     def give_up(self, step: str, build_id: int, attempt: int, error: str) -> None:
         """Fail a step whose transient error outlasted its retries."""
@@ -185,13 +216,16 @@ class StepRunner:
             extra_allowed=frozenset(spec.get("compose_allow", [])),
         )
         tag = names.short_sha(spec["commit_sha"])
-        branch_tag = names.branch_tag(spec["branch"])
+        untrusted = bool(spec.get("untrusted"))
+        # A fork's images are never tagged by branch: its branch may well be called main.
+        branch_tag = None if untrusted else names.branch_tag(spec["branch"])
         built: dict[str, Any] = {}
         for item in plan.builds:
-            repository = names.image_repository(
-                self.config.registry, spec["repository"], item.service
-            )
+            repository = self._repository(spec, item.service)
             key = item.service or "app"
+            buildargs = {**item.args, **spec.get("build_args", {})}
+            if untrusted:
+                self._check_bases(item, buildargs, build_log)
             build_log(f"building {key} as {repository}:{tag}")
             images.build_image(
                 self.docker,
@@ -201,9 +235,10 @@ class StepRunner:
                 # One label: the classic builder adds a layer per label, and the build
                 # row already knows the service and the commit.
                 labels={"io.portside.build": str(spec["build_id"])},
-                buildargs={**item.args, **spec.get("build_args", {})},
+                buildargs=buildargs,
                 target=item.target,
-                cache_from=[f"{repository}:{branch_tag}"],
+                cache_from=[f"{repository}:{branch_tag}"] if branch_tag else [],
+                untrusted=untrusted,
                 log=build_log,
             )
             # The service's build variables may be secret; the compose file's are not.
@@ -211,11 +246,44 @@ class StepRunner:
                 self.docker, f"{repository}:{tag}", spec.get("build_args", {})
             ):
                 build_log("build variables taken out of the image history")
-            self.docker.images.get(f"{repository}:{tag}").tag(repository, branch_tag)
+            if branch_tag:
+                self.docker.images.get(f"{repository}:{tag}").tag(repository, branch_tag)
             built[key] = {"repository": repository, "tag": tag, "branch_tag": branch_tag}
         state["images"] = built
         state["compose"] = plan.compose.text if plan.compose else None
         self._save_state(spec, state)
+
+    def _repository(self, spec: dict[str, Any], service: str | None) -> str:
+        """Where an image goes: a fork's under its pull request's name of its own."""
+        if not spec.get("untrusted"):
+            return names.image_repository(self.config.registry, spec["repository"], service)
+        if not spec.get("pr_number"):
+            raise PermanentBuildError("an untrusted build needs its pull request's number")
+        return names.pull_request_repository(
+            self.config.registry, spec["repository"], int(spec["pr_number"]), service
+        )
+
+    def _check_bases(
+        self, item: compose.BuildSpec, buildargs: dict[str, str], build_log: BuildLog
+    ) -> None:
+        """Refuse a fork's Dockerfile that builds on or copies from an image of the
+        Portside registry, or any image a Portside build made on this engine."""
+        text = dockerfile.read(item.context, item.dockerfile)
+        references = dockerfile.image_references(text, buildargs)
+        refused = dockerfile.portside_references(references, self.config.registry)
+        refused += [
+            ref
+            for ref in references
+            if ref not in refused and images.built_by_portside(self.docker, ref.reference)
+        ]
+        for ref in refused:
+            build_log(f"{item.dockerfile} line {ref.line}: {ref.instruction} {ref.reference}")
+        if refused:
+            raise PermanentBuildError(
+                f"{item.dockerfile} line {refused[0].line}: {refused[0].instruction} "
+                f"{refused[0].reference} is an image of Portside's registry or built by "
+                "Portside; a fork's build may use only public base images"
+            )
 
     def _push(self, spec: dict[str, Any], build_log: BuildLog) -> None:
         state = self._load_state(spec)
@@ -231,9 +299,10 @@ class StepRunner:
             image["digest"] = images.push_image(
                 self.docker, image["repository"], image["tag"], auth=auth, log=build_log
             )
-            images.push_image(
-                self.docker, image["repository"], image["branch_tag"], auth=auth, log=build_log
-            )
+            if image["branch_tag"]:
+                images.push_image(
+                    self.docker, image["repository"], image["branch_tag"], auth=auth, log=build_log
+                )
             build_log(f"{key}: {image['repository']}@{image['digest']}")
         self._save_state(spec, state)
 
