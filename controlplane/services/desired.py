@@ -294,7 +294,12 @@ def _previous_active(
 
 
 def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
-    """Apply an agent's report: activate healthy deployments, fail and revert broken ones."""
+    """Apply an agent's report: activate healthy deployments, fail and revert broken ones.
+
+    ``refused`` means the agent will not run the deployment (its snapshot entry or compose
+    file broke the rules) and keeps whatever it ran for the environment: the deployment
+    fails, the environment shows ``refused`` with the agent's reason, nothing is reverted.
+    """
     host.last_seen_at = utcnow()
     host.agent_version = str(report.get("agent_version") or "")[:64] or None
     generation = report.get("generation")
@@ -317,6 +322,20 @@ def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
             _activate(session, environment, deployment, item.get("address"))
         elif state == "failed" and deployment.status in ("pending", "active"):
             _fail(session, environment, deployment, item)
+        elif state == "refused":
+            reason = str(item.get("error") or "refused by the host agent")[:8000]
+            if deployment.status == "pending":
+                deployment.status = "failed"
+                deployment.error = reason
+                audit.record(session, "agent", "deployment.refused", "deployment", deployment.id)
+                effects.note_feedback(session, "deployment_failed", deployment.id)
+                effects.note_notification(session, "deployment_failed", deployment.id)
+            if (
+                environment.current_deployment_id == deployment.id
+                and environment.status != "awaiting_approval"
+            ):
+                environment.status = "refused"
+                environment.status_reason = reason
 
 
 def _activate(
