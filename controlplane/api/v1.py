@@ -111,7 +111,9 @@ def revoke_token(token_id: int) -> None:
 @hosts_api.response(201, schemas.NewHostSchema)
 def create_host(data: dict[str, Any]) -> dict[str, Any]:
     db = session()
-    host, secret = hosts.create_host(db, data["name"], actor(), data["accepts_previews"])
+    host, secret = hosts.create_host(
+        db, data["name"], actor(), data["accepts_previews"], untrusted=data["untrusted"]
+    )
     db.commit()
     return _fields(host, schemas.HostSchema, token=secret)
 
@@ -424,13 +426,32 @@ def redeploy_environment(environment_id: int) -> Any:
     return build
 
 
+@environments_api.post("/<int:environment_id>/approve")
+@require("admin")
+@environments_api.arguments(schemas.ApproveSchema)
+@environments_api.response(200, schemas.ApprovalSchema)
+@environments_api.alt_response(409, schema=schemas.ApiErrorSchema, description="not the head")
+def approve_environment(data: dict[str, Any], environment_id: int) -> Any:
+    """Build and run a fork preview's current head commit, and only it (a person reviewed
+    it); the next push to the pull request waits for a new approval."""
+    db = session()
+    environment, build = previews.approve(db, environment_id, actor(), data["sha"])
+    db.commit()
+    if build is not None:
+        pipeline.enqueue_build(build.id)
+    return _fields(environment, schemas.EnvironmentSchema, build_id=build.id if build else None)
+
+
 @environments_api.post("/<int:environment_id>/approve-secrets")
 @require("admin")
+@environments_api.arguments(schemas.ApproveSchema)
 @environments_api.response(200, schemas.EnvironmentSchema)
-def approve_secrets(environment_id: int) -> Any:
-    """Let a fork's preview receive the service's runtime secrets (a person's decision)."""
+@environments_api.alt_response(409, schema=schemas.ApiErrorSchema, description="not the head")
+def approve_secrets(data: dict[str, Any], environment_id: int) -> Any:
+    """Let a fork preview's current head commit receive the service's secrets (a person's
+    decision, per commit like the approval to run it)."""
     db = session()
-    environment = previews.approve_secrets(db, environment_id, actor())
+    environment = previews.approve_secrets(db, environment_id, actor(), data["sha"])
     db.commit()
     return environment
 

@@ -6,6 +6,9 @@ from marshmallow import Schema, fields, validate
 
 from controlplane.models import DELIVERY_STATUSES, TOKEN_SCOPES
 
+# A service-level compose key name (``cap_add``, ``sysctls``).
+COMPOSE_KEY = r"^[a-z][a-z0-9_]{0,63}$"
+
 
 class ApiErrorSchema(Schema):
     error = fields.String(required=True)
@@ -35,12 +38,17 @@ class NewTokenSchema(TokenSchema):
 class HostCreateSchema(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=253))
     accepts_previews = fields.Boolean(load_default=False)
+    untrusted = fields.Boolean(
+        load_default=False,
+        metadata={"description": "runs fork previews (code nobody reviewed), never production"},
+    )
 
 
 class HostSchema(Schema):
     id = fields.Integer()
     name = fields.String()
     accepts_previews = fields.Boolean()
+    untrusted = fields.Boolean()
     generation = fields.Integer()
     last_seen_at = fields.DateTime(allow_none=True)
     agent_version = fields.String(allow_none=True)
@@ -124,6 +132,8 @@ class ServiceSchema(Schema):
     restart_policy = fields.String()
     previews_enabled = fields.Boolean()
     fork_previews = fields.Boolean()
+    fork_previews_on_trusted_hosts = fields.Boolean()
+    compose_allow = fields.List(fields.String())
     preview_ttl_seconds = fields.Integer()
     max_previews = fields.Integer()
     created_at = fields.DateTime()
@@ -179,6 +189,17 @@ class ServicePatchSchema(Schema):
     )
     previews_enabled = fields.Boolean()
     fork_previews = fields.Boolean()
+    fork_previews_on_trusted_hosts = fields.Boolean(
+        metadata={"description": "let fork previews run on trusted hosts (off: untrusted only)"}
+    )
+    compose_allow = fields.List(
+        fields.String(validate=validate.Regexp(COMPOSE_KEY)),
+        validate=validate.Length(max=64),
+        metadata={
+            "description": "service-level compose keys beyond the policy's allow-list that "
+            "production builds may use (audited; fork builds never get them)"
+        },
+    )
     preview_ttl_seconds = fields.Integer(validate=validate.Range(min=600))
     max_previews = fields.Integer(validate=validate.Range(min=0, max=1000))
 
@@ -204,6 +225,8 @@ class BuildSpecSchema(Schema):
     compose_allow = fields.List(fields.String())
     images = fields.Dict()
     build_args = fields.Dict(keys=fields.String(), values=fields.String())
+    untrusted = fields.Boolean()
+    pr_number = fields.Integer(allow_none=True)
 
 
 class StepResultSchema(Schema):
@@ -333,11 +356,36 @@ class EnvironmentSchema(Schema):
     branch = fields.String()
     head_sha = fields.String(allow_none=True)
     pr_number = fields.Integer(allow_none=True)
+    from_fork = fields.Boolean()
+    status_reason = fields.String(
+        allow_none=True, metadata={"description": "why it is refused or awaiting approval"}
+    )
+    approved_sha = fields.String(
+        allow_none=True, metadata={"description": "the fork commit approved to build and run"}
+    )
+    secrets_approved_sha = fields.String(
+        allow_none=True, metadata={"description": "the fork commit approved to receive secrets"}
+    )
     domain = fields.String(allow_none=True)
     address = fields.String(allow_none=True)
     generation = fields.Integer()
     current_deployment = fields.Nested(CurrentDeploymentSchema, allow_none=True)
     created_at = fields.DateTime()
+
+
+class ApproveSchema(Schema):
+    sha = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Regexp(r"^[0-9a-f]{40}$"),
+        metadata={"description": "the commit reviewed; refused (409) unless it is the head"},
+    )
+
+
+class ApprovalSchema(EnvironmentSchema):
+    build_id = fields.Integer(
+        allow_none=True, metadata={"description": "the build the approval started, if any"}
+    )
 
 
 class RollbackSchema(Schema):

@@ -28,7 +28,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import NotFound, ValidationFailed
 from controlplane.models import Deployment, Environment, Host, Service, Variable, utcnow
-from controlplane.services import audit, effects, registries
+from controlplane.services import audit, effects, registries, tokens
 from controlplane.settings import Settings
 from tasks import pipeline
 
@@ -76,8 +76,8 @@ def announcer(engine: Engine, redis: Redis) -> Callable[[Session], None]:
 
 
 def open_database(settings: Settings) -> tuple[Database, Redis]:
-    """A process's database handle that, after each commit, announces new generations
-    and sends the follow-up tasks the transaction noted."""
+    """A process's database handle that, after each commit, announces new generations,
+    forgets revoked tokens in Redis and sends the follow-up tasks the transaction noted."""
     database = Database(settings)
     # A web process runs hundreds of threads: past the pool's size they wait their turn
     # (redis-py's default pool raises "Too many connections" instead).
@@ -90,6 +90,7 @@ def open_database(settings: Settings) -> tuple[Database, Redis]:
     )
     redis = Redis(connection_pool=pool)
     database.after_commit(announcer(database.engine, redis))
+    database.after_commit(tokens.forgetter(redis))
     database.after_commit(
         effects.dispatcher(pipeline.send_feedback, pipeline.delete_images, pipeline.notify)
     )
@@ -343,7 +344,12 @@ def _activate(
 ) -> None:
     if isinstance(address, str) and address:
         environment.address = address[:255]
-    if environment.current_deployment_id == deployment.id:
+    # A fork preview whose new head awaits approval keeps saying so while the approved
+    # commit before it runs on.
+    if (
+        environment.current_deployment_id == deployment.id
+        and environment.status != "awaiting_approval"
+    ):
         environment.status = "running"
     if deployment.status == "active":
         return

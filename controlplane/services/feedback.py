@@ -184,11 +184,52 @@ def preview_removed(
     github.call(installation, f"feedback for {environment.name}", act)
 
 
+AWAITING_STATUS = "Waiting for a maintainer to approve this commit"
+
+
+def awaiting_approval(
+    session: Session, github: GitHubApp, settings: Settings, environment_id: int
+) -> None:
+    """A fork's head waits for a person: a pending status on that commit and a PR comment
+    saying how to approve it (nothing is said once the preview moved on)."""
+    environment = session.get(Environment, environment_id)
+    if environment is None or environment.status != "awaiting_approval":
+        return
+    repository = environment.service.repository
+    sha = environment.head_sha
+    if repository is None or not sha:
+        return
+    approve = f"{settings.url}/v1/environments/{environment.id}/approve"
+    body = (
+        f"**Preview of {environment.service.name}** waits for a maintainer's approval.\n\n"
+        "This pull request comes from a fork, so Portside builds and runs nothing until a "
+        f"maintainer has reviewed commit `{sha}` and approved it; every new push needs a new "
+        "approval.\n\n"
+        f"To approve it: `portside previews approve {environment.name} --sha {sha}`, or "
+        f'`POST {approve}` with the body `{{"sha": "{sha}"}}` and an admin token. '
+        "Secrets are a separate approval of the same commit: add `--secrets` (or "
+        f"`POST {approve}-secrets`)."
+    )
+
+    def act(client: Github) -> None:
+        repo = client.get_repo(environment.service.repository_full_name)
+        repo.get_commit(sha).create_status(
+            state="pending",
+            target_url=f"{settings.url}/#service-{environment.service_id}",
+            description=AWAITING_STATUS,
+            context=CONTEXT,
+        )
+        environment.github_comment_id = _comment(client, environment, body)
+
+    github.call(repository.installation_id, f"feedback for {environment.name}", act)
+
+
 EVENTS = {
     "build_queued": build_queued,
     "build_running": build_running,
     "build_failed": build_failed,
     "preview_removed": preview_removed,
+    "awaiting_approval": awaiting_approval,
 }
 
 

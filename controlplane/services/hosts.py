@@ -18,16 +18,22 @@ HOST_NAME = re.compile(
 
 
 def create_host(
-    session: Session, name: str, actor: str, accepts_previews: bool = False
+    session: Session,
+    name: str,
+    actor: str,
+    accepts_previews: bool = False,
+    *,
+    untrusted: bool = False,
 ) -> tuple[Host, str]:
-    """Create a host and its agent token; return the token's plaintext once."""
+    """Create a host and its agent token; return the token's plaintext once. An
+    ``untrusted`` host runs fork previews and never production."""
     name = name.strip().lower()
     if not HOST_NAME.match(name) or len(name) > 253:
         raise ValidationFailed(
             "a host name is lowercase letters, digits, dots and hyphens",
             details={"name": ["not a valid host name"]},
         )
-    host = Host(name=name, accepts_previews=accepts_previews)
+    host = Host(name=name, accepts_previews=accepts_previews, untrusted=untrusted)
     session.add(host)
     try:
         session.flush()
@@ -37,7 +43,7 @@ def create_host(
     _token, secret = tokens.create_token(
         session, f"agent:{name}", "host", host_id=host.id, actor=actor
     )
-    audit.record(session, actor, "host.create", "host", host.id, name=name)
+    audit.record(session, actor, "host.create", "host", host.id, name=name, untrusted=untrusted)
     return host, secret
 
 
@@ -51,3 +57,12 @@ def agent_token(session: Session, name: str) -> str:
     if host is None:
         return create_host(session, name, "cli")[1]
     return tokens.create_token(session, f"agent:{name}", "host", host_id=host.id, actor="cli")[1]
+
+
+def refuse_production_on(host: Host) -> None:
+    """A production environment never runs next to code nobody reviewed (fork previews)."""
+    if host.untrusted:
+        raise ValidationFailed(
+            f"host {host.name} is untrusted: it runs fork previews, never production",
+            details={"host": ["an untrusted host takes no production environment"]},
+        )

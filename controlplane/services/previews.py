@@ -12,10 +12,16 @@ import logging
 from typing import Any
 
 from github import Github
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from controlplane.errors import NotFound, PermanentError, TransientError, ValidationFailed
+from controlplane.errors import (
+    Conflict,
+    NotFound,
+    PermanentError,
+    TransientError,
+    ValidationFailed,
+)
 from controlplane.github.app import GitHubApp
 from controlplane.models import (
     Build,
@@ -32,6 +38,13 @@ from controlplane.services.outcomes import HandlerContext, Outcome
 log = logging.getLogger(__name__)
 
 OPENING = ("opened", "reopened", "synchronize")
+UNFINISHED = ("queued", "running")
+NO_FORK_HOST = (
+    "no host may run this fork's preview: fork previews run only on hosts marked untrusted "
+    "that run no production environment; create one with "
+    "`portside hosts create NAME --untrusted` (or set the service's "
+    "fork_previews_on_trusted_hosts)"
+)
 
 
 def preview_name(service: Service, number: int) -> str:
@@ -53,6 +66,38 @@ def _preview_host(session: Session, service: Service) -> int:
         select(Host.id).where(Host.accepts_previews.is_(True)).order_by(Host.id)
     )
     return marked if marked is not None else service.host_id
+
+
+def _production_hosts() -> Any:
+    return select(Environment.host_id).where(
+        Environment.kind == "production", Environment.status != "inactive"
+    )
+
+
+def fork_host(session: Session, service: Service, environment: Environment | None) -> int | None:
+    """Where a fork's preview may run, or None when nowhere.
+
+    Code nobody on the team reviewed runs only on a host marked untrusted that runs no
+    production environment: the one it is on already if that qualifies, else the one with
+    the fewest live environments. An admin may let a service's forks use the ordinary
+    preview placement instead (``fork_previews_on_trusted_hosts``).
+    """
+    if service.fork_previews_on_trusted_hosts:
+        return environment.host_id if environment is not None else _preview_host(session, service)
+    eligible = select(Host.id).where(Host.untrusted.is_(True), Host.id.not_in(_production_hosts()))
+    if environment is not None and session.scalar(eligible.where(Host.id == environment.host_id)):
+        return environment.host_id
+    live = func.count(Environment.id)
+    chosen: int | None = session.scalar(
+        eligible.outerjoin(
+            Environment,
+            (Environment.host_id == Host.id) & (Environment.status != "inactive"),
+        )
+        .group_by(Host.id)
+        .order_by(live, Host.id)
+        .limit(1)
+    )
+    return chosen
 
 
 def _pull_request(delivery: WebhookDelivery) -> dict[str, Any]:
@@ -78,14 +123,18 @@ def open_preview(
     preview_zone: str,
     delivery_id: int | None,
 ) -> tuple[Environment, Build | None]:
-    """Create (or bring back) the preview and start the build of the PR's head."""
+    """Create (or bring back) the preview and start the build of the PR's head; a fork's
+    head is built only once a person approved that exact commit (see :func:`approve`)."""
     name = preview_name(service, number)
     head = pull.get("head") or {}
+    sha = str(head.get("sha") or "")
     environment = session.scalar(select(Environment).where(Environment.name == name))
     if environment is None:
+        host_id = fork_host(session, service, None) if from_fork else None
         environment = Environment(
             service_id=service.id,
-            host_id=_preview_host(session, service),
+            # A refused fork preview gets no deployment, so the placeholder runs nothing.
+            host_id=host_id or (service.host_id if from_fork else _preview_host(session, service)),
             name=name,
             kind="preview",
             pr_number=number,
@@ -96,27 +145,130 @@ def open_preview(
     environment.status = "building" if environment.status == "inactive" else environment.status
     environment.branch = str(head.get("ref") or environment.branch)
     environment.pr_author = str((pull.get("user") or {}).get("login") or "")[:255] or None
-    environment.from_fork = from_fork
+    # A PR never stops being a fork's (a deleted fork still is one).
+    environment.from_fork = bool(environment.from_fork) or from_fork
     environment.domain = preview_domain(service, number, preview_zone)
     environment.last_activity_at = utcnow()
     environment.closed_at = None
     environment.closed_by = None
     environment.closed_reason = None
     session.flush()
-    sha = str(head.get("sha") or "")
+    if environment.from_fork:
+        environment.head_sha = sha
+        build = advance_fork(
+            session, environment, delivery_id=delivery_id, commit_message=pull.get("title")
+        )
+    else:
+        build = pushes.start_build(
+            session,
+            service,
+            environment,
+            sha,
+            branch=environment.branch,
+            delivery_id=delivery_id,
+            commit_message=pull.get("title"),
+            author=environment.pr_author,
+        )
+    if build is not None:
+        session.flush()
+    return environment, build
+
+
+def awaiting_reason(environment: Environment) -> str:
+    sha = environment.head_sha or ""
+    return (
+        f"commit {sha[:7]} comes from a fork and waits for a maintainer to approve it: "
+        f"`portside previews approve {environment.name} --sha {sha}` "
+        f"or POST /v1/environments/{environment.id}/approve"
+    )
+
+
+def advance_fork(
+    session: Session,
+    environment: Environment,
+    *,
+    delivery_id: int | None = None,
+    commit_message: str | None = None,
+    trigger_key: str = pushes.AUTOMATIC,
+) -> Build | None:
+    """Place a fork's preview and build its head if a person approved that commit;
+    otherwise hold it (``refused`` without a host for it, else ``awaiting_approval``)."""
+    service = environment.service
+    host_id = fork_host(session, service, environment)
+    if host_id is None:
+        _hold(session, environment, "refused", NO_FORK_HOST)
+        return None
+    _move(session, environment, host_id)
+    sha = environment.head_sha
+    if not sha or environment.approved_sha != sha:
+        if _hold(session, environment, "awaiting_approval", awaiting_reason(environment)):
+            effects.note_feedback(session, "awaiting_approval", environment.id)
+        return None
     build = pushes.start_build(
         session,
         service,
         environment,
         sha,
         branch=environment.branch,
+        trigger_key=trigger_key,
         delivery_id=delivery_id,
-        commit_message=pull.get("title"),
+        commit_message=commit_message,
         author=environment.pr_author,
+        untrusted=True,
     )
     if build is not None:
-        session.flush()
-    return environment, build
+        environment.status = "building"
+        environment.status_reason = None
+    return build
+
+
+def _cancel_unfinished(builds: list[Build], why: str) -> None:
+    for build in builds:
+        if build.status in UNFINISHED:
+            build.status = "cancelled"
+            build.error = why
+            build.finished_at = utcnow()
+
+
+def _hold(session: Session, environment: Environment, status: str, reason: str) -> bool:
+    """Stop a fork preview from moving on; True when its status or reason changed.
+
+    Unfinished builds (of an earlier commit) are cancelled so none deploys meanwhile; a
+    refused preview is also taken off its host.
+    """
+    unfinished = select(Build).where(
+        Build.environment_id == environment.id, Build.status.in_(UNFINISHED)
+    )
+    _cancel_unfinished(list(session.scalars(unfinished)), f"the preview is {status}")
+    if status == "refused" and environment.current_deployment_id is not None:
+        _withdraw(session, environment)
+    changed = (environment.status, environment.status_reason) != (status, reason)
+    environment.status = status
+    environment.status_reason = reason
+    return changed
+
+
+def _withdraw(session: Session, environment: Environment) -> None:
+    """Take the environment's deployments out of its host's desired state."""
+    session.execute(
+        update(Deployment)
+        .where(Deployment.environment_id == environment.id, Deployment.status != "inactive")
+        .values(status="inactive")
+    )
+    environment.current_deployment_id = None
+    environment.generation += 1
+    desired.bump(session, environment.host_id)
+
+
+def _move(session: Session, environment: Environment, host_id: int) -> None:
+    """Put the environment on ``host_id``; both hosts' desired states change."""
+    if environment.host_id == host_id:
+        return
+    if environment.current_deployment_id is not None:
+        desired.bump(session, environment.host_id)
+        desired.bump(session, host_id)
+        environment.generation += 1
+    environment.host_id = host_id
 
 
 def teardown(
@@ -125,13 +277,10 @@ def teardown(
     """Take a preview out of its host's desired state; its images are deleted from the
     registry and GitHub told after the commit."""
     images: list[dict[str, Any]] = []
-    builds = session.scalars(select(Build).where(Build.environment_id == environment.id))
+    builds = list(session.scalars(select(Build).where(Build.environment_id == environment.id)))
     for build in builds:
         images.extend(image for image in (build.images or {}).values() if image.get("digest"))
-        if build.status in ("queued", "running"):
-            build.status = "cancelled"
-            build.error = f"the preview was removed ({reason})"
-            build.finished_at = utcnow()
+    _cancel_unfinished(builds, f"the preview was removed ({reason})")
     session.execute(
         update(Deployment)
         .where(Deployment.environment_id == environment.id, Deployment.status != "inactive")
@@ -189,7 +338,7 @@ def handle_pull_request(
             continue
         if action not in (*OPENING, "edited") or not tracked:
             continue
-        _environment, build = open_preview(
+        environment, build = open_preview(
             session,
             service,
             number,
@@ -198,11 +347,12 @@ def handle_pull_request(
             preview_zone=context.preview_zone,
             delivery_id=delivery.id,
         )
-        notes.append(
-            f"{name}: build {build.id} of {build.commit_sha[:7]}"
-            if build
-            else f"{name}: up to date"
-        )
+        if build is not None:
+            notes.append(f"{name}: build {build.id} of {build.commit_sha[:7]}")
+        elif environment.status in ("awaiting_approval", "refused"):
+            notes.append(f"{name}: {environment.status} ({environment.status_reason})")
+        else:
+            notes.append(f"{name}: up to date")
     if not notes:
         return Outcome("ignored", f"pull request #{number} ({action}) targets no tracked branch")
     return Outcome("processed", "; ".join(notes))
@@ -271,21 +421,33 @@ def get_environment(session: Session, environment_id: int) -> Environment:
 
 
 def redeploy(session: Session, environment_id: int, actor: str) -> Build:
-    """A new build of the environment's current commit (a person asked for it)."""
+    """A new build of the environment's current commit (a person asked for it); a fork's
+    commit only once it is approved, and only where forks may run."""
     environment = get_environment(session, environment_id)
     if environment.status == "inactive" or not environment.head_sha:
         raise ValidationFailed(
             "nothing to redeploy", details={"environment": ["inactive or never built"]}
         )
-    build = pushes.start_build(
-        session,
-        environment.service,
-        environment,
-        environment.head_sha,
-        branch=environment.branch,
-        trigger_key=f"redeploy:{utcnow().timestamp():.6f}",
-        author=actor,
-    )
+    trigger_key = f"redeploy:{utcnow().timestamp():.6f}"
+    if environment.from_fork:
+        if environment.approved_sha != environment.head_sha:
+            raise Conflict(
+                f"commit {environment.head_sha[:7]} of this fork is not approved; "
+                f"approve it first (POST /v1/environments/{environment.id}/approve)"
+            )
+        build = advance_fork(session, environment, trigger_key=trigger_key)
+        if build is None:
+            raise Conflict(environment.status_reason or "the preview cannot be built now")
+    else:
+        build = pushes.start_build(
+            session,
+            environment.service,
+            environment,
+            environment.head_sha,
+            branch=environment.branch,
+            trigger_key=trigger_key,
+            author=actor,
+        )
     assert build is not None  # the trigger key is new
     session.flush()
     audit.record(
@@ -294,11 +456,55 @@ def redeploy(session: Session, environment_id: int, actor: str) -> Build:
     return build
 
 
-def approve_secrets(session: Session, environment_id: int, actor: str) -> Environment:
-    environment = get_environment(session, environment_id)
-    if environment.head_sha and not environment.secrets_approved_for(environment.head_sha):
-        environment.secrets_approved_sha = environment.head_sha
+def _approvable_head(environment: Environment, sha: str | None) -> str:
+    """The fork commit a person may approve now: the PR's current head, and only that."""
+    if environment.kind != "preview" or not environment.from_fork:
+        raise Conflict("only previews of pull requests from forks wait for approval")
+    if environment.status == "inactive":
+        raise Conflict(f"preview {environment.name} is closed")
+    head = environment.head_sha
+    if not head:
+        raise Conflict(f"preview {environment.name} has no head commit yet")
+    if sha is not None and sha != head:
+        raise Conflict(
+            f"the pull request's head is now {head[:7]}, not {sha[:7]}: review that commit "
+            "and approve it",
+            details={"sha": [f"the current head is {head}"]},
+        )
+    return head
+
+
+def approve(
+    session: Session, environment_id: int, actor: str, sha: str | None = None
+) -> tuple[Environment, Build | None]:
+    """A person approved a fork preview's head commit (``sha`` if given must be it): build
+    and run that commit, untrusted; the next push waits for a new approval."""
+    environment = session.get(Environment, environment_id, with_for_update=True)
+    if environment is None:
+        raise NotFound(f"environment {environment_id} does not exist")
+    head = _approvable_head(environment, sha)
+    if environment.approved_sha != head:
+        environment.approved_sha = head
+        audit.record(session, actor, "environment.approve", "environment", environment.id, sha=head)
+    build = advance_fork(session, environment)
+    if build is not None:
+        session.flush()
+    return environment, build
+
+
+def approve_secrets(
+    session: Session, environment_id: int, actor: str, sha: str | None = None
+) -> Environment:
+    """A person let a fork preview's head commit (and only it) receive secrets."""
+    environment = session.get(Environment, environment_id, with_for_update=True)
+    if environment is None:
+        raise NotFound(f"environment {environment_id} does not exist")
+    head = _approvable_head(environment, sha)
+    if not environment.secrets_approved_for(head):
+        environment.secrets_approved_sha = head
         environment.generation += 1
         desired.bump(session, environment.host_id)
-        audit.record(session, actor, "environment.approve_secrets", "environment", environment.id)
+        audit.record(
+            session, actor, "environment.approve_secrets", "environment", environment.id, sha=head
+        )
     return environment

@@ -103,8 +103,10 @@ def start_build(
     commit_message: str | None = None,
     author: str | None = None,
     pushed_at: dt.datetime | None = None,
+    untrusted: bool = False,
 ) -> Build | None:
-    """Create a queued build unless one exists for the same environment, commit and key."""
+    """Create a queued build unless one exists for the same environment, commit and key;
+    ``untrusted`` marks code from a fork (built without network, secrets or cache)."""
     existing = session.scalar(
         select(Build).where(
             Build.environment_id == environment.id,
@@ -124,6 +126,7 @@ def start_build(
         commit_message=commit_message,
         author=author,
         pushed_at=pushed_at,
+        untrusted=untrusted,
         status="queued",
         steps=[
             BuildStep(name=name, position=position) for position, name in enumerate(PIPELINE_STEPS)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.models import Environment, Host, Repository, Service, utcnow
-from controlplane.services import audit, previews
+from controlplane.services import audit, hosts, previews
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
 RUNTIME_FIELDS = (
@@ -23,6 +23,8 @@ RUNTIME_FIELDS = (
     "restart_policy",
     "previews_enabled",
     "fork_previews",
+    "fork_previews_on_trusted_hosts",
+    "compose_allow",
     "preview_ttl_seconds",
     "max_previews",
 )
@@ -102,6 +104,7 @@ def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
     host = session.scalar(select(Host).where(Host.name == spec.host))
     if host is None:
         raise ValidationFailed("unknown host", details={"host": [f"no host named {spec.host}"]})
+    hosts.refuse_production_on(host)
     repository = session.scalar(
         select(Repository).where(
             Repository.full_name == spec.repository, Repository.removed_at.is_(None)
@@ -169,12 +172,26 @@ def update_service(
             raise ValidationFailed(
                 "unknown host", details={"host": [f"no host named {current.host}"]}
             )
+        hosts.refuse_production_on(host)
         service.host_id = host.id
     service.branch = current.branch
     service.compose_path = current.compose_path
     service.port = current.port
     service.domain = current.domain.lower() if current.domain else None
     service.watch_paths = current.watch_paths
+    if "compose_allow" in changes:  # extra power for production builds: who and what
+        allowed = sorted(set(changes["compose_allow"]))
+        changes = {**changes, "compose_allow": allowed}
+        if allowed != sorted(service.compose_allow):
+            audit.record(
+                session,
+                actor,
+                "service.compose_allow",
+                "service",
+                service.id,
+                old=sorted(service.compose_allow),
+                new=allowed,
+            )
     for name in RUNTIME_FIELDS:
         if name in changes:
             setattr(service, name, changes[name])
