@@ -550,7 +550,7 @@ def cmd_buildworker(settings: Settings, args: argparse.Namespace) -> int:
     from tasks import worker
 
     name = args.name or f"build-{os.uname().nodename}-{os.getpid()}"
-    queues = ",".join(worker.build_queues(name))
+    queues = ",".join(worker.build_queues(name, settings.build_untrusted))
     argv = ["worker", "-Q", queues, "-n", f"{name}@%h", "-E", "-l", args.loglevel]
     argv += ["-c", str(args.concurrency or 2)]
     return _celery(settings, argv)
@@ -601,6 +601,8 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     database = _database(settings)
     migrate.upgrade(database.engine)
     env = dict(os.environ, PORTSIDE_URL=f"http://{args.bind}")
+    # One build worker for everything: a fork's builds too, unless told otherwise.
+    env.setdefault("PORTSIDE_BUILD_UNTRUSTED", "yes")
     if not settings.secret_key:
         # Snapshots carry decrypted secrets: a dev key of its own, kept beside the data.
         env["PORTSIDE_SECRET_KEY"] = _dev_secret_key(settings.data_dir)

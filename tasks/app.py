@@ -13,6 +13,8 @@ from controlplane.settings import Settings
 
 CONTROL_QUEUE = "control"
 BUILDS_QUEUE = "builds"
+# The first steps of forks' builds: only workers told to take untrusted builds read it.
+UNTRUSTED_BUILDS_QUEUE = "builds-untrusted"
 
 celery_app = Celery("portside", set_as_current=False)
 
@@ -61,6 +63,11 @@ def configure(settings: Settings) -> Celery:
         task_queues=(
             Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
             Queue(BUILDS_QUEUE, Exchange(BUILDS_QUEUE), routing_key=BUILDS_QUEUE),
+            Queue(
+                UNTRUSTED_BUILDS_QUEUE,
+                Exchange(UNTRUSTED_BUILDS_QUEUE),
+                routing_key=UNTRUSTED_BUILDS_QUEUE,
+            ),
         ),
         task_default_queue=CONTROL_QUEUE,
         task_routes={

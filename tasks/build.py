@@ -1,9 +1,9 @@
 """Build-queue tasks: thin wrappers around ``buildworker.runner`` (no database here).
 
-The first step is taken from the shared ``builds`` queue; it pins the rest of the chain
-to this node's own queue, because the workspace and the built images live here. The
-worker reads its own queue first (tasks.worker.build_queues), so it ends one build
-before it clones the next.
+The first step is taken from a shared queue (``builds``, or ``builds-untrusted`` for a
+fork's code); it pins the rest of the chain to this node's own queue, because the
+workspace and the built images live here. The worker reads its own queue first
+(tasks.worker.build_queues), so it ends one build before it clones the next.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from redis import Redis, RedisError
 from buildworker import info
 from buildworker.api import ControlPlane, StepRefused
 from buildworker.errors import PermanentBuildError, TransientBuildError
-from buildworker.runner import StepRunner, WorkerConfig
+from buildworker.runner import StepRunner, WorkerConfig, WrongWorker
 from controlplane.services import logs
 from tasks.app import celery_app, node_queue, settings_of
 
@@ -55,6 +55,7 @@ def runner(hostname: str) -> StepRunner:
             node=hostname,
             registry=settings.registry,
             workspace_root=Path(settings.data_dir) / "workspaces",
+            untrusted=settings.build_untrusted,
         ),
         sink,
     )
@@ -67,12 +68,19 @@ def _pin_rest_of_chain(task: Task[Any, Any]) -> None:
         signature.setdefault("options", {})["queue"] = queue
 
 
-def _run_step(task: Task[Any, Any], step: str, build_id: int, attempt: int) -> None:
+def _run_step(
+    task: Task[Any, Any], step: str, build_id: int, attempt: int, untrusted: bool
+) -> None:
     steps = runner(task.request.hostname or "unknown")
     if step == "clone":
         _pin_rest_of_chain(task)
     try:
-        steps.run(step, build_id, attempt)
+        steps.run(step, build_id, attempt, untrusted=untrusted)
+    except WrongWorker as exc:
+        # A message sent to the wrong queue: dropped untouched; the dispatcher sends the
+        # build again (it is still queued), or it is taken over once claimed.
+        log.warning("step %s of build %s refused: %s", step, build_id, exc)
+        raise Ignore(str(exc)) from None
     except StepRefused as exc:
         # Done already, cancelled, or taken over by another attempt: stop this chain.
         raise Ignore(str(exc)) from None
@@ -90,8 +98,8 @@ def _run_step(task: Task[Any, Any], step: str, build_id: int, attempt: int) -> N
 
 
 def _step_task(step: str) -> Any:
-    def run(self: Task[Any, Any], build_id: int, attempt: int) -> None:
-        _run_step(self, step, build_id, attempt)
+    def run(self: Task[Any, Any], build_id: int, attempt: int, untrusted: bool = False) -> None:
+        _run_step(self, step, build_id, attempt, untrusted)
 
     run.__name__ = step
     run.__doc__ = f"Pipeline step {step!r} of one build attempt (idempotent per build/step)."

@@ -11,7 +11,7 @@ from typing import Any
 from celery import chain
 
 from controlplane.settings import Settings
-from tasks.app import BUILDS_QUEUE, CONTROL_QUEUE, celery_app, configure
+from tasks.app import BUILDS_QUEUE, CONTROL_QUEUE, UNTRUSTED_BUILDS_QUEUE, celery_app, configure
 
 PROCESS_DELIVERY = "portside.process_delivery"
 REDRIVE_DELIVERIES = "portside.redrive_deliveries"
@@ -60,29 +60,34 @@ def notify(event: str, object_id: int) -> None:
     celery_app.send_task(NOTIFY, args=[event, object_id], queue=CONTROL_QUEUE, ignore_result=True)
 
 
-def send_build(build_id: int, attempt: int) -> None:
+def send_build(build_id: int, attempt: int, *, untrusted: bool = False) -> None:
     """Send one build attempt's chain; only the dispatcher does, when the build's turn
     comes (controlplane.services.builds.dispatch)."""
-    build_chain(build_id, attempt).apply_async()
+    build_chain(build_id, attempt, untrusted=untrusted).apply_async()
 
 
-def shared_queue_length() -> int:
-    """Messages waiting in the shared builds queue (a message a worker took is not)."""
+def shared_queue_length(*, untrusted: bool = False) -> int:
+    """Messages waiting in a shared builds queue (a message a worker took is not)."""
+    queue = UNTRUSTED_BUILDS_QUEUE if untrusted else BUILDS_QUEUE
     with celery_app.connection_for_write() as connection:
-        declared = connection.default_channel.queue_declare(queue=BUILDS_QUEUE)
+        declared = connection.default_channel.queue_declare(queue=queue)
         return int(declared.message_count)
 
 
-def build_chain(build_id: int, attempt: int) -> chain:
+def build_chain(build_id: int, attempt: int, *, untrusted: bool = False) -> chain:
     """The pipeline of one build attempt, from stable task names; the first step goes to
-    the shared builds queue and pins the rest to the node that took it."""
+    the shared builds queue of its kind (a fork's code to ``builds-untrusted``) and pins
+    the rest to the node that took it. A fork's steps say so, and a worker that must not
+    take them (or one too old to know the argument) refuses them before doing anything."""
+    queue = UNTRUSTED_BUILDS_QUEUE if untrusted else BUILDS_QUEUE
     return chain(
         *(
             celery_app.signature(
                 f"portside.{step}",
                 args=(build_id, attempt),
+                kwargs={"untrusted": True} if untrusted else {},
                 immutable=True,
-                queue=BUILDS_QUEUE,
+                queue=queue,
                 ignore_result=True,
             )
             for step in BUILD_STEPS

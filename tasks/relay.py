@@ -155,8 +155,8 @@ class BuildDispatcher(_Loop):
         self,
         database: Database,
         redis: Redis,
-        send: Callable[[int, int], None],
-        shared_queue_length: Callable[[], int],
+        send: builds.Send,
+        shared_queue_length: builds.QueueLength,
         lost_after: dt.timedelta,
     ) -> None:
         super().__init__(database)

@@ -13,9 +13,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from redis import Redis
 from sqlalchemy import func, select, text, update
@@ -56,6 +56,9 @@ class BuildSpec:
     compose_path: str | None
     compose_allow: list[str]
     images: dict[str, Any] = field(default_factory=dict)
+    # A fork's code: no network, cache or branch tag, images under pr_number's own name.
+    untrusted: bool = False
+    pr_number: int | None = None
 
 
 def get_build(session: Session, build_id: int, *, lock: bool = False) -> Build:
@@ -135,6 +138,8 @@ def claim_step(
         compose_path=service.compose_path or (repository.compose_path if repository else None),
         compose_allow=[] if build.untrusted else [str(key) for key in service.compose_allow],
         images=dict(build.images or {}),
+        untrusted=build.untrusted,
+        pr_number=build.environment.pr_number,
     )
 
 
@@ -363,13 +368,32 @@ def deployments_of(session: Session, service_id: int) -> list[Deployment]:
 # frees, not by the order of arrival: services take turns, the one served least recently
 # first, and within a service the oldest build first. One service's backlog of fifty
 # then delays another's two by a build each, not by fifty.
+#
+# A fork's builds (``Build.untrusted``) are a lane of their own: their own shared queue
+# (``builds-untrusted``), read only by workers told to take them, counted against the
+# workers that ran such builds lately.
 
 DISPATCH_CHANNEL = "portside_builds"
 # Builds whose first step is in the shared queue and not yet claimed, by "id:attempt".
 DISPATCHED_KEY = "portside:builds:dispatched"
+UNTRUSTED_DISPATCHED_KEY = "portside:builds:dispatched:untrusted"
 DISPATCH_LOCK = 7_370_250_300_001  # pg_advisory_xact_lock key: one dispatcher at a time
 # A worker that heartbeated a build this recently counts as one that takes builds.
 WORKERS_SEEN_WITHIN = dt.timedelta(minutes=10)
+
+
+class Send(Protocol):
+    """Sends a build attempt's chain: a trusted build as ``send(id, attempt)``, a fork's
+    with ``untrusted=True`` (to the untrusted queue)."""
+
+    def __call__(self, build_id: int, attempt: int, *, untrusted: bool = ...) -> None: ...
+
+
+class QueueLength(Protocol):
+    """Messages waiting in the shared queue of trusted builds, or with ``untrusted=True``
+    in that of forks' builds."""
+
+    def __call__(self, *, untrusted: bool = ...) -> int: ...
 
 
 def wake_dispatchers(session: Session) -> None:
@@ -387,6 +411,7 @@ class Waiting:
     attempt: int
     service_id: int
     queued_at: float  # seconds since the epoch
+    untrusted: bool = False
 
     @property
     def member(self) -> str:
@@ -427,6 +452,7 @@ def waiting_builds(session: Session) -> list[Waiting]:
             Build.environment_id,
             Build.pushed_at,
             Build.created_at,
+            Build.untrusted,
         ).where(Build.status == "queued")
     ).all()
     newest: dict[int, Any] = {}
@@ -438,16 +464,19 @@ def waiting_builds(session: Session) -> list[Waiting]:
         ):
             newest[row.environment_id] = row
     return [
-        Waiting(row.id, row.attempt, row.service_id, _epoch(row.created_at))
+        Waiting(row.id, row.attempt, row.service_id, _epoch(row.created_at), bool(row.untrusted))
         for row in newest.values()
     ]
 
 
-def workers_seen(session: Session) -> int:
-    """Build workers at work lately (at least one): how many builds may wait for them."""
+def workers_seen(session: Session, *, untrusted: bool = False) -> int:
+    """Build workers at work lately on builds of that kind (at least one): how many
+    builds may wait for them."""
     count = session.scalar(
         select(func.count(func.distinct(Build.worker))).where(
-            Build.worker.is_not(None), Build.heartbeat_at >= utcnow() - WORKERS_SEEN_WITHIN
+            Build.worker.is_not(None),
+            Build.heartbeat_at >= utcnow() - WORKERS_SEEN_WITHIN,
+            Build.untrusted.is_(untrusted),
         )
     )
     return max(1, int(count or 0))
@@ -463,9 +492,9 @@ def _last_started(session: Session, service_ids: set[int]) -> dict[int, float]:
     return {service_id: _epoch(started) for service_id, started in rows if started is not None}
 
 
-def _dispatched(redis: Redis) -> dict[str, float]:
+def _dispatched(redis: Redis, key: str) -> dict[str, float]:
     entries: Sequence[tuple[Any, float]] = redis.zrange(  # type: ignore[assignment]
-        DISPATCHED_KEY, 0, -1, withscores=True
+        key, 0, -1, withscores=True
     )
     return {
         member.decode() if isinstance(member, bytes) else str(member): float(at)
@@ -476,13 +505,13 @@ def _dispatched(redis: Redis) -> dict[str, float]:
 def dispatch(
     session: Session,
     redis: Redis,
-    send: Callable[[int, int], None],
+    send: Send,
     *,
-    shared_queue_length: Callable[[], int],
+    shared_queue_length: QueueLength,
     lost_after: dt.timedelta,
 ) -> list[int]:
-    """Send the next builds to the shared queue, up to as many as workers were seen,
-    less the builds still waiting there; return their ids.
+    """Send the next builds to the shared queues, in each up to as many as workers of
+    that kind were seen, less the builds still waiting there; return their ids.
 
     Which builds wait there is kept in Redis beside their messages: a Redis that loses
     its data loses both, and the builds are sent again (the database keeps them queued).
@@ -492,8 +521,36 @@ def dispatch(
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DISPATCH_LOCK})
-    waiting = {build.member: build for build in waiting_builds(session)}
-    marked = _dispatched(redis)
+    waiting = waiting_builds(session)
+    sent: list[int] = []
+    for untrusted in (False, True):
+        lane = {build.member: build for build in waiting if build.untrusted == untrusted}
+        sent += _dispatch_lane(
+            session,
+            redis,
+            lane,
+            send=send,
+            shared_queue_length=shared_queue_length,
+            lost_after=lost_after,
+            untrusted=untrusted,
+        )
+    return sent
+
+
+def _dispatch_lane(
+    session: Session,
+    redis: Redis,
+    waiting: dict[str, Waiting],
+    *,
+    send: Send,
+    shared_queue_length: QueueLength,
+    lost_after: dt.timedelta,
+    untrusted: bool,
+) -> list[int]:
+    """dispatch() for the builds of one kind, ``waiting`` by member."""
+    key = UNTRUSTED_DISPATCHED_KEY if untrusted else DISPATCHED_KEY
+    kind: dict[str, bool] = {"untrusted": True} if untrusted else {}
+    marked = _dispatched(redis, key)
     now = time.time()
     gone = [member for member in marked if member not in waiting]
     lost = [
@@ -501,14 +558,14 @@ def dispatch(
         for member, at in marked.items()
         if member in waiting and now - at > lost_after.total_seconds()
     ]
-    if lost and shared_queue_length() > 0:
+    if lost and shared_queue_length(**kind) > 0:
         lost = []  # they may still be in the queue, behind busy workers
     if lost:
         log.warning("builds %s left for the queue but never started; sending them again", lost)
     if gone or lost:
-        redis.zrem(DISPATCHED_KEY, *gone, *lost)
+        redis.zrem(key, *gone, *lost)
     out = {member: at for member, at in marked.items() if member in waiting and member not in lost}
-    free = workers_seen(session) - len(out)
+    free = workers_seen(session, untrusted=untrusted) - len(out)
     candidates = [build for member, build in waiting.items() if member not in out]
     if free <= 0 or not candidates:
         return []
@@ -518,6 +575,6 @@ def dispatch(
         served[service_id] = max(served.get(service_id, -math.inf), at)
     chosen = fair_order(candidates, served)[:free]
     for build in chosen:
-        send(build.build_id, build.attempt)
-        redis.zadd(DISPATCHED_KEY, {build.member: now})
+        send(build.build_id, build.attempt, **kind)
+        redis.zadd(key, {build.member: now})
     return [build.build_id for build in chosen]
