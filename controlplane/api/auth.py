@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import hmac
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from controlplane.db import session
 from controlplane.errors import Forbidden, Unauthorized
 from controlplane.models import ApiToken
 from controlplane.services import tokens
+from controlplane.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,26 +57,34 @@ class HostIdentity:
 class _HostTokenCache:
     """Agents poll often, so their tokens are checked against the database rarely: a
     verified host token is remembered in this process for LOCAL_TTL seconds and in Redis,
-    shared by every web worker, for SHARED_TTL seconds (revoking through the API forgets
-    it at once in Redis; other processes stop accepting it within LOCAL_TTL)."""
+    shared by every web worker, for tokens.SHARED_TTL seconds.
+
+    Redis is not trusted with identity: a shared entry counts only if its MAC (keyed by
+    the secret key, over the presented token and the identity) verifies; anything else is
+    ignored and the token verified against the database. Revoking a token replaces its
+    shared entry with a tombstone, so every process stops accepting it within LOCAL_TTL.
+    """
 
     LOCAL_TTL = 15.0
-    SHARED_TTL = 600  # revoking deletes it at once; the TTL only tidies up
     LIMIT = 50_000
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         # presented token's SHA-256 → (expiry, identity, public id)
         self._entries: dict[bytes, tuple[float, HostIdentity, str]] = {}
         self._lock = threading.Lock()
+        self.clock = clock
 
-    def get(self, presented: str, redis: Redis) -> HostIdentity:
+    def get(self, presented: str, redis: Redis, mac_key: bytes | None) -> HostIdentity:
+        """``mac_key`` None (no secret key configured) keeps Redis out of it."""
         key = hashlib.sha256(presented.encode()).digest()
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             entry = self._entries.get(key)
         if entry is not None and entry[0] > now:
             return entry[1]
-        identity = self._shared(presented, redis) or self._verify(presented, redis)
+        identity = self._shared(presented, redis, mac_key) or self._verify(
+            presented, redis, mac_key
+        )
         public_id = (tokens.split(presented) or ("", ""))[0]
         with self._lock:
             if len(self._entries) >= self.LIMIT:
@@ -89,45 +97,54 @@ class _HostTokenCache:
             for key in [k for k, entry in self._entries.items() if entry[2] == public_id]:
                 del self._entries[key]
 
-    def _shared(self, presented: str, redis: Redis) -> HostIdentity | None:
+    def _shared(self, presented: str, redis: Redis, mac_key: bytes | None) -> HostIdentity | None:
         parts = tokens.split(presented)
-        if parts is None:
+        if parts is None or mac_key is None:
             return None
         try:
-            cached = redis.get(host_token_key(parts[0]))
+            cached = redis.get(tokens.host_token_key(parts[0]))
         except RedisError:
             return None
         if not isinstance(cached, bytes):
             return None
-        digest, token_id, host_id, name = cached.decode().split(":", 3)
-        if not hmac.compare_digest(digest, tokens.digest(parts[1]).hex()):
-            return None
-        return HostIdentity(int(token_id), int(host_id), name)
+        found = tokens.unseal(mac_key, presented, cached)
+        return HostIdentity(found.token_id, found.host_id, found.name) if found else None
 
-    def _verify(self, presented: str, redis: Redis) -> HostIdentity:
+    def _verify(self, presented: str, redis: Redis, mac_key: bytes | None) -> HostIdentity:
         token = tokens.authenticate(session(), presented)
         if token is None:
             raise Unauthorized("the token is invalid or revoked")
         if token.scope != "host" or token.host_id is None:
             raise Forbidden("this needs the token of a host")
         identity = HostIdentity(token.id, token.host_id, token.name)
-        value = f"{token.secret_hash.hex()}:{token.id}:{token.host_id}:{token.name}"
-        with contextlib.suppress(RedisError):
-            redis.set(host_token_key(token.public_id), value, ex=self.SHARED_TTL)
+        if mac_key is not None:
+            sealed = tokens.seal(
+                mac_key,
+                token.public_id,
+                token.secret_hash,
+                tokens.CachedHost(token.id, token.host_id, token.name),
+            )
+            # nx: a tombstone written by a revocation since the query above stays.
+            with contextlib.suppress(RedisError):
+                redis.set(
+                    tokens.host_token_key(token.public_id), sealed, ex=tokens.SHARED_TTL, nx=True
+                )
         # The request goes on without holding a database connection (long polls wait).
         session().close()
         return identity
 
 
-def host_token_key(public_id: str) -> str:
-    return f"portside:host-token:{public_id}"
-
-
 def forget_host_token(redis: Redis, public_id: str) -> None:
-    """A revoked host token stops working here and in Redis at once."""
+    """A revoked host token stops working in this process at once (and everywhere else
+    once its tombstone is in Redis, written after the revocation commits)."""
     _host_tokens.forget(public_id)
     with contextlib.suppress(RedisError):
-        redis.delete(host_token_key(public_id))
+        tokens.forget_shared(redis, {public_id})
+
+
+@functools.cache
+def _mac_key(secret_key: str) -> bytes | None:
+    return tokens.cache_mac_key(secret_key) if secret_key else None
 
 
 _host_tokens = _HostTokenCache()
@@ -148,7 +165,9 @@ def require_host(view: Callable[P, R]) -> Callable[P, R]:
         if scheme.lower() != "bearer" or not presented.strip():
             raise Unauthorized("a bearer token is required")
         redis: Redis = current_app.extensions["portside.redis"]
-        g.host_identity = _host_tokens.get(presented.strip(), redis)
+        settings: Settings = current_app.extensions["portside.settings"]
+        mac_key = _mac_key(settings.secret_key.reveal())
+        g.host_identity = _host_tokens.get(presented.strip(), redis, mac_key)
         return view(*args, **kwargs)
 
     return wrapper

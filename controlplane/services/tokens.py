@@ -1,11 +1,24 @@
-"""API tokens: random secrets shown once, stored as SHA-256, looked up by a public id."""
+"""API tokens: random secrets shown once, stored as SHA-256, looked up by a public id.
+
+Host tokens are also remembered in Redis, shared by every web process (see
+``controlplane.api.auth``). Redis is not trusted with identity: an entry is authenticated
+with a MAC keyed by the secret key over the token's public id, its secret's digest and the
+identity, so someone who can write Redis cannot forge or alter one; revoking a token, from
+the API, the CLI or anywhere else, replaces its entry with a tombstone once the revocation
+commits (:func:`forgetter`, installed on every process's database).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -14,6 +27,9 @@ from controlplane.models import TOKEN_SCOPES, ApiToken, utcnow
 from controlplane.services import audit
 
 PREFIX = "ps"
+SHARED_TTL = 600  # seconds a host token stays in Redis; revoking replaces it at once
+REVOKED = b"revoked"  # a revoked token's tombstone: never cached again while it lasts
+_REVOKED_PUBLIC_IDS = "portside.revoked_tokens"  # session.info: tombstones due on commit
 
 
 def digest(secret: str) -> bytes:
@@ -70,13 +86,92 @@ def authenticate(session: Session, presented: str) -> ApiToken | None:
 
 
 def revoke_token(session: Session, token_id: int, actor: str) -> ApiToken:
+    """Revoke a token; once this commits its shared cache entry is gone (every path that
+    revokes goes through here, so the API and the CLI stop it alike)."""
     token = session.get(ApiToken, token_id)
     if token is None:
         raise NotFound(f"token {token_id} does not exist")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         audit.record(session, actor, "token.revoke", "token", token_id)
+    session.info.setdefault(_REVOKED_PUBLIC_IDS, set()).add(token.public_id)
     return token
+
+
+def host_token_key(public_id: str) -> str:
+    return f"portside:host-token:{public_id}"
+
+
+def forget_shared(redis: Redis, public_ids: set[str]) -> None:
+    """Replace these tokens' shared cache entries with tombstones, which a web process
+    that verified the token just before the revocation cannot overwrite (it adds entries
+    only where none is)."""
+    if not public_ids:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for public_id in public_ids:
+        pipe.set(host_token_key(public_id), REVOKED, ex=SHARED_TTL)
+    pipe.execute()
+
+
+def forgetter(redis: Redis) -> Callable[[Session], None]:
+    """An after-commit hook writing the tombstones of the tokens a transaction revoked."""
+
+    def forget_committed(session: Session) -> None:
+        public_ids = session.info.pop(_REVOKED_PUBLIC_IDS, set())
+        # The Redis being down loses nothing: local caches expire, the entry's TTL too.
+        with contextlib.suppress(RedisError):
+            forget_shared(redis, public_ids)
+
+    return forget_committed
+
+
+@dataclass(frozen=True, slots=True)
+class CachedHost:
+    """Who a host token is, as the shared cache remembers it."""
+
+    token_id: int
+    host_id: int
+    name: str
+
+
+def cache_mac_key(secret_key: str) -> bytes:
+    """The key of the shared cache's MACs, derived from (and never equal to) the secret key."""
+    return hmac.new(secret_key.encode(), b"portside host-token cache", hashlib.sha256).digest()
+
+
+def _mac(key: bytes, public_id: str, secret_digest: bytes, identity: CachedHost) -> str:
+    message = "\0".join(
+        (
+            public_id,
+            secret_digest.hex(),
+            str(identity.token_id),
+            str(identity.host_id),
+            identity.name,
+        )
+    )
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def seal(key: bytes, public_id: str, secret_digest: bytes, identity: CachedHost) -> bytes:
+    """The shared cache entry of a verified host token (its secret is not in it)."""
+    mac = _mac(key, public_id, secret_digest, identity)
+    return f"{identity.token_id}:{identity.host_id}:{mac}:{identity.name}".encode()
+
+
+def unseal(key: bytes, presented: str, entry: bytes) -> CachedHost | None:
+    """The identity in ``entry`` if it was sealed with ``key`` for exactly the presented
+    token; None for a tombstone, a forged or altered entry, or another secret."""
+    parts = split(presented)
+    if parts is None or entry == REVOKED:
+        return None
+    try:
+        token_id, host_id, mac, name = entry.decode().split(":", 3)
+        identity = CachedHost(int(token_id), int(host_id), name)
+    except ValueError:  # not an entry this code wrote (UnicodeDecodeError is one)
+        return None
+    expected = _mac(key, parts[0], digest(parts[1]), identity)
+    return identity if hmac.compare_digest(mac, expected) else None
 
 
 def list_tokens(session: Session) -> list[ApiToken]:
