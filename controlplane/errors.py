@@ -73,3 +73,10 @@ class ValidationFailed(ApiError):
 class ServiceUnavailable(ApiError):
     status = 503
     code = "unavailable"
+
+
+class ComposeRefusedError(ValidationFailed):
+    """A build's uploaded compose file or images broke the policy: the build failed and its
+    environment was refused (recorded before this is answered)."""
+
+    code = "compose_refused"

@@ -17,7 +17,7 @@ from controlplane import schemas
 from controlplane.api.auth import actor, current_token, require
 from controlplane.crypto import SecretBox
 from controlplane.db import session
-from controlplane.errors import ServiceUnavailable
+from controlplane.errors import ComposeRefusedError, ServiceUnavailable
 from controlplane.github.app import GitHubApp
 from controlplane.models import Variable
 from controlplane.services import builds, logs, registries
@@ -163,7 +163,19 @@ def registry_credentials(build_id: int) -> dict[str, Any]:
 @worker_api.response(204)
 def upload_artifacts(data: dict[str, Any], build_id: int) -> None:
     db = session()
-    builds.record_artifacts(db, build_id, data["attempt"], data["images"], data["compose"])
+    try:
+        builds.record_artifacts(
+            db,
+            build_id,
+            data["attempt"],
+            data["images"],
+            data["compose"],
+            registry=_settings().registry,
+        )
+    except ComposeRefusedError:
+        _end(build_id)
+        db.commit()  # the failed build and the refused environment are kept; then 422
+        raise
     db.commit()
 
 

@@ -21,7 +21,22 @@ from redis import Redis
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from controlplane.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from contracts.compose_policy import (
+    MAX_LISTED,
+    Caps,
+    ComposeRefused,
+    Violation,
+    load_and_check,
+    parse_memory,
+)
+from contracts.image_names import DIGEST_RE, image_repository, pull_request_repository
+from controlplane.errors import (
+    ComposeRefusedError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+)
 from controlplane.models import (
     Build,
     BuildStep,
@@ -204,22 +219,130 @@ def heartbeat(session: Session, build_id: int, attempt: int) -> None:
 
 
 def record_artifacts(
-    session: Session, build_id: int, attempt: int, images: dict[str, Any], compose: str | None
+    session: Session,
+    build_id: int,
+    attempt: int,
+    images: dict[str, Any],
+    compose: str | None,
+    *,
+    registry: str,
 ) -> Build:
-    """Store the pushed images (by digest) and the pinned compose file of a build."""
+    """Store the pushed images (by digest) and the pinned compose file of a build.
+
+    The authoritative check of a worker's upload: the compose file must pass the policy
+    (with the service's extra keys unless the build is a fork's) and every image must be
+    a digest under the repository this build pushes to (``registry``). Anything else fails
+    the build, puts its environment in status ``refused`` with the reasons, and raises
+    ComposeRefusedError; the caller commits that record before answering.
+    """
     build = get_build(session, build_id, lock=True)
     if attempt != build.attempt or build.status in FINISHED:
         raise Conflict(f"build {build_id} attempt {attempt} is no longer current")
-    for name, image in images.items():
-        digest = str(image.get("digest", ""))
-        if not digest.startswith("sha256:") or not image.get("repository"):
-            raise ValidationFailed(
-                "every image needs a repository and a sha256 digest",
-                details={"images": {name: ["repository and sha256 digest required"]}},
-            )
+    violations = artifact_violations(build, images, compose, registry)
+    if violations:
+        reasons = "; ".join(str(v) for v in violations[:MAX_LISTED])
+        running = [step.name for step in build.steps if step.status == "running"]
+        finish_step(
+            session,
+            build.id,
+            running[0] if running else "upload_compose",
+            attempt,
+            succeeded=False,
+            error=f"artifacts refused: {reasons}",
+        )
+        environment = build.environment
+        environment.status = "refused"
+        environment.status_reason = f"build {build.id} ({build.commit_sha[:7]}): {reasons}"
+        raise ComposeRefusedError(
+            f"artifacts refused: {reasons}", details={"violations": [str(v) for v in violations]}
+        )
     build.images = images
     build.compose = compose
     return build
+
+
+def artifact_violations(
+    build: Build, images: Mapping[str, Any], compose: str | None, registry: str
+) -> tuple[Violation, ...]:
+    """What is wrong with a build's uploaded images and pinned compose file (empty: fine).
+
+    Images: one per service that was built (``app`` for a root Dockerfile), each a sha256
+    digest in the repository the build worker pushes that service to: a fork's under its
+    pull request's own name. Compose: the policy, no ``build:`` left for a host to run, and
+    the built services running exactly the pushed digests.
+    """
+    service = build.service
+    violations: list[Violation] = []
+    services: Mapping[str, Any] = {}
+    if compose is not None:
+        allow = frozenset() if build.untrusted else frozenset(map(str, service.compose_allow))
+        memory = parse_memory(service.memory_limit) if service.memory_limit else None
+        caps = Caps(cpus=service.cpu_limit, memory_bytes=memory, pids=None)
+        try:
+            services = load_and_check(compose, extra_allowed=allow, caps=caps)["services"]
+        except ComposeRefused as exc:
+            violations.extend(exc.violations)
+        for name, spec in services.items():
+            if "build" in spec:
+                violations.append(
+                    Violation(f"services.{name}.build", "a pinned compose file builds nothing")
+                )
+    for key, image in images.items():
+        if compose is None and key != "app":
+            violations.append(Violation(f"images.{key}", "a build without compose has one app"))
+        elif services and key not in services:
+            violations.append(Violation(f"images.{key}", "no such service in the compose file"))
+        else:
+            violations.extend(
+                _image_violations(
+                    build, key, image, registry, from_compose=compose is not None, services=services
+                )
+            )
+    if build.untrusted:
+        # A fork's preview runs what it built and public images, never production's.
+        host = registry.split("://", 1)[-1].split("/", 1)[0].lower()
+        for name, spec in services.items():
+            if name not in images and str(spec.get("image")).lower().startswith(f"{host}/"):
+                violations.append(
+                    Violation(f"services.{name}.image", "an image of Portside's registry")
+                )
+    return tuple(violations)
+
+
+def _image_violations(
+    build: Build,
+    key: str,
+    image: Any,
+    registry: str,
+    *,
+    from_compose: bool,
+    services: Mapping[str, Any],
+) -> list[Violation]:
+    """One uploaded image: its digest, its repository, and the compose service running it."""
+    compose_service = key if from_compose else None
+    owner_repo = build.service.repository_full_name
+    try:
+        if build.untrusted:
+            pr_number = build.environment.pr_number or 0
+            expected = pull_request_repository(registry, owner_repo, pr_number, compose_service)
+        else:
+            expected = image_repository(registry, owner_repo, compose_service)
+    except ValueError as exc:
+        return [Violation(f"images.{key}.repository", f"no repository can be named: {exc}")]
+    repository = image.get("repository") if isinstance(image, Mapping) else None
+    digest = image.get("digest") if isinstance(image, Mapping) else None
+    violations = []
+    if repository != expected:
+        violations.append(
+            Violation(f"images.{key}.repository", f"must be {expected}, got {repository!r}")
+        )
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        violations.append(Violation(f"images.{key}.digest", "must be sha256: and 64 hex digits"))
+    elif key in services and services[key].get("image") != f"{expected}@{digest}":
+        violations.append(
+            Violation(f"services.{key}.image", "must be the pushed image, pinned by its digest")
+        )
+    return violations
 
 
 def _order_key(build: Build) -> tuple[dt.datetime, int]:

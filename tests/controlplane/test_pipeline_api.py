@@ -63,7 +63,13 @@ def run_steps(client: FlaskClient, headers: dict[str, str], build_id: int) -> di
                 f"/v1/builds/{build_id}/artifacts",
                 json={
                     "attempt": 1,
-                    "images": {"app": {"repository": "r/o/hello", "tag": "x", "digest": DIGEST}},
+                    "images": {
+                        "app": {
+                            "repository": "127.0.0.1:5000/o/hello",
+                            "tag": "x",
+                            "digest": DIGEST,
+                        }
+                    },
                     "compose": None,
                 },
                 headers=headers,
