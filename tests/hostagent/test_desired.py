@@ -285,9 +285,7 @@ def test_config_hash_counts_new_fields_only_when_set():
         ({"memory": "536870913"}, 1.0, "512m", 256),
     ],
 )
-def test_previews_get_the_tighter_of_their_limits_and_the_defaults(
-    resources, cpus, memory, pids
-):
+def test_previews_get_the_tighter_of_their_limits_and_the_defaults(resources, cpus, memory, pids):
     state = parse_desired_state(
         state_body(
             env_body("prod", resources=dict(resources)),
@@ -295,9 +293,12 @@ def test_previews_get_the_tighter_of_their_limits_and_the_defaults(
         )
     ).with_preview_limits(PreviewLimits())
     prod, preview = state.environments
-    assert prod.resources == parse_desired_state(
-        state_body(env_body("prod", resources=dict(resources)))
-    ).environments[0].resources
+    assert (
+        prod.resources
+        == parse_desired_state(state_body(env_body("prod", resources=dict(resources))))
+        .environments[0]
+        .resources
+    )
     assert (preview.resources.cpus, preview.resources.memory, preview.resources.pids) == (
         cpus,
         memory,

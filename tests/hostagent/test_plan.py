@@ -288,9 +288,7 @@ def test_a_refused_environment_is_neither_planned_nor_torn_down():
         container("g1", env="gone", deployment_id=2),
     )
     actions = plan(state, current)
-    assert [(type(a).__name__, a.environment) for a in actions] == [
-        ("RemoveEnvironment", "gone")
-    ]
+    assert [(type(a).__name__, a.environment) for a in actions] == [("RemoveEnvironment", "gone")]
 
 
 def test_a_failed_or_refused_compose_config_keeps_what_serves():
