@@ -5,6 +5,12 @@ Every change of what a host should run bumps its generation in the same transact
 (:func:`bump`); after the commit the new generation is written to Redis and published on
 the host's wake-up channel, so a long-polling agent hears of it at once and an agent
 that is up to date is answered 304 from Redis alone.
+
+Each environment is validated and rendered on its own: one that fails (a compose file the
+policy refuses, a variable that does not decrypt, anything) is left out of the snapshot
+and listed in its ``withheld`` list (``{name, reason}``), which tells the agent to keep
+whatever it runs for it, never to tear it down, and not to report it; the environment is
+set to status ``refused`` with the reason. Every other environment is served.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import yaml
 from redis import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
+from contracts.compose_policy import Caps, load_and_check, parse_memory
+from contracts.yamlsafe import YamlRefused, load_yaml
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import NotFound, ValidationFailed
@@ -37,6 +45,9 @@ log = logging.getLogger(__name__)
 GENERATION_TTL = 30  # seconds; bounds how long a stale cached generation can live
 CHANGED_HOSTS = "portside.changed_hosts"
 REDIS_CONNECTIONS = 64  # per process
+# How a refusal made while rendering a snapshot starts its status_reason: such an
+# environment goes back to deploying once it renders again.
+WITHHELD_REASON = "not served by the control plane: "
 
 
 def generation_key(host_id: int) -> str:
@@ -170,6 +181,15 @@ def _environment_state(
         if app_image is None:
             return None
         image = f"{app_image['repository']}@{app_image['digest']}"
+    production = environment.kind == "production" and not build.untrusted
+    compose_allow = sorted(map(str, service.compose_allow)) if production else []
+    if compose:
+        memory = parse_memory(service.memory_limit) if service.memory_limit else None
+        load_and_check(
+            compose,
+            extra_allowed=frozenset(compose_allow),
+            caps=Caps(cpus=service.cpu_limit, memory_bytes=memory),
+        )
     installation_id = service.repository.installation_id if service.repository else None
     credentials = credentials_for(installation_id)
     return {
@@ -182,6 +202,7 @@ def _environment_state(
         "mode": "compose" if compose else "container",
         "image": image,
         "compose": compose,
+        "compose_allow": compose_allow,
         "port": service.port,
         "routed_service": next(iter(build.images), None) if compose else None,
         "routes": compose_routes(compose, next(iter(build.images), None), environment.domain)
@@ -218,15 +239,17 @@ def compose_routes(compose: str, routed: str | None, domain: str | None) -> list
     if not domain:
         return []
     try:
-        document = yaml.safe_load(compose) or {}
-    except yaml.YAMLError:
+        document = load_yaml(compose) or {}
+    except YamlRefused:
         return []
+    services = document.get("services") if isinstance(document, dict) else None
     routes = []
-    for name, spec in (document.get("services") or {}).items():
+    for name, spec in (services if isinstance(services, dict) else {}).items():
         if name == routed or not isinstance(spec, dict):
             continue
+        listed = [spec.get("ports"), spec.get("expose")]
         ports = [
-            _container_port(p) for p in [*(spec.get("ports") or []), *(spec.get("expose") or [])]
+            _container_port(p) for entries in listed if isinstance(entries, list) for p in entries
         ]
         port = next((p for p in ports if p), None)
         label = re.sub(r"[^a-z0-9-]", "-", str(name).lower()).strip("-")
@@ -263,19 +286,72 @@ def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str
 
     @functools.cache
     def credentials_for(installation_id: int | None) -> registries.Credentials:
-        return registries.credentials_for(session, box, registry_address, installation_id)
+        return registries.credentials_for(
+            session, box, registry_address, installation_id, pull_only=True
+        )
 
-    states = [
-        _environment_state(box, environment, variables[environment.service_id], credentials_for)
-        for environment in environments
-    ]
-    return {
+    states: list[dict[str, Any]] = []
+    withheld: list[dict[str, str]] = []
+    for environment in environments:
+        try:
+            state = _environment_state(
+                box, environment, variables[environment.service_id], credentials_for
+            )
+        except SQLAlchemyError:
+            raise  # the database, not this environment: no snapshot at all
+        except Exception as exc:  # anything else costs this environment alone
+            reason = WITHHELD_REASON + _reason(exc)
+            log.warning("environment %s withheld from its snapshot: %s", environment.name, reason)
+            withheld.append({"name": environment.name, "reason": reason})
+            _refuse(session, environment, reason)
+            continue
+        if state is not None:
+            states.append(state)
+            _unrefuse(environment)
+    document = {
         "host": host.name,
         "generation": host.generation,
         "complete": True,
         "routing": {"entrypoint": host.entrypoint, "cert_resolver": host.cert_resolver},
-        "environments": [state for state in states if state is not None],
+        "environments": states,
+        "withheld": withheld,
     }
+    if session.dirty:
+        # The GET that asked commits nothing else; the refusals are for people to read.
+        session.commit()
+    return document
+
+
+def _reason(exc: Exception) -> str:
+    """Why an environment could not be rendered, for a person (never a secret: the
+    exceptions met here carry key paths and class names, not values)."""
+    text = str(exc).strip()
+    return (f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__)[:2000]
+
+
+def _refuse(session: Session, environment: Environment, reason: str) -> None:
+    """Show that the control plane withholds ``environment`` (audited once per reason)."""
+    if environment.status == "refused" and environment.status_reason == reason:
+        return
+    environment.status = "refused"
+    environment.status_reason = reason
+    audit.record(
+        session,
+        "control plane",
+        "environment.refused",
+        "environment",
+        environment.id,
+        reason=reason,
+    )
+
+
+def _unrefuse(environment: Environment) -> None:
+    """An environment withheld before renders again: its agent converges it now."""
+    if environment.status == "refused" and (environment.status_reason or "").startswith(
+        WITHHELD_REASON
+    ):
+        environment.status = "deploying"
+        environment.status_reason = None
 
 
 def _previous_active(

@@ -1,5 +1,9 @@
 """Registry credentials: a global default per registry and per-installation overrides,
-stored encrypted and handed out only to the build worker or agent that needs them."""
+stored encrypted and handed out only to the build worker or agent that needs them.
+
+Each carries push credentials, for build workers (and the control plane's own image
+cleanup), and optionally pull-only credentials, the only ones agents ever receive.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ def create_registry(
     password: str | None,
     installation_id: int | None,
     actor: str,
+    pull_username: str | None = None,
+    pull_password: str | None = None,
 ) -> RegistryCredential:
     address = address.strip().lower().rstrip("/")
     if "://" in address or not REGISTRY_ADDRESS.match(address):
@@ -61,11 +67,18 @@ def create_registry(
             "username and password go together",
             details={"password": ["give both username and password, or neither"]},
         )
+    if bool(pull_username) != bool(pull_password):
+        raise ValidationFailed(
+            "pull_username and pull_password go together",
+            details={"pull_password": ["give both pull_username and pull_password, or neither"]},
+        )
     registry = RegistryCredential(
         address=address,
         installation_id=installation_id,
         username=username,
         password_encrypted=box.encrypt(password) if password else None,
+        pull_username=pull_username,
+        pull_password_encrypted=box.encrypt(pull_password) if pull_password else None,
     )
     session.add(registry)
     try:
@@ -90,9 +103,17 @@ def delete_registry(session: Session, registry_id: int, actor: str) -> None:
 
 
 def credentials_for(
-    session: Session, box: SecretBox, address: str, installation_id: int | None
+    session: Session,
+    box: SecretBox,
+    address: str,
+    installation_id: int | None,
+    *,
+    pull_only: bool = False,
 ) -> Credentials:
-    """The installation's override for ``address``, else the global default, else none."""
+    """The installation's override for ``address``, else the global default, else none.
+
+    ``pull_only`` (for agents) gives the pull credentials, or none: an agent's host never
+    holds what could push an image over the one production runs."""
     host = registry_host(address)
     candidates = list(
         session.scalars(
@@ -107,8 +128,12 @@ def credentials_for(
     if not candidates:
         return Credentials(address, None, None)
     chosen = candidates[0]
-    password = box.decrypt(chosen.password_encrypted) if chosen.password_encrypted else None
-    return Credentials(address, chosen.username, password)
+    if pull_only:
+        encrypted, username = chosen.pull_password_encrypted, chosen.pull_username
+    else:
+        encrypted, username = chosen.password_encrypted, chosen.username
+    password = box.decrypt(encrypted) if encrypted else None
+    return Credentials(address, username if password else None, password)
 
 
 def _registry_url(host: str) -> str:

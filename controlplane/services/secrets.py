@@ -21,6 +21,8 @@ def rotate_key(session: Session, box: SecretBox, actor: str) -> dict[str, int]:
         if registry.password_encrypted is not None:
             registry.password_encrypted = box.rotate(registry.password_encrypted)
             counts["registries"] += 1
+        if registry.pull_password_encrypted is not None:
+            registry.pull_password_encrypted = box.rotate(registry.pull_password_encrypted)
     for target in session.scalars(select(NotificationTarget).with_for_update()):
         if target.secret_encrypted is not None:
             target.secret_encrypted = box.rotate(target.secret_encrypted)
