@@ -3,18 +3,26 @@ Deployment per preview deploy, and one PR comment per preview, edited in place.
 
 Each function is idempotent for its event (safe to run again after a retry): the
 GitHub deployment id and the comment id are kept on the build and the environment.
+
+Every text written to GitHub passes through :func:`contracts.masking.mask`, the build
+logs' masking, at the two places that write text (:func:`_commit_status`,
+:func:`_comment`); where the text can carry a build's own words (its error, a reason)
+the service's secret values are masked too (:func:`secrets_of`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from github import Github
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contracts.masking import mask
+from controlplane.crypto import SecretBox
 from controlplane.github.app import GitHubApp
-from controlplane.models import Build, Deployment, Environment
+from controlplane.models import Build, Deployment, Environment, RegistryCredential, Variable
 from controlplane.settings import Settings
 
 CONTEXT = "portside/build"
@@ -38,10 +46,48 @@ def environment_url(environment: Environment) -> str | None:
     return None
 
 
-def _commit_status(client: Github, build: Build, state: str, url: str, text: str) -> None:
+def secrets_of(session: Session, settings: Settings, service_id: int) -> list[str]:
+    """Every secret value a text about ``service_id`` could leak: its secret variables
+    (build and runtime, every environment), registry passwords, Portside's own keys."""
+    values = [
+        secret.reveal()
+        for secret in (
+            settings.github_webhook_secret,
+            settings.secret_key,
+            settings.token,
+            settings.metrics_token,
+            *settings.old_secret_keys,
+        )
+    ]
+    if not settings.secret_key:
+        return values  # nothing can have been stored encrypted
+    box = SecretBox.from_settings(settings)
+    stored = session.scalars(
+        select(Variable.value_encrypted).where(
+            Variable.service_id == service_id, Variable.is_secret.is_(True)
+        )
+    )
+    values.extend(box.decrypt(ciphertext) for ciphertext in stored)
+    registries = session.execute(
+        select(RegistryCredential.password_encrypted, RegistryCredential.pull_password_encrypted)
+    )
+    for row in registries:
+        values.extend(box.decrypt(ciphertext) for ciphertext in row if ciphertext)
+    return values
+
+
+def _commit_status(
+    client: Github,
+    build: Build,
+    state: str,
+    url: str,
+    text: str,
+    *,
+    secrets: Collection[str] = (),
+) -> None:
     repo = client.get_repo(build.service.repository_full_name)
     repo.get_commit(build.commit_sha).create_status(
-        state=state, target_url=url, description=text[:140], context=CONTEXT
+        state=state, target_url=url, description=mask(text, secrets)[:140], context=CONTEXT
     )
 
 
@@ -58,10 +104,12 @@ def _deployment_status(
     deployment.create_status(state, **options)
 
 
-def _comment(client: Github, environment: Environment, body: str) -> int:
+def _comment(
+    client: Github, environment: Environment, body: str, *, secrets: Collection[str] = ()
+) -> int:
     repo = client.get_repo(environment.service.repository_full_name)
     issue = repo.get_issue(environment.pr_number or 0)
-    text = f"{COMMENT_MARKER.format(name=environment.name)}\n{body}"
+    text = f"{COMMENT_MARKER.format(name=environment.name)}\n{mask(body, secrets)}"
     if environment.github_comment_id:
         issue.get_comment(environment.github_comment_id).edit(text)
         return environment.github_comment_id
@@ -115,10 +163,11 @@ def build_failed(session: Session, github: GitHubApp, settings: Settings, build_
     if build is None or installation is None:
         return
     log_url = _log_url(settings, build)
+    secrets = secrets_of(session, settings, build.service_id)
 
     def act(client: Github) -> None:
         failed = f"{build.failed_step or 'build'} failed: {build.error or ''}"
-        _commit_status(client, build, "failure", log_url, failed)
+        _commit_status(client, build, "failure", log_url, failed, secrets=secrets)
         _deployment_status(client, build, "failure", log_url=log_url)
 
     github.call(installation, f"feedback for build {build.id}", act)
@@ -169,6 +218,7 @@ def preview_removed(
             )
         )
     )
+    secrets = secrets_of(session, settings, environment.service_id)
 
     def act(client: Github) -> None:
         for build in builds:
@@ -179,6 +229,7 @@ def preview_removed(
                 client,
                 environment,
                 f"The preview of {environment.service.name} was removed ({reason}).",
+                secrets=secrets,
             )
 
     github.call(installation, f"feedback for {environment.name}", act)
