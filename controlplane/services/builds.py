@@ -455,11 +455,30 @@ def stale_builds(session: Session, older_than: dt.timedelta) -> list[Build]:
 
 def take_over(session: Session, build: Build) -> Build:
     """Queue a build again from its first step as a new attempt (old messages are void);
-    the dispatchers send it when its turn comes."""
+    the dispatchers send it when its turn comes.
+
+    The step whose worker was lost is kept in ``failed_step`` (and why in ``error``): when
+    the next attempt loses its worker in that same step too, the step is what kills its
+    workers (a crafted input, a build too large for them), so the build fails instead of
+    being taken over again and again.
+    """
+    lost = next((s for s in build.steps if s.status == "running"), None) or next(
+        (s for s in build.steps if s.status != "succeeded"), None
+    )
+    lost_name = lost.name if lost is not None else None
+    if lost_name is not None and build.attempt > 1 and build.failed_step == lost_name:
+        _fail_lost_twice(session, build, lost_name)
+        return build
+    build.failed_step = lost_name
+    build.error = (
+        f"attempt {build.attempt} lost its worker {build.worker or '(unknown)'} "
+        f"during step {lost_name}; taken over"
+    )
     build.attempt += 1
     build.status = "queued"
     build.enqueued_at = utcnow()
     build.worker = None
+    build.worker_token_id = None
     build.images = {}
     build.compose = None
     for step in build.steps:
@@ -467,6 +486,27 @@ def take_over(session: Session, build: Build) -> Build:
         step.error = None
     wake_dispatchers(session)
     return build
+
+
+def _fail_lost_twice(session: Session, build: Build, step_name: str) -> None:
+    now = utcnow()
+    error = (
+        f"step {step_name} lost its worker in attempts {build.attempt - 1} and {build.attempt}: "
+        "the build fails rather than being taken over again"
+    )
+    log.warning("build %s: %s", build.id, error)
+    build.status = "failed"
+    build.error = error
+    build.failed_step = step_name
+    build.finished_at = now
+    build.worker_token_id = None
+    build.environment.status = "failed"
+    for step in build.steps:
+        if step.name == step_name:
+            step.status, step.error, step.finished_at = "failed", error, now
+        elif step.status in ("pending", "running"):
+            step.status = "skipped"
+    effects.note_feedback(session, "build_failed", build.id)
 
 
 def deployments_of(session: Session, service_id: int) -> list[Deployment]:
