@@ -154,8 +154,11 @@ def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_hosts_create(settings: Settings, args: argparse.Namespace) -> int:
     def action(session: Any) -> str:
-        host, secret = hosts.create_host(session, args.name, "cli", args.previews)
-        print(f"created host {host.name} (id {host.id}); its agent token is shown once:")
+        host, secret = hosts.create_host(
+            session, args.name, "cli", args.previews, untrusted=args.untrusted
+        )
+        kind = "untrusted host" if host.untrusted else "host"
+        print(f"created {kind} {host.name} (id {host.id}); its agent token is shown once:")
         return secret
 
     print(_admin(settings, action))
@@ -173,11 +176,12 @@ def cmd_hosts_list(settings: Settings, args: argparse.Namespace) -> int:
                 if h.last_seen_at
                 else "never",
                 "agent_version": h.agent_version,
+                "untrusted": "yes" if h.untrusted else "",
             }
             for h in hosts.list_hosts(session)
         ]
 
-    columns = ("id", "name", "generation", "last_seen_at", "agent_version")
+    columns = ("id", "name", "generation", "last_seen_at", "agent_version", "untrusted")
     _emit(_admin(settings, action), columns, args.json)
     return 0
 
@@ -522,6 +526,28 @@ def cmd_previews_teardown(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_previews_approve(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    environment = client.find_environment(args.environment)
+    approved = client.approve(environment["id"], args.sha)
+    if args.secrets:  # the commit just approved; refused if a push landed meanwhile
+        granted = client.approve_secrets(environment["id"], approved["head_sha"])
+        approved["secrets_approved_sha"] = granted["secrets_approved_sha"]
+    if args.json:
+        _print_json(approved)
+        return 0
+    sha = (approved.get("head_sha") or "")[:10]
+    if approved.get("build_id"):
+        done = f"build {approved['build_id']} queued (portside logs {approved['build_id']} -f)"
+    else:
+        done = f"{approved['status']}" + (
+            f": {approved['status_reason']}" if approved.get("status_reason") else ""
+        )
+    secrets_note = ", with secrets" if args.secrets else ""
+    print(f"approved {sha} of {approved['name']}{secrets_note}; {done}")
+    return 0
+
+
 def _celery(settings: Settings, argv: list[str]) -> int:
     _check_redis(settings)
     from tasks import worker
@@ -723,6 +749,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     host_create.add_argument("name")
     host_create.add_argument("--previews", action="store_true", help="accepts preview environments")
+    host_create.add_argument(
+        "--untrusted",
+        action="store_true",
+        help="runs previews of pull requests from forks, never production",
+    )
     host_list = add("list", cmd_hosts_list, "list hosts", host_commands)
     host_list.add_argument("--json", action="store_true")
 
@@ -821,6 +852,19 @@ def _add_api_commands(add: Callable[..., Any], commands: Any) -> None:
     preview_list.add_argument("--service", help="name or id")
     teardown = api("teardown", cmd_previews_teardown, "tear a preview down", preview_commands)
     teardown.add_argument("environment", help="the preview's name or id")
+    approve = api(
+        "approve",
+        cmd_previews_approve,
+        "build and run a fork preview's current head commit (admin)",
+        preview_commands,
+    )
+    approve.add_argument("environment", help="the preview's name or id")
+    approve.add_argument(
+        "--sha", help="the commit you reviewed; refused if the pull request moved on"
+    )
+    approve.add_argument(
+        "--secrets", action="store_true", help="also give that commit the service's secrets"
+    )
 
 
 def _group(*_: Any) -> int:

@@ -34,6 +34,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from controlplane.dashboard import login, present
 from controlplane.db import Database, session
+from controlplane.errors import ApiError
 from controlplane.models import (
     BUILD_STATUSES,
     DELIVERY_STATUSES,
@@ -44,9 +45,10 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import builds, desired, logs
+from controlplane.services import builds, desired, logs, previews
 from controlplane.services.feedback import environment_url
 from controlplane.settings import Settings
+from tasks import pipeline
 
 blueprint = Blueprint(
     "dashboard",
@@ -241,6 +243,29 @@ def services_page() -> str:
             (row.production if env.kind == "production" else row.previews).append(item)
         rows.append(row)
     return render_template("services.html", rows=rows)
+
+
+@blueprint.post("/environments/<int:environment_id>/approve")
+def approve_environment(environment_id: int) -> BaseResponse:
+    """The Approve button of a fork preview: an admin's session, the form's CSRF token,
+    and the commit the page showed (a push since then makes it refuse)."""
+    if not login.csrf_ok(request.form.get("csrf")):
+        abort(400, "the form is out of date; reload the page")
+    token = g.dashboard_token
+    if token.scope != "admin":
+        abort(403, "approving a commit needs an admin token")
+    db = session()
+    try:
+        environment, build = previews.approve(
+            db, environment_id, f"token:{token.name}", request.form.get("sha") or None
+        )
+    except ApiError as exc:
+        db.rollback()
+        abort(exc.status, exc.message)
+    db.commit()
+    if build is not None:
+        pipeline.enqueue_build(build.id)
+    return redirect(url_for("dashboard.services_page", _anchor=f"service-{environment.service_id}"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -188,6 +188,20 @@ def test_hosts_create_prints_the_hosts_agent_token_last(
         assert token.host_id == host.id
 
 
+def test_hosts_create_untrusted_marks_the_host_for_fork_previews(
+    migrated: Run, sqlite_database: Database
+) -> None:
+    result = migrated("hosts", "create", "sandbox-1", "--untrusted")
+
+    assert result.code == 0, result
+    assert "untrusted host sandbox-1" in result.stdout
+    listed = json.loads(migrated("hosts", "list", "--json").stdout)
+    assert [(h["name"], h["untrusted"]) for h in listed] == [("sandbox-1", "yes")]
+    with sqlite_database.session_scope() as session:
+        host = session.scalar(select(Host).where(Host.name == "sandbox-1"))
+        assert host is not None and host.untrusted
+
+
 def test_a_duplicate_host_exits_2_with_one_line(migrated: Run, sqlite_database: Database) -> None:
     assert migrated("hosts", "create", "web-1").code == 0
 

@@ -401,6 +401,32 @@ def test_environments_previews_redeploy_and_teardown(
         assert preview is not None and preview.status == "inactive"
 
 
+def test_previews_approve_a_forks_head_with_its_secrets(
+    admin: Cli, reader: Cli, database: Database, service_id: int
+) -> None:
+    with database.session_scope() as session:
+        hosts.create_host(session, "sandbox-1", "test", untrusted=True)
+    fork = {"ref": "x", "sha": SHA, "repo": {"full_name": "someone/fork"}}
+    handle(database, "opened", head=fork)
+
+    assert_one_line_failure(reader("previews", "approve", "hello-pr-2"), 4)
+    assert_one_line_failure(
+        admin("previews", "approve", "hello-pr-2", "--sha", "d" * 40), 2, "head is now"
+    )
+    approved = admin("previews", "approve", "hello-pr-2", "--secrets", "--sha", SHA)
+
+    assert approved.code == 0, approved
+    assert approved.stdout.startswith(f"approved {SHA[:10]} of hello-pr-2, with secrets; build ")
+    with database.session_scope() as session:
+        preview = session.scalar(select(Environment).where(Environment.name == "hello-pr-2"))
+        assert preview is not None
+        assert (preview.approved_sha, preview.secrets_approved_sha) == (SHA, SHA)
+        (build,) = session.scalars(select(Build).where(Build.environment_id == preview.id))
+        assert build.untrusted
+    again = json.loads(admin("previews", "approve", "hello-pr-2", "--json").stdout)
+    assert (again["build_id"], again["approved_sha"]) == (None, SHA)
+
+
 # -- exit codes -----------------------------------------------------------------------------
 
 

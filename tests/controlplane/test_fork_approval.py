@@ -39,6 +39,10 @@ SECOND = "b" * 40
 
 @pytest.fixture
 def service(database: Database) -> int:
+    return seed(database)
+
+
+def seed(database: Database) -> int:
     """Service ``hello`` on trusted host web-1, untrusted host sandbox-1 for forks."""
     with database.session_scope() as session:
         session.add(Installation(id=1, account_login="Codertocat"))
