@@ -6,7 +6,13 @@ import re
 
 import pytest
 
-from buildworker.names import branch_tag, compose_project_name, image_repository, short_sha
+from buildworker.names import (
+    branch_tag,
+    compose_project_name,
+    image_repository,
+    pull_request_repository,
+    short_sha,
+)
 
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # The distribution spec's name grammar (domain, then path components).
@@ -125,3 +131,34 @@ def test_short_sha():
     assert short_sha("A" * 40) == "a" * 12
     with pytest.raises(ValueError):
         short_sha("not-a-sha-at-all")
+
+
+@pytest.mark.parametrize(
+    ("registry", "number", "service", "expected"),
+    [
+        ("127.0.0.1:5001", 7, None, "127.0.0.1:5001/codertocat/hello-world/pr-7"),
+        ("127.0.0.1:5001", 7, "web", "127.0.0.1:5001/codertocat/hello-world/pr-7/web"),
+        (
+            "https://Registry.example.com/Team/",
+            12,
+            "api",
+            "registry.example.com/team/codertocat/hello-world/pr-12/api",
+        ),
+    ],
+)
+def test_pull_request_repository_is_one_level_below_the_repository(
+    registry, number, service, expected
+):
+    name = pull_request_repository(registry, "Codertocat/Hello-World", number, service)
+    assert name.startswith(image_repository(registry, "Codertocat/Hello-World") + "/")
+    assert NAME.fullmatch(name)
+    assert name == expected
+    # No trusted name (owner/repo[-service], two components) can ever equal it.
+    assert name not in {
+        image_repository(registry, "Codertocat/Hello-World", s) for s in (None, service, "pr-7")
+    }
+
+
+def test_pull_request_repository_needs_a_pull_request_number():
+    with pytest.raises(ValueError, match="pull request"):
+        pull_request_repository("127.0.0.1:5001", "o/r", 0)
