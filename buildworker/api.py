@@ -10,9 +10,14 @@ from typing import Any
 
 import requests
 
-from buildworker.errors import PermanentBuildError, TransientBuildError
+from buildworker.errors import BuildError, PermanentBuildError, TransientBuildError
+from contracts.urls import url_refusal
 
 TIMEOUT = 30
+
+
+class InsecureURL(BuildError):
+    """The control plane's URL would carry the worker's secrets in clear (a setup error)."""
 
 
 class StepRefused(PermanentBuildError):
@@ -22,7 +27,11 @@ class StepRefused(PermanentBuildError):
 class ControlPlane:
     """A session with the worker's bearer token; the token is never logged or raised."""
 
-    def __init__(self, url: str, token: str, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self, url: str, token: str, timeout: float = TIMEOUT, *, allow_insecure: bool = False
+    ) -> None:
+        if refusal := url_refusal(url, allow_insecure=allow_insecure):
+            raise InsecureURL(refusal)
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()

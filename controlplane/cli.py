@@ -573,8 +573,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_buildworker(settings: Settings, args: argparse.Namespace) -> int:
+    from contracts.urls import url_refusal
     from tasks import worker
 
+    if refusal := url_refusal(settings.url, allow_insecure=settings.allow_insecure_url):
+        raise ConfigError(refusal)
     name = args.name or f"build-{os.uname().nodename}-{os.getpid()}"
     queues = ",".join(worker.build_queues(name, settings.build_untrusted))
     argv = ["worker", "-Q", queues, "-n", f"{name}@%h", "-E", "-l", args.loglevel]

@@ -100,6 +100,8 @@ class Settings:
     # What Prometheus presents as its bearer token for /metrics (a read or admin API token
     # works too); without either, /metrics answers 401.
     metrics_token: Secret = Secret("")
+    # A build worker talks to a plain http:// PORTSIDE_URL off loopback only if told so.
+    allow_insecure_url: bool = False
     preview_domain: str = ""
     agent_interval: int = 10
     agent_publish_host: str = ""
@@ -198,6 +200,8 @@ class Settings:
             kwargs["url"] = _require_url("PORTSIDE_URL", raw, ("http", "https")).rstrip("/")
         if (raw := get("TOKEN")) is not None:
             kwargs["token"] = Secret(raw)
+        if (raw := get("ALLOW_INSECURE_URL")) is not None:
+            kwargs["allow_insecure_url"] = raw == "1"
         if (raw := get("METRICS_TOKEN")) is not None:
             if len(raw) < 16:
                 raise ConfigError("PORTSIDE_METRICS_TOKEN must be at least 16 characters long")

@@ -49,7 +49,9 @@ def runner(hostname: str) -> StepRunner:
             log.warning("build %s: %d log lines lost: %s", build_id, len(lines), exc)
 
     return StepRunner(
-        ControlPlane(settings.url, settings.token.reveal()),
+        ControlPlane(
+            settings.url, settings.token.reveal(), allow_insecure=settings.allow_insecure_url
+        ),
         docker.from_env(timeout=300),
         WorkerConfig(
             node=hostname,
