@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -64,10 +66,62 @@ def test_the_control_plane_compose_file_is_valid_and_complete() -> None:
         assert "PORTSIDE_SECRET_KEY" not in environment
         assert "PORTSIDE_GITHUB_WEBHOOK_SECRET" not in environment
         assert environment["PORTSIDE_URL"] == "https://portside.example.com"
+        # Redis only with its password, which comes from a file like every secret.
+        assert environment["PORTSIDE_REDIS_URL_FILE"] == "/run/secrets/redis_url"
+        assert "PORTSIDE_REDIS_URL" not in environment
+        assert environment["PORTSIDE_METRICS_TOKEN_FILE"] == "/run/secrets/metrics_token"
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"]
     assert "POSTGRES_PASSWORD" not in services["postgres"]["environment"]
+    redis = services["redis"]
+    assert [secret_name(secret) for secret in redis["secrets"]] == ["redis_password"]
+    script = " ".join(redis["entrypoint"])
+    assert "/run/secrets/redis_password" in script and "requirepass" in script
+    assert "redis-server /tmp/auth.conf" in script  # the password is in no command line
+    assert "ports" not in redis
     # Flower only on the server's loopback (compose v1 prints strings, v2 mappings).
     assert [host_ip(port) for port in services["flower"]["ports"]] == ["127.0.0.1"]
+
+
+def secret_name(secret: str | dict[str, Any]) -> str:
+    return secret["source"] if isinstance(secret, dict) else secret
+
+
+def test_the_redis_entrypoint_makes_a_password_required(tmp_path: Path) -> None:
+    """The compose file's Redis start-up script, run against Debian's redis-server: a
+    client without the password is refused, and no process shows the password."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    document = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    script: str = document["services"]["redis"]["entrypoint"][-1].replace("$$", "$")
+    password = "deploy-test-" + os.urandom(8).hex()
+    (tmp_path / "redis_password").write_text(password + "\n")
+    port = 20000 + os.getpid() % 10000
+    script = (
+        script.replace("/run/secrets/redis_password", str(tmp_path / "redis_password"))
+        .replace("/tmp/auth.conf", str(tmp_path / "auth.conf"))
+        .replace("chown redis", "true")
+        .replace("docker-entrypoint.sh redis-server", server)
+        .replace("--appendonly yes", f"--port {port} --dir {tmp_path} --save ''")
+    )
+    process = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    try:
+        client = redis.Redis(port=port, socket_connect_timeout=1)
+        authed = redis.Redis(port=port, password=password, socket_connect_timeout=1)
+        for _ in range(100):
+            try:
+                authed.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        assert authed.ping()
+        with pytest.raises(redis.AuthenticationError):
+            client.ping()
+        assert oct((tmp_path / "auth.conf").stat().st_mode & 0o777) == oct(0o600)
+        assert password not in Path(f"/proc/{process.pid}/cmdline").read_text()
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def test_the_compose_file_names_a_missing_setting() -> None:
