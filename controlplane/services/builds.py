@@ -218,6 +218,10 @@ def heartbeat(session: Session, build_id: int, attempt: int) -> None:
     )
 
 
+# How the status_reason of an environment refused for a build's artifacts starts.
+REFUSED_ARTIFACTS = "artifacts of build "
+
+
 def record_artifacts(
     session: Session,
     build_id: int,
@@ -252,10 +256,23 @@ def record_artifacts(
         )
         environment = build.environment
         environment.status = "refused"
-        environment.status_reason = f"build {build.id} ({build.commit_sha[:7]}): {reasons}"
+        environment.status_reason = (
+            f"{REFUSED_ARTIFACTS}{build.id} ({build.commit_sha[:7]}) refused: {reasons}"
+        )
+        audit.record(
+            session,
+            "control plane",
+            "environment.refused",
+            "environment",
+            environment.id,
+            build=build.id,
+            reason=environment.status_reason,
+        )
         raise ComposeRefusedError(
             f"artifacts refused: {reasons}", details={"violations": [str(v) for v in violations]}
         )
+    if (build.environment.status_reason or "").startswith(REFUSED_ARTIFACTS):
+        build.environment.status_reason = None  # an earlier build's refusal is over
     build.images = images
     build.compose = compose
     return build

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controlplane.db import Database
-from controlplane.models import Build, Environment, Host
+from controlplane.models import AuditEvent, Build, Environment, Host
 from controlplane.services import builds, hosts, pushes, services
 
 REGISTRY = "127.0.0.1:5000"  # the test settings' default registry
@@ -290,3 +291,24 @@ def test_resource_limits_above_the_services_caps_are_refused(
     assert [v.split(":")[0] for v in response.json["details"]["violations"]] == [
         "services.web.mem_limit"
     ]
+
+
+def test_the_refusal_is_audited_and_ends_with_the_next_good_build(
+    client: FlaskClient,
+    worker_headers: dict[str, str],
+    database: Database,
+    db_session: Session,
+    service_id: int,
+) -> None:
+    bad = new_build(database, service_id, SHA_BAD)
+    refused = upload(client, worker_headers, bad, {"web": image()}, pinned(extra="    pid: host\n"))
+    assert refused.status_code == 422
+    environment_id = db_session.get(Build, bad).environment_id
+    event = db_session.scalar(select(AuditEvent).where(AuditEvent.action == "environment.refused"))
+    assert event is not None and event.target_id == str(environment_id)
+
+    good = new_build(database, service_id, "3" * 40)
+    assert upload(client, worker_headers, good, {"web": image()}, pinned()).status_code == 204
+    db_session.expire_all()
+    environment = db_session.get(Environment, environment_id)
+    assert (environment.status, environment.status_reason) == ("building", None)
