@@ -8,6 +8,7 @@ COPY controlplane controlplane
 COPY tasks tasks
 COPY buildworker buildworker
 COPY hostagent hostagent
+COPY contracts contracts
 COPY deploy deploy
 RUN pip install --no-cache-dir -e .
 # The data directory (workspaces, beat schedule) belongs to the unprivileged user.
