@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from contracts.urls import ALLOW_INSECURE_VARIABLE, url_refusal
 from hostagent.desired import MEMORY_RE, PreviewLimits
 from hostagent.errors import AgentConfigError
 
@@ -53,16 +54,11 @@ class AgentSettings:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise AgentConfigError("PORTSIDE_URL must be an http:// or https:// URL")
-        if (
-            parts.scheme == "http"
-            and not _is_loopback(parts.hostname or "")
-            and environ.get("PORTSIDE_ALLOW_INSECURE_URL", "").strip() != "1"
-        ):
-            raise AgentConfigError(
-                "PORTSIDE_URL is plain http:// to a host that is not loopback (the token and "
-                "every secret would cross the network unencrypted); use https:// or set "
-                "PORTSIDE_ALLOW_INSECURE_URL=1"
-            )
+        refusal = url_refusal(
+            url, allow_insecure=environ.get(ALLOW_INSECURE_VARIABLE, "").strip() == "1"
+        )
+        if refusal is not None:
+            raise AgentConfigError(refusal)
         token = environ.get("PORTSIDE_TOKEN", "").strip()
         if not token:
             raise AgentConfigError("PORTSIDE_TOKEN is required (this host's agent token)")
@@ -125,16 +121,6 @@ def _preview_limits(environ: Mapping[str, str]) -> PreviewLimits:
         if pids < 1:
             raise AgentConfigError("PORTSIDE_AGENT_PREVIEW_PIDS must be a positive integer")
     return PreviewLimits(cpus=cpus, memory=raw_memory or defaults.memory, pids=pids)
-
-
-def _is_loopback(host: str) -> bool:
-    """``localhost`` or a loopback address: traffic that never leaves the machine."""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_ipv6(value: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,10 @@ from hostagent.apply import (
     compose_environment,
     detect_compose_command,
     restart_policy,
+    sanitized_compose,
 )
-from hostagent.errors import PermanentAgentError
+from hostagent.errors import EnvironmentRefused, PermanentAgentError
+from hostagent.files import UnsafePath, open_dir, read_file, write_file
 from hostagent.plan import ComposeUp
 from tests.hostagent.factories import desired, env_body
 
@@ -143,3 +147,117 @@ def test_other_compose_services_get_routes_of_their_own(tmp_path: Path):
     assert db["traefik.http.services.hello-db.loadbalancer.server.port"] == "5432"
     web = override["services"]["web"]["labels"]
     assert web["traefik.http.routers.hello.rule"] == "Host(`hello.example.com`)"
+
+
+SANITISE = """
+services:
+  web:
+    image: 127.0.0.1:5001/a/web@sha256:{d}
+    labels:
+      traefik.http.routers.x.rule: Host(`prod.example.com`)
+      io.portside.environment: other
+      app.example/keep: "1"
+    ports: ["8080", "127.0.0.1:9000:9001/udp", {{target: 7000, protocol: tcp}}, 6000]
+    expose: ["5000"]
+    deploy:
+      resources:
+        limits: {{cpus: "0.5", memory: 64m, pids: 20}}
+  db:
+    image: 127.0.0.1:5001/a/db@sha256:{d}
+    labels: ["com.docker.compose.project=other", "app.example/keep=2"]
+    mem_limit: 32m
+volumes:
+  data:
+    labels: {{traefik.enable: "true", app.example/v: "1"}}
+""".format(d="1" * 64)
+
+
+def test_the_agent_strips_routing_labels_and_published_ports_whatever_was_allowed():
+    from contracts.yamlsafe import load_yaml
+
+    document = sanitized_compose(load_yaml(SANITISE))
+    web, db = document["services"]["web"], document["services"]["db"]
+    assert web["labels"] == {"app.example/keep": "1"}
+    assert db["labels"] == ["app.example/keep=2"]
+    assert document["volumes"]["data"]["labels"] == {"app.example/v": "1"}
+    assert "ports" not in web
+    assert web["expose"] == ["5000", "8080", "9001/udp", "7000/tcp", 6000]
+    assert "deploy" not in web
+    assert (web["cpus"], web["mem_limit"], web["pids_limit"]) == (0.5, "64m", 20)
+    assert db["mem_limit"] == "32m"
+
+
+def compose_action(compose: str, **changes: Any) -> ComposeUp:
+    state = desired(
+        env_body(mode="compose", image=None, compose=compose, routed_service="web", **changes)
+    )
+    env = state.environments[0]
+    return ComposeUp(env.name, env, "h" * 64, state.routing, state.host)
+
+
+def test_limits_in_the_override_unless_the_file_sets_its_own():
+    action = compose_action(COMPOSE, resources={"cpus": 2, "memory": "1g", "pids": 100})
+    applier = Applier(object(), Path("/nonexistent"))
+    override = applier.override_file(action, applier.checked_compose(action.spec))
+    for service in override["services"].values():
+        assert (service["cpus"], service["mem_limit"], service["pids_limit"]) == (2.0, "1g", 100)
+    own = COMPOSE.replace("restart: always", "restart: always\n    mem_limit: 256m")
+    action = compose_action(own, resources={"cpus": 2, "memory": "1g", "pids": 100})
+    override = applier.override_file(action, applier.checked_compose(action.spec))
+    assert "mem_limit" not in override["services"]["db"]
+    assert override["services"]["web"]["mem_limit"] == "1g"
+
+
+def test_a_compose_file_over_the_caps_is_refused():
+    own = COMPOSE.replace("restart: always", "restart: always\n    mem_limit: 2g")
+    action = compose_action(own, resources={"cpus": 2, "memory": "1g"})
+    with pytest.raises(EnvironmentRefused, match=r"services\.db\.mem_limit"):
+        Applier(object(), Path("/nonexistent")).checked_compose(action.spec)
+
+
+def test_compose_runs_the_checked_text_from_sealed_memory(tmp_path: Path):
+    seen: dict[str, Any] = {}
+
+    def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        files = [command[i + 1] for i, arg in enumerate(command) if arg == "-f"]
+        seen["texts"] = [Path(path).read_text() for path in files]
+        seen["command"], seen["kwargs"] = command, kwargs
+        # Sealed: nobody can change it any more.
+        with pytest.raises(PermissionError), open(files[0], "a") as handle:
+            handle.write("privileged: true")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    applier = Applier(object(), tmp_path / "state", compose_command_override=["compose"], run=run)
+    applier.run_compose("env-1", ["first: 1\n", "second: 2\n"], "config")
+    assert seen["texts"] == ["first: 1\n", "second: 2\n"]
+    command, kwargs = seen["command"], seen["kwargs"]
+    empty = str(tmp_path / "state" / "empty")
+    assert command[:5] == ["compose", "-p", "env-1", "--project-directory", empty]
+    assert command[-1] == "config" and kwargs["cwd"] == empty
+    assert [f"/dev/fd/{fd}" for fd in kwargs["pass_fds"]] == [command[6], command[8]]
+    for fd in kwargs["pass_fds"]:  # closed again once compose ran
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_files_are_private_and_symlinks_are_never_followed(tmp_path: Path):
+    root = tmp_path / "state"
+    with open_dir(root, "compose", "env") as directory:
+        write_file(directory, "a.yml", "text")
+        assert read_file(directory, "a.yml") == "text"
+        assert read_file(directory, "missing.yml") is None
+        target = tmp_path / "target"
+        target.write_text("precious")
+        os.symlink(target, "link.yml", dir_fd=directory)
+        with pytest.raises(UnsafePath):
+            read_file(directory, "link.yml")
+        write_file(directory, "link.yml", "new")  # replaces the link, not its target
+    assert target.read_text() == "precious"
+    assert stat.S_ISREG((root / "compose" / "env" / "link.yml").lstat().st_mode)
+    assert stat.S_IMODE((root / "compose" / "env" / "a.yml").stat().st_mode) == 0o600
+    (root / "evil").symlink_to(tmp_path)
+    with pytest.raises(UnsafePath, match="cannot be opened safely"), open_dir(root, "evil"):
+        pass
+    for bad in ("..", "a/b", ""):
+        with pytest.raises(UnsafePath), open_dir(root, bad):
+            pass

@@ -71,6 +71,7 @@ def test_token_is_masked():
         ({"PORTSIDE_URL": "http://cp.example:8000"}, "PORTSIDE_ALLOW_INSECURE_URL"),
         ({"PORTSIDE_URL": "http://10.0.0.2"}, "PORTSIDE_ALLOW_INSECURE_URL"),
         ({"PORTSIDE_URL": "http://127.0.0.1.example.com"}, "PORTSIDE_ALLOW_INSECURE_URL"),
+        ({"PORTSIDE_URL": "http://0.0.0.0:8000"}, "PORTSIDE_ALLOW_INSECURE_URL"),
     ],
 )
 def test_bad_values_name_the_variable(changes, variable):
@@ -92,7 +93,12 @@ def test_main_exits_2_on_plain_http_to_another_host(capsys):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:8000", "http://127.8.9.1", "http://[::1]:80", "http://localhost:5000"],
+    [
+        "http://127.0.0.1:8000",
+        "http://127.8.9.1",
+        "http://[::1]:80",
+        "http://localhost:5000",
+    ],
 )
 def test_plain_http_on_loopback_is_fine(url):
     assert AgentSettings.from_env({**BASE, "PORTSIDE_URL": url}).url == url
