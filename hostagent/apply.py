@@ -3,6 +3,11 @@
 An exception in one environment becomes that environment's outcome (with the error and
 the new container's last log lines); the others go on. A new container that never gets
 healthy is removed again and the old one keeps serving.
+
+Compose files meet the compose policy once more right before ``compose up`` (the last
+line: a refused file starts nothing), lose every routing label and published port but
+the agent's own, and reach compose as sealed in-memory files, never through a path a
+container or another user could change.
 """
 
 from __future__ import annotations
