@@ -428,7 +428,7 @@ def redeploy_environment(environment_id: int) -> Any:
 
 @environments_api.post("/<int:environment_id>/approve")
 @require("admin")
-@environments_api.arguments(schemas.ApproveSchema)
+@environments_api.arguments(schemas.ApproveSchema, required=False)
 @environments_api.response(200, schemas.ApprovalSchema)
 @environments_api.alt_response(409, schema=schemas.ApiErrorSchema, description="not the head")
 def approve_environment(data: dict[str, Any], environment_id: int) -> Any:
@@ -444,7 +444,7 @@ def approve_environment(data: dict[str, Any], environment_id: int) -> Any:
 
 @environments_api.post("/<int:environment_id>/approve-secrets")
 @require("admin")
-@environments_api.arguments(schemas.ApproveSchema)
+@environments_api.arguments(schemas.ApproveSchema, required=False)
 @environments_api.response(200, schemas.EnvironmentSchema)
 @environments_api.alt_response(409, schema=schemas.ApiErrorSchema, description="not the head")
 def approve_secrets(data: dict[str, Any], environment_id: int) -> Any:
