@@ -70,3 +70,17 @@ def test_a_read_token_sees_no_button_and_cannot_approve(
 
     assert response.status_code == 403
     assert db_session.scalars(select(Build)).all() == []
+
+
+def test_the_hosts_page_says_which_host_is_untrusted(
+    client: FlaskClient, database: Database
+) -> None:
+    seed(database)
+    assert log_in(client, make_token(database, "read")).status_code == 302
+
+    page = client.get("/hosts").text
+
+    sandbox = page[page.index("<h2>sandbox-1") :]
+    web = page[page.index("<h2>web-1") :]
+    assert "untrusted: runs fork previews" in sandbox.split("</section>")[0]
+    assert "untrusted" not in web.split("</section>")[0]
