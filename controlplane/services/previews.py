@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from github import Github
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from controlplane.errors import (
@@ -68,7 +68,7 @@ def _preview_host(session: Session, service: Service) -> int:
     return marked if marked is not None else service.host_id
 
 
-def _production_hosts() -> Any:
+def _production_hosts() -> Select[int]:
     return select(Environment.host_id).where(
         Environment.kind == "production", Environment.status != "inactive"
     )
