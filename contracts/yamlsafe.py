@@ -3,8 +3,8 @@
 Compose files come from pushed repositories and are parsed by the build worker, the
 control plane and every host agent, so one file must never cost more than a bounded amount
 of memory or time: the text, the nesting depth, the aliases and the nodes (aliases counted
-at the size of what they repeat) are limited while the file is composed, before anything is
-expanded. Scalars follow YAML 1.2 like compose does: ``22:22`` and ``on`` stay strings.
+at the size and depth of what they repeat) are limited while the file is composed, before
+anything is expanded. Scalars follow YAML 1.2 like compose does: ``22:22`` and ``on`` stay strings.
 """
 
 from __future__ import annotations
@@ -70,6 +70,10 @@ class _Loader(Composer, _Parser, SafeConstructor, Resolver):  # type: ignore[mis
         self._nodes = 0
         self._aliases = 0
         self._anchor_sizes: dict[str, int] = {}
+        # How many levels each anchored node spans, its aliases expanded.
+        self._anchor_heights: dict[str, int] = {}
+        # The deepest level reached under each node being composed, aliases expanded.
+        self._reached = [0]
 
     def _count(self, nodes: int) -> None:
         self._nodes += nodes
@@ -86,19 +90,32 @@ class _Loader(Composer, _Parser, SafeConstructor, Resolver):  # type: ignore[mis
             if size is None and event.anchor in self.anchors:
                 raise YamlRefused(f"alias *{event.anchor} refers to itself")
             self._count(size or 0)
+            # What the alias repeats is nested where the alias stands (so a chain of
+            # anchors, each used inside the next, goes as deep as all of them together).
+            self._reach(self._depth + self._anchor_heights.get(event.anchor, 0))
             node: Node = super().compose_node(parent, index)
             return node
         anchor = self.peek_event().anchor
         self._depth += 1
-        if self._depth > MAX_DEPTH:
-            raise YamlRefused(f"YAML nested deeper than {MAX_DEPTH} levels")
+        self._reach(self._depth)
         self._count(1)
         before = self._nodes
+        self._reached.append(self._depth)
         node = super().compose_node(parent, index)
+        reached = self._reached.pop()
+        self._reached[-1] = max(self._reached[-1], reached)
         self._depth -= 1
         if anchor is not None:
             self._anchor_sizes[anchor] = self._nodes - before + 1
+            self._anchor_heights[anchor] = reached - self._depth
         return node
+
+    def _reach(self, depth: int) -> None:
+        """Refuse nesting deeper than MAX_DEPTH once aliases are expanded: writers of
+        the data (``json.dumps``, :func:`dump_yaml`) recurse once per level."""
+        if depth > MAX_DEPTH:
+            raise YamlRefused(f"YAML nested deeper than {MAX_DEPTH} levels (aliases expanded)")
+        self._reached[-1] = max(self._reached[-1], depth)
 
     def compose_mapping_node(self, anchor: str | None) -> MappingNode:
         node: MappingNode = super().compose_mapping_node(anchor)

@@ -109,6 +109,36 @@ def test_node_limit_without_aliases():
         load_yaml("a: [" + ", ".join(["x"] * MAX_NODES) + "]")
 
 
+def chained_anchors(anchors: int, depth: int) -> str:
+    """``anchors`` anchors, each ``depth`` lists deep around an alias of the one before."""
+    lines = []
+    for i in range(anchors):
+        inner = f"*a{i - 1}" if i else "x"
+        lines.append(f"a{i}: &a{i} " + "[" * depth + inner + "]" * depth)
+    return "\n".join(lines) + "\n"
+
+
+def test_depth_counts_what_aliases_expand_to():
+    # The review's document: 3300 levels once expanded, which dump_yaml and json.dumps
+    # cannot write (RecursionError) though every line of the text is 60 levels deep.
+    with pytest.raises(YamlRefused, match="nested deeper"):
+        load_yaml(chained_anchors(55, 60))
+    with pytest.raises(YamlRefused, match="nested deeper"):
+        load_yaml(chained_anchors(2, 40))
+
+
+@pytest.mark.parametrize(("outer", "refused"), [(MAX_DEPTH - 33, False), (MAX_DEPTH - 32, True)])
+def test_an_alias_counts_at_the_depth_it_is_used(outer: int, refused: bool):
+    # The anchored list and its scalar span 32 levels (mapping at 1, lists 2-32, x at 33).
+    anchored = "a: &a " + "[" * 31 + "x" + "]" * 31 + "\n"
+    text = anchored + "b: " + "[" * outer + "*a" + "]" * outer + "\n"
+    if refused:
+        with pytest.raises(YamlRefused, match="nested deeper"):
+            load_yaml(text)
+    else:
+        assert dump_yaml(load_yaml(text))
+
+
 def test_within_limits_is_accepted():
     assert load_yaml("[" * MAX_DEPTH + "]" * MAX_DEPTH) is not None
     text = "a: &a x\n" + "".join(f"b{i}: *a\n" for i in range(MAX_ALIASES))
