@@ -18,6 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildworker.errors import PermanentBuildError
+from contracts.image_names import (
+    may_name_registry_image,
+    reference_registry,
+    registry_address,
+    split_host_port,
+)
 
 MAX_SIZE = 1024 * 1024
 _DIRECTIVE = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(\S*)\s*")
@@ -25,8 +31,6 @@ _DIRECTIVE = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(\S*)\s*")
 _VARIABLE = re.compile(
     r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}$]*))?\}|([A-Za-z_][A-Za-z0-9_]*))"
 )
-# An image id or a prefix of one: the engine resolves those to any local image.
-_IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,34 +95,23 @@ def image_references(text: str, buildargs: Mapping[str, str]) -> list[ImageRefer
 
 
 def portside_references(references: list[ImageReference], registry: str) -> list[ImageReference]:
-    """The references that may name an image of the Portside registry ``registry``: a
-    registry host with one of its addresses or a loopback one (``localhost``,
-    ``127.1``, ``2130706433`` or a DNS name resolving there are all the same registry to
-    the engine), or a bare image id, which the engine resolves to any local image."""
-    host = registry.split("://", 1)[-1].split("/", 1)[0].lower()
-    addresses = _addresses(_split_port(host)[0])
-    return [ref for ref in references if _names_registry(ref.reference, host, addresses)]
+    """The references that may name an image of the Portside registry ``registry``:
+    :func:`contracts.image_names.may_name_registry_image` (its address under any
+    spelling, a loopback registry, a bare image id), or a DNS name resolving to one of
+    the registry's addresses or to a loopback one (the same registry to the engine)."""
+    address = registry_address(registry)
+    addresses = _addresses(split_host_port(address)[0])
+    return [ref for ref in references if _names_registry(ref.reference, address, addresses)]
 
 
-def _names_registry(reference: str, registry_host: str, registry_addresses: set[str]) -> bool:
-    if _IMAGE_ID.fullmatch(reference.lower()):
+def _names_registry(reference: str, registry: str, registry_addresses: set[str]) -> bool:
+    if may_name_registry_image(reference, registry):
         return True
-    first, slash, _ = reference.partition("/")
-    if not slash or not ("." in first or ":" in first or first.lower() == "localhost"):
+    domain = reference_registry(reference)
+    if domain is None:
         return False  # Docker Hub: no registry host in the reference
-    domain = first.lower()
-    if domain == registry_host:
-        return True
-    addresses = _addresses(_split_port(domain)[0])
+    addresses = _addresses(split_host_port(domain)[0])
     return bool(addresses & registry_addresses) or any(_is_local(a) for a in addresses)
-
-
-def _split_port(domain: str) -> tuple[str, str]:
-    if domain.startswith("["):
-        name, _, rest = domain[1:].partition("]")
-        return name, rest.removeprefix(":")
-    name, _, port = domain.partition(":")
-    return name, port
 
 
 def _addresses(name: str) -> set[str]:

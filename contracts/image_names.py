@@ -1,5 +1,6 @@
 """Where a service's images live in the registry: the names the build worker pushes to and
-the control plane accepts, from one definition.
+the control plane accepts, from one definition; and which image references name that
+registry, however they spell its address.
 
 GitHub owners and repositories may be mixed case and hold characters Docker refuses.
 Lowercasing is safe for GitHub names (they are case-insensitive there); any other change
@@ -9,6 +10,7 @@ appends a short hash of the original, so two different inputs never share a name
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 
 # The distribution spec's path component: alphanumerics joined by ".", "_", "__" or "-"+.
@@ -75,3 +77,123 @@ def pull_request_repository(
     if len(name) > MAX_REPOSITORY:
         raise ValueError(f"image repository name longer than {MAX_REPOSITORY} characters")
     return name
+
+
+# An image id or a prefix of one: the engine resolves those to any local image.
+_IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]+")
+# Ports a registry answers on when its address names none (HTTPS, or HTTP when insecure).
+_DEFAULT_PORTS = ("", "443", "80")
+_DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
+# What every loopback or unspecified address of any spelling compares as.
+_LOOPBACK = "loopback"
+
+
+def registry_address(registry: str) -> str:
+    """The ``host[:port]`` of a registry setting (``https://registry.example.com/team``
+    gives ``registry.example.com``)."""
+    return registry.split("://", 1)[-1].strip("/").split("/", 1)[0]
+
+
+def reference_registry(reference: str) -> str | None:
+    """The registry ``host[:port]`` an image reference names, read as Docker reads it
+    (a first component with a dot or a colon, ``localhost``, or any upper case is a
+    host); None for Docker Hub's short names."""
+    first, slash, _ = reference.partition("/")
+    if slash and (any(c in first for c in ".:") or first == "localhost" or first != first.lower()):
+        return first
+    return None
+
+
+def is_image_id(reference: str) -> bool:
+    """True for an image id or a prefix of one, which the engine resolves to any local image."""
+    return _IMAGE_ID.fullmatch(reference.lower()) is not None
+
+
+def split_host_port(address: str) -> tuple[str, str]:
+    """``(host, port)`` of ``host[:port]`` or ``[v6][:port]``; the port may be empty."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, rest.removeprefix(":")
+    host, _, port = address.partition(":")
+    return host, port
+
+
+def is_loopback_registry(address: str) -> bool:
+    """True when ``address`` (``host[:port]``) is the engine's own machine under any
+    spelling: ``localhost``, ``127.1``, ``2130706433``, ``[::1]``, ``0.0.0.0`` ..."""
+    return _canonical_host(split_host_port(address)[0]) == _LOOPBACK
+
+
+def same_registry(a: str, b: str) -> bool:
+    """Whether two registry addresses (``host[:port]``, or settings with a scheme and a
+    path) reach the same registry: case, trailing dots, default ports (none, 443, 80),
+    IP address spellings and loopback names do not make a registry another one."""
+    return _canonical_registry(registry_address(a)) == _canonical_registry(registry_address(b))
+
+
+def is_registry_reference(reference: str, registry: str) -> bool:
+    """True when the image ``reference`` is pulled from ``registry`` (any path in it)."""
+    return same_registry(reference_registry(reference) or "docker.io", registry)
+
+
+def may_name_registry_image(reference: str, registry: str) -> bool:
+    """True when the engine may take ``reference`` from ``registry`` or from the images
+    it holds: ``registry`` under any spelling, any registry on the engine's own machine,
+    or a bare image id (which the engine resolves to any local image). From the text
+    alone: the build worker also resolves DNS names, as its engine would."""
+    if is_image_id(reference) or is_registry_reference(reference, registry):
+        return True
+    domain = reference_registry(reference)
+    return domain is not None and is_loopback_registry(domain)
+
+
+def _canonical_registry(address: str) -> tuple[str, str]:
+    host, port = split_host_port(address)
+    canonical = _canonical_host(host)
+    if canonical in _DOCKER_HUB:
+        canonical = _DOCKER_HUB[0]
+    number = port.lstrip("0") or ("0" if port else "")
+    return canonical, "" if number in _DEFAULT_PORTS else number
+
+
+def _canonical_host(host: str) -> str:
+    """One spelling per host: lower case, no trailing dots, IP addresses as ipaddress
+    writes them, and every loopback or unspecified address as ``loopback``."""
+    name = host.lower().rstrip(".")
+    address = _ip_address(name)
+    if address is None:
+        return _LOOPBACK if name == "localhost" or name.endswith(".localhost") else name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return _LOOPBACK if address.is_loopback or address.is_unspecified else str(address)
+
+
+def _ip_address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``name`` as an IP address, read as the C library reads a host name that is one:
+    IPv6 (a zone dropped), or IPv4 in one to four parts, each decimal, octal (``0``) or
+    hexadecimal (``0x``), the last filling the bytes left (``127.1``, ``0x7f000001``)."""
+    if ":" in name:
+        try:
+            return ipaddress.IPv6Address(name.split("%", 1)[0])
+        except ValueError:
+            return None
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    numbers = []
+    for part in parts:
+        if re.fullmatch(r"0[xX][0-9a-fA-F]*", part):
+            numbers.append(int(part[2:] or "0", 16))
+        elif re.fullmatch(r"0[0-7]*", part):
+            numbers.append(int(part, 8))
+        elif re.fullmatch(r"[1-9][0-9]*", part):
+            numbers.append(int(part))
+        else:
+            return None
+    *leading, last = numbers
+    if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for index, number in enumerate(leading):
+        value += number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)

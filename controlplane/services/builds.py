@@ -29,7 +29,12 @@ from contracts.compose_policy import (
     load_and_check,
     parse_memory,
 )
-from contracts.image_names import DIGEST_RE, image_repository, pull_request_repository
+from contracts.image_names import (
+    DIGEST_RE,
+    image_repository,
+    may_name_registry_image,
+    pull_request_repository,
+)
 from controlplane.errors import (
     ComposeRefusedError,
     Conflict,
@@ -316,12 +321,20 @@ def artifact_violations(
                 )
             )
     if build.untrusted:
-        # A fork's preview runs what it built and public images, never production's.
-        host = registry.split("://", 1)[-1].split("/", 1)[0].lower()
+        # A fork's preview runs what it built and public images, never production's:
+        # the registry under no spelling of its address, nor an image the host holds.
         for name, spec in services.items():
-            if name not in images and str(spec.get("image")).lower().startswith(f"{host}/"):
+            reference = spec.get("image")
+            if (
+                name not in images
+                and isinstance(reference, str)
+                and may_name_registry_image(reference, registry)
+            ):
                 violations.append(
-                    Violation(f"services.{name}.image", "an image of Portside's registry")
+                    Violation(
+                        f"services.{name}.image",
+                        "an image of Portside's registry, or one the host holds",
+                    )
                 )
     return tuple(violations)
 

@@ -107,8 +107,17 @@ def test_docker_hub_images_are_allowed(reference: str) -> None:
     assert refused(f"FROM {reference}\n") == []
 
 
-def test_a_registry_given_with_a_scheme_and_prefix_is_matched_by_its_host() -> None:
-    found = image_references("FROM registry.example.com/team/o/r:main\n", {})
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "registry.example.com/team/o/r:main",
+        "registry.example.com:443/team/o/r:main",  # the default port, spelt out
+        "registry.example.com./team/o/r:main",  # the fully qualified name
+        "Registry.Example.COM/o/r",
+    ],
+)
+def test_a_registry_given_with_a_scheme_and_prefix_is_matched_by_its_host(reference) -> None:
+    found = image_references(f"FROM {reference}\n", {})
     assert portside_references(found, "https://registry.example.com/team") == found
 
 

@@ -170,6 +170,23 @@ REFUSED = {
         7,
         "services.prod.image",
     ),
+    # The registry under other spellings of its address, and a bare image id (any image
+    # the host holds): review finding 4.
+    **{
+        f"a fork running production's image as {prod}": (
+            {"web": image(PR_WEB)},
+            pinned(web=f"{PR_WEB}@{DIGEST}", extra=f"  prod:\n    image: '{prod}'\n"),
+            7,
+            "services.prod.image",
+        )
+        for prod in (
+            "localhost:5000/o/hello:main",
+            "127.1:5000/o/hello:main",
+            "[::1]:5000/o/hello:main",
+            "127.0.0.1.:5000/o/hello:main",
+            "0" * 12,
+        )
+    },
 }
 
 
