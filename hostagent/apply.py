@@ -27,7 +27,7 @@ from typing import Any
 import docker.errors
 import requests
 
-from contracts.compose_policy import ROUTING_LABEL_PREFIXES, Caps, ComposeRefused, load_and_check
+from contracts.compose_policy import Caps, ComposeRefused, is_routing_label, load_and_check
 from contracts.yamlsafe import dump_yaml
 from hostagent import labels as lbl
 from hostagent.desired import DesiredEnvironment, RegistryAuth, Resources, traefik_labels
@@ -651,19 +651,15 @@ def _container_port(entry: Any) -> Any:
 
 
 def _without_routing_labels(labels: Any) -> Any:
-    """``labels`` (mapping or ``key=value`` list) minus every key the agent alone writes."""
+    """``labels`` (mapping or ``key=value`` list) minus every key the agent alone writes.
+
+    The policy's own test (any case, surrounding blanks) so that nothing it would refuse
+    gets through when an admin allowed ``labels`` unchecked.
+    """
     if isinstance(labels, Mapping):
-        return {
-            key: value
-            for key, value in labels.items()
-            if not str(key).startswith(ROUTING_LABEL_PREFIXES)
-        }
+        return {key: value for key, value in labels.items() if not is_routing_label(str(key))}
     if isinstance(labels, list):
-        return [
-            item
-            for item in labels
-            if not str(item).partition("=")[0].startswith(ROUTING_LABEL_PREFIXES)
-        ]
+        return [item for item in labels if not is_routing_label(str(item).partition("=")[0])]
     return labels
 
 

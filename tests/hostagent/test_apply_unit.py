@@ -187,6 +187,27 @@ def test_the_agent_strips_routing_labels_and_published_ports_whatever_was_allowe
     assert db["mem_limit"] == "32m"
 
 
+def test_routing_labels_are_stripped_in_any_case_and_with_blanks():
+    """The policy refuses these keys; with ``labels`` allowed unchecked the agent must
+    still strip them, by the same test."""
+    document = {
+        "services": {
+            "web": {
+                "labels": {
+                    "Traefik.http.routers.x.rule": "Host(`prod.example.com`)",
+                    " traefik.x": "1",
+                    "IO.Portside.environment": "other",
+                    "app.example/keep": "1",
+                }
+            },
+            "db": {"labels": ["TRAEFIK.enable=true", " com.docker.compose.project=x", "a=b"]},
+        }
+    }
+    services = sanitized_compose(document)["services"]
+    assert services["web"]["labels"] == {"app.example/keep": "1"}
+    assert services["db"]["labels"] == ["a=b"]
+
+
 def compose_action(compose: str, **changes: Any) -> ComposeUp:
     state = desired(
         env_body(mode="compose", image=None, compose=compose, routed_service="web", **changes)
