@@ -78,6 +78,8 @@ OVERRIDE_FILE = "portside.override.yml"
 EMPTY_DIR = "empty"
 # Compose limit keys the override sets, and where ``deploy.resources.limits`` says the same.
 LIMIT_KEYS = (("cpus", "cpus"), ("mem_limit", "memory"), ("pids_limit", "pids"))
+# Compose's escaped dollar first, so that it is kept as it is; any other dollar doubled.
+_DOLLAR = re.compile(r"\$\$?")
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -669,7 +671,8 @@ def sanitized_compose(document: Mapping[str, Any]) -> dict[str, Any]:
     No routing labels but the agent's own; no published ports (``ports`` become
     ``expose``: the agent publishes the routed port itself); limits written the way both
     compose v1 and v2 apply them (``deploy.resources.limits`` moved to ``cpus``,
-    ``mem_limit`` and ``pids_limit``).
+    ``mem_limit`` and ``pids_limit``); no variable of the agent's environment (compose
+    would substitute ``${HOME}`` or ``$DOCKER_HOST`` from it): every value is literal.
     """
     result = copy.deepcopy(dict(document))
     for service in (result.get("services") or {}).values():
@@ -693,16 +696,32 @@ def sanitized_compose(document: Mapping[str, Any]) -> dict[str, Any]:
         for item in (result.get(section) or {}).values():
             if isinstance(item, dict) and "labels" in item:
                 item["labels"] = _without_routing_labels(item["labels"])
-    return result
+    literal: dict[str, Any] = _without_interpolation(result)
+    return literal
+
+
+def _without_interpolation(value: Any) -> Any:
+    """``value`` with every string value made literal for compose (keys are never
+    interpolated, so they stay): a lone ``$`` becomes ``$$``, and a ``$$`` (compose's
+    own escape for a literal ``$``) is kept, so ``${HOME}`` reaches the container as
+    written instead of the agent's home directory, and ``$$X`` still means ``$X``."""
+    if isinstance(value, str):
+        return _DOLLAR.sub("$$", value)
+    if isinstance(value, Mapping):
+        return {key: _without_interpolation(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_interpolation(item) for item in value]
+    return value
 
 
 def compose_images(document: Mapping[str, Any]) -> list[str]:
-    """The digest-pinned images of a compose document: pulled with the registry's login."""
+    """The digest-pinned images of a sanitised compose document (``$$`` read back as the
+    ``$`` compose makes of it): pulled with the registry's login."""
     images = []
     for service in (document.get("services") or {}).values():
         image = service.get("image") if isinstance(service, Mapping) else None
         if isinstance(image, str) and "@sha256:" in image:
-            images.append(image)
+            images.append(image.replace("$$", "$"))
     return images
 
 

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
+from contracts.yamlsafe import dump_yaml
 from hostagent import labels as lbl
 from hostagent.apply import (
     Applier,
     compose_environment,
+    compose_images,
     detect_compose_command,
     restart_policy,
     sanitized_compose,
@@ -206,6 +208,40 @@ def test_routing_labels_are_stripped_in_any_case_and_with_blanks():
     services = sanitized_compose(document)["services"]
     assert services["web"]["labels"] == {"app.example/keep": "1"}
     assert services["db"]["labels"] == ["a=b"]
+
+
+INTERPOLATING = """
+services:
+  web:
+    image: 127.0.0.1:5001/a/web@sha256:{d}
+    environment:
+      LEAK: "${{HOME}} $DOCKER_HOST"
+      PRICE: "$$5"
+    command: ["sh", "-c", "echo $$PATH ${{PORTSIDE_TOKEN:-x}}"]
+    labels: ["app.example/home=$HOME"]
+    healthcheck: {{test: ["CMD", "true"], interval: "${{INTERVAL}}"}}
+volumes:
+  data:
+    labels: {{app.example/v: "${{USER}}"}}
+x-note: "$HOME"
+""".format(d="1" * 64)
+
+
+def test_compose_interpolates_nothing_from_the_agents_environment(tmp_path: Path):
+    """Every ``$`` compose would substitute arrives doubled (literal); ``$$`` stays as it is,
+    so it still means one ``$``; keys are not interpolated, so they stay."""
+    action = compose_action(INTERPOLATING)
+    text = dump_yaml(Applier(object(), tmp_path).checked_compose(action.spec))
+    document = yaml.safe_load(text)
+    web = document["services"]["web"]
+    assert web["environment"] == {"LEAK": "$${HOME} $$DOCKER_HOST", "PRICE": "$$5"}
+    assert web["command"] == ["sh", "-c", "echo $$PATH $${PORTSIDE_TOKEN:-x}"]
+    assert web["labels"] == ["app.example/home=$$HOME"]
+    assert web["healthcheck"]["interval"] == "$${INTERVAL}"
+    assert document["volumes"]["data"]["labels"] == {"app.example/v": "$${USER}"}
+    assert document["x-note"] == "$$HOME"
+    assert web["image"] == "127.0.0.1:5001/a/web@sha256:" + "1" * 64
+    assert compose_images(document) == [web["image"]]
 
 
 def compose_action(compose: str, **changes: Any) -> ComposeUp:
