@@ -134,6 +134,14 @@ class DesiredStateSchema(Schema):
         fields.Dict(),
         metadata={"description": "each environment to run: its containers, routes, secrets"},
     )
+    withheld = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "environments the control plane could not render, as {name, "
+            "reason}: the agent keeps what runs for them, never tears them down, and does "
+            "not report them (they are refused, with the reason)"
+        },
+    )
 
 
 class EnvironmentStatusSchema(Schema):
