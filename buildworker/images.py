@@ -23,6 +23,7 @@ import docker.errors
 import requests
 
 from buildworker.errors import BuildError, PermanentBuildError, TransientBuildError
+from contracts.compose_policy import is_routing_label
 
 Log = Callable[[str], None]
 # Every image a Portside build makes carries it (and so does any image built on one).
@@ -313,3 +314,14 @@ def built_by_portside(client: docker.DockerClient, reference: str) -> bool:
         except docker.errors.NotFound:
             return False
     return BUILD_LABEL in (config.get("Labels") or {})
+
+
+def routing_labels(client: docker.DockerClient, image: str) -> list[str]:
+    """The labels of ``image`` that only Portside's agent may set (Traefik's, Portside's,
+    compose's), its own build label aside: Docker copies an image's labels onto every
+    container run from it, where Traefik reads them, so a ``LABEL`` in a Dockerfile (or
+    its base image's) could route a domain to that container."""
+    with _engine_errors("inspect image", _build_error):
+        config = client.api.inspect_image(image).get("Config") or {}
+    labels = config.get("Labels") or {}
+    return sorted(key for key in labels if key != BUILD_LABEL and is_routing_label(key))

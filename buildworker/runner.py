@@ -227,7 +227,7 @@ class StepRunner:
             if untrusted:
                 self._check_bases(item, buildargs, build_log)
             build_log(f"building {key} as {repository}:{tag}")
-            images.build_image(
+            image_id = images.build_image(
                 self.docker,
                 context_dir=item.context,
                 dockerfile=item.dockerfile,
@@ -241,6 +241,7 @@ class StepRunner:
                 untrusted=untrusted,
                 log=build_log,
             )
+            self._check_labels(key, image_id)
             # The service's build variables may be secret; the compose file's are not.
             if images.scrub_build_args(
                 self.docker, f"{repository}:{tag}", spec.get("build_args", {})
@@ -262,6 +263,18 @@ class StepRunner:
         return names.pull_request_repository(
             self.config.registry, spec["repository"], int(spec["pr_number"]), service
         )
+
+    def _check_labels(self, key: str, image_id: str) -> None:
+        """Refuse (and remove) an image carrying a label only the agent may set, such as a
+        Traefik router: containers inherit their image's labels, whoever built it."""
+        labels = images.routing_labels(self.docker, image_id)
+        if labels:
+            images.remove_image(self.docker, image_id, force=True)
+            shown = ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
+            raise PermanentBuildError(
+                f"the image of {key} carries labels only Portside may set: {shown} "
+                "(from a LABEL of its Dockerfile or of its base image)"
+            )
 
     def _check_bases(
         self, item: compose.BuildSpec, buildargs: dict[str, str], build_log: BuildLog

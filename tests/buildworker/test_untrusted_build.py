@@ -5,7 +5,9 @@ take before it claims anything."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from buildworker.api import ControlPlane
 from buildworker.errors import PermanentBuildError
 from buildworker.names import image_repository, pull_request_repository
 from buildworker.runner import BuildLog, StepRunner, WorkerConfig, WrongWorker
-from tests.fixtures.docker import Registry
+from tests.fixtures.docker import TEST_LABELS, Registry
 
 # Nothing listens there: a runner that called its control plane would fail differently.
 NO_CONTROL_PLANE = "http://127.0.0.1:9"
@@ -150,3 +152,55 @@ def test_a_worker_refuses_a_kind_of_build_it_does_not_take_before_claiming(
         runner.run("clone", 5, 1, untrusted=untrusted)
     assert lines == []
     assert list(tmp_path.iterdir()) == []  # no workspace, no clone
+
+
+def local_base(client: docker.DockerClient, base_image: str, lines: str) -> str:
+    """A base image built outside Portside from ``lines``, under a name of no registry."""
+    tag = f"portside-test/base-{uuid.uuid4().hex[:8]}:1"
+    client.images.build(
+        fileobj=io.BytesIO(f"FROM {base_image}\n{lines}".encode()), tag=tag, labels=TEST_LABELS
+    )
+    return tag
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_cleanup")
+@pytest.mark.parametrize("untrusted", [False, True], ids=["production", "fork"])
+def test_an_image_carrying_routing_labels_is_refused_and_removed(
+    worker: Worker,
+    docker_client: docker.DockerClient,
+    registry: Registry,
+    base_image: str,
+    untrusted: bool,
+) -> None:
+    """Review finding 1: containers inherit their image's labels and Traefik reads them,
+    so a LABEL in the Dockerfile, or in its base image, could take over a domain."""
+    routed = local_base(docker_client, base_image, "LABEL Traefik.enable=true\n")
+    repository = (
+        pull_request_repository(registry.host, worker.repository, 7)
+        if untrusted
+        else image_repository(registry.host, worker.repository)
+    )
+    for dockerfile, label in (
+        (
+            f"FROM {base_image}\nLABEL traefik.enable=true "
+            'traefik.http.routers.pwn.rule="Host(`victim.example.com`)" '
+            "traefik.http.routers.pwn.priority=100000\n",
+            "traefik.http.routers.pwn.rule",
+        ),
+        (f"FROM {base_image}\nLABEL com.docker.compose.project=prod\n", "com.docker.compose"),
+        (f"FROM {routed}\n", "Traefik.enable"),  # the base image's label
+    ):
+        with pytest.raises(
+            PermanentBuildError, match=f"only Portside may set: .*{re.escape(label)}"
+        ):
+            worker.build(dockerfile, untrusted=untrusted)
+        assert docker_client.images.list(name=repository) == []  # removed
+    # Other labels are the application's own; Portside's build label is its only one.
+    state = worker.build(
+        f"FROM {base_image}\nLABEL org.opencontainers.image.source=https://x.example\n",
+        untrusted=untrusted,
+    )
+    image = state["images"]["app"]
+    labels = docker_client.images.get(f"{image['repository']}:{image['tag']}").labels
+    assert labels["io.portside.build"] and labels["org.opencontainers.image.source"]
