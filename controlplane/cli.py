@@ -530,8 +530,8 @@ def cmd_previews_approve(settings: Settings, args: argparse.Namespace) -> int:
     client = _client(settings)
     environment = client.find_environment(args.environment)
     approved = client.approve(environment["id"], args.sha)
-    if args.secrets:  # the commit just approved; refused if a push landed meanwhile
-        granted = client.approve_secrets(environment["id"], approved["head_sha"])
+    if args.secrets:  # the same reviewed commit; refused if a push landed meanwhile
+        granted = client.approve_secrets(environment["id"], args.sha)
         approved["secrets_approved_sha"] = granted["secrets_approved_sha"]
     if args.json:
         _print_json(approved)
@@ -863,7 +863,9 @@ def _add_api_commands(add: Callable[..., Any], commands: Any) -> None:
     )
     approve.add_argument("environment", help="the preview's name or id")
     approve.add_argument(
-        "--sha", help="the commit you reviewed; refused if the pull request moved on"
+        "--sha",
+        required=True,
+        help="the commit you reviewed (all 40 hex digits); refused if the pull request moved on",
     )
     approve.add_argument(
         "--secrets", action="store_true", help="also give that commit the service's secrets"

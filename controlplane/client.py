@@ -282,14 +282,14 @@ class PortsideClient:
     def teardown(self, environment_id: int) -> None:
         self.request("DELETE", f"/v1/environments/{environment_id}")
 
-    def approve(self, environment_id: int, sha: str | None = None) -> dict[str, Any]:
-        """Approve a fork preview's head commit (``sha``: refused unless it is the head)."""
+    def approve(self, environment_id: int, sha: str) -> dict[str, Any]:
+        """Approve the fork commit ``sha`` that was reviewed (refused unless it is the head)."""
         result: dict[str, Any] = self.request(
             "POST", f"/v1/environments/{environment_id}/approve", json={"sha": sha}
         )
         return result
 
-    def approve_secrets(self, environment_id: int, sha: str | None = None) -> dict[str, Any]:
+    def approve_secrets(self, environment_id: int, sha: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request(
             "POST", f"/v1/environments/{environment_id}/approve-secrets", json={"sha": sha}
         )

@@ -428,12 +428,12 @@ def redeploy_environment(environment_id: int) -> Any:
 
 @environments_api.post("/<int:environment_id>/approve")
 @require("admin")
-@environments_api.arguments(schemas.ApproveSchema, required=False)
+@environments_api.arguments(schemas.ApproveSchema)
 @environments_api.response(200, schemas.ApprovalSchema)
 @environments_api.alt_response(409, schema=schemas.ApiErrorSchema, description="not the head")
 def approve_environment(data: dict[str, Any], environment_id: int) -> Any:
-    """Build and run a fork preview's current head commit, and only it (a person reviewed
-    it); the next push to the pull request waits for a new approval."""
+    """Build and run the fork commit a person reviewed (``sha``, required: it must still be
+    the head); the next push to the pull request waits for a new approval."""
     db = session()
     environment, build = previews.approve(db, environment_id, actor(), data["sha"])
     db.commit()
@@ -444,12 +444,12 @@ def approve_environment(data: dict[str, Any], environment_id: int) -> Any:
 
 @environments_api.post("/<int:environment_id>/approve-secrets")
 @require("admin")
-@environments_api.arguments(schemas.ApproveSchema, required=False)
+@environments_api.arguments(schemas.ApproveSchema)
 @environments_api.response(200, schemas.EnvironmentSchema)
 @environments_api.alt_response(409, schema=schemas.ApiErrorSchema, description="not the head")
 def approve_secrets(data: dict[str, Any], environment_id: int) -> Any:
-    """Let a fork preview's current head commit receive the service's secrets (a person's
-    decision, per commit like the approval to run it)."""
+    """Let the fork commit a person reviewed (``sha``, required: the head) receive the
+    service's secrets (a decision per commit, like the approval to run it)."""
     db = session()
     environment = previews.approve_secrets(db, environment_id, actor(), data["sha"])
     db.commit()

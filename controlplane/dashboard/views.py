@@ -249,16 +249,15 @@ def services_page() -> str:
 def approve_environment(environment_id: int) -> BaseResponse:
     """The Approve button of a fork preview: an admin's session, the form's CSRF token,
     and the commit the page showed (a push since then makes it refuse)."""
-    if not login.csrf_ok(request.form.get("csrf")):
+    sha = request.form.get("sha")
+    if not login.csrf_ok(request.form.get("csrf")) or not sha:
         abort(400, "the form is out of date; reload the page")
     token = g.dashboard_token
     if token.scope != "admin":
         abort(403, "approving a commit needs an admin token")
     db = session()
     try:
-        environment, build = previews.approve(
-            db, environment_id, f"token:{token.name}", request.form.get("sha") or None
-        )
+        environment, build = previews.approve(db, environment_id, f"token:{token.name}", sha)
     except ApiError as exc:
         db.rollback()
         abort(exc.status, exc.message)

@@ -380,8 +380,7 @@ class EnvironmentSchema(Schema):
 
 class ApproveSchema(Schema):
     sha = fields.String(
-        load_default=None,
-        allow_none=True,
+        required=True,
         validate=validate.Regexp(r"^[0-9a-f]{40}$"),
         metadata={"description": "the commit reviewed; refused (409) unless it is the head"},
     )

@@ -259,7 +259,7 @@ def awaiting_approval(
         f"To approve it: `portside previews approve {environment.name} --sha {sha}`, or "
         f'`POST {approve}` with the body `{{"sha": "{sha}"}}` and an admin token. '
         "Secrets are a separate approval of the same commit: add `--secrets` (or "
-        f"`POST {approve}-secrets`)."
+        f"`POST {approve}-secrets` with the same body)."
     )
 
     def act(client: Github) -> None:

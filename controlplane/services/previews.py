@@ -179,7 +179,7 @@ def awaiting_reason(environment: Environment) -> str:
     return (
         f"commit {sha[:7]} comes from a fork and waits for a maintainer to approve it: "
         f"`portside previews approve {environment.name} --sha {sha}` "
-        f"or POST /v1/environments/{environment.id}/approve"
+        f'or POST /v1/environments/{environment.id}/approve with {{"sha": "{sha}"}}'
     )
 
 
@@ -433,7 +433,8 @@ def redeploy(session: Session, environment_id: int, actor: str) -> Build:
         if environment.approved_sha != environment.head_sha:
             raise Conflict(
                 f"commit {environment.head_sha[:7]} of this fork is not approved; "
-                f"approve it first (POST /v1/environments/{environment.id}/approve)"
+                "approve it first: "
+                f"portside previews approve {environment.name} --sha {environment.head_sha}"
             )
         build = advance_fork(session, environment, trigger_key=trigger_key)
         if build is None:
@@ -456,8 +457,9 @@ def redeploy(session: Session, environment_id: int, actor: str) -> Build:
     return build
 
 
-def _approvable_head(environment: Environment, sha: str | None) -> str:
-    """The fork commit a person may approve now: the PR's current head, and only that."""
+def _approvable_head(environment: Environment, sha: str) -> str:
+    """``sha`` if a person may approve it now: the PR's current head, and only that (the
+    commit they reviewed is named, so a push between review and approval is refused)."""
     if environment.kind != "preview" or not environment.from_fork:
         raise Conflict("only previews of pull requests from forks wait for approval")
     if environment.status == "inactive":
@@ -465,7 +467,7 @@ def _approvable_head(environment: Environment, sha: str | None) -> str:
     head = environment.head_sha
     if not head:
         raise Conflict(f"preview {environment.name} has no head commit yet")
-    if sha is not None and sha != head:
+    if sha != head:
         raise Conflict(
             f"the pull request's head is now {head[:7]}, not {sha[:7]}: review that commit "
             "and approve it",
@@ -475,9 +477,9 @@ def _approvable_head(environment: Environment, sha: str | None) -> str:
 
 
 def approve(
-    session: Session, environment_id: int, actor: str, sha: str | None = None
+    session: Session, environment_id: int, actor: str, sha: str
 ) -> tuple[Environment, Build | None]:
-    """A person approved a fork preview's head commit (``sha`` if given must be it): build
+    """A person approved the fork commit ``sha`` they reviewed (it must be the head): build
     and run that commit, untrusted; the next push waits for a new approval."""
     environment = session.get(Environment, environment_id, with_for_update=True)
     if environment is None:
@@ -492,10 +494,9 @@ def approve(
     return environment, build
 
 
-def approve_secrets(
-    session: Session, environment_id: int, actor: str, sha: str | None = None
-) -> Environment:
-    """A person let a fork preview's head commit (and only it) receive secrets."""
+def approve_secrets(session: Session, environment_id: int, actor: str, sha: str) -> Environment:
+    """A person let the fork commit ``sha`` they reviewed (the head, and only it) receive
+    secrets."""
     environment = session.get(Environment, environment_id, with_for_update=True)
     if environment is None:
         raise NotFound(f"environment {environment_id} does not exist")

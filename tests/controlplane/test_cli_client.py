@@ -409,7 +409,11 @@ def test_previews_approve_a_forks_head_with_its_secrets(
     fork = {"ref": "x", "sha": SHA, "repo": {"full_name": "someone/fork"}}
     handle(database, "opened", head=fork)
 
-    assert_one_line_failure(reader("previews", "approve", "hello-pr-2"), 4)
+    unnamed = admin("previews", "approve", "hello-pr-2", "--secrets")
+    assert unnamed.code == 2, unnamed
+    assert unnamed.stderr.startswith("usage: portside previews approve ")
+    assert "the following arguments are required: --sha" in unnamed.stderr
+    assert_one_line_failure(reader("previews", "approve", "hello-pr-2", "--sha", SHA), 4)
     assert_one_line_failure(
         admin("previews", "approve", "hello-pr-2", "--sha", "d" * 40), 2, "head is now"
     )
@@ -423,7 +427,7 @@ def test_previews_approve_a_forks_head_with_its_secrets(
         assert (preview.approved_sha, preview.secrets_approved_sha) == (SHA, SHA)
         (build,) = session.scalars(select(Build).where(Build.environment_id == preview.id))
         assert build.untrusted
-    again = json.loads(admin("previews", "approve", "hello-pr-2", "--json").stdout)
+    again = json.loads(admin("previews", "approve", "hello-pr-2", "--json", "--sha", SHA).stdout)
     assert (again["build_id"], again["approved_sha"]) == (None, SHA)
 
 

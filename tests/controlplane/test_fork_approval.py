@@ -196,7 +196,7 @@ def test_approving_the_head_builds_it_untrusted_and_a_push_waits_again(
     ).all()
     assert [(a.actor, a.detail["sha"]) for a in audit] == [("token:test-admin", FIRST)]
     # Approving the same commit again starts nothing new.
-    assert client.post(url, headers=admin_headers).json["build_id"] is None
+    assert client.post(url, json={"sha": FIRST}, headers=admin_headers).json["build_id"] is None
 
     deliver(database, "synchronize", SECOND)
 
@@ -210,8 +210,7 @@ def test_approving_the_head_builds_it_untrusted_and_a_push_waits_again(
     )
     assert client.post(url, json={"sha": FIRST}, headers=admin_headers).status_code == 409
 
-    # Without a body: the current head, whatever it is now.
-    again = client.post(url, headers=admin_headers)
+    again = client.post(url, json={"sha": SECOND}, headers=admin_headers)
 
     assert again.status_code == 200 and again.json["approved_sha"] == SECOND
     assert [(b.commit_sha, b.untrusted) for b in builds(db_session)] == [
@@ -232,14 +231,21 @@ def test_only_open_fork_previews_are_approved(
     production = db_session.scalar(select(Environment).where(Environment.kind == "production"))
     assert production is not None
     for env_id in (same_repo.id, production.id):
-        refused = client.post(f"/v1/environments/{env_id}/approve", headers=admin_headers)
+        refused = client.post(
+            f"/v1/environments/{env_id}/approve", json={"sha": FIRST}, headers=admin_headers
+        )
         assert refused.status_code == 409 and "fork" in refused.json["message"]
     deliver(database, "opened", number=3)
     deliver(database, "closed", number=3)
     closed = environment(db_session, 3)
-    refused = client.post(f"/v1/environments/{closed.id}/approve", headers=admin_headers)
+    refused = client.post(
+        f"/v1/environments/{closed.id}/approve", json={"sha": FIRST}, headers=admin_headers
+    )
     assert refused.status_code == 409 and "closed" in refused.json["message"]
-    assert client.post("/v1/environments/999999/approve", headers=admin_headers).status_code == 404
+    missing = client.post(
+        "/v1/environments/999999/approve", json={"sha": FIRST}, headers=admin_headers
+    )
+    assert missing.status_code == 404
 
 
 def test_secrets_are_approved_per_commit_too(
@@ -261,7 +267,38 @@ def test_secrets_are_approved_per_commit_too(
     deliver(database, "synchronize", SECOND)
     env = environment(db_session)
     assert not env.secrets_approved_for(env.head_sha)
-    assert client.post(url, headers=admin_headers).json["secrets_approved_sha"] == SECOND
+    granted = client.post(url, json={"sha": SECOND}, headers=admin_headers)
+    assert granted.json["secrets_approved_sha"] == SECOND
+
+
+@pytest.mark.parametrize("body", [None, {}, {"sha": None}, {"sha": ""}])
+@pytest.mark.parametrize("action", ["approve", "approve-secrets"])
+def test_an_approval_must_name_the_commit_reviewed(
+    client: Any,
+    database: Database,
+    db_session: Session,
+    service: int,
+    admin_headers: dict[str, str],
+    action: str,
+    body: dict[str, Any] | None,
+) -> None:
+    """Approving "whatever the head is now" would approve a push made after the review."""
+    deliver(database, "opened")
+    env = environment(db_session)
+
+    refused = client.post(f"/v1/environments/{env.id}/{action}", json=body, headers=admin_headers)
+
+    assert refused.status_code == 422, refused.json
+    assert refused.json["error"] == "validation_failed" and "sha" in refused.json["details"]["json"]
+    env = environment(db_session)
+    assert (env.status, env.approved_sha, env.secrets_approved_sha) == (
+        "awaiting_approval",
+        None,
+        None,
+    )
+    assert builds(db_session) == []
+    approvals = select(AuditEvent).where(AuditEvent.action.startswith("environment.approve"))
+    assert db_session.scalars(approvals).all() == []
 
 
 # -- where forks run ------------------------------------------------------------------------
@@ -282,7 +319,9 @@ def test_without_an_untrusted_host_a_fork_preview_is_refused_until_one_exists(
     env = environment(db_session)
     assert env.status == "refused"
     assert "portside hosts create NAME --untrusted" in (env.status_reason or "")
-    approved = client.post(f"/v1/environments/{env.id}/approve", headers=admin_headers)
+    approved = client.post(
+        f"/v1/environments/{env.id}/approve", json={"sha": FIRST}, headers=admin_headers
+    )
     assert approved.status_code == 200 and approved.json["status"] == "refused"
     assert builds(db_session) == []
 
@@ -290,7 +329,9 @@ def test_without_an_untrusted_host_a_fork_preview_is_refused_until_one_exists(
         "/v1/hosts", json={"name": "sandbox-2", "untrusted": True}, headers=admin_headers
     )
     assert created.status_code == 201 and created.json["untrusted"] is True
-    approved = client.post(f"/v1/environments/{env.id}/approve", headers=admin_headers)
+    approved = client.post(
+        f"/v1/environments/{env.id}/approve", json={"sha": FIRST}, headers=admin_headers
+    )
 
     assert approved.status_code == 200 and approved.json["host"] == "sandbox-2"
     assert [(b.commit_sha, b.untrusted) for b in builds(db_session)] == [(FIRST, True)]

@@ -43,6 +43,8 @@ def test_an_admin_approves_the_commit_the_page_showed(
     csrf = csrf_of(page)
 
     assert client.post(action, data={"csrf": "forged", "sha": sha}).status_code == 400
+    assert client.post(action, data={"csrf": csrf}).status_code == 400
+    assert client.post(action, data={"csrf": csrf, "sha": ""}).status_code == 400
     assert client.post(action, data={"csrf": csrf, "sha": SECOND}).status_code == 409
     assert db_session.scalars(select(Build)).all() == []
 
