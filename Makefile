@@ -28,7 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy controlplane tasks buildworker hostagent
+	$(BIN)/mypy controlplane tasks buildworker hostagent contracts
 	$(BIN)/lint-imports
 
 format: $(STAMP)
