@@ -43,6 +43,8 @@ _PUSH_REFUSALS = (
     "no such image",
     "invalid reference format",
 )
+# Pull errors that another try cannot fix: the image is not there, or not for anyone.
+_PULL_REFUSALS = (*_PUSH_REFUSALS, "manifest unknown", "not found", "pull access denied")
 # Build errors that are the engine's trouble rather than the Dockerfile's.
 _BUILD_TRANSIENT = ("no space left on device", "connection reset", "i/o timeout")
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
@@ -325,3 +327,44 @@ def routing_labels(client: docker.DockerClient, image: str) -> list[str]:
         config = client.api.inspect_image(image).get("Config") or {}
     labels = config.get("Labels") or {}
     return sorted(key for key in labels if key != BUILD_LABEL and is_routing_label(key))
+
+
+def pull_if_absent(client: docker.DockerClient, reference: str, log: Log) -> None:
+    """Pull ``reference`` unless the engine has it, with no credentials: the base images
+    of a fork's build must be public, and must be local to be inspected before the build
+    (which would otherwise pull them itself, and run their ONBUILD triggers)."""
+    with _engine_errors("inspect image", _build_error):
+        try:
+            client.api.inspect_image(reference)
+            return
+        except docker.errors.NotFound:
+            pass
+    lines = _LineSplitter(log)
+    classify = _pull_error(reference)
+    log(f"pulling {reference}")
+    with _engine_errors("pull", classify, log):
+        # An empty auth config: the engine host's credentials are not sent for a fork.
+        stream: Iterable[dict[str, Any]] = client.api.pull(
+            reference, stream=True, decode=True, auth_config={}
+        )
+        for message in stream:
+            _raise_on_error(message, lines, classify)
+            _log_status(message, lines)
+        lines.flush()
+
+
+def onbuild_triggers(client: docker.DockerClient, reference: str) -> list[str]:
+    """The ``ONBUILD`` instructions of the local image ``reference``: a build ``FROM`` it
+    runs them as if the Dockerfile held them, unseen by the checks of its text."""
+    with _engine_errors("inspect image", _build_error):
+        config = client.api.inspect_image(reference).get("Config") or {}
+    return [str(trigger) for trigger in config.get("OnBuild") or []]
+
+
+def _pull_error(reference: str) -> Callable[[str], BuildError]:
+    def classify(text: str) -> BuildError:
+        if any(marker in text.lower() for marker in _PULL_REFUSALS):
+            return PermanentBuildError(f"cannot pull {reference}: {text}")
+        return TransientBuildError(f"pull of {reference} failed: {text}")
+
+    return classify

@@ -280,23 +280,50 @@ class StepRunner:
         self, item: compose.BuildSpec, buildargs: dict[str, str], build_log: BuildLog
     ) -> None:
         """Refuse a fork's Dockerfile that builds on or copies from an image of the
-        Portside registry, or any image a Portside build made on this engine."""
+        Portside registry or any image a Portside build made on this engine, or builds on
+        an image with ONBUILD triggers (run by the build, never seen in the Dockerfile).
+        The base images are pulled first when absent, so that they can be inspected."""
         text = dockerfile.read(item.context, item.dockerfile)
         references = dockerfile.image_references(text, buildargs)
-        refused = dockerfile.portside_references(references, self.config.registry)
-        refused += [
-            ref
-            for ref in references
-            if ref not in refused and images.built_by_portside(self.docker, ref.reference)
+        reason = (
+            "is an image of Portside's registry or built by Portside; a fork's build may "
+            "use only public base images"
+        )
+        # Never pulled: a name of Portside's registry, or an id of a local image.
+        portside = dockerfile.portside_references(references, self.config.registry)
+        self._refuse(item, portside, reason, build_log)
+        bases = [ref for ref in references if ref.instruction == "FROM"]
+        for ref in bases:
+            images.pull_if_absent(self.docker, ref.reference, build_log)
+        self._refuse(
+            item,
+            [ref for ref in references if images.built_by_portside(self.docker, ref.reference)],
+            reason,
+            build_log,
+        )
+        self._refuse(
+            item,
+            [ref for ref in bases if images.onbuild_triggers(self.docker, ref.reference)],
+            "has ONBUILD instructions, which a fork's build may not run",
+            build_log,
+        )
+
+    @staticmethod
+    def _refuse(
+        item: compose.BuildSpec,
+        refused: list[dockerfile.ImageReference],
+        reason: str,
+        build_log: BuildLog,
+    ) -> None:
+        """Log every one of ``refused`` and raise for the first."""
+        named = [
+            f"{item.dockerfile} line {ref.line}: {ref.instruction} {ref.reference}"
+            for ref in refused
         ]
-        for ref in refused:
-            build_log(f"{item.dockerfile} line {ref.line}: {ref.instruction} {ref.reference}")
-        if refused:
-            raise PermanentBuildError(
-                f"{item.dockerfile} line {refused[0].line}: {refused[0].instruction} "
-                f"{refused[0].reference} is an image of Portside's registry or built by "
-                "Portside; a fork's build may use only public base images"
-            )
+        for line in named:
+            build_log(line)
+        if named:
+            raise PermanentBuildError(f"{named[0]} {reason}")
 
     def _push(self, spec: dict[str, Any], build_log: BuildLog) -> None:
         state = self._load_state(spec)

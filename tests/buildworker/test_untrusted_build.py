@@ -17,7 +17,7 @@ import docker.errors
 import pytest
 
 from buildworker.api import ControlPlane
-from buildworker.errors import PermanentBuildError
+from buildworker.errors import BuildError, PermanentBuildError
 from buildworker.names import image_repository, pull_request_repository
 from buildworker.runner import BuildLog, StepRunner, WorkerConfig, WrongWorker
 from tests.fixtures.docker import TEST_LABELS, Registry
@@ -204,3 +204,36 @@ def test_an_image_carrying_routing_labels_is_refused_and_removed(
     image = state["images"]["app"]
     labels = docker_client.images.get(f"{image['repository']}:{image['tag']}").labels
     assert labels["io.portside.build"] and labels["org.opencontainers.image.source"]
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_cleanup")
+def test_a_fork_may_not_build_on_an_image_with_onbuild_triggers(
+    worker: Worker, docker_client: docker.DockerClient, registry: Registry, base_image: str
+) -> None:
+    """Review finding 6: a base image's ONBUILD instructions run in the build that uses
+    it, unseen by the checks of the Dockerfile (here one copying out of production)."""
+    worker.build(f"FROM {base_image}\nRUN echo production > /data\n", untrusted=False)
+    production = f"{image_repository(registry.host, worker.repository)}:main"
+    triggered = local_base(
+        docker_client, base_image, f"ONBUILD COPY --from={production} /data /stolen\n"
+    )
+    fork = pull_request_repository(registry.host, worker.repository, 7)
+    with pytest.raises(PermanentBuildError, match=r"line 2: FROM \S+ has ONBUILD instructions"):
+        worker.build(f"FROM {base_image} AS first\nFROM {triggered}\n", untrusted=True)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(fork)  # nothing was built
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_cleanup")
+def test_a_forks_base_image_is_pulled_before_the_build(
+    worker: Worker, docker_client: docker.DockerClient
+) -> None:
+    """An absent base is pulled (anonymously) to be inspected, not left to the build:
+    these machines pull nothing, so the pull itself is what fails, before any build."""
+    absent = f"portside-test/absent-{uuid.uuid4().hex[:8]}:1"
+    with pytest.raises(BuildError, match=re.escape(absent)):
+        worker.build(f"FROM {absent}\n", untrusted=True)
+    assert any(line == f"pulling {absent}" for line in worker.lines)
+    assert not any(line.startswith("building app") for line in worker.lines)
