@@ -7,7 +7,8 @@ healthy is removed again and the old one keeps serving.
 Compose files meet the compose policy once more right before ``compose up`` (the last
 line: a refused file starts nothing), lose every routing label and published port but
 the agent's own, and reach compose as sealed in-memory files, never through a path a
-container or another user could change.
+container or another user could change. Every image an environment runs is pulled and
+inspected first: one carrying a routing label is refused, and nothing starts.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ PROBE_TIMEOUT = 2.0
 STOP_TIMEOUT = 10
 COMPOSE_TIMEOUT = 600.0
 LOG_LINES = 20
+MAX_SHOWN = 10
 ANY_IPV4 = "0.0.0.0"  # noqa: S104 - a bound address read back, never bound to here
 # What a compose subprocess may see of the agent's environment: never its token.
 COMPOSE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR")
@@ -240,7 +242,8 @@ class Applier:
     # -- containers ----------------------------------------------------------------------
 
     def ensure_image(self, reference: str, registry: RegistryAuth | None) -> None:
-        """Pull ``repo@sha256:…`` unless it is already here; with credentials if given."""
+        """Pull ``repo@sha256:…`` (or ``repo:tag``) unless it is already here; with the
+        registry's credentials for an image of that registry."""
         try:
             self.client.images.get(reference)
             return
@@ -266,6 +269,25 @@ class Applier:
                 raise PermanentAgentError(f"not allowed to pull {reference}") from exc
             raise TransientAgentError(f"cannot pull {reference}: {exc}") from exc
 
+    def refuse_routing_labels(self, reference: str) -> None:
+        """EnvironmentRefused when the image carries a label only the agent may set.
+
+        Docker copies an image's labels onto every container run from it, where Traefik
+        reads them: a ``LABEL traefik.http.routers...`` in a Dockerfile (or its base
+        image's) would route any domain to it. The build worker's own mark is no route.
+        """
+        try:
+            attrs = self.client.images.get(reference).attrs
+        except docker.errors.APIError as exc:
+            raise _docker_error(exc, f"cannot inspect image {reference}") from exc
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        found = sorted(key for key in labels if key != lbl.BUILD and is_routing_label(key))
+        if found:
+            shown = ", ".join(found[:MAX_SHOWN]) + (", ..." if len(found) > MAX_SHOWN else "")
+            raise EnvironmentRefused(
+                f"image {reference} carries labels only the agent may set: {shown}"
+            )
+
     def container_labels(self, action: StartContainer) -> dict[str, str]:
         spec = action.spec
         return {
@@ -283,6 +305,7 @@ class Applier:
         spec = action.spec
         assert spec.image is not None  # container mode guarantees it (validated)
         self.ensure_image(spec.image, spec.registry)
+        self.refuse_routing_labels(spec.image)
         kwargs: dict[str, Any] = {
             "name": action.name,
             "detach": True,
@@ -524,12 +547,14 @@ class Applier:
         spec = action.spec
         document = self.checked_compose(spec)
         texts = [dump_yaml(document), dump_yaml(self.override_file(action, document))]
+        # Every image is here and inspected before anything is written or started.
+        for image in compose_images(document):
+            self.ensure_image(image, spec.registry)
+            self.refuse_routing_labels(image)
         with open_dir(self.state_dir, COMPOSE_DIR, spec.name) as directory:
             # Kept for operators and for ``down``; ``up`` runs the texts themselves.
             write_file(directory, COMPOSE_FILE, texts[0])
             write_file(directory, OVERRIDE_FILE, texts[1])
-        for image in compose_images(document):
-            self.ensure_image(image, spec.registry)
         log.info("environment %s: compose up (deployment %s)", spec.name, spec.deployment_id)
         self.run_compose(
             spec.name,
@@ -715,12 +740,12 @@ def _without_interpolation(value: Any) -> Any:
 
 
 def compose_images(document: Mapping[str, Any]) -> list[str]:
-    """The digest-pinned images of a sanitised compose document (``$$`` read back as the
-    ``$`` compose makes of it): pulled with the registry's login."""
-    images = []
+    """Each image a sanitised compose document runs, once (``$$`` read back as the ``$``
+    compose makes of it): the agent pulls and inspects them all before ``compose up``."""
+    images: list[str] = []
     for service in (document.get("services") or {}).values():
         image = service.get("image") if isinstance(service, Mapping) else None
-        if isinstance(image, str) and "@sha256:" in image:
+        if isinstance(image, str) and image.replace("$$", "$") not in images:
             images.append(image.replace("$$", "$"))
     return images
 

@@ -9,6 +9,8 @@ MANAGED = "io.portside.managed"
 ROLE = "io.portside.role"
 KIND = "io.portside.kind"
 HOST = "io.portside.host"
+# The one label of Portside's own on an image: the build worker marks what it built.
+BUILD = "io.portside.build"
 
 ROLE_APP = "app"
 ROLE_COMPOSE = "compose"

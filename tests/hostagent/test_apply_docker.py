@@ -20,7 +20,6 @@ from hostagent.apply import Applier
 from hostagent.client import Fetched
 from hostagent.desired import DesiredState, parse_desired_state
 from hostagent.errors import TransientAgentError
-from tests.fixtures.docker import TEST_LABELS
 from tests.hostagent.factories import env_body, state_body
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_cleanup")]
@@ -76,8 +75,8 @@ def images(docker_client, registry, base_image, uid) -> Iterator[Any]:
     pushed: list[tuple[str, str]] = []
     repo = f"portside-test/agent-{uid}"
 
-    def build(tag: str, *, page: str = "", cmd: list[str] | None = None) -> str:
-        dockerfile = f"FROM {base_image}\nCOPY index.html /www/index.html\n"
+    def build(tag: str, *, page: str = "", cmd: list[str] | None = None, extra: str = "") -> str:
+        dockerfile = f"FROM {base_image}\nCOPY index.html /www/index.html\n{extra}"
         dockerfile += f"CMD {json_list(cmd or HTTPD)}\n"
         context = io.BytesIO()
         with tarfile.open(fileobj=context, mode="w") as tar:
@@ -92,7 +91,9 @@ def images(docker_client, registry, base_image, uid) -> Iterator[Any]:
             fileobj=context,
             custom_context=True,
             tag=f"{repository}:{tag}",
-            labels=TEST_LABELS,
+            # Marked as the build worker marks what it builds (the one io.portside.* label
+            # an image may carry for the agent, and what the cleanup looks for).
+            labels={lbl.BUILD: "test"},
             rm=True,
             forcerm=True,  # no intermediate containers left behind, even on failure
         )

@@ -10,8 +10,18 @@ import pytest
 
 from hostagent import labels as lbl
 from hostagent.agent import run_once
-from tests.hostagent.test_apply_docker import FakeSource, agent, desired, images, managed, only, uid
-from tests.hostagent.test_containment_docker import down, stack
+from tests.hostagent.test_apply_docker import (
+    FakeSource,
+    agent,
+    app_env,
+    desired,
+    get,
+    images,
+    managed,
+    only,
+    uid,
+)
+from tests.hostagent.test_containment_docker import GOOD, down, stack
 
 __all__ = ["agent", "images", "uid"]  # fixtures, used by name
 
@@ -46,3 +56,45 @@ def test_compose_values_reach_the_container_as_written(docker_client, images, ag
         assert env["PRICE"] == "$5"
     finally:
         down(agent, name)
+
+
+STEAL = (
+    'LABEL traefik.enable=true traefik.http.routers.pwn.rule="Host(`victim.example.com`)" '
+    "traefik.http.routers.pwn.priority=100000\n"
+)
+
+
+def test_an_image_with_routing_labels_is_refused_and_starts_nothing(
+    docker_client, images, agent, uid
+):
+    host = f"host-{uid}"
+    single, composed, good = f"pwn-{uid}", f"pwns-{uid}", f"good-{uid}"
+    clean, stealing = images("v1"), images("pwn", extra=STEAL)
+    source = FakeSource(
+        desired(
+            host,
+            {**app_env(single, stealing, 1), "kind": "preview"},
+            stack(composed, GOOD, stealing, 2, kind="preview"),
+            stack(good, GOOD, clean, 3),
+        )
+    )
+    try:
+        report = run_once(agent, source).report
+        for name in (single, composed):
+            status = only(report, name)
+            assert status["state"] == "refused", status
+            assert "traefik.http.routers.pwn.rule" in status["error"], status
+            assert lbl.BUILD not in status["error"]
+        running = {c.labels[lbl.ENVIRONMENT] for c in managed(docker_client, host)}
+        assert running == {good}
+        assert (
+            docker_client.containers.list(
+                all=True, filters={"label": f"{lbl.COMPOSE_PROJECT}={composed}"}
+            )
+            == []
+        )
+        assert not (agent.applier.state_dir / "compose" / composed).exists()
+        status = only(report, good)
+        assert status["state"] == "running" and get(status["address"]) == "v1", status
+    finally:
+        down(agent, composed, good)
