@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from controlplane.models import Build, Environment, Host, Service, WebhookDelive
 from controlplane.services import variables
 from tests.controlplane.test_previews_e2e import pull_request
 from tests.fixtures.docker import TEST_LABELS
+from tests.fixtures.processes import wait_until
 from tests.fixtures.stack import Stack, wait_for
 from tests.tasks.test_pipeline_e2e import REPOSITORY, finished, install, post_delivery, push
 
@@ -42,8 +44,13 @@ ATTACKS_DIR = Path(__file__).resolve().parents[1] / "data" / "attacks"
 PROD_DOMAIN = "prod.example.com"
 SECRET = "very-secret-key"
 UNTRUSTED_WORKER = {"PORTSIDE_BUILD_UNTRUSTED": "yes"}
-# Host names are shared by every test session on the engine: this one is ours alone.
-SANDBOX = "sandbox-fork"
+# Names of this session's own: agents manage every container labelled with their host's
+# name, and compose projects are named after environments, engine-wide; test sessions
+# running at once on one engine must not take each other's containers for their own.
+RUN = secrets.token_hex(3)
+SERVICE = f"hello-{RUN}"
+SANDBOX = f"sandbox-{RUN}"
+PROD_HOST = f"prod-{RUN}"
 # What a refused attack may have left behind: none of these, in any state.
 SETTLED = ("refused", "failed", "running", "inactive")
 ANONYMOUS_VOLUME = re.compile(r"[0-9a-f]{64}")
@@ -171,7 +178,9 @@ def open_fork_pr(stack: Stack, attack: Attack, substitutions: Mapping[str, str])
 
 def environment(stack: Stack, number: int) -> Environment | None:
     with stack.database.session_scope() as session:
-        return session.scalar(select(Environment).where(Environment.name == f"hello-pr-{number}"))
+        return session.scalar(
+            select(Environment).where(Environment.name == f"{SERVICE}-pr-{number}")
+        )
 
 
 def awaiting(stack: Stack, number: int, head: str | None = None) -> Environment | None:
@@ -244,6 +253,25 @@ def serves(address: str | None, text: str) -> bool:
         return False
 
 
+def wait_serving(stack: Stack, number: int, text: str) -> None:
+    """Wait for PR ``number``'s preview to serve ``text``; say where it stands if it never does."""
+
+    def described() -> str:
+        env = environment(stack, number)
+        if env is None:
+            return "no such environment"
+        builds = [(b.id, b.status, b.untrusted, b.error) for b in builds_of(stack, env.id)]
+        return f"{env.name}: {env.status} ({env.status_reason}) at {env.address}; builds {builds}"
+
+    wait_until(
+        lambda: (env := environment(stack, number)) is not None and serves(env.address, text),
+        f"preview {number} to serve {text!r}",
+        300,
+        0.5,
+        described,
+    )
+
+
 def host_converged(stack: Stack, name: str) -> bool:
     with stack.database.session_scope() as session:
         host = session.scalar(select(Host).where(Host.name == name))
@@ -268,9 +296,23 @@ def with_domain_and_secret(stack: Stack, domain: str) -> None:
         )
 
 
+def isolate(stack: Stack, host: str) -> None:
+    """The service (``install``'s "hello" on "web-1") renamed to this session's own name,
+    on a host of its own (see ``RUN``)."""
+    host_id = stack.create_host(host)
+    with stack.database.session_scope() as session:
+        service = session.scalar(select(Service))
+        assert service is not None
+        service.name = SERVICE
+        service.host_id = host_id
+        for env in session.scalars(select(Environment).where(Environment.service_id == service.id)):
+            env.name = SERVICE
+            env.host_id = host_id
+
+
 def serving_production(stack: Stack) -> Environment | None:
     with stack.database.session_scope() as session:
-        env = session.scalar(select(Environment).where(Environment.name == "hello"))
+        env = session.scalar(select(Environment).where(Environment.name == SERVICE))
     ok = env is not None and env.status == "running" and serves(env.address, "production")
     return env if ok else None
 
@@ -285,7 +327,7 @@ def deploy_production(stack: Stack, docker_client: docker.DockerClient) -> Produ
     image = build.images["app"]
     (container,) = [
         c
-        for c in containers_of(docker_client, "hello")
+        for c in containers_of(docker_client, SERVICE)
         if image["digest"] in c.attrs["Config"]["Image"]
     ]
     return Production(
@@ -319,9 +361,10 @@ def test_every_attack_from_a_fork_is_refused_and_harms_nothing(
 ) -> None:
     install(stack, base_image)
     with_domain_and_secret(stack, PROD_DOMAIN)
+    isolate(stack, PROD_HOST)
     stack.create_host(SANDBOX, untrusted=True)
     stack.start_buildworker("build-untrusted", UNTRUSTED_WORKER)
-    stack.start_agent("web-1")
+    stack.start_agent(PROD_HOST)
     stack.start_agent(SANDBOX)
     production = deploy_production(stack, docker_client)
     substitutions = {
@@ -345,13 +388,7 @@ def test_every_attack_from_a_fork_is_refused_and_harms_nothing(
         )
 
     wait_for(settled, 900, 1, "every attack to be refused (or to fail)")
-    harmless = wait_for(
-        lambda: (env := environment(stack, HARMLESS.number)) and serves(env.address, "harmless"),
-        300,
-        0.5,
-        "the harmless preview to serve after the attacks",
-    )
-    assert harmless
+    wait_serving(stack, HARMLESS.number, "harmless")
     wait_for(lambda: host_converged(stack, SANDBOX), 120, 0.5, "the untrusted host to converge")
 
     for attack in ATTACKS:
@@ -370,7 +407,7 @@ def test_every_attack_from_a_fork_is_refused_and_harms_nothing(
             assert not left, [(c.name, refused_settings(c)) for c in left]
 
     with subtests.test(msg="the harmless preview carries no refused setting"):
-        for container in containers_of(docker_client, f"hello-pr-{HARMLESS.number}"):
+        for container in containers_of(docker_client, f"{SERVICE}-pr-{HARMLESS.number}"):
             assert refused_settings(container) == [], container.name
     with subtests.test(msg="production keeps serving"):
         # Read afresh: a concurrent test session's docker_cleanup on a shared engine may
@@ -391,9 +428,9 @@ def test_a_harmless_fork_pr_waits_for_approval_per_commit_and_runs_contained(
 ) -> None:
     install(stack, base_image)
     with_domain_and_secret(stack, "hello.example.com")
+    isolate(stack, PROD_HOST)
     sandbox = stack.create_host(SANDBOX, untrusted=True)
     worker = stack.start_buildworker("build-untrusted", UNTRUSTED_WORKER)
-    stack.start_agent("web-1")
     stack.start_agent(SANDBOX)
     state = stack.github.state
     number = 7
@@ -426,12 +463,7 @@ def test_a_harmless_fork_pr_waits_for_approval_per_commit_and_runs_contained(
 
     response = stack.approve(env.id)
     assert response.status_code == 200, response.text
-    wait_for(
-        lambda: (e := environment(stack, number)) and serves(e.address, "harmless"),
-        300,
-        0.5,
-        "the approved fork preview to serve",
-    )
+    wait_serving(stack, number, "harmless")
     approved = environment(stack, number)
     assert approved is not None and approved.host_id == sandbox
     assert approved.approved_sha == first
