@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 import re
 import subprocess
@@ -28,7 +29,13 @@ from typing import Any
 import docker.errors
 import requests
 
-from contracts.compose_policy import Caps, ComposeRefused, is_routing_label, load_and_check
+from contracts.compose_policy import (
+    Caps,
+    ComposeRefused,
+    is_routing_label,
+    load_and_check,
+    parse_memory,
+)
 from contracts.yamlsafe import dump_yaml
 from hostagent import labels as lbl
 from hostagent.desired import DesiredEnvironment, RegistryAuth, Resources, traefik_labels
@@ -68,6 +75,9 @@ STOP_TIMEOUT = 10
 COMPOSE_TIMEOUT = 600.0
 LOG_LINES = 20
 MAX_SHOWN = 10
+# The least share of a preview's budget a container may get: Docker's own minimums.
+MIN_CPUS = 0.01
+MIN_MEMORY = 6 * 1024 * 1024
 ANY_IPV4 = "0.0.0.0"  # noqa: S104 - a bound address read back, never bound to here
 # What a compose subprocess may see of the agent's environment: never its token.
 COMPOSE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR")
@@ -439,7 +449,8 @@ class Applier:
         return sanitized_compose(document)
 
     def override_file(self, action: ComposeUp, document: Mapping[str, Any]) -> dict[str, Any]:
-        """Labels, runtime env, restart policy, limits and the one published port, per service."""
+        """Labels, runtime env, restart policy, limits (a preview's shared by its services)
+        and the one published port, per service."""
         spec = action.spec
         services: Mapping[str, Any] = document.get("services") or {}
         common = {
@@ -453,11 +464,6 @@ class Applier:
         }
         # Compose interpolates "$": escape it so values arrive as they were given.
         env = {key: value.replace("$", "$$") for key, value in spec.env.items()}
-        limits = {
-            "cpus": spec.resources.cpus,
-            "mem_limit": spec.resources.memory,
-            "pids_limit": spec.resources.pids,
-        }
         override: dict[str, Any] = {}
         if "version" in document:
             override["version"] = document["version"]
@@ -468,10 +474,7 @@ class Applier:
                 entry["environment"] = dict(env)
             if "restart" not in service:
                 entry["restart"] = spec.resources.restart
-            # A limit of the file's own is within the caps (the policy checked): keep it.
-            entry.update(
-                {key: value for key, value in limits.items() if value and key not in service}
-            )
+            entry.update(service_limits(spec, service, len(services)))
             if name == spec.routed_service:
                 entry["labels"].update(
                     {
@@ -660,6 +663,43 @@ class Applier:
             self.remove_container(container_id, volumes=action.remove_volumes)
 
 
+def service_limits(
+    spec: DesiredEnvironment, service: Mapping[str, Any], count: int
+) -> dict[str, Any]:
+    """The limits the override gives one of the ``count`` services of a compose file.
+
+    Production: the environment's limits, each container, unless the file sets its own
+    (within the caps: the policy checked). A preview: its limits are a budget for the
+    whole environment, so each service gets an equal share of it, or what the file asks
+    if that is less; EnvironmentRefused when a share is below what Docker can run.
+    """
+    resources = spec.resources
+    limits = {"cpus": resources.cpus, "mem_limit": resources.memory, "pids_limit": resources.pids}
+    if spec.kind != "preview":
+        return {key: value for key, value in limits.items() if value and key not in service}
+    shares: dict[str, Any] = {}
+    if resources.cpus:
+        shares["cpus"] = math.floor(resources.cpus * 1000 / count) / 1000
+    if resources.memory_bytes:
+        shares["mem_limit"] = resources.memory_bytes // count
+    if resources.pids:
+        shares["pids_limit"] = resources.pids // count
+    for key, least in (("cpus", MIN_CPUS), ("mem_limit", MIN_MEMORY), ("pids_limit", 1)):
+        if key in shares and shares[key] < least:
+            raise EnvironmentRefused(
+                f"compose file refused: services: this preview's {key} budget of "
+                f"{limits[key]} shared by {count} services leaves less than {least} each"
+            )
+    own = {
+        "cpus": float(service["cpus"]) if "cpus" in service else None,
+        "mem_limit": parse_memory(service["mem_limit"]) if "mem_limit" in service else None,
+        "pids_limit": service.get("pids_limit"),
+    }
+    return {
+        key: share if own[key] is None else min(share, own[key]) for key, share in shares.items()
+    }
+
+
 def resource_caps(resources: Resources) -> Caps:
     """The most a compose file may ask for: the environment's own (effective) limits."""
     return Caps(cpus=resources.cpus, memory_bytes=resources.memory_bytes, pids=resources.pids)
@@ -771,4 +811,5 @@ __all__ = [
     "failure_key",
     "resource_caps",
     "sanitized_compose",
+    "service_limits",
 ]

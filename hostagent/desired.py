@@ -75,11 +75,13 @@ class Resources:
 
 @dataclass(frozen=True)
 class PreviewLimits:
-    """What a preview may use at most when its desired state asks for no tighter limit."""
+    """What a whole preview may use at most (its containers share it) when its desired
+    state asks for no tighter limit, and how many compose services it may run."""
 
     cpus: float = 1.0
     memory: str = "512m"
     pids: int = 256
+    services: int = 16
 
     def tighten(self, resources: Resources) -> Resources:
         """``resources`` with each limit no looser than these defaults."""
@@ -171,14 +173,28 @@ class DesiredState:
         return next((env for env in self.environments if env.name == name), None)
 
     def with_preview_limits(self, limits: PreviewLimits) -> DesiredState:
-        """The same snapshot with every preview's resources tightened to ``limits``."""
-        environments = tuple(
-            dataclasses.replace(env, resources=limits.tighten(env.resources))
-            if env.kind == "preview"
-            else env
-            for env in self.environments
-        )
-        return dataclasses.replace(self, environments=environments)
+        """The same snapshot with every preview's resources tightened to ``limits``.
+
+        A preview with more compose services than ``limits.services`` is refused on its
+        own: its budget split that many ways would leave each next to nothing.
+        """
+        environments: list[DesiredEnvironment] = []
+        refused = list(self.refused)
+        for env in self.environments:
+            if env.kind != "preview":
+                environments.append(env)
+            elif len(env.compose_services) > limits.services:
+                reason = (
+                    f"compose file refused: services: a preview runs at most "
+                    f"{limits.services} services, this file has {len(env.compose_services)}"
+                )
+                log.warning("environment %s: %s", env.name, reason)
+                refused.append(RefusedEnvironment(env.name, env.deployment_id, reason))
+            else:
+                environments.append(
+                    dataclasses.replace(env, resources=limits.tighten(env.resources))
+                )
+        return dataclasses.replace(self, environments=tuple(environments), refused=tuple(refused))
 
 
 # ---------------------------------------------------------------------------------------

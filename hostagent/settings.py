@@ -99,11 +99,12 @@ class AgentSettings:
 
 
 def _preview_limits(environ: Mapping[str, str]) -> PreviewLimits:
-    """``PORTSIDE_AGENT_PREVIEW_CPUS|MEMORY|PIDS``; each defaults to PreviewLimits'."""
+    """``PORTSIDE_AGENT_PREVIEW_CPUS|MEMORY|PIDS|MAX_SERVICES``; defaults: PreviewLimits'."""
     defaults = PreviewLimits()
     raw_cpus = environ.get("PORTSIDE_AGENT_PREVIEW_CPUS", "").strip()
     raw_memory = environ.get("PORTSIDE_AGENT_PREVIEW_MEMORY", "").strip().lower()
     raw_pids = environ.get("PORTSIDE_AGENT_PREVIEW_PIDS", "").strip()
+    raw_services = environ.get("PORTSIDE_AGENT_PREVIEW_MAX_SERVICES", "").strip()
     cpus, pids = defaults.cpus, defaults.pids
     if raw_cpus:
         try:
@@ -120,7 +121,14 @@ def _preview_limits(environ: Mapping[str, str]) -> PreviewLimits:
         pids = int(raw_pids) if raw_pids.isdigit() else 0
         if pids < 1:
             raise AgentConfigError("PORTSIDE_AGENT_PREVIEW_PIDS must be a positive integer")
-    return PreviewLimits(cpus=cpus, memory=raw_memory or defaults.memory, pids=pids)
+    services = defaults.services
+    if raw_services:
+        services = int(raw_services) if raw_services.isdigit() else 0
+        if services < 1:
+            raise AgentConfigError("PORTSIDE_AGENT_PREVIEW_MAX_SERVICES must be a positive integer")
+    return PreviewLimits(
+        cpus=cpus, memory=raw_memory or defaults.memory, pids=pids, services=services
+    )
 
 
 def _is_ipv6(value: str) -> bool:

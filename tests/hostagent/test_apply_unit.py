@@ -265,6 +265,54 @@ def test_limits_in_the_override_unless_the_file_sets_its_own():
     assert override["services"]["web"]["mem_limit"] == "1g"
 
 
+PREVIEW = """
+services:
+  web:
+    image: 127.0.0.1:5001/a/web@sha256:{d}
+  db:
+    image: 127.0.0.1:5001/a/db@sha256:{d}
+    cpus: 0.1
+    mem_limit: 300m
+  worker:
+    image: 127.0.0.1:5001/a/web@sha256:{d}
+    pids_limit: 10
+""".format(d="1" * 64)
+
+
+def test_a_previews_limits_are_a_budget_its_services_share():
+    """Each service gets an equal share, or less if its file asks less: the preview as a
+    whole never uses more than its limits (production's limits stay per container)."""
+    resources = {"cpus": 1, "memory": "512m", "pids": 256}
+    action = compose_action(PREVIEW, kind="preview", resources=resources)
+    applier = Applier(object(), Path("/nonexistent"))
+    override = applier.override_file(action, applier.checked_compose(action.spec))
+    limits = {
+        name: (service["cpus"], service["mem_limit"], service["pids_limit"])
+        for name, service in override["services"].items()
+    }
+    third = 512 * 1024 * 1024 // 3
+    assert limits == {
+        "web": (0.333, third, 85),
+        "db": (0.1, third, 85),
+        "worker": (0.333, third, 10),
+    }
+    assert sum(cpus for cpus, _, _ in limits.values()) <= 1
+    assert sum(memory for _, memory, _ in limits.values()) <= 512 * 1024 * 1024
+    assert sum(pids for _, _, pids in limits.values()) <= 256
+
+    production = compose_action(PREVIEW, resources=resources)
+    override = applier.override_file(production, applier.checked_compose(production.spec))
+    assert override["services"]["web"]["cpus"] == 1.0
+    assert "cpus" not in override["services"]["db"]
+
+
+def test_a_preview_budget_too_small_to_share_is_refused():
+    action = compose_action(COMPOSE, kind="preview", resources={"cpus": 1, "memory": "10m"})
+    applier = Applier(object(), Path("/nonexistent"))
+    with pytest.raises(EnvironmentRefused, match=r"services: .*mem_limit budget of 10m"):
+        applier.override_file(action, applier.checked_compose(action.spec))
+
+
 def test_a_compose_file_over_the_caps_is_refused():
     own = COMPOSE.replace("restart: always", "restart: always\n    mem_limit: 2g")
     action = compose_action(own, resources={"cpus": 2, "memory": "1g"})

@@ -263,8 +263,10 @@ def test_previews_get_the_default_limits(docker_client, images, agent, uid):
         assert len(containers) == 3
         for container in containers:
             config = container.attrs["HostConfig"]
-            assert config["NanoCpus"] == 1_000_000_000, container.name
-            assert config["Memory"] == 512 * 1024 * 1024, container.name
-            assert config["PidsLimit"] == 256, container.name
+            # The single container has the whole budget; the stack's two services share it.
+            shares = 1 if container.labels[lbl.ENVIRONMENT] == single else 2
+            assert config["NanoCpus"] == 1_000_000_000 // shares, container.name
+            assert config["Memory"] == 512 * 1024 * 1024 // shares, container.name
+            assert config["PidsLimit"] == 256 // shares, container.name
     finally:
         down(agent, preview_stack)

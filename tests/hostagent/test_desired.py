@@ -312,3 +312,24 @@ def test_previews_get_the_tighter_of_their_limits_and_the_defaults(resources, cp
 )
 def test_memory_bytes(text, size):
     assert memory_bytes(text) == size
+
+
+def test_a_preview_with_too_many_services_is_refused_with_the_key_path():
+    """Its budget shared by hundreds of services would be nothing each: refused on its own
+    (key path ``services``), production with as many services and the rest are served."""
+    compose = "services:\n" + "".join(f"  s{index}:\n    image: {IMAGE}\n" for index in range(5))
+    body = {"mode": "compose", "image": None, "compose": compose}
+    state = parse_desired_state(
+        state_body(
+            env_body("prod", **body),
+            env_body("pr", kind="preview", **body),
+            env_body("small", kind="preview"),
+        )
+    ).with_preview_limits(PreviewLimits(services=4))
+    assert [env.name for env in state.environments] == ["prod", "small"]
+    (refused,) = state.refused
+    assert refused.name == "pr" and refused.deployment_id == 7
+    assert refused.reason.startswith("compose file refused: services: ")
+    assert "at most 4 services, this file has 5" in refused.reason
+    allowed = parse_desired_state(state_body(env_body("pr", kind="preview", **body)))
+    assert allowed.with_preview_limits(PreviewLimits(services=5)).refused == ()

@@ -39,9 +39,10 @@ def test_all_set():
             "PORTSIDE_AGENT_PREVIEW_CPUS": "0.5",
             "PORTSIDE_AGENT_PREVIEW_MEMORY": "1G",
             "PORTSIDE_AGENT_PREVIEW_PIDS": "100",
+            "PORTSIDE_AGENT_PREVIEW_MAX_SERVICES": "4",
         }
     )
-    assert settings.preview_limits == PreviewLimits(cpus=0.5, memory="1g", pids=100)
+    assert settings.preview_limits == PreviewLimits(cpus=0.5, memory="1g", pids=100, services=4)
     assert settings.interval == 2.5
     assert settings.publish_host == "127.0.0.1"
     assert settings.state_dir == Path("/var/lib/portside")
@@ -68,6 +69,8 @@ def test_token_is_masked():
         ({"PORTSIDE_AGENT_PREVIEW_MEMORY": "half"}, "PORTSIDE_AGENT_PREVIEW_MEMORY"),
         ({"PORTSIDE_AGENT_PREVIEW_PIDS": "0"}, "PORTSIDE_AGENT_PREVIEW_PIDS"),
         ({"PORTSIDE_AGENT_PREVIEW_PIDS": "-5"}, "PORTSIDE_AGENT_PREVIEW_PIDS"),
+        ({"PORTSIDE_AGENT_PREVIEW_MAX_SERVICES": "0"}, "PORTSIDE_AGENT_PREVIEW_MAX_SERVICES"),
+        ({"PORTSIDE_AGENT_PREVIEW_MAX_SERVICES": "many"}, "PORTSIDE_AGENT_PREVIEW_MAX_SERVICES"),
         ({"PORTSIDE_URL": "http://cp.example:8000"}, "PORTSIDE_ALLOW_INSECURE_URL"),
         ({"PORTSIDE_URL": "http://10.0.0.2"}, "PORTSIDE_ALLOW_INSECURE_URL"),
         ({"PORTSIDE_URL": "http://127.0.0.1.example.com"}, "PORTSIDE_ALLOW_INSECURE_URL"),
