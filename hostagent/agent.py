@@ -156,6 +156,8 @@ def build_report(
             )
         )
     for refused in desired.refused:
+        if refused.withheld:
+            continue  # the control plane withheld it and has said why already
         environments.append(
             {
                 "name": refused.name,

@@ -142,11 +142,14 @@ class DesiredEnvironment:
 
 @dataclass(frozen=True)
 class RefusedEnvironment:
-    """An environment of the snapshot that did not validate: kept as it runs, reported."""
+    """An environment kept exactly as it runs: one of the snapshot that did not validate
+    (reported to the control plane), or one the control plane ``withheld`` because it
+    could not render it (it knows already: not reported)."""
 
     name: str
     deployment_id: int | None
     reason: str
+    withheld: bool = False
 
 
 @dataclass(frozen=True)
@@ -440,6 +443,23 @@ def _refusal(value: object, index: int, exc: InvalidDesiredState) -> RefusedEnvi
     return RefusedEnvironment(name, deployment_id, str(exc))
 
 
+def _withheld(value: object) -> list[RefusedEnvironment]:
+    """The environments the control plane left out of this snapshot on purpose: whatever
+    runs for them stays as it is (never torn down), and nothing is started."""
+    if not isinstance(value, list):
+        raise _fail("withheld", "must be a list")
+    withheld = []
+    for index, item in enumerate(value):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+            log.warning("desired state: withheld[%d] names no environment: ignored", index)
+            continue
+        reason = item.get("reason") if isinstance(item, dict) else None
+        text = reason if isinstance(reason, str) else "withheld by the control plane"
+        withheld.append(RefusedEnvironment(name, None, text, withheld=True))
+    return withheld
+
+
 def parse_desired_state(value: object) -> DesiredState:
     """Validate a snapshot: its frame strictly, each environment on its own.
 
@@ -474,6 +494,8 @@ def parse_desired_state(value: object) -> DesiredState:
             refusal = _refusal(item, index, exc)
             if refusal is not None:
                 refused.setdefault(refusal.name, refusal)
+    for withheld in _withheld(data.get("withheld", [])):
+        refused.setdefault(withheld.name, withheld)
     counts = Counter([env.name for env in parsed] + list(refused))
     for env in parsed:
         if counts[env.name] > 1 and env.name not in refused:

@@ -158,3 +158,15 @@ def test_a_compose_file_the_policy_refuses_starts_nothing_and_is_reported(tmp_pa
     assert third.report is not None
     error = third.report["environments"][0]["error"]
     assert "services.web.volumes" in error and "cap_add" not in error
+
+
+def test_withheld_environments_are_not_reported(tmp_path: Path):
+    from hostagent.desired import parse_desired_state
+    from tests.hostagent.factories import state_body
+
+    body = state_body(env_body("broken", deployment_id=5, port=0))
+    body["withheld"] = [{"name": "held", "reason": "cannot be rendered"}]
+    source = ScriptedSource([parse_desired_state(body)], threading.Event())
+    report = run_once(AgentState(Applier(EmptyEngine(), tmp_path)), source).report
+    assert report is not None
+    assert [env["name"] for env in report["environments"]] == ["broken"]

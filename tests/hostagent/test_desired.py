@@ -333,3 +333,24 @@ def test_a_preview_with_too_many_services_is_refused_with_the_key_path():
     assert "at most 4 services, this file has 5" in refused.reason
     allowed = parse_desired_state(state_body(env_body("pr", kind="preview", **body)))
     assert allowed.with_preview_limits(PreviewLimits(services=5)).refused == ()
+
+
+def test_environments_the_control_plane_withheld_are_kept_and_not_reported_as_refused():
+    body = state_body(env_body("good"))
+    body["withheld"] = [
+        {"name": "held", "reason": "compose file refused: services.web.cap_add"},
+        {"name": "Not_A_Name", "reason": "x"},
+        "not an object",
+    ]
+    state = parse_desired_state(body)
+    assert [env.name for env in state.environments] == ["good"]
+    (held,) = state.refused
+    assert held.name == "held" and held.withheld and held.deployment_id is None
+    assert "cap_add" in held.reason
+
+
+def test_a_withheld_list_that_is_not_a_list_is_a_frame_error():
+    body = state_body(env_body("good"))
+    body["withheld"] = {"name": "held"}
+    with pytest.raises(InvalidDesiredState, match="withheld must be a list"):
+        parse_desired_state(body)

@@ -296,3 +296,21 @@ def test_a_failed_or_refused_compose_config_keeps_what_serves():
     assert env is not None
     current = observed(container("c1"))  # the single container it was before
     assert plan(COMPOSE_STATE, current, failed={failure_key(env, CHASH)}) == []
+
+
+def test_a_withheld_environment_is_neither_planned_nor_torn_down():
+    from hostagent.desired import parse_desired_state
+    from tests.hostagent.factories import state_body
+
+    body = state_body(env_body())
+    body["withheld"] = [{"name": "held", "reason": "cannot be rendered"}]
+    state = parse_desired_state(body)
+    current = observed(
+        container("c1", config_hash=hash_of(state, "hello")),
+        container("h1", env="held", kind="preview", deployment_id=3),
+    )
+    assert plan(state, current) == []
+    # Without the withheld entry the complete snapshot would remove it.
+    del body["withheld"]
+    removed = plan(parse_desired_state(body), current)
+    assert [(type(a).__name__, a.environment) for a in removed] == [("RemoveEnvironment", "held")]
