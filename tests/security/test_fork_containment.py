@@ -468,6 +468,7 @@ def test_a_harmless_fork_pr_waits_for_approval_per_commit_and_runs_contained(
     assert approved is not None and approved.host_id == sandbox
     assert approved.approved_sha == first
     (build,) = builds_of(stack, approved.id)
+    assert "] received" in worker.log()  # the check before approval could have seen one
     assert build.untrusted is True and build.commit_sha == first
     image = build.images["web"]
     assert "/pr-7" in image["repository"] and image["tag"] != "fork-harmless", image
