@@ -51,7 +51,7 @@ RUN = secrets.token_hex(3)
 SERVICE = f"hello-{RUN}"
 SANDBOX = f"sandbox-{RUN}"
 PROD_HOST = f"prod-{RUN}"
-# What a refused attack may have left behind: none of these, in any state.
+# Statuses an attack's environment stops in (running only if an attack got through).
 SETTLED = ("refused", "failed", "running", "inactive")
 ANONYMOUS_VOLUME = re.compile(r"[0-9a-f]{64}")
 
