@@ -420,14 +420,19 @@ def _activate(
 ) -> None:
     if isinstance(address, str) and address:
         environment.address = address[:255]
+    newly_active = deployment.status != "active"
     # A fork preview whose new head awaits approval keeps saying so while the approved
-    # commit before it runs on.
+    # commit before it runs on; a refusal (of a later build's artifacts) stays shown while
+    # the deployment before it serves, until a new deployment runs.
     if (
         environment.current_deployment_id == deployment.id
         and environment.status != "awaiting_approval"
+        and (newly_active or environment.status != "refused")
     ):
         environment.status = "running"
-    if deployment.status == "active":
+        if newly_active:
+            environment.status_reason = None
+    if not newly_active:
         return
     deployment.status = "active"
     deployment.activated_at = utcnow()

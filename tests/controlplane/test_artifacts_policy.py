@@ -329,3 +329,37 @@ def test_the_refusal_is_audited_and_ends_with_the_next_good_build(
     db_session.expire_all()
     environment = db_session.get(Environment, environment_id)
     assert (environment.status, environment.status_reason) == ("building", None)
+
+
+def test_the_refusal_stays_shown_while_the_deployment_before_it_serves(
+    client: FlaskClient,
+    worker_headers: dict[str, str],
+    database: Database,
+    db_session: Session,
+    service_id: int,
+) -> None:
+    from controlplane.services import desired
+
+    good = new_build(database, service_id, SHA_GOOD)
+    assert upload(client, worker_headers, good, {"app": image(APP)}, None).status_code == 204
+    assert deploy(client, worker_headers, service_id, good).status_code == 201
+    environment = db_session.get(Build, good).environment
+    deployment_id = environment.current_deployment_id
+
+    def agent_reports_healthy() -> Environment:
+        with database.session_scope() as session:
+            env = session.get(Environment, environment.id)
+            assert env is not None
+            item = {"name": env.name, "deployment_id": deployment_id, "state": "running"}
+            desired.record_status(session, env.host, {"environments": [{**item, "healthy": True}]})
+        db_session.expire_all()
+        refreshed = db_session.get(Environment, environment.id)
+        assert refreshed is not None
+        return refreshed
+
+    assert agent_reports_healthy().status == "running"
+    bad = new_build(database, service_id, SHA_BAD)
+    refused = upload(client, worker_headers, bad, {"web": image()}, pinned(extra="    pid: host\n"))
+    assert refused.status_code == 422
+    after = agent_reports_healthy()
+    assert after.status == "refused" and "services.web.pid" in (after.status_reason or "")
