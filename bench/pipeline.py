@@ -603,7 +603,9 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> Result:
             database = Database(settings)
             try:
                 with database.session_scope() as session:
-                    _row, worker_token = tokens.create_token(session, "bench-build", "worker")
+                    _row, worker_token = tokens.create_token(
+                        session, "bench-build", "worker", builds="all"
+                    )
                 server.env = env
                 result.gunicorn = {
                     "workers": gunicorn_setting("workers", env),

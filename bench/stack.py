@@ -184,7 +184,7 @@ def portside_stack(work_dir: Path, prefix: str) -> Iterator[Stack]:
             database = Database(settings)
             with database.session_scope() as session:
                 _row, worker_token = tokens.create_token(
-                    session, f"bench-build-{secrets.token_hex(2)}", "worker"
+                    session, f"bench-build-{secrets.token_hex(2)}", "worker", builds="all"
                 )
             stack = Stack(
                 work_dir, github, settings, server.env, database, server, worker_token, redis

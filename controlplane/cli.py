@@ -37,7 +37,7 @@ from controlplane.client import ClientError, LogLine, PortsideClient, Quiet
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import ApiError, ConfigError, PortsideError
-from controlplane.models import BUILD_STATUSES
+from controlplane.models import BUILD_LANES, BUILD_STATUSES
 from controlplane.services import desired, hosts, secrets, services, tokens
 from controlplane.settings import Settings, mask_url
 
@@ -121,8 +121,13 @@ def _emit(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> 
 
 def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
     def action(session: Any) -> str:
-        token, secret = tokens.create_token(session, args.name, args.scope, actor="cli")
-        print(f"created {token.scope} token {token.id} named {token.name!r}; it is shown once:")
+        token, secret = tokens.create_token(
+            session, args.name, args.scope, actor="cli", builds=args.builds
+        )
+        lane = f" for {token.build_lane} builds" if token.scope == "worker" else ""
+        print(
+            f"created {token.scope} token {token.id}{lane} named {token.name!r}; it is shown once:"
+        )
         return secret
 
     print(_admin(settings, action))
@@ -136,13 +141,15 @@ def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
                 "id": t.id,
                 "name": t.name,
                 "scope": t.scope,
+                "builds": t.build_lane if t.scope == "worker" else "",
                 "created_at": t.created_at.isoformat(timespec="seconds"),
                 "revoked_at": t.revoked_at.isoformat(timespec="seconds") if t.revoked_at else "",
             }
             for t in tokens.list_tokens(session)
         ]
 
-    _emit(_admin(settings, action), ("id", "name", "scope", "created_at", "revoked_at"), args.json)
+    columns = ("id", "name", "scope", "builds", "created_at", "revoked_at")
+    _emit(_admin(settings, action), columns, args.json)
     return 0
 
 
@@ -640,7 +647,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     with database.session_scope() as session:
         if not settings.token:
             _token, env["PORTSIDE_TOKEN"] = tokens.create_token(
-                session, "dev-buildworker", "worker"
+                session, "dev-buildworker", "worker", builds="all"
             )
         agent_env["PORTSIDE_TOKEN"] = hosts.agent_token(session, DEV_HOST)
     portside = [sys.executable, "-m", "controlplane.cli"]
@@ -740,6 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
     create = add("create", cmd_tokens_create, "create a token, printed once", token_commands)
     create.add_argument("--name", required=True)
     create.add_argument("--scope", required=True, choices=("admin", "worker", "read"))
+    create.add_argument(
+        "--builds",
+        choices=BUILD_LANES,
+        help="a worker token's builds: trusted (the default), untrusted (forks') or all",
+    )
     listing = add("list", cmd_tokens_list, "list tokens", token_commands)
     listing.add_argument("--json", action="store_true")
     revoke = add("revoke", cmd_tokens_revoke, "revoke a token", token_commands)

@@ -52,6 +52,8 @@ ENVIRONMENT_STATUSES = (
     "inactive",
 )
 TOKEN_SCOPES = ("admin", "worker", "read", "host")
+# Which builds a worker token claims: a fork's ("untrusted"), the others ("trusted"), or both.
+BUILD_LANES = ("trusted", "untrusted", "all")
 
 
 def utcnow() -> dt.datetime:
@@ -339,11 +341,21 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(255))
     scope: Mapped[str] = mapped_column(String(16))
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
+    # A worker token's lane (one of BUILD_LANES; None is "trusted"), so the token of a
+    # worker that runs forks' code never claims, nor gets the secrets of, another build.
+    builds: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
 
     host: Mapped[Host | None] = relationship()
+
+    @property
+    def build_lane(self) -> str:
+        """The builds this token may claim: an admin token any, a worker token its lane."""
+        if self.scope == "admin":
+            return "all"
+        return self.builds or "trusted"
 
 
 class Variable(TimestampMixin, Base):

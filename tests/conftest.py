@@ -118,8 +118,10 @@ def client(app: Flask) -> FlaskClient:
 
 
 def _token(database: Database, scope: str) -> str:
+    """A token of ``scope``; a worker's claims every build, a fork's too."""
+    builds = "all" if scope == "worker" else None
     with database.session_scope() as session:
-        _token_row, secret = tokens.create_token(session, f"test-{scope}", scope)
+        _token_row, secret = tokens.create_token(session, f"test-{scope}", scope, builds=builds)
     return secret
 
 

@@ -78,11 +78,12 @@ def _end(build_id: int) -> None:
 @require("worker")
 @worker_api.arguments(schemas.StepClaimSchema)
 @worker_api.response(200, schemas.BuildSpecSchema)
+@worker_api.alt_response(403, schema=schemas.ApiErrorSchema, description="not this token's lane")
 @worker_api.alt_response(409, schema=schemas.ApiErrorSchema, description="must not run")
 def claim_step(data: dict[str, Any], build_id: int, step: str) -> dict[str, Any]:
     db = session()
     spec = builds.claim_step(
-        db, build_id, step, data["attempt"], data["worker"], token_id=current_token().id
+        db, build_id, step, data["attempt"], data["worker"], token=current_token()
     )
     db.commit()
     body = dataclasses.asdict(spec)

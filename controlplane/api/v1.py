@@ -82,7 +82,9 @@ def _paged(db: Session, query: Any, pagination: Any) -> list[Any]:
 @tokens_api.alt_response(401, schema=schemas.ApiErrorSchema, description=ERRORS[401])
 def create_token(data: dict[str, Any]) -> dict[str, Any]:
     db = session()
-    token, secret = tokens.create_token(db, data["name"], data["scope"], actor=actor())
+    token, secret = tokens.create_token(
+        db, data["name"], data["scope"], actor=actor(), builds=data["builds"]
+    )
     db.commit()
     return _fields(token, schemas.TokenSchema, token=secret)
 

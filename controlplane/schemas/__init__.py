@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from controlplane.models import DELIVERY_STATUSES, TOKEN_SCOPES
+from controlplane.models import BUILD_LANES, DELIVERY_STATUSES, TOKEN_SCOPES
 
 # A service-level compose key name (``cap_add``, ``sysctls``).
 COMPOSE_KEY = r"^[a-z][a-z0-9_]{0,63}$"
@@ -19,12 +19,24 @@ class ApiErrorSchema(Schema):
 class TokenCreateSchema(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=255))
     scope = fields.String(required=True, validate=validate.OneOf(TOKEN_SCOPES[:3]))
+    builds = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.OneOf(BUILD_LANES),
+        metadata={
+            "description": "a worker token's lane: trusted builds (the default), "
+            "untrusted ones (forks' code) or all"
+        },
+    )
 
 
 class TokenSchema(Schema):
     id = fields.Integer()
     name = fields.String()
     scope = fields.String()
+    builds = fields.String(
+        allow_none=True, metadata={"description": "a worker token's lane; null: trusted"}
+    )
     host_id = fields.Integer(allow_none=True)
     created_at = fields.DateTime()
     last_used_at = fields.DateTime(allow_none=True)

@@ -43,6 +43,7 @@ from controlplane.errors import (
     ValidationFailed,
 )
 from controlplane.models import (
+    ApiToken,
     Build,
     BuildStep,
     Deployment,
@@ -106,11 +107,16 @@ def claim_step(
     attempt: int,
     worker: str,
     *,
-    token_id: int | None = None,
+    token: ApiToken | None = None,
 ) -> BuildSpec:
-    """Mark a step running for ``worker``, held by the API token ``token_id`` (the only
-    one then answered this build's credentials); Conflict when it must not run (again)."""
+    """Mark a step running for ``worker``, held by the API token ``token`` (the only one
+    then answered this build's credentials); Forbidden when the build is not of the
+    token's lane, Conflict when the step must not run (again)."""
     build = get_build(session, build_id, lock=True)
+    if token is not None and token.build_lane not in ("all", _lane(build)):
+        raise Forbidden(
+            f"this token claims {token.build_lane} builds only; build {build_id} is {_lane(build)}"
+        )
     if build.status in FINISHED:
         raise Conflict(f"build {build_id} is {build.status}")
     if attempt != build.attempt:
@@ -121,8 +127,11 @@ def claim_step(
     if step.status == "succeeded":
         raise Conflict(f"step {step_name} of build {build_id} already succeeded")
     alive = build.heartbeat_at is not None and utcnow() - build.heartbeat_at < STEP_ALIVE
-    if step.status == "running" and alive and build.worker != worker:
+    token_id = token.id if token is not None else None
+    holder = (build.worker, build.worker_token_id)
+    if step.status == "running" and alive and holder != (worker, token_id):
         # A redelivered message while the first worker is still at it: never run twice.
+        # The worker's name is its own word; the token decides who holds the step.
         raise Conflict(f"step {step_name} of build {build_id} is running on {build.worker}")
     earlier = [s for s in build.steps if s.position < step.position and s.status != "succeeded"]
     if earlier:
@@ -161,6 +170,10 @@ def claim_step(
         untrusted=build.untrusted,
         pr_number=build.environment.pr_number,
     )
+
+
+def _lane(build: Build) -> str:
+    return "untrusted" if build.untrusted else "trusted"
 
 
 def held_build(session: Session, build_id: int, token_id: int) -> Build:

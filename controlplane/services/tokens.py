@@ -2,10 +2,11 @@
 
 Host tokens are also remembered in Redis, shared by every web process (see
 ``controlplane.api.auth``). Redis is not trusted with identity: an entry is authenticated
-with a MAC keyed by the secret key over the token's public id, its secret's digest and the
-identity, so someone who can write Redis cannot forge or alter one; revoking a token, from
-the API, the CLI or anywhere else, replaces its entry with a tombstone once the revocation
-commits (:func:`forgetter`, installed on every process's database).
+with a MAC keyed by the secret key over the token's public id, its secret's digest, the
+identity and the time it was sealed, so someone who can write Redis can neither forge nor
+alter one, nor bring one back once it would have expired; revoking a token, from the API,
+the CLI or anywhere else, replaces its entry with a tombstone once the revocation commits
+(:func:`forgetter`, installed on every process's database).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,11 +25,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controlplane.errors import BadRequest, NotFound
-from controlplane.models import TOKEN_SCOPES, ApiToken, utcnow
+from controlplane.models import BUILD_LANES, TOKEN_SCOPES, ApiToken, utcnow
 from controlplane.services import audit
 
 PREFIX = "ps"
 SHARED_TTL = 600  # seconds a host token stays in Redis; revoking replaces it at once
+CLOCK_SKEW = 60  # seconds an entry may seem sealed in the future (web hosts' clocks differ)
 REVOKED = b"revoked"  # a revoked token's tombstone: never cached again while it lasts
 _REVOKED_PUBLIC_IDS = "portside.revoked_tokens"  # session.info: tombstones due on commit
 
@@ -45,11 +48,24 @@ def split(presented: str) -> tuple[str, str] | None:
 
 
 def create_token(
-    session: Session, name: str, scope: str, host_id: int | None = None, actor: str = "system"
+    session: Session,
+    name: str,
+    scope: str,
+    host_id: int | None = None,
+    actor: str = "system",
+    *,
+    builds: str | None = None,
 ) -> tuple[ApiToken, str]:
-    """Create a token and return it with its plaintext, which is never stored (audited)."""
+    """Create a token and return it with its plaintext, which is never stored (audited).
+
+    ``builds`` is a worker token's lane (None: the trusted builds only), so a fork's code
+    runs only on workers whose token was made for it."""
     if scope not in TOKEN_SCOPES:
         raise BadRequest(f"scope must be one of {', '.join(TOKEN_SCOPES)}")
+    if builds is not None and scope != "worker":
+        raise BadRequest("only a worker token has a lane of builds")
+    if builds is not None and builds not in BUILD_LANES:
+        raise BadRequest(f"builds must be one of {', '.join(BUILD_LANES)}")
     if scope == "host" and host_id is None:
         raise BadRequest("a host token belongs to a host")
     if not name.strip():
@@ -62,10 +78,20 @@ def create_token(
         name=name.strip(),
         scope=scope,
         host_id=host_id,
+        builds=builds,
     )
     session.add(token)
     session.flush()
-    audit.record(session, actor, "token.create", "token", token.id, name=token.name, scope=scope)
+    audit.record(
+        session,
+        actor,
+        "token.create",
+        "token",
+        token.id,
+        name=token.name,
+        scope=scope,
+        **({"builds": builds} if builds else {}),
+    )
     return token, f"{PREFIX}_{public_id}_{secret}"
 
 
@@ -140,7 +166,9 @@ def cache_mac_key(secret_key: str) -> bytes:
     return hmac.new(secret_key.encode(), b"portside host-token cache", hashlib.sha256).digest()
 
 
-def _mac(key: bytes, public_id: str, secret_digest: bytes, identity: CachedHost) -> str:
+def _mac(
+    key: bytes, public_id: str, secret_digest: bytes, identity: CachedHost, sealed_at: int
+) -> str:
     message = "\0".join(
         (
             public_id,
@@ -148,29 +176,47 @@ def _mac(key: bytes, public_id: str, secret_digest: bytes, identity: CachedHost)
             str(identity.token_id),
             str(identity.host_id),
             identity.name,
+            str(sealed_at),
         )
     )
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def seal(key: bytes, public_id: str, secret_digest: bytes, identity: CachedHost) -> bytes:
-    """The shared cache entry of a verified host token (its secret is not in it)."""
-    mac = _mac(key, public_id, secret_digest, identity)
-    return f"{identity.token_id}:{identity.host_id}:{mac}:{identity.name}".encode()
+def seal(
+    key: bytes,
+    public_id: str,
+    secret_digest: bytes,
+    identity: CachedHost,
+    *,
+    now: float | None = None,
+) -> bytes:
+    """The shared cache entry of a verified host token (its secret is not in it), with the
+    time it was made under the MAC: an entry saved and written back over a revoked token's
+    tombstone works no longer than the entry itself would have lived."""
+    sealed_at = int(time.time() if now is None else now)
+    mac = _mac(key, public_id, secret_digest, identity, sealed_at)
+    return f"{identity.token_id}:{identity.host_id}:{sealed_at}:{mac}:{identity.name}".encode()
 
 
-def unseal(key: bytes, presented: str, entry: bytes) -> CachedHost | None:
+def unseal(
+    key: bytes, presented: str, entry: bytes, *, now: float | None = None
+) -> CachedHost | None:
     """The identity in ``entry`` if it was sealed with ``key`` for exactly the presented
-    token; None for a tombstone, a forged or altered entry, or another secret."""
+    token less than SHARED_TTL seconds ago; None for a tombstone, a forged, altered or
+    expired entry (or one from further in the future than clocks disagree), or another
+    secret."""
     parts = split(presented)
     if parts is None or entry == REVOKED:
         return None
     try:
-        token_id, host_id, mac, name = entry.decode().split(":", 3)
+        token_id, host_id, sealed_at, mac, name = entry.decode().split(":", 4)
         identity = CachedHost(int(token_id), int(host_id), name)
+        age = (time.time() if now is None else now) - int(sealed_at)
     except ValueError:  # not an entry this code wrote (UnicodeDecodeError is one)
         return None
-    expected = _mac(key, parts[0], digest(parts[1]), identity)
+    if not -CLOCK_SKEW <= age < SHARED_TTL:
+        return None
+    expected = _mac(key, parts[0], digest(parts[1]), identity, int(sealed_at))
     return identity if hmac.compare_digest(mac, expected) else None
 
 

@@ -204,6 +204,7 @@ def test_tokens_are_stored_hashed(
         ({"scope": "read"}, "name"),
         ({"name": "", "scope": "read"}, "name"),
         ({"name": "x"}, "scope"),
+        ({"name": "x", "scope": "worker", "builds": "forks"}, "builds"),
     ],
 )
 def test_an_invalid_token_request_is_422_with_the_fields(
@@ -219,6 +220,26 @@ def test_an_invalid_token_request_is_422_with_the_fields(
     assert set(body) == {"error", "message", "details"}
     assert field in body["details"]["json"]
     assert db_session.scalar(text("SELECT count(*) FROM api_tokens")) == 1
+
+
+def test_a_worker_token_is_made_for_a_lane_of_builds(
+    client: FlaskClient, admin_headers: dict[str, str], db_session: Session
+) -> None:
+    made = client.post(
+        "/v1/tokens",
+        json={"name": "forks", "scope": "worker", "builds": "untrusted"},
+        headers=admin_headers,
+    )
+    assert made.status_code == 201, made.get_data(as_text=True)
+    assert made.get_json()["builds"] == "untrusted"
+    row = db_session.get(ApiToken, made.get_json()["id"])
+    assert row is not None and row.build_lane == "untrusted"
+    assert create_token(client, admin_headers, "worker")["builds"] is None  # trusted builds
+    # A lane is a worker token's alone.
+    refused = client.post(
+        "/v1/tokens", json={"name": "r", "scope": "read", "builds": "all"}, headers=admin_headers
+    )
+    assert "worker" in assert_error(refused, 400, "bad_request")["message"]
 
 
 def test_unknown_routes_and_methods_answer_json(

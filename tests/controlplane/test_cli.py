@@ -238,6 +238,32 @@ def test_tokens_list_json_parses(migrated: Run) -> None:
     assert all("token" not in row and "secret_hash" not in row for row in listed)
 
 
+def test_a_worker_token_takes_the_builds_of_its_lane(
+    migrated: Run, sqlite_database: Database
+) -> None:
+    made = migrated(
+        "tokens", "create", "--name", "forks", "--scope", "worker", "--builds", "untrusted"
+    )
+    assert made.code == 0, made
+    assert "for untrusted builds" in made.stdout
+    assert migrated("tokens", "create", "--name", "main", "--scope", "worker").code == 0
+    with sqlite_database.session_scope() as session:
+        token = tokens.authenticate(session, made.stdout_lines[-1])
+        assert token is not None and token.builds == "untrusted"
+
+    listed = json.loads(migrated("tokens", "list", "--json").stdout)
+    assert [(row["name"], row["builds"]) for row in listed] == [
+        ("forks", "untrusted"),
+        ("main", "trusted"),
+    ]
+    admin = migrated("tokens", "create", "--name", "ci", "--scope", "admin", "--builds", "all")
+    assert_one_line_failure(admin, 2, "worker")
+    assert (
+        migrated("tokens", "create", "--name", "x", "--scope", "worker", "--builds", "some").code
+        == 2
+    )
+
+
 def test_usage_errors_exit_2(portside: Run) -> None:
     result = portside("tokens", "create", "--name", "x", "--scope", "superuser")
 

@@ -9,6 +9,7 @@ import hmac
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,11 +95,12 @@ def test_an_altered_entry_is_ignored_and_the_token_checked_in_the_database(
     assert isinstance(sealed, bytes) and token.split("_")[2].encode() not in sealed
     with database.session_scope() as session:
         other = session.scalar(select(Host.id).where(Host.name == "web-2"))
-    token_id, _host_id, mac, name = sealed.decode().split(":", 3)
-    store.set(key, f"{token_id}:{other}:{mac}:{name}")
+    token_id, _host_id, sealed_at, mac, name = sealed.decode().split(":", 4)
+    altered = f"{token_id}:{other}:{sealed_at}:{mac}:{name}"
+    store.set(key, altered)
     clock.now += auth._HostTokenCache.LOCAL_TTL
     assert poll(client, token) == (200, "web-1")
-    assert store.get(key) == f"{token_id}:{other}:{mac}:{name}".encode()  # left, not trusted
+    assert store.get(key) == altered.encode()  # left, not trusted
 
 
 def test_a_token_revoked_through_the_cli_is_refused_within_15_s(
@@ -157,3 +159,53 @@ def test_a_token_revoked_through_the_service_leaves_a_tombstone(
     assert store.get(tokens.host_token_key(public_id)) == tokens.REVOKED
     clock.now += auth._HostTokenCache.LOCAL_TTL
     assert poll(client, token) == (401, None)
+
+
+def test_an_old_entry_written_back_over_the_tombstone_is_401(
+    client: FlaskClient,
+    store: redis.Redis,
+    host_tokens: dict[str, str],
+    settings: Settings,
+    database: Database,
+    clock: Clock,
+) -> None:
+    """Someone who can write Redis saved the entry before the revocation and writes it
+    back: it counts no longer than it would have lived in Redis."""
+    token = host_tokens["web-1"]
+    parts = tokens.split(token)
+    assert parts is not None
+    public_id, secret = parts
+    assert poll(client, token) == (200, "web-1")
+    with database.session_scope() as session:
+        row = session.scalar(select(ApiToken).where(ApiToken.public_id == public_id))
+        assert row is not None
+        identity = tokens.CachedHost(row.id, int(row.host_id or 0), row.name)
+        tokens.revoke_token(session, row.id, "test")
+    assert store.get(tokens.host_token_key(public_id)) == tokens.REVOKED
+    key = tokens.cache_mac_key(settings.secret_key.reveal())
+    now = time.time()
+    for sealed_at in (now - tokens.SHARED_TTL - 1, now + tokens.CLOCK_SKEW + 60):
+        entry = tokens.seal(key, public_id, tokens.digest(secret), identity, now=sealed_at)
+        store.set(tokens.host_token_key(public_id), entry)
+        clock.now += auth._HostTokenCache.LOCAL_TTL
+        assert poll(client, token) == (401, None)
+
+
+def test_an_entry_counts_from_its_sealing_until_the_shared_ttl() -> None:
+    key = tokens.cache_mac_key("k" * 32)
+    presented = "ps_0123456789ab_the-secret"
+    identity = tokens.CachedHost(3, 4, "agent:web-1")
+    entry = tokens.seal(key, "0123456789ab", tokens.digest("the-secret"), identity, now=5_000)
+
+    def unseal(now: float) -> tokens.CachedHost | None:
+        return tokens.unseal(key, presented, entry, now=now)
+
+    assert unseal(5_000) == identity
+    assert unseal(5_000 + tokens.SHARED_TTL - 1) == identity
+    assert unseal(5_000 + tokens.SHARED_TTL) is None
+    assert unseal(5_000 - tokens.CLOCK_SKEW) == identity  # another web host's clock, behind
+    assert unseal(5_000 - tokens.CLOCK_SKEW - 1) is None
+    # The time is under the MAC: made younger, the entry is no longer the one sealed.
+    token_id, host_id, _sealed_at, mac, name = entry.decode().split(":", 4)
+    younger = f"{token_id}:{host_id}:{5_000 + tokens.SHARED_TTL}:{mac}:{name}".encode()
+    assert tokens.unseal(key, presented, younger, now=5_000 + tokens.SHARED_TTL) is None

@@ -1,5 +1,6 @@
-"""A worker token reaches the credentials of the build step it holds, and the clone token it
-gets reads that one repository and writes nothing (the test GitHub server enforces both)."""
+"""A worker token reaches the credentials of the build step it holds (claimed in its lane:
+trusted builds, forks' or all; never taken from the token holding it), and the clone token
+it gets reads that one repository and writes nothing (the test GitHub server enforces both)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from controlplane.app import create_app
 from controlplane.db import Database
-from controlplane.models import Installation, Repository
+from controlplane.models import Build, Installation, Repository
 from controlplane.services import hosts, pushes, services, tokens
 from controlplane.settings import Secret, Settings
 from tests.fixtures.github import GitHubAppKey
@@ -77,19 +79,33 @@ def build_id(database: Database, github_server: GitHubServer) -> int:
         return build.id
 
 
-def worker(database: Database, name: str) -> dict[str, str]:
+def worker(database: Database, name: str, builds: str | None = None) -> dict[str, str]:
     with database.session_scope() as session:
-        _row, secret = tokens.create_token(session, name, "worker")
+        _row, secret = tokens.create_token(session, name, "worker", builds=builds)
     return {"Authorization": f"Bearer {secret}"}
 
 
-def claim(client: FlaskClient, headers: dict[str, str], build_id: int, step: str) -> int:
-    response = client.post(
+def claiming(
+    client: FlaskClient, headers: dict[str, str], build_id: int, step: str
+) -> TestResponse:
+    return client.post(
         f"/v1/builds/{build_id}/steps/{step}/claim",
         json={"attempt": 1, "worker": "build-1@test"},
         headers=headers,
     )
-    return response.status_code
+
+
+def claim(client: FlaskClient, headers: dict[str, str], build_id: int, step: str) -> int:
+    return claiming(client, headers, build_id, step).status_code
+
+
+def finish(client: FlaskClient, headers: dict[str, str], build_id: int, step: str) -> None:
+    finished = client.post(
+        f"/v1/builds/{build_id}/steps/{step}/finish",
+        json={"attempt": 1, "status": "succeeded"},
+        headers=headers,
+    )
+    assert finished.status_code == 204, finished.json
 
 
 def credentials(client: FlaskClient, headers: dict[str, str], build_id: int) -> tuple[int, int]:
@@ -110,13 +126,91 @@ def test_only_the_worker_holding_the_step_gets_the_build_credentials(
     assert credentials(client, other, build_id) == (403, 403)
     refused = client.post(f"/v1/builds/{build_id}/git-token", headers=other)
     assert (refused.json or {}).get("error") == "forbidden"
-    finished = client.post(
-        f"/v1/builds/{build_id}/steps/clone/finish",
-        json={"attempt": 1, "status": "succeeded"},
-        headers=holder,
-    )
-    assert finished.status_code == 204
+    finish(client, holder, build_id, "clone")
     assert credentials(client, holder, build_id) == (403, 403)  # between steps: held by none
+
+
+def test_a_running_step_stays_with_its_token_whatever_worker_name_another_sends(
+    github_app: Flask, database: Database, build_id: int
+) -> None:
+    client = github_app.test_client()
+    holder, other = worker(database, "w-1"), worker(database, "w-2")
+    assert claim(client, holder, build_id, "clone") == 200
+    # The same worker name as the holder's (a name is the caller's own word): refused.
+    refused = claiming(client, other, build_id, "clone")
+    assert refused.status_code == 409
+    assert "build-1@test" in (refused.json or {})["message"]
+    assert credentials(client, other, build_id) == (403, 403)
+    assert credentials(client, holder, build_id) == (200, 200)
+    with database.session_scope() as session:
+        build = session.get(Build, build_id)
+        assert build is not None and build.worker_token_id is not None
+        holder_id = build.worker_token_id
+    assert claim(client, holder, build_id, "clone") == 200  # its own retry, after a lost answer
+    with database.session_scope() as session:
+        build = session.get(Build, build_id)
+        assert build is not None and build.worker_token_id == holder_id
+
+
+def admin_secret(database: Database) -> str:
+    with database.session_scope() as session:
+        return tokens.create_token(session, "admin", "admin")[1]
+
+
+def build_variables(client: FlaskClient, database: Database, build_id: int) -> None:
+    """A secret and a plain build argument for the build's service (set by an admin)."""
+    admin = {"Authorization": f"Bearer {admin_secret(database)}"}
+    with database.session_scope() as session:
+        build = session.get(Build, build_id)
+        assert build is not None
+        service_id = build.service_id
+    for name, secret in (("NPM_TOKEN", True), ("PUBLIC_URL", False)):
+        put = client.put(
+            f"/v1/services/{service_id}/variables/{name}",
+            json={"value": f"value-of-{name}", "kind": "build", "secret": secret},
+            headers=admin,
+        )
+        assert put.status_code == 200, put.json
+
+
+def test_a_worker_token_claims_only_the_builds_of_its_lane(
+    github_app: Flask, database: Database, build_id: int
+) -> None:
+    client = github_app.test_client()
+    build_variables(client, database, build_id)
+    forks_only, trusted, everything = (
+        worker(database, "forks", "untrusted"),
+        worker(database, "default"),
+        worker(database, "all", "all"),
+    )
+    refused = claiming(client, forks_only, build_id, "clone")
+    assert refused.status_code == 403
+    assert "claims untrusted builds only" in (refused.json or {})["message"]
+    assert claim(client, everything, build_id, "clone") == 200
+    finish(client, everything, build_id, "clone")
+    # The step with the build arguments: nothing of them to the fork's worker.
+    refused = claiming(client, forks_only, build_id, "build")
+    assert refused.status_code == 403
+    assert "build_args" not in (refused.json or {})
+    assert "value-of-NPM_TOKEN" not in refused.get_data(as_text=True)
+    assert credentials(client, forks_only, build_id) == (403, 403)
+    claimed = claiming(client, trusted, build_id, "build")  # a token made without a lane
+    assert claimed.status_code == 200, claimed.json
+    assert (claimed.json or {})["build_args"]["NPM_TOKEN"] == "value-of-NPM_TOKEN"
+
+
+def test_a_fork_build_is_claimed_by_an_untrusted_lane_token_only(
+    github_app: Flask, database: Database, build_id: int
+) -> None:
+    client = github_app.test_client()
+    with database.session_scope() as session:
+        build = session.get(Build, build_id)
+        assert build is not None
+        build.untrusted = True
+    refused = claiming(client, worker(database, "default"), build_id, "clone")
+    assert refused.status_code == 403
+    assert "claims trusted builds only" in (refused.json or {})["message"]
+    assert claim(client, worker(database, "forks", "untrusted"), build_id, "clone") == 200
 
 
 def git(*args: str) -> subprocess.CompletedProcess[str]:

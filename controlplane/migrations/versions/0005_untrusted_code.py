@@ -6,7 +6,8 @@ A fork's pull request is built and run only after a person approved that exact c
 builds are marked ``untrusted`` and their previews go to hosts marked ``untrusted``.
 ``allow_privileged`` becomes ``compose_allow``: the compose keys beyond the allow-list an
 admin allowed for production builds. Builds remember the worker token that holds their
-running step; registries get read-only credentials for agents. Environment statuses grow
+running step, and worker tokens a lane (``builds``: the trusted builds, forks' or
+all); registries get read-only credentials for agents. Environment statuses grow
 ``awaiting_approval`` and ``refused`` (with ``status_reason``).
 
 Revision ID: 0005
@@ -103,6 +104,8 @@ def upgrade() -> None:
             sa.Column("untrusted", sa.Boolean(), nullable=False, server_default=sa.false())
         )
         batch.add_column(sa.Column("worker_token_id", sa.Integer(), nullable=True))
+    with op.batch_alter_table("api_tokens") as batch:
+        batch.add_column(sa.Column("builds", sa.String(length=16), nullable=True))
     with op.batch_alter_table("registries") as batch:
         batch.add_column(sa.Column("pull_username", sa.String(length=255), nullable=True))
         batch.add_column(sa.Column("pull_password_encrypted", sa.LargeBinary(), nullable=True))
@@ -118,6 +121,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("api_tokens") as batch:
+        batch.drop_column("builds")
     with op.batch_alter_table("registries") as batch:
         batch.drop_column("pull_password_encrypted")
         batch.drop_column("pull_username")
