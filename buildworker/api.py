@@ -98,13 +98,17 @@ class ControlPlane:
         return credentials
 
     def upload_artifacts(
-        self, build_id: int, attempt: int, images: dict[str, Any], compose: str | None
+        self,
+        build_id: int,
+        attempt: int,
+        images: dict[str, Any],
+        compose: str | None,
+        routed_service: str | None = None,
     ) -> None:
-        self._call(
-            "POST",
-            f"/v1/builds/{build_id}/artifacts",
-            json={"attempt": attempt, "images": images, "compose": compose},
-        )
+        body = {"attempt": attempt, "images": images, "compose": compose}
+        if routed_service is not None:
+            body["routed_service"] = routed_service
+        self._call("POST", f"/v1/builds/{build_id}/artifacts", json=body)
 
     def record_deployment(self, service_id: int, build_id: int) -> dict[str, Any]:
         deployment: dict[str, Any] = self._call(

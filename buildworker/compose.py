@@ -17,6 +17,7 @@ from typing import Any
 
 from buildworker.errors import PermanentBuildError
 from contracts.compose_policy import ComposeRefused, load_and_check
+from contracts.compose_routes import RouteChoiceError, routed_service
 from contracts.yamlsafe import MAX_BYTES, YamlRefused, dump_yaml, load_yaml
 
 # docker compose's own lookup order.
@@ -36,12 +37,14 @@ class BuildSpec:
 
 @dataclass(frozen=True)
 class ComposeProject:
-    """A checked compose file: its path and text, every service, and those to build."""
+    """A checked compose file: its path and text, every service, those to build, and the
+    one that gets the environment's domain (:func:`contracts.compose_routes.routed_service`)."""
 
     path: Path
     text: str
     services: tuple[str, ...]
     builds: tuple[BuildSpec, ...]
+    routed_service: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,10 @@ def parse_compose(
         document = load_and_check(text, extra_allowed=extra_allowed)
     except ComposeRefused as exc:
         raise PermanentBuildError(str(exc)) from None
+    try:
+        routed = routed_service(document)
+    except RouteChoiceError as exc:
+        raise PermanentBuildError(str(exc)) from None
     project_dir = path.parent.resolve()
     builds = []
     for name, service in document["services"].items():
@@ -123,7 +130,7 @@ def parse_compose(
             inside(workspace, project_dir, env_file, f"services.{name}.env_file[{index}]")
         if service.get("build") is not None:
             builds.append(_build_spec(name, service["build"], project_dir, workspace))
-    return ComposeProject(path, text, tuple(document["services"]), tuple(builds))
+    return ComposeProject(path, text, tuple(document["services"]), tuple(builds), routed)
 
 
 def pin_images(compose_text: str, images: Mapping[str, str]) -> str:

@@ -252,6 +252,7 @@ class StepRunner:
             built[key] = {"repository": repository, "tag": tag, "branch_tag": branch_tag}
         state["images"] = built
         state["compose"] = plan.compose.text if plan.compose else None
+        state["routed_service"] = plan.compose.routed_service if plan.compose else None
         self._save_state(spec, state)
 
     def _repository(self, spec: dict[str, Any], service: str | None) -> str:
@@ -362,7 +363,9 @@ class StepRunner:
             key: {"repository": i["repository"], "tag": i["tag"], "digest": i["digest"]}
             for key, i in state["images"].items()
         }
-        self.api.upload_artifacts(spec["build_id"], spec["attempt"], artifacts, pinned)
+        self.api.upload_artifacts(
+            spec["build_id"], spec["attempt"], artifacts, pinned, state.get("routed_service")
+        )
 
     def _record_deployment(self, spec: dict[str, Any], build_log: BuildLog) -> None:
         deployment = self.api.record_deployment(spec["service_id"], spec["build_id"])

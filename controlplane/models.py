@@ -242,6 +242,8 @@ class Build(TimestampMixin, Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     images: Mapped[dict[str, Any]] = mapped_column(default=dict)
     compose: Mapped[str | None] = mapped_column(Text)
+    # The compose service the file routes (contracts.compose_routes), as the worker found it.
+    routed_service: Mapped[str | None] = mapped_column(String(63))
     error: Mapped[str | None] = mapped_column(Text)
     failed_step: Mapped[str | None] = mapped_column(String(32))
     github_deployment_id: Mapped[int | None] = mapped_column(BigInteger)

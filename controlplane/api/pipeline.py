@@ -172,6 +172,7 @@ def upload_artifacts(data: dict[str, Any], build_id: int) -> None:
             data["images"],
             data["compose"],
             registry=_settings().registry,
+            routed=data["routed_service"],
         )
     except ComposeRefusedError:
         _end(build_id)

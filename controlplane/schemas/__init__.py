@@ -261,6 +261,9 @@ class ArtifactsSchema(Schema):
     attempt = fields.Integer(required=True)
     images = fields.Dict(keys=fields.String(), values=fields.Nested(ImageSchema), required=True)
     compose = fields.String(load_default=None, allow_none=True)
+    routed_service = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=63)
+    )
 
 
 class GitTokenSchema(Schema):

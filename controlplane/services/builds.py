@@ -29,12 +29,14 @@ from contracts.compose_policy import (
     load_and_check,
     parse_memory,
 )
+from contracts.compose_routes import RouteChoiceError, routed_service
 from contracts.image_names import (
     DIGEST_RE,
     image_repository,
     may_name_registry_image,
     pull_request_repository,
 )
+from contracts.yamlsafe import YamlRefused, load_yaml
 from controlplane.errors import (
     ComposeRefusedError,
     Conflict,
@@ -248,6 +250,7 @@ def record_artifacts(
     compose: str | None,
     *,
     registry: str,
+    routed: str | None = None,
 ) -> Build:
     """Store the pushed images (by digest) and the pinned compose file of a build.
 
@@ -255,12 +258,15 @@ def record_artifacts(
     (with the service's extra keys unless the build is a fork's) and every image must be
     a digest under the repository this build pushes to (``registry``). Anything else fails
     the build, puts its environment in status ``refused`` with the reasons, and raises
-    ComposeRefusedError; the caller commits that record before answering.
+    ComposeRefusedError; the caller commits that record before answering. The routed
+    service is the one the compose file names (:mod:`contracts.compose_routes`): a
+    worker's ``routed`` that differs is refused too, and a worker that sent none is fine.
     """
     build = get_build(session, build_id, lock=True)
     if attempt != build.attempt or build.status in FINISHED:
         raise Conflict(f"build {build_id} attempt {attempt} is no longer current")
-    violations = artifact_violations(build, images, compose, registry)
+    derived, route_violations = _routed_service(compose, routed)
+    violations = artifact_violations(build, images, compose, registry) + route_violations
     if violations:
         reasons = "; ".join(str(v) for v in violations[:MAX_LISTED])
         running = [step.name for step in build.steps if step.status == "running"]
@@ -293,7 +299,30 @@ def record_artifacts(
         build.environment.status_reason = None  # an earlier build's refusal is over
     build.images = images
     build.compose = compose
+    build.routed_service = derived
     return build
+
+
+def _routed_service(
+    compose: str | None, claimed: str | None
+) -> tuple[str | None, tuple[Violation, ...]]:
+    """The routed service of a pinned compose file, and what is wrong with ``claimed``."""
+    if compose is None:
+        if claimed is None:
+            return None, ()
+        return None, (Violation("routed_service", "a build without compose routes no service"),)
+    try:
+        document = load_yaml(compose)
+        derived = routed_service(document) if isinstance(document, dict) else None
+    except YamlRefused:
+        return None, ()  # the policy check names what is wrong with the file
+    except RouteChoiceError as exc:
+        return None, (Violation("routed_service", str(exc)),)
+    if claimed is not None and claimed != derived:
+        return derived, (
+            Violation("routed_service", f"the compose file routes {derived!r}, not {claimed!r}"),
+        )
+    return derived, ()
 
 
 def artifact_violations(

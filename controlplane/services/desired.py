@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from contracts.compose_policy import Caps, load_and_check, parse_memory
+from contracts.compose_routes import published_routes, routed_service
 from contracts.yamlsafe import YamlRefused, load_yaml
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
@@ -183,13 +184,20 @@ def _environment_state(
         image = f"{app_image['repository']}@{app_image['digest']}"
     production = environment.kind == "production" and not build.untrusted
     compose_allow = sorted(map(str, service.compose_allow)) if production else []
+    routed = None
     if compose:
         memory = parse_memory(service.memory_limit) if service.memory_limit else None
-        load_and_check(
+        document = load_and_check(
             compose,
             extra_allowed=frozenset(compose_allow),
             caps=Caps(cpus=service.cpu_limit, memory_bytes=memory),
         )
+        # From the file itself, never from the order the database returns images in.
+        routed = routed_service(document)
+        if build.routed_service is not None and build.routed_service != routed:
+            raise ValueError(
+                f"the compose file routes {routed!r}, the build recorded {build.routed_service!r}"
+            )
     installation_id = service.repository.installation_id if service.repository else None
     credentials = credentials_for(installation_id)
     return {
@@ -204,10 +212,8 @@ def _environment_state(
         "compose": compose,
         "compose_allow": compose_allow,
         "port": service.port,
-        "routed_service": next(iter(build.images), None) if compose else None,
-        "routes": compose_routes(compose, next(iter(build.images), None), environment.domain)
-        if compose
-        else [],
+        "routed_service": routed,
+        "routes": compose_routes(compose, routed, environment.domain) if compose else [],
         "domains": [environment.domain] if environment.domain else [],
         "env": _runtime_env(box, environment, service_variables),
         "health_check": {"path": service.health_check_path, "timeout": 60}
@@ -226,36 +232,21 @@ def _environment_state(
     }
 
 
-def _container_port(entry: Any) -> int | None:
-    """The container side of a compose ``ports``/``expose`` entry (8080, "80:8080", ...)."""
-    if isinstance(entry, dict):
-        entry = entry.get("target")
-    text = str(entry).split("/", 1)[0].rsplit(":", 1)[-1].split("-", 1)[0]
-    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
-
-
 def compose_routes(compose: str, routed: str | None, domain: str | None) -> list[dict[str, Any]]:
-    """Every other compose service that listens gets ``<service>.<domain>`` of its own."""
+    """Each other service the file publishes with ``ports:`` gets ``<service>.<domain>``;
+    ``expose``-only services stay internal."""
     if not domain:
         return []
     try:
         document = load_yaml(compose) or {}
     except YamlRefused:
         return []
-    services = document.get("services") if isinstance(document, dict) else None
-    routes = []
-    for name, spec in (services if isinstance(services, dict) else {}).items():
-        if name == routed or not isinstance(spec, dict):
-            continue
-        listed = [spec.get("ports"), spec.get("expose")]
-        ports = [
-            _container_port(p) for entries in listed if isinstance(entries, list) for p in entries
-        ]
-        port = next((p for p in ports if p), None)
-        label = re.sub(r"[^a-z0-9-]", "-", str(name).lower()).strip("-")
-        if port and label:
-            routes.append({"service": name, "port": port, "domains": [f"{label}.{domain}"]})
-    return routes
+    if not isinstance(document, dict):
+        return []
+    return [
+        {"service": r.service, "port": r.port, "domains": [f"{r.label}.{domain}"]}
+        for r in published_routes(document, routed)
+    ]
 
 
 def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str) -> dict[str, Any]:

@@ -69,6 +69,7 @@ def test_builds_listed_with_string_and_mapping_forms(tmp_path):
         tmp_path,
         {
             "compose.yaml": """\
+                x-portside: {route: web}
                 services:
                   web:
                     build: .
@@ -96,6 +97,7 @@ def test_builds_listed_with_string_and_mapping_forms(tmp_path):
     project = load_compose(tmp_path)
     assert project is not None
     assert project.services == ("web", "worker", "listed", "db")
+    assert project.routed_service == "web"
     root = tmp_path.resolve()
     assert project.builds == (
         BuildSpec("web", root, "Dockerfile"),
@@ -108,6 +110,32 @@ def test_builds_listed_with_string_and_mapping_forms(tmp_path):
         ),
         BuildSpec("listed", root / "worker", "Dockerfile", {"A": "1", "C": "x=y"}),
     )
+
+
+def test_the_routed_service_is_the_one_published_with_ports(tmp_path):
+    write(
+        tmp_path,
+        {
+            "compose.yaml": "services:\n  api:\n    build: .\n    expose: ['9000']\n"
+            "  frontend:\n    build: .\n    ports: ['3000']\n",
+            "Dockerfile": "FROM base\n",
+        },
+    )
+    plan = plan_builds(tmp_path)
+    assert plan.compose is not None and plan.compose.routed_service == "frontend"
+
+
+def test_a_compose_file_that_leaves_the_route_open_fails_the_build(tmp_path):
+    write(
+        tmp_path,
+        {
+            "compose.yaml": "services:\n  api:\n    build: .\n    ports: ['9000']\n"
+            "  frontend:\n    build: .\n    ports: ['3000']\n",
+            "Dockerfile": "FROM base\n",
+        },
+    )
+    with pytest.raises(PermanentBuildError, match=r"\(api, frontend\).*x-portside: \{route:"):
+        plan_builds(tmp_path)
 
 
 def test_plan_without_compose_uses_the_root_dockerfile(tmp_path):

@@ -20,11 +20,9 @@ services:
 """
 
 
-def test_each_listening_compose_service_gets_its_own_subdomain() -> None:
+def test_each_published_compose_service_gets_its_own_subdomain() -> None:
     routes = compose_routes(COMPOSE, "web", "pr-2.hello.example.com")
-    assert routes == [
-        {"service": "api", "port": 3000, "domains": ["api.pr-2.hello.example.com"]},
-        {"service": "db_main", "port": 5432, "domains": ["db-main.pr-2.hello.example.com"]},
-    ]
+    # db_main only exposes its port: it stays internal.
+    assert routes == [{"service": "api", "port": 3000, "domains": ["api.pr-2.hello.example.com"]}]
     assert compose_routes(COMPOSE, "web", None) == []
     assert compose_routes("services: [", "web", "x.example.com") == []

@@ -6,9 +6,10 @@ A fork's pull request is built and run only after a person approved that exact c
 builds are marked ``untrusted`` and their previews go to hosts marked ``untrusted``.
 ``allow_privileged`` becomes ``compose_allow``: the compose keys beyond the allow-list an
 admin allowed for production builds. Builds remember the worker token that holds their
-running step, and worker tokens a lane (``builds``: the trusted builds, forks' or
-all); registries get read-only credentials for agents. Environment statuses grow
-``awaiting_approval`` and ``refused`` (with ``status_reason``).
+running step and the compose service their file routes, and worker tokens a lane
+(``builds``: the trusted builds, forks' or all); registries get read-only credentials for
+agents. Environment statuses grow ``awaiting_approval`` and ``refused`` (with
+``status_reason``).
 
 Revision ID: 0005
 Revises: 0004
@@ -104,6 +105,7 @@ def upgrade() -> None:
             sa.Column("untrusted", sa.Boolean(), nullable=False, server_default=sa.false())
         )
         batch.add_column(sa.Column("worker_token_id", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("routed_service", sa.String(length=63), nullable=True))
     with op.batch_alter_table("api_tokens") as batch:
         batch.add_column(sa.Column("builds", sa.String(length=16), nullable=True))
     with op.batch_alter_table("registries") as batch:
@@ -127,6 +129,7 @@ def downgrade() -> None:
         batch.drop_column("pull_password_encrypted")
         batch.drop_column("pull_username")
     with op.batch_alter_table("builds") as batch:
+        batch.drop_column("routed_service")
         batch.drop_column("worker_token_id")
         batch.drop_column("untrusted")
     with op.batch_alter_table("environments") as batch:
