@@ -559,8 +559,7 @@ def _celery(settings: Settings, argv: list[str]) -> int:
     _check_redis(settings)
     from tasks import worker
 
-    worker.run(settings, argv)
-    return 0
+    return worker.run(settings, argv)
 
 
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:

@@ -88,6 +88,8 @@ def configure(settings: Settings) -> Celery:
         task_send_sent_event=False,
         worker_send_task_events=True,
         worker_prefetch_multiplier=1,
+        # Reconnects after a broker restart while holding an unacknowledged message.
+        worker_consumer="tasks.worker:Consumer",
         # The web process must answer GitHub quickly even when Redis is down: the
         # delivery is already committed and the outbox re-drives it.
         task_publish_retry=False,
