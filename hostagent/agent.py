@@ -345,6 +345,7 @@ def main(environ: Mapping[str, str]) -> int:
         client,
         settings.state_dir,
         publish_host=settings.publish_host,
+        proxy_network=settings.proxy_network,
         compose_command_override=settings.compose_command,
         environ=dict(environ),
     )

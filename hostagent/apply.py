@@ -88,6 +88,8 @@ OVERRIDE_FILE = "portside.override.yml"
 # The project directory compose resolves relative paths against: empty, private, and
 # holding nothing of the agent's, whatever a compose file names relative to it.
 EMPTY_DIR = "empty"
+# The override's key for the proxy network (declared external, under its real name).
+PROXY_NETWORK_KEY = "portside-proxy"
 # Compose limit keys the override sets, and where ``deploy.resources.limits`` says the same.
 LIMIT_KEYS = (("cpus", "cpus"), ("mem_limit", "memory"), ("pids_limit", "pids"))
 # Compose's escaped dollar first, so that it is kept as it is; any other dollar doubled.
@@ -173,6 +175,8 @@ class Applier:
     client: Any
     state_dir: Path
     publish_host: str = ""
+    # The network Traefik watches: routed containers join it, and nothing else.
+    proxy_network: str = ""
     compose_command_override: Sequence[str] | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     run: Runner = subprocess.run
@@ -308,7 +312,14 @@ class Applier:
             lbl.ROLE: lbl.ROLE_APP,
             lbl.KIND: spec.kind,
             lbl.HOST: action.host,
-            **traefik_labels(spec.name, spec.domains, spec.port, action.routing, spec.health_check),
+            **traefik_labels(
+                spec.name,
+                spec.domains,
+                spec.port,
+                action.routing,
+                spec.health_check,
+                network=self.proxy_network,
+            ),
         }
 
     def start_container(self, action: StartContainer) -> None:
@@ -316,13 +327,16 @@ class Applier:
         assert spec.image is not None  # container mode guarantees it (validated)
         self.ensure_image(spec.image, spec.registry)
         self.refuse_routing_labels(spec.image)
+        labels = self.container_labels(action)
         kwargs: dict[str, Any] = {
             "name": action.name,
             "detach": True,
-            "labels": self.container_labels(action),
+            "labels": labels,
             "environment": dict(spec.env),
             "restart_policy": restart_policy(spec.resources.restart),
         }
+        if self.proxy_network and "traefik.enable" in labels:
+            kwargs["network"] = self.proxy_network
         if spec.resources.cpus:
             kwargs["nano_cpus"] = int(spec.resources.cpus * 1_000_000_000)
         if spec.resources.memory:
@@ -450,9 +464,15 @@ class Applier:
 
     def override_file(self, action: ComposeUp, document: Mapping[str, Any]) -> dict[str, Any]:
         """Labels, runtime env, restart policy, limits (a preview's shared by its services)
-        and the one published port, per service."""
+        and the one published port, per service; the services Traefik routes to join the
+        proxy network (declared external), keeping their own networks."""
         spec = action.spec
         services: Mapping[str, Any] = document.get("services") or {}
+        if self.proxy_network and PROXY_NETWORK_KEY in (document.get("networks") or {}):
+            raise EnvironmentRefused(
+                f"compose file refused: networks.{PROXY_NETWORK_KEY}: the agent's own name"
+            )
+        network = self.proxy_network
         common = {
             lbl.ENVIRONMENT: spec.name,
             lbl.DEPLOYMENT: str(spec.deployment_id),
@@ -480,7 +500,12 @@ class Applier:
                     {
                         key: value.replace("$", "$$")
                         for key, value in traefik_labels(
-                            spec.name, spec.domains, spec.port, action.routing, spec.health_check
+                            spec.name,
+                            spec.domains,
+                            spec.port,
+                            action.routing,
+                            spec.health_check,
+                            network=network,
                         ).items()
                     }
                 )
@@ -489,10 +514,18 @@ class Applier:
             for route in spec.routes:
                 if route.service == name:
                     router = f"{spec.name}-{re.sub(r'[^a-z0-9-]', '-', name.lower())}"
-                    labels = traefik_labels(router, route.domains, route.port, action.routing)
+                    labels = traefik_labels(
+                        router, route.domains, route.port, action.routing, network=network
+                    )
                     entry["labels"].update({k: v.replace("$", "$$") for k, v in labels.items()})
+            if network and "traefik.enable" in entry["labels"]:
+                # Without networks of its own a service is on "default": keep it there.
+                entry["networks"] = {key: {} for key in service.get("networks") or ["default"]}
+                entry["networks"][PROXY_NETWORK_KEY] = {}
             out[name] = entry
         override["services"] = out
+        if network and any("networks" in entry for entry in out.values()):
+            override["networks"] = {PROXY_NETWORK_KEY: {"external": True, "name": network}}
         return override
 
     def run_compose(self, environment: str, texts: Sequence[str], *args: str) -> str:

@@ -567,8 +567,13 @@ def traefik_labels(
     port: int | None,
     routing: Routing,
     health_check: HealthCheck | None = None,
+    *,
+    network: str = "",
 ) -> dict[str, str]:
     """Docker-provider labels routing ``domains`` to ``port``; empty if nothing to route.
+
+    ``network``: the proxy network, which Traefik must use to reach a container that is
+    on several networks (a compose service keeps its project's network too).
 
     Old and new containers of one environment carry the same router and service names,
     so during a switch Traefik load-balances over both; its own health check on the
@@ -593,4 +598,6 @@ def traefik_labels(
     if health_check is not None:
         labels[f"{service}.loadbalancer.healthcheck.path"] = health_check.path
         labels[f"{service}.loadbalancer.healthcheck.interval"] = "5s"
+    if network:
+        labels["traefik.docker.network"] = network
     return labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from hostagent.errors import AgentConfigError
 DEFAULT_INTERVAL = 10.0
 MAX_INTERVAL = 3600.0
 MAX_CPUS = 1024.0
+# Docker's rule for a network name.
+NETWORK_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 
 
 def _default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -34,13 +37,14 @@ class AgentSettings:
     state_dir: Path = Path(".")
     compose_command: tuple[str, ...] | None = None
     preview_limits: PreviewLimits = PreviewLimits()
+    proxy_network: str = ""
 
     def __repr__(self) -> str:
         return (
             f"AgentSettings(url={self.url!r}, token='***', interval={self.interval!r}, "
             f"publish_host={self.publish_host!r}, state_dir={str(self.state_dir)!r}, "
             f"compose_command={self.compose_command!r}, "
-            f"preview_limits={self.preview_limits!r})"
+            f"preview_limits={self.preview_limits!r}, proxy_network={self.proxy_network!r})"
         )
 
     __str__ = __repr__
@@ -78,6 +82,9 @@ class AgentSettings:
         publish_host = environ.get("PORTSIDE_AGENT_PUBLISH_HOST", "").strip()
         if any(ch.isspace() or ch in "/:" for ch in publish_host) and not _is_ipv6(publish_host):
             raise AgentConfigError("PORTSIDE_AGENT_PUBLISH_HOST must be a bare address")
+        proxy_network = environ.get("PORTSIDE_AGENT_PROXY_NETWORK", "").strip()
+        if proxy_network and not NETWORK_NAME_RE.fullmatch(proxy_network):
+            raise AgentConfigError("PORTSIDE_AGENT_PROXY_NETWORK must be a Docker network name")
         raw_dir = environ.get("PORTSIDE_AGENT_STATE_DIR", "").strip()
         state_dir = Path(raw_dir).expanduser() if raw_dir else _default_state_dir(environ)
         raw_compose = environ.get("PORTSIDE_COMPOSE_COMMAND", "").strip()
@@ -95,6 +102,7 @@ class AgentSettings:
             state_dir=state_dir,
             compose_command=compose or None,
             preview_limits=_preview_limits(environ),
+            proxy_network=proxy_network,
         )
 
 

@@ -149,6 +149,43 @@ def test_other_compose_services_get_routes_of_their_own(tmp_path: Path):
     assert db["traefik.http.services.hello-db.loadbalancer.server.port"] == "5432"
     web = override["services"]["web"]["labels"]
     assert web["traefik.http.routers.hello.rule"] == "Host(`hello.example.com`)"
+    assert "networks" not in override  # no proxy network set: nothing joins one
+
+
+PROXIED = """
+services:
+  web:
+    image: 127.0.0.1:5001/a/web@sha256:{d}
+  api:
+    image: 127.0.0.1:5001/a/api@sha256:{d}
+    networks: [back]
+  db:
+    image: 127.0.0.1:5001/a/db@sha256:{d}
+    networks: [back]
+networks:
+  back: {{}}
+""".format(d="1" * 64)
+
+
+def test_routed_services_join_the_proxy_network_and_keep_their_own(tmp_path: Path):
+    routes = [{"service": "api", "port": 8000, "domains": ["api.hello.example.com"]}]
+    action = compose_action(PROXIED, port=8080, routes=routes)
+    applier = Applier(object(), tmp_path, proxy_network="traefik_proxy")
+    override = applier.override_file(action, applier.checked_compose(action.spec))
+    assert override["networks"] == {"portside-proxy": {"external": True, "name": "traefik_proxy"}}
+    web, api, db = (override["services"][name] for name in ("web", "api", "db"))
+    assert web["networks"] == {"default": {}, "portside-proxy": {}}
+    assert api["networks"] == {"back": {}, "portside-proxy": {}}
+    assert "networks" not in db
+    for service in (web, api):
+        assert service["labels"]["traefik.docker.network"] == "traefik_proxy"
+    assert not any(key.startswith("traefik.") for key in db["labels"])
+
+    # A file's own network by the agent's name would put its services on the proxy's.
+    taken = PROXIED.replace("back", "portside-proxy")
+    action = compose_action(taken, port=8080, routes=routes)
+    with pytest.raises(EnvironmentRefused, match=r"networks\.portside-proxy: the agent"):
+        applier.override_file(action, applier.checked_compose(action.spec))
 
 
 SANITISE = """

@@ -229,6 +229,8 @@ def test_traefik_labels():
         "traefik.http.routers.hello.tls.certresolver": "letsencrypt",
         "traefik.http.services.hello.loadbalancer.server.port": "8080",
     }
+    proxied = traefik_labels("hello", ("a.example.com",), 80, Routing(), network="proxy")
+    assert proxied["traefik.docker.network"] == "proxy"
 
 
 def test_traefik_labels_without_tls_or_route():

@@ -26,6 +26,7 @@ def test_defaults():
     assert settings.state_dir == Path("/home/a/.local/share/portside/agent")
     assert settings.compose_command is None
     assert settings.preview_limits == PreviewLimits(cpus=1.0, memory="512m", pids=256)
+    assert settings.proxy_network == ""
 
 
 def test_all_set():
@@ -40,8 +41,10 @@ def test_all_set():
             "PORTSIDE_AGENT_PREVIEW_MEMORY": "1G",
             "PORTSIDE_AGENT_PREVIEW_PIDS": "100",
             "PORTSIDE_AGENT_PREVIEW_MAX_SERVICES": "4",
+            "PORTSIDE_AGENT_PROXY_NETWORK": " portside_proxy ",
         }
     )
+    assert settings.proxy_network == "portside_proxy"
     assert settings.preview_limits == PreviewLimits(cpus=0.5, memory="1g", pids=100, services=4)
     assert settings.interval == 2.5
     assert settings.publish_host == "127.0.0.1"
@@ -71,6 +74,8 @@ def test_token_is_masked():
         ({"PORTSIDE_AGENT_PREVIEW_PIDS": "-5"}, "PORTSIDE_AGENT_PREVIEW_PIDS"),
         ({"PORTSIDE_AGENT_PREVIEW_MAX_SERVICES": "0"}, "PORTSIDE_AGENT_PREVIEW_MAX_SERVICES"),
         ({"PORTSIDE_AGENT_PREVIEW_MAX_SERVICES": "many"}, "PORTSIDE_AGENT_PREVIEW_MAX_SERVICES"),
+        ({"PORTSIDE_AGENT_PROXY_NETWORK": "proxy net"}, "PORTSIDE_AGENT_PROXY_NETWORK"),
+        ({"PORTSIDE_AGENT_PROXY_NETWORK": "-proxy"}, "PORTSIDE_AGENT_PROXY_NETWORK"),
         ({"PORTSIDE_URL": "http://cp.example:8000"}, "PORTSIDE_ALLOW_INSECURE_URL"),
         ({"PORTSIDE_URL": "http://10.0.0.2"}, "PORTSIDE_ALLOW_INSECURE_URL"),
         ({"PORTSIDE_URL": "http://127.0.0.1.example.com"}, "PORTSIDE_ALLOW_INSECURE_URL"),
