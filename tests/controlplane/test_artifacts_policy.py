@@ -63,6 +63,7 @@ def upload(
     build_id: int,
     images: dict[str, Any],
     compose: str | None,
+    **extra: Any,
 ) -> Any:
     """Claim the steps up to upload_compose as a worker does, then upload the artifacts."""
     for step in ("clone", "build", "push", "upload_compose"):
@@ -81,7 +82,7 @@ def upload(
             assert finished.status_code == 204, finished.json
     return client.post(
         f"/v1/builds/{build_id}/artifacts",
-        json={"attempt": 1, "images": images, "compose": compose},
+        json={"attempt": 1, "images": images, "compose": compose, **extra},
         headers=headers,
     )
 
@@ -188,6 +189,48 @@ REFUSED = {
         )
     },
 }
+
+
+@pytest.mark.parametrize(
+    ("compose", "sent", "stored", "violation"),
+    [
+        (pinned(), "web", "web", None),
+        (pinned(), None, "web", None),  # a worker that sends none: derived all the same
+        (pinned(), "db", None, "routed_service: the compose file routes 'web', not 'db'"),
+        (
+            pinned(extra="    ports: ['8000']\n").replace(
+                "postgres:16", "postgres:16\n    ports: [5432]"
+            ),
+            None,
+            None,
+            "routed_service: compose file: several services are published with ports: (web, db)",
+        ),
+    ],
+)
+def test_the_routed_service_is_the_one_the_pinned_file_names(
+    client: FlaskClient,
+    worker_headers: dict[str, str],
+    db_session: Session,
+    database: Database,
+    service_id: int,
+    compose: str,
+    sent: str | None,
+    stored: str | None,
+    violation: str | None,
+) -> None:
+    build_id = new_build(database, service_id, SHA_GOOD)
+    extra = {"routed_service": sent} if sent else {}
+    response = upload(client, worker_headers, build_id, {"web": image()}, compose, **extra)
+    db_session.expire_all()
+    build = db_session.get(Build, build_id)
+    assert build is not None
+    if violation is None:
+        assert response.status_code == 204, response.json
+        assert build.routed_service == stored
+    else:
+        assert response.status_code == 422, response.json
+        assert any(v.startswith(violation) for v in response.json["details"]["violations"])
+        assert (build.status, build.routed_service) == ("failed", None)
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
