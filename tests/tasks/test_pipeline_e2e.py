@@ -243,6 +243,7 @@ def test_compose_repository_yields_a_pinned_compose_artifact(
     done = wait_for(lambda: finished(stack, sha), 300, 0.5, "the compose build")
     assert done.status == "succeeded", done.error
     assert set(done.images) == {"web", "worker"}
+    assert done.routed_service == "web"  # the one service published with ports:
     pinned = yaml.safe_load(done.compose or "")
     for name in ("web", "worker"):
         image = done.images[name]
