@@ -141,11 +141,13 @@ def build_report(
     outcomes: Mapping[str, EnvironmentOutcome],
     failures: Mapping[str, Failure],
     publish_host: str = "",
+    *,
+    proxy_network: str = "",
 ) -> dict[str, Any]:
     """The body of ``POST /v1/agent/status`` for the generation just applied."""
     environments = []
     for env in desired.environments:
-        digest = config_hash(env, publish_host, desired.routing)
+        digest = config_hash(env, publish_host, desired.routing, proxy_network=proxy_network)
         environments.append(
             _environment_status(
                 env,
@@ -211,7 +213,12 @@ def _remember_failures(
     # Forget failures of configs no longer desired: memory stays bounded, and a state
     # that brings the config back later deserves a fresh try.
     wanted = {
-        failure_key(env, config_hash(env, state.publish_host, desired.routing))
+        failure_key(
+            env,
+            config_hash(
+                env, state.publish_host, desired.routing, proxy_network=state.applier.proxy_network
+            ),
+        )
         for env in desired.environments
     }
     for key in list(state.failures):
@@ -245,7 +252,13 @@ def run_once(
     host = desired.host if desired is not None else None
     client = state.applier.client
     observed = observe(client, host)
-    actions = plan(desired, observed, publish_host=state.publish_host, failed=set(state.failures))
+    actions = plan(
+        desired,
+        observed,
+        publish_host=state.publish_host,
+        proxy_network=state.applier.proxy_network,
+        failed=set(state.failures),
+    )
     outcomes: dict[str, EnvironmentOutcome] = {}
     if actions:
         log.info("applying: %s", "; ".join(describe(actions)))
@@ -254,7 +267,14 @@ def run_once(
     report: dict[str, Any] | None = None
     if desired is not None:
         _remember_failures(state, desired, outcomes)
-        report = build_report(desired, observed, outcomes, state.failures, state.publish_host)
+        report = build_report(
+            desired,
+            observed,
+            outcomes,
+            state.failures,
+            state.publish_host,
+            proxy_network=state.applier.proxy_network,
+        )
         if not isinstance(error, PermanentAgentError):
             try:
                 source.report(report)

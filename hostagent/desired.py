@@ -518,9 +518,14 @@ def parse_desired_state(value: object) -> DesiredState:
 
 
 def config_hash(
-    env: DesiredEnvironment, publish_host: str = "", routing: Routing | None = None
+    env: DesiredEnvironment,
+    publish_host: str = "",
+    routing: Routing | None = None,
+    *,
+    proxy_network: str = "",
 ) -> str:
-    """sha256 over everything whose change must recreate the container(s).
+    """sha256 over everything whose change must recreate the container(s), the host's
+    placement too (``publish_host``, ``proxy_network``: set later, it must attach them).
 
     The deployment id is left out on purpose: a redeploy of the same image with the same
     settings changes nothing that runs, so nothing is restarted.
@@ -549,6 +554,8 @@ def config_hash(
         material["pids"] = env.resources.pids
     if env.allowed_compose_keys:
         material["compose_allow"] = sorted(env.allowed_compose_keys)
+    if proxy_network:
+        material["proxy_network"] = proxy_network
     encoded = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()
 

@@ -199,6 +199,7 @@ def plan(
     observed: ObservedState,
     *,
     publish_host: str = "",
+    proxy_network: str = "",
     failed: Collection[str] = frozenset(),
 ) -> list[Action]:
     """The actions that make ``observed`` match ``desired``, in the order to run them.
@@ -213,7 +214,7 @@ def plan(
         return []
     actions: list[Action] = []
     for env in desired.environments:
-        digest = config_hash(env, publish_host, desired.routing)
+        digest = config_hash(env, publish_host, desired.routing, proxy_network=proxy_network)
         current = observed.get(env.name)
         if env.mode == "container":
             actions += _plan_container(

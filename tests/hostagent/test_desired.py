@@ -259,6 +259,8 @@ def test_config_hash_covers_what_recreates():
         other = parse_desired_state(state_body(env_body(**change))).environments[0]
         assert config_hash(other) != digest, change
     assert config_hash(base, "127.0.0.1") != digest
+    assert config_hash(base, proxy_network="") == digest  # set later, it counts
+    assert config_hash(base, proxy_network="traefik_proxy") != digest
     same = parse_desired_state(state_body(env_body(deployment_id=99))).environments[0]
     assert config_hash(same) == digest
 

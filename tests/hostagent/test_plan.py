@@ -137,6 +137,11 @@ def test_publish_host_is_part_of_the_config():
     assert isinstance(actions[0], StartContainer)
 
 
+def test_a_proxy_network_set_later_recreates_what_runs():
+    actions = plan(STATE, observed(container("c1", config_hash=NEW)), proxy_network="proxy")
+    assert isinstance(actions[0], StartContainer)
+
+
 def test_remove_when_no_longer_desired():
     state = desired(env_body())
     actions = plan(

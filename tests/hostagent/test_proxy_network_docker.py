@@ -86,7 +86,8 @@ def test_routed_containers_join_the_proxy_network_and_nothing_else_does(
     compose = COMPOSE.format(
         frontend=frontend_image, api=images("api", page="api"), db=images("db")
     )
-    proxy = docker_client.networks.create(network, driver="bridge", labels={lbl.MANAGED: "test"})
+    # Unlabelled, so no concurrent session's cleanup of io.portside.* takes it; removed below.
+    proxy = docker_client.networks.create(network, driver="bridge")
     applier = Applier(
         docker_client,
         tmp_path / "state",
@@ -97,11 +98,12 @@ def test_routed_containers_join_the_proxy_network_and_nothing_else_does(
         poll_seconds=0.2,
     )
     agent = AgentState(applier, publish_host=PUBLISH)
-    # Traefik's stand-in: a container on the proxy network only.
-    stand_in = docker_client.containers.run(
-        base_image, ["sleep", "600"], network=network, detach=True, labels={lbl.MANAGED: "test"}
-    )
+    stand_in: Any = None
     try:
+        # Traefik's stand-in: a container on the proxy network only.
+        stand_in = docker_client.containers.run(
+            base_image, ["sleep", "600"], network=network, detach=True
+        )
         source = FakeSource(desired(host, shop(name, compose), app_env(single, frontend_image, 2)))
         report = run_once(agent, source).report
         for environment in (name, single):
@@ -147,7 +149,8 @@ def test_routed_containers_join_the_proxy_network_and_nothing_else_does(
         assert fetch_from(stand_in, db, "5432") is None
         assert fetch_from(containers["frontend"], db, "5432") == "db"
     finally:
-        stand_in.remove(force=True)
+        if stand_in is not None:
+            stand_in.remove(force=True)
         applier.compose_down(name, remove_volumes=True)
         for container in managed(docker_client, host):
             container.remove(force=True)
