@@ -278,20 +278,8 @@ def record_artifacts(
             succeeded=False,
             error=f"artifacts refused: {reasons}",
         )
-        environment = build.environment
-        environment.status = "refused"
-        environment.status_reason = (
-            f"{REFUSED_ARTIFACTS}{build.id} ({build.commit_sha[:7]}) refused: {reasons}"
-        )
-        audit.record(
-            session,
-            "control plane",
-            "environment.refused",
-            "environment",
-            environment.id,
-            build=build.id,
-            reason=environment.status_reason,
-        )
+        reason = f"{REFUSED_ARTIFACTS}{build.id} ({build.commit_sha[:7]}) refused: {reasons}"
+        desired.refuse(session, build.environment, reason, build=build.id)
         raise ComposeRefusedError(
             f"artifacts refused: {reasons}", details={"violations": [str(v) for v in violations]}
         )

@@ -294,7 +294,7 @@ def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str
             reason = WITHHELD_REASON + _reason(exc)
             log.warning("environment %s withheld from its snapshot: %s", environment.name, reason)
             withheld.append({"name": environment.name, "reason": reason})
-            _refuse(session, environment, reason)
+            refuse(session, environment, reason)
             continue
         if state is not None:
             states.append(state)
@@ -320,8 +320,8 @@ def _reason(exc: Exception) -> str:
     return (f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__)[:2000]
 
 
-def _refuse(session: Session, environment: Environment, reason: str) -> None:
-    """Show that the control plane withholds ``environment`` (audited once per reason)."""
+def refuse(session: Session, environment: Environment, reason: str, **detail: Any) -> None:
+    """Show that ``environment`` is refused and why (audited once per reason)."""
     if environment.status == "refused" and environment.status_reason == reason:
         return
     environment.status = "refused"
@@ -333,6 +333,7 @@ def _refuse(session: Session, environment: Environment, reason: str) -> None:
         "environment",
         environment.id,
         reason=reason,
+        **detail,
     )
 
 
