@@ -8,12 +8,16 @@ so two different inputs never end up with the same name.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 # Repository names are defined once, for the worker that pushes and the control plane
 # that checks what was pushed.
-from contracts.image_names import image_repository, pull_request_repository
+from contracts.image_names import (
+    HASH_CHARS,
+    image_repository,
+    pull_request_repository,
+    short_hash,
+)
 
 __all__ = [
     "branch_tag",
@@ -26,11 +30,6 @@ __all__ = [
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 MAX_TAG = 128
-_HASH_CHARS = 12
-
-
-def _digest(value: str, length: int = _HASH_CHARS) -> str:
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:length]
 
 
 def branch_tag(branch: str) -> str:
@@ -47,8 +46,8 @@ def branch_tag(branch: str) -> str:
     cleaned = re.sub(r"\.{2,}", ".", cleaned).rstrip(".")
     if not cleaned or not re.match(r"[A-Za-z0-9_]", cleaned):
         cleaned = "_" + cleaned
-    prefix = cleaned[: MAX_TAG - 2 - _HASH_CHARS].rstrip(".")
-    return f"{prefix}..{_digest(branch)}"
+    prefix = cleaned[: MAX_TAG - 2 - HASH_CHARS].rstrip(".")
+    return f"{prefix}..{short_hash(branch)}"
 
 
 def compose_project_name(name: str) -> str:

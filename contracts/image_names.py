@@ -17,10 +17,11 @@ import re
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_REPOSITORY = 255
-_HASH_CHARS = 12
+HASH_CHARS = 12
 
 
-def _digest(value: str, length: int = _HASH_CHARS) -> str:
+def short_hash(value: str, length: int = HASH_CHARS) -> str:
+    """A short hex digest that keeps two inputs apart once they were made to look alike."""
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:length]
 
 
@@ -33,7 +34,7 @@ def path_component(value: str, *, case_matters: bool = False) -> str:
     if _PATH_COMPONENT.fullmatch(lowered) and not (case_matters and lowered != value):
         return lowered
     cleaned = re.sub(r"[^a-z0-9]+", "-", lowered).strip("-") or "x"
-    return f"{cleaned[:100]}-{_digest(value if case_matters else lowered, 8)}"
+    return f"{cleaned[:100]}-{short_hash(value if case_matters else lowered, 8)}"
 
 
 def image_repository(registry: str, owner_repo: str, compose_service: str | None = None) -> str:
