@@ -530,10 +530,11 @@ def secrets_of(stack: Stack, api: Api, planted: Planted, run: Run) -> dict[str, 
         "build secret": planted.build_secret,
         "registry password": planted.registry_password,
         "GitHub App private key": max(key_lines, key=len),
-        # A token's last part is its secret; searching it finds the whole token too.
-        "admin token": api.token.rsplit("_", 1)[1],
-        "worker token": stack.worker_env["PORTSIDE_TOKEN"].rsplit("_", 1)[1],
-        "host token": run.host_token.rsplit("_", 1)[1],
+        # A token's third part is its secret (which may hold "_" itself: a cut at the last
+        # "_" could leave a few characters found anywhere); searching it finds the token too.
+        "admin token": api.token.split("_", 2)[2],
+        "worker token": stack.worker_env["PORTSIDE_TOKEN"].split("_", 2)[2],
+        "host token": run.host_token.split("_", 2)[2],
     }
     issued = [token.token for token in stack.github.state.tokens]
     assert issued, "the test GitHub issued no installation token"
