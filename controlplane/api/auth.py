@@ -8,7 +8,6 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from flask import current_app, g, request
@@ -19,6 +18,7 @@ from controlplane.db import session
 from controlplane.errors import Forbidden, Unauthorized
 from controlplane.models import ApiToken
 from controlplane.services import tokens
+from controlplane.services.tokens import HostIdentity
 from controlplane.settings import Settings
 
 P = ParamSpec("P")
@@ -45,13 +45,6 @@ def _authenticate() -> ApiToken:
     if token is None:
         raise Unauthorized("the token is invalid or revoked")
     return token
-
-
-@dataclass(frozen=True, slots=True)
-class HostIdentity:
-    token_id: int
-    host_id: int
-    name: str
 
 
 class _HostTokenCache:
@@ -107,8 +100,7 @@ class _HostTokenCache:
             return None
         if not isinstance(cached, bytes):
             return None
-        found = tokens.unseal(mac_key, presented, cached)
-        return HostIdentity(found.token_id, found.host_id, found.name) if found else None
+        return tokens.unseal(mac_key, presented, cached)
 
     def _verify(self, presented: str, redis: Redis, mac_key: bytes | None) -> HostIdentity:
         token = tokens.authenticate(session(), presented)
@@ -122,7 +114,7 @@ class _HostTokenCache:
                 mac_key,
                 token.public_id,
                 token.secret_hash,
-                tokens.CachedHost(token.id, token.host_id, token.name),
+                identity,
             )
             # nx: a tombstone written by a revocation since the query above stays.
             with contextlib.suppress(RedisError):

@@ -153,8 +153,8 @@ def forgetter(redis: Redis) -> Callable[[Session], None]:
 
 
 @dataclass(frozen=True, slots=True)
-class CachedHost:
-    """Who a host token is, as the shared cache remembers it."""
+class HostIdentity:
+    """Who a host token is: what the API acts as, and what the shared cache remembers."""
 
     token_id: int
     host_id: int
@@ -167,7 +167,7 @@ def cache_mac_key(secret_key: str) -> bytes:
 
 
 def _mac(
-    key: bytes, public_id: str, secret_digest: bytes, identity: CachedHost, sealed_at: int
+    key: bytes, public_id: str, secret_digest: bytes, identity: HostIdentity, sealed_at: int
 ) -> str:
     message = "\0".join(
         (
@@ -186,7 +186,7 @@ def seal(
     key: bytes,
     public_id: str,
     secret_digest: bytes,
-    identity: CachedHost,
+    identity: HostIdentity,
     *,
     now: float | None = None,
 ) -> bytes:
@@ -200,7 +200,7 @@ def seal(
 
 def unseal(
     key: bytes, presented: str, entry: bytes, *, now: float | None = None
-) -> CachedHost | None:
+) -> HostIdentity | None:
     """The identity in ``entry`` if it was sealed with ``key`` for exactly the presented
     token less than SHARED_TTL seconds ago; None for a tombstone, a forged, altered or
     expired entry (or one from further in the future than clocks disagree), or another
@@ -210,7 +210,7 @@ def unseal(
         return None
     try:
         token_id, host_id, sealed_at, mac, name = entry.decode().split(":", 4)
-        identity = CachedHost(int(token_id), int(host_id), name)
+        identity = HostIdentity(int(token_id), int(host_id), name)
         age = (time.time() if now is None else now) - int(sealed_at)
     except ValueError:  # not an entry this code wrote (UnicodeDecodeError is one)
         return None

@@ -68,7 +68,7 @@ def test_a_forged_entry_for_a_made_up_token_is_401(
     made_up = "ps_0badc0ffee00_not-a-real-secret"
     secret_digest = hashlib.sha256(b"not-a-real-secret").hexdigest()
     guessed_key = hmac.new(b"guessed", b"portside host-token cache", hashlib.sha256).digest()
-    identity = tokens.CachedHost(1, int(host_id or 0), "web-1")
+    identity = tokens.HostIdentity(1, int(host_id or 0), "web-1")
     forgeries = [
         # What an entry looked like before it was sealed: the secret's digest in clear.
         f"{secret_digest}:1:{host_id}:web-1".encode(),
@@ -179,7 +179,7 @@ def test_an_old_entry_written_back_over_the_tombstone_is_401(
     with database.session_scope() as session:
         row = session.scalar(select(ApiToken).where(ApiToken.public_id == public_id))
         assert row is not None
-        identity = tokens.CachedHost(row.id, int(row.host_id or 0), row.name)
+        identity = tokens.HostIdentity(row.id, int(row.host_id or 0), row.name)
         tokens.revoke_token(session, row.id, "test")
     assert store.get(tokens.host_token_key(public_id)) == tokens.REVOKED
     key = tokens.cache_mac_key(settings.secret_key.reveal())
@@ -194,10 +194,10 @@ def test_an_old_entry_written_back_over_the_tombstone_is_401(
 def test_an_entry_counts_from_its_sealing_until_the_shared_ttl() -> None:
     key = tokens.cache_mac_key("k" * 32)
     presented = "ps_0123456789ab_the-secret"
-    identity = tokens.CachedHost(3, 4, "agent:web-1")
+    identity = tokens.HostIdentity(3, 4, "agent:web-1")
     entry = tokens.seal(key, "0123456789ab", tokens.digest("the-secret"), identity, now=5_000)
 
-    def unseal(now: float) -> tokens.CachedHost | None:
+    def unseal(now: float) -> tokens.HostIdentity | None:
         return tokens.unseal(key, presented, entry, now=now)
 
     assert unseal(5_000) == identity
