@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from contracts.environ import FileAwareEnviron, SettingFileError
 from controlplane.errors import ConfigError
 
 
@@ -72,15 +73,6 @@ def _database_url(raw: str) -> str:
     return raw
 
 
-def _read_secret_file(variable: str, path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{variable} cannot be read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{variable} is not a UTF-8 text file") from None
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a Portside process is configured with."""
@@ -134,13 +126,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Build and validate settings; raise ConfigError naming the variable at fault."""
 
+        files = FileAwareEnviron(environ)
+
         def get(name: str) -> str | None:
-            value = environ.get(f"PORTSIDE_{name}")
-            from_file = environ.get(f"PORTSIDE_{name}_FILE", "").strip()
-            if from_file:  # Docker/systemd secrets: the value lives in a file
-                if value is not None and value.strip():
-                    raise ConfigError(f"set only one of PORTSIDE_{name} and PORTSIDE_{name}_FILE")
-                value = _read_secret_file(f"PORTSIDE_{name}_FILE", from_file)
+            try:
+                value = files.get(f"PORTSIDE_{name}")
+            except SettingFileError as exc:
+                raise ConfigError(str(exc)) from None
             return value.strip() if value is not None and value.strip() else None
 
         data_dir = Path(get("DATA_DIR") or default_data_dir())

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from contracts.environ import FileAwareEnviron, SettingFileError
 from contracts.urls import ALLOW_INSECURE_VARIABLE, url_refusal
 from hostagent.desired import MEMORY_RE, PreviewLimits
 from hostagent.errors import AgentConfigError
@@ -51,7 +52,17 @@ class AgentSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AgentSettings:
-        """Read and check every variable; raise AgentConfigError naming the bad one."""
+        """Read and check every variable; raise AgentConfigError naming the bad one.
+
+        Any of them may come from a file (``PORTSIDE_TOKEN_FILE``), as for every process.
+        """
+        try:
+            return cls._from_env(FileAwareEnviron(environ))
+        except SettingFileError as exc:
+            raise AgentConfigError(str(exc)) from None
+
+    @classmethod
+    def _from_env(cls, environ: Mapping[str, str]) -> AgentSettings:
         url = environ.get("PORTSIDE_URL", "").strip().rstrip("/")
         if not url:
             raise AgentConfigError("PORTSIDE_URL is required (the control plane's URL)")

@@ -117,3 +117,37 @@ def test_plain_http_elsewhere_only_when_told():
     assert AgentSettings.from_env(environ).url == "http://cp.internal"
     with pytest.raises(AgentConfigError):
         AgentSettings.from_env({**environ, "PORTSIDE_ALLOW_INSECURE_URL": "yes please"})
+
+
+def test_token_and_url_from_files(tmp_path: Path):
+    """The agent reads PORTSIDE_<NAME>_FILE like every Portside process (systemd secrets)."""
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-from-file\n")
+    url_file = tmp_path / "url"
+    url_file.write_text("https://cp.example\n")
+    settings = AgentSettings.from_env(
+        {
+            "HOME": "/home/a",
+            "PORTSIDE_TOKEN_FILE": str(token_file),
+            "PORTSIDE_URL_FILE": str(url_file),
+        }
+    )
+    assert settings.token == "tok-from-file"
+    assert settings.url == "https://cp.example"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"PORTSIDE_TOKEN": "", "PORTSIDE_TOKEN_FILE": "{dir}/missing"},
+            "PORTSIDE_TOKEN_FILE cannot be read",
+        ),
+        ({"PORTSIDE_TOKEN_FILE": "{dir}/token"}, "set only one of PORTSIDE_TOKEN and"),
+    ],
+)
+def test_token_file_errors_name_the_variable(tmp_path: Path, changes: dict[str, str], message: str):
+    (tmp_path / "token").write_text("tok")
+    environ = {**BASE, **{key: value.format(dir=tmp_path) for key, value in changes.items()}}
+    with pytest.raises(AgentConfigError, match=message):
+        AgentSettings.from_env(environ)
