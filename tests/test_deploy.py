@@ -77,7 +77,8 @@ def test_the_control_plane_compose_file_is_valid_and_complete() -> None:
     script = " ".join(redis["entrypoint"])
     assert "/run/secrets/redis_password" in script and "requirepass" in script
     assert "redis-server /tmp/auth.conf" in script  # the password is in no command line
-    assert "ports" not in redis
+    # Only the build worker on the server's own host reaches Redis, on loopback.
+    assert [host_ip(port) for port in redis["ports"]] == ["127.0.0.1"]
     # Flower only on the server's loopback (compose v1 prints strings, v2 mappings).
     assert [host_ip(port) for port in services["flower"]["ports"]] == ["127.0.0.1"]
 
@@ -137,7 +138,15 @@ def test_the_host_traefik_compose_file_is_valid() -> None:
     result = compose_config(DEPLOY / "traefik" / "compose.yaml", {})
 
     assert result.returncode == 0, result.stderr
-    assert set(yaml.safe_load(result.stdout)["services"]) == {"traefik"}
+    config = yaml.safe_load(result.stdout)
+    assert set(config["services"]) == {"traefik"}
+    # It routes through the network the agent attaches routed containers to, as the
+    # control plane's Traefik does: one name in the agent unit and both compose files.
+    assert config["networks"]["proxy"]["name"] == "portside-proxy"
+    static = yaml.safe_load((DEPLOY / "traefik" / "traefik.yml").read_text())
+    assert static["providers"]["docker"]["network"] == "portside-proxy"
+    agent_unit = (DEPLOY / "portside-agent.service").read_text()
+    assert "PORTSIDE_AGENT_PROXY_NETWORK=portside-proxy" in agent_unit
 
 
 @pytest.mark.parametrize("unit", ["portside-agent.service", "portside-buildworker.service"])
