@@ -85,6 +85,11 @@ def resolve_commit(repo: Path, ref: str) -> str | None:
     return result.stdout.decode().strip() if result.returncode == 0 else None
 
 
+def is_empty(repo: Path) -> bool:
+    """Whether the repository has no commit on any branch (as just created on GitHub)."""
+    return not git(repo, "for-each-ref", "--count=1", "refs/heads/").strip()
+
+
 def resolve_ref(repo: Path, full_ref: str) -> str | None:
     """The SHA of an exact ref such as `refs/heads/main`, or None."""
     if not full_ref.startswith("refs/"):

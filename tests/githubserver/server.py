@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import gzip
 import itertools
+import math
 import os
 import secrets
 import string
@@ -21,12 +23,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, Response, jsonify, request
+from werkzeug import Response as BaseResponse
 from werkzeug.exceptions import HTTPException
 
 from tests.githubserver import repos
@@ -52,6 +55,16 @@ DEFAULT_PERMISSIONS = {
     "issues": "write",
 }
 _LEVELS = ("read", "write", "admin")
+# GitHub's list endpoints: 30 items a page unless per_page says otherwise, 100 at most.
+DEFAULT_PER_PAGE = 30
+MAX_PER_PAGE = 100
+WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+EMPTY_REPOSITORY = "This repository is empty."
+SECONDARY_RATE_LIMIT = (
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try "
+    "again. If you reach out to GitHub Support for help, please include the request ID."
+)
+RATE_LIMIT = 5000
 DEPLOYMENT_STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
 COMMIT_STATES = {"error", "failure", "pending", "success"}
 
@@ -207,6 +220,47 @@ class GitRequest:
     status: int
 
 
+@dataclass(slots=True)
+class Fault:
+    """An injected failure: matching requests are answered ``status`` with ``message`` and
+    ``headers``, either instead of acting or (``after``) once the server has acted, the
+    way a lost response looks to a client. ``times`` matching requests fail, or, with
+    ``each_once``, the first of every distinct request (method, path and body)."""
+
+    status: int
+    message: str
+    method: str = "WRITE"  # an HTTP method, "WRITE" (POST/PATCH/PUT/DELETE) or "*"
+    path: str = "*"  # an fnmatch pattern over the request path
+    after: bool = False
+    times: int = 1
+    each_once: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    seen: set[tuple[str, str, bytes]] = field(default_factory=set)
+    failed: int = 0  # requests answered with this fault so far
+
+    def matches(self, method: str, path: str) -> bool:
+        wanted = self.method.upper()
+        if wanted == "WRITE":  # API writes; a git fetch POSTs too but writes nothing
+            method_ok = method in WRITE_METHODS and not path.endswith("/git-upload-pack")
+        else:
+            method_ok = wanted in ("*", method)
+        return method_ok and fnmatch.fnmatchcase(path, self.path)
+
+    def take(self, method: str, path: str, body: bytes) -> bool:
+        """Whether this request fails (and count it)."""
+        if not self.matches(method, path):
+            return False
+        if self.each_once:
+            key = (method, path, body)
+            if key in self.seen:
+                return False
+            self.seen.add(key)
+        elif self.failed >= self.times:
+            return False
+        self.failed += 1
+        return True
+
+
 class GitHubError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -235,6 +289,7 @@ class GitHubState:
         self.statuses: list[CommitStatus] = []
         self.comments: list[IssueComment] = []
         self.git_requests: list[GitRequest] = []
+        self.faults: list[Fault] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -341,6 +396,74 @@ class GitHubState:
     def revoke_tokens(self) -> None:
         for token in self.tokens:
             token.revoked = True
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far expires now (GitHub then answers 401 Bad credentials)."""
+        for token in self.tokens:
+            token.expires_at = _now() - timedelta(seconds=1)
+
+    def fail(
+        self,
+        path: str = "*",
+        *,
+        method: str = "WRITE",
+        status: int = 502,
+        after: bool = False,
+        times: int = 1,
+    ) -> Fault:
+        """Make ``times`` matching requests answer ``status`` (a 5xx by default), before
+        acting or ``after`` it."""
+        message = "Server Error" if status >= 500 else "Injected failure"
+        fault = Fault(status, message, method, path, after, times)
+        self.faults.append(fault)
+        return fault
+
+    def fail_each_write_once(self, *, after: bool) -> Fault:
+        """Every distinct write (method, path, body) fails the first time, with a 502
+        sent instead of acting or ``after`` acting."""
+        fault = Fault(502, "Server Error", after=after, each_once=True)
+        self.faults.append(fault)
+        return fault
+
+    def rate_limit(
+        self,
+        path: str = "*",
+        *,
+        method: str = "*",
+        retry_after: int | None = 1,
+        primary: bool = False,
+        status: int = 403,
+        times: int = 1,
+    ) -> Fault:
+        """Answer ``times`` matching requests as GitHub does past a rate limit: the
+        secondary one (403 or 429 with ``Retry-After``) or, ``primary``, the hourly one
+        (``x-ratelimit-remaining: 0`` and ``x-ratelimit-reset`` ``retry_after`` seconds on)."""
+        reset = int(_now().timestamp()) + (retry_after or 60)
+        headers = {
+            "x-ratelimit-limit": str(RATE_LIMIT),
+            "x-ratelimit-remaining": "0" if primary else str(RATE_LIMIT - 1),
+            "x-ratelimit-used": str(RATE_LIMIT if primary else 1),
+            "x-ratelimit-reset": str(reset),
+            "x-ratelimit-resource": "core",
+        }
+        if retry_after is not None and not primary:
+            headers["Retry-After"] = str(retry_after)
+        message = (
+            "API rate limit exceeded for installation. If you reach out to GitHub Support "
+            "for help, please include the request ID."
+            if primary
+            else SECONDARY_RATE_LIMIT
+        )
+        fault = Fault(status, message, method, path, times=times, headers=headers)
+        self.faults.append(fault)
+        return fault
+
+    def fault_for(self, method: str, path: str, body: bytes, *, after: bool) -> Fault | None:
+        with self._lock:
+            return next(
+                (f for f in self.faults if f.after == after and f.take(method, path, body)),
+                None,
+            )
 
     def valid_token(self, value: str) -> InstallationToken | None:
         now = datetime.now(UTC)
@@ -664,6 +787,57 @@ def create_github_server(state: GitHubState) -> Flask:
             raise GitHubError(400, "Problems parsing JSON")
         return data
 
+    def page_of(items: list[Any]) -> tuple[list[Any], dict[str, str]]:
+        """One page of ``items`` as GitHub serves lists: ``per_page`` (30 by default, 100
+        at most) and ``page`` from the query, the others in a ``Link`` header."""
+        try:
+            per_page = min(MAX_PER_PAGE, max(1, int(request.args.get("per_page", ""))))
+        except ValueError:
+            per_page = DEFAULT_PER_PAGE
+        try:
+            page = max(1, int(request.args.get("page", "")))
+        except ValueError:
+            page = 1
+        last = max(1, math.ceil(len(items) / per_page))
+        query = request.args.to_dict()
+
+        def link(number: int, rel: str) -> str:
+            params = urlencode(query | {"per_page": per_page, "page": number})
+            return f'<{request.base_url}?{params}>; rel="{rel}"'
+
+        links = []
+        if page > 1:
+            links += [link(page - 1, "prev"), link(1, "first")]
+        if page < last:
+            links += [link(page + 1, "next"), link(last, "last")]
+        chunk = items[(page - 1) * per_page : page * per_page]
+        return chunk, {"Link": ", ".join(links)} if links else {}
+
+    def paged(items: list[Json]) -> Response:
+        chunk, headers = page_of(items)
+        response = jsonify(chunk)
+        response.headers.update(headers)
+        return response
+
+    def fault_response(fault: Fault) -> Response:
+        payload = {"message": fault.message, "documentation_url": DOCS_URL}
+        response = jsonify(payload | {"status": str(fault.status)})
+        response.status_code = fault.status
+        response.headers.update(fault.headers)
+        return response
+
+    @app.before_request
+    def fail_before() -> Response | None:
+        fault = state.fault_for(request.method, request.path, request.get_data(), after=False)
+        return fault_response(fault) if fault else None
+
+    @app.after_request
+    def fail_after(response: BaseResponse) -> BaseResponse:
+        if response.status_code >= 400:
+            return response
+        fault = state.fault_for(request.method, request.path, request.get_data(), after=True)
+        return fault_response(fault) if fault else response
+
     def require_app_jwt() -> None:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not value:
@@ -715,6 +889,12 @@ def create_github_server(state: GitHubState) -> Flask:
             raise GitHubError(404, "Not Found")
         return inst
 
+    def not_empty(repo: Repository) -> None:
+        """GitHub answers 404 "This repository is empty." for the contents of a
+        repository without commits."""
+        if repos.is_empty(repo.path):
+            raise GitHubError(404, EMPTY_REPOSITORY)
+
     def commit_sha(repo: Repository, ref: str) -> str:
         sha = repos.resolve_commit(repo.path, ref)
         if sha is None:
@@ -752,7 +932,7 @@ def create_github_server(state: GitHubState) -> Flask:
     @app.get("/app/installations")
     def list_installations() -> Response:
         require_app_jwt()
-        return jsonify([_installation(state, i, base()) for i in state.installations.values()])
+        return paged([_installation(state, i, base()) for i in state.installations.values()])
 
     @app.get("/app/installations/<int:installation_id>")
     def get_installation(installation_id: int) -> Json:
@@ -809,14 +989,19 @@ def create_github_server(state: GitHubState) -> Flask:
     # -- as an installation (installation token) --
 
     @app.get("/installation/repositories")
-    def installation_repositories() -> Json:
+    def installation_repositories() -> Response:
         token = require_token()
         found = [r for r in state.repositories.values() if token.grants(r)]
-        return {
-            "total_count": len(found),
-            "repository_selection": "selected",
-            "repositories": [repository_json(state, r, base()) for r in found],
-        }
+        chunk, headers = page_of(found)
+        response = jsonify(
+            {
+                "total_count": len(found),
+                "repository_selection": "selected",
+                "repositories": [repository_json(state, r, base()) for r in chunk],
+            }
+        )
+        response.headers.update(headers)
+        return response
 
     @app.get("/repos/<owner>/<name>")
     def get_repo(owner: str, name: str) -> Json:
@@ -827,6 +1012,7 @@ def create_github_server(state: GitHubState) -> Flask:
     @app.get("/repos/<owner>/<name>/contents/<path:path>")
     def get_contents(owner: str, name: str, path: str) -> Json | Response:
         repo = repo_for(owner, name, "contents")
+        not_empty(repo)
         ref = request.args.get("ref") or repo.default_branch
         sha = commit_sha(repo, ref)
         path = path.strip("/")
@@ -904,6 +1090,8 @@ def create_github_server(state: GitHubState) -> Flask:
     @app.get("/repos/<owner>/<name>/commits/<path:ref>")
     def get_commit(owner: str, name: str, ref: str) -> Json:
         repo = repo_for(owner, name, "contents")
+        if repos.is_empty(repo.path):
+            raise GitHubError(409, "Git Repository is empty.")
         return _commit(repo, repos.commit_info(repo.path, commit_sha(repo, ref)), base())
 
     @app.get("/repos/<owner>/<name>/pulls/<int:number>")
@@ -960,7 +1148,7 @@ def create_github_server(state: GitHubState) -> Flask:
             for d in reversed(state.deployments)
             if d.repo == repo.full_name and all(getattr(d, k) == v for k, v in filters.items())
         ]
-        return jsonify([_deployment(state, d, base()) for d in found])
+        return paged([_deployment(state, d, base()) for d in found])
 
     @app.get("/repos/<owner>/<name>/deployments/<int:deployment_id>")
     def get_deployment(owner: str, name: str, deployment_id: int) -> Json:
@@ -1006,7 +1194,7 @@ def create_github_server(state: GitHubState) -> Flask:
     def list_deployment_statuses(owner: str, name: str, deployment_id: int) -> Response:
         dep = deployment(repo_for(owner, name, "deployments"), deployment_id)
         found = [s for s in reversed(state.deployment_statuses) if s.deployment_id == dep.id]
-        return jsonify([_deployment_status(state, s, base()) for s in found])
+        return paged([_deployment_status(state, s, base()) for s in found])
 
     # -- commit statuses --
 
@@ -1038,7 +1226,7 @@ def create_github_server(state: GitHubState) -> Flask:
         repo = repo_for(owner, name, "statuses")
         sha = commit_sha(repo, ref)
         found = [s for s in reversed(state.statuses) if s.repo == repo.full_name and s.sha == sha]
-        return jsonify([_commit_status(s, base()) for s in found])
+        return paged([_commit_status(s, base()) for s in found])
 
     # -- issue comments --
 
@@ -1058,7 +1246,7 @@ def create_github_server(state: GitHubState) -> Flask:
     def list_comments(owner: str, name: str, number: int) -> Response:
         repo = repo_for(owner, name, "pull_requests")
         found = [c for c in state.comments if c.repo == repo.full_name and c.issue_number == number]
-        return jsonify([_comment(state, c, base()) for c in found])
+        return paged([_comment(state, c, base()) for c in found])
 
     def comment_of(owner: str, name: str, comment_id: int, level: str = "read") -> IssueComment:
         repo = repo_for(owner, name, "pull_requests", level)

@@ -16,6 +16,8 @@ import jwt
 import pytest
 import requests
 from github import Auth, BadCredentialsException, Github, GithubException, GithubIntegration
+from github.PaginatedList import PaginatedList
+from github.Repository import Repository
 
 from tests.fixtures.github import GitHubAppKey
 from tests.githubserver.server import GitHubServer, generate_private_key_pem
@@ -58,8 +60,13 @@ def token_for(server: GitHubServer, installation_id: int = INSTALLATION_ID) -> s
     return server.state.issue_token(installation_id).token
 
 
-# PyGithub waits 0.25 s between requests and 1 s between writes unless told otherwise.
-UNTHROTTLED: dict[str, Any] = {"seconds_between_requests": None, "seconds_between_writes": None}
+# PyGithub waits 0.25 s between requests and 1 s between writes, and retries 5xx and rate
+# limits itself, unless told otherwise.
+UNTHROTTLED: dict[str, Any] = {
+    "seconds_between_requests": None,
+    "seconds_between_writes": None,
+    "retry": None,
+}
 
 
 def client(server: GitHubServer, auth: Auth.Auth) -> Github:
@@ -418,3 +425,126 @@ def test_a_token_writes_only_with_the_permission_it_was_minted_with(
         f"{api}/contents/README", headers={"Authorization": f"token {minted}"}, timeout=10
     ).json()
     assert base64.b64decode(readme["content"]) == b"planted\n"
+
+
+def as_installation(
+    server: GitHubServer, path: str, token: str, **params: Any
+) -> requests.Response:
+    return requests.get(
+        f"{server.url}{path}",
+        params=params,
+        headers={"Authorization": f"token {token}"},
+        timeout=10,
+    )
+
+
+def test_lists_are_paginated_with_link_headers(server: GitHubServer) -> None:
+    state = server.state
+    for number in range(149):  # with REPO: 150 repositories
+        state.add_repository(INSTALLATION_ID, f"octo-org/repo-{number:03}")
+    token = token_for(server)
+    headers = {"Authorization": f"token {token}"}
+    first = as_installation(server, "/installation/repositories", token, per_page=100)
+    assert first.json()["total_count"] == 150
+    assert len(first.json()["repositories"]) == 100
+    assert set(first.links) == {"next", "last"}
+    second = requests.get(first.links["next"]["url"], headers=headers, timeout=10)
+    assert len(second.json()["repositories"]) == 50
+    assert set(second.links) == {"prev", "first"}
+    default = as_installation(server, "/installation/repositories", token)
+    assert len(default.json()["repositories"]) == 30  # GitHub's default page
+    assert default.links["last"]["url"].endswith("page=5")
+
+    gh = client(server, Auth.Token(token_for(server)))
+    gh.per_page = 100
+    pages = PaginatedList(
+        Repository, gh.requester, "/installation/repositories", None, list_item="repositories"
+    )
+    names = [repo.full_name for repo in pages]
+    assert len(names) == len(set(names)) == 150
+
+    repo = gh.get_repo(REPO)
+    sha = state.commit(REPO, {"README": "x\n"})
+    for _ in range(3):
+        repo.get_commit(sha).create_status("pending", context="portside/build")
+    paged = as_installation(server, f"/repos/{REPO}/commits/{sha}/statuses", token, per_page=2)
+    assert len(paged.json()) == 2 and "next" in paged.links
+
+
+def test_an_empty_repository_has_no_contents_nor_commits(server: GitHubServer) -> None:
+    server.state.add_repository(INSTALLATION_ID, "octo-org/empty")
+    repo = client(server, Auth.Token(token_for(server))).get_repo("octo-org/empty")
+    assert repo.default_branch == "main"
+    with pytest.raises(GithubException) as contents:
+        repo.get_contents("")
+    assert (contents.value.status, contents.value.data["message"]) == (
+        404,
+        "This repository is empty.",
+    )
+    with pytest.raises(GithubException) as commit:
+        repo.get_commit("main")
+    assert commit.value.status == 409
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_each_write_fails_once_before_or_after_acting(server: GitHubServer, after: bool) -> None:
+    state = server.state
+    sha = state.commit(REPO, {"README": "x\n"})
+    fault = state.fail_each_write_once(after=after)
+    repo = client(server, Auth.Token(token_for(server))).get_repo(REPO)
+    commit = repo.get_commit(sha)  # reads are not touched
+    with pytest.raises(GithubException) as first:
+        commit.create_status("pending", context="portside/build")
+    assert first.value.status == 502
+    assert len(state.statuses) == (1 if after else 0)
+    commit.create_status("pending", context="portside/build")  # the same write again
+    with pytest.raises(GithubException):  # a new write fails once too
+        commit.create_status("success", context="portside/build")
+    acted = ["pending", "pending", "success"] if after else ["pending"]
+    assert [s.state for s in state.statuses] == acted
+    commit.create_status("success", context="portside/build")
+    assert state.statuses[-1].state == "success"
+    assert fault.failed == 2
+
+
+def test_one_endpoint_fails_a_number_of_times(server: GitHubServer) -> None:
+    state = server.state
+    state.fail("/installation/repositories", method="GET", status=503, times=2)
+    token = token_for(server)
+    answers = [
+        as_installation(server, "/installation/repositories", token).status_code for _ in range(3)
+    ]
+    assert answers == [503, 503, 200]
+
+
+@pytest.mark.parametrize("status", [403, 429])
+def test_secondary_rate_limit_says_when_to_retry(server: GitHubServer, status: int) -> None:
+    server.state.rate_limit(f"/repos/{REPO}", retry_after=7, status=status)
+    token = token_for(server)
+    limited = as_installation(server, f"/repos/{REPO}", token)
+    assert limited.status_code == status
+    assert limited.headers["Retry-After"] == "7"
+    assert limited.json()["message"].startswith("You have exceeded a secondary rate limit")
+    assert int(limited.headers["x-ratelimit-remaining"]) > 0
+    assert as_installation(server, f"/repos/{REPO}", token).status_code == 200
+
+
+def test_primary_rate_limit_names_the_reset(server: GitHubServer) -> None:
+    server.state.rate_limit("*", primary=True, retry_after=30)
+    token = token_for(server)
+    limited = as_installation(server, f"/repos/{REPO}", token)
+    assert limited.status_code == 403
+    assert limited.headers["x-ratelimit-remaining"] == "0"
+    assert int(limited.headers["x-ratelimit-reset"]) > time.time()
+    assert "Retry-After" not in limited.headers
+    with pytest.raises(GithubException) as pygithub:  # PyGithub sees a rate limit too
+        server.state.rate_limit("*", primary=True)
+        client(server, Auth.Token(token_for(server))).get_repo(REPO)
+    assert type(pygithub.value).__name__ == "RateLimitExceededException"
+
+
+def test_expired_tokens_are_answered_401(server: GitHubServer) -> None:
+    token = token_for(server)
+    server.state.expire_tokens()
+    answer = as_installation(server, f"/repos/{REPO}", token)
+    assert (answer.status_code, answer.json()["message"]) == (401, "Bad credentials")
