@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Test environment of Portside: PostgreSQL, Redis, a Docker engine of the project's own,
-# a local registry and a base image built here (no image can be pulled on these machines).
+# local registries and a base image built here (no image can be pulled on these machines).
+# Three registries: 127.0.0.1:5001 without authentication, 127.0.0.1:5002 requiring a login
+# (HTTP Basic, htpasswd) and 127.0.0.1:5003 speaking the token flow (Bearer JWTs from the
+# test token server on 127.0.0.1:5004, tests/fixtures/registry_token.py).
 #
 # Usage: scripts/test-env.sh up|down|env
 #   up    install what is missing, start what does not answer, prove it all works (idempotent)
@@ -18,7 +21,8 @@
 #   user-defined networks and their embedded DNS (service names in compose) work too.
 #   Containers get no route to the outside world, which is what we want here.
 #   127.0.0.0/8 registries are insecure by default, so pushing to 127.0.0.1:5001 over plain
-#   HTTP needs no --insecure-registry flag.
+#   HTTP needs no --insecure-registry flag (nor for 5002/5003; the engine fetches the token
+#   realm http://127.0.0.1:5004/token as the registry names it).
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,9 +40,28 @@ DOCKER_EXEC_ROOT="$RUN_DIR/docker-exec"
 
 REGISTRY_ADDR=127.0.0.1:5001
 REGISTRY_CONFIG="$ROOT_DIR/scripts/registry-config.yml"
-REGISTRY_PIDFILE="$RUN_DIR/registry.pid"
-REGISTRY_LOG="$LOG_DIR/registry.log"
+REGISTRY_PIDFILE="$RUN_DIR/registry.pid" # ensure_registry names it after "registry"
 REGISTRY_DATA="$LIB_DIR/registry"
+
+# The registries that need a login, and the users the tests log in with (test-only
+# passwords of loopback-only services): push may push, pull and delete; pull only pulls
+# (on 5002 any user may do anything: htpasswd authenticates, it does not authorize).
+BASIC_REGISTRY_ADDR=127.0.0.1:5002
+BASIC_REGISTRY_CONFIG="$ROOT_DIR/scripts/registry-basic.yml"
+BASIC_REGISTRY_DIR="$LIB_DIR/registry-basic" # data/ and htpasswd, as the config names them
+TOKEN_REGISTRY_ADDR=127.0.0.1:5003
+TOKEN_REGISTRY_CONFIG="$ROOT_DIR/scripts/registry-token.yml"
+TOKEN_REGISTRY_DIR="$LIB_DIR/registry-token" # data/, token.key, token.crt, users.json
+TOKEN_SERVER_ADDR=127.0.0.1:5004
+TOKEN_SERVER_SCRIPT="$ROOT_DIR/tests/fixtures/registry_token.py"
+TOKEN_SERVER_PIDFILE="$RUN_DIR/registry-token-server.pid"
+TOKEN_SERVER_LOG="$LOG_DIR/registry-token-server.log"
+TOKEN_ISSUER=portside-test-token-server # as registry-token.yml says
+TOKEN_SERVICE=portside-test-registry
+REGISTRY_PUSH_USER=portside-push
+REGISTRY_PUSH_PASSWORD=portside-push-secret
+REGISTRY_PULL_USER=portside-pull
+REGISTRY_PULL_PASSWORD=portside-pull-secret
 
 BASE_IMAGE=portside-test/base:latest
 
@@ -50,7 +73,8 @@ REDIS_PORT=6379
 
 WAIT_SECONDS="${PORTSIDE_TEST_ENV_TIMEOUT:-60}"
 
-DEBIAN_PACKAGES=(docker.io docker-registry docker-compose busybox-static git curl)
+DEBIAN_PACKAGES=(docker.io docker-registry docker-compose busybox-static git curl
+    apache2-utils openssl python3-jwt python3-cryptography)
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
 die() {
@@ -267,41 +291,124 @@ ensure_dockerd() {
 }
 
 # ---------------------------------------------------------------------------------------
-# Registry
+# Registries
 # ---------------------------------------------------------------------------------------
-registry_ready() { curl -fs -m 5 -o /dev/null "http://$REGISTRY_ADDR/v2/"; }
+# registry_ready ADDR: GET /v2/ answers 200, or 401 from one that needs a login.
+registry_ready() {
+    local code
+    code="$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$1/v2/")" || return 1
+    [[ "$code" == 200 || "$code" == 401 ]]
+}
 
+# ensure_registry ADDR CONFIG NAME: start `docker-registry serve CONFIG` unless ADDR
+# answers; NAME names its pid file and log (the 5001 one keeps registry.pid/registry.log).
 ensure_registry() {
+    local addr=$1 config=$2 name=$3
+    local pidfile="$RUN_DIR/$name.pid" logfile="$LOG_DIR/$name.log"
     command -v docker-registry >/dev/null || die "docker-registry not found"
-    if registry_ready; then
-        log "registry already answers on $REGISTRY_ADDR"
+    if registry_ready "$addr"; then
+        log "$name already answers on $addr"
         return 0
     fi
-    [[ -f "$REGISTRY_CONFIG" ]] || die "registry config $REGISTRY_CONFIG is missing"
-    mkdir -p "$RUN_DIR" "$LOG_DIR" "$REGISTRY_DATA"
-    if pid_matches "$REGISTRY_PIDFILE" "docker-registry"; then
-        log "registry (pid $(<"$REGISTRY_PIDFILE")) does not answer; restarting it"
-        stop_pidfile "$REGISTRY_PIDFILE" docker-registry registry 10
+    [[ -f "$config" ]] || die "registry config $config is missing"
+    mkdir -p "$RUN_DIR" "$LOG_DIR"
+    if pid_matches "$pidfile" "docker-registry"; then
+        log "$name (pid $(<"$pidfile")) does not answer; restarting it"
+        stop_pidfile "$pidfile" docker-registry "$name" 10
     fi
-    rm -f "$REGISTRY_PIDFILE"
-    log "starting registry on $REGISTRY_ADDR (log: $REGISTRY_LOG)"
-    spawn_daemon "$REGISTRY_LOG" docker-registry serve "$REGISTRY_CONFIG"
+    rm -f "$pidfile"
+    log "starting $name on $addr (log: $logfile)"
+    spawn_daemon "$logfile" docker-registry serve "$config"
     local pid=$!
-    echo "$pid" >"$REGISTRY_PIDFILE"
+    echo "$pid" >"$pidfile"
     local deadline=$((SECONDS + WAIT_SECONDS))
-    until registry_ready; do
+    until registry_ready "$addr"; do
         if ! alive "$pid"; then
-            tail -n 30 "$REGISTRY_LOG" >&2 || true
-            rm -f "$REGISTRY_PIDFILE"
-            die "docker-registry exited while starting; see $REGISTRY_LOG"
+            tail -n 30 "$logfile" >&2 || true
+            rm -f "$pidfile"
+            die "$name exited while starting; see $logfile"
         fi
         if ((SECONDS >= deadline)); then
-            tail -n 30 "$REGISTRY_LOG" >&2 || true
-            die "registry does not answer on http://$REGISTRY_ADDR/v2/ after ${WAIT_SECONDS}s"
+            tail -n 30 "$logfile" >&2 || true
+            die "$name does not answer on http://$addr/v2/ after ${WAIT_SECONDS}s"
         fi
         sleep 0.5
     done
-    log "registry answers on $REGISTRY_ADDR"
+    log "$name answers on $addr"
+}
+
+# The htpasswd file of 5002 (bcrypt, as docker-registry requires), written once.
+ensure_basic_registry_users() {
+    local htpasswd_file="$BASIC_REGISTRY_DIR/htpasswd"
+    mkdir -p "$BASIC_REGISTRY_DIR/data"
+    [[ -s "$htpasswd_file" ]] && return 0
+    command -v htpasswd >/dev/null || die "htpasswd not found (Debian package apache2-utils)"
+    htpasswd -Bbn "$REGISTRY_PUSH_USER" "$REGISTRY_PUSH_PASSWORD" >"$htpasswd_file.tmp"
+    htpasswd -Bbn "$REGISTRY_PULL_USER" "$REGISTRY_PULL_PASSWORD" >>"$htpasswd_file.tmp"
+    mv "$htpasswd_file.tmp" "$htpasswd_file"
+    log "wrote $htpasswd_file"
+}
+
+# The token server's signing key, its self-signed certificate (the registry's
+# rootcertbundle) and its users, written once.
+ensure_token_material() {
+    local key="$TOKEN_REGISTRY_DIR/token.key" cert="$TOKEN_REGISTRY_DIR/token.crt"
+    local users="$TOKEN_REGISTRY_DIR/users.json"
+    mkdir -p "$TOKEN_REGISTRY_DIR/data"
+    if [[ ! -s "$key" || ! -s "$cert" ]]; then
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$TOKEN_ISSUER" \
+            -keyout "$key.tmp" -out "$cert.tmp" 2>/dev/null ||
+            die "openssl could not make the token signing key"
+        chmod 600 "$key.tmp"
+        mv "$cert.tmp" "$cert"
+        mv "$key.tmp" "$key"
+        log "made the token signing key and certificate in $TOKEN_REGISTRY_DIR"
+    fi
+    if [[ ! -s "$users" ]]; then
+        printf '{"%s": {"password": "%s", "actions": ["pull", "push", "delete"]},\n "%s": {"password": "%s", "actions": ["pull"]}}\n' \
+            "$REGISTRY_PUSH_USER" "$REGISTRY_PUSH_PASSWORD" \
+            "$REGISTRY_PULL_USER" "$REGISTRY_PULL_PASSWORD" >"$users.tmp"
+        chmod 600 "$users.tmp"
+        mv "$users.tmp" "$users"
+    fi
+}
+
+token_server_ready() { curl -fs -m 5 -o /dev/null "http://$TOKEN_SERVER_ADDR/health"; }
+
+# The token server runs on Debian's python3 (python3-jwt, python3-cryptography): `up` runs
+# before the project's virtualenv exists.
+ensure_token_server() {
+    if token_server_ready; then
+        log "token server already answers on $TOKEN_SERVER_ADDR"
+        return 0
+    fi
+    /usr/bin/python3 -c 'import jwt, cryptography' 2>/dev/null ||
+        die "the token server needs python3-jwt and python3-cryptography"
+    if pid_matches "$TOKEN_SERVER_PIDFILE" "$TOKEN_SERVER_SCRIPT"; then
+        log "token server (pid $(<"$TOKEN_SERVER_PIDFILE")) does not answer; restarting it"
+        stop_pidfile "$TOKEN_SERVER_PIDFILE" "$TOKEN_SERVER_SCRIPT" "token server" 10
+    fi
+    rm -f "$TOKEN_SERVER_PIDFILE"
+    log "starting the token server on $TOKEN_SERVER_ADDR (log: $TOKEN_SERVER_LOG)"
+    spawn_daemon "$TOKEN_SERVER_LOG" /usr/bin/python3 "$TOKEN_SERVER_SCRIPT" \
+        --listen "$TOKEN_SERVER_ADDR" --key "$TOKEN_REGISTRY_DIR/token.key" \
+        --cert "$TOKEN_REGISTRY_DIR/token.crt" --users "$TOKEN_REGISTRY_DIR/users.json" \
+        --issuer "$TOKEN_ISSUER" --service "$TOKEN_SERVICE"
+    echo "$!" >"$TOKEN_SERVER_PIDFILE"
+    if ! wait_for "$WAIT_SECONDS" "token server" token_server_ready; then
+        tail -n 30 "$TOKEN_SERVER_LOG" >&2 || true
+        die "the token server does not answer on $TOKEN_SERVER_ADDR after ${WAIT_SECONDS}s"
+    fi
+}
+
+ensure_registries() {
+    mkdir -p "$REGISTRY_DATA"
+    ensure_registry "$REGISTRY_ADDR" "$REGISTRY_CONFIG" registry
+    ensure_basic_registry_users
+    ensure_registry "$BASIC_REGISTRY_ADDR" "$BASIC_REGISTRY_CONFIG" registry-basic
+    ensure_token_material
+    ensure_token_server
+    ensure_registry "$TOKEN_REGISTRY_ADDR" "$TOKEN_REGISTRY_CONFIG" registry-token
 }
 
 # ---------------------------------------------------------------------------------------
@@ -383,15 +490,22 @@ smoke_publish() {
     log "published port on 127.0.0.1 answers"
 }
 
+# smoke_push ADDR [USER PASSWORD]: push the base image there, logged in if a user is given
+# (with a client config of its own: root's ~/.docker is left alone).
 smoke_push() {
-    local tag="$REGISTRY_ADDR/$BASE_IMAGE"
+    local addr=$1 user=${2:-} password=${3:-} tag="$1/$BASE_IMAGE" config
+    make_temp_dir config
+    if [[ -n "$user" ]] && ! printf '%s' "$password" |
+        DOCKER_CONFIG="$config" dk login -u "$user" --password-stdin "$addr" >/dev/null 2>&1; then
+        die "docker login to $addr as $user failed"
+    fi
     dk tag "$BASE_IMAGE" "$tag"
-    if ! dk push "$tag" >/dev/null; then
+    if ! DOCKER_CONFIG="$config" dk push "$tag" >/dev/null; then
         dk rmi "$tag" >/dev/null 2>&1 || true
         die "pushing $tag to the registry failed"
     fi
     dk rmi "$tag" >/dev/null
-    log "push to $REGISTRY_ADDR works"
+    log "push to $addr works${user:+ (logged in as $user)}"
 }
 
 smoke_compose() {
@@ -472,16 +586,21 @@ cmd_up() {
     ensure_postgres
     ensure_redis
     ensure_dockerd
-    ensure_registry
+    ensure_registries
     ensure_base_image
     smoke_publish
-    smoke_push
+    smoke_push "$REGISTRY_ADDR"
+    smoke_push "$BASIC_REGISTRY_ADDR" "$REGISTRY_PUSH_USER" "$REGISTRY_PUSH_PASSWORD"
+    smoke_push "$TOKEN_REGISTRY_ADDR" "$REGISTRY_PUSH_USER" "$REGISTRY_PUSH_PASSWORD"
     smoke_compose
     log "test environment is up; load it with: eval \"\$(scripts/test-env.sh env)\""
 }
 
 cmd_down() {
     stop_pidfile "$REGISTRY_PIDFILE" docker-registry registry 10
+    stop_pidfile "$RUN_DIR/registry-basic.pid" docker-registry registry-basic 10
+    stop_pidfile "$RUN_DIR/registry-token.pid" docker-registry registry-token 10
+    stop_pidfile "$TOKEN_SERVER_PIDFILE" "$TOKEN_SERVER_SCRIPT" "token server" 10
     # dockerd stops its containers (up to 15 s each by default) before it exits.
     stop_pidfile "$DOCKERD_PIDFILE" "$DOCKER_SOCK" dockerd 60
     # The containerd that dockerd started normally leaves with it.
@@ -497,6 +616,12 @@ cmd_env() {
     cat <<EOF
 export DOCKER_HOST='$DOCKER_HOST_URL'
 export PORTSIDE_TEST_REGISTRY='$REGISTRY_ADDR'
+export PORTSIDE_TEST_BASIC_REGISTRY='$BASIC_REGISTRY_ADDR'
+export PORTSIDE_TEST_TOKEN_REGISTRY='$TOKEN_REGISTRY_ADDR'
+export PORTSIDE_TEST_REGISTRY_USER='$REGISTRY_PUSH_USER'
+export PORTSIDE_TEST_REGISTRY_PASSWORD='$REGISTRY_PUSH_PASSWORD'
+export PORTSIDE_TEST_REGISTRY_PULL_USER='$REGISTRY_PULL_USER'
+export PORTSIDE_TEST_REGISTRY_PULL_PASSWORD='$REGISTRY_PULL_PASSWORD'
 export PORTSIDE_TEST_BASE_IMAGE='$BASE_IMAGE'
 export PORTSIDE_TEST_DATABASE_URL='postgresql+psycopg2://$role@$PG_HOST:$PG_PORT/$PG_DB'
 export PORTSIDE_TEST_REDIS_URL='redis://$REDIS_HOST:$REDIS_PORT'
