@@ -57,15 +57,19 @@ class CommandError(Exception):
         self.code = code
 
 
-def _database(settings: Settings) -> Database:
+def _database(settings: Settings, *, migrated: bool = True) -> Database:
+    """The database, answering and (unless ``migrated`` is False, for the commands that
+    migrate it) at the schema this code needs: one line naming the fix otherwise."""
     database, _redis = desired.open_database(settings)
+    where = f"the database at {mask_url(settings.database_url)}"
     try:
         database.ping()
+        problem = migrate.behind(database.engine) if migrated else None
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        raise CommandError(
-            f"the database at {mask_url(settings.database_url)} is unavailable: {reason}"
-        ) from None
+        raise CommandError(f"{where} is unavailable: {reason}") from None
+    if problem:
+        raise CommandError(f"{where} {problem}: run `portside db upgrade`")
     return database
 
 
@@ -79,14 +83,14 @@ def _check_redis(settings: Settings) -> None:
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    database = _database(settings)
+    database = _database(settings, migrated=False)
     migrate.upgrade(database.engine, args.revision)
     print(f"database at {mask_url(settings.database_url)} is at revision {args.revision}")
     return 0
 
 
 def cmd_db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
-    database = _database(settings)
+    database = _database(settings, migrated=False)
     migrate.downgrade(database.engine, args.revision)
     print(f"database at {mask_url(settings.database_url)} is at revision {args.revision}")
     return 0
@@ -633,7 +637,7 @@ def _docker_engine_answers() -> bool:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     """Everything on one machine: migrate, then web, workers, beat and an agent."""
     _check_redis(settings)
-    database = _database(settings)
+    database = _database(settings, migrated=False)
     migrate.upgrade(database.engine)
     env = dict(os.environ, PORTSIDE_URL=f"http://{args.bind}")
     # One build worker for everything: a fork's builds too, unless told otherwise.

@@ -41,12 +41,7 @@ def make_engine(settings: Settings, *, autocommit: bool = False) -> Engine:
     if settings.is_sqlite:
         path = settings.database_url.split("///", 1)[-1]
         if path and path != ":memory:":
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(
-                    f"PORTSIDE_DATABASE_URL points to a directory that cannot be created: {exc}"
-                ) from None
+            _sqlite_directory(Path(path).parent, settings.data_dir)
         options["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
         # 4 web workers x (15 + 8 for the intake) stay under PostgreSQL's default of 100.
@@ -66,6 +61,23 @@ def make_engine(settings: Settings, *, autocommit: bool = False) -> Engine:
             cursor.close()
 
     return engine
+
+
+def _sqlite_directory(directory: Path, data_dir: Path) -> None:
+    """Portside's own data directory is made on first use; any other directory must exist,
+    so a mistyped path is one line, not a tree of directories made where nobody looks."""
+    if directory.is_dir():
+        return
+    if directory != data_dir:
+        raise ConfigError(
+            f"PORTSIDE_DATABASE_URL names a file in {directory}, which does not exist"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"PORTSIDE_DATA_DIR {directory} cannot be created: {exc.strerror}"
+        ) from None
 
 
 def execute_on_driver(

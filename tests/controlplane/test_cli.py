@@ -145,6 +145,43 @@ def test_the_database_password_is_not_printed_when_it_is_unreachable(portside: R
     assert "hunter2-db-password" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("command", [["tokens", "list"], ["worker"], ["web"]])
+def test_an_unmigrated_database_exits_1_with_one_line_naming_the_fix(
+    portside: Run, command: list[str]
+) -> None:
+    result = portside(*command)
+
+    assert_one_line_failure(result, 1, "no Portside tables", "run `portside db upgrade`")
+
+
+def test_a_database_behind_the_code_says_which_revisions(portside: Run) -> None:
+    assert portside("db", "upgrade", "0004").code == 0
+
+    result = portside("tokens", "list")
+
+    assert_one_line_failure(result, 1, "revision 0004", "run `portside db upgrade`")
+    assert portside("db", "upgrade").code == 0
+    assert portside("tokens", "list").code == 0
+
+
+def test_a_mistyped_sqlite_path_exits_2_and_creates_nothing(portside: Run, tmp_path: Path) -> None:
+    typo = tmp_path / "no-such-dir" / "nested" / "portside.sqlite3"
+
+    result = portside("db", "upgrade", env={"PORTSIDE_DATABASE_URL": f"sqlite:///{typo}"})
+
+    assert_one_line_failure(result, 2, "PORTSIDE_DATABASE_URL", str(typo.parent))
+    assert not (tmp_path / "no-such-dir").exists()
+
+
+def test_the_default_data_directory_is_made_on_first_use(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh" / "data"
+
+    result = run_portside(["db", "upgrade"], {"PORTSIDE_DATA_DIR": str(data_dir)})
+
+    assert result.code == 0, result
+    assert (data_dir / "portside.sqlite3").is_file()
+
+
 def test_a_worker_without_redis_exits_1_with_one_line(migrated: Run) -> None:
     url = f"redis://127.0.0.1:{CLOSED_PORT}/0"
 
