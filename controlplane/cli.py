@@ -588,6 +588,11 @@ def cmd_buildworker(settings: Settings, args: argparse.Namespace) -> int:
 
     if refusal := url_refusal(settings.url, allow_insecure=settings.allow_insecure_url):
         raise ConfigError(refusal)
+    if not _docker_engine_answers():
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        raise CommandError(
+            f"no Docker engine answers at {where}: a build worker needs one (set DOCKER_HOST)"
+        )
     name = args.name or f"build-{os.uname().nodename}-{os.getpid()}"
     queues = ",".join(worker.build_queues(name, settings.build_untrusted))
     argv = ["worker", "-Q", queues, "-n", f"{name}@%h", "-E", "-l", args.loglevel]
@@ -621,7 +626,7 @@ def _dev_secret_key(data_dir: Path) -> str:
 
 
 def _docker_engine_answers() -> bool:
-    """Whether the agent can start here (it exits at once without a Docker engine)."""
+    """Whether a build worker or an agent can work here (both need a Docker engine)."""
     try:
         client = docker.from_env(timeout=3)
     except DockerException:
@@ -657,22 +662,23 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     children = {
         "web": [*portside, "web", "--bind", args.bind],
         "worker": [*portside, "worker", "--concurrency", "2"],
-        "buildworker": [*portside, "buildworker", "--name", "build-dev"],
         "beat": [*portside, "beat"],
     }
-    if _docker_engine_answers():
+    docker_answers = _docker_engine_answers()
+    if docker_answers:
+        children["buildworker"] = [*portside, "buildworker", "--name", "build-dev"]
         children["agent"] = [*portside, "agent"]
     processes = {
         name: subprocess.Popen(command, env=agent_env if name == "agent" else env)
         for name, command in children.items()
     }
     print(f"portside dev: web on http://{args.bind}, workers and beat started; Ctrl-C stops")
-    if "agent" in processes:
+    if docker_answers:
         print(f"portside dev: the agent runs host {DEV_HOST!r}; create services on it")
     else:
         print(
-            "portside dev: no Docker engine answers (DOCKER_HOST), so no agent runs; "
-            "building and deploying need one",
+            "portside dev: no Docker engine answers (DOCKER_HOST), so no build worker and "
+            "no agent run; building and deploying need one",
             file=sys.stderr,
         )
     stopping = False

@@ -191,6 +191,16 @@ def test_a_worker_without_redis_exits_1_with_one_line(migrated: Run) -> None:
         assert_one_line_failure(result, 1, "Redis", f"127.0.0.1:{CLOSED_PORT}")
 
 
+def test_a_build_worker_without_a_docker_engine_exits_1_naming_docker_host(
+    migrated: Run, tmp_path: Path
+) -> None:
+    nowhere = f"unix://{tmp_path / 'no-docker.sock'}"
+
+    result = migrated("buildworker", "--name", "build-test", env={"DOCKER_HOST": nowhere})
+
+    assert_one_line_failure(result, 1, "DOCKER_HOST", nowhere)
+
+
 def test_db_upgrade_then_an_admin_token_that_authenticates(
     migrated: Run, sqlite_database: Database
 ) -> None:
