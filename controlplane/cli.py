@@ -615,14 +615,33 @@ def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "hostagent"])
 
 
+def _kept_secret(path: Path, still_good: Callable[[str], bool], make: Callable[[], str]) -> str:
+    """A secret ``portside dev`` keeps (0600) beside its data and reuses while it is still
+    good, so restarts neither change keys nor pile up tokens."""
+    if path.exists():
+        kept = path.read_text().strip()
+        if kept and still_good(kept):
+            return kept
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(value)
+    return value
+
+
 def _dev_secret_key(data_dir: Path) -> str:
-    """``portside dev``'s secret key: made once, kept (0600) in the data directory."""
-    path = data_dir / "dev-secret.key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets_module.token_urlsafe(32))
-    return path.read_text().strip()
+    """``portside dev``'s key for secrets at rest, made once."""
+    return _kept_secret(data_dir / "dev-secret.key", bool, lambda: secrets_module.token_urlsafe(32))
+
+
+def _dev_worker_token(session: Any, data_dir: Path) -> str:
+    """``portside dev``'s build worker token, reused while it authenticates."""
+    return _kept_secret(
+        data_dir / "dev-worker.token",
+        lambda kept: tokens.authenticate(session, kept) is not None,
+        lambda: tokens.create_token(session, "dev-buildworker", "worker", builds="all")[1],
+    )
 
 
 def _docker_engine_answers() -> bool:
@@ -654,9 +673,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     # The build worker and the agent talk to the web process like any other: with tokens.
     with database.session_scope() as session:
         if not settings.token:
-            _token, env["PORTSIDE_TOKEN"] = tokens.create_token(
-                session, "dev-buildworker", "worker", builds="all"
-            )
+            env["PORTSIDE_TOKEN"] = _dev_worker_token(session, settings.data_dir)
         agent_env["PORTSIDE_TOKEN"] = hosts.agent_token(session, DEV_HOST)
     portside = [sys.executable, "-m", "controlplane.cli"]
     children = {

@@ -13,10 +13,12 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from controlplane.cli import _dev_worker_token
 from controlplane.db import Database
 from controlplane.models import ApiToken, Host
 from controlplane.services import tokens
@@ -316,3 +318,25 @@ def test_usage_errors_exit_2(portside: Run) -> None:
 
     assert result.code == 2, result
     assert "Traceback" not in result.stderr
+
+
+def test_portside_dev_reuses_its_worker_token_until_it_stops_working(
+    db_session: Any, tmp_path: Path
+) -> None:
+    """Each `make dev` start used to mint another token; now one is kept (0600) and reused."""
+    first = _dev_worker_token(db_session, tmp_path)
+    db_session.commit()
+    again = _dev_worker_token(db_session, tmp_path)
+
+    assert again == first
+    assert (tmp_path / "dev-worker.token").stat().st_mode & 0o777 == 0o600
+    kept = tokens.authenticate(db_session, first)
+    assert kept is not None
+    tokens.revoke_token(db_session, kept.id, "test")
+    db_session.commit()
+
+    fresh = _dev_worker_token(db_session, tmp_path)
+
+    assert fresh != first
+    assert tokens.authenticate(db_session, fresh) is not None
+    assert len(tokens.list_tokens(db_session)) == 2
