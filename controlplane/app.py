@@ -15,7 +15,7 @@ from controlplane.api import notifications as notifications_api
 from controlplane.api.errors import register_error_handlers
 from controlplane.api.longpoll import WakeHub
 from controlplane.github.app import GitHubApp
-from controlplane.services import desired
+from controlplane.services import desired, logstream
 from controlplane.settings import Settings
 from tasks import pipeline as task_pipeline
 
@@ -55,6 +55,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app, webhooks.GitHubWebhookEndpoint(settings, database)
     )
     app.extensions["portside.redis"] = redis_client
+    app.extensions["portside.log_streams"] = logstream.LogStreams(
+        logstream.blocking_redis(settings.redis_url, settings.log_keepalive),
+        database,
+        settings.log_keepalive,
+    )
     app.extensions["portside.wake_hub"] = WakeHub(settings.redis_url)
     app.extensions["portside.github"] = GitHubApp.from_settings(settings)
     task_pipeline.configure_sender(settings)

@@ -104,6 +104,9 @@ class Settings:
     build_untrusted: Literal["no", "only", "yes"] = "no"
     # An enqueued delivery still unprocessed after this long is sent again by the outbox.
     redrive_after: int = 120
+    # Seconds a followed build log may stay quiet before the stream sends a keep-alive
+    # comment and checks whether the build ended (cancelled builds never close their log).
+    log_keepalive: int = 15
     webhook_max_bytes: int = 25 * 1024 * 1024
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
 
@@ -208,6 +211,8 @@ class Settings:
             kwargs["build_timeout"] = _require_int("PORTSIDE_BUILD_TIMEOUT", raw, 10, 86400)
         if (raw := get("REDRIVE_AFTER")) is not None:
             kwargs["redrive_after"] = _require_int("PORTSIDE_REDRIVE_AFTER", raw, 5, 86400)
+        if (raw := get("LOG_KEEPALIVE")) is not None:
+            kwargs["log_keepalive"] = _require_int("PORTSIDE_LOG_KEEPALIVE", raw, 1, 30)
         if (raw := get("BUILD_STALE_AFTER")) is not None:
             kwargs["build_stale_after"] = _require_int("PORTSIDE_BUILD_STALE_AFTER", raw, 15, 3600)
         if (raw := get("BUILD_UNTRUSTED")) is not None:

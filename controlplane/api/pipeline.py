@@ -4,11 +4,9 @@ credentials, upload artifacts, record deployments; plus build logs for everyone.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, request
 from flask_smorest import Blueprint, Page
 from redis import Redis
 from sqlalchemy import select
@@ -20,7 +18,7 @@ from controlplane.db import session
 from controlplane.errors import ComposeRefusedError, ServiceUnavailable
 from controlplane.github.app import GitHubApp
 from controlplane.models import Variable
-from controlplane.services import builds, logs, registries
+from controlplane.services import builds, logs, logstream, registries
 from controlplane.settings import Settings
 
 worker_api = Blueprint(
@@ -203,11 +201,15 @@ def list_deployments(service_id: int) -> list[Any]:
 @worker_api.get("/<int:build_id>/logs")
 @require("read")
 @worker_api.response(200, schemas.LogsSchema)
-@worker_api.doc(description="With `Accept: text/event-stream`, follows the log until the end.")
+@worker_api.doc(
+    description="With `Accept: text/event-stream`, follows the log until the build ends "
+    "(`event: end` with its status), with keep-alive comments while it is quiet; "
+    "`Last-Event-ID` resumes after an entry."
+)
 def build_logs(build_id: int) -> Any:
     build = builds.get_build(session(), build_id)
     if request.accept_mimetypes.best == "text/event-stream":
-        return _follow(build_id, build.status in builds.FINISHED)
+        return log_stream_response(build_id, request.headers.get("Last-Event-ID"))
     if build.status in builds.FINISHED and build.log is not None:
         lines = build.log.split("\n") if build.log else []
     else:
@@ -220,28 +222,13 @@ def build_logs(build_id: int) -> Any:
     }
 
 
-def _follow(build_id: int, finished: bool) -> Response:
-    redis_client = _redis()
-    stored = builds.get_build(session(), build_id).log if finished else None
-    last_event_id = request.headers.get("Last-Event-ID") or "0-0"
-
-    def events() -> Iterator[str]:
-        if stored is not None:
-            for text in stored.split("\n") if stored else []:
-                yield f"data: {json.dumps(text)}\n\n"
-            yield "event: end\ndata: {}\n\n"
-            return
-        for entry_id, line in logs.follow(redis_client, build_id, last_event_id):
-            if not entry_id:
-                yield ": keep-alive\n\n"
-            elif line is None:
-                yield f"id: {entry_id}\nevent: end\ndata: {{}}\n\n"
-                return
-            else:
-                yield f"id: {entry_id}\ndata: {json.dumps(line)}\n\n"
-
+def log_stream_response(build_id: int, after: str | None) -> Response:
+    """The build's log as server-sent events (the API's and the dashboard's stream); the
+    request's database session goes back first, streaming holds none."""
+    session().close()
+    streams: logstream.LogStreams = current_app.extensions["portside.log_streams"]
     return Response(
-        stream_with_context(events()),
+        streams.events(build_id, after),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -6,10 +6,6 @@ redirects to the login form and the log stream answers 401.
 
 from __future__ import annotations
 
-import json
-import re
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +28,9 @@ from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
+from controlplane.api.pipeline import log_stream_response
 from controlplane.dashboard import login, present
-from controlplane.db import Database, session
+from controlplane.db import session
 from controlplane.errors import ApiError
 from controlplane.models import (
     BUILD_STATUSES,
@@ -62,12 +59,6 @@ PAGE_SIZE = 50
 # The build page shows this many log lines; the whole log is at log.txt.
 PAGE_LOG_LINES = 5000
 FAILURE_TAIL = 25
-# How often a stream with nothing new checks whether its build ended without a log end
-# (a cancelled build's log is never closed), and how long it waits at the end for the
-# build's final state to be committed.
-STREAM_POLL_MS = 5000
-END_WAIT_SECONDS = 10.0
-STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 PUBLIC_ENDPOINTS = ("dashboard.login", "dashboard.static")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -366,71 +357,13 @@ def log_text(build_id: int) -> Response:
     return Response("\n".join(lines) + ("\n" if lines else ""), mimetype="text/plain")
 
 
-def _event(data: Any, event: str | None = None, entry_id: str | None = None) -> str:
-    head = (f"id: {entry_id}\n" if entry_id else "") + (f"event: {event}\n" if event else "")
-    return f"{head}data: {json.dumps(data)}\n\n"
-
-
-def _status_of(database: Database, build_id: int) -> str | None:
-    db = database.new_session()
-    try:
-        return db.scalar(select(Build.status).where(Build.id == build_id))
-    finally:
-        db.close()
-
-
-def _final_status(database: Database, build_id: int) -> str | None:
-    """The build's status once its end is committed (the log closes just before)."""
-    deadline = time.monotonic() + END_WAIT_SECONDS
-    while True:
-        status = _status_of(database, build_id)
-        if status in builds.FINISHED or time.monotonic() > deadline:
-            return status
-        time.sleep(0.2)
-
-
 @blueprint.get("/builds/<int:build_id>/log/stream")
 def log_stream(build_id: int) -> Response:
     """The build's log as server-sent events for this session (EventSource sends no
-    bearer header): ``data`` events of JSON strings, then ``event: end`` with the status."""
-    build = _build_or_404(build_id)
-    after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0-0"
-    if not STREAM_ID.match(after):
-        after = "0-0"
-    finished = build.status in builds.FINISHED
-    stored = build.log.split("\n") if finished and build.log else None
-    status = build.status
-    database: Database = current_app.extensions["portside.db"]
-    redis_client = _redis()
-    # Streaming holds no database connection: the request's session goes back now.
-    session().close()
-
-    def events() -> Iterator[str]:
-        if finished and stored is not None:
-            for text in stored:
-                yield _event(text)
-            yield _event({"status": status}, "end")
-            return
-        yield ": stream open\n\n"
-        for entry_id, line in logs.follow(redis_client, build_id, after, STREAM_POLL_MS):
-            if entry_id and line is not None:
-                yield _event(line, entry_id=entry_id)
-                continue
-            if entry_id:  # the log's end marker
-                yield _event({"status": _final_status(database, build_id)}, "end", entry_id)
-                return
-            current = _status_of(database, build_id)
-            if current is None or current in builds.FINISHED:
-                # Ended without closing its log (cancelled, superseded) or was removed.
-                yield _event({"status": current}, "end")
-                return
-            yield ": keep-alive\n\n"
-
-    return Response(
-        events(),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    bearer header): the API's stream, resuming after ``Last-Event-ID`` or ``?after=``."""
+    _build_or_404(build_id)
+    after = request.headers.get("Last-Event-ID") or request.args.get("after")
+    return log_stream_response(build_id, after)
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import redis
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from controlplane.dashboard import views
 from controlplane.db import Database
 from controlplane.models import (
     ApiToken,
@@ -512,9 +511,8 @@ def test_the_stream_of_a_finished_build_replays_its_stored_log(
 
 
 def test_the_stream_ends_when_a_build_ends_without_closing_its_log(
-    viewer: FlaskClient, seeded: Seeded, database: Database, monkeypatch: pytest.MonkeyPatch
+    viewer: FlaskClient, seeded: Seeded, database: Database
 ) -> None:
-    monkeypatch.setattr(views, "STREAM_POLL_MS", 100)
     set_status(database, seeded.preview_build, "cancelled")  # superseded: nobody closes it
     with database.session_scope() as session:
         build = session.get(Build, seeded.preview_build)
