@@ -1094,6 +1094,52 @@ def create_github_server(state: GitHubState) -> Flask:
             raise GitHubError(409, "Git Repository is empty.")
         return _commit(repo, repos.commit_info(repo.path, commit_sha(repo, ref)), base())
 
+    @app.get("/repos/<owner>/<name>/compare/<path:basehead>")
+    def compare_commits(owner: str, name: str, basehead: str) -> Json:
+        """``base...head``: where head stands against base (ahead, behind, diverged or
+        identical), with the commits head has that base lacks, oldest first."""
+        repo = repo_for(owner, name, "contents")
+        base_ref, separator, head_ref = basehead.partition("...")
+        if not separator:
+            raise GitHubError(404, "Not Found")
+        if repos.is_empty(repo.path):
+            raise GitHubError(409, "Git Repository is empty.")
+        base_sha, head_sha = commit_sha(repo, base_ref), commit_sha(repo, head_ref)
+        try:
+            merge_base = repos.git(repo.path, "merge-base", base_sha, head_sha).decode().strip()
+        except RuntimeError:
+            unrelated = f"No common ancestor between {base_ref} and {head_ref}."
+            raise GitHubError(404, unrelated) from None
+        ahead = repos.git(repo.path, "rev-list", "--reverse", f"{base_sha}..{head_sha}")
+        behind = repos.git(repo.path, "rev-list", "--count", f"{head_sha}..{base_sha}")
+        ahead_shas, behind_by = ahead.decode().split(), int(behind.decode())
+        status = (
+            ("identical" if not behind_by else "behind")
+            if not ahead_shas
+            else ("ahead" if not behind_by else "diverged")
+        )
+        html = f"{base()}/{repo.full_name}"
+        api = f"{base()}/repos/{repo.full_name}"
+
+        def commit_json(sha: str) -> Json:
+            return _commit(repo, repos.commit_info(repo.path, sha), base())
+
+        return {
+            "url": f"{api}/compare/{basehead}",
+            "html_url": f"{html}/compare/{basehead}",
+            "permalink_url": f"{html}/compare/{owner}:{base_sha[:7]}...{owner}:{head_sha[:7]}",
+            "diff_url": f"{html}/compare/{basehead}.diff",
+            "patch_url": f"{html}/compare/{basehead}.patch",
+            "base_commit": commit_json(base_sha),
+            "merge_base_commit": commit_json(merge_base),
+            "status": status,
+            "ahead_by": len(ahead_shas),
+            "behind_by": behind_by,
+            "total_commits": len(ahead_shas),
+            "commits": [commit_json(sha) for sha in ahead_shas[:250]],
+            "files": [],
+        }
+
     @app.get("/repos/<owner>/<name>/pulls/<int:number>")
     def get_pull(owner: str, name: str, number: int) -> Json:
         repo = repo_for(owner, name, "pull_requests")
