@@ -3,13 +3,18 @@
 PyGithub signs the RS256 JWT (iat 60 s in the past, exp 5 min later) and exchanges it
 for an installation token against ``PORTSIDE_GITHUB_API_URL``, so GitHub Enterprise
 Server works the same. Tokens stay in this process's memory only.
+
+GitHub's rate limits are waited out, never taken for a refusal: a short wait in the call,
+a long one handed back as :class:`GitHubRateLimited` for the caller (a Celery task) to
+retry after; a 401 mints a new installation token.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,11 +27,28 @@ from controlplane.settings import Settings
 # Refresh a cached token this long before GitHub says it expires.
 REFRESH_MARGIN = dt.timedelta(minutes=5)
 TIMEOUT = 10
+# GitHub's largest page: 150 repositories are two requests, not five.
+PER_PAGE = 100
+# A rate limit asking for this many seconds or fewer is waited out in the call (at most
+# INLINE_WAITS times); a longer one goes back to the caller to retry later.
+INLINE_WAIT_MAX = 10.0
+INLINE_WAITS = 3
+# GitHub: a secondary rate limit without Retry-After nor x-ratelimit-remaining: 0 means
+# waiting at least a minute.
+DEFAULT_RATE_LIMIT_WAIT = 60.0
 T = TypeVar("T")
 
 
 class GitHubError(TransientError):
     """GitHub could not be reached or answered 5xx/429; worth retrying."""
+
+
+class GitHubRateLimited(GitHubError):
+    """GitHub said to slow down; ``retry_after`` is how many seconds it asked to wait."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class GitHubRefused(PermanentError):
@@ -45,12 +67,42 @@ class InstallationToken:
         return self.expires_at - REFRESH_MARGIN > now
 
 
+def rate_limit_wait(
+    status: int, headers: Mapping[str, str] | None, message: str, now: float
+) -> float | None:
+    """The seconds GitHub asks to wait when an answer is a rate limit, else None.
+
+    GitHub's rules: a 403 or 429 with ``Retry-After`` waits that long; with
+    ``x-ratelimit-remaining: 0`` until ``x-ratelimit-reset`` (epoch seconds); a secondary
+    limit (or a 429) saying neither waits a minute. Any other 403 is a refusal."""
+    if status not in (403, 429):
+        return None
+    lower = {key.lower(): value for key, value in (headers or {}).items()}
+    retry_after = str(lower.get("retry-after", "")).strip()
+    if retry_after.isdigit():
+        return float(retry_after)
+    if str(lower.get("x-ratelimit-remaining", "")).strip() == "0":
+        reset = str(lower.get("x-ratelimit-reset", "")).strip()
+        return max(1.0, float(reset) - now) if reset.isdigit() else DEFAULT_RATE_LIMIT_WAIT
+    if status == 429 or "rate limit" in message.lower():
+        return DEFAULT_RATE_LIMIT_WAIT
+    return None
+
+
+def _answered(status: int, headers: Mapping[str, str] | None, message: str, what: str) -> Exception:
+    wait = rate_limit_wait(status, headers, message, time.time())
+    if wait is not None:
+        return GitHubRateLimited(f"{what}: GitHub rate-limited us for {wait:.0f} s", wait)
+    if status >= 500:
+        return GitHubError(f"{what}: GitHub answered {status}")
+    return GitHubRefused(f"{what}: GitHub answered {status}")
+
+
 def translate(exc: Exception, what: str) -> Exception:
     """Map a PyGithub/requests error onto Portside's transient/permanent split."""
     if isinstance(exc, GithubException):
-        if exc.status == 429 or exc.status >= 500:
-            return GitHubError(f"{what}: GitHub answered {exc.status}")
-        return GitHubRefused(f"{what}: GitHub answered {exc.status}")
+        data = exc.data if isinstance(exc.data, dict) else {}
+        return _answered(exc.status, exc.headers, str(data.get("message") or ""), what)
     if isinstance(exc, requests.RequestException | OSError):
         return GitHubError(f"{what}: GitHub is unreachable ({exc.__class__.__name__})")
     return exc
@@ -142,10 +194,12 @@ class GitHubApp:
             )
         except requests.RequestException as exc:
             raise translate(exc, what) from None
-        if response.status_code == 429 or response.status_code >= 500:
-            raise GitHubError(f"{what}: GitHub answered {response.status_code}")
         if response.status_code != 201:
-            raise GitHubRefused(f"{what}: GitHub answered {response.status_code}")
+            try:
+                message = str(response.json().get("message") or "")
+            except ValueError:
+                message = ""
+            raise _answered(response.status_code, response.headers, message, what)
         body = response.json()
         expires_at = dt.datetime.fromisoformat(str(body["expires_at"]).replace("Z", "+00:00"))
         if expires_at.tzinfo is None:
@@ -153,18 +207,30 @@ class GitHubApp:
         return InstallationToken(str(body["token"]), expires_at)
 
     def call(self, installation_id: int, what: str, operation: Callable[[Github], T]) -> T:
-        """Run ``operation`` with an installation client; a 401 refreshes the token once."""
-        for refresh in (False, True):
+        """Run ``operation`` with an installation client: a 401 refreshes the token once,
+        a short rate limit is waited out and the operation run again (so it must be
+        idempotent), a long one raises :class:`GitHubRateLimited`."""
+        refresh, refreshed, waits = False, False, 0
+        while True:
             client = self.client(installation_id, refresh=refresh)
+            refresh = False
             try:
                 return operation(client)
             except GithubException as exc:
-                if exc.status == 401 and not refresh:
+                if exc.status == 401 and not refreshed:
+                    refresh = refreshed = True
                     continue
-                raise translate(exc, what) from None
+                error = translate(exc, what)
             except requests.RequestException as exc:
                 raise translate(exc, what) from None
-        raise AssertionError("unreachable")
+            if (
+                not isinstance(error, GitHubRateLimited)
+                or error.retry_after > INLINE_WAIT_MAX
+                or waits >= INLINE_WAITS
+            ):
+                raise error from None
+            waits += 1
+            time.sleep(error.retry_after)
 
     def client(self, installation_id: int, *, refresh: bool = False) -> Github:
         """An API client acting as the installation."""
@@ -172,6 +238,7 @@ class GitHubApp:
             auth=Auth.Token(self.installation_token(installation_id, refresh=refresh)),
             base_url=self.api_url,
             timeout=TIMEOUT,
+            per_page=PER_PAGE,
             retry=None,
             seconds_between_requests=None,
             seconds_between_writes=None,

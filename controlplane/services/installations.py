@@ -1,7 +1,14 @@
-"""The roster of App installations and their repositories, kept from webhook events.
+"""The roster of App installations and their repositories.
+
+Webhook events keep it current; on ``created``, ``unsuspend`` and
+``new_permissions_accepted``, and daily (:func:`reconcile_all`), it is compared with
+``GET /installation/repositories``, so a missed event is repaired.
 
 Each repository notes whether it has a compose file at one of the default paths docker
-compose looks at, found through the contents API at the default branch.
+compose looks at, found through the contents API at the default branch. A repository
+GitHub cannot show (empty, refused, rate-limited) is registered all the same, left
+unchecked and looked at again by the next reconciliation: one repository never fails
+its installation's roster.
 """
 
 from __future__ import annotations
@@ -9,12 +16,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from github import Github
+from github import Github, GithubException
+from github.PaginatedList import PaginatedList
+from github.Repository import Repository as GitHubRepository
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controlplane.errors import NotFound, PermanentError
-from controlplane.github.app import GitHubApp
+from controlplane.db import Database
+from controlplane.errors import NotFound, PermanentError, TransientError
+from controlplane.github.app import GitHubApp, GitHubRateLimited
 from controlplane.models import Installation, Repository, WebhookDelivery, utcnow
 from controlplane.services.outcomes import HandlerContext, Outcome
 
@@ -56,7 +66,12 @@ def detect_compose(session: Session, repository: Repository, github: GitHubApp |
 
     def look(client: Github) -> tuple[str, str, str | None]:
         repo = client.get_repo(repository.full_name)
-        listing = repo.get_contents("", ref=repo.default_branch)
+        try:
+            listing = repo.get_contents("", ref=repo.default_branch)
+        except GithubException as exc:
+            if exc.status != 404:  # 404 "This repository is empty.": nothing to find
+                raise
+            listing = []
         names = {item.name for item in (listing if isinstance(listing, list) else [listing])}
         compose = next((name for name in COMPOSE_FILE_NAMES if name in names), None)
         return repo.clone_url, repo.default_branch, compose
@@ -68,6 +83,90 @@ def detect_compose(session: Session, repository: Repository, github: GitHubApp |
     repository.default_branch = default_branch
     repository.compose_path = compose
     repository.compose_checked_at = utcnow()
+
+
+def detect_each(session: Session, repositories: list[Repository], github: GitHubApp | None) -> int:
+    """Look for the compose file of each repository; one GitHub cannot show stays
+    unchecked (``compose_checked_at`` empty) for the next reconciliation. A rate limit
+    stops the round: the rest wait for the next one too. Returns how many were checked."""
+    checked = 0
+    for repository in repositories:
+        try:
+            detect_compose(session, repository, github)
+        except GitHubRateLimited as exc:
+            log.warning("compose detection paused: %s; the next reconciliation goes on", exc)
+            break
+        except (PermanentError, TransientError) as exc:
+            log.warning("%s stays unchecked: %s", repository.full_name, exc)
+            continue
+        checked += 1
+    return checked
+
+
+def _listed_repositories(github: GitHubApp, installation_id: int) -> list[dict[str, Any]]:
+    """Every repository the installation can reach, all pages of
+    ``GET /installation/repositories``."""
+
+    def listing(client: Github) -> list[dict[str, Any]]:
+        pages = PaginatedList(
+            GitHubRepository,
+            client.requester,
+            "/installation/repositories",
+            None,
+            list_item="repositories",
+        )
+        return [{"id": r.id, "full_name": r.full_name, "private": r.private} for r in pages]
+
+    return github.call(installation_id, f"repositories of installation {installation_id}", listing)
+
+
+def reconcile(
+    session: Session,
+    installation: Installation,
+    github: GitHubApp | None,
+    known: list[dict[str, Any]] | None = None,
+) -> tuple[int, int]:
+    """Make the installation's roster what GitHub lists (``known``, a webhook's list,
+    when no App client is configured): new repositories registered, the ones no longer
+    listed marked removed, unchecked ones looked at. Returns (listed, removed)."""
+    listed = _listed_repositories(github, installation.id) if github else list(known or [])
+    present = [_upsert_repository(session, installation, data) for data in listed]
+    session.flush()
+    removed = 0
+    if github is not None:
+        ids = {repository.id for repository in present}
+        for repository in installation.repositories:
+            if repository.id not in ids and repository.removed_at is None:
+                repository.removed_at = utcnow()
+                removed += 1
+    detect_each(session, [r for r in present if r.compose_checked_at is None], github)
+    return len(present), removed
+
+
+def reconcile_all(database: Database, github: GitHubApp) -> dict[int, str]:
+    """The daily reconciliation of every live installation, each in its own transaction
+    so one failing never holds back the others. Returns what happened, by installation."""
+    with database.session_scope() as session:
+        ids = list(
+            session.scalars(
+                select(Installation.id).where(
+                    Installation.deleted_at.is_(None), Installation.suspended_at.is_(None)
+                )
+            )
+        )
+    results: dict[int, str] = {}
+    for installation_id in ids:
+        try:
+            with database.session_scope() as session:
+                installation = session.get(Installation, installation_id)
+                if installation is None:
+                    continue
+                listed, removed = reconcile(session, installation, github)
+            results[installation_id] = f"{listed} repositories, {removed} removed"
+        except (PermanentError, TransientError) as exc:
+            log.warning("installation %s not reconciled: %s", installation_id, exc)
+            results[installation_id] = f"failed: {exc}"
+    return results
 
 
 def _payload_installation(delivery: WebhookDelivery) -> dict[str, Any]:
@@ -92,23 +191,17 @@ def handle_installation_event(
     if action == "suspend":
         installation.suspended_at = utcnow()
         return Outcome("processed", f"installation {installation.id} suspended")
-    if action == "unsuspend":
-        installation.suspended_at = None
-        return Outcome("processed", f"installation {installation.id} unsuspended")
-    if action not in ("created", "new_permissions_accepted"):
+    if action not in ("created", "new_permissions_accepted", "unsuspend"):
         return Outcome("ignored", f"installation action {action!r} is not handled")
     installation.deleted_at = None
+    if action == "unsuspend":
+        installation.suspended_at = None
     session.flush()
-    repositories = [
-        _upsert_repository(session, installation, repo)
-        for repo in delivery.payload.get("repositories") or []
-    ]
-    session.flush()
-    for repository in repositories:
-        detect_compose(session, repository, github)
+    listed, removed = reconcile(session, installation, github, delivery.payload.get("repositories"))
     return Outcome(
         "processed",
-        f"installation {installation.id} {action} with {len(repositories)} repositories",
+        f"installation {installation.id} {action} with {listed} repositories"
+        + (f", {removed} removed" if removed else ""),
     )
 
 
@@ -123,8 +216,7 @@ def handle_repositories_event(
         for repo in delivery.payload.get("repositories_added") or []
     ]
     session.flush()
-    for repository in added:
-        detect_compose(session, repository, github)
+    detect_each(session, added, github)
     removed = 0
     for repo in delivery.payload.get("repositories_removed") or []:
         gone = session.get(Repository, repo["id"])

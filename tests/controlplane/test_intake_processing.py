@@ -96,10 +96,13 @@ def test_installation_sync_keeps_the_exact_roster_with_compose_detection(
     seeded: GitHubServer,
     github_app: GitHubApp,
 ) -> None:
+    later = seeded.state.repository(f"{OWNER}/later")
+    seeded.state.remove_repository(later.full_name)  # granted only after installing
     install(client, database, seeded, github_app)
     roster = {r.full_name: r.compose_path for r in db_session.scalars(select(Repository))}
     assert roster == {f"{OWNER}/Hello-World": "compose.yaml", f"{OWNER}/plain": None}
 
+    seeded.state.add_repository(INSTALLATION, later.full_name)
     changes = json_payload("installation_repositories__added.payload.json")
     changes["installation"]["id"] = INSTALLATION
     changes["repositories_added"] = [_repo_ref(seeded, f"{OWNER}/later")]
@@ -326,6 +329,7 @@ def test_failed_delivery_runs_again_when_redelivered(
     payload["repositories"] = [{"id": 1, "name": "gone", "full_name": f"{OWNER}/gone"}]
     guid = str(uuid.uuid4())
     delivery_id = post(client, "installation", payload, guid=guid)
+    seeded.state.fail("/installation/repositories", method="GET", status=403)
     process(database, delivery_id, github_app)
     assert delivery(db_session, delivery_id).status == "failed"
     seeded.state.add_repository(INSTALLATION, f"{OWNER}/gone")
@@ -338,4 +342,5 @@ def test_failed_delivery_runs_again_when_redelivered(
     process(database, delivery_id, github_app)
     row = delivery(db_session, delivery_id)
     assert row.status == "processed" and row.attempts == 2
-    assert db_session.scalar(select(Repository.compose_path)) == "compose.yml"
+    gone = select(Repository.compose_path).where(Repository.full_name == f"{OWNER}/gone")
+    assert db_session.scalar(gone) == "compose.yml"

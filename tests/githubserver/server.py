@@ -289,6 +289,7 @@ class GitHubState:
         self.statuses: list[CommitStatus] = []
         self.comments: list[IssueComment] = []
         self.git_requests: list[GitRequest] = []
+        self.api_requests: list[tuple[str, str]] = []  # (method, path?query), in order
         self.faults: list[Fault] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -828,6 +829,7 @@ def create_github_server(state: GitHubState) -> Flask:
 
     @app.before_request
     def fail_before() -> Response | None:
+        state.api_requests.append((request.method, request.full_path.rstrip("?")))
         fault = state.fault_for(request.method, request.path, request.get_data(), after=False)
         return fault_response(fault) if fault else None
 
