@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from typing import Any
 
 from celery import Task
@@ -11,16 +12,19 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from redis import Redis
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import PermanentError, TransientError
+from controlplane.github.app import GitHubRateLimited
 from controlplane.models import Build, utcnow
 from controlplane.services import (
     builds,
     deliveries,
     effects,
     feedback,
+    installations,
     notifications,
     previews,
     pushes,
@@ -104,13 +108,16 @@ def reconcile_branches() -> list[int]:
 
 @celery_app.task(name=pipeline.START_BUILD, acks_late=True)
 def start_build(build_id: int) -> list[int]:
-    """Cancel the older unfinished builds of the environment and wake the dispatchers,
-    which send the chain when the build's turn comes (tasks.relay.BuildDispatcher)."""
+    """Cancel the older unfinished builds of the environment (or this one, when its commit
+    is an ancestor of one built; GitHub's compare API decides what the push payloads do
+    not) and wake the dispatchers, which send the chain when the build's turn comes
+    (tasks.relay.BuildDispatcher)."""
     with runtime.database().session_scope() as session:
         build = session.get(Build, build_id)
         if build is None:
             raise PermanentError(f"build {build_id} does not exist")
-        cancelled = builds.supersede_older(session, build)
+        compare = pushes.github_compare(runtime.github_app(), build.service)
+        cancelled = builds.supersede_older(session, build, compare)
         if build.status == "queued":
             effects.note_feedback(session, "build_queued", build_id)
         builds.wake_dispatchers(session)
@@ -130,20 +137,43 @@ def take_over_stale_builds() -> list[int]:
     return taken
 
 
+# A rate-limited event is tried again after GitHub's wait (at most RATE_LIMIT_COUNTDOWN_MAX
+# seconds at a time, within the broker's visibility timeout), this many times in all.
+RATE_LIMIT_RETRIES = 24
+RATE_LIMIT_COUNTDOWN_MAX = 900
+
+
 @celery_app.task(
     name=pipeline.GITHUB_FEEDBACK,
+    bind=True,
     acks_late=True,
     autoretry_for=RETRYABLE,
     retry_backoff=5,
     max_retries=5,
 )
-def github_feedback(event: str, object_id: int) -> None:
-    """Commit statuses, deployments and PR comments on GitHub; never blocks a deploy."""
+def github_feedback(self: Task[Any, Any], event: str, object_id: int) -> None:
+    """Commit statuses, deployments and PR comments on GitHub; never blocks a deploy. A
+    rate limit longer than the client waits out is retried after GitHub's wait, rather
+    than holding a worker for minutes."""
     github = runtime.github_app()
     if github is None:
         return
-    with runtime.database().session_scope() as session:
-        feedback.send(session, github, settings_of(celery_app), event, object_id)
+    try:
+        with runtime.database().session_scope() as session:
+            feedback.send(session, github, settings_of(celery_app), event, object_id)
+    except GitHubRateLimited as exc:
+        countdown = min(RATE_LIMIT_COUNTDOWN_MAX, max(1, math.ceil(exc.retry_after)))
+        log.warning("GitHub feedback %s %s waits %d s: %s", event, object_id, countdown, exc)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=RATE_LIMIT_RETRIES) from exc
+
+
+@celery_app.task(name=pipeline.RECONCILE_INSTALLATIONS, acks_late=True)
+def reconcile_installations() -> dict[int, str]:
+    """The daily repair of the installations' rosters against GitHub's lists."""
+    github = runtime.github_app()
+    if github is None:
+        return {}
+    return installations.reconcile_all(runtime.database(), github)
 
 
 @celery_app.task(
@@ -153,20 +183,27 @@ def github_feedback(event: str, object_id: int) -> None:
     retry_backoff=10,
     max_retries=5,
 )
-def delete_images(images: list[dict[str, str]]) -> int:
-    """Delete a removed preview's images from the registry, by digest."""
+def delete_images(images: list[dict[str, Any]]) -> int:
+    """Delete torn-down previews' images from the registry, by digest; returns how many
+    previews are left without images (a refusal is shown on its environment)."""
     settings = settings_of(celery_app)
-    deleted = 0
-    with runtime.database().session_scope() as session:
-        box = SecretBox.from_settings(settings) if settings.secret_key else None
-        for image in images:
-            credentials = (
-                registries.credentials_for(session, box, image["repository"], None)
-                if box
-                else registries.Credentials(image["repository"], None, None)
-            )
-            deleted += registries.delete_image(credentials, image["repository"], image["digest"])
-    return deleted
+    box = SecretBox.from_settings(settings) if settings.secret_key else None
+    by_environment: dict[int, list[dict[str, Any]]] = {}
+    for image in images:
+        by_environment.setdefault(image["environment_id"], []).append(image)
+    cleaned = 0
+    for environment_id, its_images in by_environment.items():
+        with runtime.database().session_scope() as session:
+
+            def credentials_for(
+                repository: str, installation_id: int | None, session: Session = session
+            ) -> registries.Credentials:
+                if box is None:
+                    return registries.Credentials(repository, None, None)
+                return registries.credentials_for(session, box, repository, installation_id)
+
+            cleaned += previews.delete_images(session, environment_id, its_images, credentials_for)
+    return cleaned
 
 
 @celery_app.task(name=pipeline.CLEAN_UP_PREVIEWS, acks_late=True)
@@ -182,6 +219,10 @@ def clean_up_previews() -> list[str]:
             if environment.status != "inactive":
                 previews.teardown(session, environment, "portside:cleanup", reason)
                 removed.append(environment.name)
+        pending = previews.pending_image_deletions(session)
+    # Images a registry refused (or that outlived their task's retries) are tried again.
+    for images in pending:
+        pipeline.delete_images(images)
     return removed
 
 

@@ -53,7 +53,7 @@ from controlplane.models import (
     Service,
     utcnow,
 )
-from controlplane.services import audit, desired, effects
+from controlplane.services import ancestry, audit, desired, effects, stops
 from controlplane.services.pushes import PIPELINE_STEPS
 
 log = logging.getLogger(__name__)
@@ -231,11 +231,20 @@ def finish_step(
 
 
 def heartbeat(session: Session, build_id: int, attempt: int) -> None:
-    session.execute(
+    """Note that the worker is at it; Conflict when it must stop: the build was cancelled
+    (superseded) or this attempt taken over (the worker's backstop for a stop signal)."""
+    beat = session.execute(
         update(Build)
         .where(Build.id == build_id, Build.attempt == attempt, Build.status == "running")
         .values(heartbeat_at=utcnow())
     )
+    if beat.rowcount == 1:  # type: ignore[attr-defined]
+        return
+    build = get_build(session, build_id)
+    if build.status == "cancelled":
+        raise Conflict(f"build {build_id} was cancelled: {build.error}")
+    if build.attempt != attempt:
+        raise Conflict(f"build {build_id} attempt {attempt} was taken over")
 
 
 # How the status_reason of an environment refused for a build's artifacts starts.
@@ -405,15 +414,13 @@ def _image_violations(
     return violations
 
 
-def _order_key(build: Build) -> tuple[dt.datetime, int]:
-    return (build.pushed_at or build.created_at, build.id)
-
-
 def record_deployment(session: Session, service_id: int, build_id: int, actor: str) -> Deployment:
     """Make a finished build the desired state of its environment, unless a newer one is.
 
     The environment row is locked and its generation compared-and-swapped, so builds
-    that finish in any order end with the newest commit deployed.
+    that finish in any order end with the newest commit deployed: newest by ancestry as
+    the push payloads tell it (:mod:`~controlplane.services.ancestry`; GitHub was asked
+    already when the build started, see :func:`supersede_older`).
     """
     build = get_build(session, build_id, lock=True)
     if build.service_id != service_id:
@@ -438,7 +445,11 @@ def record_deployment(session: Session, service_id: int, build_id: int, actor: s
     current = environment.current_deployment
     deployment = Deployment(environment_id=environment.id, build_id=build.id, status="pending")
     session.add(deployment)
-    if current is not None and _order_key(current.build) > _order_key(build):
+    if current is not None and ancestry.is_newer(
+        ancestry.of_build(current.build),
+        ancestry.of_build(build),
+        ancestry.facts_for(session, environment.id),
+    ):
         deployment.status = "superseded"
         deployment.error = f"a newer build ({current.build.commit_sha[:7]}) is already deployed"
         _finish_build(build, "superseded")
@@ -481,28 +492,62 @@ def _finish_build(build: Build, status: str) -> None:
     last.finished_at = now
 
 
-def supersede_older(session: Session, build: Build) -> list[int]:
-    """Cancel the unfinished older builds of the same environment; return their ids."""
-    older = list(
+def supersede_older(
+    session: Session, build: Build, compare: ancestry.Compare | None = None
+) -> list[int]:
+    """Cancel what ``build`` makes pointless: the unfinished builds of the environment
+    whose commit it is newer than, or ``build`` itself when an unfinished build or the
+    deployed one is newer (its commit an ancestor of theirs). Newer by
+    :func:`ancestry.is_newer`, asking GitHub through ``compare`` when the push payloads
+    cannot tell. Return the cancelled builds' ids; the workers running them are told to
+    stop once this transaction commits (:mod:`~controlplane.services.stops`).
+
+    GitHub is asked before any row is locked; the builds are then locked in id order
+    (as every caller locks them) and only those still unfinished are cancelled.
+    """
+    if build.status not in ("queued", "running"):
+        return []  # cancelled meanwhile by a newer build's own start
+    unfinished = (Build.status.in_(("queued", "running")),)
+    rivals = list(
         session.scalars(
             select(Build).where(
-                Build.environment_id == build.environment_id,
-                Build.id != build.id,
-                Build.status.in_(("queued", "running")),
+                Build.environment_id == build.environment_id, Build.id != build.id, *unfinished
             )
         )
     )
-    cancelled = []
-    for other in older:
-        if _order_key(other) < _order_key(build):
-            other.status = "cancelled"
-            other.error = f"superseded by build {build.id} of {build.commit_sha[:7]}"
-            other.finished_at = utcnow()
-            for step in other.steps:
-                if step.status in ("pending", "running"):
-                    step.status = "skipped" if step.status == "pending" else "failed"
-            cancelled.append(other.id)
-    return cancelled
+    current = build.environment.current_deployment
+    if current is not None and current.build_id != build.id:
+        rivals.append(current.build)
+    facts = ancestry.facts_for(session, build.environment_id)
+    this = ancestry.of_build(build)
+    newer = next(
+        (r for r in rivals if not ancestry.is_newer(this, ancestry.of_build(r), facts, compare)),
+        None,
+    )
+    doomed = {build.id: newer} if newer is not None else {r.id: build for r in rivals}
+    locked = session.scalars(
+        select(Build)
+        .where(Build.id.in_(doomed), *unfinished)
+        .order_by(Build.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    for loser in locked:
+        winner = doomed[loser.id]
+        _cancel(session, loser, f"superseded by build {winner.id} of {winner.commit_sha[:7]}")
+    return [loser.id for loser in locked]
+
+
+def _cancel(session: Session, build: Build, reason: str) -> None:
+    """Cancel an unfinished build; a worker running it is told to stop after the commit."""
+    if build.status == "running":
+        stops.note_stop(session, build.id, reason)
+    build.status = "cancelled"
+    build.error = reason
+    build.finished_at = utcnow()
+    for step in build.steps:
+        if step.status in ("pending", "running"):
+            step.status = "skipped" if step.status == "pending" else "failed"
 
 
 def stale_builds(session: Session, older_than: dt.timedelta) -> list[Build]:
@@ -666,30 +711,40 @@ def _epoch(moment: dt.datetime) -> float:
 
 def waiting_builds(session: Session) -> list[Waiting]:
     """Queued builds, except those a newer queued build of their environment supersedes
-    (its start_build task cancels them: building them would be wasted)."""
+    (its start_build task cancels them: building them would be wasted); newer as
+    :func:`ancestry.is_newer` tells from the push payloads alone."""
     rows = session.execute(
         select(
             Build.id,
             Build.attempt,
             Build.service_id,
             Build.environment_id,
+            Build.commit_sha,
             Build.pushed_at,
             Build.created_at,
             Build.untrusted,
         ).where(Build.status == "queued")
     ).all()
-    newest: dict[int, Any] = {}
+    by_environment: dict[int, list[Any]] = {}
     for row in rows:
-        best = newest.get(row.environment_id)
-        if best is None or (row.pushed_at or row.created_at, row.id) > (
-            best.pushed_at or best.created_at,
-            best.id,
-        ):
-            newest[row.environment_id] = row
-    return [
-        Waiting(row.id, row.attempt, row.service_id, _epoch(row.created_at), bool(row.untrusted))
-        for row in newest.values()
-    ]
+        by_environment.setdefault(row.environment_id, []).append(row)
+    waiting = []
+    for environment_id, queued in by_environment.items():
+        facts = ancestry.facts_for(session, environment_id) if len(queued) > 1 else {}
+        newest = queued[0]
+        for row in queued[1:]:
+            if ancestry.is_newer(ancestry.of_build(row), ancestry.of_build(newest), facts):
+                newest = row
+        waiting.append(
+            Waiting(
+                newest.id,
+                newest.attempt,
+                newest.service_id,
+                _epoch(newest.created_at),
+                bool(newest.untrusted),
+            )
+        )
+    return waiting
 
 
 def workers_seen(session: Session, *, untrusted: bool = False) -> int:

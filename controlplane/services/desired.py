@@ -37,7 +37,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import NotFound, ValidationFailed
 from controlplane.models import Deployment, Environment, Host, Service, Variable, utcnow
-from controlplane.services import audit, effects, registries, tokens
+from controlplane.services import audit, effects, registries, stops, tokens
 from controlplane.settings import Settings
 from tasks import pipeline
 
@@ -103,6 +103,7 @@ def open_database(settings: Settings) -> tuple[Database, Redis]:
     redis = Redis(connection_pool=pool)
     database.after_commit(announcer(database.engine, redis))
     database.after_commit(tokens.forgetter(redis))
+    database.after_commit(stops.requester(redis))
     database.after_commit(
         effects.dispatcher(pipeline.send_feedback, pipeline.delete_images, pipeline.notify)
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -27,7 +28,9 @@ from controlplane.models import (
     Repository,
     Service,
     WebhookDelivery,
+    utcnow,
 )
+from controlplane.services import ancestry
 from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
@@ -168,16 +171,38 @@ def tracking_services(session: Session, repository_id: int, full_name: str) -> l
 
 
 def _newer_build(
-    session: Session, environment: Environment, pushed_at: dt.datetime
+    session: Session, environment: Environment, pushed: ancestry.Pushed, payload: dict[str, Any]
 ) -> Build | None:
-    """A build of a later push, when this push's delivery arrived after it."""
-    newer: Build | None = session.scalar(
+    """A build of the environment newer than this push (by :func:`ancestry.is_newer` from
+    the push payloads, without asking GitHub: processing a delivery never waits on it),
+    when this push's delivery arrived after that build's. A push the payloads cannot
+    place is built, and its start_build task compares it on GitHub."""
+    facts = ancestry.facts_for(session, environment.id, [payload])
+    recent = session.scalars(
         select(Build)
-        .where(Build.environment_id == environment.id, Build.pushed_at > pushed_at)
-        .order_by(Build.pushed_at.desc())
-        .limit(1)
+        .where(Build.environment_id == environment.id)
+        .order_by(Build.id.desc())
+        .limit(ancestry.RECENT_BUILDS)
     )
-    return newer
+    return next((b for b in recent if ancestry.is_newer(ancestry.of_build(b), pushed, facts)), None)
+
+
+def github_compare(github: GitHubApp | None, service: Service) -> ancestry.Compare | None:
+    """GitHub's compare API on the service's repository (``status`` of head against base),
+    or None when GitHub cannot be asked (no App configured, repository not installed)."""
+    repository = service.repository
+    if github is None or repository is None or repository.installation_id is None:
+        return None
+    installation_id = repository.installation_id
+
+    def compare(base: str, head: str) -> str:
+        def status(client: Github) -> str:
+            repo = client.get_repo(service.repository_full_name)
+            return str(repo.compare(base, head).status)
+
+        return github.call(installation_id, f"compare {base[:7]}...{head[:7]}", status)
+
+    return compare
 
 
 def installation_refusal(session: Session, delivery: WebhookDelivery) -> str | None:
@@ -247,13 +272,15 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     pushed_at = (
         dt.datetime.fromtimestamp(raw_pushed_at, dt.UTC) if isinstance(raw_pushed_at, int) else None
     )
+    # Not built yet: it arrived after every build; without pushed_at, it was pushed now.
+    pushed = ancestry.Pushed(after, pushed_at or utcnow(), math.inf)
     notes: list[str] = []
     for service in services:
         if service.watch_paths and not matches_watch_paths(paths, service.watch_paths):
             notes.append(f"{service.name}: no changed file matches its watch paths")
             continue
         environment = production_environment(session, service)
-        newer = _newer_build(session, environment, pushed_at) if pushed_at else None
+        newer = _newer_build(session, environment, pushed, payload)
         if newer is not None:
             notes.append(f"{service.name}: a newer push ({newer.commit_sha[:7]}) is built")
             continue

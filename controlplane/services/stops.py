@@ -1,0 +1,63 @@
+"""Telling a build worker to stop a build it is running (superseded, cancelled).
+
+A transaction that cancels a running build notes it (:func:`note_stop`); once committed,
+an after-commit hook (:func:`requester`) sets a Redis key per build, which the worker
+running it reads every :data:`POLL_SECONDS` while a step runs; it then stops its
+``docker build`` and removes the workspace. A key rather than a pub/sub message: it is
+still there for a worker that was reconnecting when it was set. Should Redis lose it, the
+worker's next heartbeat is answered 409 and it stops all the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+
+from redis import Redis, RedisError
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+KEEP_SECONDS = 24 * 3600
+_PENDING = "portside.stopped_builds"  # session.info: stop signals due on commit
+
+
+def stop_key(build_id: int) -> str:
+    return f"portside:build:{build_id}:stop"
+
+
+def note_stop(session: Session, build_id: int, reason: str) -> None:
+    """Have the worker running ``build_id`` stop it once this transaction commits."""
+    session.info.setdefault(_PENDING, {})[build_id] = reason
+
+
+def request_stop(redis: Redis, reasons: Mapping[int, str]) -> None:
+    """Ask the workers running the builds ``reasons`` names to stop them, saying why."""
+    with redis.pipeline(transaction=False) as pipe:
+        for build_id, reason in reasons.items():
+            pipe.set(stop_key(build_id), reason, ex=KEEP_SECONDS)
+        pipe.execute()
+
+
+def requester(redis: Redis) -> Callable[[Session], None]:
+    """An after-commit hook sending the stop signals a transaction noted."""
+
+    def request_committed(session: Session) -> None:
+        reasons = session.info.pop(_PENDING, {})
+        if not reasons:
+            return
+        # Redis being down delays the stop to the worker's next heartbeat, no more.
+        with contextlib.suppress(RedisError):
+            request_stop(redis, reasons)
+
+    return request_committed
+
+
+def stop_reason(redis: Redis, build_id: int) -> str | None:
+    """Why the build must stop, or None while it may run on."""
+    value = redis.get(stop_key(build_id))
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
