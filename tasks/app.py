@@ -106,6 +106,10 @@ def configure(settings: Settings) -> Celery:
         beat_schedule={
             "redrive-deliveries": {"task": "portside.redrive_deliveries", "schedule": 30.0},
             "reconcile-branches": {"task": "portside.reconcile_branches", "schedule": 300.0},
+            "reconcile-installations": {
+                "task": "portside.reconcile_installations",
+                "schedule": 24 * 3600.0,
+            },
             "clean-up-previews": {"task": "portside.clean_up_previews", "schedule": 600.0},
             "take-over-stale-builds": {
                 "task": "portside.take_over_stale_builds",

@@ -16,6 +16,7 @@ from tasks.app import BUILDS_QUEUE, CONTROL_QUEUE, UNTRUSTED_BUILDS_QUEUE, celer
 PROCESS_DELIVERY = "portside.process_delivery"
 REDRIVE_DELIVERIES = "portside.redrive_deliveries"
 RECONCILE_BRANCHES = "portside.reconcile_branches"
+RECONCILE_INSTALLATIONS = "portside.reconcile_installations"
 START_BUILD = "portside.start_build"
 TAKE_OVER_STALE_BUILDS = "portside.take_over_stale_builds"
 GITHUB_FEEDBACK = "portside.github_feedback"
