@@ -1,8 +1,16 @@
 """Feedback on GitHub through the App: a commit status for every build, a GitHub
 Deployment per preview deploy, and one PR comment per preview, edited in place.
 
-Each function is idempotent for its event (safe to run again after a retry): the
-GitHub deployment id and the comment id are kept on the build and the environment.
+Every write is idempotent, so an event can run again after GitHub failed it before or
+after acting: the GitHub deployment is found before one is created, by commit,
+environment and the payload Portside wrote (:data:`PAYLOAD_KEY`), and the PR comment by
+its hidden marker (:data:`COMMENT_MARKER`); their ids are kept on the build and the
+environment. Events of one environment run one at a time (an advisory lock), so two
+never both create. A build's early events say nothing once it has finished, so a late
+retry never turns a final status back to pending.
+
+The links ("Details") go to the dashboard's build page, which a person can open after
+logging in.
 
 Every text written to GitHub passes through :func:`contracts.masking.mask`, the build
 logs' masking, at the two places that write text (:func:`_commit_status`,
@@ -15,18 +23,26 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from github import Github
-from sqlalchemy import select
+from github import Github, UnknownObjectException
+from github.Deployment import Deployment as GitHubDeployment
+from github.IssueComment import IssueComment
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contracts.masking import mask
 from controlplane.crypto import SecretBox
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Deployment, Environment, RegistryCredential, Variable
+from controlplane.services.builds import FINISHED
 from controlplane.settings import Settings
 
 CONTEXT = "portside/build"
 COMMENT_MARKER = "<!-- portside:preview:{name} -->"
+# The key of the payload Portside writes on its GitHub deployments: {"environment": id}.
+PAYLOAD_KEY = "portside"
+# pg_advisory_xact_lock(FEEDBACK_LOCK, environment id): one feedback event at a time per
+# environment (the two-key space never meets builds.DISPATCH_LOCK's one-key space).
+FEEDBACK_LOCK = 7370
 
 
 def _installation_of(build: Build) -> int | None:
@@ -35,7 +51,16 @@ def _installation_of(build: Build) -> int | None:
 
 
 def _log_url(settings: Settings, build: Build) -> str:
-    return f"{settings.url}/v1/builds/{build.id}/logs"
+    """The dashboard's page of the build (its log and steps): a person who is not logged
+    in is sent to the login form and back (the API's log URL would answer 401)."""
+    return f"{settings.url}/builds/{build.id}"
+
+
+def _one_at_a_time(session: Session, environment_id: int) -> None:
+    """Wait for the environment's other feedback events, then read the rows afresh (the
+    one before may have recorded a deployment or comment id, or the build moved on)."""
+    session.execute(select(func.pg_advisory_xact_lock(FEEDBACK_LOCK, environment_id)))
+    session.expire_all()
 
 
 def environment_url(environment: Environment) -> str | None:
@@ -91,13 +116,44 @@ def _commit_status(
     )
 
 
+def _github_deployment(client: Github, build: Build) -> GitHubDeployment:
+    """The build's GitHub deployment: the one kept on the build, else the one Portside
+    made earlier for this commit and environment (a retry whose first answer was lost),
+    else a new one."""
+    repo = client.get_repo(build.service.repository_full_name)
+    if build.github_deployment_id is not None:
+        return repo.get_deployment(build.github_deployment_id)
+    environment = build.environment
+    payload = {"environment": environment.id}
+    earlier = repo.get_deployments(sha=build.commit_sha, environment=environment.name)
+    deployment = next(
+        (
+            d
+            for d in earlier
+            if isinstance(d.payload, dict) and d.payload.get(PAYLOAD_KEY) == payload
+        ),
+        None,
+    ) or repo.create_deployment(
+        ref=build.commit_sha,
+        environment=environment.name,
+        payload={PAYLOAD_KEY: payload},
+        transient_environment=True,
+        production_environment=False,
+        auto_merge=False,
+        required_contexts=[],
+        description=f"Preview of {build.service.name} for #{environment.pr_number}",
+    )
+    build.github_deployment_id = deployment.id
+    return deployment
+
+
 def _deployment_status(
     client: Github, build: Build, state: str, *, log_url: str, url: str | None = None
 ) -> None:
-    if build.github_deployment_id is None:
+    """A status on the build's GitHub deployment; previews only have one."""
+    if build.github_deployment_id is None and build.environment.kind != "preview":
         return
-    repo = client.get_repo(build.service.repository_full_name)
-    deployment = repo.get_deployment(build.github_deployment_id)
+    deployment = _github_deployment(client, build)
     options: dict[str, Any] = {"target_url": log_url}
     if url:
         options["environment_url"] = url
@@ -107,13 +163,28 @@ def _deployment_status(
 def _comment(
     client: Github, environment: Environment, body: str, *, secrets: Collection[str] = ()
 ) -> int:
+    """Write the preview's one PR comment: edit the one kept on the environment, else the
+    one carrying its marker (a retry whose first answer was lost), else create it."""
     repo = client.get_repo(environment.service.repository_full_name)
     issue = repo.get_issue(environment.pr_number or 0)
-    text = f"{COMMENT_MARKER.format(name=environment.name)}\n{mask(body, secrets)}"
+    marker = COMMENT_MARKER.format(name=environment.name)
+    text = f"{marker}\n{mask(body, secrets)}"
+    comment: IssueComment | None = None
     if environment.github_comment_id:
-        issue.get_comment(environment.github_comment_id).edit(text)
-        return environment.github_comment_id
-    return int(issue.create_comment(text).id)
+        try:
+            comment = issue.get_comment(environment.github_comment_id)
+        except UnknownObjectException:  # deleted by a person: write another
+            comment = None
+    if comment is None:
+        comment = next(
+            (c for c in issue.get_comments() if c.user.type == "Bot" and c.body.startswith(marker)),
+            None,
+        )
+    if comment is None:
+        return int(issue.create_comment(text).id)
+    if comment.body != text:
+        comment.edit(text)
+    return int(comment.id)
 
 
 def build_queued(session: Session, github: GitHubApp, settings: Settings, build_id: int) -> None:
@@ -121,24 +192,14 @@ def build_queued(session: Session, github: GitHubApp, settings: Settings, build_
     installation = _installation_of(build) if build else None
     if build is None or installation is None:
         return
-    environment = build.environment
+    _one_at_a_time(session, build.environment_id)
+    if build.status in FINISHED:
+        return
 
     def act(client: Github) -> None:
         _commit_status(client, build, "pending", _log_url(settings, build), "Portside is building")
-        if environment.kind != "preview" or build.github_deployment_id is not None:
-            return
-        repo = client.get_repo(build.service.repository_full_name)
-        deployment = repo.create_deployment(
-            ref=build.commit_sha,
-            environment=environment.name,
-            transient_environment=True,
-            production_environment=False,
-            auto_merge=False,
-            required_contexts=[],
-            description=f"Preview of {build.service.name} for #{environment.pr_number}",
-        )
-        build.github_deployment_id = deployment.id
-        deployment.create_status("queued", target_url=_log_url(settings, build))
+        if build.environment.kind == "preview":
+            _deployment_status(client, build, "queued", log_url=_log_url(settings, build))
 
     github.call(installation, f"feedback for build {build.id}", act)
 
@@ -147,6 +208,9 @@ def build_running(session: Session, github: GitHubApp, settings: Settings, build
     build = session.get(Build, build_id)
     installation = _installation_of(build) if build else None
     if build is None or installation is None:
+        return
+    _one_at_a_time(session, build.environment_id)
+    if build.status in FINISHED:
         return
     github.call(
         installation,
@@ -162,6 +226,7 @@ def build_failed(session: Session, github: GitHubApp, settings: Settings, build_
     installation = _installation_of(build) if build else None
     if build is None or installation is None:
         return
+    _one_at_a_time(session, build.environment_id)
     log_url = _log_url(settings, build)
     secrets = secrets_of(session, settings, build.service_id)
 
@@ -182,6 +247,7 @@ def deployment_finished(
     if deployment is None or build is None or installation is None:
         return
     environment = deployment.environment
+    _one_at_a_time(session, environment.id)
     url = environment_url(environment)
     log_url = _log_url(settings, build)
 
@@ -211,6 +277,7 @@ def preview_removed(
     if environment is None or environment.service.repository is None:
         return
     installation = environment.service.repository.installation_id
+    _one_at_a_time(session, environment.id)
     builds = list(
         session.scalars(
             select(Build).where(
@@ -246,6 +313,7 @@ def awaiting_approval(
     environment = session.get(Environment, environment_id)
     if environment is None or environment.status != "awaiting_approval":
         return
+    _one_at_a_time(session, environment.id)
     repository = environment.service.repository
     sha = environment.head_sha
     if repository is None or not sha:
