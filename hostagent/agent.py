@@ -27,8 +27,10 @@ from hostagent.client import (
 )
 from hostagent.desired import DesiredEnvironment, DesiredState, PreviewLimits, config_hash
 from hostagent.errors import AgentConfigError, AgentError, PermanentAgentError
+from hostagent.metrics import ContainerCollector, MetricsServer, Sampler, add_usage, serve
 from hostagent.observe import ObservedContainer, ObservedEnvironment, ObservedState, observe
 from hostagent.plan import failure_key, plan
+from hostagent.prune import Pruner
 from hostagent.settings import AgentSettings
 
 log = logging.getLogger("hostagent")
@@ -56,6 +58,9 @@ class AgentState:
     preview_limits: PreviewLimits = field(default_factory=PreviewLimits)
     failures: dict[str, Failure] = field(default_factory=dict)
     consecutive_errors: int = 0
+    # Usage of the containers, added to each report; images pruned after applying.
+    sampler: Sampler | None = None
+    pruner: Pruner | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,8 @@ def run_once(
             log.warning("desired state: %s (working on the last good state)", exc)
     if desired is not None:
         desired = desired.with_preview_limits(state.preview_limits)
+        if state.sampler is not None:
+            state.sampler.track(desired)
     host = desired.host if desired is not None else None
     client = state.applier.client
     observed = observe(client, host)
@@ -275,11 +282,18 @@ def run_once(
             state.publish_host,
             proxy_network=state.applier.proxy_network,
         )
+        if state.sampler is not None:
+            add_usage(report, state.sampler.sample(0))  # never waits: the last sample
         if not isinstance(error, PermanentAgentError):
             try:
                 source.report(report)
             except AgentError as exc:
                 log.warning("status report not sent: %s", exc)
+        if state.pruner is not None and state.pruner.due(applied=bool(outcomes)):
+            try:
+                state.pruner.run(desired)
+            except Exception as exc:  # a disk left full for now must not stop reconciling
+                log.warning("image pruning failed: %s", exc, exc_info=True)
     return TickResult(report, desired, fetched, changed, error, outcomes)
 
 
@@ -373,6 +387,21 @@ def main(environ: Mapping[str, str]) -> int:
         log.info("compose command: %s", " ".join(detect_compose_command(settings.compose_command)))
     except AgentError as exc:
         log.warning("%s; compose environments will fail", exc)
+    # Its own client: the sampler reads Docker on threads of its own.
+    stats_client = docker.DockerClient.from_env(environment=dict(environ))
+    sampler = Sampler(stats_client)
+    pruner = Pruner(client, settings.state_dir, settings.keep_images)
+    metrics: MetricsServer | None = None
+    if settings.metrics_addr is not None:
+        try:
+            metrics = serve(settings.metrics_addr, ContainerCollector(sampler, pruner.counts))
+        except OSError as exc:
+            print(f"portside agent: cannot serve metrics: {exc}", file=sys.stderr)
+            sampler.close()
+            stats_client.close()
+            client.close()
+            return 2
+        log.info("metrics on %s port %d", settings.metrics_addr[0], metrics.port)
     source = ControlPlaneClient(settings)
     stop = threading.Event()
 
@@ -384,9 +413,19 @@ def main(environ: Mapping[str, str]) -> int:
         signal.signal(signum, _stop)
     log.info("agent %s starting: %r", AGENT_VERSION, settings)
     try:
-        agent_state = AgentState(applier, settings.publish_host, settings.preview_limits)
+        agent_state = AgentState(
+            applier,
+            settings.publish_host,
+            settings.preview_limits,
+            sampler=sampler,
+            pruner=pruner,
+        )
         run_forever(settings, agent_state, source, stop)
     finally:
+        if metrics is not None:
+            metrics.close()
+        sampler.close()
+        stats_client.close()
         source.close()
         client.close()
     return 0

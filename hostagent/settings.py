@@ -18,6 +18,8 @@ from hostagent.errors import AgentConfigError
 DEFAULT_INTERVAL = 10.0
 MAX_INTERVAL = 3600.0
 MAX_CPUS = 1024.0
+DEFAULT_KEEP_IMAGES = 3
+MAX_KEEP_IMAGES = 100
 # Docker's rule for a network name.
 NETWORK_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 
@@ -39,13 +41,17 @@ class AgentSettings:
     compose_command: tuple[str, ...] | None = None
     preview_limits: PreviewLimits = PreviewLimits()
     proxy_network: str = ""
+    # (host, port) of the Prometheus endpoint; None: off.
+    metrics_addr: tuple[str, int] | None = None
+    keep_images: int = DEFAULT_KEEP_IMAGES
 
     def __repr__(self) -> str:
         return (
             f"AgentSettings(url={self.url!r}, token='***', interval={self.interval!r}, "
             f"publish_host={self.publish_host!r}, state_dir={str(self.state_dir)!r}, "
             f"compose_command={self.compose_command!r}, "
-            f"preview_limits={self.preview_limits!r}, proxy_network={self.proxy_network!r})"
+            f"preview_limits={self.preview_limits!r}, proxy_network={self.proxy_network!r}, "
+            f"metrics_addr={self.metrics_addr!r}, keep_images={self.keep_images!r})"
         )
 
     __str__ = __repr__
@@ -114,7 +120,43 @@ class AgentSettings:
             compose_command=compose or None,
             preview_limits=_preview_limits(environ),
             proxy_network=proxy_network,
+            metrics_addr=_metrics_addr(environ.get("PORTSIDE_AGENT_METRICS_ADDR", "").strip()),
+            keep_images=_keep_images(environ.get("PORTSIDE_AGENT_KEEP_IMAGES", "").strip()),
         )
+
+
+def _metrics_addr(raw: str) -> tuple[str, int] | None:
+    """``PORT`` (loopback), ``ADDRESS:PORT`` or ``[IPv6]:PORT``; empty: no endpoint.
+
+    The address is an IP literal or ``localhost``: the metrics name every environment, so
+    the operator says exactly where they are served, and a bare port stays on loopback.
+    """
+    if not raw:
+        return None
+    host, sep, port_text = raw.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_text) if port_text.isdigit() else 0
+    if not 0 < port < 65536 or not (host == "localhost" or _is_ip(host)):
+        raise AgentConfigError(
+            "PORTSIDE_AGENT_METRICS_ADDR must be PORT, ADDRESS:PORT or [IPv6]:PORT "
+            "(an IP address or localhost)"
+        )
+    return host, port
+
+
+def _keep_images(raw: str) -> int:
+    """How many earlier deployments' images each environment keeps for rollbacks."""
+    if not raw:
+        return DEFAULT_KEEP_IMAGES
+    keep = int(raw) if raw.isdigit() else -1
+    if not 0 <= keep <= MAX_KEEP_IMAGES:
+        raise AgentConfigError(
+            f"PORTSIDE_AGENT_KEEP_IMAGES must be a whole number from 0 to {MAX_KEEP_IMAGES}"
+        )
+    return keep
 
 
 def _preview_limits(environ: Mapping[str, str]) -> PreviewLimits:
@@ -148,6 +190,14 @@ def _preview_limits(environ: Mapping[str, str]) -> PreviewLimits:
     return PreviewLimits(
         cpus=cpus, memory=raw_memory or defaults.memory, pids=pids, services=services
     )
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_ipv6(value: str) -> bool:

@@ -151,3 +151,41 @@ def test_token_file_errors_name_the_variable(tmp_path: Path, changes: dict[str, 
     environ = {**BASE, **{key: value.format(dir=tmp_path) for key, value in changes.items()}}
     with pytest.raises(AgentConfigError, match=message):
         AgentSettings.from_env(environ)
+
+
+def test_metrics_off_and_three_images_kept_by_default():
+    settings = AgentSettings.from_env(BASE)
+    assert settings.metrics_addr is None
+    assert settings.keep_images == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "address"),
+    [
+        ("9101", ("127.0.0.1", 9101)),
+        ("127.0.0.1:9101", ("127.0.0.1", 9101)),
+        ("10.1.2.3:9101", ("10.1.2.3", 9101)),
+        ("[::1]:9101", ("::1", 9101)),
+        ("localhost:9101", ("localhost", 9101)),
+        (" 0.0.0.0:9101 ", ("0.0.0.0", 9101)),
+    ],
+)
+def test_metrics_address(raw, address):
+    settings = AgentSettings.from_env({**BASE, "PORTSIDE_AGENT_METRICS_ADDR": raw})
+    assert settings.metrics_addr == address
+    assert str(address[1]) in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "raw", [":9101", "metrics.example:9101", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "x"]
+)
+def test_metrics_address_must_be_explicit(raw):
+    with pytest.raises(AgentConfigError, match="PORTSIDE_AGENT_METRICS_ADDR"):
+        AgentSettings.from_env({**BASE, "PORTSIDE_AGENT_METRICS_ADDR": raw})
+
+
+def test_keep_images():
+    assert AgentSettings.from_env({**BASE, "PORTSIDE_AGENT_KEEP_IMAGES": "0"}).keep_images == 0
+    for raw in ("-1", "three", "101"):
+        with pytest.raises(AgentConfigError, match="PORTSIDE_AGENT_KEEP_IMAGES"):
+            AgentSettings.from_env({**BASE, "PORTSIDE_AGENT_KEEP_IMAGES": raw})
