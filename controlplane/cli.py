@@ -247,6 +247,8 @@ ENVIRONMENT_COLUMNS = ("id", "name", "kind", "service", "host", "status", "deplo
 PREVIEW_COLUMNS = ("id", "name", "service", "pr", "branch", "status", "deployment", "address")
 BUILD_COLUMNS = ("id", "service", "branch", "commit", "status", "author", "message", "created")
 VARIABLE_COLUMNS = ("name", "kind", "scope", "secret", "value", "updated_at")
+STEP_COLUMNS = ("name", "status", "attempts", "error")
+IMAGE_COLUMNS = ("service", "reference", "tag")
 HIDDEN = "***"
 QUIET_AFTER = 10.0
 STEP_VERBS = {
@@ -409,6 +411,40 @@ def cmd_builds_list(settings: Settings, args: argparse.Namespace) -> int:
         for row in rows
     ]
     _emit(table, (*BUILD_COLUMNS, "duration"), False)
+    return 0
+
+
+def cmd_builds_show(settings: Settings, args: argparse.Namespace) -> int:
+    """A build, its steps and the images it pushed with their digests."""
+    client = _client(settings)
+    build = client.build(args.build)
+    if args.json:
+        _print_json(build)
+        return 0
+    names = {service["id"]: service["name"] for service in client.services()}
+    shown = {
+        "id": build["id"],
+        "service": names.get(build.get("service_id"), build.get("service_id")),
+        "branch": build.get("branch"),
+        "commit": build.get("commit_sha"),
+        "status": build["status"],
+        "author": build.get("author"),
+        "message": _shorten(build.get("commit_message")),
+        "created": _timestamp(build.get("created_at")),
+        "duration": _duration(build.get("started_at"), build.get("finished_at")),
+        "error": build.get("error"),
+    }
+    width = max(len(key) for key in shown)
+    for key, value in shown.items():
+        print(f"{key.ljust(width)}  {'' if value is None else value}")
+    if build.get("steps"):
+        print()
+        _emit(build["steps"], STEP_COLUMNS, False)
+    print()
+    if build.get("images"):
+        _emit(build["images"], IMAGE_COLUMNS, False)
+    else:
+        print("no images pushed")
     return 0
 
 
@@ -861,6 +897,10 @@ def _add_api_commands(add: Callable[..., Any], commands: Any) -> None:
     build_list.add_argument("--service", help="name or id")
     build_list.add_argument("--status", choices=BUILD_STATUSES)
     build_list.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
+    build_show = api(
+        "show", cmd_builds_show, "a build, its steps and its images by digest", build_commands
+    )
+    build_show.add_argument("build", type=int, help="the build's id")
 
     logs = api("logs", cmd_logs, "a build's log", commands)
     logs.add_argument("build", type=int, help="the build's id")

@@ -42,7 +42,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import builds, desired, logs, previews
+from controlplane.services import builds, desired, images, logs, previews
 from controlplane.services.feedback import environment_url
 from controlplane.settings import Settings
 from tasks import pipeline
@@ -342,6 +342,7 @@ def build_page(build_id: int) -> str:
         finished=finished,
         failed_step=failed_step,
         deployment=deployment,
+        images=images.listed(build),
         lines=lines[-PAGE_LOG_LINES:],
         hidden_lines=max(0, len(lines) - PAGE_LOG_LINES),
         tail=lines[-FAILURE_TAIL:],

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import Schema, fields, missing, validate
 
 from controlplane.models import BUILD_LANES, DELIVERY_STATUSES, TOKEN_SCOPES
+from controlplane.services import images
 
 # A service-level compose key name (``cap_add``, ``sysctls``).
 COMPOSE_KEY = r"^[a-z][a-z0-9_]{0,63}$"
@@ -160,6 +163,29 @@ class BuildStepSchema(Schema):
     finished_at = fields.DateTime(allow_none=True)
 
 
+class BuildImageSchema(Schema):
+    service = fields.String(metadata={"description": "the compose service; app: one container"})
+    repository = fields.String(allow_none=True)
+    tag = fields.String(allow_none=True)
+    digest = fields.String(allow_none=True)
+    reference = fields.String(
+        allow_none=True, metadata={"description": "repository@digest: what runs"}
+    )
+
+
+class BuildImagesField(fields.List):  # type: ignore[type-arg]
+    """A build's images (:func:`controlplane.services.images.listed`), read from the
+    dumped object itself or from its attribute named by ``of`` (a deployment's ``build``)."""
+
+    def __init__(self, *, of: str | None = None, **kwargs: Any) -> None:
+        super().__init__(fields.Nested(BuildImageSchema), dump_only=True, **kwargs)
+        self.of = of
+
+    def get_value(self, obj: Any, attr: str, accessor: Any = None, default: Any = missing) -> Any:
+        build = obj if self.of is None else getattr(obj, self.of, None)
+        return images.listed(build) if build is not None else []
+
+
 class BuildQuerySchema(Schema):
     service = fields.Integer()
     environment = fields.Integer()
@@ -180,6 +206,7 @@ class BuildSchema(Schema):
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
+    images = BuildImagesField(metadata={"description": "what the build pushed, by digest"})
 
 
 class BuildDetailSchema(BuildSchema):
@@ -316,6 +343,7 @@ class DeploymentSchema(Schema):
     error = fields.String(allow_none=True)
     created_at = fields.DateTime()
     activated_at = fields.DateTime(allow_none=True)
+    images = BuildImagesField(of="build", metadata={"description": "what it runs, by digest"})
 
 
 class LogLineSchema(Schema):
@@ -358,6 +386,7 @@ class CurrentDeploymentSchema(Schema):
     commit_sha = fields.String(attribute="build.commit_sha")
     status = fields.String()
     activated_at = fields.DateTime(allow_none=True)
+    images = BuildImagesField(of="build", metadata={"description": "what it runs, by digest"})
 
 
 class EnvironmentQuerySchema(Schema):
