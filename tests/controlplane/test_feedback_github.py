@@ -18,7 +18,9 @@ from controlplane.models import Build, Deployment, Environment, Installation, Re
 from controlplane.services import feedback, hosts, services, tokens
 from controlplane.services.pushes import start_build
 from controlplane.settings import Settings
+from tasks import pipeline
 from tests.fixtures.github import GitHubAppKey
+from tests.fixtures.stack import Stack, wait_for
 from tests.githubserver.server import GitHubServer, GitHubState
 
 REPOSITORY = "Codertocat/Hello-World"
@@ -262,3 +264,34 @@ def test_details_links_open_the_dashboard_build_page_after_logging_in(
     with database.session_scope() as session:
         sha = session.scalar(select(Build.commit_sha).where(Build.id == preview[0]))
     assert sha is not None and sha[:7] in page.get_data(as_text=True)
+
+
+@pytest.mark.slow
+def test_through_the_control_worker_a_rate_limit_delays_feedback_and_failures_duplicate_nothing(
+    stack: Stack, github: GitHubApp, github_server: GitHubServer, preview: tuple[int, int]
+) -> None:
+    """The real task: writes failing once after GitHub acted are retried with backoff,
+    and a secondary rate limit longer than the client waits out comes back after
+    GitHub's Retry-After through the task's countdown, not dropped."""
+    state = github_server.state
+    build_id, deployment_id = preview
+    state.fail_each_write_once(after=True)
+    limit = state.rate_limit(
+        f"/repos/{REPOSITORY}/statuses/*", method="POST", retry_after=12, status=403
+    )
+
+    stack.send(pipeline.GITHUB_FEEDBACK, "build_queued", build_id)
+    wait_for(lambda: [s for s in state.deployment_statuses if s.state == "queued"], 120, 0.5)
+    set_status(stack.database, build_id, "running")
+    stack.send(pipeline.GITHUB_FEEDBACK, "build_running", build_id)
+    wait_for(lambda: [s for s in state.deployment_statuses if s.state == "in_progress"], 120, 0.5)
+    set_status(stack.database, build_id, "succeeded")
+    stack.send(pipeline.GITHUB_FEEDBACK, "deployment_active", deployment_id)
+    wait_for(lambda: state.statuses and state.statuses[-1].state == "success", 180, 0.5)
+    wait_for(lambda: state.comments, 120, 0.5, "the PR comment")
+
+    assert limit.failed == 1  # the first status was rate-limited, then went through
+    with stack.database.session_scope() as session:
+        build = session.get(Build, build_id)
+        assert build is not None
+        assert_one_of_each(state, build_id, build.environment.name, build.commit_sha)
