@@ -18,3 +18,8 @@ class TransientBuildError(BuildError):
 
 class PermanentBuildError(BuildError):
     """Trying again cannot help: bad Dockerfile or compose file, missing commit, refused push."""
+
+
+class BuildStopped(PermanentBuildError):
+    """The control plane stopped the build (a newer commit superseded it): not a failure
+    to report, the build is cancelled already."""

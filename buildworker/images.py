@@ -7,12 +7,14 @@ engine sends with a 200 status) are seen and classified here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import re
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +24,12 @@ import docker
 import docker.errors
 import requests
 
-from buildworker.errors import BuildError, PermanentBuildError, TransientBuildError
+from buildworker.errors import (
+    BuildError,
+    BuildStopped,
+    PermanentBuildError,
+    TransientBuildError,
+)
 from contracts.compose_policy import is_routing_label
 
 Log = Callable[[str], None]
@@ -49,6 +56,9 @@ _PULL_REFUSALS = (*_PUSH_REFUSALS, "manifest unknown", "not found", "pull access
 _BUILD_TRANSIENT = ("no space left on device", "connection reset", "i/o timeout")
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 _BUILT = re.compile(r"Successfully built ([0-9a-f]{12,64})")
+# The classic builder's line naming the container a RUN step runs in.
+_RUNNING = re.compile(r"Running in ([0-9a-f]{12,64})")
+STOP_POLL_SECONDS = 0.2
 
 
 def build_image(  # noqa: PLR0917 - the signature the task wrappers were promised
@@ -63,13 +73,16 @@ def build_image(  # noqa: PLR0917 - the signature the task wrappers were promise
     target: str | None = None,
     cache_from: Sequence[str] = (),
     untrusted: bool = False,
+    stop: threading.Event | None = None,
 ) -> str:
     """Build ``context_dir`` as ``tag`` and return the image id (``sha256:...``).
 
     Nothing is pulled (``FROM`` images must be local or pullable by the engine itself as
     it sees fit); ``cache_from`` names earlier images of the branch to reuse layers from.
     An ``untrusted`` build (a fork's code) runs its steps with no network at all and
-    takes no layer from the engine's cache, which holds production's layers.
+    takes no layer from the engine's cache, which holds production's layers. Once
+    ``stop`` is set the build's step containers are removed, which ends the build in the
+    engine, and :class:`BuildStopped` is raised.
     """
     if untrusted and cache_from:
         raise ValueError("an untrusted build takes no cache")
@@ -77,7 +90,12 @@ def build_image(  # noqa: PLR0917 - the signature the task wrappers were promise
         raise PermanentBuildError(f"Dockerfile {dockerfile!r} not found in the build context")
     lines = _LineSplitter(log)
     image_id: str | None = None
-    with _engine_errors("build", _build_error, log):
+    containers: list[str] = []  # the build's step containers, as the engine names them
+    with (
+        _stopped_if(stop),
+        _engine_errors("build", _build_error, log),
+        _removing_on(stop, client, containers),
+    ):
         stream: Iterable[dict[str, Any]] = client.api.build(
             path=str(context_dir),
             dockerfile=dockerfile,
@@ -93,9 +111,13 @@ def build_image(  # noqa: PLR0917 - the signature the task wrappers were promise
             decode=True,
         )
         for message in stream:
+            if stop is not None and stop.is_set():
+                break
             _raise_on_error(message, lines, _build_error)
             if "stream" in message:
                 lines.feed(str(message["stream"]))
+                if found := _RUNNING.search(str(message["stream"])):
+                    containers.append(found.group(1))
                 if found := _BUILT.search(str(message["stream"])):
                     image_id = image_id or found.group(1)
             elif isinstance(message.get("aux"), dict) and "ID" in message["aux"]:
@@ -103,9 +125,60 @@ def build_image(  # noqa: PLR0917 - the signature the task wrappers were promise
             else:
                 _log_status(message, lines)
         lines.flush()
+        if stop is not None and stop.is_set():
+            raise BuildStopped("the build was stopped")
         if image_id is None or not image_id.startswith("sha256:"):
             image_id = str(client.api.inspect_image(tag)["Id"])
     return image_id
+
+
+@contextmanager
+def _stopped_if(stop: threading.Event | None) -> Iterator[None]:
+    """Whatever a stopped build ended with (the engine's error for a removed step
+    container, most likely) is its being stopped."""
+    try:
+        yield
+    except BuildError:
+        if stop is not None and stop.is_set():
+            raise BuildStopped("the build was stopped") from None
+        raise
+
+
+@contextmanager
+def _removing_on(
+    stop: threading.Event | None, client: docker.DockerClient, containers: list[str]
+) -> Iterator[None]:
+    """While the block runs, remove every container of ``containers`` (the build's step
+    containers, appended as they start) once ``stop`` is set: the engine then ends the
+    build at that step rather than running it to the end. From a thread, because the
+    build's stream is silent while a step runs."""
+    if stop is None:
+        yield
+        return
+    done = threading.Event()
+    removed: set[str] = set()
+
+    def remove_started() -> None:
+        for container in [c for c in containers if c not in removed]:
+            removed.add(container)
+            with contextlib.suppress(docker.errors.APIError, requests.RequestException):
+                client.api.remove_container(container, force=True)
+
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(STOP_POLL_SECONDS):
+                remove_started()
+                done.wait(STOP_POLL_SECONDS)
+        if stop.is_set():  # the build ended as it was stopped: nothing of it stays
+            remove_started()
+
+    watcher = threading.Thread(target=watch, name="build-stop", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(timeout=10)
 
 
 def scrub_build_args(client: docker.DockerClient, tag: str, buildargs: Mapping[str, str]) -> bool:

@@ -9,10 +9,12 @@ step leaves for the next is kept in the workspace's ``state.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +23,17 @@ from typing import Any, Literal
 import docker
 
 from buildworker import compose, dockerfile, git, images, names
-from buildworker.api import ControlPlane
-from buildworker.errors import PermanentBuildError
+from buildworker.api import ControlPlane, StepRefused
+from buildworker.errors import BuildError, BuildStopped, PermanentBuildError
 
 log = logging.getLogger(__name__)
 
 STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 HEARTBEAT_SECONDS = 10.0
+STOP_POLL_SECONDS = 1.0
 LogSink = Callable[[int, list[str]], None]
+# Why the control plane stopped a build (its Redis stop key), or None.
+StopProbe = Callable[[int], str | None]
 # Which builds a worker takes: trusted only, a fork's (untrusted) only, or both.
 UntrustedMode = Literal["no", "only", "yes"]
 UNTRUSTED_MODES: tuple[UntrustedMode, ...] = ("no", "only", "yes")
@@ -74,30 +79,60 @@ class BuildLog:
         self._sink(self._build_id, lines)
 
 
-class _Heartbeat:
-    """Tells the control plane the step is alive, so a dead worker's build is taken over."""
+class _Stop(threading.Event):
+    """Set, with why, when the control plane stops the build the step belongs to."""
 
-    def __init__(self, api: ControlPlane, build_id: int, attempt: int) -> None:
+    reason = ""
+
+    def stop(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        self.set()
+
+
+class _Watch:
+    """While a step runs: tells the control plane it is alive (so a dead worker's build
+    is taken over), and watches for the word to stop it, read from ``stop_reason`` every
+    :data:`STOP_POLL_SECONDS` or given as a 409 answer to a heartbeat."""
+
+    def __init__(
+        self, api: ControlPlane, build_id: int, attempt: int, stop_reason: StopProbe, stop: _Stop
+    ) -> None:
         self._api = api
         self._build_id = build_id
         self._attempt = attempt
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._stop_reason = stop_reason
+        self._stop = stop
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        beat_at = time.monotonic() + HEARTBEAT_SECONDS
+        while not self._done.wait(STOP_POLL_SECONDS):
+            if reason := self._stop_reason(self._build_id):
+                self._stop.stop(reason)
+            if time.monotonic() >= beat_at:
+                beat_at = time.monotonic() + HEARTBEAT_SECONDS
+                self._beat()
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                self._api.heartbeat(self._build_id, self._attempt)
-            except Exception as exc:
-                log.warning("heartbeat of build %s failed: %s", self._build_id, exc)
+        try:
+            self._api.heartbeat(self._build_id, self._attempt)
+        except StepRefused as exc:
+            self._stop.stop(str(exc))
+        except Exception as exc:
+            log.warning("heartbeat of build %s failed: %s", self._build_id, exc)
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> _Watch:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
+        self._done.set()
         self._thread.join(timeout=1)
+
+
+def never_stopped(_build_id: int) -> None:
+    """The stop probe of a runner nobody stops (tests, a worker without Redis)."""
 
 
 class StepRunner:
@@ -109,11 +144,13 @@ class StepRunner:
         docker_client: docker.DockerClient,
         config: WorkerConfig,
         sink: LogSink,
+        stop_reason: StopProbe = never_stopped,
     ) -> None:
         self.api = api
         self.docker = docker_client
         self.config = config
         self.sink = sink
+        self.stop_reason = stop_reason
 
     def workspace(self, build_id: int, attempt: int) -> Path:
         return self.config.workspace_root / f"build-{build_id}-{attempt}"
@@ -130,23 +167,49 @@ class StepRunner:
             raise PermanentBuildError(f"unknown step {step!r}")
         if not self.config.takes(untrusted):
             raise WrongWorker(self._wrong_worker(build_id, untrusted))
-        spec = self.api.claim(build_id, step, attempt, self.config.node)
+        try:
+            spec = self.api.claim(build_id, step, attempt, self.config.node)
+        except StepRefused:
+            if self.stop_reason(build_id):  # stopped between two steps: nothing is left
+                self.cleanup(build_id, attempt)
+            raise
         build_log = BuildLog(self.sink, build_id, spec.get("build_args", {}).values())
         if not self.config.takes(bool(spec.get("untrusted"))):
             message = self._wrong_worker(build_id, bool(spec.get("untrusted")))
             build_log(f"refused by {self.config.node}: {message}")
             raise WrongWorker(message)
         build_log(f"==> {step} ({self.config.node})")
+        stop = _Stop()
+        work = (
+            functools.partial(self._build, stop=stop)
+            if step == "build"
+            else getattr(self, f"_{step}")
+        )
         try:
-            with _Heartbeat(self.api, build_id, attempt):
-                getattr(self, f"_{step}")(spec, build_log)
-        except PermanentBuildError as exc:
+            with _Watch(self.api, build_id, attempt, self.stop_reason, stop):
+                work(spec, build_log)
+        except BuildError as exc:
+            if stop.is_set():
+                raise self._stopped(build_id, attempt, stop.reason, build_log) from None
+            if not isinstance(exc, PermanentBuildError):
+                raise
             message = build_log.mask(str(exc))
             build_log(f"error: {message}")
             self.api.finish(build_id, step, attempt, error=message)
             self.cleanup(build_id, attempt)
             raise
+        if stop.is_set():
+            raise self._stopped(build_id, attempt, stop.reason, build_log)
         self.api.finish(build_id, step, attempt)
+
+    def _stopped(
+        self, build_id: int, attempt: int, reason: str, build_log: BuildLog
+    ) -> BuildStopped:
+        """The control plane stopped the build (it is cancelled there already): nothing
+        to report, only the workspace to remove."""
+        build_log(f"stopped on {self.config.node}: {build_log.mask(reason)}")
+        self.cleanup(build_id, attempt)
+        return BuildStopped(f"build {build_id} was stopped: {reason}")
 
     def _wrong_worker(self, build_id: int, untrusted: bool) -> str:
         kind = "an untrusted (fork's)" if untrusted else "a trusted"
@@ -207,7 +270,7 @@ class StepRunner:
             )
         self._save_state(spec, {"images": {}})
 
-    def _build(self, spec: dict[str, Any], build_log: BuildLog) -> None:
+    def _build(self, spec: dict[str, Any], build_log: BuildLog, stop: _Stop) -> None:
         state = self._load_state(spec)
         checkout = self._checkout(spec)
         plan = compose.plan_builds(
@@ -240,6 +303,7 @@ class StepRunner:
                 cache_from=[f"{repository}:{branch_tag}"] if branch_tag else [],
                 untrusted=untrusted,
                 log=build_log,
+                stop=stop,
             )
             self._check_labels(key, image_id)
             # The service's build variables may be secret; the compose file's are not.

@@ -22,7 +22,7 @@ from buildworker import info
 from buildworker.api import ControlPlane, StepRefused
 from buildworker.errors import PermanentBuildError, TransientBuildError
 from buildworker.runner import StepRunner, WorkerConfig, WrongWorker
-from controlplane.services import logs
+from controlplane.services import logs, stops
 from tasks.app import celery_app, node_queue, settings_of
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,14 @@ def runner(hostname: str) -> StepRunner:
         except RedisError as exc:
             log.warning("build %s: %d log lines lost: %s", build_id, len(lines), exc)
 
+    def stop_reason(build_id: int) -> str | None:
+        # Redis away: the heartbeat's 409 stops the build instead, a few seconds later.
+        try:
+            return stops.stop_reason(redis, build_id)
+        except RedisError as exc:
+            log.warning("build %s: cannot read its stop signal: %s", build_id, exc)
+            return None
+
     return StepRunner(
         ControlPlane(
             settings.url, settings.token.reveal(), allow_insecure=settings.allow_insecure_url
@@ -60,6 +68,7 @@ def runner(hostname: str) -> StepRunner:
             untrusted=settings.build_untrusted,
         ),
         sink,
+        stop_reason,
     )
 
 

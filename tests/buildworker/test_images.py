@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import uuid
 
+import docker.errors
 import pytest
 
-from buildworker.errors import PermanentBuildError, TransientBuildError
+from buildworker.errors import BuildStopped, PermanentBuildError, TransientBuildError
 from buildworker.images import build_image, push_image, remove_image
 from buildworker.names import branch_tag
 from tests.fixtures.docker import TEST_LABELS
+from tests.fixtures.processes import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_cleanup")]
 
@@ -147,3 +150,47 @@ def test_rebuild_reuses_layers_from_the_branch_image(docker_client, context, rep
     assert any("Using cache" in line for line in lines)
     remove_image(docker_client, f"{repo_name}:abc")
     remove_image(docker_client, f"{repo_name}:main")
+
+
+def test_a_stopped_build_ends_at_once_and_leaves_no_container(docker_client, context, repo_name):
+    """Stopped mid-``RUN sleep 60``: the build raises BuildStopped within seconds (the
+    deadline is for waiting only), its step container is gone and no image was made."""
+    tag = f"{repo_name}:stopped"
+    lines: list[str] = []
+    stop = threading.Event()
+    outcome: list[BaseException | str] = []
+
+    def run() -> None:
+        try:
+            outcome.append(
+                build_image(
+                    docker_client,
+                    context("FROM {base}\nRUN sleep 60\n"),
+                    "Dockerfile",
+                    tag,
+                    TEST_LABELS,
+                    {},
+                    lines.append,
+                    stop=stop,
+                )
+            )
+        except BaseException as exc:
+            outcome.append(exc)
+
+    builder = threading.Thread(target=run, daemon=True)
+    builder.start()
+    running = wait_until(
+        lambda: next((m for line in lines if (m := re.search(r"Running in (\w+)", line))), None),
+        "the RUN step's container to start",
+        60,
+    )
+    container = running.group(1)
+    assert docker_client.api.inspect_container(container)["State"]["Running"]
+    stop.set()
+    builder.join(timeout=10)  # the stop promised: within 10 s, a sleep of 60 s
+    assert not builder.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], BuildStopped), outcome
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.api.inspect_container(container)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(tag)
