@@ -5,6 +5,7 @@ feedback task does, and GitHub ends with one deployment, one comment, a final st
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,7 +22,7 @@ from controlplane.settings import Settings
 from tasks import pipeline
 from tests.fixtures.github import GitHubAppKey
 from tests.fixtures.stack import Stack, wait_for
-from tests.githubserver.server import GitHubServer, GitHubState
+from tests.githubserver.server import GitHubServer, GitHubState, IssueComment
 
 REPOSITORY = "Codertocat/Hello-World"
 PR = 5
@@ -170,6 +171,30 @@ def test_an_event_whose_answers_were_lost_finds_what_it_wrote(
         assert build is not None
         assert_one_of_each(state, preview[0], build.environment.name, build.commit_sha)
         assert build.environment.github_comment_id == state.comments[0].id
+
+
+def test_the_comment_is_found_past_the_first_page(
+    database: Database,
+    settings: Settings,
+    github: GitHubApp,
+    github_server: GitHubServer,
+    preview: tuple[int, int],
+) -> None:
+    """A busy pull request: Portside's comment, its id lost, is the 131st."""
+    state = github_server.state
+    now = datetime.now(UTC)
+    for _ in range(130):
+        state.comments.append(IssueComment(state.next_id(), REPOSITORY, PR, "LGTM", now, now))
+    marker = feedback.COMMENT_MARKER.format(name=f"hello-pr-{PR}")
+    ours = IssueComment(state.next_id(), REPOSITORY, PR, f"{marker}\nold", now, now)
+    state.comments.append(ours)
+    set_status(database, preview[0], "succeeded")
+    with database.session_scope() as session:
+        feedback.send(session, github, settings, "deployment_active", preview[1])
+    assert len(state.comments) == 131
+    assert ours.body.startswith(marker) and "is ready" in ours.body
+    pages = [p for _, p in state.api_requests if p.startswith(f"/repos/{REPOSITORY}/issues/{PR}/c")]
+    assert len(pages) == 2
 
 
 def test_a_short_secondary_rate_limit_is_waited_out_and_a_long_one_handed_back(
