@@ -199,6 +199,9 @@ class Environment(TimestampMixin, Base):
     # The fork commit a person approved to receive secrets; per commit, like approved_sha.
     secrets_approved_sha: Mapped[str | None] = mapped_column(String(40))
     github_comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    # A torn-down preview whose images the registry may still hold: set by the teardown,
+    # cleared once every one is deleted (services.previews.delete_images; retried until).
+    images_pending: Mapped[bool] = mapped_column(Boolean, default=False)
 
     service: Mapped[Service] = relationship(back_populates="environments")
     host: Mapped[Host] = relationship()

@@ -168,6 +168,17 @@ def _docker_error(exc: Exception, what: str) -> AgentError:
     return TransientAgentError(f"{what}: {exc}")
 
 
+# How the engine words a registry's refusal, which it may answer 500 to (Docker 20.10):
+# no credentials for a login registry, wrong ones, or a token without the pull scope.
+_PULL_REFUSALS = ("no basic auth credentials", "unauthorized", "authentication required", "denied")
+
+
+def _refused_pull(exc: docker.errors.APIError) -> bool:
+    """The registry refused the credentials: pulling again with them cannot help."""
+    text = str(exc.explanation or exc).lower()
+    return exc.status_code in (401, 403) or any(words in text for words in _PULL_REFUSALS)
+
+
 @dataclass
 class Applier:
     """Carries the Docker client and host settings the actions need."""
@@ -276,11 +287,11 @@ class Applier:
             auth = {"username": registry.username, "password": registry.password}
         try:
             self.client.images.pull(repository, tag=digest if sep else None, auth_config=auth)
-        except docker.errors.NotFound as exc:
-            raise PermanentAgentError(f"image {reference} is not in its registry") from exc
         except (docker.errors.APIError, requests.RequestException) as exc:
-            if isinstance(exc, docker.errors.APIError) and exc.status_code in (401, 403):
-                raise PermanentAgentError(f"not allowed to pull {reference}") from exc
+            if isinstance(exc, docker.errors.APIError) and _refused_pull(exc):
+                raise PermanentAgentError(f"not allowed to pull {reference}: {exc}") from exc
+            if isinstance(exc, docker.errors.NotFound):
+                raise PermanentAgentError(f"image {reference} is not in its registry") from exc
             raise TransientAgentError(f"cannot pull {reference}: {exc}") from exc
 
     def refuse_routing_labels(self, reference: str) -> None:

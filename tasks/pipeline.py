@@ -51,8 +51,15 @@ def send_feedback(event: str, object_id: int) -> None:
 
 
 def delete_images(images: list[dict[str, Any]]) -> None:
-    """Delete torn-down images from the registry (repository and digest only)."""
-    refs = [{"repository": i["repository"], "digest": i["digest"]} for i in images]
+    """Delete torn-down images from the registry (repository, digest, environment only)."""
+    refs = [
+        {
+            "repository": i["repository"],
+            "digest": i["digest"],
+            "environment_id": i["environment_id"],
+        }
+        for i in images
+    ]
     celery_app.send_task(DELETE_IMAGES, args=[refs], queue=CONTROL_QUEUE, ignore_result=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from github import Github
@@ -32,13 +33,15 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import audit, desired, effects, pushes
+from controlplane.services import audit, desired, effects, pushes, registries
 from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
 
 OPENING = ("opened", "reopened", "synchronize")
 UNFINISHED = ("queued", "running")
+# How a torn-down preview's status_reason starts while the registry refuses its images.
+IMAGES_REFUSED = "the registry refused to delete this preview's images"
 NO_FORK_HOST = (
     "no host may run this fork's preview: fork previews run only on hosts marked untrusted "
     "that run no production environment; create one with "
@@ -276,10 +279,8 @@ def teardown(
 ) -> list[dict[str, Any]]:
     """Take a preview out of its host's desired state; its images are deleted from the
     registry and GitHub told after the commit."""
-    images: list[dict[str, Any]] = []
     builds = list(session.scalars(select(Build).where(Build.environment_id == environment.id)))
-    for build in builds:
-        images.extend(image for image in (build.images or {}).values() if image.get("digest"))
+    images = _pushed_images(environment, builds)
     _cancel_unfinished(builds, f"the preview was removed ({reason})")
     session.execute(
         update(Deployment)
@@ -298,9 +299,76 @@ def teardown(
             session, actor, "environment.teardown", "environment", environment.id, reason=reason
         )
         effects.note_notification(session, "preview_removed", environment.id)
+    if images:
+        environment.images_pending = True
     effects.note_doomed_images(session, images)
     effects.note_feedback(session, "preview_removed", environment.id)
     return images
+
+
+def _pushed_images(environment: Environment, builds: list[Build]) -> list[dict[str, Any]]:
+    """The images the environment's builds pushed (by digest), each naming the environment."""
+    return [
+        {**image, "environment_id": environment.id}
+        for build in builds
+        for image in (build.images or {}).values()
+        if image.get("digest")
+    ]
+
+
+def delete_images(
+    session: Session,
+    environment_id: int,
+    images: list[dict[str, Any]],
+    credentials_for: Callable[[str, int | None], registries.Credentials],
+) -> bool:
+    """Delete a torn-down preview's images from the registry; True when all are gone.
+
+    A refusal (wrong or read-only credentials, deletes disabled) would otherwise leave
+    them piling up unseen: it is logged as a warning, shown as the environment's
+    ``status_reason``, and ``images_pending`` stays set so clean_up_previews tries again.
+    Unreachable registries raise TransientError, for the task's retry."""
+    environment = get_environment(session, environment_id)
+    repository = environment.service.repository
+    installation_id = repository.installation_id if repository else None
+    refusals: list[str] = []
+    for image in images:
+        try:
+            registries.delete_image(
+                credentials_for(image["repository"], installation_id),
+                image["repository"],
+                image["digest"],
+            )
+        except registries.RegistryRefused as exc:
+            refusals.append(str(exc))
+    if refusals:
+        reason = (
+            f"{IMAGES_REFUSED} ({len(refusals)} of {len(images)}): {refusals[0]}; fix the "
+            "registry's credentials (/v1/registries): the periodic preview clean-up tries again"
+        )
+        log.warning("environment %s: %s", environment.name, reason)
+        environment.status_reason = reason
+        return False
+    environment.images_pending = False
+    if environment.status_reason and environment.status_reason.startswith(IMAGES_REFUSED):
+        environment.status_reason = None
+    return True
+
+
+def pending_image_deletions(session: Session) -> list[list[dict[str, Any]]]:
+    """The images of each torn-down preview that the registry may still hold."""
+    pending = session.scalars(
+        select(Environment).where(
+            Environment.status == "inactive", Environment.images_pending.is_(True)
+        )
+    )
+    return [
+        _pushed_images(
+            environment,
+            list(session.scalars(select(Build).where(Build.environment_id == environment.id))),
+        )
+        for environment in pending
+    ]
 
 
 def handle_pull_request(

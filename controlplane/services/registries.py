@@ -7,21 +7,27 @@ cleanup), and optionally pull-only credentials, the only ones agents ever receiv
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from contracts.image_names import is_loopback_registry
 from controlplane.crypto import SecretBox
-from controlplane.errors import Conflict, NotFound, TransientError, ValidationFailed
+from controlplane.errors import (
+    Conflict,
+    NotFound,
+    PermanentError,
+    TransientError,
+    ValidationFailed,
+)
 from controlplane.models import Installation, RegistryCredential
 from controlplane.services import audit
-
-log = logging.getLogger(__name__)
 
 REGISTRY_ADDRESS = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
 
@@ -136,30 +142,106 @@ def credentials_for(
     return Credentials(address, username if password else None, password)
 
 
+class RegistryRefused(PermanentError):
+    """The registry (or its token server) refused what the credentials asked: retrying
+    with the same credentials cannot help; an operator has to fix them or the registry."""
+
+
+# One auth-param of a challenge: name="quoted value" or name=token.
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)=(?:"([^"]*)"|([^,\s]*))')
+
+
 def _registry_url(host: str) -> str:
     """Registries on loopback speak plain HTTP (as Docker assumes); others HTTPS."""
-    bare = host.split(":", 1)[0]
-    plain = bare in ("localhost", "::1") or bare.startswith("127.")
-    return f"{'http' if plain else 'https'}://{host}"
+    return f"{'http' if is_loopback_registry(host) else 'https'}://{host}"
 
 
-def delete_image(credentials: Credentials, repository: str, digest: str) -> bool:
-    """Delete a pushed image (every tag on it) by digest; True when it is gone."""
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    """The scheme (lower case) and parameters of a ``WWW-Authenticate`` challenge."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m[1].lower(): m[2] or m[3] for m in _CHALLENGE_PARAM.finditer(rest)}
+    return scheme.lower(), params
+
+
+def _send(http: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
+    try:
+        response = http.request(method, url, timeout=30, allow_redirects=False, **kwargs)
+    except requests.RequestException as exc:
+        host = urlsplit(url).netloc
+        raise TransientError(f"{host} is unreachable: {exc.__class__.__name__}") from None
+    if response.status_code >= 500 or response.status_code == 429:
+        raise TransientError(f"{urlsplit(url).netloc} answered {response.status_code}")
+    return response
+
+
+def _registry_error(response: requests.Response) -> str:
+    """The registry's own words for a refusal (its ``errors`` body), else the status."""
+    try:
+        errors = response.json().get("errors") or []
+        detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+    except (ValueError, AttributeError):
+        detail = ""
+    return f"{response.status_code} {detail}".strip()
+
+
+def _bearer_token(
+    http: requests.Session,
+    host: str,
+    params: dict[str, str],
+    basic: tuple[str, str] | None,
+    scope: str,
+) -> str:
+    """A token from the challenge's realm for its scope (Docker's token authentication):
+    GET realm?service=...&scope=... with the credentials as HTTP Basic. ``host`` is the
+    registry's, for the messages."""
+    realm = params.get("realm", "")
+    parts = urlsplit(realm)
+    if parts.scheme != "https" and not (
+        parts.scheme == "http" and is_loopback_registry(parts.netloc)
+    ):
+        raise RegistryRefused(f"registry {host} names a token realm not on HTTPS: {realm!r}")
+    query = {"scope": params.get("scope") or scope}
+    if "service" in params:
+        query["service"] = params["service"]
+    response = _send(http, "GET", realm, params=query, auth=basic)
+    if response.status_code != 200:
+        raise RegistryRefused(
+            f"the token server of registry {host} ({parts.netloc}) refused the credentials: "
+            f"{response.status_code}"
+        )
+    try:
+        body = response.json()
+        token = body.get("token") or body.get("access_token")
+    except (ValueError, AttributeError):
+        token = None
+    if not isinstance(token, str) or not token:
+        raise RegistryRefused(f"the token server of registry {host} gave no token")
+    return token
+
+
+def delete_image(credentials: Credentials, repository: str, digest: str) -> None:
+    """Delete a pushed image (every tag on it) by digest; an image already gone is fine.
+
+    A registry that answers 401 with a ``Bearer`` challenge (GHCR, Docker Hub, Harbor, a
+    registry with ``auth: token``) gets the token flow; others HTTP Basic. Raises
+    :class:`RegistryRefused` when refused, :class:`TransientError` when unreachable."""
     host, _, name = repository.partition("/")
-    auth = (
+    url = f"{_registry_url(host)}/v2/{name}/manifests/{digest}"
+    basic = (
         (credentials.username, credentials.password)
         if credentials.username and credentials.password
         else None
     )
-    try:
-        response = requests.delete(
-            f"{_registry_url(host)}/v2/{name}/manifests/{digest}", auth=auth, timeout=30
-        )
-    except requests.RequestException as exc:
-        raise TransientError(f"registry {host} is unreachable: {exc.__class__.__name__}") from None
-    if response.status_code in (202, 404):
-        return True
-    if response.status_code >= 500:
-        raise TransientError(f"registry {host} answered {response.status_code}")
-    log.warning("registry %s refused to delete %s@%s: %s", host, name, digest, response.status_code)
-    return False
+    with requests.Session() as http:
+        response = _send(http, "DELETE", url, auth=basic)
+        if response.status_code == 401:
+            scheme, params = _challenge(response.headers.get("WWW-Authenticate", ""))
+            if scheme == "bearer":
+                token = _bearer_token(http, host, params, basic, f"repository:{name}:delete")
+                headers = {"Authorization": f"Bearer {token}"}
+                response = _send(http, "DELETE", url, headers=headers)
+    if response.status_code in (200, 202, 404):
+        return
+    raise RegistryRefused(
+        f"registry {host} refused to delete {name}@{digest}: {_registry_error(response)}"
+    )
