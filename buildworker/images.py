@@ -42,6 +42,7 @@ _PUSH_REFUSALS = (
     "unauthorized",
     "denied",
     "authentication required",
+    "no basic auth credentials",  # a registry with HTTP Basic, and no credentials for it
     "name invalid",
     "name unknown",
     "manifest invalid",
