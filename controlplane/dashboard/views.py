@@ -225,7 +225,10 @@ def services_page() -> str:
             key=lambda e: (e.kind != "production", -(e.pr_number or 0), e.name),
         )
         for env in ordered:
-            if env.kind != "production" and env.status == "inactive":
+            # A closed preview stays listed while its registry refuses to delete its images,
+            # so the reason (and what to fix) shows until they are gone.
+            refused = env.images_pending and env.status_reason
+            if env.kind != "production" and env.status == "inactive" and not refused:
                 row.closed_previews += 1
                 continue
             item = EnvironmentRow(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import docker
 import pytest
 from flask.testing import FlaskClient
+from markupsafe import escape
 
 from buildworker.errors import PermanentBuildError
 from buildworker.images import push_image
@@ -27,6 +28,7 @@ from hostagent.desired import RegistryAuth
 from hostagent.errors import PermanentAgentError
 from tasks.app import CONTROL_QUEUE
 from tasks.pipeline import CLEAN_UP_PREVIEWS
+from tests.dashboard.test_dashboard import viewer  # noqa: F401
 from tests.fixtures.docker import TEST_LABELS, Registry, RegistryUsers
 from tests.fixtures.processes import WorkerProcess, wait_until
 
@@ -200,6 +202,7 @@ def test_a_refused_delete_shows_and_a_retry_with_fixed_credentials_succeeds(
     settings: Settings,
     client: FlaskClient,
     admin_headers: dict[str, str],
+    viewer: FlaskClient,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     registry = auth_registry
@@ -226,6 +229,8 @@ def test_a_refused_delete_shows_and_a_retry_with_fixed_credentials_succeeds(
     assert shown["status_reason"].startswith(previews.IMAGES_REFUSED)
     assert registry.host in shown["status_reason"]
     assert registry.manifest_digest(pushed.repo, pushed.tag) == pushed.digest
+    page = viewer.get("/").get_data(as_text=True)
+    assert 'data-environment="hello-pr-7"' in page and escape(previews.IMAGES_REFUSED) in page
 
     _set_credentials(database, box, registry.host, push_user, push_password)
     assert _delete_pending(database, box) == [True]
@@ -234,6 +239,7 @@ def test_a_refused_delete_shows_and_a_retry_with_fixed_credentials_succeeds(
     shown = client.get(f"/v1/environments/{environment_id}", headers=admin_headers).json
     assert shown["status_reason"] is None
     assert _delete_pending(database, box) == []  # nothing left to try
+    assert 'data-environment="hello-pr-7"' not in viewer.get("/").get_data(as_text=True)
 
 
 def test_the_control_worker_deletes_and_retries_a_teardowns_images(
