@@ -9,8 +9,7 @@ admin allowed for production builds. Builds remember the worker token that holds
 running step and the compose service their file routes, and worker tokens a lane
 (``builds``: the trusted builds, forks' or all); registries get read-only credentials for
 agents. Environment statuses grow ``awaiting_approval`` and ``refused`` (with
-``status_reason``); a torn-down preview whose images the registry still holds says so
-(``images_pending``) until a deletion succeeds.
+``status_reason``).
 
 Revision ID: 0005
 Revises: 0004
@@ -79,9 +78,6 @@ def upgrade() -> None:
         batch.add_column(sa.Column("status_reason", sa.Text(), nullable=True))
         batch.add_column(sa.Column("approved_sha", sa.String(length=40), nullable=True))
         batch.add_column(sa.Column("secrets_approved_sha", sa.String(length=40), nullable=True))
-        batch.add_column(
-            sa.Column("images_pending", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
     environments = sa.table(
         "environments",
         sa.column("secrets_approved", sa.Boolean()),
@@ -121,7 +117,6 @@ def upgrade() -> None:
         ("services", "compose_allow"),
         ("services", "fork_previews_on_trusted_hosts"),
         ("builds", "untrusted"),
-        ("environments", "images_pending"),
     ):
         with op.batch_alter_table(table) as batch:
             batch.alter_column(column, server_default=None)
@@ -159,7 +154,6 @@ def downgrade() -> None:
         .values(status="pending")
     )
     with op.batch_alter_table("environments") as batch:
-        batch.drop_column("images_pending")
         batch.drop_column("secrets_approved_sha")
         batch.drop_column("approved_sha")
         batch.drop_column("status_reason")
