@@ -211,8 +211,9 @@ class PortsideClient:
 
         When nothing arrives for ``quiet_after`` seconds a :class:`Quiet` is yielded (and
         again each ``quiet_after`` seconds after), so a caller can show progress. The
-        server's keep-alives every 15 s tell a busy build from a dead connection: without
-        them for a minute the stream counts as lost.
+        server's keep-alives (every ``PORTSIDE_LOG_KEEPALIVE`` seconds, at most 30) tell a
+        quiet build from a dead connection: without them for a minute the stream counts as
+        lost.
         """
         response = self._send(
             "GET",

@@ -41,6 +41,7 @@ def test_variables_are_read_and_blank_ones_ignored(tmp_path: Path) -> None:
             "PORTSIDE_DATA_DIR": str(tmp_path),
             "PORTSIDE_REDIS_URL": "redis://redis.internal:6380/2",
             "PORTSIDE_AGENT_INTERVAL": " 30 ",
+            "PORTSIDE_LOG_KEEPALIVE": "5",
             "PORTSIDE_GITHUB_API_URL": "https://ghe.example.com/api/v3/",
             "PORTSIDE_PREVIEW_DOMAIN": "",
             "UNRELATED": "ignored",
@@ -49,6 +50,7 @@ def test_variables_are_read_and_blank_ones_ignored(tmp_path: Path) -> None:
 
     assert settings.redis_url == "redis://redis.internal:6380/2"
     assert settings.agent_interval == 30
+    assert settings.log_keepalive == 5
     assert settings.github_api_url == "https://ghe.example.com/api/v3"
     assert settings.preview_domain == ""
 
@@ -66,6 +68,7 @@ def test_variables_are_read_and_blank_ones_ignored(tmp_path: Path) -> None:
         ({"PORTSIDE_GITHUB_PRIVATE_KEY": "not a key"}, "PORTSIDE_GITHUB_PRIVATE_KEY"),
         ({"PORTSIDE_URL": "ftp://portside.example.com"}, "PORTSIDE_URL"),
         ({"PORTSIDE_REGISTRY": "https://registry.example.com"}, "PORTSIDE_REGISTRY"),
+        ({"PORTSIDE_LOG_KEEPALIVE": "31"}, "PORTSIDE_LOG_KEEPALIVE"),
     ],
     ids=lambda value: value if isinstance(value, str) else next(iter(value.values())),
 )
