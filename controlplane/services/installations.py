@@ -85,11 +85,10 @@ def detect_compose(session: Session, repository: Repository, github: GitHubApp |
     repository.compose_checked_at = utcnow()
 
 
-def detect_each(session: Session, repositories: list[Repository], github: GitHubApp | None) -> int:
+def detect_each(session: Session, repositories: list[Repository], github: GitHubApp | None) -> None:
     """Look for the compose file of each repository; one GitHub cannot show stays
     unchecked (``compose_checked_at`` empty) for the next reconciliation. A rate limit
-    stops the round: the rest wait for the next one too. Returns how many were checked."""
-    checked = 0
+    stops the round: the rest wait for the next one too."""
     for repository in repositories:
         try:
             detect_compose(session, repository, github)
@@ -98,9 +97,6 @@ def detect_each(session: Session, repositories: list[Repository], github: GitHub
             break
         except (PermanentError, TransientError) as exc:
             log.warning("%s stays unchecked: %s", repository.full_name, exc)
-            continue
-        checked += 1
-    return checked
 
 
 def _listed_repositories(github: GitHubApp, installation_id: int) -> list[dict[str, Any]]:
