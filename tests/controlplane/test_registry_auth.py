@@ -99,6 +99,18 @@ def test_push_pull_and_delete(
         applier.ensure_image(reference, None)
     applier.ensure_image(reference, RegistryAuth(registry.host, *registry_users.pull))
     docker_client.images.get(reference)
+    if registry.bearer:  # the token server grants the pull user no push
+        pull_user, pull_password = registry_users.pull
+        docker_client.images.get(reference).tag(pushed.repository, "by-the-puller")
+        with pytest.raises(PermanentBuildError):
+            push_image(
+                docker_client,
+                pushed.repository,
+                "by-the-puller",
+                {"username": pull_user, "password": pull_password},
+                lambda _line: None,
+            )
+        assert registry.list_tags(pushed.repo) == [pushed.tag]
 
     def credentials(user: str, password: str) -> registries.Credentials:
         return registries.Credentials(pushed.repository, user, password)
