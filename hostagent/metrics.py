@@ -253,7 +253,7 @@ def add_usage(report: dict[str, Any], sample: Sample | None) -> None:
             item["usage"] = environment_usage(sample.readings, str(item.get("name")))
 
 
-@dataclass
+@dataclass(eq=False)  # a registry keys its collectors by identity
 class ContainerCollector(Collector):
     """Renders a fresh sample for each scrape; ``pruned`` gives the pruner's counts."""
 

@@ -40,8 +40,8 @@ NO_DIGEST = "<none>@<none>"
 
 @dataclass
 class ImageHistory:
-    """Per environment, the image IDs each deployment ran; and images whose removal
-    failed, tried again at the next pass."""
+    """Per environment, the image IDs each deployment ran; and the images no longer
+    needed that are still to go (in use by a container, or their removal failed)."""
 
     environments: dict[str, dict[int, set[str]]] = field(default_factory=dict)
     pending: set[str] = field(default_factory=set)
@@ -144,8 +144,10 @@ class Pruner:
                 history.note(env.name, env.deployment_id, image_id)
                 named.add(image_id)
         kept, retired = history.retire(self.keep, alive)
-        candidates = sorted((retired | history.pending) - kept - in_use - named)
-        history.pending = set(candidates[MAX_REMOVALS:])
+        unneeded = (retired | history.pending) - kept - named
+        candidates = sorted(unneeded - in_use)
+        # Those a container still uses wait until it is gone, as do those past this pass.
+        history.pending = (unneeded & in_use) | set(candidates[MAX_REMOVALS:])
         removed = []
         for image_id in candidates[:MAX_REMOVALS]:
             if self._remove(image_id):

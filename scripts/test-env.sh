@@ -73,8 +73,10 @@ REDIS_PORT=6379
 
 WAIT_SECONDS="${PORTSIDE_TEST_ENV_TIMEOUT:-60}"
 
+# prometheus: the agent's metrics test scrapes with a real one (started by the test itself,
+# on a free loopback port; policy-rc.d keeps the package from starting its own).
 DEBIAN_PACKAGES=(docker.io docker-registry docker-compose busybox-static git curl
-    apache2-utils openssl python3-jwt python3-cryptography)
+    apache2-utils openssl python3-jwt python3-cryptography prometheus)
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
 die() {
