@@ -22,6 +22,12 @@ from controlplane.errors import PortsideError
 
 PAGE_SIZE = 100
 USER_AGENT = "portside-cli"
+# Following a log: a read waits this long (the server's keep-alives come far more often);
+# a broken stream is opened again up to RESUME_ATTEMPTS times in a row, waiting
+# RESUME_DELAY seconds more each time.
+STREAM_READ_TIMEOUT = 60.0
+RESUME_ATTEMPTS = 5
+RESUME_DELAY = 1.0
 
 
 class ClientError(PortsideError):
@@ -213,24 +219,43 @@ class PortsideClient:
         again each ``quiet_after`` seconds after), so a caller can show progress. The
         server's keep-alives (every ``PORTSIDE_LOG_KEEPALIVE`` seconds, at most 30) tell a
         quiet build from a dead connection: without them for a minute the stream counts as
-        lost.
+        lost. A stream that breaks (a proxy, a restarted web process) is opened again after
+        the last entry received (``Last-Event-ID``), so no line shows twice or goes
+        missing; after :data:`RESUME_ATTEMPTS` breaks in a row with nothing received the
+        follow fails.
         """
-        response = self._send(
-            "GET",
-            f"/v1/builds/{build_id}/logs",
-            headers={"Accept": "text/event-stream"},
-            stream=True,
-            timeout=(self.timeout, 60.0),
-        )
-        events: queue.Queue[tuple[str, str] | BaseException | None] = queue.Queue()
+        path = f"/v1/builds/{build_id}/logs"
+        opened = [self._open_stream(path, None)]  # a 404 or 401 is raised here, at once
+        events: queue.Queue[tuple[str, str] | BaseException] = queue.Queue()
+        stop = threading.Event()
 
         def read() -> None:
-            try:
-                for event in parse_sse(response.iter_lines(decode_unicode=True)):
-                    events.put(event)
-                events.put(None)
-            except BaseException as exc:  # handed to the caller's thread
-                events.put(exc)
+            last_id: str | None = None
+            breaks = 0
+            response: requests.Response | None = opened[0]
+            while True:
+                try:
+                    if response is None:
+                        response = self._open_stream(path, last_id)
+                        opened.append(response)
+                    for kind, data, event_id in parse_sse(response.iter_lines(decode_unicode=True)):
+                        last_id, breaks = event_id or last_id, 0
+                        events.put((kind, data))
+                        if kind == "end":
+                            return
+                    broken: BaseException = Unavailable(
+                        f"the log stream of build {build_id} ended early"
+                    )
+                except (Unavailable, requests.RequestException) as exc:
+                    broken = exc
+                except BaseException as exc:  # the build or the token is gone, or a bug
+                    events.put(exc)
+                    return
+                response = None
+                breaks += 1
+                if stop.wait(RESUME_DELAY * breaks) or breaks > RESUME_ATTEMPTS:
+                    events.put(broken)
+                    return
 
         reader = threading.Thread(target=read, name=f"portside-logs-{build_id}", daemon=True)
         reader.start()
@@ -242,8 +267,8 @@ class PortsideClient:
                 except queue.Empty:
                     yield Quiet(time.monotonic() - last)
                     continue
-                if item is None:
-                    raise Unavailable(f"the log stream of build {build_id} ended early")
+                if isinstance(item, ClientError) and not isinstance(item, Unavailable):
+                    raise item
                 if isinstance(item, BaseException):
                     raise Unavailable(
                         f"the log stream of build {build_id} was interrupted "
@@ -257,7 +282,17 @@ class PortsideClient:
                     text = json.loads(data)
                     yield LogLine(text if isinstance(text, str) else json.dumps(text))
         finally:
-            response.close()
+            stop.set()
+            for response in opened:
+                response.close()
+
+    def _open_stream(self, path: str, last_id: str | None) -> requests.Response:
+        headers = {"Accept": "text/event-stream"}
+        if last_id:
+            headers["Last-Event-ID"] = last_id
+        return self._send(
+            "GET", path, headers=headers, stream=True, timeout=(self.timeout, STREAM_READ_TIMEOUT)
+        )
 
     # -- environments ---------------------------------------------------------------------
 
@@ -297,14 +332,15 @@ class PortsideClient:
         return result
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    """(event, data) pairs from the lines of a ``text/event-stream`` body."""
-    kind, data = "message", list[str]()
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
+    """(event, data, id) triples from the lines of a ``text/event-stream`` body; ``id``
+    is the event's own, None when it has none."""
+    kind, data, event_id = "message", list[str](), None
     for line in lines:
         if line == "":
             if data:
-                yield kind, "\n".join(data)
-            kind, data = "message", []
+                yield kind, "\n".join(data), event_id
+            kind, data, event_id = "message", [], None
         elif line.startswith(":"):
             continue  # a comment: the server's keep-alive
         else:
@@ -314,5 +350,6 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
                 kind = value
             elif field == "data":
                 data.append(value)
-    if data:
-        yield kind, "\n".join(data)
+            elif field == "id":
+                event_id = value
+    # An event the body ends in the middle of is dropped: resuming sends it again whole.

@@ -4,7 +4,9 @@ status, closed log or not (real PostgreSQL and Redis, the app served by LiveServ
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -23,7 +25,7 @@ from controlplane.settings import Settings
 from tests.controlplane.test_cli import PORTSIDE, clean_environ
 from tests.controlplane.test_cli_client import new_build, secret_of, service_id
 from tests.dashboard.test_dashboard import make_token
-from tests.support.live import LiveServer
+from tests.support.live import LiveServer, free_port
 
 __all__ = ["service_id"]  # a fixture, used by name
 
@@ -254,3 +256,90 @@ def test_a_stream_resumes_after_the_last_event_id_once_the_build_ended(
     ]
     ids = [line for line in resumed.lines if line.startswith("id: ")]
     assert len(ids) == 3  # each line's, and the end marker's: resuming again is exact
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the control plane whose open connections can be cut, as a
+    proxy's idle timeout or a restarted web process would."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.connections: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _address = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.connections += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        for side in (source, target):
+            with contextlib.suppress(OSError):
+                side.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self.connections = []
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+
+def test_portside_logs_f_resumes_a_cut_stream_after_the_last_line_it_printed(
+    served: Served,
+    database: Database,
+    redis_url: str,
+    read_headers: dict[str, str],
+    service_id: int,
+) -> None:
+    url = served(1)
+    proxy = CuttingProxy(int(url.rsplit(":", 1)[1]))
+    build_id = new_build(database, service_id, status="running")
+    redis = Redis.from_url(redis_url)
+    logs.append(redis, build_id, ["Step 1/3", "Step 2/3"])
+    cli = subprocess.Popen(
+        [str(PORTSIDE), "logs", str(build_id), "-f"],
+        env={
+            **clean_environ(),
+            "PORTSIDE_URL": f"http://127.0.0.1:{proxy.port}",
+            "PORTSIDE_TOKEN": secret_of(read_headers),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert cli.stdout is not None
+        assert [cli.stdout.readline(), cli.stdout.readline()] == ["Step 1/3\n", "Step 2/3\n"]
+
+        proxy.cut()
+        logs.append(redis, build_id, ["Step 3/3"])
+        finish(database, redis, build_id, "succeeded", close=True)
+
+        rest, stderr = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+        redis.close()
+        proxy.close()
+    assert cli.returncode == 0, stderr
+    assert rest == "Step 3/3\n"  # once: resumed after "Step 2/3", nothing repeated
+    assert stderr.splitlines()[-1] == f"portside: build {build_id} succeeded"
