@@ -108,7 +108,11 @@ def read(redis: Redis, build_id: int, after: str = "-") -> list[tuple[str, str |
 def follow(
     redis: Redis, build_id: int, after: str = "0-0", block_ms: int = 15000
 ) -> Iterator[tuple[str, str | None]]:
-    """Yield entries as they arrive; an empty wait yields ("", None) as a keep-alive."""
+    """Yield entries as they arrive; an empty wait of ``block_ms`` yields ("", None).
+
+    ``redis``'s socket timeout must outlast ``block_ms`` (the web pool's does not: use
+    :func:`controlplane.services.logstream.blocking_redis`), or a quiet log raises.
+    """
     last = after
     while True:
         batches: Any = redis.xread({stream_key(build_id): last}, block=block_ms, count=500)
