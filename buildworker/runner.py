@@ -270,7 +270,9 @@ class StepRunner:
             )
         self._save_state(spec, {"images": {}})
 
-    def _build(self, spec: dict[str, Any], build_log: BuildLog, stop: _Stop) -> None:
+    def _build(
+        self, spec: dict[str, Any], build_log: BuildLog, stop: threading.Event | None = None
+    ) -> None:
         state = self._load_state(spec)
         checkout = self._checkout(spec)
         plan = compose.plan_builds(
