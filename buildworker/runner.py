@@ -32,8 +32,8 @@ STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 HEARTBEAT_SECONDS = 10.0
 STOP_POLL_SECONDS = 1.0
 LogSink = Callable[[int, list[str]], None]
-# Why the control plane stopped a build (its Redis stop key), or None.
-StopProbe = Callable[[int], str | None]
+# Why the control plane stopped a build's attempt (its Redis stop key), or None.
+StopProbe = Callable[[int, int], str | None]
 # Which builds a worker takes: trusted only, a fork's (untrusted) only, or both.
 UntrustedMode = Literal["no", "only", "yes"]
 UNTRUSTED_MODES: tuple[UntrustedMode, ...] = ("no", "only", "yes")
@@ -108,7 +108,7 @@ class _Watch:
     def _watch(self) -> None:
         beat_at = time.monotonic() + HEARTBEAT_SECONDS
         while not self._done.wait(STOP_POLL_SECONDS):
-            if reason := self._stop_reason(self._build_id):
+            if reason := self._stop_reason(self._build_id, self._attempt):
                 self._stop.stop(reason)
             if time.monotonic() >= beat_at:
                 beat_at = time.monotonic() + HEARTBEAT_SECONDS
@@ -131,7 +131,7 @@ class _Watch:
         self._thread.join(timeout=1)
 
 
-def never_stopped(_build_id: int) -> None:
+def never_stopped(_build_id: int, _attempt: int) -> None:
     """The stop probe of a runner nobody stops (tests, a worker without Redis)."""
 
 
@@ -170,7 +170,7 @@ class StepRunner:
         try:
             spec = self.api.claim(build_id, step, attempt, self.config.node)
         except StepRefused:
-            if self.stop_reason(build_id):  # stopped between two steps: nothing is left
+            if self.stop_reason(build_id, attempt):  # stopped between two steps: nothing is left
                 self.cleanup(build_id, attempt)
             raise
         build_log = BuildLog(self.sink, build_id, spec.get("build_args", {}).values())

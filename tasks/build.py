@@ -48,10 +48,10 @@ def runner(hostname: str) -> StepRunner:
         except RedisError as exc:
             log.warning("build %s: %d log lines lost: %s", build_id, len(lines), exc)
 
-    def stop_reason(build_id: int) -> str | None:
+    def stop_reason(build_id: int, attempt: int) -> str | None:
         # Redis away: the heartbeat's 409 stops the build instead, a few seconds later.
         try:
-            return stops.stop_reason(redis, build_id)
+            return stops.stop_reason(redis, build_id, attempt)
         except RedisError as exc:
             log.warning("build %s: cannot read its stop signal: %s", build_id, exc)
             return None

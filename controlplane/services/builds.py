@@ -541,7 +541,7 @@ def supersede_older(
 def _cancel(session: Session, build: Build, reason: str) -> None:
     """Cancel an unfinished build; a worker running it is told to stop after the commit."""
     if build.status == "running":
-        stops.note_stop(session, build.id, reason)
+        stops.note_stop(session, build.id, build.attempt, reason)
     build.status = "cancelled"
     build.error = reason
     build.finished_at = utcnow()

@@ -1,8 +1,8 @@
 """Telling a build worker to stop a build it is running (superseded, cancelled).
 
 A transaction that cancels a running build notes it (:func:`note_stop`); once committed,
-an after-commit hook (:func:`requester`) sets a Redis key per build, which the worker
-running it reads every :data:`POLL_SECONDS` while a step runs; it then stops its
+an after-commit hook (:func:`requester`) sets a Redis key per build attempt, which the
+worker running it reads every :data:`POLL_SECONDS` while a step runs; it then stops its
 ``docker build`` and removes the workspace. A key rather than a pub/sub message: it is
 still there for a worker that was reconnecting when it was set. Should Redis lose it, the
 worker's next heartbeat is answered 409 and it stops all the same.
@@ -24,20 +24,21 @@ KEEP_SECONDS = 24 * 3600
 _PENDING = "portside.stopped_builds"  # session.info: stop signals due on commit
 
 
-def stop_key(build_id: int) -> str:
-    return f"portside:build:{build_id}:stop"
+def stop_key(build_id: int, attempt: int) -> str:
+    """One attempt's: a later attempt of the build (taken over) is not stopped by it."""
+    return f"portside:build:{build_id}:{attempt}:stop"
 
 
-def note_stop(session: Session, build_id: int, reason: str) -> None:
-    """Have the worker running ``build_id`` stop it once this transaction commits."""
-    session.info.setdefault(_PENDING, {})[build_id] = reason
+def note_stop(session: Session, build_id: int, attempt: int, reason: str) -> None:
+    """Have the worker running that attempt stop it once this transaction commits."""
+    session.info.setdefault(_PENDING, {})[(build_id, attempt)] = reason
 
 
-def request_stop(redis: Redis, reasons: Mapping[int, str]) -> None:
-    """Ask the workers running the builds ``reasons`` names to stop them, saying why."""
+def request_stop(redis: Redis, reasons: Mapping[tuple[int, int], str]) -> None:
+    """Ask the workers running the (build, attempt)s ``reasons`` names to stop, saying why."""
     with redis.pipeline(transaction=False) as pipe:
-        for build_id, reason in reasons.items():
-            pipe.set(stop_key(build_id), reason, ex=KEEP_SECONDS)
+        for (build_id, attempt), reason in reasons.items():
+            pipe.set(stop_key(build_id, attempt), reason, ex=KEEP_SECONDS)
         pipe.execute()
 
 
@@ -55,9 +56,9 @@ def requester(redis: Redis) -> Callable[[Session], None]:
     return request_committed
 
 
-def stop_reason(redis: Redis, build_id: int) -> str | None:
-    """Why the build must stop, or None while it may run on."""
-    value = redis.get(stop_key(build_id))
+def stop_reason(redis: Redis, build_id: int, attempt: int) -> str | None:
+    """Why the build's attempt must stop, or None while it may run on."""
+    value = redis.get(stop_key(build_id, attempt))
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
