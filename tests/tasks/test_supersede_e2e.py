@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -14,6 +16,9 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from buildworker.api import ControlPlane
+from buildworker.errors import BuildStopped
+from buildworker.runner import HEARTBEAT_SECONDS, StepRunner, WorkerConfig
 from controlplane.models import Deployment, Environment
 from controlplane.services import logs
 from tests.fixtures.stack import Stack, wait_for
@@ -142,3 +147,53 @@ def test_a_build_superseded_mid_docker_build_stops_and_the_newer_one_deploys(
     assert wait_for(lambda: finished(stack, newer), 300, 0.5).status == "succeeded"
     assert deployed_commit(stack) == newer
     delete_images(stack, registry, newer)
+
+
+def test_without_the_stop_key_the_heartbeat_stops_the_build(
+    stack: Stack,
+    base_image: str,
+    registry: Any,
+    docker_client: docker.DockerClient,
+    docker_cleanup: None,
+    tmp_path: Path,
+) -> None:
+    """The backstop: a worker that never sees the Redis key (as if Redis had lost it)
+    stops at its next heartbeat, answered 409 once the build is cancelled."""
+    install(stack, base_image)
+    start = commit(stack, {"index.html": "start\n"})
+    slow = commit(stack, {"Dockerfile": f"FROM {base_image}\nRUN sleep 60\n"})
+    deliver_push(stack, slow, before=start)
+    building = wait_for(lambda: build_of(stack, slow), 60, what="the slow build")
+    lines: list[str] = []
+    runner = StepRunner(
+        ControlPlane(stack.url, stack.worker_env["PORTSIDE_TOKEN"], allow_insecure=True),
+        docker_client,
+        WorkerConfig(node="build-deaf", registry=registry.host, workspace_root=tmp_path),
+        lambda _build_id, more: lines.extend(more),
+    )
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            runner.run("clone", building.id, 1)
+            runner.run("build", building.id, 1)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    running = wait_for(
+        lambda: next((m for line in lines if (m := re.search(r"Running in (\w+)", line))), None),
+        120,
+        what="the slow build's RUN step",
+    )
+    newer = commit(stack, {"index.html": "newer\n"})
+    deliver_push(stack, newer, before=slow)
+    assert wait_for(lambda: finished(stack, slow), 30).status == "cancelled"
+    worker.join(timeout=HEARTBEAT_SECONDS + 10)  # its next heartbeat, and the stop
+    assert len(outcome) == 1 and isinstance(outcome[0], BuildStopped), outcome
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.api.inspect_container(running.group(1))
+    assert not runner.workspace(building.id, 1).exists()
+    assert any(line.startswith("stopped on build-deaf") for line in lines)
