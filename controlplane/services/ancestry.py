@@ -8,10 +8,9 @@ first:
    it was forced) and the commits it added, all ancestors of its ``after``; chained
    through the builds of the environment, this decides most pairs with no API call.
 2. GitHub's compare API (``GET /repos/{o}/{r}/compare/{base}...{head}``), when a caller
-   that may reach GitHub passes ``compare``: ``ahead``/``behind`` decide, ``identical``
-   is the same commit.
-3. Otherwise, a ``diverged`` pair (a force-push) or no answer (GitHub unavailable): the
-   branch's newest push, by ``pushed_at`` and then by arrival.
+   that may reach GitHub passes ``compare``: ``ahead``/``behind`` decide.
+3. Otherwise (``diverged``: a force-push; no answer: GitHub unavailable; the same commit
+   built twice): the branch's newest push, by ``pushed_at`` and then by arrival.
 """
 
 from __future__ import annotations
@@ -64,11 +63,8 @@ class BuildLike(Protocol):
 
 def of_build(build: BuildLike) -> Pushed:
     moment: dt.datetime = build.pushed_at or build.created_at
-    return Pushed(build.commit_sha, aware(moment), float(build.id))
-
-
-def aware(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite's
+    return Pushed(build.commit_sha, aware, float(build.id))
 
 
 def payload_ancestors(payload: Mapping[str, Any]) -> set[str]:

@@ -4,6 +4,8 @@ superseded while it runs is told to stop."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 import redis
 from flask.testing import FlaskClient
@@ -14,7 +16,7 @@ from controlplane.db import Database
 from controlplane.errors import Conflict
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build
-from controlplane.services import builds, pushes, stops
+from controlplane.services import ancestry, builds, pushes, stops
 from tests.controlplane.test_intake_processing import (
     OWNER,
     delivery,
@@ -178,3 +180,27 @@ def test_a_running_build_superseded_is_told_to_stop(
     assert reason is not None and f"of {child[:7]}" in reason
     with database.session_scope() as session, pytest.raises(Conflict, match="cancelled"):
         builds.heartbeat(session, running, 1)
+
+
+def test_payloads_chain_through_pushes_and_a_force_push_names_no_ancestor() -> None:
+    a, b, c, d, x = (ch * 40 for ch in "abcde")
+    facts: ancestry.Facts = {}
+    for payload in (
+        {"before": a, "after": b, "commits": [{"id": b}]},
+        {"before": b, "after": c, "commits": [{"id": x}, {"id": c}]},
+        {"before": c, "after": d, "forced": True, "commits": []},
+    ):
+        facts.setdefault(str(payload["after"]), set()).update(ancestry.payload_ancestors(payload))
+    assert ancestry.descends(facts, a, c) and ancestry.descends(facts, x, c)
+    assert not ancestry.descends(facts, c, a)
+    assert not ancestry.descends(facts, c, d)  # the branch was rewritten over c
+    moment = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    later = moment + dt.timedelta(seconds=1)
+    # The payloads decide whatever the order of the pushes says...
+    assert ancestry.is_newer(ancestry.Pushed(c, moment, 1), ancestry.Pushed(a, later, 2), facts)
+    # ...and where they cannot, the later push wins, then the later arrival.
+    assert ancestry.is_newer(ancestry.Pushed(d, later, 1), ancestry.Pushed(c, moment, 2), facts)
+    assert ancestry.is_newer(ancestry.Pushed(d, moment, 2), ancestry.Pushed(c, moment, 1), facts)
+    assert not ancestry.is_newer(
+        ancestry.Pushed(d, moment, 1), ancestry.Pushed(c, moment, 2), facts
+    )
