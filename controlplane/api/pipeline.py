@@ -112,7 +112,11 @@ def finish_step(data: dict[str, Any], build_id: int, step: str) -> None:
 @require("worker")
 @worker_api.arguments(schemas.HeartbeatSchema)
 @worker_api.response(204)
+@worker_api.alt_response(
+    409, schema=schemas.ApiErrorSchema, description="stop: cancelled or taken over"
+)
 def heartbeat(data: dict[str, Any], build_id: int) -> None:
+    """The running step is alive; 409 tells its worker to stop the build."""
     db = session()
     builds.heartbeat(db, build_id, data["attempt"])
     db.commit()
