@@ -27,7 +27,14 @@ from hostagent.client import (
 )
 from hostagent.desired import DesiredEnvironment, DesiredState, PreviewLimits, config_hash
 from hostagent.errors import AgentConfigError, AgentError, PermanentAgentError
-from hostagent.metrics import ContainerCollector, MetricsServer, Sampler, add_usage, serve
+from hostagent.metrics import (
+    DOCKER_TIMEOUT,
+    ContainerCollector,
+    MetricsServer,
+    Sampler,
+    add_usage,
+    serve,
+)
 from hostagent.observe import ObservedContainer, ObservedEnvironment, ObservedState, observe
 from hostagent.plan import failure_key, plan
 from hostagent.prune import Pruner
@@ -388,7 +395,7 @@ def main(environ: Mapping[str, str]) -> int:
     except AgentError as exc:
         log.warning("%s; compose environments will fail", exc)
     # Its own client: the sampler reads Docker on threads of its own.
-    stats_client = docker.DockerClient.from_env(environment=dict(environ))
+    stats_client = docker.DockerClient.from_env(environment=dict(environ), timeout=DOCKER_TIMEOUT)
     sampler = Sampler(stats_client)
     pruner = Pruner(client, settings.state_dir, settings.keep_images)
     metrics: MetricsServer | None = None

@@ -24,6 +24,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+import docker.errors
+import requests
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -35,9 +37,12 @@ from hostagent.desired import DesiredState
 log = logging.getLogger(__name__)
 
 MAX_AGE = 5.0  # a sample younger than this is served again without asking Docker
-SCRAPE_WAIT = 3.0  # the most a scrape waits for a fresh sample
+# The most a scrape waits for a fresh sample (well below Prometheus's scrape timeout).
+SCRAPE_WAIT = 1.0
 STALE_AFTER = 120.0  # an older sample is not shown at all (the engine stopped answering)
 READERS = 4  # containers read at once
+# Seconds the sampler's own Docker client waits for an answer: a stuck read ends.
+DOCKER_TIMEOUT = 10
 LABELS = ("environment", "service", "kind", "host", "container")
 HEALTH_NONE = "none"
 
@@ -185,8 +190,8 @@ class Sampler:
         ids = [str(c["Id"]) for c in self.client.api.containers(all=True, filters=filters)]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="portside-stats")
-        taken = self.clock()
-        found = self._pool.map(lambda cid: self._read(cid, services), ids)
+        found = list(self._pool.map(lambda cid: self._read(cid, services), ids))
+        taken = self.clock()  # fresh from when it is complete: reads may take a while
         with self._lock:
             last = self._latest
         previous = {r.id: r for r in last.readings} if last is not None else {}
@@ -197,16 +202,19 @@ class Sampler:
     def _read(self, container_id: str, services: Mapping[str, str]) -> Reading | None:
         try:
             attrs = self.client.api.inspect_container(container_id)
-            state = attrs.get("State") or {}
-            running = state.get("Status") == "running"
-            stats = (
-                self.client.api.stats(container_id, stream=False, one_shot=True)
-                if running
-                else None
-            )
         except Exception as exc:  # gone since the listing, or the engine failed: left out
             log.debug("container %s not sampled: %s", container_id[:12], exc)
             return None
+        state = attrs.get("State") or {}
+        running = state.get("Status") == "running"
+        stats: Mapping[str, Any] | None = None
+        if running:
+            try:
+                stats = self.client.api.stats(container_id, stream=False, one_shot=True)
+            except (docker.errors.APIError, requests.RequestException) as exc:
+                # An empty answer for a container started a moment ago: it shows without
+                # usage now, and the next sample reads it again.
+                log.debug("container %s has no stats yet: %s", container_id[:12], exc)
         labels: Mapping[str, str] = (attrs.get("Config") or {}).get("Labels") or {}
         environment = labels.get(lbl.ENVIRONMENT, "")
         return Reading(

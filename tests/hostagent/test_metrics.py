@@ -132,8 +132,8 @@ def test_a_slow_engine_holds_up_neither_a_scrape_nor_a_tick(tmp_path: Path):
         clock.now += 10
         second = sampler.sample(30)
         assert second is not None and second is not first
-        # Two samples 10 s apart, one CPU second more: a tenth of a core.
-        assert second.readings[0].cpu_cores == 0.1
+        # Completed 20 s after the first, with one CPU second more: a twentieth of a core.
+        assert second.readings[0].cpu_cores == 0.05
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ContainerCollector(sampler, pruned=lambda: (3, 1)))
@@ -154,7 +154,7 @@ def test_a_slow_engine_holds_up_neither_a_scrape_nor_a_tick(tmp_path: Path):
         }
         assert samples[("portside_container_health_status", "healthy")].value == 1
         assert samples[("portside_container_restarts_total", None)].value == 2
-        assert samples[("portside_container_cpu_seconds_total", None)].value == 3.0
+        assert samples[("portside_container_cpu_seconds_total", None)].value == 2.0
         assert samples[("portside_agent_images_pruned_total", None)].value == 3
         assert samples[("portside_agent_image_prune_failures_total", None)].value == 1
     finally:
