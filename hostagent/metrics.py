@@ -155,10 +155,10 @@ class Sampler:
             if not fresh and running is None:
                 if self._refresher is None:
                     self._refresher = ThreadPoolExecutor(1, thread_name_prefix="portside-sample")
+                # _take clears _running under this lock: only after it is set here.
                 running = self._running = self._refresher.submit(
                     self._take, self.host, dict(self.services)
                 )
-                running.add_done_callback(self._done)
         if not fresh and running is not None and wait > 0:
             try:
                 running.result(timeout=wait)
@@ -179,25 +179,27 @@ class Sampler:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
-    def _done(self, future: Future[Sample]) -> None:
-        with self._lock:
-            self._running = None
-            if not future.cancelled() and future.exception() is None:
-                self._latest = future.result()
-
     def _take(self, host: str, services: Mapping[str, str]) -> Sample:
-        filters = {"label": [lbl.ENVIRONMENT, f"{lbl.HOST}={host}"]}
-        ids = [str(c["Id"]) for c in self.client.api.containers(all=True, filters=filters)]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="portside-stats")
-        found = list(self._pool.map(lambda cid: self._read(cid, services), ids))
-        taken = self.clock()  # fresh from when it is complete: reads may take a while
-        with self._lock:
-            last = self._latest
-        previous = {r.id: r for r in last.readings} if last is not None else {}
-        since = taken - last.taken if last is not None else 0.0
-        readings = tuple(_with_rate(r, previous.get(r.id), since) for r in found if r)
-        return Sample(host, taken, readings)
+        """List and read the containers (on the refresher's thread); the latest sample."""
+        try:
+            filters = {"label": [lbl.ENVIRONMENT, f"{lbl.HOST}={host}"]}
+            ids = [str(c["Id"]) for c in self.client.api.containers(all=True, filters=filters)]
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="portside-stats")
+            found = list(self._pool.map(lambda cid: self._read(cid, services), ids))
+            taken = self.clock()  # fresh from when it is complete: reads may take a while
+            with self._lock:
+                last = self._latest
+            previous = {r.id: r for r in last.readings} if last is not None else {}
+            since = taken - last.taken if last is not None else 0.0
+            readings = tuple(_with_rate(r, previous.get(r.id), since) for r in found if r)
+            sample = Sample(host, taken, readings)
+            with self._lock:
+                self._latest = sample
+            return sample
+        finally:
+            with self._lock:
+                self._running = None
 
     def _read(self, container_id: str, services: Mapping[str, str]) -> Reading | None:
         try:

@@ -178,3 +178,31 @@ def test_the_deploy_scrape_config_is_valid(tmp_path: Path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "portside-agent" in text and "/metrics" in text
+
+
+@dataclass
+class BrokenApi:
+    """An engine that fails every listing at once."""
+
+    calls: int = 0
+
+    def containers(self, all: bool, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        self.calls += 1
+        raise RuntimeError("engine broken")
+
+
+@dataclass
+class BrokenEngine:
+    api: BrokenApi = field(default_factory=BrokenApi)
+
+
+def test_a_failing_engine_leaves_no_sample_and_is_asked_again():
+    engine = BrokenEngine()
+    sampler = Sampler(engine)
+    sampler.track(desired())
+    try:
+        assert sampler.sample(30) is None
+        assert sampler.sample(30) is None
+        assert engine.api.calls == 2  # each failed read ended, so the next one started
+    finally:
+        sampler.close()
