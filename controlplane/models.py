@@ -250,6 +250,8 @@ class Build(TimestampMixin, Base):
     error: Mapped[str | None] = mapped_column(Text)
     failed_step: Mapped[str | None] = mapped_column(String(32))
     github_deployment_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The build's Check Run on GitHub (named feedback.CHECK_NAME, external id = build id).
+    check_run_id: Mapped[int | None] = mapped_column(BigInteger)
     # Bumped when a build is taken up again after its worker died; messages of an
     # earlier attempt are then ignored.
     attempt: Mapped[int] = mapped_column(Integer, default=1)
