@@ -53,6 +53,7 @@ DEFAULT_PERMISSIONS = {
     "statuses": "write",
     "pull_requests": "write",
     "issues": "write",
+    "checks": "write",
 }
 _LEVELS = ("read", "write", "admin")
 # GitHub's list endpoints: 30 items a page unless per_page says otherwise, 100 at most.
@@ -67,6 +68,19 @@ SECONDARY_RATE_LIMIT = (
 RATE_LIMIT = 5000
 DEPLOYMENT_STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
 COMMIT_STATES = {"error", "failure", "pending", "success"}
+CHECK_STATUSES = {"queued", "in_progress", "completed", "waiting", "requested", "pending"}
+CHECK_CONCLUSIONS = {
+    "action_required",
+    "cancelled",
+    "failure",
+    "neutral",
+    "success",
+    "skipped",
+    "stale",
+    "timed_out",
+}
+# GitHub's limit on a check run's output summary and text, in characters.
+CHECK_OUTPUT_MAX = 65535
 
 
 def generate_private_key_pem() -> str:
@@ -202,6 +216,22 @@ class CommitStatus:
 
 
 @dataclass(slots=True)
+class CheckRun:
+    id: int
+    repo: str
+    head_sha: str
+    name: str
+    external_id: str
+    details_url: str | None
+    status: str
+    conclusion: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    output: Json  # title, summary, text (None until written)
+    check_suite_id: int
+
+
+@dataclass(slots=True)
 class IssueComment:
     id: int
     repo: str
@@ -287,6 +317,7 @@ class GitHubState:
         self.deployments: list[Deployment] = []
         self.deployment_statuses: list[DeploymentStatus] = []
         self.statuses: list[CommitStatus] = []
+        self.check_runs: list[CheckRun] = []
         self.comments: list[IssueComment] = []
         self.git_requests: list[GitRequest] = []
         self.api_requests: list[tuple[str, str]] = []  # (method, path?query), in order
@@ -402,6 +433,21 @@ class GitHubState:
         """Every token issued so far expires now (GitHub then answers 401 Bad credentials)."""
         for token in self.tokens:
             token.expires_at = _now() - timedelta(seconds=1)
+
+    def check_run_payload(self, check_run: CheckRun, action: str, base: str) -> Json:
+        """A ``check_run`` webhook payload as GitHub sends the App (``rerequested`` when a
+        person clicks "Re-run" on the run, ``requested_action``, ``created``...)."""
+        repo = self.repository(check_run.repo)
+        return {
+            "action": action,
+            "check_run": _check_run(self, check_run, base),
+            "repository": repository_json(self, repo, base),
+            "sender": _user("octocat", base),
+            "installation": {
+                "id": repo.installation_id,
+                "node_id": _node_id("Installation", repo.installation_id),
+            },
+        }
 
     def fail(
         self,
@@ -753,6 +799,49 @@ def _commit_status(status: CommitStatus, base: str) -> Json:
         "created_at": _iso(status.created_at),
         "updated_at": _iso(status.created_at),
         "creator": _bot(base),
+    }
+
+
+def _check_run(state: GitHubState, run: CheckRun, base: str) -> Json:
+    api = f"{base}/repos/{run.repo}"
+    suite_status = "completed" if run.status == "completed" else run.status
+    return {
+        "id": run.id,
+        "node_id": _node_id("CheckRun", run.id),
+        "head_sha": run.head_sha,
+        "external_id": run.external_id,
+        "url": f"{api}/check-runs/{run.id}",
+        "html_url": f"{base}/{run.repo}/runs/{run.id}",
+        "details_url": run.details_url,
+        "status": run.status,
+        "conclusion": run.conclusion,
+        "started_at": _iso(run.started_at),
+        "completed_at": _iso(run.completed_at) if run.completed_at else None,
+        "output": {
+            "title": run.output.get("title"),
+            "summary": run.output.get("summary"),
+            "text": run.output.get("text"),
+            "annotations_count": 0,
+            "annotations_url": f"{api}/check-runs/{run.id}/annotations",
+        },
+        "name": run.name,
+        "check_suite": {
+            "id": run.check_suite_id,
+            "node_id": _node_id("CheckSuite", run.check_suite_id),
+            "head_branch": None,
+            "head_sha": run.head_sha,
+            "status": suite_status,
+            "conclusion": run.conclusion,
+            "url": f"{api}/check-suites/{run.check_suite_id}",
+            "before": None,
+            "after": run.head_sha,
+            "pull_requests": [],
+            "app": _app(state, base),
+            "created_at": _iso(run.started_at),
+            "updated_at": _iso(run.completed_at or run.started_at),
+        },
+        "app": _app(state, base),
+        "pull_requests": [],
     }
 
 
@@ -1275,6 +1364,120 @@ def create_github_server(state: GitHubState) -> Flask:
         sha = commit_sha(repo, ref)
         found = [s for s in reversed(state.statuses) if s.repo == repo.full_name and s.sha == sha]
         return paged([_commit_status(s, base()) for s in found])
+
+    # -- check runs --
+
+    def check_run_fields(data: Json, run: CheckRun) -> None:
+        """Apply the writable fields of a create or update body to ``run``, as GitHub
+        validates them: a conclusion completes the run, ``completed`` needs one, and an
+        output needs a title and a summary."""
+        for key in ("name", "external_id", "details_url"):
+            if key in data:
+                setattr(run, key, data[key])
+        status = data.get("status", run.status if "conclusion" not in data else "completed")
+        if status not in CHECK_STATUSES:
+            raise GitHubError(422, "Validation Failed: status is not included in the list")
+        conclusion = data.get("conclusion", run.conclusion)
+        if conclusion is not None and conclusion not in CHECK_CONCLUSIONS:
+            raise GitHubError(422, "Validation Failed: conclusion is not included in the list")
+        if status == "completed" and conclusion is None:
+            raise GitHubError(422, "Validation Failed: conclusion must be given when completed")
+        if conclusion is not None:
+            status = "completed"
+        run.status, run.conclusion = status, conclusion if status == "completed" else None
+        run.completed_at = (run.completed_at or _now()) if status == "completed" else None
+        if "output" in data:
+            output = data["output"]
+            if not isinstance(output, dict) or not output.get("title") or not output.get("summary"):
+                raise GitHubError(422, "Validation Failed: output needs a title and a summary")
+            for key in ("summary", "text"):
+                if len(output.get(key) or "") > CHECK_OUTPUT_MAX:
+                    raise GitHubError(
+                        422, f"Validation Failed: output.{key} is too long (maximum is 65535)"
+                    )
+            run.output = {key: output.get(key) for key in ("title", "summary", "text")}
+
+    def check_run_of(repo: Repository, check_run_id: int) -> CheckRun:
+        found = next((r for r in state.check_runs if r.id == check_run_id), None)
+        if found is None or found.repo != repo.full_name:
+            raise GitHubError(404, "Not Found")
+        return found
+
+    @app.post("/repos/<owner>/<name>/check-runs")
+    def create_check_run(owner: str, name: str) -> tuple[Json, int]:
+        repo = repo_for(owner, name, "checks", "write")
+        data = body()
+        if not isinstance(data.get("name"), str) or not data["name"]:
+            raise GitHubError(422, 'Invalid request.\n\n"name" wasn\'t supplied.')
+        sha = data.get("head_sha")
+        if not isinstance(sha, str) or repos.resolve_commit(repo.path, sha) != sha:
+            raise GitHubError(422, f"No commit found for SHA: {sha}")
+        suite = next(
+            (
+                r.check_suite_id
+                for r in state.check_runs
+                if (r.repo, r.head_sha) == (repo.full_name, sha)
+            ),
+            None,
+        )
+        run = CheckRun(
+            id=state.next_id(),
+            repo=repo.full_name,
+            head_sha=sha,
+            name=data["name"],
+            external_id="",
+            details_url=None,
+            status="queued",
+            conclusion=None,
+            started_at=_now(),
+            completed_at=None,
+            output={},
+            check_suite_id=suite or state.next_id(),
+        )
+        check_run_fields(data, run)
+        state.check_runs.append(run)
+        return _check_run(state, run, base()), 201
+
+    @app.patch("/repos/<owner>/<name>/check-runs/<int:check_run_id>")
+    def update_check_run(owner: str, name: str, check_run_id: int) -> Json:
+        run = check_run_of(repo_for(owner, name, "checks", "write"), check_run_id)
+        updated = replace(run)  # a refused update changes nothing
+        check_run_fields(body(), updated)
+        state.check_runs[state.check_runs.index(run)] = updated
+        return _check_run(state, updated, base())
+
+    @app.get("/repos/<owner>/<name>/check-runs/<int:check_run_id>")
+    def get_check_run(owner: str, name: str, check_run_id: int) -> Json:
+        return _check_run(
+            state, check_run_of(repo_for(owner, name, "checks"), check_run_id), base()
+        )
+
+    @app.get("/repos/<owner>/<name>/commits/<path:ref>/check-runs")
+    def list_check_runs(owner: str, name: str, ref: str) -> Response:
+        """Newest first; ``filter=latest`` (the default) keeps the newest run of each name,
+        ``all`` every one; ``check_name`` and ``status`` narrow it."""
+        repo = repo_for(owner, name, "checks")
+        sha = commit_sha(repo, ref)
+        if request.args.get("filter", "latest") not in ("latest", "all"):
+            raise GitHubError(422, "Validation Failed: filter is not included in the list")
+        found = [
+            r for r in reversed(state.check_runs) if (r.repo, r.head_sha) == (repo.full_name, sha)
+        ]
+        if "check_name" in request.args:
+            found = [r for r in found if r.name == request.args["check_name"]]
+        if "status" in request.args:
+            found = [r for r in found if r.status == request.args["status"]]
+        if request.args.get("filter", "latest") == "latest":
+            newest: dict[str, CheckRun] = {}
+            for run in found:
+                newest.setdefault(run.name, run)
+            found = list(newest.values())
+        chunk, headers = page_of(found)
+        response = jsonify(
+            {"total_count": len(found), "check_runs": [_check_run(state, r, base()) for r in chunk]}
+        )
+        response.headers.update(headers)
+        return response
 
     # -- issue comments --
 

@@ -297,6 +297,73 @@ def test_success_makes_earlier_deployments_inactive(server: GitHubServer) -> Non
     assert [s.state for s in first.get_statuses()] == ["inactive", "success"]
 
 
+def test_check_runs_move_to_a_conclusion_and_are_listed_per_commit(server: GitHubServer) -> None:
+    state = server.state
+    sha = state.commit(REPO, {"README": "checked\n"})
+    repo = client(server, Auth.Token(token_for(server))).get_repo(REPO)
+
+    run = repo.create_check_run(
+        "Portside", sha, external_id="7", details_url="http://ci/builds/7", status="queued"
+    )
+    assert (run.status, run.conclusion, run.external_id, run.head_sha) == ("queued", None, "7", sha)
+    output = {"title": "Building", "summary": "Step clone"}
+    repo.get_check_run(run.id).edit(status="in_progress", output=output)
+    repo.get_check_run(run.id).edit(
+        conclusion="failure", output={"title": "build failed", "summary": "the log"}
+    )
+    (stored,) = state.check_runs
+    assert (stored.status, stored.conclusion, stored.output["title"]) == (
+        "completed",
+        "failure",
+        "build failed",
+    )
+    assert stored.completed_at is not None
+
+    # A rerun of the same name and another app's check on the same commit.
+    repo.create_check_run("Portside", sha, external_id="8", status="in_progress")
+    repo.create_check_run("lint", sha, conclusion="success", output=output)
+    commit = repo.get_commit(sha)
+    latest = commit.get_check_runs(check_name="Portside")
+    assert [r.external_id for r in latest] == ["8"]
+    every = commit.get_check_runs(check_name="Portside", filter="all")
+    assert [r.external_id for r in every] == ["8", "7"]
+    assert {r.name for r in commit.get_check_runs()} == {"Portside", "lint"}
+    assert len({r.check_suite_id for r in state.check_runs}) == 1
+
+    token = token_for(server)
+    paged = as_installation(
+        server, f"/repos/{REPO}/commits/{sha}/check-runs", token, filter="all", per_page=2
+    )
+    assert paged.json()["total_count"] == 3 and len(paged.json()["check_runs"]) == 2
+    assert "next" in paged.links
+    api = f"{server.url}/repos/{REPO}/check-runs"
+    headers = {"Authorization": f"token {token}"}
+    refused = [
+        {"name": "Portside", "head_sha": "f" * 40},  # no such commit
+        {"name": "Portside", "head_sha": sha, "status": "completed"},  # no conclusion
+        {"name": "Portside", "head_sha": sha, "conclusion": "green"},
+        {"name": "Portside", "head_sha": sha, "output": {"title": "no summary"}},
+    ]
+    for data in refused:
+        assert requests.post(api, json=data, headers=headers, timeout=10).status_code == 422
+    assert len(state.check_runs) == 3
+
+    reader = state.issue_token(INSTALLATION_ID, permissions={"checks": "read"}).token
+    created = requests.post(
+        api,
+        json={"name": "Portside", "head_sha": sha},
+        headers={"Authorization": f"token {reader}"},
+        timeout=10,
+    )
+    assert created.status_code == 403
+
+    payload = state.check_run_payload(state.check_runs[0], "rerequested", server.url)
+    assert payload["check_run"]["external_id"] == "7"
+    assert payload["check_run"]["check_suite"]["head_sha"] == sha
+    assert payload["installation"]["id"] == INSTALLATION_ID
+    assert payload["repository"]["full_name"] == REPO
+
+
 def git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
