@@ -1,17 +1,96 @@
-"""``PORTSIDE_<NAME>_FILE``: any setting may be read from a file (Docker and systemd
-secrets), for every process alike — the control plane, the build worker and the agent."""
+"""Reading ``PORTSIDE_*`` settings alike in every process — the control plane, the build
+worker and the agent: ``PORTSIDE_<NAME>_FILE`` (Docker and systemd secrets) and the value
+rules the control plane and the build worker share (so neither imports the other)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 PREFIX = "PORTSIDE_"
 FILE_SUFFIX = "_FILE"
+UNTRUSTED_MODES = ("no", "only", "yes")
 
 
-class SettingFileError(ValueError):
+class SettingError(ValueError):
+    """A setting that cannot be used; the message names the variable."""
+
+
+class SettingFileError(SettingError):
     """A ``*_FILE`` variable that cannot be used; the message names the variable."""
+
+
+class Secret(str):
+    """A string that never shows itself in a repr or a log line."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self else "Secret('')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a connection URL so it can be logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:********@{netloc}"))
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portside"
+
+
+def require_int(name: str, raw: str, minimum: int, maximum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(f"{name} must be an integer, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def require_url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or (parts.scheme not in ("sqlite",) and not parts.netloc):
+        raise SettingError(f"{name} must be a {' or '.join(schemes)} URL, got {mask_url(raw)!r}")
+    return raw
+
+
+def registry_host(raw: str) -> str:
+    """PORTSIDE_REGISTRY: a registry's host[:port][/prefix], never a URL."""
+    if "://" in raw or not raw.strip("/"):
+        raise SettingError(
+            f"PORTSIDE_REGISTRY must be a registry host[:port][/prefix], got {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
+def untrusted_mode(raw: str) -> str:
+    """PORTSIDE_BUILD_UNTRUSTED: which builds a build worker takes (no, only or yes)."""
+    mode = raw.strip().lower()
+    if mode not in UNTRUSTED_MODES:
+        raise SettingError(f"PORTSIDE_BUILD_UNTRUSTED must be no, only or yes, got {raw!r}")
+    return mode
+
+
+def setting_reader(environ: Mapping[str, str]) -> Callable[[str], str | None]:
+    """``get("URL")``: PORTSIDE_URL (or its file) stripped, None when unset or blank."""
+    files = FileAwareEnviron(environ)
+
+    def get(name: str) -> str | None:
+        value = files.get(f"{PREFIX}{name}")
+        return value.strip() if value is not None and value.strip() else None
+
+    return get
 
 
 def read_setting_file(variable: str, path: str) -> str:

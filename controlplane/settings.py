@@ -7,57 +7,25 @@ entry point of each process and the result passed down.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from contracts.environ import FileAwareEnviron, SettingFileError
+from contracts.environ import (
+    Secret,
+    SettingError,
+    default_data_dir,
+    mask_url,
+    registry_host,
+    require_int,
+    require_url,
+    setting_reader,
+    untrusted_mode,
+)
 from controlplane.errors import ConfigError
 
-
-class Secret(str):
-    """A string that never shows itself in a repr or a log line."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "Secret('********')" if self else "Secret('')"
-
-    def reveal(self) -> str:
-        return str.__str__(self)
-
-
-def mask_url(url: str) -> str:
-    """Hide the password of a connection URL so it can be logged."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:********@{netloc}"))
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portside"
-
-
-def _require_int(name: str, raw: str, minimum: int, maximum: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def _require_url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in schemes or (parts.scheme not in ("sqlite",) and not parts.netloc):
-        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, got {mask_url(raw)!r}")
-    return raw
+__all__ = ["Secret", "Settings", "default_data_dir", "mask_url"]
 
 
 def _database_url(raw: str) -> str:
@@ -128,27 +96,25 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Build and validate settings; raise ConfigError naming the variable at fault."""
+        try:
+            return cls._from_env(environ)
+        except SettingError as exc:
+            raise ConfigError(str(exc)) from None
 
-        files = FileAwareEnviron(environ)
-
-        def get(name: str) -> str | None:
-            try:
-                value = files.get(f"PORTSIDE_{name}")
-            except SettingFileError as exc:
-                raise ConfigError(str(exc)) from None
-            return value.strip() if value is not None and value.strip() else None
-
+    @classmethod
+    def _from_env(cls, environ: Mapping[str, str]) -> Settings:
+        get = setting_reader(environ)
         data_dir = Path(get("DATA_DIR") or default_data_dir())
         database_url = _database_url(
             get("DATABASE_URL") or f"sqlite:///{data_dir / 'portside.sqlite3'}"
         )
         kwargs: dict[str, object] = {"database_url": database_url, "data_dir": data_dir}
         if (raw := get("REDIS_URL")) is not None:
-            kwargs["redis_url"] = _require_url(
+            kwargs["redis_url"] = require_url(
                 "PORTSIDE_REDIS_URL", raw, ("redis", "rediss", "unix")
             )
         if (raw := get("GITHUB_APP_ID")) is not None:
-            kwargs["github_app_id"] = _require_int("PORTSIDE_GITHUB_APP_ID", raw, 1, 2**63)
+            kwargs["github_app_id"] = require_int("PORTSIDE_GITHUB_APP_ID", raw, 1, 2**63)
         key = get("GITHUB_PRIVATE_KEY")
         key_path = get("GITHUB_PRIVATE_KEY_PATH")
         if key and key_path:
@@ -174,15 +140,11 @@ class Settings:
         if (raw := get("GITHUB_WEBHOOK_SECRET")) is not None:
             kwargs["github_webhook_secret"] = Secret(raw)
         if (raw := get("GITHUB_API_URL")) is not None:
-            kwargs["github_api_url"] = _require_url(
+            kwargs["github_api_url"] = require_url(
                 "PORTSIDE_GITHUB_API_URL", raw, ("http", "https")
             ).rstrip("/")
         if (raw := get("REGISTRY")) is not None:
-            if "://" in raw or not raw.strip("/"):
-                raise ConfigError(
-                    f"PORTSIDE_REGISTRY must be a registry host[:port][/prefix], got {raw!r}"
-                )
-            kwargs["registry"] = raw.rstrip("/")
+            kwargs["registry"] = registry_host(raw)
         if (raw := get("SECRET_KEY")) is not None:
             if len(raw) < 16:
                 raise ConfigError("PORTSIDE_SECRET_KEY must be at least 16 characters long")
@@ -192,7 +154,7 @@ class Settings:
                 Secret(key.strip()) for key in raw.split(",") if key.strip()
             )
         if (raw := get("URL")) is not None:
-            kwargs["url"] = _require_url("PORTSIDE_URL", raw, ("http", "https")).rstrip("/")
+            kwargs["url"] = require_url("PORTSIDE_URL", raw, ("http", "https")).rstrip("/")
         if (raw := get("TOKEN")) is not None:
             kwargs["token"] = Secret(raw)
         if (raw := get("ALLOW_INSECURE_URL")) is not None:
@@ -204,21 +166,19 @@ class Settings:
         if (raw := get("PREVIEW_DOMAIN")) is not None:
             kwargs["preview_domain"] = raw.lower()
         if (raw := get("AGENT_INTERVAL")) is not None:
-            kwargs["agent_interval"] = _require_int("PORTSIDE_AGENT_INTERVAL", raw, 1, 3600)
+            kwargs["agent_interval"] = require_int("PORTSIDE_AGENT_INTERVAL", raw, 1, 3600)
         if (raw := get("AGENT_PUBLISH_HOST")) is not None:
             kwargs["agent_publish_host"] = raw
         if (raw := get("BUILD_TIMEOUT")) is not None:
-            kwargs["build_timeout"] = _require_int("PORTSIDE_BUILD_TIMEOUT", raw, 10, 86400)
+            kwargs["build_timeout"] = require_int("PORTSIDE_BUILD_TIMEOUT", raw, 10, 86400)
         if (raw := get("REDRIVE_AFTER")) is not None:
-            kwargs["redrive_after"] = _require_int("PORTSIDE_REDRIVE_AFTER", raw, 5, 86400)
+            kwargs["redrive_after"] = require_int("PORTSIDE_REDRIVE_AFTER", raw, 5, 86400)
         if (raw := get("LOG_KEEPALIVE")) is not None:
-            kwargs["log_keepalive"] = _require_int("PORTSIDE_LOG_KEEPALIVE", raw, 1, 30)
+            kwargs["log_keepalive"] = require_int("PORTSIDE_LOG_KEEPALIVE", raw, 1, 30)
         if (raw := get("BUILD_STALE_AFTER")) is not None:
-            kwargs["build_stale_after"] = _require_int("PORTSIDE_BUILD_STALE_AFTER", raw, 15, 3600)
+            kwargs["build_stale_after"] = require_int("PORTSIDE_BUILD_STALE_AFTER", raw, 15, 3600)
         if (raw := get("BUILD_UNTRUSTED")) is not None:
-            if raw.strip().lower() not in ("no", "only", "yes"):
-                raise ConfigError(f"PORTSIDE_BUILD_UNTRUSTED must be no, only or yes, got {raw!r}")
-            kwargs["build_untrusted"] = raw.strip().lower()
+            kwargs["build_untrusted"] = untrusted_mode(raw)
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @property
