@@ -143,8 +143,8 @@ def claim_step(
         build.status = "running"
         build.started_at = now
         build.environment.status = "building"
-        effects.note_feedback(session, "build_running", build.id)
         wake_dispatchers(session)  # its place in the shared queue is free again
+    effects.note_feedback(session, "build_running", build.id)  # the Check Run names the step
     build.worker = worker
     build.worker_token_id = token_id
     build.heartbeat_at = now
@@ -453,6 +453,8 @@ def record_deployment(session: Session, service_id: int, build_id: int, actor: s
         deployment.status = "superseded"
         deployment.error = f"a newer build ({current.build.commit_sha[:7]}) is already deployed"
         _finish_build(build, "superseded")
+        build.error = deployment.error
+        effects.note_feedback(session, "build_cancelled", build.id)
         session.flush()
         return deployment
     seen = environment.generation
@@ -545,6 +547,7 @@ def _cancel(session: Session, build: Build, reason: str) -> None:
     build.status = "cancelled"
     build.error = reason
     build.finished_at = utcnow()
+    effects.note_feedback(session, "build_cancelled", build.id)
     for step in build.steps:
         if step.status in ("pending", "running"):
             step.status = "skipped" if step.status == "pending" else "failed"

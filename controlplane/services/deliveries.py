@@ -22,12 +22,14 @@ from controlplane.db import Database, execute_on_driver
 from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github.webhooks import Delivery
 from controlplane.models import WebhookDelivery, utcnow
-from controlplane.services import installations, previews, pushes
+from controlplane.services import feedback, installations, previews, pushes
 from controlplane.services.outcomes import Effects, HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
 
-HANDLED_EVENTS = frozenset({"installation", "installation_repositories", "push", "pull_request"})
+HANDLED_EVENTS = frozenset(
+    {"installation", "installation_repositories", "push", "pull_request", "check_run"}
+)
 DONE = ("processed", "ignored")
 # A delivery that nobody enqueued for this long is re-driven by the outbox.
 RECEIVED_GRACE = dt.timedelta(seconds=10)
@@ -241,6 +243,7 @@ HANDLERS: dict[str, Handler] = {
     "installation_repositories": installations.handle_repositories_event,
     "push": pushes.handle_push,
     "pull_request": previews.handle_pull_request,
+    "check_run": feedback.handle_check_run,
 }
 
 

@@ -1,25 +1,33 @@
-"""Feedback on GitHub through the App: a commit status for every build, a GitHub
-Deployment per preview deploy, and one PR comment per preview, edited in place.
+"""Feedback on GitHub through the App: a commit status and a Check Run for every build,
+a GitHub Deployment per deploy of every environment, and one PR comment per preview,
+edited in place.
 
 Every write is idempotent, so an event can run again after GitHub failed it before or
 after acting: the GitHub deployment is found before one is created, by commit,
-environment and the payload Portside wrote (:data:`PAYLOAD_KEY`), and the PR comment by
-its hidden marker (:data:`COMMENT_MARKER`); their ids are kept on the build and the
-environment. Events of one environment run one at a time (an advisory lock), so two
+environment and the payload Portside wrote (:data:`PAYLOAD_KEY`), the Check Run by its
+head commit, name (:data:`CHECK_NAME`) and external id (the build's id), and the PR
+comment by its hidden marker (:data:`COMMENT_MARKER`); their ids are kept on the build
+and the environment. Events of one environment run one at a time (an advisory lock), so two
 never both create. A build's early events say nothing once it has finished, so a late
 retry never turns a final status back to pending.
 
 The links ("Details") go to the dashboard's build page, which a person can open after
 logging in.
 
+A cancelled or superseded build ends on GitHub too: its commit status says so (state
+``error``), its Check Run ends ``cancelled`` (or ``neutral`` when a newer build was
+already deployed), and a GitHub deployment it had is made ``inactive``.
+
 Every text written to GitHub passes through :func:`contracts.masking.mask`, the build
-logs' masking, at the two places that write text (:func:`_commit_status`,
-:func:`_comment`); where the text can carry a build's own words (its error, a reason)
-the service's secret values are masked too (:func:`secrets_of`).
+logs' masking, at the three places that write text (:func:`_commit_status`,
+:func:`_check_run`, :func:`_comment`); where the text can carry a build's own words (its
+error, its log, a reason) the service's secret values are masked too (:func:`secrets_of`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -32,11 +40,31 @@ from sqlalchemy.orm import Session
 from contracts.masking import mask
 from controlplane.crypto import SecretBox
 from controlplane.github.app import GitHubApp
-from controlplane.models import Build, Deployment, Environment, RegistryCredential, Variable
+from controlplane.models import (
+    Build,
+    Deployment,
+    Environment,
+    RegistryCredential,
+    Variable,
+    WebhookDelivery,
+)
+from controlplane.services import pushes
 from controlplane.services.builds import FINISHED
+from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.settings import Settings
 
 CONTEXT = "portside/build"
+# Every build is a Check Run of this name on its commit, external id = the build's id.
+CHECK_NAME = "Portside"
+# The failing step's last log lines shown in a failed build's Check Run.
+FAILED_LOG_LINES = 40
+# GitHub refuses a Check Run summary or text longer than this (characters).
+CHECK_OUTPUT_MAX = 65535
+# A GitHub deployment per environment kind: (transient, production, description).
+DEPLOYMENT_KINDS = {
+    "preview": (True, False, "Preview of {service} for #{pr}"),
+    "production": (False, True, "{service} in production"),
+}
 COMMENT_MARKER = "<!-- portside:preview:{name} -->"
 # The key of the payload Portside writes on its GitHub deployments: {"environment": id}.
 PAYLOAD_KEY = "portside"
@@ -116,6 +144,93 @@ def _commit_status(
     )
 
 
+def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    return f"{max(0.0, (end - start).total_seconds()):.0f} s"
+
+
+def _fenced(text: str) -> str:
+    """``text`` as a Markdown code block whose fence no run of backticks in it closes."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def check_summary(build: Build, lines: int = FAILED_LOG_LINES) -> str:
+    """A build's Check Run summary (Markdown): its steps with their state and duration,
+    the images it pushed by digest and, when it failed, the failing step, its error and
+    the log's last ``lines`` lines. Unmasked: :func:`_check_run` masks what it writes."""
+    rows = [
+        f"| {step.name} | {step.status} | {_seconds(step.started_at, step.finished_at)} |"
+        for step in build.steps
+    ]
+    parts = [
+        f"Build {build.id} of `{build.commit_sha[:7]}` ({build.branch}) "
+        f"for {build.environment.name}: {build.status}.",
+        "| Step | State | Took |\n| --- | --- | --- |\n" + "\n".join(rows),
+    ]
+    if build.images:
+        images = "\n".join(f"- `{name}`: `{ref}`" for name, ref in sorted(build.images.items()))
+        parts.append(f"**Images**\n\n{images}")
+    if build.status == "failed":
+        parts.append(f"**{build.failed_step or 'build'} failed**: {build.error or ''}")
+        tail = (build.log or "").splitlines()[-lines:]
+        if tail:
+            parts.append(f"Last {len(tail)} lines of the log:\n\n{_fenced(chr(10).join(tail))}")
+    elif build.status in ("cancelled", "superseded") and build.error:
+        parts.append(build.error)
+    return "\n\n".join(parts)
+
+
+def _check_run(
+    client: Github,
+    settings: Settings,
+    build: Build,
+    title: str,
+    *,
+    status: str = "completed",
+    conclusion: str | None = None,
+    secrets: Collection[str] = (),
+) -> None:
+    """Bring the build's Check Run to ``status`` (``completed`` with ``conclusion``): the
+    one kept on the build, else the one found on its commit by name and external id (an
+    answer lost after GitHub created it), else a new one."""
+    repo = client.get_repo(build.service.repository_full_name)
+    limit = CHECK_OUTPUT_MAX - 100  # room for the mask's longer words
+    fields: dict[str, Any] = {
+        "details_url": _log_url(settings, build),
+        "status": status,
+        "output": {
+            "title": mask(title, secrets)[:255],
+            "summary": mask(check_summary(build), secrets)[-limit:],
+        },
+    }
+    if status == "completed":
+        fields["conclusion"] = conclusion
+    if build.check_run_id is not None:
+        repo.get_check_run(build.check_run_id).edit(**fields)
+        return
+    earlier = next(
+        (
+            run
+            for run in repo.get_commit(build.commit_sha).get_check_runs(
+                check_name=CHECK_NAME, filter="all"
+            )
+            if run.external_id == str(build.id)
+        ),
+        None,
+    )
+    if earlier is not None:
+        earlier.edit(**fields)
+        build.check_run_id = earlier.id
+        return
+    created = repo.create_check_run(
+        CHECK_NAME, build.commit_sha, external_id=str(build.id), **fields
+    )
+    build.check_run_id = created.id
+
+
 def _github_deployment(client: Github, build: Build) -> GitHubDeployment:
     """The build's GitHub deployment: the one kept on the build, else the one Portside
     made earlier for this commit and environment (a retry whose first answer was lost),
@@ -133,31 +248,77 @@ def _github_deployment(client: Github, build: Build) -> GitHubDeployment:
             if isinstance(d.payload, dict) and d.payload.get(PAYLOAD_KEY) == payload
         ),
         None,
-    ) or repo.create_deployment(
-        ref=build.commit_sha,
-        environment=environment.name,
-        payload={PAYLOAD_KEY: payload},
-        transient_environment=True,
-        production_environment=False,
-        auto_merge=False,
-        required_contexts=[],
-        description=f"Preview of {build.service.name} for #{environment.pr_number}",
-    )
+    ) or _create_deployment(repo, build, payload)
     build.github_deployment_id = deployment.id
     return deployment
 
 
+def _create_deployment(repo: Any, build: Build, payload: dict[str, int]) -> GitHubDeployment:
+    """A GitHub deployment of the build's commit to its environment: transient for a
+    preview, ``production_environment`` for production, neither for another (staging)."""
+    environment = build.environment
+    transient, production, description = DEPLOYMENT_KINDS.get(
+        environment.kind, (False, False, "{service} in {environment}")
+    )
+    deployment: GitHubDeployment = repo.create_deployment(
+        ref=build.commit_sha,
+        environment=environment.name,
+        payload={PAYLOAD_KEY: payload},
+        transient_environment=transient,
+        production_environment=production,
+        auto_merge=False,
+        required_contexts=[],
+        description=description.format(
+            service=build.service.name, pr=environment.pr_number, environment=environment.name
+        ),
+    )
+    return deployment
+
+
 def _deployment_status(
-    client: Github, build: Build, state: str, *, log_url: str, url: str | None = None
+    client: Github,
+    build: Build,
+    state: str,
+    *,
+    log_url: str,
+    url: str | None = None,
+    description: str | None = None,
 ) -> None:
-    """A status on the build's GitHub deployment; previews only have one."""
-    if build.github_deployment_id is None and build.environment.kind != "preview":
-        return
+    """A status on the build's GitHub deployment (made first when it has none)."""
     deployment = _github_deployment(client, build)
     options: dict[str, Any] = {"target_url": log_url}
     if url:
         options["environment_url"] = url
+    if description:
+        options["description"] = description[:140]
     deployment.create_status(state, **options)
+
+
+def _replaced(session: Session, deployment: Deployment) -> Build | None:
+    """The build whose deployment ran in the environment before ``deployment`` became
+    active (the one it replaced), when that build has a GitHub deployment."""
+    return session.scalar(
+        select(Build)
+        .join(Deployment, Deployment.build_id == Build.id)
+        .where(
+            Deployment.environment_id == deployment.environment_id,
+            Deployment.id != deployment.id,
+            Deployment.activated_at.is_not(None),
+            Build.id != deployment.build_id,
+            Build.github_deployment_id.is_not(None),
+        )
+        .order_by(Deployment.activated_at.desc())
+        .limit(1)
+    )
+
+
+def _make_inactive(client: Github, build: Build, log_url: str) -> None:
+    """Mark the build's GitHub deployment ``inactive`` unless it already is (GitHub does
+    it by itself for non-production environments, and a retry must not add another)."""
+    deployment = _github_deployment(client, build)
+    latest = next(iter(deployment.get_statuses()), None)
+    if latest is None or latest.state != "inactive":
+        deployment.create_status("inactive", target_url=log_url)
 
 
 def _comment(
@@ -198,8 +359,8 @@ def build_queued(session: Session, github: GitHubApp, settings: Settings, build_
 
     def act(client: Github) -> None:
         _commit_status(client, build, "pending", _log_url(settings, build), "Portside is building")
-        if build.environment.kind == "preview":
-            _deployment_status(client, build, "queued", log_url=_log_url(settings, build))
+        _check_run(client, settings, build, "Queued", status="queued")
+        _deployment_status(client, build, "queued", log_url=_log_url(settings, build))
 
     github.call(installation, f"feedback for build {build.id}", act)
 
@@ -212,13 +373,20 @@ def build_running(session: Session, github: GitHubApp, settings: Settings, build
     _one_at_a_time(session, build.environment_id)
     if build.status in FINISHED:
         return
-    github.call(
-        installation,
-        f"feedback for build {build.id}",
-        lambda client: _deployment_status(
-            client, build, "in_progress", log_url=_log_url(settings, build)
-        ),
+    current = next((step for step in build.steps if step.status == "running"), None)
+    title = (
+        f"Step {current.position + 1} of {len(build.steps)}: {current.name}"
+        if current is not None
+        else "Starting"
     )
+    first = current is None or current.position == 0
+
+    def act(client: Github) -> None:
+        _check_run(client, settings, build, title, status="in_progress")
+        if first:  # the deployment is in progress once, from the first step
+            _deployment_status(client, build, "in_progress", log_url=_log_url(settings, build))
+
+    github.call(installation, f"feedback for build {build.id}", act)
 
 
 def build_failed(session: Session, github: GitHubApp, settings: Settings, build_id: int) -> None:
@@ -233,7 +401,35 @@ def build_failed(session: Session, github: GitHubApp, settings: Settings, build_
     def act(client: Github) -> None:
         failed = f"{build.failed_step or 'build'} failed: {build.error or ''}"
         _commit_status(client, build, "failure", log_url, failed, secrets=secrets)
+        _check_run(client, settings, build, failed, conclusion="failure", secrets=secrets)
         _deployment_status(client, build, "failure", log_url=log_url)
+
+    github.call(installation, f"feedback for build {build.id}", act)
+
+
+def build_cancelled(session: Session, github: GitHubApp, settings: Settings, build_id: int) -> None:
+    """A cancelled build (a newer push superseded it while unfinished) or one superseded
+    when it came to deploy (a newer build was deployed first) ends on GitHub: an ``error``
+    commit status saying why, the Check Run ``cancelled`` or ``neutral``, and a GitHub
+    deployment it had made ``inactive`` (none is made just to say so)."""
+    build = session.get(Build, build_id)
+    installation = _installation_of(build) if build else None
+    if build is None or installation is None:
+        return
+    _one_at_a_time(session, build.environment_id)
+    if build.status not in ("cancelled", "superseded"):
+        return
+    log_url = _log_url(settings, build)
+    secrets = secrets_of(session, settings, build.service_id)
+    reason = build.error or "a newer build was deployed first"
+    text = f"Superseded: {reason}"
+    conclusion = "cancelled" if build.status == "cancelled" else "neutral"
+
+    def act(client: Github) -> None:
+        _commit_status(client, build, "error", log_url, text, secrets=secrets)
+        _check_run(client, settings, build, text, conclusion=conclusion, secrets=secrets)
+        if build.github_deployment_id is not None:
+            _deployment_status(client, build, "inactive", log_url=log_url, description=text)
 
     github.call(installation, f"feedback for build {build.id}", act)
 
@@ -250,15 +446,20 @@ def deployment_finished(
     _one_at_a_time(session, environment.id)
     url = environment_url(environment)
     log_url = _log_url(settings, build)
+    replaced = _replaced(session, deployment) if ok and environment.kind != "preview" else None
 
     def act(client: Github) -> None:
         if ok:
-            _commit_status(
-                client, build, "success", url or log_url, f"Deployed to {environment.name}"
-            )
+            deployed = f"Deployed to {environment.name}" + (f": {url}" if url else "")
+            _commit_status(client, build, "success", url or log_url, deployed)
+            _check_run(client, settings, build, deployed, conclusion="success")
             _deployment_status(client, build, "success", log_url=log_url, url=url)
+            if replaced is not None:
+                _make_inactive(client, replaced, _log_url(settings, replaced))
         else:
-            _commit_status(client, build, "failure", log_url, "The new version did not start")
+            failed = "The new version did not start"
+            _commit_status(client, build, "failure", log_url, failed)
+            _check_run(client, settings, build, failed, conclusion="failure")
             _deployment_status(client, build, "failure", log_url=log_url)
         if environment.kind == "preview" and ok:
             body = (
@@ -347,6 +548,7 @@ EVENTS = {
     "build_queued": build_queued,
     "build_running": build_running,
     "build_failed": build_failed,
+    "build_cancelled": build_cancelled,
     "preview_removed": preview_removed,
     "awaiting_approval": awaiting_approval,
 }
@@ -362,3 +564,48 @@ def send(
         deployment_finished(session, github, settings, object_id, ok=False)
     elif event in EVENTS:
         EVENTS[event](session, github, settings, object_id)
+
+
+def handle_check_run(
+    session: Session, delivery: WebhookDelivery, context: HandlerContext
+) -> Outcome:
+    """``check_run`` ``rerequested`` on a build's Check Run (a person clicked "Re-run"):
+    a new build of that commit for the same environment, once per delivery. Any other
+    action, or another app's run, is not Portside's to act on."""
+    payload = delivery.payload
+    run = payload.get("check_run") or {}
+    if delivery.action != "rerequested":
+        return Outcome("ignored", f"check_run {delivery.action}: nothing to do")
+    if refusal := pushes.installation_refusal(session, delivery) or pushes.repository_refusal(
+        session, delivery
+    ):
+        return Outcome("ignored", refusal)
+    external_id = str(run.get("external_id") or "")
+    build = session.get(Build, int(external_id)) if external_id.isdigit() else None
+    if (
+        run.get("name") != CHECK_NAME
+        or build is None
+        or build.service.repository_id != delivery.repository_id
+        or build.commit_sha != run.get("head_sha")
+    ):
+        return Outcome("ignored", f"check run {run.get('id')} is not a Portside build's")
+    environment = build.environment
+    if environment.status == "inactive" or build.service.deleted_at is not None:
+        return Outcome("ignored", f"{environment.name} is gone: build {build.id} is not rebuilt")
+    rebuilt = pushes.start_build(
+        session,
+        build.service,
+        environment,
+        build.commit_sha,
+        branch=build.branch,
+        trigger_key=f"check_run:{delivery.id}",
+        delivery_id=delivery.id,
+        commit_message=build.commit_message,
+        author=(payload.get("sender") or {}).get("login") or build.author,
+        pushed_at=build.pushed_at,
+        untrusted=build.untrusted,
+    )
+    if rebuilt is None:
+        return Outcome("ignored", f"build {build.id} was already rebuilt for this request")
+    session.flush()
+    return Outcome("processed", f"build {rebuilt.id} rebuilds {build.commit_sha[:7]}")
