@@ -311,6 +311,14 @@ class PortsideClient:
                 return environment
         raise NotFound(f"there is no environment named {name_or_id!r}", 404)
 
+    def deploy(self, service_id: int, ref: str | None = None) -> dict[str, Any]:
+        """Build and deploy what ``ref`` names (default: the service's branch head)."""
+        body = {"ref": ref} if ref else {}
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/services/{service_id}/deploy", json=body
+        )
+        return result
+
     def redeploy(self, environment_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", f"/v1/environments/{environment_id}/redeploy")
         return result

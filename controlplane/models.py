@@ -140,6 +140,8 @@ class Service(TimestampMixin, Base):
     repository_full_name: Mapped[str] = mapped_column(String(255), index=True)
     repository_id: Mapped[int | None] = mapped_column(ForeignKey("repositories.id"), index=True)
     branch: Mapped[str] = mapped_column(String(255))
+    # A glob of tags (``v*``) whose pushes deploy production instead of the branch's.
+    track_tags: Mapped[str | None] = mapped_column(String(255))
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
     compose_path: Mapped[str | None] = mapped_column(String(255))
     port: Mapped[int | None] = mapped_column(Integer)
@@ -231,6 +233,9 @@ class Build(TimestampMixin, Base):
     commit_sha: Mapped[str] = mapped_column(String(40))
     branch: Mapped[str] = mapped_column(String(255))
     trigger_key: Mapped[str] = mapped_column(String(64), default="auto")
+    # The branch, tag or commit a person chose to deploy, or the tag a push created: such
+    # a build is ordered by when it was asked for or pushed, not by ancestry.
+    ref: Mapped[str | None] = mapped_column(String(255))
     # Code from a fork: no network, no secrets, no cache, images of its own, untrusted workers.
     untrusted: Mapped[bool] = mapped_column(Boolean, default=False)
     # The worker token holding the running step: only it may fetch this build's credentials.

@@ -243,6 +243,22 @@ def update_service(changes: dict[str, Any], service_id: int) -> Any:
     return service
 
 
+@services_api.post("/<int:service_id>/deploy")
+@require("admin")
+@services_api.arguments(schemas.DeploySchema)
+@services_api.response(202, schemas.BuildSchema)
+@services_api.alt_response(422, schema=schemas.ApiErrorSchema, description="unknown ref")
+def deploy_service(data: dict[str, Any], service_id: int) -> Any:
+    """Build and deploy to production what a branch, tag or commit SHA names (default: the
+    head of the service's branch), even a commit older than the one running."""
+    db = session()
+    github = current_app.extensions["portside.github"]
+    build = services.deploy_ref(db, github, service_id, data["ref"], actor())
+    db.commit()
+    pipeline.enqueue_build(build.id)
+    return build
+
+
 @services_api.get("/<int:service_id>/variables")
 @require("read")
 @services_api.arguments(schemas.VariableQuerySchema, location="query")

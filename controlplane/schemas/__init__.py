@@ -128,6 +128,11 @@ class ServiceCreateSchema(Schema):
     port = fields.Integer(load_default=None, allow_none=True)
     domain = fields.String(load_default=None, allow_none=True)
     watch_paths = fields.List(fields.String(), load_default=list)
+    track_tags = fields.String(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "a glob of tags (v*) whose pushes deploy, instead of the branch"},
+    )
 
 
 class ServiceSchema(Schema):
@@ -141,6 +146,10 @@ class ServiceSchema(Schema):
     port = fields.Integer(allow_none=True)
     domain = fields.String(allow_none=True)
     watch_paths = fields.List(fields.String())
+    track_tags = fields.String(
+        allow_none=True,
+        metadata={"description": "a glob of tags (v*) whose pushes deploy, instead of the branch"},
+    )
     health_check_path = fields.String()
     cpu_limit = fields.Float(allow_none=True)
     memory_limit = fields.String(allow_none=True)
@@ -202,6 +211,10 @@ class BuildSchema(Schema):
     commit_message = fields.String(allow_none=True)
     author = fields.String(allow_none=True)
     delivery_id = fields.Integer(allow_none=True)
+    ref = fields.String(
+        allow_none=True,
+        metadata={"description": "the branch, tag or commit it was deployed by, or its tag"},
+    )
     error = fields.String(allow_none=True)
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
@@ -213,6 +226,15 @@ class BuildDetailSchema(BuildSchema):
     steps = fields.List(fields.Nested(BuildStepSchema))
 
 
+class DeploySchema(Schema):
+    ref = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(min=1, max=255),
+        metadata={"description": "a branch, tag or commit SHA; default: the service's branch"},
+    )
+
+
 class ServicePatchSchema(Schema):
     branch = fields.String()
     host = fields.String()
@@ -220,6 +242,10 @@ class ServicePatchSchema(Schema):
     port = fields.Integer(allow_none=True)
     domain = fields.String(allow_none=True)
     watch_paths = fields.List(fields.String())
+    track_tags = fields.String(
+        allow_none=True,
+        metadata={"description": "a glob of tags (v*) whose pushes deploy, instead of the branch"},
+    )
     health_check_path = fields.String(validate=validate.Regexp(r"^/[^\s]*$"))
     cpu_limit = fields.Float(allow_none=True, validate=validate.Range(min=0.01, max=256))
     memory_limit = fields.String(allow_none=True, validate=validate.Regexp(r"^[0-9]+[kmg]?$"))

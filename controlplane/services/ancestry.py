@@ -11,6 +11,10 @@ first:
    that may reach GitHub passes ``compare``: ``ahead``/``behind`` decide.
 3. Otherwise (``diverged``: a force-push; no answer: GitHub unavailable; the same commit
    built twice): the branch's newest push, by ``pushed_at`` and then by arrival.
+
+A build made from a chosen ref (a person's deploy of a branch, tag or commit; a pushed
+tag) skips the ancestry: it is ordered by when it was asked for or pushed, so deploying
+an older commit on purpose is not undone, and a later push replaces it as usual.
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ MAX_WALK = 500
 
 @dataclass(frozen=True, slots=True)
 class Pushed:
-    """A commit as pushed: its SHA, when GitHub received the push, and its arrival."""
+    """A commit as pushed: its SHA, when GitHub received the push, and its arrival;
+    ``chosen``: a ref a person or a tag push chose (ordered by time alone)."""
 
     sha: str
     moment: dt.datetime
     arrival: float  # the build id; a push not built yet arrives after every build
+    chosen: bool = False
 
 
 class BuildLike(Protocol):
@@ -59,12 +65,13 @@ class BuildLike(Protocol):
     commit_sha: Any
     pushed_at: Any
     created_at: Any
+    ref: Any
 
 
 def of_build(build: BuildLike) -> Pushed:
     moment: dt.datetime = build.pushed_at or build.created_at
     aware = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite's
-    return Pushed(build.commit_sha, aware, float(build.id))
+    return Pushed(build.commit_sha, aware, float(build.id), chosen=build.ref is not None)
 
 
 def payload_ancestors(payload: Mapping[str, Any]) -> set[str]:
@@ -123,9 +130,9 @@ def is_newer(
     candidate: Pushed, other: Pushed, facts: Facts, compare: Compare | None = None
 ) -> bool:
     """Whether ``candidate`` should be deployed rather than ``other``: its commit descends
-    from the other's, or, when ancestry cannot tell (a force-push, GitHub unavailable),
-    it is the branch's later push."""
-    if candidate.sha != other.sha:
+    from the other's, or, when ancestry cannot tell (a force-push, GitHub unavailable)
+    or must not (either is a chosen ref), it is the later push."""
+    if candidate.sha != other.sha and not (candidate.chosen or other.chosen):
         if descends(facts, other.sha, candidate.sha):
             return True
         if descends(facts, candidate.sha, other.sha):

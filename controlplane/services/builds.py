@@ -725,6 +725,7 @@ def waiting_builds(session: Session) -> list[Waiting]:
             Build.commit_sha,
             Build.pushed_at,
             Build.created_at,
+            Build.ref,
             Build.untrusted,
         ).where(Build.status == "queued")
     ).all()

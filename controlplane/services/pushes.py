@@ -2,6 +2,8 @@
 
 Both the ``push`` webhook and the backstop that polls branch heads go through
 :func:`start_build`, so whichever comes first wins and the other finds the build there.
+A service tracking tags (``track_tags``) is built from pushes of matching tags instead
+of its branch, the latest pushed tag winning (:mod:`~controlplane.services.ancestry`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from github import Github
-from sqlalchemy import select
+from github import Github, GithubException
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from controlplane.errors import PermanentError, TransientError
+from controlplane.errors import Conflict, PermanentError, TransientError
 from controlplane.github.app import GitHubApp
 from controlplane.models import (
     Build,
@@ -107,9 +109,11 @@ def start_build(
     author: str | None = None,
     pushed_at: dt.datetime | None = None,
     untrusted: bool = False,
+    ref: str | None = None,
 ) -> Build | None:
     """Create a queued build unless one exists for the same environment, commit and key;
-    ``untrusted`` marks code from a fork (built without network, secrets or cache)."""
+    ``untrusted`` marks code from a fork (built without network, secrets or cache);
+    ``ref`` the branch, tag or commit it was chosen by (ordered by time, not ancestry)."""
     existing = session.scalar(
         select(Build).where(
             Build.environment_id == environment.id,
@@ -130,6 +134,7 @@ def start_build(
         author=author,
         pushed_at=pushed_at,
         untrusted=untrusted,
+        ref=ref,
         status="queued",
         steps=[
             BuildStep(name=name, position=position) for position, name in enumerate(PIPELINE_STEPS)
@@ -205,6 +210,37 @@ def github_compare(github: GitHubApp | None, service: Service) -> ancestry.Compa
     return compare
 
 
+def resolve_ref(github: GitHubApp | None, service: Service, ref: str) -> tuple[str, str] | None:
+    """The commit a branch, tag or (abbreviated) SHA names in the service's repository, as
+    (SHA, message), through GitHub (``GET /repos/{o}/{r}/commits/{ref}``); None when GitHub
+    knows no such ref. Conflict when GitHub cannot be asked for this repository."""
+    repository = service.repository
+    if github is None or repository is None or repository.installation_id is None:
+        raise Conflict(
+            f"the Portside App is not installed on {service.repository_full_name}: "
+            "refs cannot be resolved"
+        )
+
+    def commit_of(client: Github) -> tuple[str, str] | None:
+        try:
+            commit = client.get_repo(service.repository_full_name).get_commit(ref)
+        except GithubException as exc:
+            if exc.status in (404, 422):  # GitHub answers either for a ref it does not know
+                return None
+            raise
+        return commit.sha, commit.commit.message
+
+    return github.call(repository.installation_id, f"resolve {ref!r}", commit_of)
+
+
+def tracks(service: Service, *, branch: str | None = None, tag: str | None = None) -> bool:
+    """Whether a push of ``branch`` or of ``tag`` deploys the service's production: a
+    service tracking tags takes matching tags only, any other its branch only."""
+    if service.track_tags:
+        return tag is not None and bool(glob_pattern(service.track_tags).match(tag))
+    return branch is not None and branch == service.branch
+
+
 def installation_refusal(session: Session, delivery: WebhookDelivery) -> str | None:
     """Why a delivery's installation cannot start anything, or None when it can."""
     if delivery.installation_id is None:
@@ -239,16 +275,21 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     refusal = installation_refusal(session, delivery)
     if refusal:
         return Outcome("ignored", refusal)
-    if ref.startswith("refs/tags/"):
-        return Outcome("ignored", f"tag push {ref}: tags are not deployed")
-    if not ref.startswith("refs/heads/"):
-        return Outcome("ignored", f"push to {ref!r}, which is not a branch")
-    branch = ref[len("refs/heads/") :]
+    tag = ref[len("refs/tags/") :] if ref.startswith("refs/tags/") else None
+    if tag is None and not ref.startswith("refs/heads/"):
+        return Outcome("ignored", f"push to {ref!r}, which is not a branch or a tag")
+    branch = None if tag is not None else ref[len("refs/heads/") :]
+    pushed_ref = f"tag push {ref}:" if tag is not None else f"branch {branch}"
     after = payload.get("after") or ""
     if payload.get("deleted") or after == ZERO_SHA:
-        return Outcome("ignored", f"branch {branch} was deleted")
+        return Outcome("ignored", f"{pushed_ref} was deleted")
     if not re.fullmatch(r"[0-9a-f]{40}", after):
         raise PermanentError(f"push has no valid 'after' commit: {after!r}")
+    head = payload.get("head_commit") or {}
+    # An annotated tag's push names the tag object in 'after', its commit in head_commit.
+    commit = str(head.get("id") or after) if tag is not None else after
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise PermanentError(f"tag push has no valid head commit: {commit!r}")
     repository_data = payload.get("repository") or {}
     if delivery.repository_id is None:
         raise PermanentError("push without a repository")
@@ -262,21 +303,27 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     services = [
         service
         for service in tracking_services(session, delivery.repository_id, full_name)
-        if service.branch == branch
+        if tracks(service, branch=branch, tag=tag)
     ]
     if not services:
+        if tag is not None:
+            return Outcome("ignored", f"{pushed_ref} no service of {full_name} tracks it")
         return Outcome("ignored", f"no service tracks {full_name}@{branch}")
-    head = payload.get("head_commit") or {}
     paths = changed_paths(payload)
     raw_pushed_at = repository_data.get("pushed_at")
     pushed_at = (
         dt.datetime.fromtimestamp(raw_pushed_at, dt.UTC) if isinstance(raw_pushed_at, int) else None
     )
     # Not built yet: it arrived after every build; without pushed_at, it was pushed now.
-    pushed = ancestry.Pushed(after, pushed_at or utcnow(), math.inf)
+    pushed = ancestry.Pushed(commit, pushed_at or utcnow(), math.inf, chosen=tag is not None)
     notes: list[str] = []
     for service in services:
-        if service.watch_paths and not matches_watch_paths(paths, service.watch_paths):
+        # A tag is a release as a whole: watch paths filter branch pushes only.
+        if (
+            tag is None
+            and service.watch_paths
+            and not matches_watch_paths(paths, service.watch_paths)
+        ):
             notes.append(f"{service.name}: no changed file matches its watch paths")
             continue
         environment = production_environment(session, service)
@@ -288,31 +335,37 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
             session,
             service,
             environment,
-            after,
-            branch=branch,
+            commit,
+            branch=tag if tag is not None else service.branch,
+            # One build per tag and commit (a long tag's key is cut: same commit anyway).
+            trigger_key=AUTOMATIC if tag is None else f"tag:{tag}"[:64],
             delivery_id=delivery.id,
             commit_message=head.get("message"),
             author=(head.get("author") or {}).get("username")
             or (head.get("author") or {}).get("name"),
             pushed_at=pushed_at,
+            ref=tag,
         )
         if build is None:
-            notes.append(f"{service.name}: {after[:7]} is already built")
+            notes.append(f"{service.name}: {commit[:7]} is already built")
         else:
             session.flush()
-            notes.append(f"{service.name}: build {build.id} of {after[:7]}")
+            notes.append(f"{service.name}: build {build.id} of {commit[:7]}")
     started = any("build " in note and "already" not in note for note in notes)
     return Outcome("processed" if started else "ignored", "; ".join(notes))
 
 
 def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
-    """The backstop: build the head of every tracked branch that Portside has not built."""
+    """The backstop: build the head of every tracked branch that Portside has not built,
+    unless a person chose what runs after that head was committed (a deploy by ref).
+    Services tracking tags are left to their tag pushes."""
     services = session.scalars(
         select(Service)
         .join(Repository, Service.repository_id == Repository.id)
         .join(Installation, Repository.installation_id == Installation.id)
         .where(
             Service.deleted_at.is_(None),
+            Service.track_tags.is_(None),
             Repository.removed_at.is_(None),
             Installation.deleted_at.is_(None),
             Installation.suspended_at.is_(None),
@@ -322,13 +375,15 @@ def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
     for service in services:
         assert service.repository is not None
 
-        def head_of(client: Github, service: Service = service) -> tuple[str, str, str]:
+        def head_of(
+            client: Github, service: Service = service
+        ) -> tuple[str, str, str, dt.datetime]:
             commit = client.get_repo(service.repository_full_name).get_branch(service.branch).commit
             author = commit.author.login if commit.author else commit.commit.author.name
-            return commit.sha, commit.commit.message, author
+            return commit.sha, commit.commit.message, author, commit.commit.committer.date
 
         try:
-            sha, message, author = github.call(
+            sha, message, author, committed = github.call(
                 service.repository.installation_id, f"head of {service.name}", head_of
             )
         except (TransientError, PermanentError) as exc:
@@ -338,7 +393,7 @@ def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
         already = session.scalar(
             select(Build.id).where(Build.environment_id == environment.id, Build.commit_sha == sha)
         )
-        if already is not None:
+        if already is not None or _chosen_since(session, environment, committed):
             continue
         build = start_build(
             session,
@@ -354,6 +409,22 @@ def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
             started.append(build.id)
     session.commit()
     return started
+
+
+def _chosen_since(session: Session, environment: Environment, moment: dt.datetime) -> bool:
+    """Whether a person chose what the environment runs (a deploy by ref) at or after
+    ``moment``: a branch head committed before that is not the backstop's to deploy."""
+    chosen = session.scalar(
+        select(func.max(Build.created_at)).where(
+            Build.environment_id == environment.id,
+            Build.ref.is_not(None),
+            Build.delivery_id.is_(None),
+        )
+    )
+    if chosen is None:
+        return False
+    aware = chosen if chosen.tzinfo else chosen.replace(tzinfo=dt.UTC)  # SQLite's
+    return aware >= moment
 
 
 def builds_to_enqueue(session: Session) -> list[int]:

@@ -12,8 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controlplane.errors import Conflict, NotFound, ValidationFailed
-from controlplane.models import Environment, Host, Repository, Service, utcnow
-from controlplane.services import audit, hosts, previews
+from controlplane.github.app import GitHubApp
+from controlplane.models import Build, Environment, Host, Repository, Service, utcnow
+from controlplane.services import audit, hosts, previews, pushes
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
 RUNTIME_FIELDS = (
@@ -34,6 +35,8 @@ PREVIEW_SUFFIX = re.compile(r"-pr-[0-9]+$")
 REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 BRANCH_FORBIDDEN = re.compile(r"[\x00-\x20~^:?*\[\\;&|$`'\"<>(){}!]|\.\.|@\{|//")
+# A ref that may be a commit SHA, in full or abbreviated.
+MAYBE_SHA = re.compile(r"^[0-9a-f]{4,40}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ class ServiceSpec:
     port: int | None = None
     domain: str | None = None
     watch_paths: list[str] = field(default_factory=list)
+    track_tags: str | None = None
 
 
 def valid_domain(domain: str) -> bool:
@@ -60,6 +64,12 @@ def valid_branch(branch: str) -> bool:
         and not branch.startswith(("-", "/"))
         and not branch.endswith((".lock", "/", "."))
     )
+
+
+def valid_tag_pattern(pattern: str) -> bool:
+    """A glob of tag names (``v*``, ``release-?.*``): a valid ref name once its ``*`` and
+    ``?`` are taken for letters."""
+    return valid_branch(pattern.replace("*", "x").replace("?", "x"))
 
 
 def valid_compose_path(path: str) -> bool:
@@ -77,6 +87,8 @@ def _validate(spec: ServiceSpec) -> dict[str, list[str]]:
         errors["repository"] = ["must be owner/name"]
     if not valid_branch(spec.branch):
         errors["branch"] = ["not a valid branch name"]
+    if spec.track_tags is not None and not valid_tag_pattern(spec.track_tags):
+        errors["track_tags"] = ["a glob of tag names such as v*"]
     if spec.compose_path is not None and not valid_compose_path(spec.compose_path):
         errors["compose_path"] = ["a relative path inside the repository, without '..'"]
     if spec.port is not None and not 1 <= spec.port <= 65535:
@@ -97,6 +109,7 @@ def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
         port=spec.port,
         domain=spec.domain.strip().lower() if spec.domain else None,
         watch_paths=list(spec.watch_paths),
+        track_tags=spec.track_tags.strip() if spec.track_tags else None,
     )
     errors = _validate(spec)
     if errors:
@@ -120,6 +133,7 @@ def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
         port=spec.port,
         domain=spec.domain,
         watch_paths=spec.watch_paths,
+        track_tags=spec.track_tags,
     )
     session.add(service)
     try:
@@ -150,6 +164,8 @@ def update_service(
     spec_changes = {k: v for k, v in changes.items() if k not in RUNTIME_FIELDS}
     if spec_changes.get("domain"):  # as on create: HELLO.example.com is hello.example.com
         spec_changes["domain"] = spec_changes["domain"].strip().lower()
+    if spec_changes.get("track_tags") is not None:  # "" and null both go back to the branch
+        spec_changes["track_tags"] = spec_changes["track_tags"].strip() or None
     current = dataclasses.replace(
         ServiceSpec(
             name=service.name,
@@ -160,6 +176,7 @@ def update_service(
             port=service.port,
             domain=service.domain,
             watch_paths=list(service.watch_paths),
+            track_tags=service.track_tags,
         ),
         **spec_changes,
     )
@@ -179,6 +196,7 @@ def update_service(
     service.port = current.port
     service.domain = current.domain.lower() if current.domain else None
     service.watch_paths = current.watch_paths
+    service.track_tags = current.track_tags
     if "compose_allow" in changes:  # extra power for production builds: who and what
         allowed = sorted(set(changes["compose_allow"]))
         changes = {**changes, "compose_allow": allowed}
@@ -229,3 +247,44 @@ def delete_service(session: Session, service_id: int, actor: str) -> None:
     service.deleted_at = utcnow()
     service.domain = None
     audit.record(session, actor, "service.delete", "service", service.id, name=service.name)
+
+
+def deploy_ref(
+    session: Session, github: GitHubApp | None, service_id: int, ref: str | None, actor: str
+) -> Build:
+    """Build and deploy to production the commit a branch, tag or SHA names (by default
+    the head of the service's branch), resolved through GitHub. The build is ordered by
+    when it was asked for (:mod:`~controlplane.services.ancestry`): an older commit is
+    deployed all the same, and a later push replaces it as usual."""
+    service = get_service(session, service_id)
+    ref = (ref or service.branch).strip()
+    if not valid_branch(ref):
+        raise ValidationFailed("not a valid ref", details={"ref": ["a branch, tag or commit SHA"]})
+    resolved = pushes.resolve_ref(github, service, ref)
+    if resolved is None:
+        raise ValidationFailed(
+            f"{ref!r} is not a branch, tag or commit of {service.repository_full_name}",
+            details={"ref": ["unknown on GitHub"]},
+        )
+    sha, message = resolved
+    now = utcnow()
+    build = pushes.start_build(
+        session,
+        service,
+        pushes.production_environment(session, service),
+        sha,
+        # Images are tagged by branch: a SHA keeps the service's, a tag or branch its own.
+        branch=service.branch if MAYBE_SHA.match(ref) and sha.startswith(ref) else ref,
+        trigger_key=f"deploy:{now.timestamp():.6f}",
+        commit_message=message,
+        author=actor,
+        # In GitHub's whole seconds, so a push within the same second counts as later.
+        pushed_at=now.replace(microsecond=0),
+        ref=ref,
+    )
+    assert build is not None  # the trigger key is new
+    session.flush()
+    audit.record(
+        session, actor, "service.deploy", "service", service.id, ref=ref, commit=sha, build=build.id
+    )
+    return build
