@@ -9,10 +9,6 @@ commands of everyday use (``services``, ``vars``, ``builds``, ``logs``, ``redepl
 ``previews``, ``environments``) talk to a running control plane over HTTP at
 ``PORTSIDE_URL`` with ``PORTSIDE_TOKEN``; their HTTP calls live in
 :mod:`controlplane.client`.
-
-A command imports what it needs when it runs, so ``portside --help`` and the API commands
-start without SQLAlchemy, Alembic, Flask, docker or Celery; ``portside agent`` and
-``portside buildworker`` exec their own packages, which import no control plane.
 """
 
 from __future__ import annotations
@@ -28,15 +24,22 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-from controlplane.statuses import BUILD_LANES, BUILD_STATUSES
+import docker
+from docker.errors import DockerException
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
-if TYPE_CHECKING:
-    from controlplane.client import PortsideClient
-    from controlplane.db import Database
-    from controlplane.errors import PortsideError
-    from controlplane.settings import Settings
+from controlplane import migrate
+from controlplane.client import ClientError, LogLine, PortsideClient, Quiet
+from controlplane.crypto import SecretBox
+from controlplane.db import Database
+from controlplane.errors import ApiError, ConfigError, PortsideError
+from controlplane.models import BUILD_LANES, BUILD_STATUSES
+from controlplane.services import desired, hosts, secrets, services, tokens
+from controlplane.settings import Settings, mask_url
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
@@ -57,12 +60,6 @@ class CommandError(Exception):
 def _database(settings: Settings, *, migrated: bool = True) -> Database:
     """The database, answering and (unless ``migrated`` is False, for the commands that
     migrate it) at the schema this code needs: one line naming the fix otherwise."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from controlplane import migrate
-    from controlplane.services import desired
-    from controlplane.settings import mask_url
-
     database, _redis = desired.open_database(settings)
     where = f"the database at {mask_url(settings.database_url)}"
     try:
@@ -77,16 +74,15 @@ def _database(settings: Settings, *, migrated: bool = True) -> Database:
 
 
 def _check_redis(settings: Settings) -> None:
-    from tasks.process import broker_refusal
-
-    if problem := broker_refusal(settings.redis_url):
-        raise CommandError(problem)
+    try:
+        Redis.from_url(settings.redis_url, socket_connect_timeout=2).ping()
+    except RedisError as exc:
+        raise CommandError(
+            f"Redis at {mask_url(settings.redis_url)} is unavailable: {exc}"
+        ) from None
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    from controlplane import migrate
-    from controlplane.settings import mask_url
-
     database = _database(settings, migrated=False)
     migrate.upgrade(database.engine, args.revision)
     print(f"database at {mask_url(settings.database_url)} is at revision {args.revision}")
@@ -94,9 +90,6 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
-    from controlplane import migrate
-    from controlplane.settings import mask_url
-
     database = _database(settings, migrated=False)
     migrate.downgrade(database.engine, args.revision)
     print(f"database at {mask_url(settings.database_url)} is at revision {args.revision}")
@@ -106,9 +99,6 @@ def cmd_db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_secrets_rotate_key(settings: Settings, args: argparse.Namespace) -> int:
     """Re-encrypt every stored secret with PORTSIDE_SECRET_KEY (old keys from
     PORTSIDE_SECRET_KEY_OLD); afterwards PORTSIDE_SECRET_KEY_OLD can be removed."""
-    from controlplane.crypto import SecretBox
-    from controlplane.services import secrets
-
     box = SecretBox.from_settings(settings)
     counts = _admin(settings, lambda session: secrets.rotate_key(session, box, "cli"))
     print(", ".join(f"{count} {name}" for name, count in counts.items()) + " re-encrypted")
@@ -134,8 +124,6 @@ def _emit(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> 
 
 
 def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
-    from controlplane.services import tokens
-
     def action(session: Any) -> str:
         token, secret = tokens.create_token(
             session, args.name, args.scope, actor="cli", builds=args.builds
@@ -151,8 +139,6 @@ def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
-    from controlplane.services import tokens
-
     def action(session: Any) -> list[dict[str, Any]]:
         return [
             {
@@ -172,16 +158,12 @@ def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from controlplane.services import tokens
-
     _admin(settings, lambda session: tokens.revoke_token(session, args.id, "cli"))
     print(f"token {args.id} revoked")
     return 0
 
 
 def cmd_hosts_create(settings: Settings, args: argparse.Namespace) -> int:
-    from controlplane.services import hosts
-
     def action(session: Any) -> str:
         host, secret = hosts.create_host(
             session, args.name, "cli", args.previews, untrusted=args.untrusted
@@ -195,8 +177,6 @@ def cmd_hosts_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_hosts_list(settings: Settings, args: argparse.Namespace) -> int:
-    from controlplane.services import hosts
-
     def action(session: Any) -> list[dict[str, Any]]:
         return [
             {
@@ -220,8 +200,6 @@ def cmd_hosts_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
     if uses_api(os.environ):
         return api_services_create(settings, args)
-    from controlplane.services import services
-
     spec = services.ServiceSpec(
         name=args.name,
         repository=args.repository,
@@ -244,7 +222,6 @@ def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_services_list(settings: Settings, args: argparse.Namespace) -> int:
     if uses_api(os.environ):
         return api_services_list(settings, args)
-    from controlplane.services import services
 
     def action(session: Any) -> list[dict[str, Any]]:
         return [
@@ -289,8 +266,6 @@ def uses_api(environ: Mapping[str, str]) -> bool:
 
 
 def _client(settings: Settings) -> PortsideClient:
-    from controlplane.client import PortsideClient
-
     if not settings.token:
         raise CommandError(
             f"PORTSIDE_TOKEN is not set: the API at {settings.url} needs a token "
@@ -498,8 +473,6 @@ class _Progress:
 
 def _activity(client: PortsideClient, build_id: int) -> str:
     """What a build is busy with, in a few words ("building", "queued")."""
-    from controlplane.client import ClientError
-
     try:
         build = client.build(build_id)
     except ClientError:
@@ -513,8 +486,6 @@ def _activity(client: PortsideClient, build_id: int) -> str:
 
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
-    from controlplane.client import LogLine, Quiet
-
     client = _client(settings)
     if not args.follow:
         logs = client.logs(args.build)
@@ -548,8 +519,6 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _resolve_environment(client: PortsideClient, name_or_id: str) -> dict[str, Any]:
     """An environment by id or name; a service's name means its production environment."""
-    from controlplane.client import ClientError
-
     try:
         return client.find_environment(name_or_id)
     except ClientError as exc:
