@@ -48,7 +48,7 @@ from controlplane.models import (
     Variable,
     WebhookDelivery,
 )
-from controlplane.services import pushes
+from controlplane.services import images, pushes
 from controlplane.services.builds import FINISHED
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.settings import Settings
@@ -170,9 +170,10 @@ def check_summary(build: Build, lines: int = FAILED_LOG_LINES) -> str:
         f"for {build.environment.name}: {build.status}.",
         "| Step | State | Took |\n| --- | --- | --- |\n" + "\n".join(rows),
     ]
-    if build.images:
-        images = "\n".join(f"- `{name}`: `{ref}`" for name, ref in sorted(build.images.items()))
-        parts.append(f"**Images**\n\n{images}")
+    pushed = images.listed(build)
+    if pushed:
+        lines = "\n".join(f"- `{i['service']}`: `{i['reference'] or i['tag']}`" for i in pushed)
+        parts.append(f"**Images**\n\n{lines}")
     if build.status == "failed":
         parts.append(f"**{build.failed_step or 'build'} failed**: {build.error or ''}")
         tail = (build.log or "").splitlines()[-lines:]

@@ -115,7 +115,7 @@ def run_steps(
             builds.finish_step(session, build_id, step, 1, succeeded=True)
             if step == "push":
                 session.get(Build, build_id).images = {  # type: ignore[union-attr]
-                    "web": f"registry.test/hello@{DIGEST}"
+                    "app": {"repository": "registry.test/hello", "tag": "t1", "digest": DIGEST}
                 }
     return failed, titles
 
@@ -181,7 +181,7 @@ def test_a_production_build_is_one_check_run_and_one_github_deployment_through_f
     summary = run.output["summary"]
     for step in pushes.PIPELINE_STEPS:
         assert f"| {step} | succeeded |" in summary
-    assert f"registry.test/hello@{DIGEST}" in summary
+    assert f"- `app`: `registry.test/hello@{DIGEST}`" in summary
     # Each step named while it ran, in order.
     assert titles == [
         f"Step {n + 1} of 5: {step}" for n, step in enumerate(pushes.PIPELINE_STEPS[:-1])
