@@ -172,8 +172,8 @@ def check_summary(build: Build, lines: int = FAILED_LOG_LINES) -> str:
     ]
     pushed = images.listed(build)
     if pushed:
-        lines = "\n".join(f"- `{i['service']}`: `{i['reference'] or i['tag']}`" for i in pushed)
-        parts.append(f"**Images**\n\n{lines}")
+        listing = "\n".join(f"- `{i['service']}`: `{i['reference'] or i['tag']}`" for i in pushed)
+        parts.append(f"**Images**\n\n{listing}")
     if build.status == "failed":
         parts.append(f"**{build.failed_step or 'build'} failed**: {build.error or ''}")
         tail = (build.log or "").splitlines()[-lines:]

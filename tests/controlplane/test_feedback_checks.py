@@ -250,6 +250,7 @@ def test_a_failed_builds_check_run_holds_the_failing_steps_last_lines_masked(
         )
         build = session.get(Build, build_id)
         assert build is not None
+        build.images = {"app": {"repository": "registry.test/hello", "tag": "t", "digest": DIGEST}}
         build.log = "\n".join(
             [f"early line {n}" for n in range(100)] + ["```", f"npm ERR! token {SECRET}"]
         )
