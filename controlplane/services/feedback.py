@@ -571,8 +571,9 @@ def handle_check_run(
     session: Session, delivery: WebhookDelivery, context: HandlerContext
 ) -> Outcome:
     """``check_run`` ``rerequested`` on a build's Check Run (a person clicked "Re-run"):
-    a new build of that commit for the same environment, once per delivery. Any other
-    action, or another app's run, is not Portside's to act on."""
+    a new build of that commit for the same environment, once per delivery, while it is
+    still the environment's head (re-running an older commit's run must not deploy old
+    code over a newer push). Any other action, or another app's run, is not Portside's."""
     payload = delivery.payload
     run = payload.get("check_run") or {}
     if delivery.action != "rerequested":
@@ -593,6 +594,11 @@ def handle_check_run(
     environment = build.environment
     if environment.status == "inactive" or build.service.deleted_at is not None:
         return Outcome("ignored", f"{environment.name} is gone: build {build.id} is not rebuilt")
+    if environment.head_sha != build.commit_sha:
+        return Outcome(
+            "ignored",
+            f"{build.commit_sha[:7]} is no longer the head of {environment.name}: not rebuilt",
+        )
     rebuilt = pushes.start_build(
         session,
         build.service,

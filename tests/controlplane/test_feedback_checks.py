@@ -17,7 +17,15 @@ from contracts.masking import MASK
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
-from controlplane.models import Build, Deployment, Environment, Installation, Repository, utcnow
+from controlplane.models import (
+    Build,
+    Deployment,
+    Environment,
+    Installation,
+    Repository,
+    WebhookDelivery,
+    utcnow,
+)
 from controlplane.services import (
     builds,
     deliveries,
@@ -370,13 +378,19 @@ def test_rerequesting_the_check_run_rebuilds_that_commit_once(
         )
         assert new.author == "octocat"
 
-    # Another app's run, or an action other than rerequested, starts nothing.
+    # Another app's run, an action other than rerequested, or the run of a commit that is
+    # no longer the head (a newer push came) starts nothing.
     foreign = json.loads(json.dumps(payload))
     foreign["check_run"]["name"] = "ci/lint"
     completed = json.loads(json.dumps(payload)) | {"action": "completed"}
-    for guid, other in (("lint", foreign), ("done", completed)):
+    newer = new_build(database, state, service_id, "v2\n")
+    for guid, other in (("lint", foreign), ("done", completed), ("old", payload)):
         assert process(post_check_run(client, other, guid)) == []
     with database.session_scope() as session:
         count = len(session.scalars(select(Build.id)).all())
         environments = session.scalars(select(Environment.id)).all()
-    assert count == 2 and len(environments) == 1
+        outcome = session.scalar(
+            select(WebhookDelivery.outcome).where(WebhookDelivery.guid == "old")
+        )
+    assert count == 3 and len(environments) == 1 and newer not in (build_id, rebuilt)
+    assert outcome is not None and "no longer the head" in outcome
