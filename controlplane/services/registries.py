@@ -184,6 +184,24 @@ def _registry_error(response: requests.Response) -> str:
     return f"{response.status_code} {detail}".strip()
 
 
+def _realm_allowed(realm: str) -> bool:
+    """Whether the push credentials may go to ``realm``: HTTPS, or plain HTTP on loopback.
+
+    The host checked is the one the client connects to: a realm with user info
+    (``http://127.0.0.1:80@elsewhere/``) or a port that is no number is refused."""
+    parts = urlsplit(realm)
+    try:
+        parts.port  # noqa: B018 (raises on a port that is no number)
+    except ValueError:
+        return False
+    if "@" in parts.netloc or not parts.hostname:
+        return False
+    if parts.scheme == "https":
+        return True
+    address = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return parts.scheme == "http" and is_loopback_registry(address)
+
+
 def _bearer_token(
     http: requests.Session,
     host: str,
@@ -196,9 +214,7 @@ def _bearer_token(
     registry's, for the messages."""
     realm = params.get("realm", "")
     parts = urlsplit(realm)
-    if parts.scheme != "https" and not (
-        parts.scheme == "http" and is_loopback_registry(parts.netloc)
-    ):
+    if not _realm_allowed(realm):
         raise RegistryRefused(f"registry {host} names a token realm not on HTTPS: {realm!r}")
     query = {"scope": params.get("scope") or scope}
     if "service" in params:

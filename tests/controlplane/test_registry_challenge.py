@@ -57,6 +57,27 @@ def test_credentials_never_go_to_a_plain_http_realm_off_loopback(
     assert [path for path, _auth in app.seen] == [f"/v2/team/app/manifests/{DIGEST}"]
 
 
+@pytest.mark.parametrize(
+    "realm",
+    [
+        # urlsplit's netloc starts with a loopback "host:port", but the URL's host is the
+        # one after the '@': the push credentials would travel there in clear.
+        "http://127.0.0.1:80@auth.example.invalid/token",
+        "http://localhost:1@auth.example.invalid/token",
+        # A port that is no port: what the client would make of it is not what was checked.
+        "http://127.0.0.1:80%40auth.example.invalid/token",
+    ],
+)
+def test_a_realm_that_only_looks_like_loopback_gets_no_credentials(
+    challenger: tuple[Challenger, str], realm: str
+) -> None:
+    app, host = challenger
+    app.headers = {"WWW-Authenticate": f'Bearer realm="{realm}",service="x"'}
+    with pytest.raises(registries.RegistryRefused, match="not on HTTPS"):
+        _delete(host)
+    assert [path for path, _auth in app.seen] == [f"/v2/team/app/manifests/{DIGEST}"]
+
+
 def test_a_refusal_carries_the_registrys_words_and_a_5xx_is_transient(
     challenger: tuple[Challenger, str],
 ) -> None:
