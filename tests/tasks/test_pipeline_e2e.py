@@ -72,6 +72,12 @@ def delivery_status(stack: Stack, delivery_id: int) -> str | None:
 
 def push(stack: Stack, files: dict[str, str], pushed_at: int) -> str:
     sha = stack.github.state.commit(REPOSITORY, files, branch="master")
+    post_delivery(stack, "push", push_payload(stack, sha, pushed_at))
+    return sha
+
+
+def push_payload(stack: Stack, sha: str, pushed_at: int) -> dict[str, Any]:
+    """GitHub's recorded push of ``sha`` to master, pointed at the test GitHub's repository."""
     payload = copy.deepcopy(json_payload("push__with-new-branch.payload.json"))
     payload["installation"]["id"] = INSTALLATION
     payload["repository"].update(
@@ -84,8 +90,7 @@ def push(stack: Stack, files: dict[str, str], pushed_at: int) -> str:
     payload["repository"]["pushed_at"] = pushed_at
     payload["after"] = sha
     payload["head_commit"]["id"] = sha
-    post_delivery(stack, "push", payload)
-    return sha
+    return payload
 
 
 def build_of(stack: Stack, sha: str) -> Build | None:
@@ -171,6 +176,16 @@ def test_two_quick_pushes_deploy_only_the_second(
     assert wait_for(lambda: finished(stack, second), 300, 0.5).status == "succeeded"
     cancelled = wait_for(lambda: finished(stack, first), 60)
     assert cancelled.status == "cancelled" and "superseded" in (cancelled.error or "")
+    # On GitHub, through the control worker: the cancelled build does not stay pending.
+    state = stack.github.state
+
+    def ended() -> bool:
+        runs = [r for r in state.check_runs if r.external_id == str(cancelled.id)]
+        status = [s.state for s in state.statuses if s.sha == first]
+        return bool(runs) and runs[-1].conclusion == "cancelled" and status[-1:] == ["error"]
+
+    wait_for(ended, 120, 0.5, "the cancelled build's Check Run and commit status")
+    assert [r.head_sha for r in state.check_runs if r.name == "Portside"].count(second) == 1
     with stack.database.session_scope() as session:
         deployed = [d.build.commit_sha for d in session.scalars(select(Deployment))]
     assert deployed == [second]
