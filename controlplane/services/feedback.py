@@ -19,9 +19,10 @@ A cancelled or superseded build ends on GitHub too: its commit status says so (s
 already deployed), and a GitHub deployment it had is made ``inactive``.
 
 Every text written to GitHub passes through :func:`contracts.masking.mask`, the build
-logs' masking, at the three places that write text (:func:`_commit_status`,
-:func:`_check_run`, :func:`_comment`); where the text can carry a build's own words (its
-error, its log, a reason) the service's secret values are masked too (:func:`secrets_of`).
+logs' masking, at the places that write text (:func:`_commit_status`,
+:func:`_check_run`, :func:`_deployment_status`, :func:`_comment`); where the text can
+carry a build's own words (its error, its log, a reason) the service's secret values are
+masked too (:func:`secrets_of`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 from github import Github, UnknownObjectException
 from github.Deployment import Deployment as GitHubDeployment
 from github.IssueComment import IssueComment
+from github.Repository import Repository as GitHubRepository
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -56,8 +58,10 @@ from controlplane.settings import Settings
 CONTEXT = "portside/build"
 # Every build is a Check Run of this name on its commit, external id = the build's id.
 CHECK_NAME = "Portside"
-# The failing step's last log lines shown in a failed build's Check Run.
+# The failing step's last log lines shown in a failed build's Check Run, each cut to
+# FAILED_LOG_LINE_CHARS so that they fit in GitHub's limit with the steps above them.
 FAILED_LOG_LINES = 40
+FAILED_LOG_LINE_CHARS = 1000
 # GitHub refuses a Check Run summary or text longer than this (characters).
 CHECK_OUTPUT_MAX = 65535
 # A GitHub deployment per environment kind: (transient, production, description).
@@ -176,7 +180,7 @@ def check_summary(build: Build, lines: int = FAILED_LOG_LINES) -> str:
         parts.append(f"**Images**\n\n{listing}")
     if build.status == "failed":
         parts.append(f"**{build.failed_step or 'build'} failed**: {build.error or ''}")
-        tail = (build.log or "").splitlines()[-lines:]
+        tail = [line[:FAILED_LOG_LINE_CHARS] for line in (build.log or "").splitlines()[-lines:]]
         if tail:
             parts.append(f"Last {len(tail)} lines of the log:\n\n{_fenced(chr(10).join(tail))}")
     elif build.status in ("cancelled", "superseded") and build.error:
@@ -254,14 +258,16 @@ def _github_deployment(client: Github, build: Build) -> GitHubDeployment:
     return deployment
 
 
-def _create_deployment(repo: Any, build: Build, payload: dict[str, int]) -> GitHubDeployment:
+def _create_deployment(
+    repo: GitHubRepository, build: Build, payload: dict[str, int]
+) -> GitHubDeployment:
     """A GitHub deployment of the build's commit to its environment: transient for a
     preview, ``production_environment`` for production, neither for another (staging)."""
     environment = build.environment
     transient, production, description = DEPLOYMENT_KINDS.get(
         environment.kind, (False, False, "{service} in {environment}")
     )
-    deployment: GitHubDeployment = repo.create_deployment(
+    return repo.create_deployment(
         ref=build.commit_sha,
         environment=environment.name,
         payload={PAYLOAD_KEY: payload},
@@ -273,7 +279,6 @@ def _create_deployment(repo: Any, build: Build, payload: dict[str, int]) -> GitH
             service=build.service.name, pr=environment.pr_number, environment=environment.name
         ),
     )
-    return deployment
 
 
 def _deployment_status(
@@ -291,7 +296,7 @@ def _deployment_status(
     if url:
         options["environment_url"] = url
     if description:
-        options["description"] = description[:140]
+        options["description"] = mask(description)[:140]
     deployment.create_status(state, **options)
 
 

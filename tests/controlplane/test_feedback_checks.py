@@ -260,7 +260,8 @@ def test_a_failed_builds_check_run_holds_the_failing_steps_last_lines_masked(
         assert build is not None
         build.images = {"app": {"repository": "registry.test/hello", "tag": "t", "digest": DIGEST}}
         build.log = "\n".join(
-            [f"early line {n}" for n in range(100)] + ["```", f"npm ERR! token {SECRET}"]
+            [f"early line {n}" for n in range(100)]
+            + ["x" * 5000, "```", f"npm ERR! token {SECRET}"]
         )
     until_through(database, event(github_app, settings, "build_failed", build_id))
 
@@ -273,6 +274,7 @@ def test_a_failed_builds_check_run_holds_the_failing_steps_last_lines_masked(
     assert f"npm ERR! token {MASK}" in summary and "early line 99" in summary
     assert "early line 61" not in summary  # only the last lines
     assert "````" in summary  # a fence the log's own ``` does not close
+    assert "x" * 1000 in summary and "x" * 1001 not in summary  # a long line is cut
     assert SECRET not in json.dumps(run.output)
 
 
