@@ -5,7 +5,6 @@ included; a service tracking tags (``track_tags``) deploys the newest matching t
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -61,18 +60,23 @@ def tag(server: GitHubServer, name: str, sha: str, *, annotated: bool = False) -
     return repos.git(path, "rev-parse", f"refs/tags/{name}").decode().strip()
 
 
-def tag_push(server: GitHubServer, name: str, sha: str, pushed_at: int, after: str = "") -> Any:
-    """GitHub's push of a new tag: ``created``, no ``before``, the tag's commit as head."""
-    payload = copy.deepcopy(push_payload(server, sha, pushed_at=pushed_at))
-    payload.update(
-        ref=f"refs/tags/{name}",
-        before="0" * 40,
-        after=after or sha,
-        created=True,
-        base_ref="refs/heads/master",
-        commits=[],
-    )
-    return payload
+def tag_push(payload: dict[str, Any], name: str, after: str = "") -> dict[str, Any]:
+    """A recorded branch push (of its head commit) made GitHub's push of a new tag there:
+    ``created``, no ``before``, no commits; ``after`` names an annotated tag's object."""
+    return {
+        **payload,
+        "ref": f"refs/tags/{name}",
+        "before": "0" * 40,
+        "after": after or payload["after"],
+        "created": True,
+        "base_ref": "refs/heads/master",
+        "commits": [],
+    }
+
+
+def tagged(server: GitHubServer, name: str, sha: str, pushed_at: int, after: str = "") -> Any:
+    """The push of a new tag ``name`` on ``sha`` in the test GitHub's repository."""
+    return tag_push(push_payload(server, sha, pushed_at=pushed_at), name, after)
 
 
 def service_id(db_session: Session) -> int:
@@ -209,19 +213,19 @@ def test_a_service_tracking_tags_deploys_the_newest_tag_pushed(
     branch_push = post(deploying, "push", push_payload(seeded, newer))
     process(database, branch_push, github_app)
     assert "no service tracks" in (delivery(db_session, branch_push).outcome or "")
-    other = post(deploying, "push", tag_push(seeded, "nightly", newer, 1_700_000_050))
+    other = post(deploying, "push", tagged(seeded, "nightly", newer, 1_700_000_050))
     process(database, other, github_app)
     assert "no service of" in (delivery(db_session, other).outcome or "")
 
     process(
         database,
-        post(deploying, "push", tag_push(seeded, "v1.0.0", newer, 1_700_000_100)),
+        post(deploying, "push", tagged(seeded, "v1.0.0", newer, 1_700_000_100)),
         github_app,
     )
     # A later tag on an older commit (an annotated one: its push names the tag object).
     after = tag(seeded, "v1.0.1", older, annotated=True)
     assert after != older
-    hotfix = tag_push(seeded, "v1.0.1", older, 1_700_000_200, after=after)
+    hotfix = tagged(seeded, "v1.0.1", older, 1_700_000_200, after)
     process(database, post(deploying, "push", hotfix), github_app)
     assert start(database, older, github_app) != []
     assert builds_by_commit(db_session)[newer][0] == "cancelled"
@@ -229,7 +233,7 @@ def test_a_service_tracking_tags_deploys_the_newest_tag_pushed(
     assert deployed(database, older) == "pending"
 
     # A tag pushed before the running one, delivered late, does not replace it.
-    late = post(deploying, "push", tag_push(seeded, "v0.9.0", newer, 1_700_000_150))
+    late = post(deploying, "push", tagged(seeded, "v0.9.0", newer, 1_700_000_150))
     process(database, late, github_app)
     assert "a newer push" in (delivery(db_session, late).outcome or "")
     db_session.expire_all()
