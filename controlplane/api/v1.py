@@ -248,6 +248,10 @@ def update_service(changes: dict[str, Any], service_id: int) -> Any:
 @services_api.arguments(schemas.DeploySchema)
 @services_api.response(202, schemas.BuildSchema)
 @services_api.alt_response(422, schema=schemas.ApiErrorSchema, description="unknown ref")
+@services_api.alt_response(
+    409, schema=schemas.ApiErrorSchema, description="the App may not read this repository"
+)
+@services_api.alt_response(503, schema=schemas.ApiErrorSchema, description="GitHub unreachable")
 def deploy_service(data: dict[str, Any], service_id: int) -> Any:
     """Build and deploy to production what a branch, tag or commit SHA names (default: the
     head of the service's branch), even a commit older than the one running."""

@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from controlplane.errors import Conflict, PermanentError, TransientError
-from controlplane.github.app import GitHubApp
+from controlplane.errors import Conflict, PermanentError, ServiceUnavailable, TransientError
+from controlplane.github.app import GitHubApp, GitHubRefused
 from controlplane.models import (
     Build,
     BuildStep,
@@ -213,7 +213,8 @@ def github_compare(github: GitHubApp | None, service: Service) -> ancestry.Compa
 def resolve_ref(github: GitHubApp | None, service: Service, ref: str) -> tuple[str, str] | None:
     """The commit a branch, tag or (abbreviated) SHA names in the service's repository, as
     (SHA, message), through GitHub (``GET /repos/{o}/{r}/commits/{ref}``); None when GitHub
-    knows no such ref. Conflict when GitHub cannot be asked for this repository."""
+    knows no such ref. Conflict when GitHub may not be asked for this repository or
+    refuses, ServiceUnavailable when it cannot be reached now (a person asks again)."""
     repository = service.repository
     if github is None or repository is None or repository.installation_id is None:
         raise Conflict(
@@ -230,7 +231,12 @@ def resolve_ref(github: GitHubApp | None, service: Service, ref: str) -> tuple[s
             raise
         return commit.sha, commit.commit.message
 
-    return github.call(repository.installation_id, f"resolve {ref!r}", commit_of)
+    try:
+        return github.call(repository.installation_id, f"resolve {ref!r}", commit_of)
+    except GitHubRefused as exc:
+        raise Conflict(str(exc)) from None
+    except TransientError as exc:
+        raise ServiceUnavailable(f"{exc}; try again") from None
 
 
 def tracks(service: Service, *, branch: str | None = None, tag: str | None = None) -> bool:

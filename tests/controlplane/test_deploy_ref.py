@@ -194,6 +194,23 @@ def test_an_unknown_or_invalid_ref_is_422_and_a_reader_cannot_deploy(
     assert builds_by_commit(db_session) == {}
 
 
+def test_github_failing_is_503_and_builds_nothing(
+    deploying: FlaskClient,
+    db_session: Session,
+    seeded: GitHubServer,  # noqa: F811
+    admin_headers: dict[str, str],
+) -> None:
+    seeded.state.fail("*/commits/*", method="GET", times=1_000)
+
+    answer = deploying.post(
+        f"/v1/services/{service_id(db_session)}/deploy", json={}, headers=admin_headers
+    )
+
+    assert answer.status_code == 503, answer.json
+    assert "try again" in answer.json["message"]
+    assert builds_by_commit(db_session) == {}
+
+
 def test_a_service_tracking_tags_deploys_the_newest_tag_pushed(
     deploying: FlaskClient,
     database: Database,
