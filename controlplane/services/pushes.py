@@ -285,10 +285,10 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     if tag is None and not ref.startswith("refs/heads/"):
         return Outcome("ignored", f"push to {ref!r}, which is not a branch or a tag")
     branch = None if tag is not None else ref[len("refs/heads/") :]
-    pushed_ref = f"tag push {ref}:" if tag is not None else f"branch {branch}"
     after = payload.get("after") or ""
     if payload.get("deleted") or after == ZERO_SHA:
-        return Outcome("ignored", f"{pushed_ref} was deleted")
+        deleted = f"tag push {ref}: the tag" if tag is not None else f"branch {branch}"
+        return Outcome("ignored", f"{deleted} was deleted")
     if not re.fullmatch(r"[0-9a-f]{40}", after):
         raise PermanentError(f"push has no valid 'after' commit: {after!r}")
     head = payload.get("head_commit") or {}
@@ -313,7 +313,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     ]
     if not services:
         if tag is not None:
-            return Outcome("ignored", f"{pushed_ref} no service of {full_name} tracks it")
+            return Outcome("ignored", f"tag push {ref}: no service of {full_name} tracks it")
         return Outcome("ignored", f"no service tracks {full_name}@{branch}")
     paths = changed_paths(payload)
     raw_pushed_at = repository_data.get("pushed_at")
