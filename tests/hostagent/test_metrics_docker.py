@@ -128,14 +128,24 @@ def test_prometheus_queries_an_environments_memory(images, agent, uid, tmp_path)
         prometheus = PrometheusServer(tmp_path, f"127.0.0.1:{server.port}")
         query = f'portside_container_memory_working_set_bytes{{environment="{app}"}}'
 
+        def answered(promql: str, count: int = 1) -> list[dict[str, Any]]:
+            """The query's series once there are ``count``; meanwhile the agent ticks on,
+            as it would, repairing what another test run's clean-up may have removed."""
+            found = prometheus.query(promql)
+            if len(found) == count:
+                return found
+            run_once(agent, source, wait=None)
+            return []
+
         def diagnostics() -> str:
             agent_text = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
             return f"{prometheus.diagnostics()}\nthe agent serves:\n{agent_text}"
 
         (series,) = wait_until(
-            lambda: prometheus.query(query),
+            lambda: answered(query),
             f"Prometheus to answer {query}",
             timeout=60,
+            interval=0.5,
             diagnostics=diagnostics,
         )
         labels = series["metric"]
@@ -145,16 +155,12 @@ def test_prometheus_queries_an_environments_memory(images, agent, uid, tmp_path)
         (limit,) = prometheus.query(f'portside_container_memory_limit_bytes{{environment="{app}"}}')
         assert float(limit["value"][1]) == MEMORY_LIMIT
         by_service = "sum by (service) (portside_container_memory_working_set_bytes{{{}}})"
-
-        def both_services() -> list[dict[str, Any]]:
-            # Containers started a moment ago have no stats yet: a later scrape has them.
-            found = prometheus.query(by_service.format(f'environment="{stack}"'))
-            return found if len(found) == 2 else []
-
+        # Containers started a moment ago have no stats yet: a later scrape has them.
         compose_memory = wait_until(
-            both_services,
+            lambda: answered(by_service.format(f'environment="{stack}"'), 2),
             f"Prometheus to answer for both services of {stack}",
             timeout=60,
+            interval=0.5,
             diagnostics=diagnostics,
         )
         assert sorted(s["metric"]["service"] for s in compose_memory) == ["web", "worker"]
