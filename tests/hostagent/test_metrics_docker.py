@@ -1,10 +1,12 @@
 """A real Prometheus (Debian's package, on loopback) scrapes an agent and answers a query
-for the memory of a named environment; the agent's report carries the same usage."""
+for the memory of a named environment; the agent's report carries the same usage; an
+agent that cannot listen where it is told stops with one line."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from hostagent.agent import run_once
+from hostagent.agent import main, run_once
 from hostagent.metrics import DOCKER_TIMEOUT, ContainerCollector, Sampler, serve
 from tests.fixtures.processes import wait_until
 from tests.hostagent.test_apply_docker import (  # noqa: F401 - agent, images and uid are fixtures
@@ -179,3 +181,22 @@ def test_prometheus_queries_an_environments_memory(images, agent, uid, tmp_path)
         sampler.close()
         stats_client.close()
         agent.applier.compose_down(stack, remove_volumes=True)
+
+
+def test_an_agent_whose_metrics_address_is_taken_stops_with_one_line(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(
+            {
+                "PORTSIDE_URL": "http://127.0.0.1:9",
+                "PORTSIDE_TOKEN": "unused",
+                "PORTSIDE_AGENT_STATE_DIR": str(tmp_path),
+                "PORTSIDE_AGENT_METRICS_ADDR": f"127.0.0.1:{port}",
+                "DOCKER_HOST": os.environ["DOCKER_HOST"],
+            }
+        )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("portside agent: cannot serve metrics:") and err.count("\n") == 1
