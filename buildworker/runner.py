@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import docker
 
 from buildworker import compose, dockerfile, git, images, names
 from buildworker.api import ControlPlane, StepRefused
 from buildworker.errors import BuildError, BuildStopped, PermanentBuildError
+from contracts.environ import UntrustedMode
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,6 @@ STOP_POLL_SECONDS = 1.0
 LogSink = Callable[[int, list[str]], None]
 # Why the control plane stopped a build's attempt (its Redis stop key), or None.
 StopProbe = Callable[[int, int], str | None]
-# Which builds a worker takes: trusted only, a fork's (untrusted) only, or both.
-UntrustedMode = Literal["no", "only", "yes"]
-UNTRUSTED_MODES: tuple[UntrustedMode, ...] = ("no", "only", "yes")
 _TAKES = {"no": "trusted builds only", "only": "untrusted builds only", "yes": "both"}
 
 

@@ -7,11 +7,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 PREFIX = "PORTSIDE_"
 FILE_SUFFIX = "_FILE"
-UNTRUSTED_MODES = ("no", "only", "yes")
+# Which builds a build worker takes: trusted only, a fork's (untrusted) only, or both.
+UntrustedMode = Literal["no", "only", "yes"]
+UNTRUSTED_MODES: tuple[UntrustedMode, ...] = ("no", "only", "yes")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_REGISTRY = "127.0.0.1:5000"
+DEFAULT_BUILD_TIMEOUT = 3600
 
 
 class SettingError(ValueError):
@@ -74,7 +82,7 @@ def registry_host(raw: str) -> str:
     return raw.rstrip("/")
 
 
-def untrusted_mode(raw: str) -> str:
+def untrusted_mode(raw: str) -> UntrustedMode:
     """PORTSIDE_BUILD_UNTRUSTED: which builds a build worker takes (no, only or yes)."""
     mode = raw.strip().lower()
     if mode not in UNTRUSTED_MODES:

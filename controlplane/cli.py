@@ -9,6 +9,10 @@ commands of everyday use (``services``, ``vars``, ``builds``, ``logs``, ``redepl
 ``previews``, ``environments``) talk to a running control plane over HTTP at
 ``PORTSIDE_URL`` with ``PORTSIDE_TOKEN``; their HTTP calls live in
 :mod:`controlplane.client`.
+
+A command imports what it needs when it runs, so ``portside --help`` and the API commands
+start without SQLAlchemy, Alembic, Flask, docker or Celery; ``portside agent`` and
+``portside buildworker`` exec their own packages, which import no control plane.
 """
 
 from __future__ import annotations
@@ -24,22 +28,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import docker
-from docker.errors import DockerException
-from redis import Redis
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
+from controlplane.statuses import BUILD_LANES, BUILD_STATUSES
 
-from controlplane import migrate
-from controlplane.client import ClientError, LogLine, PortsideClient, Quiet
-from controlplane.crypto import SecretBox
-from controlplane.db import Database
-from controlplane.errors import ApiError, ConfigError, PortsideError
-from controlplane.models import BUILD_LANES, BUILD_STATUSES
-from controlplane.services import desired, hosts, secrets, services, tokens
-from controlplane.settings import Settings, mask_url
+if TYPE_CHECKING:
+    from controlplane.client import PortsideClient
+    from controlplane.db import Database
+    from controlplane.errors import PortsideError
+    from controlplane.settings import Settings
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
@@ -60,6 +57,12 @@ class CommandError(Exception):
 def _database(settings: Settings, *, migrated: bool = True) -> Database:
     """The database, answering and (unless ``migrated`` is False, for the commands that
     migrate it) at the schema this code needs: one line naming the fix otherwise."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from controlplane import migrate
+    from controlplane.services import desired
+    from controlplane.settings import mask_url
+
     database, _redis = desired.open_database(settings)
     where = f"the database at {mask_url(settings.database_url)}"
     try:
@@ -74,15 +77,16 @@ def _database(settings: Settings, *, migrated: bool = True) -> Database:
 
 
 def _check_redis(settings: Settings) -> None:
-    try:
-        Redis.from_url(settings.redis_url, socket_connect_timeout=2).ping()
-    except RedisError as exc:
-        raise CommandError(
-            f"Redis at {mask_url(settings.redis_url)} is unavailable: {exc}"
-        ) from None
+    from tasks.process import broker_refusal
+
+    if problem := broker_refusal(settings.redis_url):
+        raise CommandError(problem)
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from controlplane import migrate
+    from controlplane.settings import mask_url
+
     database = _database(settings, migrated=False)
     migrate.upgrade(database.engine, args.revision)
     print(f"database at {mask_url(settings.database_url)} is at revision {args.revision}")
@@ -90,6 +94,9 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from controlplane import migrate
+    from controlplane.settings import mask_url
+
     database = _database(settings, migrated=False)
     migrate.downgrade(database.engine, args.revision)
     print(f"database at {mask_url(settings.database_url)} is at revision {args.revision}")
@@ -99,6 +106,9 @@ def cmd_db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_secrets_rotate_key(settings: Settings, args: argparse.Namespace) -> int:
     """Re-encrypt every stored secret with PORTSIDE_SECRET_KEY (old keys from
     PORTSIDE_SECRET_KEY_OLD); afterwards PORTSIDE_SECRET_KEY_OLD can be removed."""
+    from controlplane.crypto import SecretBox
+    from controlplane.services import secrets
+
     box = SecretBox.from_settings(settings)
     counts = _admin(settings, lambda session: secrets.rotate_key(session, box, "cli"))
     print(", ".join(f"{count} {name}" for name, count in counts.items()) + " re-encrypted")
@@ -124,6 +134,8 @@ def _emit(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> 
 
 
 def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
+    from controlplane.services import tokens
+
     def action(session: Any) -> str:
         token, secret = tokens.create_token(
             session, args.name, args.scope, actor="cli", builds=args.builds
@@ -139,6 +151,8 @@ def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
+    from controlplane.services import tokens
+
     def action(session: Any) -> list[dict[str, Any]]:
         return [
             {
@@ -158,12 +172,16 @@ def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from controlplane.services import tokens
+
     _admin(settings, lambda session: tokens.revoke_token(session, args.id, "cli"))
     print(f"token {args.id} revoked")
     return 0
 
 
 def cmd_hosts_create(settings: Settings, args: argparse.Namespace) -> int:
+    from controlplane.services import hosts
+
     def action(session: Any) -> str:
         host, secret = hosts.create_host(
             session, args.name, "cli", args.previews, untrusted=args.untrusted
@@ -177,6 +195,8 @@ def cmd_hosts_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_hosts_list(settings: Settings, args: argparse.Namespace) -> int:
+    from controlplane.services import hosts
+
     def action(session: Any) -> list[dict[str, Any]]:
         return [
             {
@@ -200,6 +220,8 @@ def cmd_hosts_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
     if uses_api(os.environ):
         return api_services_create(settings, args)
+    from controlplane.services import services
+
     spec = services.ServiceSpec(
         name=args.name,
         repository=args.repository,
@@ -222,6 +244,7 @@ def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_services_list(settings: Settings, args: argparse.Namespace) -> int:
     if uses_api(os.environ):
         return api_services_list(settings, args)
+    from controlplane.services import services
 
     def action(session: Any) -> list[dict[str, Any]]:
         return [
@@ -266,6 +289,8 @@ def uses_api(environ: Mapping[str, str]) -> bool:
 
 
 def _client(settings: Settings) -> PortsideClient:
+    from controlplane.client import PortsideClient
+
     if not settings.token:
         raise CommandError(
             f"PORTSIDE_TOKEN is not set: the API at {settings.url} needs a token "
@@ -473,6 +498,8 @@ class _Progress:
 
 def _activity(client: PortsideClient, build_id: int) -> str:
     """What a build is busy with, in a few words ("building", "queued")."""
+    from controlplane.client import ClientError
+
     try:
         build = client.build(build_id)
     except ClientError:
@@ -486,6 +513,8 @@ def _activity(client: PortsideClient, build_id: int) -> str:
 
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
+    from controlplane.client import LogLine, Quiet
+
     client = _client(settings)
     if not args.follow:
         logs = client.logs(args.build)
@@ -519,6 +548,8 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _resolve_environment(client: PortsideClient, name_or_id: str) -> dict[str, Any]:
     """An environment by id or name; a service's name means its production environment."""
+    from controlplane.client import ClientError
+
     try:
         return client.find_environment(name_or_id)
     except ClientError as exc:
@@ -633,22 +664,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return _celery(settings, argv)
 
 
-def cmd_buildworker(settings: Settings, args: argparse.Namespace) -> int:
-    from contracts.urls import url_refusal
-    from tasks import worker
-
-    if refusal := url_refusal(settings.url, allow_insecure=settings.allow_insecure_url):
-        raise ConfigError(refusal)
-    if not _docker_engine_answers():
-        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        raise CommandError(
-            f"no Docker engine answers at {where}: a build worker needs one (set DOCKER_HOST)"
-        )
-    name = args.name or f"build-{os.uname().nodename}-{os.getpid()}"
-    queues = ",".join(worker.build_queues(name, settings.build_untrusted))
-    argv = ["worker", "-Q", queues, "-n", f"{name}@%h", "-E", "-l", args.loglevel]
-    argv += ["-c", str(args.concurrency or 2)]
-    return _celery(settings, argv)
+def cmd_buildworker(args: argparse.Namespace) -> int:
+    """The build worker is a deployable of its own (:mod:`tasks.buildmain`, which reads
+    its own settings and imports no control plane): exec it with the same options."""
+    options = ["--loglevel", args.loglevel]
+    options += ["--concurrency", str(args.concurrency)] if args.concurrency else []
+    options += ["--name", args.name] if args.name else []
+    os.execv(sys.executable, [sys.executable, "-m", "buildworker", *options])
 
 
 def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
@@ -661,8 +683,9 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
     return _celery(settings, ["flower", f"--address={args.address}", f"--port={args.port}"])
 
 
-def cmd_agent(settings: Settings, args: argparse.Namespace) -> int:
-    """The host agent is a package of its own (no Flask or database): exec it."""
+def cmd_agent(args: argparse.Namespace) -> int:
+    """The host agent is a package of its own (no Flask, database or control plane settings):
+    exec it."""
     os.execv(sys.executable, [sys.executable, "-m", "hostagent"])
 
 
@@ -688,6 +711,8 @@ def _dev_secret_key(data_dir: Path) -> str:
 
 def _dev_worker_token(session: Any, data_dir: Path) -> str:
     """``portside dev``'s build worker token, reused while it authenticates."""
+    from controlplane.services import tokens
+
     return _kept_secret(
         data_dir / "dev-worker.token",
         lambda kept: tokens.authenticate(session, kept) is not None,
@@ -695,22 +720,12 @@ def _dev_worker_token(session: Any, data_dir: Path) -> str:
     )
 
 
-def _docker_engine_answers() -> bool:
-    """Whether a build worker or an agent can work here (both need a Docker engine)."""
-    try:
-        client = docker.from_env(timeout=3)
-    except DockerException:
-        return False
-    try:
-        return bool(client.ping())
-    except DockerException:
-        return False
-    finally:
-        client.close()
-
-
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     """Everything on one machine: migrate, then web, workers, beat and an agent."""
+    from controlplane import migrate
+    from controlplane.services import hosts
+    from tasks.process import docker_engine_answers
+
     _check_redis(settings)
     database = _database(settings, migrated=False)
     migrate.upgrade(database.engine)
@@ -732,7 +747,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         "worker": [*portside, "worker", "--concurrency", "2"],
         "beat": [*portside, "beat"],
     }
-    docker_answers = _docker_engine_answers()
+    docker_answers = docker_engine_answers()
     if docker_answers:
         children["buildworker"] = [*portside, "buildworker", "--name", "build-dev"]
         children["agent"] = [*portside, "agent"]
@@ -796,10 +811,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--concurrency", type=int)
         if name == "buildworker":
             sub.add_argument("--name", help="the node name; its direct queue is builds.<name>")
+            sub.set_defaults(launches=True)
     flower = add("flower", cmd_flower, "run Flower on the same broker")
     flower.add_argument("--address", default="127.0.0.1")
     flower.add_argument("--port", type=int, default=5555)
-    add("agent", cmd_agent, "run the host agent")
+    add("agent", cmd_agent, "run the host agent").set_defaults(launches=True)
     dev = add("dev", cmd_dev, "run everything on one machine (SQLite + local Redis)")
     dev.add_argument("--bind", default="127.0.0.1:8000")
 
@@ -973,28 +989,42 @@ def _group(*_: Any) -> int:
     return 0
 
 
+def _failure(exc: PortsideError) -> int:
+    """One line on stderr for a failure a person can fix; the exit status says which kind."""
+    from controlplane.client import ClientError
+    from controlplane.errors import ApiError, ConfigError
+
+    if isinstance(exc, ConfigError):
+        print(f"portside: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, ClientError):
+        print(f"portside: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, ApiError):
+        details = f" ({json.dumps(exc.details)})" if exc.details else ""
+        print(f"portside: {exc.message}{details}", file=sys.stderr)
+        return {404: EXIT_NOT_FOUND, 401: EXIT_AUTH, 403: EXIT_AUTH}.get(exc.status, EXIT_USAGE)
+    print(f"portside: {exc}", file=sys.stderr)
+    return EXIT_UNAVAILABLE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "launches", False):  # the agent or a build worker: its own settings
+        launched: int = args.handler(args)
+        return launched
+    from controlplane.errors import PortsideError
+    from controlplane.settings import Settings
+
     try:
         settings = Settings.from_env(os.environ)
         result: int = args.handler(settings, args)
         return result
-    except ConfigError as exc:
-        print(f"portside: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except CommandError as exc:
         print(f"portside: {exc}", file=sys.stderr)
         return exc.code
-    except ClientError as exc:
-        print(f"portside: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except ApiError as exc:
-        details = f" ({json.dumps(exc.details)})" if exc.details else ""
-        print(f"portside: {exc.message}{details}", file=sys.stderr)
-        return {404: EXIT_NOT_FOUND, 401: EXIT_AUTH, 403: EXIT_AUTH}.get(exc.status, EXIT_USAGE)
     except PortsideError as exc:
-        print(f"portside: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return _failure(exc)
     except KeyboardInterrupt:
         return 130
 

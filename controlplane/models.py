@@ -1,7 +1,8 @@
 """SQLAlchemy models: the records of the whole flow, from a delivery to a running container.
 
 PostgreSQL is the state of record; SQLite works for the embedded default. Status columns
-are plain strings checked against the ``*_STATUSES`` tuples so migrations stay simple.
+are plain strings checked against the ``*_STATUSES`` tuples (:mod:`controlplane.statuses`)
+so migrations stay simple.
 """
 
 from __future__ import annotations
@@ -36,24 +37,6 @@ NAMING_CONVENTION = {
 }
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
-
-DELIVERY_STATUSES = ("received", "enqueued", "processing", "processed", "ignored", "failed")
-BUILD_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "superseded")
-STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped")
-DEPLOYMENT_STATUSES = ("pending", "active", "superseded", "failed", "inactive")
-ENVIRONMENT_STATUSES = (
-    "pending",
-    "awaiting_approval",
-    "building",
-    "deploying",
-    "running",
-    "failed",
-    "refused",
-    "inactive",
-)
-TOKEN_SCOPES = ("admin", "worker", "read", "host")
-# Which builds a worker token claims: a fork's ("untrusted"), the others ("trusted"), or both.
-BUILD_LANES = ("trusted", "untrusted", "all")
 
 
 def utcnow() -> dt.datetime:

@@ -13,6 +13,11 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from contracts.environ import (
+    DEFAULT_BUILD_TIMEOUT,
+    DEFAULT_REDIS_URL,
+    DEFAULT_REGISTRY,
+    DEFAULT_URL,
+    REDIS_SCHEMES,
     Secret,
     SettingError,
     default_data_dir,
@@ -46,16 +51,16 @@ class Settings:
     """Everything a Portside process is configured with."""
 
     database_url: str
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
     github_app_id: int | None = None
     github_private_key: Secret = Secret("")
     github_webhook_secret: Secret = Secret("")
     github_api_url: str = "https://api.github.com"
-    registry: str = "127.0.0.1:5000"
+    registry: str = DEFAULT_REGISTRY
     secret_key: Secret = Secret("")
     # Earlier keys, still accepted for decryption until `portside secrets rotate-key` ran.
     old_secret_keys: tuple[Secret, ...] = ()
-    url: str = "http://127.0.0.1:8000"
+    url: str = DEFAULT_URL
     token: Secret = Secret("")
     # What Prometheus presents as its bearer token for /metrics (a read or admin API token
     # works too); without either, /metrics answers 401.
@@ -65,7 +70,7 @@ class Settings:
     preview_domain: str = ""
     agent_interval: int = 10
     agent_publish_host: str = ""
-    build_timeout: int = 3600
+    build_timeout: int = DEFAULT_BUILD_TIMEOUT
     # A running build whose worker sent no heartbeat for this long is taken over.
     build_stale_after: int = 90
     # Which builds a build worker takes: "no" (trusted only), "only" (forks' only), "yes".
@@ -110,9 +115,7 @@ class Settings:
         )
         kwargs: dict[str, object] = {"database_url": database_url, "data_dir": data_dir}
         if (raw := get("REDIS_URL")) is not None:
-            kwargs["redis_url"] = require_url(
-                "PORTSIDE_REDIS_URL", raw, ("redis", "rediss", "unix")
-            )
+            kwargs["redis_url"] = require_url("PORTSIDE_REDIS_URL", raw, REDIS_SCHEMES)
         if (raw := get("GITHUB_APP_ID")) is not None:
             kwargs["github_app_id"] = require_int("PORTSIDE_GITHUB_APP_ID", raw, 1, 2**63)
         key = get("GITHUB_PRIVATE_KEY")

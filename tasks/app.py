@@ -1,15 +1,18 @@
-"""The Celery app, configured from the same Settings as every other process.
+"""The Celery app, shared by the control plane's processes and the build worker.
 
 The app object exists at import time (Celery needs a module-level app to find tasks) but
-holds no configuration until :func:`configure` is called by the process entry point.
+holds no configuration until :func:`configure` is called by the process entry point, with
+that process's own settings: the control plane's ``Settings`` or the build worker's
+``BuildWorkerSettings``. Nothing here imports either side.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
+
 from celery import Celery
 from kombu.entity import Exchange, Queue
-
-from controlplane.settings import Settings
 
 CONTROL_QUEUE = "control"
 BUILDS_QUEUE = "builds"
@@ -17,6 +20,17 @@ BUILDS_QUEUE = "builds"
 UNTRUSTED_BUILDS_QUEUE = "builds-untrusted"
 
 celery_app = Celery("portside", set_as_current=False)
+ProcessSettings = TypeVar("ProcessSettings")
+
+
+class BrokerSettings(Protocol):
+    """What the app's configuration needs of a process's settings."""
+
+    @property
+    def redis_url(self) -> str: ...
+
+    @property
+    def build_timeout(self) -> int: ...
 
 
 def node_queue(hostname: str) -> str:
@@ -34,8 +48,11 @@ def _drop_cached_clients() -> None:
     vars(celery_app._local).pop("backend", None)  # any other in the calling thread
 
 
-def configure(settings: Settings) -> Celery:
-    """Point the app at the broker and set the delivery guarantees Portside relies on."""
+def configure(
+    settings: BrokerSettings, beat_schedule: Mapping[str, dict[str, Any]] | None = None
+) -> Celery:
+    """Point the app at the broker and set the delivery guarantees Portside relies on;
+    ``settings`` are kept for the process's tasks (:func:`configured_settings`)."""
     _drop_cached_clients()
     visibility_timeout = settings.build_timeout * 2
     celery_app.conf.update(
@@ -89,7 +106,7 @@ def configure(settings: Settings) -> Celery:
         worker_send_task_events=True,
         worker_prefetch_multiplier=1,
         # Reconnects after a broker restart while holding an unacknowledged message.
-        worker_consumer="tasks.worker:Consumer",
+        worker_consumer="tasks.process:Consumer",
         # The web process must answer GitHub quickly even when Redis is down: the
         # delivery is already committed and the outbox re-drives it.
         task_publish_retry=False,
@@ -103,26 +120,15 @@ def configure(settings: Settings) -> Celery:
         accept_content=["json"],
         timezone="UTC",
         enable_utc=True,
-        beat_schedule={
-            "redrive-deliveries": {"task": "portside.redrive_deliveries", "schedule": 30.0},
-            "reconcile-branches": {"task": "portside.reconcile_branches", "schedule": 300.0},
-            "reconcile-installations": {
-                "task": "portside.reconcile_installations",
-                "schedule": 24 * 3600.0,
-            },
-            "clean-up-previews": {"task": "portside.clean_up_previews", "schedule": 600.0},
-            "take-over-stale-builds": {
-                "task": "portside.take_over_stale_builds",
-                "schedule": max(5.0, settings.build_stale_after / 3),
-            },
-        },
+        beat_schedule=dict(beat_schedule or {}),
         portside_settings=settings,
     )
     return celery_app
 
 
-def settings_of(app: Celery) -> Settings:
+def configured_settings(app: Celery, kind: type[ProcessSettings]) -> ProcessSettings:
+    """The settings this process configured the app with, of the kind its tasks expect."""
     settings = app.conf.get("portside_settings")
-    if not isinstance(settings, Settings):
+    if not isinstance(settings, kind):
         raise RuntimeError("tasks.app.configure() has not been called in this process")
     return settings

@@ -1,4 +1,5 @@
-"""Build-queue tasks: thin wrappers around ``buildworker.runner`` (no database here).
+"""Build-queue tasks: thin wrappers around ``buildworker.runner`` (no database here, and
+no control plane: a build host loads this module alone, from :mod:`tasks.buildmain`).
 
 The first step is taken from a shared queue (``builds``, or ``builds-untrusted`` for a
 fork's code); it pins the rest of the chain to this node's own queue, because the
@@ -18,12 +19,12 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from redis import Redis, RedisError
 
-from buildworker import info
+from buildworker import channel, info
 from buildworker.api import ControlPlane, StepRefused
 from buildworker.errors import PermanentBuildError, TransientBuildError
 from buildworker.runner import StepRunner, WorkerConfig, WrongWorker
-from controlplane.services import logs, stops
-from tasks.app import celery_app, node_queue, settings_of
+from buildworker.settings import BuildWorkerSettings
+from tasks.app import celery_app, configured_settings, node_queue
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +37,27 @@ def node_name(hostname: str) -> str:
     return hostname.split("@", 1)[0]
 
 
+def worker_settings() -> BuildWorkerSettings:
+    """The build worker's settings, from :mod:`tasks.buildmain`."""
+    return configured_settings(celery_app, BuildWorkerSettings)
+
+
 @functools.cache
 def runner(hostname: str) -> StepRunner:
-    settings = settings_of(celery_app)
+    settings = worker_settings()
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
 
     def sink(build_id: int, lines: list[str]) -> None:
         # The live log is best effort: Redis restarting must not fail the build itself.
         try:
-            logs.append(redis, build_id, lines)
+            channel.append(redis, build_id, lines)
         except RedisError as exc:
             log.warning("build %s: %d log lines lost: %s", build_id, len(lines), exc)
 
     def stop_reason(build_id: int, attempt: int) -> str | None:
         # Redis away: the heartbeat's 409 stops the build instead, a few seconds later.
         try:
-            return stops.stop_reason(redis, build_id, attempt)
+            return channel.stop_reason(redis, build_id, attempt)
         except RedisError as exc:
             log.warning("build %s: cannot read its stop signal: %s", build_id, exc)
             return None
@@ -103,7 +109,7 @@ def _run_step(
     except PermanentBuildError as exc:
         raise Ignore(str(exc)) from None
     except SoftTimeLimitExceeded:
-        limit = settings_of(celery_app).build_timeout
+        limit = worker_settings().build_timeout
         steps.give_up(step, build_id, attempt, f"the build exceeded its time limit of {limit} s")
         raise Ignore("time limit") from None
 

@@ -32,8 +32,9 @@ from controlplane.services import (
 )
 from controlplane.services.outcomes import HandlerContext
 from tasks import pipeline, runtime
-from tasks.app import CONTROL_QUEUE, celery_app, settings_of
+from tasks.app import CONTROL_QUEUE, celery_app
 from tasks.relay import BuildDispatcher, DeliveryRelay
+from tasks.runtime import settings_of
 
 log = logging.getLogger(__name__)
 

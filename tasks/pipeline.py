@@ -26,9 +26,23 @@ NOTIFY = "portside.notify"
 BUILD_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 
 
+def control_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """What beat sends to the control queue, and how often (seconds)."""
+    return {
+        "redrive-deliveries": {"task": REDRIVE_DELIVERIES, "schedule": 30.0},
+        "reconcile-branches": {"task": RECONCILE_BRANCHES, "schedule": 300.0},
+        "reconcile-installations": {"task": RECONCILE_INSTALLATIONS, "schedule": 24 * 3600.0},
+        "clean-up-previews": {"task": CLEAN_UP_PREVIEWS, "schedule": 600.0},
+        "take-over-stale-builds": {
+            "task": TAKE_OVER_STALE_BUILDS,
+            "schedule": max(5.0, settings.build_stale_after / 3),
+        },
+    }
+
+
 def configure_sender(settings: Settings) -> None:
-    """Point the sending side (web, CLI) at the broker."""
-    configure(settings)
+    """Point the control plane's side (web, CLI, control worker, beat) at the broker."""
+    configure(settings, control_schedule(settings))
 
 
 def enqueue_delivery(delivery_id: int) -> None:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import functools
 
+from celery import Celery
+
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.services import desired
-from tasks.app import celery_app, settings_of
+from controlplane.settings import Settings
+from tasks.app import celery_app, configured_settings
+
+
+def settings_of(app: Celery) -> Settings:
+    """The control plane's settings this process was configured with."""
+    return configured_settings(app, Settings)
 
 
 @functools.cache

@@ -33,8 +33,6 @@ from controlplane.dashboard import login, present
 from controlplane.db import session
 from controlplane.errors import ApiError
 from controlplane.models import (
-    BUILD_STATUSES,
-    DELIVERY_STATUSES,
     Build,
     Deployment,
     Environment,
@@ -45,6 +43,7 @@ from controlplane.models import (
 from controlplane.services import builds, desired, images, logs, previews
 from controlplane.services.feedback import environment_url
 from controlplane.settings import Settings
+from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES
 from tasks import pipeline
 
 blueprint = Blueprint(

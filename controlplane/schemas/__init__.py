@@ -6,8 +6,8 @@ from typing import Any
 
 from marshmallow import Schema, fields, missing, validate
 
-from controlplane.models import BUILD_LANES, DELIVERY_STATUSES, TOKEN_SCOPES
 from controlplane.services import images
+from controlplane.statuses import BUILD_LANES, DELIVERY_STATUSES, TOKEN_SCOPES
 
 # A service-level compose key name (``cap_add``, ``sysctls``).
 COMPOSE_KEY = r"^[a-z][a-z0-9_]{0,63}$"

@@ -2,8 +2,9 @@
 
 A transaction that cancels a running build notes it (:func:`note_stop`); once committed,
 an after-commit hook (:func:`requester`) sets a Redis key per build attempt, which the
-worker running it reads every :data:`POLL_SECONDS` while a step runs; it then stops its
-``docker build`` and removes the workspace. A key rather than a pub/sub message: it is
+worker running it reads every :data:`POLL_SECONDS` while a step runs
+(``buildworker.channel.stop_reason``); it then stops its ``docker build`` and removes the
+workspace. A key rather than a pub/sub message: it is
 still there for a worker that was reconnecting when it was set. Should Redis lose it, the
 worker's next heartbeat is answered 409 and it stops all the same.
 """
@@ -17,16 +18,13 @@ from collections.abc import Callable, Mapping
 from redis import Redis, RedisError
 from sqlalchemy.orm import Session
 
+from contracts.buildredis import stop_key
+
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 KEEP_SECONDS = 24 * 3600
 _PENDING = "portside.stopped_builds"  # session.info: stop signals due on commit
-
-
-def stop_key(build_id: int, attempt: int) -> str:
-    """One attempt's: a later attempt of the build (taken over) is not stopped by it."""
-    return f"portside:build:{build_id}:{attempt}:stop"
 
 
 def note_stop(session: Session, build_id: int, attempt: int, reason: str) -> None:
@@ -54,11 +52,3 @@ def requester(redis: Redis) -> Callable[[Session], None]:
             request_stop(redis, reasons)
 
     return request_committed
-
-
-def stop_reason(redis: Redis, build_id: int, attempt: int) -> str | None:
-    """Why the build's attempt must stop, or None while it may run on."""
-    value = redis.get(stop_key(build_id, attempt))
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -23,8 +23,6 @@ from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from controlplane.models import (
-    BUILD_STATUSES,
-    DEPLOYMENT_STATUSES,
     Build,
     BuildStep,
     Deployment,
@@ -32,6 +30,7 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
+from controlplane.statuses import BUILD_STATUSES, DEPLOYMENT_STATUSES
 
 STEP_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)

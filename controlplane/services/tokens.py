@@ -25,8 +25,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controlplane.errors import BadRequest, NotFound
-from controlplane.models import BUILD_LANES, TOKEN_SCOPES, ApiToken, utcnow
+from controlplane.models import ApiToken, utcnow
 from controlplane.services import audit
+from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES
 
 PREFIX = "ps"
 SHARED_TTL = 600  # seconds a host token stays in Redis; revoking replaces it at once

@@ -10,6 +10,8 @@ import redis
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
+from buildworker import channel
+from contracts import buildredis
 from controlplane.db import Database
 from controlplane.models import Build
 from controlplane.services import hosts, logs, pushes, services
@@ -20,9 +22,9 @@ BUILD = 7
 @pytest.fixture
 def client_redis(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
-    client.delete(logs.stream_key(BUILD), logs.size_key(BUILD))
+    client.delete(buildredis.stream_key(BUILD), buildredis.size_key(BUILD))
     yield client
-    client.delete(logs.stream_key(BUILD), logs.size_key(BUILD))
+    client.delete(buildredis.stream_key(BUILD), buildredis.size_key(BUILD))
     client.close()
 
 
@@ -47,25 +49,28 @@ def lines_of(client: redis.Redis, build_id: int = BUILD) -> list[str]:
 
 
 def test_a_long_line_is_cut_with_a_marker(client_redis: redis.Redis) -> None:
-    logs.append(client_redis, BUILD, ["short", "x" * 100_000, "é" * 5000])
+    channel.append(client_redis, BUILD, ["short", "x" * 100_000, "é" * 5000])
     short, long, accented = lines_of(client_redis)
     assert short == "short"
-    assert long.endswith(logs.LINE_CUT) and long.startswith("xxxx")
-    assert len(long.encode()) <= logs.MAX_LINE_BYTES
-    assert accented.endswith(logs.LINE_CUT) and len(accented.encode()) <= logs.MAX_LINE_BYTES
-    assert logs.cap_line("y" * logs.MAX_LINE_BYTES) == "y" * logs.MAX_LINE_BYTES
+    assert long.endswith(buildredis.LINE_CUT) and long.startswith("xxxx")
+    assert len(long.encode()) <= buildredis.MAX_LINE_BYTES
+    assert (
+        accented.endswith(buildredis.LINE_CUT)
+        and len(accented.encode()) <= buildredis.MAX_LINE_BYTES
+    )
+    assert buildredis.cap_line("y" * buildredis.MAX_LINE_BYTES) == "y" * buildredis.MAX_LINE_BYTES
 
 
 def test_a_build_stops_at_its_cap_with_one_truncated_line(client_redis: redis.Redis) -> None:
     line = "z" * 1023  # 1 KiB with its newline
     batch = [line] * 1000
     for _ in range(8):  # 8,000 KiB offered, 5 MiB kept
-        logs.append(client_redis, BUILD, batch)
-    logs.append(client_redis, BUILD, ["after the cap"])
+        channel.append(client_redis, BUILD, batch)
+    channel.append(client_redis, BUILD, ["after the cap"])
     kept = lines_of(client_redis)
-    assert kept[-1] == logs.TRUNCATED
-    assert kept.count(logs.TRUNCATED) == 1
-    assert kept[:-1] == [line] * (logs.MAX_BUILD_BYTES // 1024)
+    assert kept[-1] == buildredis.TRUNCATED
+    assert kept.count(buildredis.TRUNCATED) == 1
+    assert kept[:-1] == [line] * (buildredis.MAX_BUILD_BYTES // 1024)
     assert "after the cap" not in kept
 
 
@@ -73,12 +78,12 @@ def test_a_batch_landing_exactly_on_the_cap_is_followed_by_the_marker(
     client_redis: redis.Redis,
 ) -> None:
     line = "a" * 1023
-    logs.append(client_redis, BUILD, [line] * (logs.MAX_BUILD_BYTES // 1024))
-    assert logs.TRUNCATED not in lines_of(client_redis)
-    logs.append(client_redis, BUILD, ["one more"])
-    logs.append(client_redis, BUILD, ["and another"])
-    assert lines_of(client_redis)[-1] == logs.TRUNCATED
-    assert lines_of(client_redis).count(logs.TRUNCATED) == 1
+    channel.append(client_redis, BUILD, [line] * (buildredis.MAX_BUILD_BYTES // 1024))
+    assert buildredis.TRUNCATED not in lines_of(client_redis)
+    channel.append(client_redis, BUILD, ["one more"])
+    channel.append(client_redis, BUILD, ["and another"])
+    assert lines_of(client_redis)[-1] == buildredis.TRUNCATED
+    assert lines_of(client_redis).count(buildredis.TRUNCATED) == 1
 
 
 def test_the_control_plane_caps_what_a_worker_wrote_around_the_writer(
@@ -86,7 +91,7 @@ def test_the_control_plane_caps_what_a_worker_wrote_around_the_writer(
 ) -> None:
     """A worker writing the stream by itself: lines are cut when read, the kept log at
     the build's cap."""
-    key = logs.stream_key(build_id)
+    key = buildredis.stream_key(build_id)
     try:
         client_redis.xadd(key, {"line": "w" * 50_000})
         pipe = client_redis.pipeline(transaction=False)
@@ -94,20 +99,22 @@ def test_the_control_plane_caps_what_a_worker_wrote_around_the_writer(
             pipe.xadd(key, {"line": "v" * 1023})
         pipe.execute()
         (_first_id, first), *_ = logs.read(client_redis, build_id)
-        assert first is not None and first.endswith(logs.LINE_CUT)
+        assert first is not None and first.endswith(buildredis.LINE_CUT)
         stored = db_session.get(Build, build_id)
         assert stored is not None
         logs.persist(db_session, client_redis, stored)
         kept = (stored.log or "").split("\n")
-        assert len((stored.log or "").encode()) <= logs.MAX_BUILD_BYTES + len(logs.TRUNCATED)
-        assert kept[0].endswith(logs.LINE_CUT) and kept[-1] == logs.TRUNCATED
-        assert kept.count(logs.TRUNCATED) == 1
+        assert len((stored.log or "").encode()) <= buildredis.MAX_BUILD_BYTES + len(
+            buildredis.TRUNCATED
+        )
+        assert kept[0].endswith(buildredis.LINE_CUT) and kept[-1] == buildredis.TRUNCATED
+        assert kept.count(buildredis.TRUNCATED) == 1
     finally:
         client_redis.delete(key)
 
 
 def test_a_capped_log_is_kept_as_it_was_written(client_redis: redis.Redis) -> None:
-    logs.append(client_redis, BUILD, ["b" * 1023] * (6 * 1024))
+    channel.append(client_redis, BUILD, ["b" * 1023] * (6 * 1024))
     written = lines_of(client_redis)
     assert logs.cap(written) == written
 
@@ -118,11 +125,13 @@ def test_the_api_serves_lines_within_the_cap(
     read_headers: dict[str, str],
     build_id: int,
 ) -> None:
-    client_redis.xadd(logs.stream_key(build_id), {"line": "q" * 20_000})
+    client_redis.xadd(buildredis.stream_key(build_id), {"line": "q" * 20_000})
     try:
         answer = client.get(f"/v1/builds/{build_id}/logs", headers=read_headers)
         assert answer.status_code == 200
         (line,) = answer.json["lines"]
-        assert len(line.encode()) <= logs.MAX_LINE_BYTES and line.endswith(logs.LINE_CUT)
+        assert len(line.encode()) <= buildredis.MAX_LINE_BYTES and line.endswith(
+            buildredis.LINE_CUT
+        )
     finally:
-        client_redis.delete(logs.stream_key(build_id))
+        client_redis.delete(buildredis.stream_key(build_id))

@@ -12,11 +12,12 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from buildworker import channel
 from controlplane.db import Database
 from controlplane.errors import Conflict
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build
-from controlplane.services import ancestry, builds, pushes, stops
+from controlplane.services import ancestry, builds, pushes
 from tests.controlplane.test_intake_processing import (
     OWNER,
     delivery,
@@ -174,9 +175,9 @@ def test_a_running_build_superseded_is_told_to_stop(
         builds.claim_step(session, running, "clone", 1, "build-1@test")
     process(database, post(client, "push", pushed(seeded, child, before=parent)), github_app)
     store = redis.Redis.from_url(redis_url)
-    assert stops.stop_reason(store, running, 1) is None
+    assert channel.stop_reason(store, running, 1) is None
     assert start(database, child, github_app) == [running]
-    reason = stops.stop_reason(store, running, 1)
+    reason = channel.stop_reason(store, running, 1)
     assert reason is not None and f"of {child[:7]}" in reason
     with database.session_scope() as session, pytest.raises(Conflict, match="cancelled"):
         builds.heartbeat(session, running, 1)

@@ -19,6 +19,7 @@ from flask import Flask
 from redis import Redis
 from sqlalchemy import select
 
+from buildworker import channel
 from controlplane.db import Database
 from controlplane.models import Build, Environment, Installation, Repository
 from controlplane.services import hosts, logs, pushes, services
@@ -290,7 +291,7 @@ def test_logs_of_a_finished_build(
     stored = new_build(database, service_id, status="succeeded", log="Step 1/2\nStep 2/2")
     # A build whose log is still only in Redis, closed but not copied yet.
     live_only = new_build(database, service_id, status="running")
-    logs.append(app_redis(app), live_only, ["cloning", "building"])
+    channel.append(app_redis(app), live_only, ["cloning", "building"])
     logs.close(app_redis(app), live_only)
 
     result = reader("logs", str(stored))
@@ -319,7 +320,7 @@ def test_logs_follow_a_build_that_finishes_meanwhile(
 ) -> None:
     build_id = new_build(database, service_id, status="running")
     redis_client = app_redis(app)
-    logs.append(redis_client, build_id, ["Cloning into 'hello'..."])
+    channel.append(redis_client, build_id, ["Cloning into 'hello'..."])
     process = subprocess.Popen(
         [str(PORTSIDE), "logs", str(build_id), "-f", "--quiet-after", "0.5"],
         env={**clean_environ(), **api_env, "PORTSIDE_TOKEN": secret_of(read_headers)},
@@ -331,7 +332,7 @@ def test_logs_follow_a_build_that_finishes_meanwhile(
     def build_slowly() -> None:
         time.sleep(2.0)  # quiet long enough for a progress line, once the CLI follows
         for number in range(1, 4):
-            logs.append(redis_client, build_id, [f"Step {number}/3"])
+            channel.append(redis_client, build_id, [f"Step {number}/3"])
             time.sleep(0.2)
         with database.session_scope() as session:
             build = session.get(Build, build_id)

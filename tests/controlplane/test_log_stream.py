@@ -17,6 +17,7 @@ import pytest
 import requests
 from redis import Redis
 
+from buildworker import channel
 from controlplane.app import create_app
 from controlplane.db import Database
 from controlplane.models import Build, utcnow
@@ -150,7 +151,7 @@ def test_a_log_stream_left_quiet_for_30_s_is_still_open_and_then_ends_with_the_b
     url = served(15)  # the default keep-alive: longer than the web pool's 5 s socket timeout
     build_id = new_build(database, service_id, status="running")
     redis = Redis.from_url(redis_url)
-    logs.append(redis, build_id, ["Cloning into 'hello'..."])
+    channel.append(redis, build_id, ["Cloning into 'hello'..."])
     api = follow_api(url, read_headers, build_id)
     dashboard = follow_dashboard(url, database, build_id)
     cli = subprocess.Popen(
@@ -174,7 +175,7 @@ def test_a_log_stream_left_quiet_for_30_s_is_still_open_and_then_ends_with_the_b
             assert follower.events() == [("message", "Cloning into 'hello'...")]
         assert cli.poll() is None, cli.stderr.read() if cli.stderr else ""
 
-        logs.append(redis, build_id, ["Step 1/1 : FROM base"])
+        channel.append(redis, build_id, ["Step 1/1 : FROM base"])
         finish(database, redis, build_id, "succeeded", close=True)
 
         for follower in (api, dashboard):
@@ -208,7 +209,7 @@ def test_both_streams_end_for_every_final_status_though_nobody_closes_the_log(
     url = served(1)
     build_id = new_build(database, service_id, status="running")
     redis = Redis.from_url(redis_url)
-    logs.append(redis, build_id, ["==> build (build-1)"])
+    channel.append(redis, build_id, ["==> build (build-1)"])
     api = follow_api(url, read_headers, build_id)
     dashboard = follow_dashboard(url, database, build_id)
     try:
@@ -240,7 +241,7 @@ def test_a_stream_resumes_after_the_last_event_id_once_the_build_ended(
     build_id = new_build(database, service_id, status="running")
     redis = Redis.from_url(redis_url)
     try:
-        logs.append(redis, build_id, ["one", "two", "three"])
+        channel.append(redis, build_id, ["one", "two", "three"])
         seen = logs.read(redis, build_id)[0][0]
         finish(database, redis, build_id, "failed", close=True)
     finally:
@@ -313,7 +314,7 @@ def test_portside_logs_f_resumes_a_cut_stream_after_the_last_line_it_printed(
     proxy = CuttingProxy(int(url.rsplit(":", 1)[1]))
     build_id = new_build(database, service_id, status="running")
     redis = Redis.from_url(redis_url)
-    logs.append(redis, build_id, ["Step 1/3", "Step 2/3"])
+    channel.append(redis, build_id, ["Step 1/3", "Step 2/3"])
     cli = subprocess.Popen(
         [str(PORTSIDE), "logs", str(build_id), "-f"],
         env={
@@ -330,7 +331,7 @@ def test_portside_logs_f_resumes_a_cut_stream_after_the_last_line_it_printed(
         assert [cli.stdout.readline(), cli.stdout.readline()] == ["Step 1/3\n", "Step 2/3\n"]
 
         proxy.cut()
-        logs.append(redis, build_id, ["Step 3/3"])
+        channel.append(redis, build_id, ["Step 3/3"])
         finish(database, redis, build_id, "succeeded", close=True)
 
         rest, stderr = cli.communicate(timeout=60)

@@ -18,6 +18,7 @@ import redis
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from buildworker import channel
 from controlplane.db import Database
 from controlplane.models import (
     ApiToken,
@@ -202,7 +203,7 @@ def seeded(database: Database, redis_url: str) -> Seeded:
         }
         ids = Seeded(service.id, ok.id, failed.id, running.id, preview_build.id, delivery.id)
     client = redis.Redis.from_url(redis_url)
-    logs.append(client, ids.running, ["==> clone (build-1)", "Cloning into '/work'..."])
+    channel.append(client, ids.running, ["==> clone (build-1)", "Cloning into '/work'..."])
     client.close()
     return ids
 
@@ -473,7 +474,7 @@ def test_the_stream_follows_the_live_log_and_ends_with_the_final_status(
     viewer: FlaskClient, seeded: Seeded, redis_url: str, database: Database
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    logs.append(client, seeded.running, ["==> build (build-1)", "Step 1/2 : FROM base"])
+    channel.append(client, seeded.running, ["==> build (build-1)", "Step 1/2 : FROM base"])
     logs.close(client, seeded.running)
     first_id = logs.read(client, seeded.running)[0][0]
     client.close()

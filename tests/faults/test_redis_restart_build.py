@@ -124,7 +124,7 @@ def test_a_control_worker_holding_a_message_outlives_a_redis_restart(
 ) -> None:
     """A control worker holding a message (here one due in ten minutes, as a retried GitHub
     status is) reconnects too: Celery 5.7 alone stops it ("Unrecoverable error"), see
-    tasks.worker.Consumer. Asked to stop afterwards, it stops cleanly."""
+    tasks.process.Consumer. Asked to stop afterwards, it stops cleanly."""
     worker = worker_processes.control()
     held = worker_processes.celery.send_task(pipeline.REDRIVE_DELIVERIES, countdown=600)
     wait_until(lambda: f"{held.id}] received" in worker.log(), "the worker to hold the message")

@@ -17,7 +17,7 @@ from controlplane.services import builds, hosts, pushes, services
 from controlplane.settings import Settings
 from tasks import pipeline
 from tasks.app import BUILDS_QUEUE, UNTRUSTED_BUILDS_QUEUE, node_queue
-from tasks.worker import build_queues
+from tasks.buildmain import build_queues
 from tests.fixtures.processes import Workers, wait_until, worker_environment
 
 LOST_AFTER = dt.timedelta(seconds=90)
