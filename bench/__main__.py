@@ -1,4 +1,4 @@
-"""``python -m bench [webhooks|pipeline|agents|storm|queue|all] [options]``: Portside's benchmarks.
+"""``python -m bench [webhooks|pipeline|agents|storm|queue|cli|all] [options]``: benchmarks.
 
 - ``webhooks``: the webhook intake against a bare Flask app (bench/webhooks.py);
 - ``pipeline``: push to recorded deployment against a shell script (bench/pipeline.py);
@@ -7,7 +7,8 @@
 - ``storm``: 1,000 signed pushes through the intake and a real control worker
   (bench/storm.py);
 - ``queue``: 100 queued preview builds of 4 services drained by 2 build workers
-  (bench/buildqueue.py).
+  (bench/buildqueue.py);
+- ``cli``: the ``portside`` command's start-up against ``python -c pass`` (bench/cli.py).
 
 Without a name every benchmark runs, one after the other, each with its defaults, and
 one final table lists every figure against its target; the exit status is the worst of
@@ -25,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from bench import agents, buildqueue, pipeline, storm, webhooks
+from bench import agents, buildqueue, cli, pipeline, storm, webhooks
 from bench.common import Figure, broken, render_figures
 
 Runner = Callable[[Sequence[str] | None], tuple[int, list[Figure]]]
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Runner] = {
     "agents": agents.run,
     "storm": storm.run,
     "queue": buildqueue.run,
+    "cli": cli.run,
 }
 
 

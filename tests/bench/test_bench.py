@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import cli
 from bench.buildqueue import QueuedBuild, fairness, ideal_queue, in_flight, jain, percentile
 from bench.common import Figure, broken, render_figures
 
@@ -67,6 +68,27 @@ def test_fairness_of_a_backlog_drained_one_service_after_the_other() -> None:
     assert index == 0.5  # the first half of the completions were all a's
     assert positions == {"a": 1.5, "b": 3.5}
     assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.0
+
+
+def test_cli_start_up_figures_are_ratios_to_the_baseline_held_to_the_issue_s_targets() -> None:
+    help_name, api_name = (command.name for command in cli.COMMANDS)
+    found = cli.figures(0.02, {help_name: 0.06, api_name: 0.55})
+    assert [(f.name, f.measured, f.target, f.met) for f in found[1:]] == [
+        (help_name, "0.060 s = 3.0 x baseline", "< 0.3 s", True),
+        (api_name, "0.550 s = 27.5 x baseline", "< 0.5 s", False),
+    ]
+    assert found[0].met is None
+
+
+def test_the_cli_start_up_bench_runs_the_real_command() -> None:
+    result = run_bench("cli", "--runs", "1")
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for command in cli.COMMANDS:
+        assert re.search(
+            rf"{re.escape(command.name)} +\| [0-9.]+ s = .* \| (yes|NO)$",
+            result.stdout,
+            re.MULTILINE,
+        ), result.stdout
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
