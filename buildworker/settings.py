@@ -19,6 +19,7 @@ from contracts.environ import (
     Secret,
     UntrustedMode,
     default_data_dir,
+    mask_url,
     registry_host,
     require_int,
     require_url,
@@ -40,6 +41,12 @@ class BuildWorkerSettings:
     # Which builds this worker takes: "no" (trusted only), "only" (forks' only), "yes".
     build_untrusted: UntrustedMode = "no"
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+
+    def __repr__(self) -> str:
+        """Every field, the Redis password masked (the token is a Secret)."""
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["redis_url"] = mask_url(self.redis_url)
+        return f"BuildWorkerSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BuildWorkerSettings:
