@@ -4,7 +4,7 @@ no control plane: a build host loads this module alone, from :mod:`tasks.buildma
 The first step is taken from a shared queue (``builds``, or ``builds-untrusted`` for a
 fork's code); it pins the rest of the chain to this node's own queue, because the
 workspace and the built images live here. The worker reads its own queue first
-(tasks.worker.build_queues), so it ends one build before it clones the next.
+(tasks.buildmain.build_queues), so it ends one build before it clones the next.
 """
 
 from __future__ import annotations
