@@ -138,6 +138,9 @@ def take_over_stale_builds() -> list[int]:
     return taken
 
 
+# An event writes up to five times (commit status, Check Run, GitHub deployment and its
+# status, PR comment) and runs again from the start after any of them failed.
+FEEDBACK_RETRIES = 8
 # A rate-limited event is tried again after GitHub's wait (at most RATE_LIMIT_COUNTDOWN_MAX
 # seconds at a time, within the broker's visibility timeout), this many times in all.
 RATE_LIMIT_RETRIES = 24
@@ -150,7 +153,7 @@ RATE_LIMIT_COUNTDOWN_MAX = 900
     acks_late=True,
     autoretry_for=RETRYABLE,
     retry_backoff=5,
-    max_retries=5,
+    max_retries=FEEDBACK_RETRIES,
 )
 def github_feedback(self: Task[Any, Any], event: str, object_id: int) -> None:
     """Commit statuses, deployments and PR comments on GitHub; never blocks a deploy. A

@@ -227,7 +227,10 @@ def _check_run(
         None,
     )
     if earlier is not None:
-        earlier.edit(**fields)
+        wanted = (status, fields.get("conclusion"), fields["output"]["title"])
+        found = (earlier.status, earlier.conclusion, earlier.output.title)
+        if found != wanted or earlier.output.summary != fields["output"]["summary"]:
+            earlier.edit(**fields)  # else the write whose answer was lost had done it
         build.check_run_id = earlier.id
         return
     created = repo.create_check_run(
