@@ -126,6 +126,7 @@ class GitHubApp:
         # Clone tokens, by (installation, repository full name): one repository, read-only.
         self._clone_tokens: dict[tuple[int, str], InstallationToken] = {}
         self._lock = threading.Lock()
+        self._bot_login: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GitHubApp | None:
@@ -205,6 +206,19 @@ class GitHubApp:
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=dt.UTC)
         return InstallationToken(str(body["token"]), expires_at)
+
+    def bot_login(self) -> str:
+        """The login of the App's own bot user (``<slug>[bot]``, from ``GET /app``): what
+        Portside wrote is told apart from what another Bot wrote by it, never by content
+        anyone can copy (a comment's marker, a deployment's payload)."""
+        with self._lock:
+            if self._bot_login is None:
+                try:
+                    slug = self._integration.get_app().slug
+                except Exception as exc:
+                    raise translate(exc, "the App's identity") from None
+                self._bot_login = f"{slug}[bot]"
+            return self._bot_login
 
     def call(self, installation_id: int, what: str, operation: Callable[[Github], T]) -> T:
         """Run ``operation`` with an installation client: a 401 refreshes the token once,

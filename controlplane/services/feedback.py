@@ -35,6 +35,8 @@ from typing import Any
 from github import Github, UnknownObjectException
 from github.Deployment import Deployment as GitHubDeployment
 from github.IssueComment import IssueComment
+from github.NamedUser import NamedUser
+from github.Organization import Organization
 from github.Repository import Repository as GitHubRepository
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -239,10 +241,10 @@ def _check_run(
     build.check_run_id = created.id
 
 
-def _github_deployment(client: Github, build: Build) -> GitHubDeployment:
-    """The build's GitHub deployment: the one kept on the build, else the one Portside
-    made earlier for this commit and environment (a retry whose first answer was lost),
-    else a new one."""
+def _github_deployment(client: Github, app: GitHubApp, build: Build) -> GitHubDeployment:
+    """The build's GitHub deployment: the one kept on the build, else the one Portside's
+    App made earlier for this commit and environment (a retry whose first answer was
+    lost), else a new one."""
     repo = client.get_repo(build.service.repository_full_name)
     if build.github_deployment_id is not None:
         return repo.get_deployment(build.github_deployment_id)
@@ -253,7 +255,9 @@ def _github_deployment(client: Github, build: Build) -> GitHubDeployment:
         (
             d
             for d in earlier
-            if isinstance(d.payload, dict) and d.payload.get(PAYLOAD_KEY) == payload
+            if isinstance(d.payload, dict)
+            and d.payload.get(PAYLOAD_KEY) == payload
+            and _by_app(app, d.creator)
         ),
         None,
     ) or _create_deployment(repo, build, payload)
@@ -284,8 +288,14 @@ def _create_deployment(
     )
 
 
+def _by_app(app: GitHubApp, user: NamedUser | Organization | None) -> bool:
+    """Whether ``user`` is Portside's App: a marker or payload is text anyone may copy."""
+    return user is not None and user.login == app.bot_login()
+
+
 def _deployment_status(
     client: Github,
+    app: GitHubApp,
     build: Build,
     state: str,
     *,
@@ -294,7 +304,7 @@ def _deployment_status(
     description: str | None = None,
 ) -> None:
     """A status on the build's GitHub deployment (made first when it has none)."""
-    deployment = _github_deployment(client, build)
+    deployment = _github_deployment(client, app, build)
     options: dict[str, Any] = {"target_url": log_url}
     if url:
         options["environment_url"] = url
@@ -321,20 +331,26 @@ def _replaced(session: Session, deployment: Deployment) -> Build | None:
     )
 
 
-def _make_inactive(client: Github, build: Build, log_url: str) -> None:
+def _make_inactive(client: Github, app: GitHubApp, build: Build, log_url: str) -> None:
     """Mark the build's GitHub deployment ``inactive`` unless it already is (GitHub does
     it by itself for non-production environments, and a retry must not add another)."""
-    deployment = _github_deployment(client, build)
+    deployment = _github_deployment(client, app, build)
     latest = next(iter(deployment.get_statuses()), None)
     if latest is None or latest.state != "inactive":
         deployment.create_status("inactive", target_url=log_url)
 
 
 def _comment(
-    client: Github, environment: Environment, body: str, *, secrets: Collection[str] = ()
+    client: Github,
+    app: GitHubApp,
+    environment: Environment,
+    body: str,
+    *,
+    secrets: Collection[str] = (),
 ) -> int:
     """Write the preview's one PR comment: edit the one kept on the environment, else the
-    one carrying its marker (a retry whose first answer was lost), else create it."""
+    one of the App's own carrying its marker (a retry whose first answer was lost), else
+    create it."""
     repo = client.get_repo(environment.service.repository_full_name)
     issue = repo.get_issue(environment.pr_number or 0)
     marker = COMMENT_MARKER.format(name=environment.name)
@@ -347,7 +363,7 @@ def _comment(
             comment = None
     if comment is None:
         comment = next(
-            (c for c in issue.get_comments() if c.user.type == "Bot" and c.body.startswith(marker)),
+            (c for c in issue.get_comments() if _by_app(app, c.user) and c.body.startswith(marker)),
             None,
         )
     if comment is None:
@@ -369,7 +385,7 @@ def build_queued(session: Session, github: GitHubApp, settings: Settings, build_
     def act(client: Github) -> None:
         _commit_status(client, build, "pending", _log_url(settings, build), "Portside is building")
         _check_run(client, settings, build, "Queued", status="queued")
-        _deployment_status(client, build, "queued", log_url=_log_url(settings, build))
+        _deployment_status(client, github, build, "queued", log_url=_log_url(settings, build))
 
     github.call(installation, f"feedback for build {build.id}", act)
 
@@ -393,7 +409,9 @@ def build_running(session: Session, github: GitHubApp, settings: Settings, build
     def act(client: Github) -> None:
         _check_run(client, settings, build, title, status="in_progress")
         if first:  # the deployment is in progress once, from the first step
-            _deployment_status(client, build, "in_progress", log_url=_log_url(settings, build))
+            _deployment_status(
+                client, github, build, "in_progress", log_url=_log_url(settings, build)
+            )
 
     github.call(installation, f"feedback for build {build.id}", act)
 
@@ -411,7 +429,7 @@ def build_failed(session: Session, github: GitHubApp, settings: Settings, build_
         failed = f"{build.failed_step or 'build'} failed: {build.error or ''}"
         _commit_status(client, build, "failure", log_url, failed, secrets=secrets)
         _check_run(client, settings, build, failed, conclusion="failure", secrets=secrets)
-        _deployment_status(client, build, "failure", log_url=log_url)
+        _deployment_status(client, github, build, "failure", log_url=log_url)
 
     github.call(installation, f"feedback for build {build.id}", act)
 
@@ -438,7 +456,7 @@ def build_cancelled(session: Session, github: GitHubApp, settings: Settings, bui
         _commit_status(client, build, "error", log_url, text, secrets=secrets)
         _check_run(client, settings, build, text, conclusion=conclusion, secrets=secrets)
         if build.github_deployment_id is not None:
-            _deployment_status(client, build, "inactive", log_url=log_url, description=text)
+            _deployment_status(client, github, build, "inactive", log_url=log_url, description=text)
 
     github.call(installation, f"feedback for build {build.id}", act)
 
@@ -462,20 +480,20 @@ def deployment_finished(
             deployed = f"Deployed to {environment.name}" + (f": {url}" if url else "")
             _commit_status(client, build, "success", url or log_url, deployed)
             _check_run(client, settings, build, deployed, conclusion="success")
-            _deployment_status(client, build, "success", log_url=log_url, url=url)
+            _deployment_status(client, github, build, "success", log_url=log_url, url=url)
             if replaced is not None:
-                _make_inactive(client, replaced, _log_url(settings, replaced))
+                _make_inactive(client, github, replaced, _log_url(settings, replaced))
         else:
             failed = "The new version did not start"
             _commit_status(client, build, "failure", log_url, failed)
             _check_run(client, settings, build, failed, conclusion="failure")
-            _deployment_status(client, build, "failure", log_url=log_url)
+            _deployment_status(client, github, build, "failure", log_url=log_url)
         if environment.kind == "preview" and ok:
             body = (
                 f"**Preview of {environment.service.name}** is ready: {url or 'no address yet'}\n\n"
                 f"Running commit `{build.commit_sha[:7]}` (deployment {deployment.id})."
             )
-            environment.github_comment_id = _comment(client, environment, body)
+            environment.github_comment_id = _comment(client, github, environment, body)
 
     github.call(installation, f"feedback for deployment {deployment.id}", act)
 
@@ -499,11 +517,12 @@ def preview_removed(
 
     def act(client: Github) -> None:
         for build in builds:
-            _deployment_status(client, build, "inactive", log_url=_log_url(settings, build))
+            _deployment_status(client, github, build, "inactive", log_url=_log_url(settings, build))
         if environment.github_comment_id:
             reason = environment.closed_reason or "closed"
             _comment(
                 client,
+                github,
                 environment,
                 f"The preview of {environment.service.name} was removed ({reason}).",
                 secrets=secrets,
@@ -548,7 +567,7 @@ def awaiting_approval(
             description=AWAITING_STATUS,
             context=CONTEXT,
         )
-        environment.github_comment_id = _comment(client, environment, body)
+        environment.github_comment_id = _comment(client, github, environment, body)
 
     github.call(repository.installation_id, f"feedback for {environment.name}", act)
 

@@ -22,6 +22,7 @@ from controlplane.settings import Settings
 from tasks import pipeline
 from tests.fixtures.github import GitHubAppKey
 from tests.fixtures.stack import Stack, wait_for
+from tests.githubserver.server import Deployment as GitHubDeploymentRecord
 from tests.githubserver.server import GitHubServer, GitHubState, IssueComment
 
 REPOSITORY = "Codertocat/Hello-World"
@@ -320,3 +321,71 @@ def test_through_the_control_worker_a_rate_limit_delays_feedback_and_failures_du
         build = session.get(Build, build_id)
         assert build is not None
         assert_one_of_each(state, build_id, build.environment.name, build.commit_sha)
+
+
+def test_a_strangers_comment_with_the_marker_is_not_taken_for_portsides(
+    database: Database,
+    settings: Settings,
+    github: GitHubApp,
+    github_server: GitHubServer,
+    preview: tuple[int, int],
+) -> None:
+    """The marker is plain text anyone reading the PR can copy: another Bot (a workflow's
+    github-actions[bot] echoing a contributor's words) writing it first must not become
+    the preview's comment, whose text its author could then rewrite at will."""
+    state = github_server.state
+    now = datetime.now(UTC)
+    marker = feedback.COMMENT_MARKER.format(name=f"hello-pr-{PR}")
+    planted = f"{marker}\nPreview moved: https://phish.example.invalid"
+    theirs = IssueComment(
+        state.next_id(), REPOSITORY, PR, planted, now, now, author="github-actions[bot]"
+    )
+    state.comments.append(theirs)
+    set_status(database, preview[0], "succeeded")
+    with database.session_scope() as session:
+        feedback.send(session, github, settings, "deployment_active", preview[1])
+    assert theirs.body == planted
+    (ours,) = [c for c in state.comments if c is not theirs]
+    assert ours.author == "" and ours.body.startswith(marker) and "is ready" in ours.body
+    with database.session_scope() as session:
+        environment = session.scalars(
+            select(Environment).where(Environment.name == f"hello-pr-{PR}")
+        ).one()
+        assert environment.github_comment_id == ours.id
+
+
+def test_a_deployment_someone_else_made_with_portsides_payload_is_not_adopted(
+    database: Database,
+    settings: Settings,
+    github: GitHubApp,
+    github_server: GitHubServer,
+    preview: tuple[int, int],
+) -> None:
+    """Anyone who may create deployments can copy the payload; Portside reports only on
+    deployments its App created."""
+    state = github_server.state
+    with database.session_scope() as session:
+        build = session.get(Build, preview[0])
+        assert build is not None
+        sha, name, environment_id = build.commit_sha, build.environment.name, build.environment_id
+    theirs = GitHubDeploymentRecord(
+        id=state.next_id(),
+        repo=REPOSITORY,
+        sha=sha,
+        ref=sha,
+        task="deploy",
+        environment=name,
+        description="not Portside's",
+        payload={feedback.PAYLOAD_KEY: {"environment": environment_id}},
+        transient_environment=True,
+        production_environment=False,
+        auto_merge=False,
+        required_contexts=[],
+        created_at=datetime.now(UTC),
+        creator="mallory",
+    )
+    state.deployments.append(theirs)
+    run_preview_events(database, github, settings, preview)
+    assert not [s for s in state.deployment_statuses if s.deployment_id == theirs.id]
+    state.deployments.remove(theirs)
+    assert_one_of_each(state, preview[0], name, sha)

@@ -188,6 +188,8 @@ class Deployment:
     auto_merge: bool
     required_contexts: list[str] | None
     created_at: datetime
+    # Another account that created it (a person, another App's bot); "" is the App's bot.
+    creator: str = ""
 
 
 @dataclass(slots=True)
@@ -239,6 +241,8 @@ class IssueComment:
     body: str
     created_at: datetime
     updated_at: datetime
+    # Another Bot that wrote it (e.g. github-actions[bot]); "" is the App's bot.
+    author: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -754,14 +758,14 @@ def _deployment(state: GitHubState, dep: Deployment, base: str) -> Json:
         "original_environment": dep.environment,
         "environment": dep.environment,
         "description": dep.description,
-        "creator": _bot(base),
+        "creator": _user(dep.creator, base, "Bot") if dep.creator else _bot(base),
         "created_at": _iso(dep.created_at),
         "updated_at": _iso(dep.created_at),
         "statuses_url": f"{api}/deployments/{dep.id}/statuses",
         "repository_url": api,
         "transient_environment": dep.transient_environment,
         "production_environment": dep.production_environment,
-        "performed_via_github_app": _app(state, base),
+        "performed_via_github_app": None if dep.creator else _app(state, base),
     }
 
 
@@ -854,11 +858,11 @@ def _comment(state: GitHubState, comment: IssueComment, base: str) -> Json:
         "html_url": f"{base}/{comment.repo}/pull/{comment.issue_number}#issuecomment-{comment.id}",
         "issue_url": f"{api}/issues/{comment.issue_number}",
         "body": comment.body,
-        "user": _bot(base),
+        "user": _user(comment.author, base, "Bot") if comment.author else _bot(base),
         "author_association": "NONE",
         "created_at": _iso(comment.created_at),
         "updated_at": _iso(comment.updated_at),
-        "performed_via_github_app": _app(state, base),
+        "performed_via_github_app": None if comment.author else _app(state, base),
     }
 
 
