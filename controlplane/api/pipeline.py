@@ -228,11 +228,17 @@ def build_logs(build_id: int) -> Any:
 
 def log_stream_response(build_id: int, after: str | None) -> Response:
     """The build's log as server-sent events (the API's and the dashboard's stream); the
-    request's database session goes back first, streaming holds none."""
+    request's database session goes back first, streaming holds none. Past the process's
+    cap of followers it is refused (503); a stream's place is given back when it closes."""
     session().close()
     streams: logstream.LogStreams = current_app.extensions["portside.log_streams"]
-    return Response(
+    release = streams.admit()
+    if release is None:
+        raise ServiceUnavailable("too many log streams are open: try again later")
+    response = Response(
         streams.events(build_id, after),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.call_on_close(release)
+    return response

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import ConnectionPool, Redis
@@ -35,6 +36,10 @@ SOCKET_MARGIN_SECONDS = 10
 # committed (the worker closes the log just before the commit).
 END_WAIT_SECONDS = 10.0
 KEEPALIVE = ": keep-alive\n\n"
+# Streams one web process follows at once (API and dashboard together): each holds a
+# thread and a Redis connection while its build runs; the rest of the threads serve the
+# API, the agents and GitHub's webhooks.
+MAX_FOLLOWERS = 64
 
 
 def blocking_redis(redis_url: str, keepalive_seconds: float) -> Redis:
@@ -61,6 +66,18 @@ class LogStreams:
     redis: Redis
     database: Database
     keepalive_seconds: float
+    max_followers: int = MAX_FOLLOWERS
+    _places: threading.BoundedSemaphore = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_places", threading.BoundedSemaphore(self.max_followers))
+
+    def admit(self) -> Callable[[], None] | None:
+        """A place for one more follower, as the function that gives it back, or None when
+        all are taken: without a cap, one token could hold every thread of the process."""
+        if not self._places.acquire(blocking=False):
+            return None
+        return self._places.release
 
     def events(self, build_id: int, after: str | None = None) -> Iterator[str]:
         """The build's log after the entry ``after`` (a Redis stream id, e.g. an

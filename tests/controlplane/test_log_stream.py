@@ -344,3 +344,43 @@ def test_portside_logs_f_resumes_a_cut_stream_after_the_last_line_it_printed(
     assert cli.returncode == 0, stderr
     assert rest == "Step 3/3\n"  # once: resumed after "Step 2/3", nothing repeated
     assert stderr.splitlines()[-1] == f"portside: build {build_id} succeeded"
+
+
+def test_followers_past_the_cap_are_refused_and_a_closed_one_frees_its_place(
+    settings: Settings,
+    database: Database,
+    read_headers: dict[str, str],
+    service_id: int,
+) -> None:
+    """Each follower holds a web thread and a Redis connection while its build runs: one
+    token opening streams without end would take every thread the API, the agents and
+    GitHub's webhooks need. Past the process's cap (API and dashboard together) a stream
+    is refused with 503, and a follower that went away gives its place back."""
+    app = create_app(replace(settings, log_keepalive=1))
+    streams = app.extensions["portside.log_streams"]
+    app.extensions["portside.log_streams"] = replace(streams, max_followers=2)
+    server = LiveServer(app).start()
+    build_id = new_build(database, service_id, status="running")
+
+    def open_stream() -> requests.Response:
+        return requests.get(
+            f"{server.url}/v1/builds/{build_id}/logs",
+            headers={"Accept": "text/event-stream", **read_headers},
+            stream=True,
+            timeout=(5, 60),
+        )
+
+    try:
+        first = follow_api(server.url, read_headers, build_id)
+        follow_dashboard(server.url, database, build_id)
+        refused = open_stream()
+        assert refused.status_code == 503, refused.text
+        first.response.close()
+        deadline = time.monotonic() + 30
+        while (again := open_stream()).status_code == 503:
+            assert time.monotonic() < deadline, "the closed follower's place never came back"
+            time.sleep(0.2)
+        assert again.status_code == 200
+        again.close()
+    finally:
+        server.stop()
