@@ -7,11 +7,15 @@ the ``keep`` deployments before it (``PORTSIDE_AGENT_KEEP_IMAGES``: rollback tar
 start without a pull); an environment that is neither desired nor running keeps none.
 An image any container on the engine uses (running or stopped, Portside's or not), or a
 desired environment names, is never removed, and only images the agent noted are ever
-candidates: an operator's own images are not the agent's to judge.
+candidates: an operator's own images are not the agent's to judge. Even then the agent
+takes away only the names it used itself (the reference a deployment named); an image
+that still carries another name afterwards (the build worker's tag on a shared engine, an
+operator's own tag, the base image of a test) is someone else's and stays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -29,7 +33,7 @@ from hostagent.files import open_dir, read_file, write_file
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "images.json"
-HISTORY_VERSION = 1
+HISTORY_VERSION = 2
 # Between passes when nothing was applied: a deploy prunes at once; otherwise this often.
 PRUNE_INTERVAL = 600.0
 # Removals per pass, so that one pass never holds up the agent's tick for long.
@@ -40,14 +44,25 @@ NO_DIGEST = "<none>@<none>"
 
 @dataclass
 class ImageHistory:
-    """Per environment, the image IDs each deployment ran; and the images no longer
-    needed that are still to go (in use by a container, or their removal failed)."""
+    """Per environment, the image IDs each deployment ran; the names the agent knew each
+    image by; and the images no longer needed that are still to go (in use by a
+    container, or their removal failed)."""
 
     environments: dict[str, dict[int, set[str]]] = field(default_factory=dict)
     pending: set[str] = field(default_factory=set)
+    references: dict[str, set[str]] = field(default_factory=dict)
 
-    def note(self, environment: str, deployment: int, image_id: str) -> None:
+    def note(
+        self, environment: str, deployment: int, image_id: str, reference: str | None = None
+    ) -> None:
         self.environments.setdefault(environment, {}).setdefault(deployment, set()).add(image_id)
+        names = self.references.setdefault(image_id, set())
+        if reference and reference != image_id:
+            names.add(reference)
+
+    def forget(self, image_id: str) -> None:
+        """The image is gone (or no longer the agent's): drop the names noted for it."""
+        self.references.pop(image_id, None)
 
     def retire(self, keep: int, alive: set[str]) -> tuple[set[str], set[str]]:
         """Forget all but each live environment's newest ``keep + 1`` deployments.
@@ -77,6 +92,9 @@ class ImageHistory:
                     for name, deployments in sorted(self.environments.items())
                 },
                 "pending": sorted(self.pending),
+                "references": {
+                    image_id: sorted(names) for image_id, names in sorted(self.references.items())
+                },
             },
             indent=1,
         )
@@ -94,6 +112,10 @@ class ImageHistory:
                     for name, deps in data["environments"].items()
                 },
                 {str(i) for i in data.get("pending") or []},
+                {
+                    str(image_id): {str(name) for name in names}
+                    for image_id, names in (data.get("references") or {}).items()
+                },
             )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("%s unreadable (%s): starting a new image history", HISTORY_FILE, exc)
@@ -135,13 +157,18 @@ class Pruner:
             environment = labels.get(lbl.ENVIRONMENT)
             deployment = labels.get(lbl.DEPLOYMENT, "")
             if environment and labels.get(lbl.HOST) == desired.host and deployment.isdigit():
-                history.note(environment, int(deployment), str(container["ImageID"]))
+                history.note(
+                    environment,
+                    int(deployment),
+                    str(container["ImageID"]),
+                    str(container.get("Image") or "") or None,
+                )
                 alive.add(environment)
         named = set()
         for env in desired.environments:
             image_id = self._image_id(env.image) if env.image else None
             if image_id is not None:
-                history.note(env.name, env.deployment_id, image_id)
+                history.note(env.name, env.deployment_id, image_id, env.image)
                 named.add(image_id)
         kept, retired = history.retire(self.keep, alive)
         unneeded = (retired | history.pending) - kept - named
@@ -150,10 +177,13 @@ class Pruner:
         history.pending = (unneeded & in_use) | set(candidates[MAX_REMOVALS:])
         removed = []
         for image_id in candidates[:MAX_REMOVALS]:
-            if self._remove(image_id):
-                removed.append(image_id)
-            else:
+            outcome = self._release(image_id, history.references.get(image_id, set()))
+            if outcome is None:
                 history.pending.add(image_id)
+                continue
+            history.forget(image_id)
+            if outcome:
+                removed.append(image_id)
         self._save(history)
         return removed
 
@@ -163,33 +193,55 @@ class Pruner:
         except docker.errors.NotFound:
             return None
 
-    def _remove(self, image_id: str) -> bool:
-        """Remove every name of the image (the last one removes it); False if refused."""
+    def _release(self, image_id: str, references: set[str]) -> bool | None:
+        """Take away the names the agent used; remove the image if none is left.
+
+        True: removed (or already gone); False: it keeps a name that is not the agent's,
+        so it stays; None: Docker refused, try again at a later pass.
+        """
+        untagged = False
         try:
+            for reference in sorted(references):
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.client.api.remove_image(reference)
+                    untagged = True
             attrs = self.client.api.inspect_image(image_id)
         except docker.errors.NotFound:
-            return True  # removed by hand, or never pulled: nothing to do
+            # Its last name took it along (the agent's doing), or it was removed by hand.
+            return self._pruned(image_id, references) if untagged else True
         except docker.errors.APIError as exc:
             log.warning("image %s not pruned: %s", image_id, exc)
             self.failed += 1
-            return False
-        names = [
+            return None
+        others = [
             name
             for name in (attrs.get("RepoTags") or []) + (attrs.get("RepoDigests") or [])
             if name not in (NO_TAG, NO_DIGEST)
         ]
+        if others:
+            log.info(
+                "image %s not pruned: it is also %s, which the agent did not use",
+                image_id,
+                ", ".join(others),
+            )
+            return False
         try:
-            for name in names:
-                self.client.api.remove_image(name)
             self.client.api.remove_image(image_id)
         except docker.errors.NotFound:
-            pass  # its last name took it along
+            pass
         except docker.errors.APIError as exc:
-            log.warning("image %s (%s) not pruned: %s", image_id, ", ".join(names), exc)
+            log.warning("image %s not pruned: %s", image_id, exc)
             self.failed += 1
-            return False
+            return None
+        return self._pruned(image_id, references)
+
+    def _pruned(self, image_id: str, references: set[str]) -> bool:
         self.removed += 1
-        log.info("pruned image %s (%s): no environment needs it", image_id, ", ".join(names))
+        log.info(
+            "pruned image %s (%s): no environment needs it",
+            image_id,
+            ", ".join(sorted(references)) or "no name",
+        )
         return True
 
     def _load(self) -> ImageHistory:
