@@ -638,6 +638,7 @@ def handle_check_run(
         author=(payload.get("sender") or {}).get("login") or build.author,
         pushed_at=build.pushed_at,
         untrusted=build.untrusted,
+        ref=build.ref,  # a chosen ref's build is rebuilt as chosen (ordered by time)
     )
     if rebuilt is None:
         return Outcome("ignored", f"build {build.id} was already rebuilt for this request")

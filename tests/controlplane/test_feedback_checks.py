@@ -359,6 +359,8 @@ def test_rerequesting_the_check_run_rebuilds_that_commit_once(
     build_id = new_build(database, state, service_id, "v1\n")
     until_through(database, event(github_app, settings, "build_queued", build_id))
     set_status(database, build_id, "failed")
+    with database.session_scope() as session:
+        session.get(Build, build_id).ref = "v1.2.0"  # type: ignore[union-attr]  # deployed by ref
     (run,) = runs_of(state, build_id)
 
     def process(delivery_id: int) -> list[int]:
@@ -378,7 +380,7 @@ def test_rerequesting_the_check_run_rebuilds_that_commit_once(
             old.environment_id,
             "queued",
         )
-        assert new.author == "octocat"
+        assert new.author == "octocat" and new.ref == "v1.2.0"
 
     # Another app's run, an action other than rerequested, or the run of a commit that is
     # no longer the head (a newer push came) starts nothing.
