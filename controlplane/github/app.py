@@ -113,6 +113,7 @@ class GitHubApp:
 
     def __init__(self, app_id: int, private_key: str, api_url: str) -> None:
         self.api_url = api_url.rstrip("/")
+        self.app_id = app_id
         self._app_auth = Auth.AppAuth(app_id, private_key)
         self._integration = GithubIntegration(
             auth=self._app_auth,

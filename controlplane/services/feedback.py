@@ -192,6 +192,7 @@ def check_summary(build: Build, lines: int = FAILED_LOG_LINES) -> str:
 
 def _check_run(
     client: Github,
+    app: GitHubApp,
     settings: Settings,
     build: Build,
     title: str,
@@ -201,8 +202,9 @@ def _check_run(
     secrets: Collection[str] = (),
 ) -> None:
     """Bring the build's Check Run to ``status`` (``completed`` with ``conclusion``): the
-    one kept on the build, else the one found on its commit by name and external id (an
-    answer lost after GitHub created it), else a new one."""
+    one kept on the build, else the App's own found on its commit by name and external id
+    (an answer lost after GitHub created it; another app's run of the same name is not
+    Portside's, and GitHub would refuse editing it), else a new one."""
     repo = client.get_repo(build.service.repository_full_name)
     limit = CHECK_OUTPUT_MAX - 100  # room for the mask's longer words
     fields: dict[str, Any] = {
@@ -224,7 +226,7 @@ def _check_run(
             for run in repo.get_commit(build.commit_sha).get_check_runs(
                 check_name=CHECK_NAME, filter="all"
             )
-            if run.external_id == str(build.id)
+            if run.external_id == str(build.id) and run.app is not None and run.app.id == app.app_id
         ),
         None,
     )
@@ -384,7 +386,7 @@ def build_queued(session: Session, github: GitHubApp, settings: Settings, build_
 
     def act(client: Github) -> None:
         _commit_status(client, build, "pending", _log_url(settings, build), "Portside is building")
-        _check_run(client, settings, build, "Queued", status="queued")
+        _check_run(client, github, settings, build, "Queued", status="queued")
         _deployment_status(client, github, build, "queued", log_url=_log_url(settings, build))
 
     github.call(installation, f"feedback for build {build.id}", act)
@@ -407,7 +409,7 @@ def build_running(session: Session, github: GitHubApp, settings: Settings, build
     first = current is None or current.position == 0
 
     def act(client: Github) -> None:
-        _check_run(client, settings, build, title, status="in_progress")
+        _check_run(client, github, settings, build, title, status="in_progress")
         if first:  # the deployment is in progress once, from the first step
             _deployment_status(
                 client, github, build, "in_progress", log_url=_log_url(settings, build)
@@ -428,7 +430,7 @@ def build_failed(session: Session, github: GitHubApp, settings: Settings, build_
     def act(client: Github) -> None:
         failed = f"{build.failed_step or 'build'} failed: {build.error or ''}"
         _commit_status(client, build, "failure", log_url, failed, secrets=secrets)
-        _check_run(client, settings, build, failed, conclusion="failure", secrets=secrets)
+        _check_run(client, github, settings, build, failed, conclusion="failure", secrets=secrets)
         _deployment_status(client, github, build, "failure", log_url=log_url)
 
     github.call(installation, f"feedback for build {build.id}", act)
@@ -454,7 +456,7 @@ def build_cancelled(session: Session, github: GitHubApp, settings: Settings, bui
 
     def act(client: Github) -> None:
         _commit_status(client, build, "error", log_url, text, secrets=secrets)
-        _check_run(client, settings, build, text, conclusion=conclusion, secrets=secrets)
+        _check_run(client, github, settings, build, text, conclusion=conclusion, secrets=secrets)
         if build.github_deployment_id is not None:
             _deployment_status(client, github, build, "inactive", log_url=log_url, description=text)
 
@@ -479,14 +481,14 @@ def deployment_finished(
         if ok:
             deployed = f"Deployed to {environment.name}" + (f": {url}" if url else "")
             _commit_status(client, build, "success", url or log_url, deployed)
-            _check_run(client, settings, build, deployed, conclusion="success")
+            _check_run(client, github, settings, build, deployed, conclusion="success")
             _deployment_status(client, github, build, "success", log_url=log_url, url=url)
             if replaced is not None:
                 _make_inactive(client, github, replaced, _log_url(settings, replaced))
         else:
             failed = "The new version did not start"
             _commit_status(client, build, "failure", log_url, failed)
-            _check_run(client, settings, build, failed, conclusion="failure")
+            _check_run(client, github, settings, build, failed, conclusion="failure")
             _deployment_status(client, github, build, "failure", log_url=log_url)
         if environment.kind == "preview" and ok:
             body = (

@@ -211,6 +211,46 @@ def test_a_production_build_is_one_check_run_and_one_github_deployment_through_f
     assert runs_of(state, build_id)[0].conclusion == "success"
 
 
+def test_another_apps_run_of_the_same_name_and_external_id_is_not_taken_for_ours(
+    database: Database,
+    settings: Settings,
+    github_app: GitHubApp,
+    github_server: GitHubServer,
+    service_id: int,
+) -> None:
+    """Anyone's App can name a run "Portside" with a build's id: the lookup counts only
+    the Portside App's runs (GitHub would refuse editing another's)."""
+    state = github_server.state
+    build_id = new_build(database, state, service_id, "v1\n")
+    with database.session_scope() as session:
+        sha = session.scalar(select(Build.commit_sha).where(Build.id == build_id))
+    assert sha is not None
+    planted = CheckRun(
+        id=state.next_id(),
+        repo=REPOSITORY,
+        head_sha=sha,
+        name=feedback.CHECK_NAME,
+        external_id=str(build_id),
+        details_url=None,
+        status="completed",
+        conclusion="success",
+        started_at=utcnow(),
+        completed_at=utcnow(),
+        output={"title": "All good", "summary": "trust me"},
+        check_suite_id=state.next_id(),
+        app_id=state.app_id + 1,
+    )
+    state.check_runs.append(planted)
+    until_through(database, event(github_app, settings, "build_queued", build_id))
+
+    ours = [r for r in runs_of(state, build_id) if r.app_id == state.app_id]
+    assert len(ours) == 1 and ours[0].status == "queued"
+    assert (planted.status, planted.output["title"]) == ("completed", "All good")
+    with database.session_scope() as session:
+        build = session.get(Build, build_id)
+        assert build is not None and build.check_run_id == ours[0].id
+
+
 def test_a_new_production_deployment_makes_the_one_it_replaces_inactive(
     database: Database,
     settings: Settings,

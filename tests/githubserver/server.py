@@ -231,6 +231,7 @@ class CheckRun:
     completed_at: datetime | None
     output: Json  # title, summary, text (None until written)
     check_suite_id: int
+    app_id: int  # the App that made it: only that App may update it
 
 
 @dataclass(slots=True)
@@ -808,6 +809,10 @@ def _commit_status(status: CommitStatus, base: str) -> Json:
 
 def _check_run(state: GitHubState, run: CheckRun, base: str) -> Json:
     api = f"{base}/repos/{run.repo}"
+    app = _app(state, base)
+    if run.app_id != state.app_id:  # another App's run (seeded by a test)
+        slug = f"app-{run.app_id}"
+        app |= {"id": run.app_id, "slug": slug, "node_id": _node_id("App", run.app_id)}
     suite_status = "completed" if run.status == "completed" else run.status
     return {
         "id": run.id,
@@ -840,11 +845,11 @@ def _check_run(state: GitHubState, run: CheckRun, base: str) -> Json:
             "before": None,
             "after": run.head_sha,
             "pull_requests": [],
-            "app": _app(state, base),
+            "app": app,
             "created_at": _iso(run.started_at),
             "updated_at": _iso(run.completed_at or run.started_at),
         },
-        "app": _app(state, base),
+        "app": app,
         "pull_requests": [],
     }
 
@@ -1437,6 +1442,7 @@ def create_github_server(state: GitHubState) -> Flask:
             completed_at=None,
             output={},
             check_suite_id=suite or state.next_id(),
+            app_id=state.app_id,
         )
         check_run_fields(data, run)
         state.check_runs.append(run)
@@ -1445,6 +1451,11 @@ def create_github_server(state: GitHubState) -> Flask:
     @app.patch("/repos/<owner>/<name>/check-runs/<int:check_run_id>")
     def update_check_run(owner: str, name: str, check_run_id: int) -> Json:
         run = check_run_of(repo_for(owner, name, "checks", "write"), check_run_id)
+        if run.app_id != state.app_id:
+            raise GitHubError(
+                403,
+                f"Invalid app_id `{state.app_id}` - check run can only be modified by its creator",
+            )
         updated = replace(run)  # a refused update changes nothing
         check_run_fields(body(), updated)
         state.check_runs[state.check_runs.index(run)] = updated
