@@ -613,8 +613,10 @@ def handle_check_run(
         return Outcome("ignored", refusal)
     external_id = str(run.get("external_id") or "")
     build = session.get(Build, int(external_id)) if external_id.isdigit() else None
+    app = context.github
     if (
         run.get("name") != CHECK_NAME
+        or (app is not None and (run.get("app") or {}).get("id") != app.app_id)
         or build is None
         or build.service.repository_id != delivery.repository_id
         or build.commit_sha != run.get("head_sha")

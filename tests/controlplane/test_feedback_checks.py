@@ -426,6 +426,9 @@ def test_rerequesting_the_check_run_rebuilds_that_commit_once(
     # no longer the head (a newer push came) starts nothing.
     foreign = json.loads(json.dumps(payload))
     foreign["check_run"]["name"] = "ci/lint"
+    impostor = json.loads(json.dumps(payload))  # another App's run named Portside
+    impostor["check_run"]["app"]["id"] = state.app_id + 1
+    assert process(post_check_run(client, impostor, "impostor")) == []  # on the head, still
     completed = json.loads(json.dumps(payload)) | {"action": "completed"}
     newer = new_build(database, state, service_id, "v2\n")
     for guid, other in (("lint", foreign), ("done", completed), ("old", payload)):
