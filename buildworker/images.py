@@ -152,16 +152,33 @@ def _removing_on(
     """While the block runs, remove every container of ``containers`` (the build's step
     containers, appended as they start) once ``stop`` is set: the engine then ends the
     build at that step rather than running it to the end. From a thread, because the
-    build's stream is silent while a step runs."""
+    build's stream is silent while a step runs.
+
+    "Running in <id>" is also text a step can print: a container that was there before
+    the build, or that the agent or compose runs (routing labels), is never removed."""
     if stop is None:
         yield
         return
+    before: set[str] = set()  # an engine that cannot list cannot remove either
+    with contextlib.suppress(docker.errors.APIError, requests.RequestException):
+        before = {str(c["Id"]) for c in client.api.containers(all=True)}
     done = threading.Event()
     removed: set[str] = set()
+
+    def step_container(container: str) -> bool:
+        try:
+            found = client.api.inspect_container(container)
+        except (docker.errors.APIError, requests.RequestException):
+            return False
+        labels = (found.get("Config") or {}).get("Labels") or {}
+        routed = any(key != BUILD_LABEL and is_routing_label(key) for key in labels)
+        return found.get("Id") not in before and not routed
 
     def remove_started() -> None:
         for container in [c for c in containers if c not in removed]:
             removed.add(container)
+            if not step_container(container):
+                continue
             with contextlib.suppress(docker.errors.APIError, requests.RequestException):
                 client.api.remove_container(container, force=True)
 

@@ -152,45 +152,79 @@ def test_rebuild_reuses_layers_from_the_branch_image(docker_client, context, rep
     remove_image(docker_client, f"{repo_name}:main")
 
 
+class StoppableBuild:
+    """``build_image`` of ``dockerfile`` on a thread of its own, with a stop event."""
+
+    def __init__(self, docker_client, context_dir, tag: str) -> None:
+        self.lines: list[str] = []
+        self.stop = threading.Event()
+        self.outcome: list[BaseException | str] = []
+
+        def run() -> None:
+            try:
+                self.outcome.append(
+                    build_image(
+                        docker_client,
+                        context_dir,
+                        "Dockerfile",
+                        tag,
+                        TEST_LABELS,
+                        {},
+                        self.lines.append,
+                        stop=self.stop,
+                    )
+                )
+            except BaseException as exc:
+                self.outcome.append(exc)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        return wait_until(
+            lambda: next((m for line in self.lines if (m := re.search(pattern, line))), None),
+            f"a log line matching {pattern!r}",
+            60,
+        )
+
+    def stop_and_join(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)  # the stop promised: within 10 s, a sleep of 60 s
+        assert not self.thread.is_alive()
+        assert len(self.outcome) == 1 and isinstance(self.outcome[0], BuildStopped), self.outcome
+
+
 def test_a_stopped_build_ends_at_once_and_leaves_no_container(docker_client, context, repo_name):
     """Stopped mid-``RUN sleep 60``: the build raises BuildStopped within seconds (the
     deadline is for waiting only), its step container is gone and no image was made."""
     tag = f"{repo_name}:stopped"
-    lines: list[str] = []
-    stop = threading.Event()
-    outcome: list[BaseException | str] = []
-
-    def run() -> None:
-        try:
-            outcome.append(
-                build_image(
-                    docker_client,
-                    context("FROM {base}\nRUN sleep 60\n"),
-                    "Dockerfile",
-                    tag,
-                    TEST_LABELS,
-                    {},
-                    lines.append,
-                    stop=stop,
-                )
-            )
-        except BaseException as exc:
-            outcome.append(exc)
-
-    builder = threading.Thread(target=run, daemon=True)
-    builder.start()
-    running = wait_until(
-        lambda: next((m for line in lines if (m := re.search(r"Running in (\w+)", line))), None),
-        "the RUN step's container to start",
-        60,
-    )
-    container = running.group(1)
+    build = StoppableBuild(docker_client, context("FROM {base}\nRUN sleep 60\n"), tag)
+    container = build.wait_for(r"Running in (\w+)").group(1)
     assert docker_client.api.inspect_container(container)["State"]["Running"]
-    stop.set()
-    builder.join(timeout=10)  # the stop promised: within 10 s, a sleep of 60 s
-    assert not builder.is_alive()
-    assert len(outcome) == 1 and isinstance(outcome[0], BuildStopped), outcome
+    build.stop_and_join()
     with pytest.raises(docker.errors.NotFound):
         docker_client.api.inspect_container(container)
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(tag)
+
+
+def test_a_build_printing_another_containers_id_cannot_have_it_removed_by_its_stop(
+    docker_client, context, repo_name, base_image
+):
+    """A step's output is the build's to write: a fork's ``RUN`` echoing "Running in
+    <id>" of a container Portside's agent runs (on an engine shared with an agent) must
+    not get that container force-removed when the build is stopped (its author needs
+    only push again to have it stopped)."""
+    bystander = docker_client.containers.run(
+        base_image,
+        ["sleep", "300"],
+        detach=True,
+        labels={**TEST_LABELS, "io.portside.environment": "hello-production"},
+    )
+    dockerfile = f"FROM {{base}}\nRUN echo 'Running in {bystander.id}' && sleep 60\n"
+    build = StoppableBuild(docker_client, context(dockerfile), f"{repo_name}:spoof")
+    build.wait_for(f"^Running in {bystander.id}")
+    build.stop_and_join()
+    bystander.reload()
+    assert bystander.status == "running"
+    bystander.remove(force=True)
