@@ -93,8 +93,10 @@ def claim_step(data: dict[str, Any], build_id: int, step: str) -> dict[str, Any]
 @require("worker")
 @worker_api.arguments(schemas.StepResultSchema)
 @worker_api.response(204)
+@worker_api.alt_response(403, schema=schemas.ApiErrorSchema, description="not this token's build")
 def finish_step(data: dict[str, Any], build_id: int, step: str) -> None:
     db = session()
+    builds.check_holder(db, build_id, data["attempt"], current_token().id)
     build = builds.finish_step(
         db,
         build_id,
@@ -112,12 +114,14 @@ def finish_step(data: dict[str, Any], build_id: int, step: str) -> None:
 @require("worker")
 @worker_api.arguments(schemas.HeartbeatSchema)
 @worker_api.response(204)
+@worker_api.alt_response(403, schema=schemas.ApiErrorSchema, description="not this token's build")
 @worker_api.alt_response(
     409, schema=schemas.ApiErrorSchema, description="stop: cancelled or taken over"
 )
 def heartbeat(data: dict[str, Any], build_id: int) -> None:
     """The running step is alive; 409 tells its worker to stop the build."""
     db = session()
+    builds.check_holder(db, build_id, data["attempt"], current_token().id)
     builds.heartbeat(db, build_id, data["attempt"])
     db.commit()
 

@@ -192,6 +192,15 @@ def held_build(session: Session, build_id: int, token_id: int) -> Build:
     return build
 
 
+def check_holder(session: Session, build_id: int, attempt: int, token_id: int | None) -> None:
+    """Forbidden unless ``token_id`` claimed the build's current ``attempt``: another worker
+    token (one running forks' code among them) may neither report its steps, failing it,
+    nor keep it alive. An attempt no longer current is the callee's Conflict."""
+    build = get_build(session, build_id)
+    if build.attempt == attempt and build.worker_token_id != token_id:
+        raise Forbidden(f"this token does not hold build {build_id}")
+
+
 def finish_step(
     session: Session,
     build_id: int,

@@ -257,3 +257,28 @@ def test_the_clone_token_reads_that_repository_only_and_writes_nothing(
     foreign = git("-c", extra, "clone", "--quiet", f"{api}/{OTHER}.git", str(tmp_path / "b"))
     assert foreign.returncode != 0
     assert github_server.state.git_requests[-1].status == 404
+
+
+def test_another_worker_token_can_neither_finish_nor_keep_alive_a_step_it_does_not_hold(
+    github_app: Flask, database: Database, build_id: int
+) -> None:
+    """A worker running forks' code (its token's lane: untrusted) must not fail, stop or
+    pin a production build it never claimed: reporting a step's end and the heartbeat
+    belong to the token holding the build, as its credentials do."""
+    client = github_app.test_client()
+    holder, stranger = worker(database, "w-1"), worker(database, "w-fork", builds="untrusted")
+    assert claim(client, holder, build_id, "clone") == 200
+    failed = client.post(
+        f"/v1/builds/{build_id}/steps/clone/finish",
+        json={"attempt": 1, "status": "failed", "error": "stopped by a stranger"},
+        headers=stranger,
+    )
+    assert failed.status_code == 403, failed.json
+    beat = client.post(f"/v1/builds/{build_id}/heartbeat", json={"attempt": 1}, headers=stranger)
+    assert beat.status_code == 403, beat.json
+    with database.session_scope() as session:
+        build = session.get(Build, build_id)
+        assert build is not None and build.status == "running" and build.error is None
+    own = client.post(f"/v1/builds/{build_id}/heartbeat", json={"attempt": 1}, headers=holder)
+    assert own.status_code == 204, own.json
+    finish(client, holder, build_id, "clone")
