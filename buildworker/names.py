@@ -14,6 +14,7 @@ import re
 # that checks what was pushed.
 from contracts.image_names import (
     HASH_CHARS,
+    TAG,
     image_repository,
     pull_request_repository,
     short_hash,
@@ -27,7 +28,6 @@ __all__ = [
     "short_sha",
 ]
 
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 MAX_TAG = 128
 
@@ -40,7 +40,7 @@ def branch_tag(branch: str) -> str:
     """
     if not branch:
         raise ValueError("branch is empty")
-    if _TAG.fullmatch(branch) and ".." not in branch:
+    if TAG.fullmatch(branch) and ".." not in branch:
         return branch
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", branch)
     cleaned = re.sub(r"\.{2,}", ".", cleaned).rstrip(".")

@@ -82,6 +82,8 @@ def pull_request_repository(
 
 # An image id or a prefix of one: the engine resolves those to any local image.
 _IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]+")
+# Docker's grammar for a tag: what a build worker may name an image's tag, and no more.
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # Ports a registry answers on when its address names none (HTTPS, or HTTP when insecure).
 _DEFAULT_PORTS = ("", "443", "80")
 _DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")

@@ -32,6 +32,7 @@ from contracts.compose_policy import (
 from contracts.compose_routes import RouteChoiceError, routed_service
 from contracts.image_names import (
     DIGEST_RE,
+    TAG,
     image_repository,
     may_name_registry_image,
     pull_request_repository,
@@ -414,6 +415,9 @@ def _image_violations(
         violations.append(
             Violation(f"images.{key}.repository", f"must be {expected}, got {repository!r}")
         )
+    tag = image.get("tag") if isinstance(image, Mapping) else None
+    if tag is not None and not (isinstance(tag, str) and TAG.fullmatch(tag)):
+        violations.append(Violation(f"images.{key}.tag", "must be a Docker tag"))
     if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
         violations.append(Violation(f"images.{key}.digest", "must be sha256: and 64 hex digits"))
     elif key in services and services[key].get("image") != f"{expected}@{digest}":

@@ -171,6 +171,14 @@ REFUSED = {
         7,
         "services.prod.image",
     ),
+    # A tag is the worker's word, printed by the CLI and the dashboard: Docker's grammar
+    # only, never a terminal's escape sequences (here OSC 52, writing the clipboard).
+    "a tag that is no tag": (
+        {"web": {**image(), "tag": "main\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07"}},
+        pinned(),
+        None,
+        "images.web.tag",
+    ),
     # The registry under other spellings of its address, and a bare image id (any image
     # the host holds): review finding 4.
     **{
