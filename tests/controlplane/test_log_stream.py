@@ -384,3 +384,27 @@ def test_followers_past_the_cap_are_refused_and_a_closed_one_frees_its_place(
         again.close()
     finally:
         server.stop()
+
+
+def test_a_last_event_id_redis_cannot_read_replays_from_the_start(
+    served: Served,
+    database: Database,
+    redis_url: str,
+    read_headers: dict[str, str],
+    service_id: int,
+) -> None:
+    """The header is the client's word: an id past Redis's 64-bit stream ids is read as no
+    id at all, instead of breaking the stream with Redis's error."""
+    url = served(1)
+    build_id = new_build(database, service_id, status="running")
+    redis = Redis.from_url(redis_url)
+    try:
+        channel.append(redis, build_id, ["one"])
+        finish(database, redis, build_id, "succeeded", close=False)
+    finally:
+        redis.close()
+    overflow = {**read_headers, "Last-Event-ID": f"{2**64}-0"}
+    resumed = follow_api(url, overflow, build_id)
+    resumed.wait_closed(20)
+    assert resumed.error is None
+    assert resumed.events()[-1] == ("end", {"status": "succeeded"})
