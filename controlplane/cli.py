@@ -179,6 +179,23 @@ def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_github_sync(settings: Settings, args: argparse.Namespace) -> int:
+    """Catch up installations (and their repositories) whose webhooks were missed."""
+    from controlplane.github.app import GitHubApp
+    from controlplane.services import installations
+
+    github = GitHubApp.from_settings(settings)
+    if github is None:
+        raise CommandError(
+            "no GitHub App is configured: "
+            "set PORTSIDE_GITHUB_APP_ID and PORTSIDE_GITHUB_PRIVATE_KEY"
+        )
+    database = _database(settings)
+    for installation_id, what in installations.sync(database, github).items():
+        print(f"installation {installation_id}: {what}")
+    return 0
+
+
 def cmd_hosts_create(settings: Settings, args: argparse.Namespace) -> int:
     from controlplane.services import hosts
 
@@ -864,6 +881,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     host_list = add("list", cmd_hosts_list, "list hosts", host_commands)
     host_list.add_argument("--json", action="store_true")
+
+    github_parser = add("github", lambda *_: 0, "the GitHub App")
+    github_commands = github_parser.add_subparsers(dest="github_command", required=True)
+    add(
+        "sync",
+        cmd_github_sync,
+        "catch up installations and repositories from GitHub's lists",
+        github_commands,
+    )
 
     service_parser = add("services", lambda *_: 0, "services")
     service_parser.epilog = (

@@ -173,11 +173,11 @@ def github_feedback(self: Task[Any, Any], event: str, object_id: int) -> None:
 
 @celery_app.task(name=pipeline.RECONCILE_INSTALLATIONS, acks_late=True)
 def reconcile_installations() -> dict[int, str]:
-    """The daily repair of the installations' rosters against GitHub's lists."""
+    """The daily repair of the installations and their rosters against GitHub's lists."""
     github = runtime.github_app()
     if github is None:
         return {}
-    return installations.reconcile_all(runtime.database(), github)
+    return installations.sync(runtime.database(), github)
 
 
 @celery_app.task(

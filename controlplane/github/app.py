@@ -67,6 +67,16 @@ class InstallationToken:
         return self.expires_at - REFRESH_MARGIN > now
 
 
+@dataclass(frozen=True, slots=True)
+class AppInstallation:
+    """One entry of GitHub's list of the App's installations."""
+
+    id: int
+    account_login: str
+    account_type: str
+    suspended: bool
+
+
 def rate_limit_wait(
     status: int, headers: Mapping[str, str] | None, message: str, now: float
 ) -> float | None:
@@ -119,6 +129,7 @@ class GitHubApp:
             auth=self._app_auth,
             base_url=self.api_url,
             timeout=TIMEOUT,
+            per_page=PER_PAGE,
             retry=None,
             seconds_between_requests=None,
             seconds_between_writes=None,
@@ -220,6 +231,23 @@ class GitHubApp:
                     raise translate(exc, "the App's identity") from None
                 self._bot_login = f"{slug}[bot]"
             return self._bot_login
+
+    def installations(self) -> list[AppInstallation]:
+        """Every installation of the App, all pages of ``GET /app/installations`` (as the
+        App, with its JWT): what the installation webhooks would have said, to catch up
+        the ones missed while Portside was down."""
+        try:
+            return [
+                AppInstallation(
+                    item.id,
+                    item.account.login if item.account is not None else "?",
+                    item.target_type or "User",
+                    item.suspended_at is not None,
+                )
+                for item in self._integration.get_installations()
+            ]
+        except Exception as exc:
+            raise translate(exc, "the App's installations") from None
 
     def call(self, installation_id: int, what: str, operation: Callable[[Github], T]) -> T:
         """Run ``operation`` with an installation client: a 401 refreshes the token once,

@@ -2,7 +2,10 @@
 
 Webhook events keep it current; on ``created``, ``unsuspend`` and
 ``new_permissions_accepted``, and daily (:func:`reconcile_all`), it is compared with
-``GET /installation/repositories``, so a missed event is repaired.
+``GET /installation/repositories``, so a missed event is repaired. The installations
+themselves are caught up from ``GET /app/installations`` (:func:`sync`, daily and by
+``portside github sync``): one installed, suspended or deleted while Portside was down
+is registered, marked or removed as its webhook would have done.
 
 Each repository notes whether it has a compose file at one of the default paths docker
 compose looks at, found through the contents API at the default branch. A repository
@@ -24,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.db import Database
 from controlplane.errors import NotFound, PermanentError, TransientError
-from controlplane.github.app import GitHubApp, GitHubRateLimited
+from controlplane.github.app import AppInstallation, GitHubApp, GitHubRateLimited
 from controlplane.models import Installation, Repository, WebhookDelivery, utcnow
 from controlplane.services.outcomes import HandlerContext, Outcome
 
@@ -165,6 +168,59 @@ def reconcile_all(database: Database, github: GitHubApp) -> dict[int, str]:
     return results
 
 
+def _mark_deleted(installation: Installation) -> None:
+    """What the ``installation deleted`` event does: the installation and its roster gone."""
+    installation.deleted_at = utcnow()
+    for repository in installation.repositories:
+        repository.removed_at = repository.removed_at or utcnow()
+
+
+def _catch_up(session: Session, listed: list[AppInstallation]) -> dict[int, str]:
+    """Bring the installations themselves in line with GitHub's list: the missing
+    registered, suspensions followed, the unlisted deleted. Returns the changes by id."""
+    changes: dict[int, list[str]] = {}
+    for item in listed:
+        known = session.get(Installation, item.id)
+        account = {"login": item.account_login, "type": item.account_type}
+        installation = _upsert_installation(session, {"id": item.id, "account": account})
+        done = changes.setdefault(item.id, [])
+        if known is None:
+            done.append("added")
+        elif installation.deleted_at is not None:
+            done.append("restored")
+        installation.deleted_at = None
+        if item.suspended and installation.suspended_at is None:
+            installation.suspended_at = utcnow()
+            done.append("suspended")
+        elif not item.suspended and installation.suspended_at is not None:
+            installation.suspended_at = None
+            done.append("unsuspended")
+    session.flush()
+    live = select(Installation).where(Installation.deleted_at.is_(None))
+    for installation in session.scalars(live):
+        if installation.id not in changes:
+            _mark_deleted(installation)
+            changes[installation.id] = ["deleted"]
+    return {installation_id: ", ".join(done) for installation_id, done in changes.items()}
+
+
+def sync(database: Database, github: GitHubApp) -> dict[int, str]:
+    """Catch up what installation webhooks missed, from ``GET /app/installations``, then
+    reconcile every live roster (:func:`reconcile_all`). Returns one line of what
+    happened, by installation; GitHub unreachable for the list raises and changes nothing."""
+    listed = github.installations()
+    with database.session_scope() as session:
+        changes = _catch_up(session, listed)
+    rosters = reconcile_all(database, github)
+    return {
+        installation_id: ", ".join(
+            part for part in (changes.get(installation_id), rosters.get(installation_id)) if part
+        )
+        or "unchanged"
+        for installation_id in sorted(changes.keys() | rosters.keys())
+    }
+
+
 def _payload_installation(delivery: WebhookDelivery) -> dict[str, Any]:
     data = delivery.payload.get("installation")
     if not isinstance(data, dict) or not isinstance(data.get("id"), int):
@@ -180,9 +236,7 @@ def handle_installation_event(
     action = delivery.action
     installation = _upsert_installation(session, data)
     if action == "deleted":
-        installation.deleted_at = utcnow()
-        for repository in installation.repositories:
-            repository.removed_at = repository.removed_at or utcnow()
+        _mark_deleted(installation)
         return Outcome("processed", f"installation {installation.id} deleted")
     if action == "suspend":
         installation.suspended_at = utcnow()
