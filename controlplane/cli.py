@@ -429,6 +429,12 @@ def cmd_vars_set(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_status(build: dict[str, Any]) -> str:
+    """The status, with why a queued build waits when the API says."""
+    reason = build.get("waiting_reason")
+    return f"{build['status']} (waiting: {reason})" if reason else str(build["status"])
+
+
 def cmd_builds_list(settings: Settings, args: argparse.Namespace) -> int:
     client = _client(settings)
     params: dict[str, Any] = {}
@@ -447,6 +453,7 @@ def cmd_builds_list(settings: Settings, args: argparse.Namespace) -> int:
             "service": names.get(row["service_id"], row["service_id"]),
             "commit": (row.get("commit_sha") or "")[:10],
             "message": _shorten(row.get("commit_message")),
+            "status": _build_status(row),
             "created": _timestamp(row.get("created_at")),
             "duration": _duration(row.get("started_at"), row.get("finished_at")),
         }
@@ -469,7 +476,7 @@ def cmd_builds_show(settings: Settings, args: argparse.Namespace) -> int:
         "service": names.get(build.get("service_id"), build.get("service_id")),
         "branch": build.get("branch"),
         "commit": build.get("commit_sha"),
-        "status": build["status"],
+        "status": _build_status(build),
         "author": build.get("author"),
         "message": _shorten(build.get("commit_message")),
         "created": _timestamp(build.get("created_at")),

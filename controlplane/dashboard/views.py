@@ -345,6 +345,7 @@ def build_page(build_id: int) -> str:
         failed_step=failed_step,
         deployment=deployment,
         images=images.listed(build),
+        waiting_reason=builds.waiting_reason(session(), build),
         lines=lines[-PAGE_LOG_LINES:],
         hidden_lines=max(0, len(lines) - PAGE_LOG_LINES),
         tail=lines[-FAILURE_TAIL:],

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import Schema, fields, missing, validate
+from sqlalchemy.orm import object_session
 
-from controlplane.services import images
+from controlplane.services import builds, images
 from controlplane.statuses import BUILD_LANES, DELIVERY_STATUSES, TOKEN_SCOPES
 
 # A service-level compose key name (``cap_add``, ``sysctls``).
@@ -220,6 +221,15 @@ class BuildSchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     images = BuildImagesField(metadata={"description": "what the build pushed, by digest"})
+    waiting_reason = fields.Method(
+        "_waiting_reason",
+        allow_none=True,
+        metadata={"description": "why a queued build is not taken (no worker online), or null"},
+    )
+
+    def _waiting_reason(self, build: Any) -> str | None:
+        session = object_session(build)
+        return builds.waiting_reason(session, build) if session is not None else None
 
 
 class BuildDetailSchema(BuildSchema):

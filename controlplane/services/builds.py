@@ -664,6 +664,9 @@ UNTRUSTED_DISPATCHED_KEY = "portside:builds:dispatched:untrusted"
 DISPATCH_LOCK = 7_370_250_300_001  # pg_advisory_xact_lock key: one dispatcher at a time
 # A worker that heartbeated a build this recently counts as one that takes builds.
 WORKERS_SEEN_WITHIN = dt.timedelta(minutes=10)
+# A queued build's waiting_reason when no worker of its lane was seen within that.
+NO_WORKER = "no build worker online"
+NO_UNTRUSTED_WORKER = "no build worker for forks' builds online"
 
 
 class Send(Protocol):
@@ -764,9 +767,8 @@ def waiting_builds(session: Session) -> list[Waiting]:
     return waiting
 
 
-def workers_seen(session: Session, *, untrusted: bool = False) -> int:
-    """Build workers at work lately on builds of that kind (at least one): how many
-    builds may wait for them."""
+def _workers_at_work(session: Session, *, untrusted: bool) -> int:
+    """Build workers that heartbeated a build of that kind within WORKERS_SEEN_WITHIN."""
     count = session.scalar(
         select(func.count(func.distinct(Build.worker))).where(
             Build.worker.is_not(None),
@@ -774,7 +776,23 @@ def workers_seen(session: Session, *, untrusted: bool = False) -> int:
             Build.untrusted.is_(untrusted),
         )
     )
-    return max(1, int(count or 0))
+    return int(count or 0)
+
+
+def workers_seen(session: Session, *, untrusted: bool = False) -> int:
+    """Build workers at work lately on builds of that kind (at least one): how many
+    builds may wait for them."""
+    return max(1, _workers_at_work(session, untrusted=untrusted))
+
+
+def waiting_reason(session: Session, build: Build) -> str | None:
+    """Why a queued build is not taken, when Portside can tell: no worker of its lane
+    was seen lately (so it is not simply waiting its turn). None otherwise, and for a
+    build that is not queued. A worker idle longer than WORKERS_SEEN_WITHIN is not seen
+    until it takes a build."""
+    if build.status != "queued" or _workers_at_work(session, untrusted=bool(build.untrusted)):
+        return None
+    return NO_UNTRUSTED_WORKER if build.untrusted else NO_WORKER
 
 
 def _last_started(session: Session, service_ids: set[int]) -> dict[int, float]:
