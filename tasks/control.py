@@ -279,8 +279,9 @@ _relays: list[DeliveryRelay | BuildDispatcher] = []
 
 @worker_ready.connect
 def _redrive_on_start(sender: Any = None, **_: Any) -> None:
-    """A control worker that starts relays new deliveries, dispatches queued builds and
-    re-drives the outbox."""
+    """A control worker that starts relays new deliveries, dispatches queued builds,
+    re-drives the outbox and catches up installations whose events were missed while
+    none ran (the sync is idempotent: several workers starting at once is harmless)."""
     queues = {queue.name for queue in sender.app.amqp.queues.consume_from.values()}
     if CONTROL_QUEUE in queues:
         # A database of its own: this thread lives in the pool's parent process.
@@ -299,6 +300,7 @@ def _redrive_on_start(sender: Any = None, **_: Any) -> None:
         # Received deliveries are the relay's; this re-sends enqueued ones whose message
         # was lost while no worker ran (beat repeats it every 30 s).
         sender.app.send_task(pipeline.REDRIVE_DELIVERIES, queue=CONTROL_QUEUE)
+        sender.app.send_task(pipeline.RECONCILE_INSTALLATIONS, queue=CONTROL_QUEUE)
 
 
 @worker_shutdown.connect
