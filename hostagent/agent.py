@@ -27,6 +27,7 @@ from hostagent.client import (
 )
 from hostagent.desired import DesiredEnvironment, DesiredState, PreviewLimits, config_hash
 from hostagent.errors import AgentConfigError, AgentError, PermanentAgentError
+from hostagent.logship import LogShipper
 from hostagent.metrics import (
     DOCKER_TIMEOUT,
     ContainerCollector,
@@ -410,6 +411,15 @@ def main(environ: Mapping[str, str]) -> int:
             return 2
         log.info("metrics on %s port %d", settings.metrics_addr[0], metrics.port)
     source = ControlPlaneClient(settings)
+    # Its own Docker and HTTP clients: it reads and sends on a thread of its own.
+    logs_client = docker.DockerClient.from_env(environment=dict(environ), timeout=DOCKER_TIMEOUT)
+    logs_sender = ControlPlaneClient(settings)
+    shipper = LogShipper(
+        logs_client,
+        logs_sender.ship_logs,
+        lambda: source.last_good.host if source.last_good is not None else None,
+    )
+    shipper.start()
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -429,6 +439,9 @@ def main(environ: Mapping[str, str]) -> int:
         )
         run_forever(settings, agent_state, source, stop)
     finally:
+        shipper.close()
+        logs_sender.close()
+        logs_client.close()
         if metrics is not None:
             metrics.close()
         sampler.close()

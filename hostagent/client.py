@@ -236,5 +236,14 @@ class ControlPlaneClient:
         if not 200 <= response.status_code < 300:
             raise error_for_status(response)
 
+    def ship_logs(self, batch: Mapping[str, Any]) -> None:
+        """POST one batch of container output (:mod:`hostagent.logship`); a short read
+        timeout, so a slow control plane delays logs, never the agent."""
+        response = self._request(
+            "POST", "/v1/agent/logs", json=dict(batch), timeout=(CONNECT_TIMEOUT, 10.0)
+        )
+        if not 200 <= response.status_code < 300:
+            raise error_for_status(response)
+
     def close(self) -> None:
         self.session.close()
