@@ -143,6 +143,12 @@ class Service(TimestampMixin, Base):
     cpu_limit: Mapped[float | None]
     memory_limit: Mapped[str | None] = mapped_column(String(16))
     restart_policy: Mapped[str] = mapped_column(String(32), default="unless-stopped")
+    # Who may open its previews: anyone ("none"), a basic-auth login, or source networks.
+    preview_protection: Mapped[str] = mapped_column(String(16), default="none")
+    preview_allow_networks: Mapped[list[Any]] = mapped_column(default=list)
+    # The basic-auth login as an htpasswd line (user:bcrypt), encrypted; the password
+    # itself is never stored (shown once when generated).
+    preview_htpasswd_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
     deleted_at: Mapped[dt.datetime | None]
 
     host: Mapped[Host] = relationship()

@@ -18,6 +18,8 @@ ENVIRONMENT_STATUSES = (
     "refused",
     "inactive",
 )
+# Who may open a service's previews: anyone, a basic-auth login, or listed source networks.
+PREVIEW_PROTECTIONS = ("none", "basic_auth", "ip_allow")
 TOKEN_SCOPES = ("admin", "worker", "read", "host")
 # Which builds a worker token claims: a fork's ("untrusted"), the others ("trusted"), or both.
 BUILD_LANES = ("trusted", "untrusted", "all")

@@ -330,6 +330,7 @@ class Applier:
                 action.routing,
                 spec.health_check,
                 network=self.proxy_network,
+                protection=spec.protection,
             ),
         }
 
@@ -517,6 +518,7 @@ class Applier:
                             action.routing,
                             spec.health_check,
                             network=network,
+                            protection=spec.protection,
                         ).items()
                     }
                 )
@@ -526,7 +528,12 @@ class Applier:
                 if route.service == name:
                     router = f"{spec.name}-{re.sub(r'[^a-z0-9-]', '-', name.lower())}"
                     labels = traefik_labels(
-                        router, route.domains, route.port, action.routing, network=network
+                        router,
+                        route.domains,
+                        route.port,
+                        action.routing,
+                        network=network,
+                        protection=spec.protection,
                     )
                     entry["labels"].update({k: v.replace("$", "$$") for k, v in labels.items()})
             if network and "traefik.enable" in entry["labels"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import logging
 import re
@@ -37,6 +38,8 @@ TRAEFIK_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 COMPOSE_SERVICE_RE = re.compile(r"[a-zA-Z0-9._-]+")
 RESTART_RE = re.compile(r"no|always|unless-stopped|on-failure(?::[0-9]{1,4})?")
 SHA_RE = re.compile(r"[0-9a-f]{40}")
+# user:bcrypt, as htpasswd -B writes it; nothing else reaches Traefik's basicAuth label.
+HTPASSWD_RE = re.compile(r"[A-Za-z0-9._-]{1,64}:\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
 MAX_HEALTH_TIMEOUT = 3600.0
 
 Kind = Literal["production", "preview"]
@@ -111,6 +114,15 @@ class RegistryAuth:
 
 
 @dataclass(frozen=True)
+class Protection:
+    """Who may reach an environment through Traefik: holders of a basic-auth login
+    (htpasswd lines) or clients from the listed networks; one of the two is set."""
+
+    basic_auth: tuple[str, ...] = field(default=(), repr=False)
+    ip_allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DesiredEnvironment:
     """One environment the host should run, exactly as the control plane wants it."""
 
@@ -133,6 +145,7 @@ class DesiredEnvironment:
     compose_services: tuple[str, ...] = ()
     routes: tuple[Route, ...] = ()
     compose_allow: frozenset[str] = frozenset()
+    protection: Protection | None = None
 
     @property
     def allowed_compose_keys(self) -> frozenset[str]:
@@ -394,7 +407,31 @@ def parse_environment(value: object, where: str) -> DesiredEnvironment:
         compose_services=services,
         routes=routes,
         compose_allow=_compose_allow(data.get("compose_allow"), f"{where} compose_allow"),
+        protection=_protection(data.get("protection"), f"{where} protection"),
     )
+
+
+def _protection(value: object, where: str) -> Protection | None:
+    if value is None:
+        return None
+    data = _obj(value, where)
+    users = data.get("basic_auth", [])
+    networks = data.get("ip_allow", [])
+    if not isinstance(users, list) or not isinstance(networks, list):
+        raise _fail(where, "basic_auth and ip_allow must be lists")
+    if bool(users) == bool(networks):
+        raise _fail(where, "must have either basic_auth or ip_allow")
+    for index, line in enumerate(users):
+        # The line holds a hash: say where it is, never what it is.
+        if not isinstance(line, str) or not HTPASSWD_RE.fullmatch(line):
+            raise _fail(f"{where}.basic_auth[{index}]", "must be user:bcrypt")
+    cidrs: list[str] = []
+    for index, text in enumerate(networks):
+        try:
+            cidrs.append(str(ipaddress.ip_network(_str(text, where), strict=False)))
+        except ValueError:
+            raise _fail(f"{where}.ip_allow[{index}]", "must be a CIDR") from None
+    return Protection(basic_auth=tuple(users), ip_allow=tuple(cidrs))
 
 
 def _compose_allow(value: object, where: str) -> frozenset[str]:
@@ -556,6 +593,10 @@ def config_hash(
         material["compose_allow"] = sorted(env.allowed_compose_keys)
     if proxy_network:
         material["proxy_network"] = proxy_network
+    if env.protection is not None:
+        material["protection"] = [f"basic_auth:{line}" for line in env.protection.basic_auth] + [
+            f"ip_allow:{cidr}" for cidr in env.protection.ip_allow
+        ]
     encoded = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()
 
@@ -576,11 +617,13 @@ def traefik_labels(
     health_check: HealthCheck | None = None,
     *,
     network: str = "",
+    protection: Protection | None = None,
 ) -> dict[str, str]:
     """Docker-provider labels routing ``domains`` to ``port``; empty if nothing to route.
 
     ``network``: the proxy network, which Traefik must use to reach a container that is
     on several networks (a compose service keeps its project's network too).
+    ``protection``: a basicAuth or ipAllowList middleware of this router's own, on it.
 
     Old and new containers of one environment carry the same router and service names,
     so during a switch Traefik load-balances over both; its own health check on the
@@ -607,4 +650,11 @@ def traefik_labels(
         labels[f"{service}.loadbalancer.healthcheck.interval"] = "5s"
     if network:
         labels["traefik.docker.network"] = network
+    if protection is not None:
+        middleware = f"traefik.http.middlewares.{name}-protect"
+        if protection.basic_auth:
+            labels[f"{middleware}.basicauth.users"] = ",".join(protection.basic_auth)
+        else:
+            labels[f"{middleware}.ipallowlist.sourcerange"] = ",".join(protection.ip_allow)
+        labels[f"{router}.middlewares"] = f"{name}-protect"
     return labels

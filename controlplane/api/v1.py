@@ -243,6 +243,19 @@ def update_service(changes: dict[str, Any], service_id: int) -> Any:
     return service
 
 
+@services_api.post("/<int:service_id>/preview-password")
+@require("admin")
+@services_api.response(201, schemas.PreviewPasswordSchema)
+def generate_preview_password(service_id: int) -> Any:
+    """Generate a new basic-auth password for the service's previews (the old one stops
+    working) and turn ``basic_auth`` on; the password is in this answer only."""
+    db = session()
+    box = SecretBox.from_settings(current_app.extensions["portside.settings"])
+    username, password = services.generate_preview_password(db, box, service_id, actor())
+    db.commit()
+    return {"username": username, "password": password}
+
+
 @services_api.post("/<int:service_id>/deploy")
 @require("admin")
 @services_api.arguments(schemas.DeploySchema)

@@ -8,7 +8,7 @@ from marshmallow import Schema, fields, missing, validate
 from sqlalchemy.orm import object_session
 
 from controlplane.services import builds, images
-from controlplane.statuses import BUILD_LANES, DELIVERY_STATUSES, TOKEN_SCOPES
+from controlplane.statuses import BUILD_LANES, DELIVERY_STATUSES, PREVIEW_PROTECTIONS, TOKEN_SCOPES
 
 # A service-level compose key name (``cap_add``, ``sysctls``).
 COMPOSE_KEY = r"^[a-z][a-z0-9_]{0,63}$"
@@ -161,6 +161,10 @@ class ServiceSchema(Schema):
     compose_allow = fields.List(fields.String())
     preview_ttl_seconds = fields.Integer()
     max_previews = fields.Integer()
+    preview_protection = fields.String(
+        metadata={"description": "none, basic_auth (a login) or ip_allow (source networks)"}
+    )
+    preview_allow_networks = fields.List(fields.String())
     created_at = fields.DateTime()
 
 
@@ -277,6 +281,23 @@ class ServicePatchSchema(Schema):
     )
     preview_ttl_seconds = fields.Integer(validate=validate.Range(min=600))
     max_previews = fields.Integer(validate=validate.Range(min=0, max=1000))
+    preview_protection = fields.String(
+        validate=validate.OneOf(PREVIEW_PROTECTIONS),
+        metadata={
+            "description": "who may open previews: anyone, a basic-auth login (POST "
+            "/v1/services/{id}/preview-password first) or preview_allow_networks"
+        },
+    )
+    preview_allow_networks = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)),
+        validate=validate.Length(max=64),
+        metadata={"description": "CIDRs whose clients may open previews under ip_allow"},
+    )
+
+
+class PreviewPasswordSchema(Schema):
+    username = fields.String()
+    password = fields.String(metadata={"description": "shown this once; only a hash is kept"})
 
 
 class StepClaimSchema(Schema):

@@ -165,6 +165,16 @@ def _runtime_env(
     return values
 
 
+def _preview_protection(box: SecretBox, service: Service) -> dict[str, Any] | None:
+    """What the agent puts in front of the service's previews (``PATCH
+    /v1/services/{id}``'s ``preview_protection``), or None if nothing."""
+    if service.preview_protection == "basic_auth" and service.preview_htpasswd_encrypted:
+        return {"basic_auth": [box.decrypt(service.preview_htpasswd_encrypted)]}
+    if service.preview_protection == "ip_allow" and service.preview_allow_networks:
+        return {"ip_allow": [str(network) for network in service.preview_allow_networks]}
+    return None
+
+
 def _environment_state(
     box: SecretBox,
     environment: Environment,
@@ -201,6 +211,7 @@ def _environment_state(
             )
     installation_id = service.repository.installation_id if service.repository else None
     credentials = credentials_for(installation_id)
+    protection = _preview_protection(box, service) if environment.kind == "preview" else None
     return {
         "name": environment.name,
         "kind": environment.kind,
@@ -230,6 +241,7 @@ def _environment_state(
             "username": credentials.username,
             "password": credentials.password,
         },
+        **({"protection": protection} if protection else {}),
     }
 
 

@@ -49,6 +49,7 @@ from controlplane.models import (
     Deployment,
     Environment,
     RegistryCredential,
+    Service,
     Variable,
     WebhookDelivery,
 )
@@ -463,6 +464,16 @@ def build_cancelled(session: Session, github: GitHubApp, settings: Settings, bui
     github.call(installation, f"feedback for build {build.id}", act)
 
 
+def _protection_note(service: Service) -> str:
+    """What the PR comment tells reviewers about a protected preview (never a secret)."""
+    if service.preview_protection == "basic_auth":
+        return "\n\nProtected: it asks for a login, which a maintainer can share."
+    if service.preview_protection == "ip_allow":
+        networks = ", ".join(f"`{network}`" for network in service.preview_allow_networks)
+        return f"\n\nProtected: open only from {networks}."
+    return ""
+
+
 def deployment_finished(
     session: Session, github: GitHubApp, settings: Settings, deployment_id: int, *, ok: bool
 ) -> None:
@@ -494,6 +505,7 @@ def deployment_finished(
             body = (
                 f"**Preview of {environment.service.name}** is ready: {url or 'no address yet'}\n\n"
                 f"Running commit `{build.commit_sha[:7]}` (deployment {deployment.id})."
+                f"{_protection_note(environment.service)}"
             )
             environment.github_comment_id = _comment(client, github, environment, body)
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+import bcrypt
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from controlplane.crypto import SecretBox
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Environment, Host, Repository, Service, utcnow
-from controlplane.services import audit, hosts, previews, pushes
+from controlplane.services import audit, desired, hosts, previews, pushes
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
 RUNTIME_FIELDS = (
@@ -28,7 +32,10 @@ RUNTIME_FIELDS = (
     "compose_allow",
     "preview_ttl_seconds",
     "max_previews",
+    "preview_protection",
+    "preview_allow_networks",
 )
+PREVIEW_USERNAME = "preview"
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 # Preview environments are named ``<service>-pr-<n>``: a service named so would collide.
 PREVIEW_SUFFIX = re.compile(r"-pr-[0-9]+$")
@@ -210,9 +217,13 @@ def update_service(
                 old=sorted(service.compose_allow),
                 new=allowed,
             )
+    changes = _check_protection(service, changes)
+    protection_before = (service.preview_protection, list(service.preview_allow_networks))
     for name in RUNTIME_FIELDS:
         if name in changes:
             setattr(service, name, changes[name])
+    if (service.preview_protection, list(service.preview_allow_networks)) != protection_before:
+        _republish_previews(session, service)
     try:
         session.flush()
     except IntegrityError:
@@ -220,6 +231,73 @@ def update_service(
         raise Conflict("another service has that domain") from None
     audit.record(session, actor, "service.update", "service", service.id, fields=sorted(changes))
     return service
+
+
+def _check_protection(service: Service, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with its networks normalised (``10.1.2.3/8`` is ``10.0.0.0/8``);
+    ValidationFailed if the protection asked for could not let anyone in."""
+    if "preview_allow_networks" in changes:
+        try:
+            networks = [
+                str(ipaddress.ip_network(str(text).strip(), strict=False))
+                for text in changes["preview_allow_networks"]
+            ]
+        except ValueError as exc:
+            raise ValidationFailed(
+                "not a network", details={"preview_allow_networks": [str(exc)]}
+            ) from None
+        changes = {**changes, "preview_allow_networks": list(dict.fromkeys(networks))}
+    protection = changes.get("preview_protection", service.preview_protection)
+    networks = changes.get("preview_allow_networks", service.preview_allow_networks)
+    if protection == "ip_allow" and not networks:
+        raise ValidationFailed(
+            "ip_allow needs networks",
+            details={"preview_allow_networks": ["at least one CIDR for ip_allow"]},
+        )
+    if protection == "basic_auth" and service.preview_htpasswd_encrypted is None:
+        raise ValidationFailed(
+            "basic_auth needs a password first",
+            details={
+                "preview_protection": [
+                    f"POST /v1/services/{service.id}/preview-password generates it"
+                ]
+            },
+        )
+    return changes
+
+
+def _republish_previews(session: Session, service: Service) -> None:
+    """Send new snapshots to the hosts of the service's previews: their routers change."""
+    host_ids = session.scalars(
+        select(Environment.host_id)
+        .where(Environment.service_id == service.id, Environment.kind == "preview")
+        .distinct()
+    )
+    for host_id in host_ids:
+        desired.bump(session, host_id)
+
+
+def htpasswd_line(username: str, password: str) -> str:
+    """An htpasswd entry Traefik's basicAuth reads: bcrypt under htpasswd's own ``$2y$``
+    prefix (the same algorithm as ``$2b$``)."""
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    return f"{username}:$2y${hashed.removeprefix('$2b$')}"
+
+
+def generate_preview_password(
+    session: Session, box: SecretBox, service_id: int, actor: str
+) -> tuple[str, str]:
+    """Replace the previews' basic-auth login with a new random password and turn
+    ``basic_auth`` on; returns (username, password), the only time the password exists
+    outside the hash."""
+    service = get_service(session, service_id)
+    password = secrets.token_urlsafe(18)
+    service.preview_htpasswd_encrypted = box.encrypt(htpasswd_line(PREVIEW_USERNAME, password))
+    service.preview_protection = "basic_auth"
+    _republish_previews(session, service)
+    session.flush()
+    audit.record(session, actor, "service.preview_password", "service", service.id)
+    return PREVIEW_USERNAME, password
 
 
 def get_service(session: Session, service_id: int) -> Service:
