@@ -12,11 +12,22 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from controlplane.crypto import SecretBox
 from controlplane.db import Database
+from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Environment, Service
-from controlplane.services import builds, hosts, services
+from controlplane.services import builds, feedback, hosts, services
+from controlplane.settings import Settings
 from hostagent.agent import run_once
-from hostagent.desired import parse_desired_state
+from hostagent.desired import parse_desired_state, parse_environment
+from hostagent.errors import InvalidDesiredState
+from tests.controlplane.test_feedback_github import (  # noqa: F401 - github and preview are fixtures
+    github,
+    preview,
+    set_status,
+)
+from tests.githubserver.server import GitHubServer
+from tests.hostagent.factories import env_body, state_body
 from tests.hostagent.test_apply_docker import (  # noqa: F401 - agent, images and uid are fixtures
     FakeSource,
     agent,
@@ -222,3 +233,55 @@ def test_compose_previews_get_the_hash_through_compose_interpolation(
         assert not verifies(web.labels, name, "wrong")
     finally:
         agent.applier.compose_down(name, remove_volumes=True)
+
+
+def test_the_pr_comment_says_the_preview_is_protected_and_never_how(
+    database: Database,
+    settings: Settings,
+    github: GitHubApp,  # noqa: F811 - the fixture
+    github_server: GitHubServer,
+    preview: tuple[int, int],  # noqa: F811 - the fixture
+) -> None:
+    build_id, deployment_id = preview
+    set_status(database, build_id, "succeeded")
+    with database.session_scope() as session:
+        (service,) = services.list_services(session)
+        service.preview_protection = "ip_allow"
+        service.preview_allow_networks = ["192.0.2.0/24"]
+    with database.session_scope() as session:
+        feedback.send(session, github, settings, "deployment_active", deployment_id)
+    (comment,) = github_server.state.comments
+    assert "is ready" in comment.body and "open only from `192.0.2.0/24`" in comment.body
+
+    box = SecretBox.from_settings(settings)
+    with database.session_scope() as session:
+        _user, password = services.generate_preview_password(session, box, service.id, "test")
+    with database.session_scope() as session:
+        feedback.send(session, github, settings, "deployment_active", deployment_id)
+    (comment,) = github_server.state.comments
+    assert "asks for a login" in comment.body
+    assert password not in comment.body and "$2y$" not in comment.body
+
+
+@pytest.mark.parametrize(
+    "protection",
+    [
+        {"basic_auth": ["preview:plain-text-password"]},
+        {"basic_auth": ["preview:$2y$10$" + "a" * 53 + "\nrule: Host(`x`)"]},
+        {"ip_allow": ["10.0.0.0/33"]},
+        {"basic_auth": [], "ip_allow": []},
+        {"ip_allow": "10.0.0.0/8"},
+    ],
+    ids=["clear-password", "newline", "bad-cidr", "empty", "not-a-list"],
+)
+def test_the_agent_refuses_a_protection_it_cannot_put_on_a_router(
+    protection: dict[str, Any],
+) -> None:
+    """Only user:bcrypt lines and CIDRs reach a label: anything else refuses the preview."""
+    body = state_body(env_body("hello-pr-1", kind="preview", protection=protection))
+    state = parse_desired_state(body)
+    assert state.environments == ()
+    (refused,) = state.refused
+    assert "protection" in refused.reason
+    with pytest.raises(InvalidDesiredState):
+        parse_environment(env_body("hello-pr-1", kind="preview", protection=protection), "env")
