@@ -341,8 +341,10 @@ def _print_json(value: Any) -> None:
 def _environment_row(env: dict[str, Any]) -> dict[str, Any]:
     current = env.get("current_deployment") or {}
     deployment = f"{current['id']} {current.get('status', '')}".strip() if current else ""
+    reason = env.get("pending_reason")  # what a waiting environment waits for
     return {
         **env,
+        "status": f"{env['status']} ({reason})" if reason else env["status"],
         "pr": env.get("pr_number") or "",
         "deployment": deployment,
         "address": env.get("address") or env.get("domain") or "",

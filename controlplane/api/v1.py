@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response, current_app
 from flask_smorest import Blueprint, Page
-from marshmallow import Schema
+from marshmallow import Schema, fields
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -65,8 +65,12 @@ ERRORS = {401: "no valid token", 403: "token of the wrong scope"}
 
 
 def _fields(row: Any, schema: type[Schema], **extra: Any) -> dict[str, Any]:
-    """A row's attributes named by ``schema``, plus ``extra``, for a response schema to dump."""
-    return {name: getattr(row, name) for name in schema().fields} | extra
+    """A row's attributes named by ``schema`` (computed ones computed from the row), plus
+    ``extra``, for a response schema to dump."""
+    return {
+        name: field.serialize(name, row) if isinstance(field, fields.Method) else getattr(row, name)
+        for name, field in schema().fields.items()
+    } | extra
 
 
 def _paged(db: Session, query: Any, pagination: Any) -> list[Any]:

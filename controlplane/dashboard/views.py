@@ -40,7 +40,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import builds, desired, images, logs, previews
+from controlplane.services import builds, desired, images, logs, pending, previews
 from controlplane.services.feedback import environment_url
 from controlplane.settings import Settings
 from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES
@@ -177,6 +177,8 @@ class EnvironmentRow:
     url: str | None
     deployment: Deployment | None
     latest_build: Build | None
+    # What a waiting environment waits for (services.pending), on the services page.
+    pending_reason: str | None = None
 
 
 @dataclass
@@ -216,6 +218,7 @@ def services_page() -> str:
         )
     )
     latest = _latest_builds([env.id for s in listed for env in s.environments])
+    interval = _settings().agent_interval
     rows = []
     for service in listed:
         row = ServiceRow(service)
@@ -231,7 +234,11 @@ def services_page() -> str:
                 row.closed_previews += 1
                 continue
             item = EnvironmentRow(
-                env, environment_url(env), env.current_deployment, latest.get(env.id)
+                env,
+                environment_url(env),
+                env.current_deployment,
+                latest.get(env.id),
+                pending.pending_reason(db, env, interval),
             )
             (row.production if env.kind == "production" else row.previews).append(item)
         rows.append(row)

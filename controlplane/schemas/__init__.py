@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
 from marshmallow import Schema, fields, missing, validate
 from sqlalchemy.orm import object_session
 
-from controlplane.services import builds, images
+from controlplane.services import builds, images, pending
 from controlplane.statuses import BUILD_LANES, DELIVERY_STATUSES, PREVIEW_PROTECTIONS, TOKEN_SCOPES
 
 # A service-level compose key name (``cap_add``, ``sysctls``).
@@ -466,6 +467,14 @@ class EnvironmentSchema(Schema):
     status_reason = fields.String(
         allow_none=True, metadata={"description": "why it is refused or awaiting approval"}
     )
+    pending_reason = fields.Method(
+        "_pending_reason",
+        allow_none=True,
+        metadata={
+            "description": "what a pending, building, deploying or awaiting_approval "
+            "environment waits for (approval, a build, its host's agent), or null"
+        },
+    )
     approved_sha = fields.String(
         allow_none=True, metadata={"description": "the fork commit approved to build and run"}
     )
@@ -477,6 +486,15 @@ class EnvironmentSchema(Schema):
     generation = fields.Integer()
     current_deployment = fields.Nested(CurrentDeploymentSchema, allow_none=True)
     created_at = fields.DateTime()
+
+    def _pending_reason(self, environment: Any) -> str | None:
+        if isinstance(environment, dict):  # an answer put together field by field
+            return environment.get("pending_reason")
+        session = object_session(environment)
+        if session is None:
+            return None
+        interval = current_app.extensions["portside.settings"].agent_interval
+        return pending.pending_reason(session, environment, interval)
 
 
 class ApproveSchema(Schema):

@@ -1,0 +1,51 @@
+"""Why an environment is not running yet, computed when asked: the approval, the build or
+the host agent it waits for, so a ``pending`` (or ``building``, ``deploying``) status
+says what to look at instead of leaving the reader to guess."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controlplane.models import Build, Deployment, Environment
+from controlplane.services import builds, desired
+
+# The statuses of an environment that wait for something to happen.
+WAITING_STATUSES = ("pending", "awaiting_approval", "building", "deploying")
+
+
+def _build_in_flight(session: Session, environment: Environment) -> Build | None:
+    return session.scalar(
+        select(Build)
+        .where(Build.environment_id == environment.id, Build.status.in_(("queued", "running")))
+        .order_by(Build.id.desc())
+        .limit(1)
+    )
+
+
+def pending_reason(session: Session, environment: Environment, agent_interval: int) -> str | None:
+    """What a waiting environment waits for, most pressing first, joined by ``; ``: an
+    approval, a queued or running build (with why a queued one is not taken), no agent of
+    its host seen within ``is_online``'s window, or the agent to apply a deployment it
+    has not reported yet. None when its status waits for nothing or Portside cannot tell."""
+    if environment.status not in WAITING_STATUSES:
+        return None
+    reasons: list[str] = []
+    if environment.status == "awaiting_approval":
+        sha = f" of {environment.head_sha[:7]}" if environment.head_sha else ""
+        reasons.append(f"waiting for approval{sha}")
+    build = _build_in_flight(session, environment)
+    if build is not None:
+        waiting = builds.waiting_reason(session, build)
+        state = f"{build.status}: {waiting}" if waiting else build.status
+        reasons.append(f"waiting for build #{build.id} ({state})")
+    host = environment.host
+    if not desired.is_online(host, agent_interval):
+        reasons.append(f"no agent online for host {host.name}")
+    elif build is None and environment.current_deployment_id is not None:
+        deployment = session.get(Deployment, environment.current_deployment_id)
+        if deployment is not None and deployment.status == "pending":
+            reasons.append(
+                f"waiting for host {host.name}'s agent to run deployment #{deployment.id}"
+            )
+    return "; ".join(reasons) or None
