@@ -538,10 +538,40 @@ def _activity(client: PortsideClient, build_id: int) -> str:
     return str(build["status"])
 
 
+def _env_line(line: dict[str, Any]) -> str:
+    """One runtime line as shown: the compose service (or container) it came from first."""
+    return f"{line['service'] or line['container']} | {line['line']}"
+
+
+def _environment_logs(client: PortsideClient, args: argparse.Namespace) -> int:
+    """``portside logs --env NAME [-f]``: the recent lines, then (with -f) new ones."""
+    from controlplane.client import LogLine
+
+    environment = _resolve_environment(client, args.env)
+    params = {"tail": args.tail, "service": args.service}
+    recent = client.environment_logs(
+        environment["id"], {k: v for k, v in params.items() if v is not None}
+    )
+    for line in recent["lines"]:
+        print(json.dumps(line) if args.json else _env_line(line), flush=True)
+    if not args.follow:
+        return 0
+    for event in client.follow_environment_logs(environment["id"], args.service):
+        if isinstance(event, LogLine):
+            line = json.loads(event.text)
+            print(json.dumps(line) if args.json else _env_line(line), flush=True)
+    print(f"portside: environment {environment['name']} was removed", file=sys.stderr)
+    return 0
+
+
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     from controlplane.client import LogLine, Quiet
 
     client = _client(settings)
+    if (args.env is None) == (args.build is None):
+        raise CommandError("give a build's id or --env NAME (not both)", EXIT_USAGE)
+    if args.env is not None:
+        return _environment_logs(client, args)
     if not args.follow:
         logs = client.logs(args.build)
         if args.json:
@@ -968,10 +998,16 @@ def _add_api_commands(add: Callable[..., Any], commands: Any) -> None:
     )
     build_show.add_argument("build", type=int, help="the build's id")
 
-    logs = api("logs", cmd_logs, "a build's log", commands)
-    logs.add_argument("build", type=int, help="the build's id")
+    logs = api("logs", cmd_logs, "a build's log, or an environment's output", commands)
+    logs.add_argument("build", type=int, nargs="?", help="the build's id")
+    logs.add_argument("--env", help="an environment's runtime output instead (name or id)")
+    logs.add_argument("--service", help="with --env, a compose service's lines only")
+    logs.add_argument("--tail", type=int, help="with --env, only the last this many lines")
     logs.add_argument(
-        "-f", "--follow", action="store_true", help="follow the log until the build ends"
+        "-f",
+        "--follow",
+        action="store_true",
+        help="follow the log until the build ends (with --env: until interrupted)",
     )
     logs.add_argument(
         "--quiet-after",

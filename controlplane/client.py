@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 
@@ -224,7 +225,25 @@ class PortsideClient:
         missing; after :data:`RESUME_ATTEMPTS` breaks in a row with nothing received the
         follow fails.
         """
-        path = f"/v1/builds/{build_id}/logs"
+        return self._follow(f"/v1/builds/{build_id}/logs", f"build {build_id}", quiet_after)
+
+    def environment_logs(self, environment_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "GET", f"/v1/environments/{environment_id}/logs", params=params
+        )
+        return result
+
+    def follow_environment_logs(
+        self, environment_id: int, service: str | None = None, quiet_after: float = 10.0
+    ) -> Iterator[LogEvent]:
+        """The environment's new lines as they come, each a :class:`LogLine` holding the
+        line's JSON object; it ends only when the environment is removed."""
+        query = f"?{urlencode({'service': service})}" if service else ""
+        path = f"/v1/environments/{environment_id}/logs{query}"
+        return self._follow(path, f"environment {environment_id}", quiet_after)
+
+    def _follow(self, path: str, what: str, quiet_after: float) -> Iterator[LogEvent]:
+        """Follow the server-sent events at ``path`` (see :meth:`follow_logs`)."""
         opened = [self._open_stream(path, None)]  # a 404 or 401 is raised here, at once
         events: queue.Queue[tuple[str, str] | BaseException] = queue.Queue()
         stop = threading.Event()
@@ -243,9 +262,7 @@ class PortsideClient:
                         events.put((kind, data))
                         if kind == "end":
                             return
-                    broken: BaseException = Unavailable(
-                        f"the log stream of build {build_id} ended early"
-                    )
+                    broken: BaseException = Unavailable(f"the log stream of {what} ended early")
                 except (Unavailable, requests.RequestException) as exc:
                     broken = exc
                 except BaseException as exc:  # the build or the token is gone, or a bug
@@ -257,7 +274,7 @@ class PortsideClient:
                     events.put(broken)
                     return
 
-        reader = threading.Thread(target=read, name=f"portside-logs-{build_id}", daemon=True)
+        reader = threading.Thread(target=read, name=f"portside-logs {what}", daemon=True)
         reader.start()
         last = time.monotonic()
         try:
@@ -271,8 +288,7 @@ class PortsideClient:
                     raise item
                 if isinstance(item, BaseException):
                     raise Unavailable(
-                        f"the log stream of build {build_id} was interrupted "
-                        f"({type(item).__name__})"
+                        f"the log stream of {what} was interrupted ({type(item).__name__})"
                     )
                 kind, data = item
                 if kind == "end":

@@ -22,7 +22,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import BadRequest, NotFound
 from controlplane.models import Host
-from controlplane.services import desired
+from controlplane.services import desired, envlogs
 from controlplane.settings import Settings
 
 blueprint = Blueprint("agent", __name__, url_prefix="/v1/agent")
@@ -115,6 +115,22 @@ def status() -> tuple[str, int]:
         raise NotFound("this host no longer exists")
     desired.record_status(db, host, report)
     db.commit()
+    return "", 204
+
+
+@blueprint.post("/logs")
+@require_host
+def logs() -> tuple[str, int]:
+    """A batch of what the host's containers printed (:mod:`hostagent.logship`)."""
+    batch = request.get_json(silent=True)
+    if not isinstance(batch, dict):
+        raise BadRequest("a log batch must be a JSON object")
+    db = session()
+    host = db.get(Host, current_host().host_id)
+    if host is None:
+        raise NotFound("this host no longer exists")
+    settings: Settings = current_app.extensions["portside.settings"]
+    envlogs.append(db, _redis(), SecretBox.from_settings(settings), host, batch)
     return "", 204
 
 
@@ -229,6 +245,29 @@ def document(spec: APISpec, app: Flask) -> None:
                 "responses": {
                     "204": {"description": "recorded"},
                     "400": _error("the report is not a JSON object with an environments list"),
+                    **auth_errors,
+                    "default": "DEFAULT_ERROR",
+                },
+            }
+        },
+    )
+    spec.path(
+        rule=rules[f"{blueprint.name}.logs"],
+        operations={
+            "post": {
+                "tags": ["agent"],
+                "summary": "What the host's containers printed, for the environments' logs",
+                "description": (
+                    "`{entries: [{environment, service, kind, container, stream, time, "
+                    "line}], dropped: n}`; lines of environments not on the host are ignored."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "204": {"description": "stored"},
+                    "400": _error("the batch is not {entries: [...], dropped: n}"),
                     **auth_errors,
                     "default": "DEFAULT_ERROR",
                 },

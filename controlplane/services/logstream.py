@@ -42,7 +42,7 @@ KEEPALIVE = ": keep-alive\n\n"
 MAX_FOLLOWERS = 64
 
 
-def _readable_id(entry_id: str) -> bool:
+def readable_id(entry_id: str) -> bool:
     """Whether Redis can read after ``entry_id``: two numbers of at most 64 bits."""
     return STREAM_ID.fullmatch(entry_id) is not None and all(
         int(part) < 2**64 for part in entry_id.split("-")
@@ -95,7 +95,7 @@ class LogStreams:
         ``after``. A running one is followed until its log's end marker or, in a quiet
         interval, until PostgreSQL says it finished (or was removed).
         """
-        resume = after if after and _readable_id(after) else START
+        resume = after if after and readable_id(after) else START
         status, stored = self._build(build_id)
         if status is None or status in FINISHED:
             if stored is not None and resume == START:
