@@ -191,6 +191,8 @@ def test_approving_the_head_builds_it_untrusted_and_a_push_waits_again(
     assert approved.json["build_id"] == build.id
     assert approved.json["approved_sha"] == FIRST and approved.json["status"] == "building"
     assert approved.json["status_reason"] is None and approved.json["from_fork"] is True
+    # The answer says what the preview now waits for: the approved commit's build.
+    assert f"waiting for build #{build.id} (queued" in approved.json["pending_reason"]
     audit = db_session.scalars(
         select(AuditEvent).where(AuditEvent.action == "environment.approve")
     ).all()
