@@ -3,14 +3,18 @@ its token, git tokens and registry credentials would cross the network in clear.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from buildworker.api import ControlPlane, InsecureURL
 from contracts.urls import url_refusal
-from controlplane import cli
 from controlplane.settings import Settings
+
+PORTSIDE = Path(sys.executable).with_name("portside")
 
 
 @pytest.mark.parametrize(
@@ -54,24 +58,39 @@ def test_the_setting_is_read_from_the_environment() -> None:
     assert Settings.from_env({"PORTSIDE_ALLOW_INSECURE_URL": "yes"}).allow_insecure_url is False
 
 
-def test_portside_buildworker_stops_at_start_with_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    def never(*_: object) -> int:
-        raise AssertionError("the worker started")
+def run_buildworker(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``portside buildworker`` as a real process (it execs the build worker's own entry
+    point, so it cannot run inside the test's process)."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("PORTSIDE_")}
+    environ.update(PORTSIDE_DATA_DIR=str(tmp_path), **settings)
+    environ.pop("DOCKER_HOST", None)
+    return subprocess.run(
+        [str(PORTSIDE), "buildworker", "--name", "b1"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
-    monkeypatch.setattr(cli, "_celery", never)
-    monkeypatch.setenv("PORTSIDE_URL", "http://portside.example.com")
-    monkeypatch.setenv("PORTSIDE_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("PORTSIDE_ALLOW_INSECURE_URL", raising=False)
 
-    assert cli.main(["buildworker", "--name", "b1"]) == cli.EXIT_USAGE
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1
-    assert error.startswith("portside: PORTSIDE_URL is plain http:// to portside.example.com")
+def test_portside_buildworker_stops_at_start_with_one_line(tmp_path: Path) -> None:
+    refused = run_buildworker(tmp_path, PORTSIDE_URL="http://portside.example.com")
 
-    monkeypatch.setenv("PORTSIDE_ALLOW_INSECURE_URL", "1")
-    started: list[list[str]] = []
-    monkeypatch.setattr(cli, "_celery", lambda _settings, argv: started.append(argv) or 0)
-    assert cli.main(["buildworker", "--name", "b1"]) == 0
-    assert started and started[0][0] == "worker"
+    assert refused.returncode == 2, refused
+    assert refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith(
+        "portside: PORTSIDE_URL is plain http:// to portside.example.com"
+    )
+
+    # Told so, it goes past that check (and stops at the next: no Docker engine here).
+    allowed = run_buildworker(
+        tmp_path,
+        PORTSIDE_URL="http://portside.example.com",
+        PORTSIDE_ALLOW_INSECURE_URL="1",
+        DOCKER_HOST=f"unix://{tmp_path / 'no-docker.sock'}",
+    )
+
+    assert allowed.returncode == 1, allowed
+    assert "PORTSIDE_URL" not in allowed.stderr
+    assert "no Docker engine answers" in allowed.stderr
