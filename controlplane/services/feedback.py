@@ -28,11 +28,13 @@ masked too (:func:`secrets_of`).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
+import time
 from collections.abc import Collection
 from typing import Any
 
-from github import Github, UnknownObjectException
+from github import Github, GithubException, UnknownObjectException
 from github.Deployment import Deployment as GitHubDeployment
 from github.IssueComment import IssueComment
 from github.NamedUser import NamedUser
@@ -43,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from contracts.masking import mask
 from controlplane.crypto import SecretBox
-from controlplane.github.app import GitHubApp
+from controlplane.github.app import GitHubApp, rate_limit_wait
 from controlplane.models import (
     Build,
     Deployment,
@@ -57,6 +59,8 @@ from controlplane.services import images, pushes
 from controlplane.services.builds import FINISHED
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.settings import Settings
+
+log = logging.getLogger(__name__)
 
 CONTEXT = "portside/build"
 # Every build is a Check Run of this name on its commit, external id = the build's id.
@@ -192,6 +196,46 @@ def check_summary(build: Build, lines: int = FAILED_LOG_LINES) -> str:
 
 
 def _check_run(
+    client: Github,
+    app: GitHubApp,
+    settings: Settings,
+    build: Build,
+    title: str,
+    *,
+    status: str = "completed",
+    conclusion: str | None = None,
+    secrets: Collection[str] = (),
+) -> None:
+    """:func:`_write_check_run`, unless the installation has not granted the App
+    ``checks: write`` (an App upgraded from before Check Runs, until its owner accepts the
+    new permission): then the commit status and the deployment still go out, and the log
+    says what to grant."""
+    try:
+        _write_check_run(
+            client,
+            app,
+            settings,
+            build,
+            title,
+            status=status,
+            conclusion=conclusion,
+            secrets=secrets,
+        )
+    except GithubException as exc:
+        data = exc.data if isinstance(exc.data, dict) else {}
+        message = str(data.get("message") or "")
+        if exc.status != 403 or rate_limit_wait(403, exc.headers, message, time.time()):
+            raise
+        log.warning(
+            "no Check Run for build %s: GitHub refused it on %s (%s); grant the App "
+            "'checks: write' and accept it on the installation",
+            build.id,
+            build.service.repository_full_name,
+            message or "403",
+        )
+
+
+def _write_check_run(
     client: Github,
     app: GitHubApp,
     settings: Settings,

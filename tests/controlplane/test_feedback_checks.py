@@ -441,3 +441,28 @@ def test_rerequesting_the_check_run_rebuilds_that_commit_once(
         )
     assert count == 3 and len(environments) == 1 and newer not in (build_id, rebuilt)
     assert outcome is not None and "no longer the head" in outcome
+
+
+def test_without_the_checks_permission_statuses_and_deployments_still_go_out(
+    database: Database,
+    settings: Settings,
+    github_app: GitHubApp,
+    github_server: GitHubServer,
+    service_id: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An installation of an App made before Check Runs has not granted ``checks: write``
+    until its owner accepts it: GitHub refuses the run (403), and everything else is sent
+    all the same, with a warning saying what to grant."""
+    state = github_server.state
+    del state.installations[1].permissions["checks"]
+    build_id = new_build(database, state, service_id, "no checks\n")
+
+    failed, _titles = run_steps(database, github_app, settings, state, build_id)
+    failed += deploy(database, github_app, settings, build_id)[0]
+
+    assert failed == 0
+    assert state.check_runs == []
+    assert [status.state for status in state.statuses][-1] == "success"
+    assert [status.state for status in state.deployment_statuses][-1] == "success"
+    assert "grant the App 'checks: write'" in caplog.text
