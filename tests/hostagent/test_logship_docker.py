@@ -13,6 +13,7 @@ import pytest
 from hostagent.agent import run_once
 from hostagent.errors import TransientAgentError
 from hostagent.logship import LogShipper
+from tests.hostagent.factories import env_body
 from tests.hostagent.test_apply_docker import (  # noqa: F401 - agent, images and uid are fixtures
     FakeSource,
     agent,
@@ -114,3 +115,39 @@ def test_a_dead_control_plane_costs_old_lines(docker_client, images, agent, uid)
     assert out[0] > 0
     container.reload()
     assert container.status == "running"
+
+
+def test_each_compose_service_is_shipped_under_its_name(docker_client, images, agent, uid):  # noqa: F811
+    host, name = f"host-{uid}", f"chatty-stack-{uid}"
+    image = images("chatty", cmd=CHATTY)
+    compose = f"services:\n  web:\n    image: {image}\n  worker:\n    image: {image}\n"
+    env = env_body(
+        name,
+        mode="compose",
+        image=None,
+        compose=compose,
+        routed_service="web",
+        port=8080,
+        deployment_id=1,
+        domains=[f"{name}.example.com"],
+        health_check={"path": "/", "timeout": 30},
+        kind="preview",
+    )
+    source = FakeSource(desired(host, env))
+    try:
+        assert only(run_once(agent, source).report, name)["state"] == "running"
+        recorder = Recorder()
+        shipper = LogShipper(docker_client, recorder, lambda: host)
+        for _ in range(3):
+            shipper.collect()
+            shipper.flush()
+            time.sleep(0.7)
+        entries = [e for b in recorder.batches for e in b["entries"] if e["stream"] == "stdout"]
+        for service in ("web", "worker"):
+            mine = [e["line"] for e in entries if e["service"] == service]
+            assert len(numbers(mine, "marker-")) >= 3, service
+        assert {e["kind"] for e in entries} == {"preview"}
+        assert {e["environment"] for e in entries} == {name}
+    finally:
+        source.state = desired(host, generation=2)
+        run_once(agent, source)
