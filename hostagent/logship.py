@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -92,13 +93,11 @@ class LogShipper:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        clock = 0.0
         while not self._stop.wait(self.interval):
-            clock += self.interval
             try:
                 self.collect()
-                if clock >= self._retry_at:
-                    self.flush(clock)
+                if time.monotonic() >= self._retry_at:
+                    self.flush()
             except Exception:  # a Docker hiccup: the next tick reads from where it was
                 log.warning("log shipping tick failed", exc_info=True)
 
@@ -177,7 +176,7 @@ class LogShipper:
             self.dropped += 1  # the deque drops the oldest line itself
         self.buffer.append(entry)
 
-    def flush(self, clock: float = 0.0) -> None:
+    def flush(self) -> None:
         """Send what is buffered in batches; on failure keep it and back off."""
         while self.buffer or self.dropped:
             batch = [self.buffer[i] for i in range(min(BATCH, len(self.buffer)))]
@@ -186,7 +185,7 @@ class LogShipper:
                 self.send({"entries": batch, "dropped": dropped})
             except AgentError as exc:
                 self._failures += 1
-                self._retry_at = clock + backoff_delay(self._failures - 1, cap=30.0)
+                self._retry_at = time.monotonic() + backoff_delay(self._failures - 1, cap=30.0)
                 log.warning("logs not shipped (%d buffered): %s", len(self.buffer), exc)
                 return
             self._failures = 0

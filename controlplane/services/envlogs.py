@@ -65,7 +65,7 @@ def append(
     stored = 0
     for env in environments.values():
         if dropped > 0:
-            line = f"portside: the agent dropped {dropped} older lines (control plane unreachable)"
+            line = f"portside: the agent dropped {dropped} older lines it could not deliver"
             pipe.xadd(
                 stream_key(env.id),
                 {"stream": "agent", "line": line},
