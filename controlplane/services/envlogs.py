@@ -26,6 +26,8 @@ from controlplane.services import logstream
 
 MAX_ENTRIES = 5000
 MAX_LINE = 8192
+# Lines in one batch (the agent sends at most 500): a bound on one request's work.
+MAX_BATCH = 1000
 FIELDS = ("service", "kind", "container", "stream", "time", "line")
 
 
@@ -50,6 +52,8 @@ def append(
     dropped = batch.get("dropped", 0)
     if not isinstance(entries, list) or not isinstance(dropped, int):
         raise BadRequest("a log batch is {entries: [...], dropped: n}")
+    if len(entries) > MAX_BATCH:
+        raise BadRequest(f"a log batch holds at most {MAX_BATCH} lines")
     names = {str(e.get("environment")) for e in entries if isinstance(e, dict)}
     environments = {
         env.name: env

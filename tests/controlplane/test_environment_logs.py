@@ -98,6 +98,9 @@ def test_only_the_hosts_own_environments_and_readers(
     assert client.get("/v1/environments/999999/logs", headers=read_headers).status_code == 404
     bad = client.post("/v1/agent/logs", json={"entries": "x"}, headers=auth(other))
     assert bad.status_code == 400
+    too_many = [entry("x")] * (envlogs.MAX_BATCH + 1)
+    big = client.post("/v1/agent/logs", json={"entries": too_many}, headers=auth(other))
+    assert big.status_code == 400
 
 
 def test_the_window_drops_the_oldest(
