@@ -23,12 +23,14 @@ from github import Github, GithubException
 from github.PaginatedList import PaginatedList
 from github.Repository import Repository as GitHubRepository
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from controlplane.db import Database
 from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github.app import AppInstallation, GitHubApp, GitHubRateLimited
-from controlplane.models import Installation, Repository, WebhookDelivery, utcnow
+from controlplane.models import Base, Installation, Repository, WebhookDelivery, utcnow
 from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,26 @@ log = logging.getLogger(__name__)
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 
+def _insert_unless_present(session: Session, model: type[Base], **values: Any) -> None:
+    """Insert a row keyed by GitHub's id unless it is there. A webhook, the roster sync of
+    a control worker starting and the daily run may register the same installation or
+    repository at once: the second insert waits for the first and then does nothing,
+    where a plain INSERT would fail its whole transaction."""
+    if session.get_bind().dialect.name == "postgresql":
+        statement: Any = postgresql_insert(model)
+    else:
+        statement = sqlite_insert(model)
+    session.execute(statement.values(**values).on_conflict_do_nothing(index_elements=["id"]))
+
+
 def _upsert_installation(session: Session, data: dict[str, Any]) -> Installation:
     account = data.get("account") or {}
     installation = session.get(Installation, data["id"])
     if installation is None:
-        installation = Installation(id=data["id"], account_login="", account_type="User")
-        session.add(installation)
+        _insert_unless_present(
+            session, Installation, id=data["id"], account_login="", account_type="User"
+        )
+        installation = session.get_one(Installation, data["id"])
     installation.account_login = account.get("login") or installation.account_login or "?"
     installation.account_type = account.get("type") or installation.account_type
     return installation
@@ -53,8 +69,14 @@ def _upsert_repository(
 ) -> Repository:
     repository = session.get(Repository, data["id"])
     if repository is None:
-        repository = Repository(id=data["id"], installation_id=installation.id, full_name="")
-        session.add(repository)
+        _insert_unless_present(
+            session,
+            Repository,
+            id=data["id"],
+            installation_id=installation.id,
+            full_name=data["full_name"],
+        )
+        repository = session.get_one(Repository, data["id"])
     repository.installation_id = installation.id
     repository.full_name = data["full_name"]
     repository.private = bool(data.get("private", True))

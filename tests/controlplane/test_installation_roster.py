@@ -4,6 +4,8 @@ and a missed event is repaired by the reconciliation (on events and daily)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -131,3 +133,50 @@ def test_unsuspend_reconciles_and_a_rate_limit_is_waited_out(
     assert installation.suspended_at is None
     assert limit.failed == 1
     assert live_roster(db_session) == {f"{OWNER}/first": None, f"{OWNER}/second": None}
+
+
+def test_two_transactions_registering_the_same_repository_at_once_both_succeed(
+    database: Database,
+) -> None:
+    """A webhook and a control worker's start-up sync may register the same installation
+    and repository at the same moment: the second waits for the first and then finds the
+    rows, where a plain INSERT failed its whole transaction (UniqueViolation)."""
+    listed = [{"id": 4242, "full_name": "Codertocat/raced", "private": True}]
+    account = {"id": 77, "account": {"login": "Codertocat", "type": "User"}}
+    first_inserted, second_started = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            with database.session_scope() as session:
+                installation = installations._upsert_installation(session, account)
+                installations.reconcile(session, installation, None, listed)
+                session.flush()
+                first_inserted.set()
+                second_started.wait(10)
+                time.sleep(0.5)  # the second is now waiting on these rows' keys
+        except BaseException as exc:
+            errors.append(exc)
+            first_inserted.set()
+
+    def second() -> None:
+        first_inserted.wait(10)
+        second_started.set()
+        try:
+            with database.session_scope() as session:
+                installation = installations._upsert_installation(session, account)
+                installations.reconcile(session, installation, None, listed)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert errors == []
+    with database.session_scope() as session:
+        rows = session.scalars(select(Repository).where(Repository.id == 4242)).all()
+        assert [(r.full_name, r.installation_id) for r in rows] == [("Codertocat/raced", 77)]
+        assert session.get(Installation, 77) is not None
