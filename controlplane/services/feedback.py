@@ -206,21 +206,53 @@ def _check_run(
     conclusion: str | None = None,
     secrets: Collection[str] = (),
 ) -> None:
-    """:func:`_write_check_run`, unless the installation has not granted the App
-    ``checks: write`` (an App upgraded from before Check Runs, until its owner accepts the
-    new permission): then the commit status and the deployment still go out, and the log
-    says what to grant."""
+    """Bring the build's Check Run to ``status`` (``completed`` with ``conclusion``): the
+    one kept on the build, else the App's own found on its commit by name and external id
+    (an answer lost after GitHub created it; another app's run of the same name is not
+    Portside's, and GitHub would refuse editing it), else a new one.
+
+    An installation that has not granted the App ``checks: write`` (an App upgraded from
+    before Check Runs, until its owner accepts the new permission) gets none: the commit
+    status and the deployment still go out, and the log says what to grant."""
     try:
-        _write_check_run(
-            client,
-            app,
-            settings,
-            build,
-            title,
-            status=status,
-            conclusion=conclusion,
-            secrets=secrets,
+        repo = client.get_repo(build.service.repository_full_name)
+        limit = CHECK_OUTPUT_MAX - 100  # room for the mask's longer words
+        fields: dict[str, Any] = {
+            "details_url": _log_url(settings, build),
+            "status": status,
+            "output": {
+                "title": mask(title, secrets)[:255],
+                "summary": mask(check_summary(build), secrets)[-limit:],
+            },
+        }
+        if status == "completed":
+            fields["conclusion"] = conclusion
+        if build.check_run_id is not None:
+            repo.get_check_run(build.check_run_id).edit(**fields)
+            return
+        earlier = next(
+            (
+                run
+                for run in repo.get_commit(build.commit_sha).get_check_runs(
+                    check_name=CHECK_NAME, filter="all"
+                )
+                if run.external_id == str(build.id)
+                and run.app is not None
+                and run.app.id == app.app_id
+            ),
+            None,
         )
+        if earlier is not None:
+            wanted = (status, fields.get("conclusion"), fields["output"]["title"])
+            found = (earlier.status, earlier.conclusion, earlier.output.title)
+            if found != wanted or earlier.output.summary != fields["output"]["summary"]:
+                earlier.edit(**fields)  # else the write whose answer was lost had done it
+            build.check_run_id = earlier.id
+            return
+        created = repo.create_check_run(
+            CHECK_NAME, build.commit_sha, external_id=str(build.id), **fields
+        )
+        build.check_run_id = created.id
     except GithubException as exc:
         data = exc.data if isinstance(exc.data, dict) else {}
         message = str(data.get("message") or "")
@@ -233,59 +265,6 @@ def _check_run(
             build.service.repository_full_name,
             message or "403",
         )
-
-
-def _write_check_run(
-    client: Github,
-    app: GitHubApp,
-    settings: Settings,
-    build: Build,
-    title: str,
-    *,
-    status: str = "completed",
-    conclusion: str | None = None,
-    secrets: Collection[str] = (),
-) -> None:
-    """Bring the build's Check Run to ``status`` (``completed`` with ``conclusion``): the
-    one kept on the build, else the App's own found on its commit by name and external id
-    (an answer lost after GitHub created it; another app's run of the same name is not
-    Portside's, and GitHub would refuse editing it), else a new one."""
-    repo = client.get_repo(build.service.repository_full_name)
-    limit = CHECK_OUTPUT_MAX - 100  # room for the mask's longer words
-    fields: dict[str, Any] = {
-        "details_url": _log_url(settings, build),
-        "status": status,
-        "output": {
-            "title": mask(title, secrets)[:255],
-            "summary": mask(check_summary(build), secrets)[-limit:],
-        },
-    }
-    if status == "completed":
-        fields["conclusion"] = conclusion
-    if build.check_run_id is not None:
-        repo.get_check_run(build.check_run_id).edit(**fields)
-        return
-    earlier = next(
-        (
-            run
-            for run in repo.get_commit(build.commit_sha).get_check_runs(
-                check_name=CHECK_NAME, filter="all"
-            )
-            if run.external_id == str(build.id) and run.app is not None and run.app.id == app.app_id
-        ),
-        None,
-    )
-    if earlier is not None:
-        wanted = (status, fields.get("conclusion"), fields["output"]["title"])
-        found = (earlier.status, earlier.conclusion, earlier.output.title)
-        if found != wanted or earlier.output.summary != fields["output"]["summary"]:
-            earlier.edit(**fields)  # else the write whose answer was lost had done it
-        build.check_run_id = earlier.id
-        return
-    created = repo.create_check_run(
-        CHECK_NAME, build.commit_sha, external_id=str(build.id), **fields
-    )
-    build.check_run_id = created.id
 
 
 def _github_deployment(client: Github, app: GitHubApp, build: Build) -> GitHubDeployment:
