@@ -130,7 +130,7 @@ def logs() -> tuple[str, int]:
     if host is None:
         raise NotFound("this host no longer exists")
     settings: Settings = current_app.extensions["portside.settings"]
-    envlogs.append(db, _redis(), SecretBox.from_settings(settings), host, batch)
+    envlogs.append(db, _redis(), settings, host, batch)
     return "", 204
 
 

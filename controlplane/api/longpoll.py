@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from controlplane import metrics
 from controlplane.services import desired
+from controlplane.services.logs import redis_text
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class WakeHub:
             return
         if message["type"] != "pmessage":
             return
-        host_id = desired.host_of_wake_channel(_text(message["channel"]))
+        host_id = desired.host_of_wake_channel(redis_text(message["channel"]))
         if host_id is None:
             return
         with self._lock:
@@ -165,7 +166,3 @@ class WakeHub:
             for waiting in self._waiters.values():
                 for woken in waiting:
                     woken.set()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -1,7 +1,8 @@
 """Runtime logs of environments: a Redis stream per environment holding its recent lines.
 
 Agents post what their containers print (:mod:`hostagent.logship`); each line is masked
-with the service's secret values, as build logs are, and appended to the environment's
+with every secret value a text about the service could leak (:func:`variables.secrets_of`,
+as GitHub feedback is), and appended to the environment's
 stream, capped at exactly :data:`MAX_ENTRIES` (Redis trims the oldest as each line comes:
 one entry evicted per entry added, cheap). Nothing is kept in
 PostgreSQL: this is a recent window, not an archive (a team's own log system gets the
@@ -19,10 +20,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from contracts.masking import mask
-from controlplane.crypto import SecretBox
 from controlplane.errors import BadRequest
-from controlplane.models import Environment, Host, Variable
+from controlplane.models import Environment, Host
 from controlplane.services import logstream
+from controlplane.services.logs import redis_text
+from controlplane.services.variables import secrets_of
+from controlplane.settings import Settings
 
 MAX_ENTRIES = 5000
 MAX_LINE = 8192
@@ -35,15 +38,8 @@ def stream_key(environment_id: int) -> str:
     return f"portside:envlogs:{environment_id}"
 
 
-def _secrets(session: Session, box: SecretBox, service_id: int) -> list[str]:
-    rows = session.scalars(
-        select(Variable).where(Variable.service_id == service_id, Variable.is_secret)
-    )
-    return [box.decrypt(row.value_encrypted) for row in rows]
-
-
 def append(
-    session: Session, redis: Redis, box: SecretBox, host: Host, batch: dict[str, Any]
+    session: Session, redis: Redis, settings: Settings, host: Host, batch: dict[str, Any]
 ) -> int:
     """Store an agent's batch; lines of environments not on ``host`` are ignored (an agent
     writes only its own). The agent's count of dropped lines is noted in each environment
@@ -62,7 +58,7 @@ def append(
         )
     }
     secrets = {
-        service_id: _secrets(session, box, service_id)
+        service_id: secrets_of(session, settings, service_id)
         for service_id in {env.service_id for env in environments.values()}
     }
     pipe = redis.pipeline(transaction=False)
@@ -90,13 +86,9 @@ def append(
     return stored
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _entry(entry_id: bytes | str, fields: dict[Any, Any]) -> dict[str, Any]:
-    decoded = {_text(k): _text(v) for k, v in fields.items()}
-    return {"id": _text(entry_id), **{name: decoded.get(name, "") for name in FIELDS}}
+    decoded = {redis_text(k): redis_text(v) for k, v in fields.items()}
+    return {"id": redis_text(entry_id), **{name: decoded.get(name, "") for name in FIELDS}}
 
 
 def since_id(since: dt.datetime | None) -> str:
@@ -157,7 +149,7 @@ def events(
 def _newest(streams: logstream.LogStreams, environment_id: int) -> str:
     """The id of the newest stored line (a follower starts after it), "0-0" if none."""
     newest: Any = streams.redis.xrevrange(stream_key(environment_id), count=1)
-    return _text(newest[0][0]) if newest else logstream.START
+    return redis_text(newest[0][0]) if newest else logstream.START
 
 
 def _exists(streams: logstream.LogStreams, environment_id: int) -> bool:

@@ -44,20 +44,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contracts.masking import mask
-from controlplane.crypto import SecretBox
 from controlplane.github.app import GitHubApp, rate_limit_wait
 from controlplane.models import (
     Build,
     Deployment,
     Environment,
-    RegistryCredential,
     Service,
-    Variable,
     WebhookDelivery,
 )
 from controlplane.services import images, pushes
 from controlplane.services.builds import FINISHED
 from controlplane.services.outcomes import HandlerContext, Outcome
+from controlplane.services.variables import secrets_of
 from controlplane.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,36 +106,6 @@ def environment_url(environment: Environment) -> str | None:
     if environment.address:
         return f"http://{environment.address}"
     return None
-
-
-def secrets_of(session: Session, settings: Settings, service_id: int) -> list[str]:
-    """Every secret value a text about ``service_id`` could leak: its secret variables
-    (build and runtime, every environment), registry passwords, Portside's own keys."""
-    values = [
-        secret.reveal()
-        for secret in (
-            settings.github_webhook_secret,
-            settings.secret_key,
-            settings.token,
-            settings.metrics_token,
-            *settings.old_secret_keys,
-        )
-    ]
-    if not settings.secret_key:
-        return values  # nothing can have been stored encrypted
-    box = SecretBox.from_settings(settings)
-    stored = session.scalars(
-        select(Variable.value_encrypted).where(
-            Variable.service_id == service_id, Variable.is_secret.is_(True)
-        )
-    )
-    values.extend(box.decrypt(ciphertext) for ciphertext in stored)
-    registries = session.execute(
-        select(RegistryCredential.password_encrypted, RegistryCredential.pull_password_encrypted)
-    )
-    for row in registries:
-        values.extend(box.decrypt(ciphertext) for ciphertext in row if ciphertext)
-    return values
 
 
 def _commit_status(

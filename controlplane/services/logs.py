@@ -65,7 +65,7 @@ def follow(
             yield "", None
             continue
         for entry_id, fields in batches[0][1]:
-            last = _text(entry_id)
+            last = redis_text(entry_id)
             yield _entry(entry_id, fields)
 
 
@@ -77,11 +77,12 @@ def persist(session: Session, redis: Redis, build: Build) -> None:
         build.log = "\n".join(lines)
 
 
-def _text(value: bytes | str) -> str:
+def redis_text(value: bytes | str) -> str:
+    """A Redis reply as text (the clients here do not decode responses)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _entry(entry_id: bytes | str, fields: dict[Any, Any]) -> tuple[str, str | None]:
-    decoded = {_text(k): _text(v) for k, v in fields.items()}
+    decoded = {redis_text(k): redis_text(v) for k, v in fields.items()}
     line = decoded.get("line")
-    return _text(entry_id), cap_line(line) if line is not None else None
+    return redis_text(entry_id), cap_line(line) if line is not None else None

@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session
 
 from controlplane.crypto import SecretBox
 from controlplane.errors import NotFound, ValidationFailed
-from controlplane.models import Variable
+from controlplane.models import RegistryCredential, Variable
 from controlplane.services import audit
 from controlplane.services.services import get_service
+from controlplane.settings import Settings
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 KINDS = ("runtime", "build")
@@ -82,3 +83,33 @@ def delete_variable(session: Session, service_id: int, kind: str, name: str, act
         raise NotFound(f"service {service_id} has no {kind} variable {name}")
     session.delete(variable)
     audit.record(session, actor, "variable.delete", "service", service_id, name=name, kind=kind)
+
+
+def secrets_of(session: Session, settings: Settings, service_id: int) -> list[str]:
+    """Every secret value a text about ``service_id`` could leak: its secret variables
+    (build and runtime, every environment), registry passwords, Portside's own keys."""
+    values = [
+        secret.reveal()
+        for secret in (
+            settings.github_webhook_secret,
+            settings.secret_key,
+            settings.token,
+            settings.metrics_token,
+            *settings.old_secret_keys,
+        )
+    ]
+    if not settings.secret_key:
+        return values  # nothing can have been stored encrypted
+    box = SecretBox.from_settings(settings)
+    stored = session.scalars(
+        select(Variable.value_encrypted).where(
+            Variable.service_id == service_id, Variable.is_secret.is_(True)
+        )
+    )
+    values.extend(box.decrypt(ciphertext) for ciphertext in stored)
+    registries = session.execute(
+        select(RegistryCredential.password_encrypted, RegistryCredential.pull_password_encrypted)
+    )
+    for row in registries:
+        values.extend(box.decrypt(ciphertext) for ciphertext in row if ciphertext)
+    return values
