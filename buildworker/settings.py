@@ -20,7 +20,7 @@ from contracts.environ import (
     UntrustedMode,
     default_data_dir,
     mask_url,
-    registry_host,
+    registry_setting,
     require_int,
     require_url,
     setting_reader,
@@ -61,7 +61,7 @@ class BuildWorkerSettings:
             ),
             token=Secret(get("TOKEN") or ""),
             allow_insecure_url=get("ALLOW_INSECURE_URL") == "1",
-            registry=registry_host(get("REGISTRY") or DEFAULT_REGISTRY),
+            registry=registry_setting(get("REGISTRY") or DEFAULT_REGISTRY),
             build_timeout=require_int(
                 "PORTSIDE_BUILD_TIMEOUT",
                 get("BUILD_TIMEOUT") or str(DEFAULT_BUILD_TIMEOUT),

@@ -73,7 +73,7 @@ def require_url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     return raw
 
 
-def registry_host(raw: str) -> str:
+def registry_setting(raw: str) -> str:
     """PORTSIDE_REGISTRY: a registry's host[:port][/prefix], never a URL."""
     if "://" in raw or not raw.strip("/"):
         raise SettingError(

@@ -22,7 +22,7 @@ from contracts.environ import (
     SettingError,
     default_data_dir,
     mask_url,
-    registry_host,
+    registry_setting,
     require_int,
     require_url,
     setting_reader,
@@ -147,7 +147,7 @@ class Settings:
                 "PORTSIDE_GITHUB_API_URL", raw, ("http", "https")
             ).rstrip("/")
         if (raw := get("REGISTRY")) is not None:
-            kwargs["registry"] = registry_host(raw)
+            kwargs["registry"] = registry_setting(raw)
         if (raw := get("SECRET_KEY")) is not None:
             if len(raw) < 16:
                 raise ConfigError("PORTSIDE_SECRET_KEY must be at least 16 characters long")
