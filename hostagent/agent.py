@@ -109,10 +109,11 @@ def _environment_status(
     """The status of one desired environment, from what Docker shows after applying."""
     if env.mode == "container":
         current = [c for c in observed.app_containers if c.config_hash == digest and c.running]
-        serving = next((c for c in reversed(current) if c.serving), None)
-        running = serving is not None
+        serving = [c for c in current if c.serving]
+        # Running once every replica serves; the newest one's address stands for them.
+        running = len(serving) >= env.replicas
         healthy = running
-        address = serving.address(env.port) if serving else None
+        address = serving[-1].address(env.port) if serving else None
     else:
         containers = observed.compose_containers
         present = {c.compose_service for c in containers}

@@ -41,6 +41,8 @@ SHA_RE = re.compile(r"[0-9a-f]{40}")
 # user:bcrypt, as htpasswd -B writes it; nothing else reaches Traefik's basicAuth label.
 HTPASSWD_RE = re.compile(r"[A-Za-z0-9._-]{1,64}:\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
 MAX_HEALTH_TIMEOUT = 3600.0
+# Containers of one environment on one host; the control plane caps it lower.
+MAX_REPLICAS = 50
 
 Kind = Literal["production", "preview"]
 Mode = Literal["container", "compose"]
@@ -146,6 +148,8 @@ class DesiredEnvironment:
     routes: tuple[Route, ...] = ()
     compose_allow: frozenset[str] = frozenset()
     protection: Protection | None = None
+    # How many containers of it this host runs (single-container environments only).
+    replicas: int = 1
 
     @property
     def allowed_compose_keys(self) -> frozenset[str]:
@@ -387,6 +391,11 @@ def parse_environment(value: object, where: str) -> DesiredEnvironment:
         if routed is not None and routed not in services:
             raise _fail(f"{where} routed_service", "names no service of the compose file")
         routes = _routes(data.get("routes", []), services, f"{where} routes")
+    replicas = _int(data.get("replicas", 1), f"{where} replicas", minimum=1)
+    if replicas > MAX_REPLICAS:
+        raise _fail(f"{where} replicas", f"must be at most {MAX_REPLICAS}")
+    if mode == "compose" and replicas != 1:
+        raise _fail(f"{where} replicas", "must be 1 for a compose environment")
     return DesiredEnvironment(
         name=name,
         kind=kind,
@@ -408,6 +417,7 @@ def parse_environment(value: object, where: str) -> DesiredEnvironment:
         routes=routes,
         compose_allow=_compose_allow(data.get("compose_allow"), f"{where} compose_allow"),
         protection=_protection(data.get("protection"), f"{where} protection"),
+        replicas=replicas,
     )
 
 

@@ -7,6 +7,7 @@ that close the gap. No I/O here, so every case is a table row in the tests.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -98,9 +99,11 @@ Action = (
 )
 
 
-def container_name(env: DesiredEnvironment, digest: str) -> str:
-    """``<env>-<deployment id>-<short hash>``: unique per config, readable in ``docker ps``."""
-    return f"{env.name}-{env.deployment_id}-{digest[:SHORT_HASH]}"
+def container_name(env: DesiredEnvironment, digest: str, replica: int = 0) -> str:
+    """``<env>-<deployment id>-<short hash>``: unique per config, readable in ``docker ps``;
+    replicas after the first add ``-<n>`` (2, 3, ...)."""
+    base = f"{env.name}-{env.deployment_id}-{digest[:SHORT_HASH]}"
+    return base if replica == 0 else f"{base}-{replica + 1}"
 
 
 def failure_key(env: DesiredEnvironment, digest: str) -> str:
@@ -129,35 +132,48 @@ def _plan_container(
     host: str,
     failed: Collection[str],
 ) -> list[Action]:
+    """Converge on ``env.replicas`` running containers of the wanted config.
+
+    Rolling, one replica at a time: start a new one, wait until it is healthy, then
+    retire one old one, so the serving containers never drop below what served before.
+    Surplus and old containers go once every wanted replica serves.
+    """
     apps = observed.app_containers
     matching = [c for c in apps if c.config_hash == digest]
     others = [c for c in apps if c.config_hash != digest]
-    keeper = next((c for c in reversed(matching) if c.running), None)
+    running = [c for c in matching if c.running]
+    keepers = running[-env.replicas :]  # the newest ones
     compose_leftovers: list[Action] = (
         [ComposeDown(env.name, remove_volumes=False)] if observed.compose_containers else []
     )
-    if keeper is not None:
-        extra = [c for c in matching if c is not keeper]
-        if keeper.serving:
-            # Leftovers of an interrupted switch, or a mode change: go once we serve.
+    missing = env.replicas - len(keepers)
+    if missing == 0:
+        extra = [c for c in matching if c not in keepers]
+        if all(c.serving for c in keepers):
+            # Leftovers of an interrupted switch, surplus replicas, or a mode change.
             return _retire([*extra, *others]) + compose_leftovers
         return _retire([c for c in extra if not c.running])
     if failure_key(env, digest) in failed:
         # This exact config failed before: keep what serves, wait for a new state.
         return []
-    # Dead containers of the wanted config serve nothing; clear them (and their name).
+    # Dead containers of the wanted config serve nothing; clear them (and their names).
     dead = [c for c in matching if not c.running]
     serving_old = [c for c in others if c.running]
     dead_old = [c for c in others if not c.running]
-    name = container_name(env, digest)
-    return [
-        *_retire(dead),
-        StartContainer(env.name, name, env, digest, routing, host),
-        WaitHealthy(env.name, name, env),
-        *_retire(serving_old),
-        *_retire(dead_old),
-        *compose_leftovers,
-    ]
+    taken = {c.name for c in keepers}
+    free = (
+        i for i in range(env.replicas + len(taken)) if container_name(env, digest, i) not in taken
+    )
+    actions: list[Action] = [*_retire(dead)]
+    for replica in itertools.islice(free, missing):
+        name = container_name(env, digest, replica)
+        actions += [
+            StartContainer(env.name, name, env, digest, routing, host),
+            WaitHealthy(env.name, name, env),
+            *_retire(serving_old[:1]),
+        ]
+        serving_old = serving_old[1:]
+    return [*actions, *_retire(serving_old), *_retire(dead_old), *compose_leftovers]
 
 
 def _compose_needs_up(
