@@ -22,13 +22,21 @@ from controlplane.db import Database, execute_on_driver
 from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github.webhooks import Delivery
 from controlplane.models import WebhookDelivery, utcnow
-from controlplane.services import feedback, installations, previews, pushes
+from controlplane.services import commands, feedback, installations, previews, pushes
 from controlplane.services.outcomes import Effects, HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
 
 HANDLED_EVENTS = frozenset(
-    {"installation", "installation_repositories", "push", "pull_request", "check_run"}
+    {
+        "installation",
+        "installation_repositories",
+        "push",
+        "pull_request",
+        "check_run",
+        "issue_comment",
+        "commit_comment",
+    }
 )
 DONE = ("processed", "ignored")
 # A delivery that nobody enqueued for this long is re-driven by the outbox.
@@ -244,6 +252,8 @@ HANDLERS: dict[str, Handler] = {
     "push": pushes.handle_push,
     "pull_request": previews.handle_pull_request,
     "check_run": feedback.handle_check_run,
+    "issue_comment": commands.handle_comment,
+    "commit_comment": commands.handle_comment,
 }
 
 

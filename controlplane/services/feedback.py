@@ -52,7 +52,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import images, pushes
+from controlplane.services import commands, images, pushes
 from controlplane.services.builds import FINISHED
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.services.variables import secrets_of
@@ -75,6 +75,13 @@ DEPLOYMENT_KINDS = {
     "production": (False, True, "{service} in production"),
 }
 COMMENT_MARKER = "<!-- portside:preview:{name} -->"
+# The button a successful production build's Check Run offers (GitHub's limits: label and
+# identifier 20 characters, description 40); clicking it sends ``requested_action``.
+REDEPLOY_ACTION = {
+    "label": "Redeploy",
+    "description": "Build and deploy this commit again",
+    "identifier": "redeploy",
+}
 # The key of the payload Portside writes on its GitHub deployments: {"environment": id}.
 PAYLOAD_KEY = "portside"
 # pg_advisory_xact_lock(FEEDBACK_LOCK, environment id): one feedback event at a time per
@@ -173,8 +180,10 @@ def _check_run(
     status: str = "completed",
     conclusion: str | None = None,
     secrets: Collection[str] = (),
+    actions: list[dict[str, str]] | None = None,
 ) -> None:
-    """Bring the build's Check Run to ``status`` (``completed`` with ``conclusion``): the
+    """Bring the build's Check Run to ``status`` (``completed`` with ``conclusion``, and
+    the action buttons ``actions``): the
     one kept on the build, else the App's own found on its commit by name and external id
     (an answer lost after GitHub created it; another app's run of the same name is not
     Portside's, and GitHub would refuse editing it), else a new one.
@@ -195,6 +204,8 @@ def _check_run(
         }
         if status == "completed":
             fields["conclusion"] = conclusion
+        if actions is not None:
+            fields["actions"] = actions
         if build.check_run_id is not None:
             repo.get_check_run(build.check_run_id).edit(**fields)
             return
@@ -483,7 +494,15 @@ def deployment_finished(
         if ok:
             deployed = f"Deployed to {environment.name}" + (f": {url}" if url else "")
             _commit_status(client, build, "success", url or log_url, deployed)
-            _check_run(client, github, settings, build, deployed, conclusion="success")
+            _check_run(
+                client,
+                github,
+                settings,
+                build,
+                deployed,
+                conclusion="success",
+                actions=[REDEPLOY_ACTION] if environment.kind == "production" else None,
+            )
             _deployment_status(client, github, build, "success", log_url=log_url, url=url)
             if replaced is not None:
                 _make_inactive(client, github, replaced, _log_url(settings, replaced))
@@ -584,6 +603,7 @@ EVENTS = {
     "build_cancelled": build_cancelled,
     "preview_removed": preview_removed,
     "awaiting_approval": awaiting_approval,
+    commands.ANSWER_EVENT: commands.answer,
 }
 
 
@@ -605,10 +625,14 @@ def handle_check_run(
     """``check_run`` ``rerequested`` on a build's Check Run (a person clicked "Re-run"):
     a new build of that commit for the same environment, once per delivery, while it is
     still the environment's head (re-running an older commit's run must not deploy old
-    code over a newer push). Any other action, or another app's run, is not Portside's."""
+    code over a newer push); ``requested_action`` with :data:`REDEPLOY_ACTION`'s
+    identifier redeploys production (see :func:`commands.redeploy_check_run`). Any other
+    action, or another app's run, is not Portside's."""
     payload = delivery.payload
     run = payload.get("check_run") or {}
-    if delivery.action != "rerequested":
+    identifier = (payload.get("requested_action") or {}).get("identifier")
+    redeploy = delivery.action == "requested_action" and identifier == REDEPLOY_ACTION["identifier"]
+    if delivery.action != "rerequested" and not redeploy:
         return Outcome("ignored", f"check_run {delivery.action}: nothing to do")
     if refusal := pushes.installation_refusal(session, delivery) or pushes.repository_refusal(
         session, delivery
@@ -628,6 +652,8 @@ def handle_check_run(
     environment = build.environment
     if environment.status == "inactive" or build.service.deleted_at is not None:
         return Outcome("ignored", f"{environment.name} is gone: build {build.id} is not rebuilt")
+    if redeploy:
+        return commands.redeploy_check_run(session, delivery, build)
     if environment.head_sha != build.commit_sha:
         return Outcome(
             "ignored",

@@ -110,7 +110,7 @@ def _pull_request(delivery: WebhookDelivery) -> dict[str, Any]:
     return pull
 
 
-def _is_fork(pull: dict[str, Any], full_name: str) -> bool:
+def is_fork(pull: dict[str, Any], full_name: str) -> bool:
     head_repo = (pull.get("head") or {}).get("repo")
     # A deleted fork leaves head.repo null: treat it as a fork.
     return not isinstance(head_repo, dict) or head_repo.get("full_name") != full_name
@@ -393,7 +393,7 @@ def handle_pull_request(
         name = preview_name(service, number)
         existing = session.scalar(select(Environment).where(Environment.name == name))
         tracked = service.branch == base and service.previews_enabled
-        fork = _is_fork(pull, full_name)
+        fork = is_fork(pull, full_name)
         if fork and not service.fork_previews:
             tracked = False
         if action == "closed" or (action == "edited" and not tracked):

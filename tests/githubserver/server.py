@@ -81,6 +81,20 @@ CHECK_CONCLUSIONS = {
 }
 # GitHub's limit on a check run's output summary and text, in characters.
 CHECK_OUTPUT_MAX = 65535
+# A check run's requested actions: at most 3, label and identifier 20 characters at most,
+# description 40.
+CHECK_ACTIONS_MAX = 3
+CHECK_ACTION_LIMITS = {"label": 20, "description": 40, "identifier": 20}
+REACTIONS = {"+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"}
+# A collaborator's role and the permission GET .../collaborators/{user}/permission reports
+# for it (maintain counts as write, triage as read).
+ROLE_PERMISSIONS = {
+    "admin": "admin",
+    "maintain": "write",
+    "write": "write",
+    "triage": "read",
+    "read": "read",
+}
 
 
 def generate_private_key_pem() -> str:
@@ -232,6 +246,9 @@ class CheckRun:
     output: Json  # title, summary, text (None until written)
     check_suite_id: int
     app_id: int  # the App that made it: only that App may update it
+    # The buttons offered with the run (label, description, identifier); GitHub keeps
+    # them but does not show them in the run's JSON.
+    actions: list[Json] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -244,6 +261,27 @@ class IssueComment:
     updated_at: datetime
     # Another Bot that wrote it (e.g. github-actions[bot]); "" is the App's bot.
     author: str = ""
+    author_type: str = "Bot"  # "User" for a person's comment
+
+
+@dataclass(slots=True)
+class CommitComment:
+    id: int
+    repo: str
+    sha: str
+    body: str
+    author: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class Reaction:
+    id: int
+    repo: str
+    subject: str  # "issue_comment" or "commit_comment"
+    comment_id: int
+    content: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +362,10 @@ class GitHubState:
         self.statuses: list[CommitStatus] = []
         self.check_runs: list[CheckRun] = []
         self.comments: list[IssueComment] = []
+        self.commit_comments: list[CommitComment] = []
+        self.reactions: list[Reaction] = []  # the App's reactions to comments
+        # (lowercased repo, lowercased login) -> role: admin, maintain, write, triage, read
+        self.collaborators: dict[tuple[str, str], str] = {}
         self.git_requests: list[GitRequest] = []
         self.api_requests: list[tuple[str, str]] = []  # (method, path?query), in order
         self.faults: list[Fault] = []
@@ -411,6 +453,37 @@ class GitHubState:
         self.pull_requests[(full_name.lower(), number)] = pull
         return pull
 
+    def add_collaborator(self, full_name: str, login: str, role: str) -> None:
+        """Give ``login`` a role on the repository (admin, maintain, write, triage, read)."""
+        if role not in ROLE_PERMISSIONS:
+            raise ValueError(f"no role {role}")
+        self.collaborators[(full_name.lower(), login.lower())] = role
+
+    def add_issue_comment(
+        self, full_name: str, number: int, body: str, author: str
+    ) -> IssueComment:
+        """A person's comment on issue or pull request ``number``."""
+        now = _now()
+        comment = IssueComment(
+            self.next_id(),
+            self.repository(full_name).full_name,
+            number,
+            body,
+            now,
+            now,
+            author,
+            "User",
+        )
+        self.comments.append(comment)
+        return comment
+
+    def add_commit_comment(self, full_name: str, sha: str, body: str, author: str) -> CommitComment:
+        """A person's comment on commit ``sha``."""
+        repo = self.repository(full_name)
+        comment = CommitComment(self.next_id(), repo.full_name, sha, body, author, _now())
+        self.commit_comments.append(comment)
+        return comment
+
     def issue_token(
         self,
         installation_id: int,
@@ -439,11 +512,14 @@ class GitHubState:
         for token in self.tokens:
             token.expires_at = _now() - timedelta(seconds=1)
 
-    def check_run_payload(self, check_run: CheckRun, action: str, base: str) -> Json:
+    def check_run_payload(
+        self, check_run: CheckRun, action: str, base: str, identifier: str | None = None
+    ) -> Json:
         """A ``check_run`` webhook payload as GitHub sends the App (``rerequested`` when a
-        person clicks "Re-run" on the run, ``requested_action``, ``created``...)."""
+        person clicks "Re-run" on the run, ``requested_action`` with the ``identifier`` of
+        the action button clicked, ``created``...)."""
         repo = self.repository(check_run.repo)
-        return {
+        payload: Json = {
             "action": action,
             "check_run": _check_run(self, check_run, base),
             "repository": repository_json(self, repo, base),
@@ -453,6 +529,9 @@ class GitHubState:
                 "node_id": _node_id("Installation", repo.installation_id),
             },
         }
+        if identifier is not None:
+            payload["requested_action"] = {"identifier": identifier}
+        return payload
 
     def fail(
         self,
@@ -863,7 +942,7 @@ def _comment(state: GitHubState, comment: IssueComment, base: str) -> Json:
         "html_url": f"{base}/{comment.repo}/pull/{comment.issue_number}#issuecomment-{comment.id}",
         "issue_url": f"{api}/issues/{comment.issue_number}",
         "body": comment.body,
-        "user": _user(comment.author, base, "Bot") if comment.author else _bot(base),
+        "user": _user(comment.author, base, comment.author_type) if comment.author else _bot(base),
         "author_association": "NONE",
         "created_at": _iso(comment.created_at),
         "updated_at": _iso(comment.updated_at),
@@ -1405,6 +1484,23 @@ def create_github_server(state: GitHubState) -> Flask:
                         422, f"Validation Failed: output.{key} is too long (maximum is 65535)"
                     )
             run.output = {key: output.get(key) for key in ("title", "summary", "text")}
+        if "actions" in data:
+            run.actions = check_run_actions(data["actions"])
+
+    def check_run_actions(actions: Any) -> list[Json]:
+        """A run's action buttons as GitHub validates them."""
+        if not isinstance(actions, list) or len(actions) > CHECK_ACTIONS_MAX:
+            raise GitHubError(422, "Validation Failed: actions must be at most 3")
+        for action in actions:
+            for key, longest in CHECK_ACTION_LIMITS.items():
+                value = action.get(key) if isinstance(action, dict) else None
+                if not isinstance(value, str) or not value:
+                    raise GitHubError(422, f"Validation Failed: actions {key} is missing")
+                if len(value) > longest:
+                    raise GitHubError(
+                        422, f"Validation Failed: actions {key} is too long (maximum is {longest})"
+                    )
+        return [dict(action) for action in actions]
 
     def check_run_of(repo: Repository, check_run_id: int) -> CheckRun:
         found = next((r for r in state.check_runs if r.id == check_run_id), None)
@@ -1533,6 +1629,70 @@ def create_github_server(state: GitHubState) -> Flask:
             raise GitHubError(422, "Validation Failed: body cannot be blank")
         comment.body, comment.updated_at = text, _now()
         return _comment(state, comment, base())
+
+    # -- collaborators and reactions --
+
+    @app.get("/repos/<owner>/<name>/collaborators/<username>/permission")
+    def collaborator_permission(owner: str, name: str, username: str) -> Json:
+        """A user's permission (admin, write, read, none) and role on the repository; one
+        who is no collaborator may read a public repository and nothing of a private one."""
+        repo = repo_for(owner, name)
+        role = state.collaborators.get((repo.full_name.lower(), username.lower()))
+        if role is None:
+            role = "none" if repo.private else "read"
+        permission = ROLE_PERMISSIONS.get(role, "none")
+        level = ("none", "read", "write", "admin").index(permission)
+        user = _user(username, base()) | {
+            "permissions": {
+                "pull": level >= 1,
+                "triage": role in ("triage", "write", "maintain", "admin"),
+                "push": level >= 2,
+                "maintain": role in ("maintain", "admin"),
+                "admin": level >= 3,
+            },
+            "role_name": role,
+        }
+        return {"permission": permission, "role_name": role, "user": user}
+
+    def react(repo: Repository, subject: str, comment_id: int) -> tuple[Json, int]:
+        """Add the App's reaction: 201, or 200 with the one it already added."""
+        content = body().get("content")
+        if content not in REACTIONS:
+            raise GitHubError(422, "Validation Failed: content is not included in the list")
+        found = next(
+            (
+                r
+                for r in state.reactions
+                if (r.repo, r.subject, r.comment_id, r.content)
+                == (repo.full_name, subject, comment_id, content)
+            ),
+            None,
+        )
+        code = 200
+        if found is None:
+            code = 201
+            found = Reaction(state.next_id(), repo.full_name, subject, comment_id, content, _now())
+            state.reactions.append(found)
+        reaction = {
+            "id": found.id,
+            "node_id": _node_id("Reaction", found.id),
+            "user": _bot(base()),
+            "content": found.content,
+            "created_at": _iso(found.created_at),
+        }
+        return reaction, code
+
+    @app.post("/repos/<owner>/<name>/issues/comments/<int:comment_id>/reactions")
+    def react_to_issue_comment(owner: str, name: str, comment_id: int) -> tuple[Json, int]:
+        comment = comment_of(owner, name, comment_id, "write")
+        return react(state.repository(comment.repo), "issue_comment", comment_id)
+
+    @app.post("/repos/<owner>/<name>/comments/<int:comment_id>/reactions")
+    def react_to_commit_comment(owner: str, name: str, comment_id: int) -> tuple[Json, int]:
+        repo = repo_for(owner, name, "contents", "write")
+        if not any(c.id == comment_id and c.repo == repo.full_name for c in state.commit_comments):
+            raise GitHubError(404, "Not Found")
+        return react(repo, "commit_comment", comment_id)
 
     # -- git smart HTTP (fetch only) --
 
