@@ -149,6 +149,12 @@ class Service(TimestampMixin, Base):
     # The basic-auth login as an htpasswd line (user:bcrypt), encrypted; the password
     # itself is never stored (shown once when generated).
     preview_htpasswd_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # When a build may deploy (statuses.DEPLOY_WHEN): "checks_passed" holds it until the
+    # commit's checks on GitHub passed (services.checks): those named, or every one but
+    # Portside's own when the list is empty; failed when none passed in checks_timeout s.
+    deploy_when: Mapped[str] = mapped_column(String(16), default="pushed")
+    required_checks: Mapped[list[Any]] = mapped_column(default=list)
+    checks_timeout: Mapped[int] = mapped_column(Integer, default=1800)
     deleted_at: Mapped[dt.datetime | None]
 
     host: Mapped[Host] = relationship()
@@ -193,6 +199,13 @@ class Environment(TimestampMixin, Base):
     # A torn-down preview whose images the registry may still hold: set by the teardown,
     # cleared once every one is deleted (services.previews.delete_images; retried until).
     images_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A deployment to it waits for a person's approval (services.approvals).
+    approval_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The build held at a gate (services.gates) before it becomes this environment's
+    # deployment: its own build, or another environment's being promoted to it.
+    held_build_id: Mapped[int | None] = mapped_column(
+        ForeignKey("builds.id", use_alter=True, ondelete="SET NULL")
+    )
 
     service: Mapped[Service] = relationship(back_populates="environments")
     host: Mapped[Host] = relationship()
@@ -204,6 +217,7 @@ class Environment(TimestampMixin, Base):
     current_deployment: Mapped[Deployment | None] = relationship(
         foreign_keys=[current_deployment_id], post_update=True
     )
+    held_build: Mapped[Build | None] = relationship(foreign_keys=[held_build_id], post_update=True)
 
 
 class Build(TimestampMixin, Base):
@@ -246,6 +260,8 @@ class Build(TimestampMixin, Base):
     github_deployment_id: Mapped[int | None] = mapped_column(BigInteger)
     # The build's Check Run on GitHub (named feedback.CHECK_NAME, external id = build id).
     check_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    # When it came to deploy and a gate held it (awaiting_checks: the timeout runs from).
+    held_at: Mapped[dt.datetime | None]
     # Bumped when a build is taken up again after its worker died; messages of an
     # earlier attempt are then ignored.
     attempt: Mapped[int] = mapped_column(Integer, default=1)
@@ -259,7 +275,7 @@ class Build(TimestampMixin, Base):
         back_populates="build", order_by="BuildStep.position", cascade="all, delete-orphan"
     )
     service: Mapped[Service] = relationship()
-    environment: Mapped[Environment] = relationship()
+    environment: Mapped[Environment] = relationship(foreign_keys=[environment_id])
 
 
 class BuildStep(Base):

@@ -5,12 +5,23 @@ SQLAlchemy."""
 from __future__ import annotations
 
 DELIVERY_STATUSES = ("received", "enqueued", "processing", "processed", "ignored", "failed")
-BUILD_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "superseded")
+BUILD_STATUSES = (
+    "queued",
+    "running",
+    # Built, and held at a deployment gate (services.gates) before it may deploy.
+    "awaiting_checks",
+    "awaiting_approval",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "superseded",
+)
 STEP_STATUSES = ("pending", "running", "succeeded", "failed", "skipped")
 DEPLOYMENT_STATUSES = ("pending", "active", "superseded", "failed", "inactive")
 ENVIRONMENT_STATUSES = (
     "pending",
     "awaiting_approval",
+    "awaiting_checks",
     "building",
     "deploying",
     "running",
@@ -18,6 +29,8 @@ ENVIRONMENT_STATUSES = (
     "refused",
     "inactive",
 )
+# When a service's builds may deploy: at once, or once the commit's checks passed.
+DEPLOY_WHEN = ("pushed", "checks_passed")
 # Who may open a service's previews: anyone, a basic-auth login, or listed source networks.
 PREVIEW_PROTECTIONS = ("none", "basic_auth", "ip_allow")
 TOKEN_SCOPES = ("admin", "worker", "read", "host")
