@@ -15,10 +15,12 @@ $(STAMP): setup.cfg setup.py
 
 install: $(STAMP)
 
-## One machine, everything: SQLite + local Redis, web on http://127.0.0.1:8000
+## One machine, everything: SQLite + local Redis, a Docker engine and a registry (the
+## configured ones, else started here as root), web on http://127.0.0.1:8000
+## (PORTSIDE_DEV_BIND), data in .portside/ of this checkout (PORTSIDE_DATA_DIR)
 dev: $(STAMP)
 	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
-	$(BIN)/portside dev
+	@eval "$$(scripts/test-env.sh dev)" && exec $(BIN)/portside dev
 
 ## The whole suite against real PostgreSQL, Redis, Docker engine and registry
 test: $(STAMP)

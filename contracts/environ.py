@@ -53,6 +53,11 @@ def mask_url(url: str) -> str:
 
 
 def default_data_dir() -> Path:
+    """``.portside`` of the source checkout Portside runs from, so two checkouts never share
+    their data; ``$XDG_DATA_HOME/portside`` for an installed copy."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / ".git").exists() and (checkout / "setup.cfg").is_file():
+        return checkout / ".portside"
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "portside"
 
 

@@ -20,12 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets as secrets_module
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -42,7 +38,6 @@ EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_AUTH = 4
-DEV_HOST = "local"
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 
 
@@ -745,105 +740,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "hostagent"])
 
 
-def _kept_secret(path: Path, still_good: Callable[[str], bool], make: Callable[[], str]) -> str:
-    """A secret ``portside dev`` keeps (0600) beside its data and reuses while it is still
-    good, so restarts neither change keys nor pile up tokens."""
-    if path.exists():
-        kept = path.read_text().strip()
-        if kept and still_good(kept):
-            return kept
-    value = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(value)
-    return value
-
-
-def _dev_secret_key(data_dir: Path) -> str:
-    """``portside dev``'s key for secrets at rest, made once."""
-    return _kept_secret(data_dir / "dev-secret.key", bool, lambda: secrets_module.token_urlsafe(32))
-
-
-def _dev_worker_token(session: Any, data_dir: Path) -> str:
-    """``portside dev``'s build worker token, reused while it authenticates."""
-    from controlplane.services import tokens
-
-    return _kept_secret(
-        data_dir / "dev-worker.token",
-        lambda kept: tokens.authenticate(session, kept) is not None,
-        lambda: tokens.create_token(session, "dev-buildworker", "worker", builds="all")[1],
-    )
-
-
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    """Everything on one machine: migrate, then web, workers, beat and an agent."""
-    from controlplane import migrate
-    from controlplane.services import hosts
-    from tasks.process import docker_engine_answers
+    """Everything on one machine (:mod:`controlplane.devmode`)."""
+    from controlplane import devmode
 
     _check_redis(settings)
     database = _database(settings, migrated=False)
-    migrate.upgrade(database.engine)
-    env = dict(os.environ, PORTSIDE_URL=f"http://{args.bind}")
-    # One build worker for everything: a fork's builds too, unless told otherwise.
-    env.setdefault("PORTSIDE_BUILD_UNTRUSTED", "yes")
-    if not settings.secret_key:
-        # Snapshots carry decrypted secrets: a dev key of its own, kept beside the data.
-        env["PORTSIDE_SECRET_KEY"] = _dev_secret_key(settings.data_dir)
-    agent_env = dict(env, PORTSIDE_AGENT_PUBLISH_HOST=settings.agent_publish_host or "127.0.0.1")
-    # The build worker and the agent talk to the web process like any other: with tokens.
-    with database.session_scope() as session:
-        if not settings.token:
-            env["PORTSIDE_TOKEN"] = _dev_worker_token(session, settings.data_dir)
-        agent_env["PORTSIDE_TOKEN"] = hosts.agent_token(session, DEV_HOST)
-    portside = [sys.executable, "-m", "controlplane.cli"]
-    children = {
-        "web": [*portside, "web", "--bind", args.bind],
-        "worker": [*portside, "worker", "--concurrency", "2"],
-        "beat": [*portside, "beat"],
-    }
-    docker_answers = docker_engine_answers()
-    if docker_answers:
-        children["buildworker"] = [*portside, "buildworker", "--name", "build-dev"]
-        children["agent"] = [*portside, "agent"]
-    processes = {
-        name: subprocess.Popen(command, env=agent_env if name == "agent" else env)
-        for name, command in children.items()
-    }
-    print(f"portside dev: web on http://{args.bind}, workers and beat started; Ctrl-C stops")
-    if docker_answers:
-        print(f"portside dev: the agent runs host {DEV_HOST!r}; create services on it")
-    else:
-        print(
-            "portside dev: no Docker engine answers (DOCKER_HOST), so no build worker and "
-            "no agent run; building and deploying need one",
-            file=sys.stderr,
-        )
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    exit_code = 0
-    while not stopping:
-        for name, process in processes.items():
-            if process.poll() is not None:
-                print(f"portside dev: {name} exited with {process.returncode}", file=sys.stderr)
-                exit_code, stopping = 1, True
-        time.sleep(0.5)
-    for process in processes.values():
-        if process.poll() is None:
-            process.terminate()
-    for process in processes.values():
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return exit_code
+    return devmode.run(settings, database, devmode.bind_address(os.environ, args.bind))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -873,7 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
     flower.add_argument("--port", type=int, default=5555)
     add("agent", cmd_agent, "run the host agent").set_defaults(launches=True)
     dev = add("dev", cmd_dev, "run everything on one machine (SQLite + local Redis)")
-    dev.add_argument("--bind", default="127.0.0.1:8000")
+    dev.add_argument(
+        "--bind", help="address:port (default PORTSIDE_DEV_BIND, else 127.0.0.1:8000)"
+    )
 
     db = add("db", lambda *_: 0, "database migrations")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
@@ -1079,6 +984,19 @@ def _failure(exc: PortsideError) -> int:
     return EXIT_UNAVAILABLE
 
 
+def _use_running_dev(environ: MutableMapping[str, str]) -> None:
+    """With neither PORTSIDE_URL nor PORTSIDE_TOKEN set, talk to the `portside dev` running
+    on this data directory, as its greeting promised."""
+    if any((environ.get(name) or "").strip() for name in ("PORTSIDE_URL", "PORTSIDE_TOKEN")):
+        return
+    from contracts.environ import default_data_dir
+    from controlplane.devmode import connection
+
+    running = connection(Path(environ.get("PORTSIDE_DATA_DIR") or default_data_dir()))
+    if running is not None:
+        environ["PORTSIDE_URL"], environ["PORTSIDE_TOKEN"] = running.url, running.token
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "launches", False):  # the agent or a build worker: its own settings
@@ -1088,6 +1006,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from controlplane.settings import Settings
 
     try:
+        if args.handler is not cmd_dev:
+            _use_running_dev(os.environ)
         settings = Settings.from_env(os.environ)
         result: int = args.handler(settings, args)
         return result

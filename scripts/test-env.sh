@@ -5,10 +5,14 @@
 # (HTTP Basic, htpasswd) and 127.0.0.1:5003 speaking the token flow (Bearer JWTs from the
 # test token server on 127.0.0.1:5004, tests/fixtures/registry_token.py).
 #
-# Usage: scripts/test-env.sh up|down|env
+# Usage: scripts/test-env.sh up|down|env|dev
 #   up    install what is missing, start what does not answer, prove it all works (idempotent)
 #   down  stop the registry and the Docker engine started by `up` (PostgreSQL/Redis stay up)
 #   env   print `export` lines for the tests: eval "$(scripts/test-env.sh env)"
+#   dev   what `make dev` needs: a Docker engine (DOCKER_HOST when set, else
+#         /var/run/docker.sock when it answers, else, as root, this script's own) and a
+#         registry (PORTSIDE_REGISTRY when set, else the plain one on 127.0.0.1:5001);
+#         prints `export` lines for them, or nothing and one line on stderr when it cannot
 #
 # Docker engine notes (Debian bookworm's docker.io 20.10, run as root on a machine without
 # systemd):
@@ -152,9 +156,11 @@ pkg_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
+# install_packages [PACKAGE...]: install those (default: all the tests need) if missing.
 install_packages() {
-    local missing=() pkg
-    for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    local missing=() pkg wanted=("$@")
+    ((${#wanted[@]})) || wanted=("${DEBIAN_PACKAGES[@]}")
+    for pkg in "${wanted[@]}"; do
         pkg_installed "$pkg" || missing+=("$pkg")
     done
     if ((${#missing[@]} == 0)); then
@@ -634,13 +640,46 @@ export PORTSIDE_COMPOSE_COMMAND="$compose"
 EOF
 }
 
+# The engine and registry of `make dev`. The user's own come first; this script's own are
+# started only as root (it installs Debian packages and runs dockerd), never in their way.
+cmd_dev() {
+    local engine="${DOCKER_HOST:-}" registry="${PORTSIDE_REGISTRY:-}"
+    if [[ -z "$engine" ]] && timeout 10 docker -H unix:///var/run/docker.sock info >/dev/null 2>&1; then
+        engine=unix:///var/run/docker.sock
+    fi
+    if [[ -z "$engine" || -z "$registry" ]]; then
+        if [[ "$(id -u)" != 0 ]]; then
+            log "no Docker engine or registry configured and not root: set DOCKER_HOST and PORTSIDE_REGISTRY to build and deploy"
+            [[ -n "$engine" ]] && echo "export DOCKER_HOST='$engine'"
+            return 0
+        fi
+        install_packages docker.io docker-registry busybox-static git curl
+        mkdir -p "$RUN_DIR" "$LIB_DIR" "$LOG_DIR"
+        exec 9>"$RUN_DIR/up.lock"
+        flock -w 300 9 || die "another 'test-env.sh' holds $RUN_DIR/up.lock"
+        if [[ -z "$engine" ]]; then
+            ensure_dockerd
+            ensure_base_image
+            engine="$DOCKER_HOST_URL"
+        fi
+        if [[ -z "$registry" ]]; then
+            mkdir -p "$REGISTRY_DATA"
+            ensure_registry "$REGISTRY_ADDR" "$REGISTRY_CONFIG" registry
+            registry="$REGISTRY_ADDR"
+        fi
+    fi
+    echo "export DOCKER_HOST='$engine'"
+    echo "export PORTSIDE_REGISTRY='$registry'"
+}
+
 main() {
     case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
     env) cmd_env ;;
+    dev) cmd_dev ;;
     *)
-        echo "usage: $0 up|down|env" >&2
+        echo "usage: $0 up|down|env|dev" >&2
         exit 2
         ;;
     esac

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from controlplane.cli import _dev_worker_token
+from controlplane.devmode import worker_token as _dev_worker_token
 from controlplane.db import Database
 from controlplane.models import ApiToken, Host
 from controlplane.services import tokens
