@@ -1,0 +1,86 @@
+"""A service's own page: its live environments, its recent builds and, for an admin, a
+Deploy form that builds and deploys any branch, tag or commit to production (the service
+function behind ``POST /v1/services/{id}/deploy``)."""
+
+from __future__ import annotations
+
+from flask import abort, current_app, g, redirect, render_template, request, url_for
+from sqlalchemy import select
+from werkzeug.wrappers import Response as BaseResponse
+
+from controlplane.dashboard import login
+from controlplane.dashboard.views import (
+    EnvironmentRow,
+    _latest_builds,
+    _settings,
+    blueprint,
+)
+from controlplane.db import session
+from controlplane.errors import ApiError
+from controlplane.models import Build, Service
+from controlplane.services import pending, services
+from controlplane.services.feedback import environment_url
+from tasks import pipeline
+
+RECENT_BUILDS = 20
+
+
+def _service_or_404(service_id: int) -> Service:
+    service = session().get(Service, service_id)
+    if service is None or service.deleted_at is not None:
+        abort(404, f"There is no service {service_id}.")
+    return service
+
+
+@blueprint.get("/services/<int:service_id>")
+def service_page(service_id: int) -> str:
+    db = session()
+    service = _service_or_404(service_id)
+    live = sorted(
+        (env for env in service.environments if env.status != "inactive"),
+        key=lambda e: (e.kind != "production", e.kind == "preview", -(e.pr_number or 0), e.name),
+    )
+    latest = _latest_builds([env.id for env in live])
+    interval = _settings().agent_interval
+    rows = [
+        EnvironmentRow(
+            env,
+            environment_url(env),
+            env.current_deployment,
+            latest.get(env.id),
+            pending.pending_reason(db, env, interval),
+        )
+        for env in live
+    ]
+    recent = list(
+        db.scalars(
+            select(Build)
+            .where(Build.service_id == service.id)
+            .order_by(Build.id.desc())
+            .limit(RECENT_BUILDS)
+        )
+    )
+    return render_template("service.html", service=service, rows=rows, builds=recent)
+
+
+@blueprint.post("/services/<int:service_id>/deploy")
+def deploy_service(service_id: int) -> BaseResponse:
+    """The Deploy form: an admin's session and the form's CSRF token, as the Approve
+    button; an empty ref deploys the head of the service's branch."""
+    if not login.csrf_ok(request.form.get("csrf")):
+        abort(400, "the form is out of date; reload the page")
+    token = g.dashboard_token
+    if token.scope != "admin":
+        abort(403, "deploying needs an admin token")
+    db = session()
+    _service_or_404(service_id)
+    ref = request.form.get("ref", "").strip() or None
+    github = current_app.extensions.get("portside.github")
+    try:
+        build = services.deploy_ref(db, github, service_id, ref, f"token:{token.name}")
+    except ApiError as exc:
+        db.rollback()
+        abort(exc.status, exc.message)
+    db.commit()
+    pipeline.enqueue_build(build.id)
+    return redirect(url_for("dashboard.build_page", build_id=build.id))
