@@ -56,11 +56,21 @@ def test_defaults_match_the_control_plane_s() -> None:
         ("PORTSIDE_REDIS_URL", "http://redis"),
         ("PORTSIDE_REGISTRY", "https://registry.example.com"),
         ("PORTSIDE_BUILD_UNTRUSTED", "sometimes"),
+        ("PORTSIDE_BUILD_CACHE_MAX", "lots"),
+        ("PORTSIDE_BUILD_CACHE_MAX", "-1G"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingError, match=variable):
         BuildWorkerSettings.from_env({variable: value})
+
+
+@pytest.mark.parametrize(
+    ("value", "budget"), [(None, 20 << 30), ("512M", 512 << 20), ("3g", 3 << 30), ("1000", 1000)]
+)
+def test_the_build_cache_budget_is_bytes_with_a_suffix(value: str | None, budget: int) -> None:
+    environ = {} if value is None else {"PORTSIDE_BUILD_CACHE_MAX": value}
+    assert BuildWorkerSettings.from_env(environ).cache_max == budget
 
 
 def test_portside_buildworker_stops_on_a_bad_setting_with_one_line() -> None:
