@@ -420,23 +420,39 @@ def routing_labels(client: docker.DockerClient, image: str) -> list[str]:
     return sorted(key for key in labels if key != BUILD_LABEL and is_routing_label(key))
 
 
+def is_present(client: docker.DockerClient, reference: str) -> bool:
+    """Whether the engine has the image ``reference`` names."""
+    with _engine_errors("inspect image", _build_error):
+        try:
+            client.api.inspect_image(reference)
+        except docker.errors.NotFound:
+            return False
+    return True
+
+
 def pull_if_absent(client: docker.DockerClient, reference: str, log: Log) -> None:
     """Pull ``reference`` unless the engine has it, with no credentials: the base images
     of a fork's build must be public, and must be local to be inspected before the build
     (which would otherwise pull them itself, and run their ONBUILD triggers)."""
-    with _engine_errors("inspect image", _build_error):
-        try:
-            client.api.inspect_image(reference)
-            return
-        except docker.errors.NotFound:
-            pass
+    if not is_present(client, reference):
+        pull(client, reference, log)
+
+
+def pull(
+    client: docker.DockerClient,
+    reference: str,
+    log: Log,
+    *,
+    auth: Mapping[str, str] | None = None,
+) -> None:
+    """Pull ``reference`` with ``auth``, or with no credentials at all: never the engine
+    host's own, which a fork's build must not use."""
     lines = _LineSplitter(log)
     classify = _pull_error(reference)
     log(f"pulling {reference}")
     with _engine_errors("pull", classify, log):
-        # An empty auth config: the engine host's credentials are not sent for a fork.
         stream: Iterable[dict[str, Any]] = client.api.pull(
-            reference, stream=True, decode=True, auth_config={}
+            reference, stream=True, decode=True, auth_config=dict(auth or {})
         )
         for message in stream:
             _raise_on_error(message, lines, classify)

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
+import requests
 
-from buildworker import compose, dockerfile, git, images, names
+from buildworker import cache, compose, dockerfile, git, images, names
 from buildworker.api import ControlPlane, StepRefused
 from buildworker.errors import BuildError, BuildStopped, PermanentBuildError
 from contracts.environ import UntrustedMode
@@ -44,6 +46,8 @@ class WorkerConfig:
     registry: str
     workspace_root: Path
     untrusted: UntrustedMode = "no"
+    # PORTSIDE_BUILD_CACHE_MAX: bytes of images and build cache kept; None: never pruned.
+    cache_max: int | None = None
 
     def takes(self, untrusted: bool) -> bool:
         """Whether this worker may run a build of that kind: a worker for forks' code
@@ -149,6 +153,9 @@ class StepRunner:
         self.config = config
         self.sink = sink
         self.stop_reason = stop_reason
+        # Images the cache budget removed and removals refused, since the worker started.
+        self.cache_removed = 0
+        self.cache_failed = 0
 
     def workspace(self, build_id: int, attempt: int) -> Path:
         return self.config.workspace_root / f"build-{build_id}-{attempt}"
@@ -199,6 +206,8 @@ class StepRunner:
         if stop.is_set():
             raise self._stopped(build_id, attempt, stop.reason, build_log)
         self.api.finish(build_id, step, attempt)
+        if step == STEPS[-1]:
+            self.cleanup(build_id, attempt)
 
     def _stopped(
         self, build_id: int, attempt: int, reason: str, build_log: BuildLog
@@ -221,7 +230,43 @@ class StepRunner:
         self.cleanup(build_id, attempt)
 
     def cleanup(self, build_id: int, attempt: int) -> None:
+        """The build is over on this node: its workspace goes, and the images and build
+        cache are cut down to the budget."""
         shutil.rmtree(self.workspace(build_id, attempt), ignore_errors=True)
+        self.prune_cache()
+
+    def prune_cache(self) -> None:
+        """Keep the worker's images and build cache under ``cache_max`` (buildworker.cache);
+        a failure is logged, never the build's."""
+        if self.config.cache_max is None:
+            return
+        try:
+            result = cache.prune(
+                self.docker, self.config.registry, self.config.cache_max, self.config.workspace_root
+            )
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            log.warning("build cache: prune failed: %s", exc)
+            return
+        self.cache_removed += len(result.removed)
+        self.cache_failed += len(result.failed)
+        if result.removed or result.failed or result.build_cache_reclaimed:
+            log.info(
+                "build cache pruned: usage=%d budget=%d before=%d removed=%d failed=%d "
+                "builder_reclaimed=%d images=%s",
+                result.usage_after,
+                self.config.cache_max,
+                result.usage_before,
+                len(result.removed),
+                len(result.failed),
+                result.build_cache_reclaimed,
+                ",".join(result.removed),
+            )
+        elif result.usage_after > self.config.cache_max:
+            log.warning(
+                "build cache over budget: usage=%d budget=%d (what is left is in use)",
+                result.usage_after,
+                self.config.cache_max,
+            )
 
     # -- state handed from one step to the next on this node --------------------------
 
@@ -253,6 +298,20 @@ class StepRunner:
             )
         workspace = self.workspace(spec["build_id"], spec["attempt"])
         workspace.mkdir(parents=True, exist_ok=True)
+        if spec.get("git_remote"):
+            remote = self.api.git_remote_auth(spec["build_id"])
+            for secret in remote.secrets():
+                build_log.hide(secret)
+            git.fetch_commit(
+                spec["clone_url"],
+                spec["commit_sha"],
+                None,
+                self._checkout(spec),
+                log=build_log,
+                remote=remote,
+            )
+            self._save_state(spec, {"images": {}})
+            return
         token = self.api.git_token(spec["build_id"])
         build_log.hide(token)
         try:
@@ -289,6 +348,16 @@ class StepRunner:
             buildargs = {**item.args, **spec.get("build_args", {})}
             if untrusted:
                 self._check_bases(item, buildargs, build_log)
+            cache_from = (
+                self._cache_images(
+                    spec,
+                    [f"{repository}:{branch_tag}", *spec.get("cache_from", {}).get(key, [])],
+                    state,
+                    build_log,
+                )
+                if branch_tag
+                else []
+            )
             build_log(f"building {key} as {repository}:{tag}")
             image_id = images.build_image(
                 self.docker,
@@ -300,7 +369,7 @@ class StepRunner:
                 labels={"io.portside.build": str(spec["build_id"])},
                 buildargs=buildargs,
                 target=item.target,
-                cache_from=[f"{repository}:{branch_tag}"] if branch_tag else [],
+                cache_from=cache_from,
                 untrusted=untrusted,
                 log=build_log,
                 stop=stop,
@@ -318,6 +387,47 @@ class StepRunner:
         state["compose"] = plan.compose.text if plan.compose else None
         state["routed_service"] = plan.compose.routed_service if plan.compose else None
         self._save_state(spec, state)
+
+    def _cache_images(
+        self,
+        spec: dict[str, Any],
+        references: list[str],
+        state: dict[str, Any],
+        build_log: BuildLog,
+    ) -> list[str]:
+        """Those of ``references`` (the branch's last image, then those the control plane
+        named: production's) that are here, pulled first when absent; one that cannot be
+        pulled (a new branch has no image yet) is left out. They are noted in the state
+        first, so that the cache budget leaves them alone while the build runs."""
+        state["cache_from"] = [*state.get("cache_from", []), *references]
+        self._save_state(spec, state)
+        present = []
+        for reference in references:
+            try:
+                if not images.is_present(self.docker, reference):
+                    auth = self._registry_auth(spec, build_log)
+                    images.pull(self.docker, reference, build_log, auth=auth)
+            except StepRefused:
+                raise
+            except BuildError as exc:
+                build_log(f"no build cache from {reference}: {build_log.mask(str(exc))}")
+                continue
+            present.append(reference)
+        return present
+
+    def _registry_auth(self, spec: dict[str, Any], build_log: BuildLog) -> dict[str, str] | None:
+        """The push credentials of the build's registry (None: the engine host's own),
+        asked of the control plane once per step."""
+        if "registry_auth" not in spec:
+            credentials = self.api.registry_credentials(spec["build_id"])
+            build_log.hide(credentials.get("password"))
+            spec["registry_auth"] = (
+                {"username": credentials["username"], "password": credentials["password"]}
+                if credentials.get("username")
+                else None
+            )
+        auth: dict[str, str] | None = spec["registry_auth"]
+        return auth
 
     def _repository(self, spec: dict[str, Any], service: str | None) -> str:
         """Where an image goes: a fork's under its pull request's name of its own."""
@@ -392,13 +502,7 @@ class StepRunner:
 
     def _push(self, spec: dict[str, Any], build_log: BuildLog) -> None:
         state = self._load_state(spec)
-        credentials = self.api.registry_credentials(spec["build_id"])
-        build_log.hide(credentials.get("password"))
-        auth = (
-            {"username": credentials["username"], "password": credentials["password"]}
-            if credentials.get("username")
-            else None
-        )
+        auth = self._registry_auth(spec, build_log)
         for key, image in state["images"].items():
             build_log(f"pushing {image['repository']}:{image['tag']}")
             image["digest"] = images.push_image(
@@ -434,4 +538,3 @@ class StepRunner:
     def _record_deployment(self, spec: dict[str, Any], build_log: BuildLog) -> None:
         deployment = self.api.record_deployment(spec["service_id"], spec["build_id"])
         build_log(f"deployment {deployment['id']} recorded ({deployment['status']})")
-        self.cleanup(spec["build_id"], spec["attempt"])

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
+from contracts.compose_policy import parse_memory
 from contracts.environ import (
     DEFAULT_BUILD_TIMEOUT,
     DEFAULT_REDIS_URL,
@@ -17,6 +18,7 @@ from contracts.environ import (
     DEFAULT_URL,
     REDIS_SCHEMES,
     Secret,
+    SettingError,
     UntrustedMode,
     default_data_dir,
     mask_url,
@@ -26,6 +28,19 @@ from contracts.environ import (
     setting_reader,
     untrusted_mode,
 )
+
+# PORTSIDE_BUILD_CACHE_MAX's default: the worker's images and build cache, in bytes.
+DEFAULT_BUILD_CACHE_MAX = 20 << 30
+
+
+def cache_budget(raw: str) -> int:
+    """PORTSIDE_BUILD_CACHE_MAX: bytes, with an optional K, M or G (powers of 1024)."""
+    value = parse_memory(raw)
+    if value is None or value < 0:
+        raise SettingError(
+            f"PORTSIDE_BUILD_CACHE_MAX must be a size in bytes (K, M or G suffix), got {raw!r}"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +56,8 @@ class BuildWorkerSettings:
     # Which builds this worker takes: "no" (trusted only), "only" (forks' only), "yes".
     build_untrusted: UntrustedMode = "no"
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    # Its images and build cache are pruned, oldest first, down to this many bytes.
+    cache_max: int = DEFAULT_BUILD_CACHE_MAX
 
     def __repr__(self) -> str:
         """Every field, the Redis password masked (the token is a Secret)."""
@@ -70,4 +87,5 @@ class BuildWorkerSettings:
             ),
             build_untrusted=untrusted_mode(get("BUILD_UNTRUSTED") or "no"),
             data_dir=Path(get("DATA_DIR") or default_data_dir()),
+            cache_max=cache_budget(get("BUILD_CACHE_MAX") or str(DEFAULT_BUILD_CACHE_MAX)),
         )

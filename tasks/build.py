@@ -72,6 +72,7 @@ def runner(hostname: str) -> StepRunner:
             registry=settings.registry,
             workspace_root=Path(settings.data_dir) / "workspaces",
             untrusted=settings.build_untrusted,
+            cache_max=settings.cache_max,
         ),
         sink,
         stop_reason,

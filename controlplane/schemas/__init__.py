@@ -324,6 +324,7 @@ class BuildSpecSchema(Schema):
     build_args = fields.Dict(keys=fields.String(), values=fields.String())
     untrusted = fields.Boolean()
     pr_number = fields.Integer(allow_none=True)
+    cache_from = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
 
 
 class StepResultSchema(Schema):

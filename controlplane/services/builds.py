@@ -54,7 +54,7 @@ from controlplane.models import (
     Service,
     utcnow,
 )
-from controlplane.services import ancestry, audit, desired, effects, stops
+from controlplane.services import ancestry, audit, buildcache, desired, effects, stops
 from controlplane.services.pushes import PIPELINE_STEPS
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class BuildSpec:
     # A fork's code: no network, cache or branch tag, images under pr_number's own name.
     untrusted: bool = False
     pr_number: int | None = None
+    # Per image key, pushed images to take layers from (services.buildcache); none for forks.
+    cache_from: dict[str, list[str]] = field(default_factory=dict)
 
 
 def get_build(session: Session, build_id: int, *, lock: bool = False) -> Build:
@@ -172,6 +174,7 @@ def claim_step(
         images=dict(build.images or {}),
         untrusted=build.untrusted,
         pr_number=build.environment.pr_number,
+        cache_from=buildcache.cache_refs(session, build) if step_name == "build" else {},
     )
 
 
