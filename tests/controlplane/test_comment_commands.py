@@ -407,3 +407,29 @@ def test_a_commit_comment_approves_the_fork_preview_waiting_for_that_commit(
     env = preview(database)
     assert status == "processed" and len(started) == 1
     assert env is not None and env.approved_sha == head
+
+
+def test_a_pr_approve_written_before_the_last_push_approves_nothing(
+    client: FlaskClient,
+    database: Database,
+    github_app: GitHubApp,  # noqa: F811
+    github_server: GitHubServer,
+    service_id: int,
+) -> None:
+    """The comment approves the head its writer saw: a head that reached Portside in a
+    later second than the comment was not reviewed."""
+    fork_pull_request(github_server)
+    process(
+        database,
+        github_app,
+        post(
+            client, "issue_comment", pr_comment_payload(github_server, WRITER, "/portside preview")
+        ),
+    )
+    late = pr_comment_payload(github_server, WRITER, "/portside approve")
+    late["comment"]["created_at"] = "2020-01-01T00:00:00Z"  # written before the preview opened
+    status, outcome, started = process(database, github_app, post(client, "issue_comment", late))
+    env = preview(database)
+    assert (status, started) == ("processed", []) and "moved on after the comment" in outcome
+    assert env is not None and (env.status, env.approved_sha) == ("awaiting_approval", None)
+    assert commanded(database)[-1]["result"] == "failed"
