@@ -11,6 +11,7 @@ from typing import Any
 import requests
 
 from buildworker.errors import BuildError, PermanentBuildError, TransientBuildError
+from contracts.gitremote import GitAuth
 from contracts.urls import url_refusal
 
 TIMEOUT = 30
@@ -90,6 +91,11 @@ class ControlPlane:
             "POST", f"/v1/builds/{build_id}/git-token", params={"refresh": str(refresh).lower()}
         )
         return str(body["token"])
+
+    def git_remote_auth(self, build_id: int) -> GitAuth:
+        """A git-URL service's own credentials (none for a public remote)."""
+        body = self._call("POST", f"/v1/builds/{build_id}/git-token")
+        return GitAuth(token=body.get("token") or None, ssh_key=body.get("ssh_key") or None)
 
     def registry_credentials(self, build_id: int) -> dict[str, Any]:
         credentials: dict[str, Any] = self._call(

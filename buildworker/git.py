@@ -3,6 +3,8 @@
 The token travels only in an ``http.extraHeader`` given with ``-c`` to the one ``git fetch``
 that needs it: never in the URL, so it is not stored in ``.git/config`` or ``FETCH_HEAD``,
 and never in a message, since git's stderr is scrubbed before it is logged or raised.
+A service tracking any git URL is fetched with its own credentials instead (``auth``:
+``GIT_ASKPASS`` or ``ssh -i``, see :mod:`contracts.gitremote`), local paths included.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from buildworker.errors import PermanentBuildError, TransientBuildError
+from contracts.gitremote import GitAuth, GitUrlRefused, auth_env, check_git_url, config_args
 
 FETCH_TIMEOUT = 600.0
 LOCAL_TIMEOUT = 120.0
@@ -69,18 +72,24 @@ def fetch_commit(
     *,
     log: Callable[[str], None] | None = None,
     timeout: float = FETCH_TIMEOUT,
+    remote: GitAuth | None = None,
 ) -> Path:
     """Check out commit ``sha`` of ``clone_url`` in ``workspace`` and return its path.
 
     Idempotent: a redelivered task may fetch into the same workspace again, so leftovers of
-    an earlier attempt are cleaned out. ``token=None`` fetches without credentials.
+    an earlier attempt are cleaned out. ``token=None`` fetches without credentials; a
+    ``remote`` (a git-URL service's credentials, maybe empty) takes any URL the control
+    plane accepts and fetches with those instead.
     """
     sha = sha.strip().lower()
     if not _SHA.fullmatch(sha):
         raise PermanentBuildError(f"not a full commit SHA: {sha[:64]!r}")
-    _check_url(clone_url)
+    if remote is None:
+        _check_url(clone_url)
+    else:
+        _check_remote(clone_url)
     emit = log or (lambda _line: None)
-    secrets = _secrets(token)
+    secrets = _secrets(token) + (remote.secrets() if remote else [])
     workspace.mkdir(parents=True, exist_ok=True)
 
     _git(["init", "--quiet", str(workspace)], cwd=workspace, secrets=secrets)
@@ -89,11 +98,16 @@ def fetch_commit(
     # "-c http.extraHeader=" first empties any header list from the worker's own config;
     # "credential.helper=" keeps a helper from storing or offering credentials.
     fetch = [
-        *("-c", "http.extraHeader=", "-c", "credential.helper="),
+        *(config_args(clone_url) if remote else ("-c", "http.extraHeader=")),
+        *("-c", "credential.helper="),
         *auth,
         *("fetch", "--depth", "1", "--no-tags", "--quiet", "--", clone_url, sha),
     ]
-    result = _run(fetch, cwd=workspace, timeout=timeout, secrets=secrets)
+    if remote is None:
+        result = _run(fetch, cwd=workspace, timeout=timeout, secrets=secrets)
+    else:
+        with auth_env(remote, _env()) as env:
+            result = _run(fetch, cwd=workspace, timeout=timeout, secrets=secrets, env=env)
     for line in _scrub(result.stderr, secrets).splitlines():
         emit(line)
     if result.returncode != 0:
@@ -132,6 +146,15 @@ def _check_url(clone_url: str) -> None:
         raise PermanentBuildError("clone URL must not carry credentials")
 
 
+def _check_remote(clone_url: str) -> None:
+    """A git-URL service's remote, as the control plane accepted it (local paths too:
+    the control plane allows them only where its admin said so)."""
+    try:
+        check_git_url(clone_url, allow_local=True)
+    except GitUrlRefused as exc:
+        raise PermanentBuildError(f"clone URL refused: {exc}") from None
+
+
 def _auth_header(token: str) -> str:
     basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
     return f"Authorization: Basic {basic}"
@@ -158,13 +181,18 @@ def _env() -> dict[str, str]:
 
 
 def _run(
-    args: list[str], *, cwd: Path, timeout: float, secrets: Sequence[str]
+    args: list[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    secrets: Sequence[str],
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
             ["git", *args],
             cwd=cwd,
-            env=_env(),
+            env=_env() if env is None else env,
             capture_output=True,
             text=True,
             errors="replace",

@@ -229,24 +229,45 @@ def cmd_hosts_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _service_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``POST /v1/services`` from ``services create``'s arguments, for both
+    ways it goes (the API, or the database through the same spec)."""
+    return {
+        "name": args.name,
+        "repository": args.repository,
+        "git_url": args.git,
+        "git_token": _read_secret_file(args.git_token_file),
+        "git_ssh_key": _read_secret_file(args.git_ssh_key_file),
+        "poll_interval": args.poll_interval,
+        "branch": args.branch,
+        "host": args.host or "",
+        "compose_path": args.compose_path,
+        "port": args.port,
+        "domain": args.domain,
+        "watch_paths": args.watch_path or [],
+    }
+
+
+def _read_secret_file(path: str | None) -> str | None:
+    """A credential from a file (``-``: standard input), never from the command line."""
+    if path is None:
+        return None
+    return (sys.stdin.read() if path == "-" else Path(path).read_text()).strip()
+
+
 def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
     if uses_api(os.environ):
         return api_services_create(settings, args)
+    from controlplane.crypto import SecretBox
     from controlplane.services import services
 
-    spec = services.ServiceSpec(
-        name=args.name,
-        repository=args.repository,
-        branch=args.branch,
-        host=args.host,
-        compose_path=args.compose_path,
-        port=args.port,
-        domain=args.domain,
-        watch_paths=args.watch_path or [],
-    )
+    spec = services.spec_from(_service_fields(args))
+    box = SecretBox.from_settings(settings) if settings.secret_key else None
 
     def action(session: Any) -> str:
-        service = services.create_service(session, spec, "cli")
+        service = services.create_service(
+            session, spec, "cli", box=box, allow_local_git=settings.allow_local_git
+        )
         return f"created service {service.name} (id {service.id})"
 
     print(_admin(settings, action))
@@ -353,17 +374,7 @@ def api_services_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def api_services_create(settings: Settings, args: argparse.Namespace) -> int:
-    spec = {
-        "name": args.name,
-        "repository": args.repository,
-        "branch": args.branch,
-        "host": args.host,
-        "compose_path": args.compose_path,
-        "port": args.port,
-        "domain": args.domain,
-        "watch_paths": args.watch_path or [],
-    }
-    service = _client(settings).create_service(spec)
+    service = _client(settings).create_service(_service_fields(args))
     if args.json:
         _print_json(service)
     else:
@@ -843,9 +854,22 @@ def build_parser() -> argparse.ArgumentParser:
     service_commands = service_parser.add_subparsers(dest="services_command", required=True)
     service_create = add("create", cmd_services_create, "create a service", service_commands)
     service_create.add_argument("name")
-    service_create.add_argument("--repository", required=True, help="owner/name")
-    service_create.add_argument("--branch", default="main")
-    service_create.add_argument("--host", required=True)
+    source = service_create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--repository", help="owner/name on GitHub (the App installed)")
+    source.add_argument(
+        "--git", metavar="URL", help="any git remote instead: https://, ssh://, a local path"
+    )
+    service_create.add_argument(
+        "--git-token-file", metavar="PATH", help="(--git https) file holding a token or user:pass"
+    )
+    service_create.add_argument(
+        "--git-ssh-key-file", metavar="PATH", help="(--git ssh) file holding a deploy key"
+    )
+    service_create.add_argument(
+        "--poll-interval", type=int, default=60, help="(--git) seconds between polls, min 10"
+    )
+    service_create.add_argument("--branch", help="default: main, or the HEAD of --git")
+    service_create.add_argument("--host", help="default: the only host there is")
     service_create.add_argument("--compose-path")
     service_create.add_argument("--port", type=int)
     service_create.add_argument("--domain")

@@ -155,6 +155,15 @@ class Service(TimestampMixin, Base):
     deploy_when: Mapped[str] = mapped_column(String(16), default="pushed")
     required_checks: Mapped[list[Any]] = mapped_column(default=list)
     checks_timeout: Mapped[int] = mapped_column(Integer, default=1800)
+    # A service tracking a git URL instead of a GitHub repository (polled with ls-remote):
+    # its https token or SSH deploy key encrypted, how often it is polled (seconds), the
+    # branch head seen last and when.
+    git_url: Mapped[str | None] = mapped_column(String(1024))
+    git_token_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    git_ssh_key_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    poll_interval: Mapped[int] = mapped_column(Integer, default=60)
+    git_last_sha: Mapped[str | None] = mapped_column(String(40))
+    git_polled_at: Mapped[dt.datetime | None]
     deleted_at: Mapped[dt.datetime | None]
 
     host: Mapped[Host] = relationship()

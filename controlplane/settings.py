@@ -67,6 +67,8 @@ class Settings:
     metrics_token: Secret = Secret("")
     # A build worker talks to a plain http:// PORTSIDE_URL off loopback only if told so.
     allow_insecure_url: bool = False
+    # Services may track a local path (/srv/repo, file://) only where the admin says so.
+    allow_local_git: bool = False
     preview_domain: str = ""
     agent_interval: int = 10
     agent_publish_host: str = ""
@@ -162,6 +164,8 @@ class Settings:
             kwargs["token"] = Secret(raw)
         if (raw := get("ALLOW_INSECURE_URL")) is not None:
             kwargs["allow_insecure_url"] = raw == "1"
+        if (raw := get("ALLOW_LOCAL_GIT")) is not None:
+            kwargs["allow_local_git"] = raw == "1"
         if (raw := get("METRICS_TOKEN")) is not None:
             if len(raw) < 16:
                 raise ConfigError("PORTSIDE_METRICS_TOKEN must be at least 16 characters long")

@@ -24,6 +24,7 @@ from controlplane.services import (
     deliveries,
     effects,
     feedback,
+    gitsources,
     installations,
     notifications,
     previews,
@@ -103,6 +104,18 @@ def reconcile_branches() -> list[int]:
         return []
     with runtime.database().session_scope() as session:
         started = pushes.reconcile_branches(session, github)
+    _enqueue_builds(started)
+    return started
+
+
+@celery_app.task(name=pipeline.POLL_GIT_SERVICES, acks_late=True)
+def poll_git_services() -> list[int]:
+    """Poll the git-URL services that are due (``git ls-remote``) and queue a build for
+    every branch head that changed."""
+    settings = settings_of(celery_app)
+    box = SecretBox.from_settings(settings) if settings.secret_key else None
+    with runtime.database().session_scope() as session:
+        started = gitsources.poll_due(session, box)
     _enqueue_builds(started)
     return started
 

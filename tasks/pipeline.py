@@ -16,6 +16,7 @@ from tasks.app import BUILDS_QUEUE, CONTROL_QUEUE, UNTRUSTED_BUILDS_QUEUE, celer
 PROCESS_DELIVERY = "portside.process_delivery"
 REDRIVE_DELIVERIES = "portside.redrive_deliveries"
 RECONCILE_BRANCHES = "portside.reconcile_branches"
+POLL_GIT_SERVICES = "portside.poll_git_services"
 RECONCILE_INSTALLATIONS = "portside.reconcile_installations"
 START_BUILD = "portside.start_build"
 TAKE_OVER_STALE_BUILDS = "portside.take_over_stale_builds"
@@ -31,6 +32,8 @@ def control_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
         "redrive-deliveries": {"task": REDRIVE_DELIVERIES, "schedule": 30.0},
         "reconcile-branches": {"task": RECONCILE_BRANCHES, "schedule": 300.0},
+        # Each git-URL service is polled at its own interval; this is the shortest one.
+        "poll-git-services": {"task": POLL_GIT_SERVICES, "schedule": 10.0},
         "reconcile-installations": {"task": RECONCILE_INSTALLATIONS, "schedule": 24 * 3600.0},
         "clean-up-previews": {"task": CLEAN_UP_PREVIEWS, "schedule": 600.0},
         "take-over-stale-builds": {

@@ -18,7 +18,7 @@ from controlplane.db import session
 from controlplane.errors import ComposeRefusedError, ServiceUnavailable
 from controlplane.github.app import GitHubApp
 from controlplane.models import Variable
-from controlplane.services import builds, logs, logstream, registries
+from controlplane.services import builds, gitsources, logs, logstream, registries
 from controlplane.settings import Settings
 
 worker_api = Blueprint(
@@ -132,8 +132,16 @@ def heartbeat(data: dict[str, Any], build_id: int) -> None:
 @worker_api.response(200, schemas.GitTokenSchema)
 def git_token(query: dict[str, Any], build_id: int) -> dict[str, Any]:
     """A fresh installation token for cloning this build's repository, read-only and for
-    that repository alone, to the worker holding the build's step (never stored)."""
+    that repository alone, to the worker holding the build's step (never stored); for a
+    git-URL service, its own token or SSH key (or none), to that worker alone too."""
     build = builds.held_build(session(), build_id, current_token().id)
+    if build.service.git_url is not None:
+        auth = gitsources.auth_of(build.service, _box() if _settings().secret_key else None)
+        return {
+            "token": auth.token if auth else None,
+            "ssh_key": auth.ssh_key if auth else None,
+            "expires_in": None,
+        }
     repository = build.service.repository
     github: GitHubApp | None = current_app.extensions["portside.github"]
     if github is None or repository is None:

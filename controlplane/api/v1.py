@@ -216,7 +216,14 @@ def list_repositories(installation_id: int) -> list[Any]:
 @services_api.response(201, schemas.ServiceSchema)
 def create_service(data: dict[str, Any]) -> Any:
     db = session()
-    service = services.create_service(db, services.ServiceSpec(**data), actor())
+    settings = current_app.extensions["portside.settings"]
+    service = services.create_service(
+        db,
+        services.spec_from(data),
+        actor(),
+        box=SecretBox.from_settings(settings) if settings.secret_key else None,
+        allow_local_git=settings.allow_local_git,
+    )
     db.commit()
     return service
 
@@ -274,7 +281,9 @@ def deploy_service(data: dict[str, Any], service_id: int) -> Any:
     head of the service's branch), even a commit older than the one running."""
     db = session()
     github = current_app.extensions["portside.github"]
-    build = services.deploy_ref(db, github, service_id, data["ref"], actor())
+    settings = current_app.extensions["portside.settings"]
+    box = SecretBox.from_settings(settings) if settings.secret_key else None
+    build = services.deploy_ref(db, github, service_id, data["ref"], actor(), box=box)
     db.commit()
     pipeline.enqueue_build(build.id)
     return build

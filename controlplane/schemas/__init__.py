@@ -123,8 +123,34 @@ class RepositorySchema(Schema):
 
 class ServiceCreateSchema(Schema):
     name = fields.String(required=True)
-    repository = fields.String(required=True)
-    branch = fields.String(load_default="main")
+    repository = fields.String(
+        load_default=None, allow_none=True, metadata={"description": "owner/name on GitHub"}
+    )
+    git_url = fields.String(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "any git remote instead of repository: https, ssh, local path"},
+    )
+    git_token = fields.String(
+        load_default=None,
+        allow_none=True,
+        load_only=True,
+        metadata={"description": "https token (or user:password) for git_url; never shown"},
+    )
+    git_ssh_key = fields.String(
+        load_default=None,
+        allow_none=True,
+        load_only=True,
+        metadata={"description": "SSH deploy key (private) for git_url; never shown"},
+    )
+    poll_interval = fields.Integer(
+        load_default=60, metadata={"description": "seconds between polls of git_url (min 10)"}
+    )
+    branch = fields.String(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "default: main, or the HEAD of git_url"},
+    )
     host = fields.String(required=True)
     compose_path = fields.String(load_default=None, allow_none=True)
     port = fields.Integer(load_default=None, allow_none=True)
@@ -142,6 +168,14 @@ class ServiceSchema(Schema):
     name = fields.String()
     repository = fields.String(attribute="repository_full_name")
     repository_id = fields.Integer(allow_none=True)
+    git_url = fields.String(allow_none=True)
+    git_credentials = fields.Function(
+        lambda s: (
+            "token" if s.git_token_encrypted else "ssh_key" if s.git_ssh_key_encrypted else None
+        ),
+        metadata={"description": "which credentials git_url has (never the value)"},
+    )
+    poll_interval = fields.Integer()
     branch = fields.String()
     host = fields.String(attribute="host.name")
     compose_path = fields.String(allow_none=True)
@@ -316,6 +350,7 @@ class BuildSpecSchema(Schema):
     repository = fields.String()
     installation_id = fields.Integer(allow_none=True)
     clone_url = fields.String(allow_none=True)
+    git_remote = fields.Boolean()
     commit_sha = fields.String()
     branch = fields.String()
     compose_path = fields.String(allow_none=True)
@@ -353,8 +388,11 @@ class ArtifactsSchema(Schema):
 
 
 class GitTokenSchema(Schema):
-    token = fields.String()
-    expires_in = fields.Integer()
+    """An installation token (GitHub), or a git-URL service's own token or SSH key."""
+
+    token = fields.String(allow_none=True)
+    ssh_key = fields.String(allow_none=True)
+    expires_in = fields.Integer(allow_none=True)
 
 
 class GitTokenQuerySchema(Schema):

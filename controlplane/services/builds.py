@@ -75,6 +75,8 @@ class BuildSpec:
     repository: str
     installation_id: int | None
     clone_url: str | None
+    # Cloned from a git URL, with its own credentials (POST .../git-token), not GitHub's.
+    git_remote: bool
     commit_sha: str
     branch: str
     compose_path: str | None
@@ -166,7 +168,8 @@ def claim_step(
         environment=build.environment.name,
         repository=service.repository_full_name,
         installation_id=repository.installation_id if repository else None,
-        clone_url=repository.clone_url if repository else None,
+        clone_url=service.git_url or (repository.clone_url if repository else None),
+        git_remote=service.git_url is not None,
         commit_sha=build.commit_sha,
         branch=build.branch,
         compose_path=service.compose_path or (repository.compose_path if repository else None),

@@ -159,11 +159,13 @@ def builds_started_by(session: Session, delivery_id: int) -> list[int]:
 
 
 def tracking_services(session: Session, repository_id: int, full_name: str) -> list[Service]:
-    """Services of a repository, found by GitHub's id so a rename keeps them."""
+    """Services of a repository, found by GitHub's id so a rename keeps them (a git-URL
+    service's ``git/<name>`` is no GitHub repository's)."""
     services = list(
         session.scalars(
             select(Service).where(
                 Service.deleted_at.is_(None),
+                Service.git_url.is_(None),
                 (Service.repository_id == repository_id)
                 | (Service.repository_id.is_(None) & (Service.repository_full_name == full_name)),
             )

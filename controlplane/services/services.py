@@ -15,10 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controlplane.crypto import SecretBox
-from controlplane.errors import Conflict, NotFound, ValidationFailed
+from controlplane.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Environment, Host, Repository, Service, utcnow
-from controlplane.services import audit, desired, hosts, previews, pushes
+from controlplane.services import audit, desired, gitsources, hosts, previews, pushes
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
 RUNTIME_FIELDS = (
@@ -48,15 +48,32 @@ MAYBE_SHA = re.compile(r"^[0-9a-f]{4,40}$")
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
+    """A GitHub service names ``repository``; one tracking any git remote ``git``
+    instead (its branch, when None, is the remote's HEAD)."""
+
     name: str
-    repository: str
-    branch: str
+    repository: str | None
+    branch: str | None
     host: str
     compose_path: str | None = None
     port: int | None = None
     domain: str | None = None
     watch_paths: list[str] = field(default_factory=list)
     track_tags: str | None = None
+    git: gitsources.GitSource | None = None
+
+
+def spec_from(fields: dict[str, Any]) -> ServiceSpec:
+    """A spec from the API's fields (``POST /v1/services``; the CLI sends the same)."""
+    fields = dict(fields)
+    git_url = fields.pop("git_url", None)
+    git = gitsources.GitSource(
+        url=git_url or "",
+        token=fields.pop("git_token", None),
+        ssh_key=fields.pop("git_ssh_key", None),
+        poll_interval=fields.pop("poll_interval", None) or gitsources.DEFAULT_POLL_INTERVAL,
+    )
+    return ServiceSpec(**fields, git=git if git_url is not None else None)
 
 
 def valid_domain(domain: str) -> bool:
@@ -90,9 +107,9 @@ def _validate(spec: ServiceSpec) -> dict[str, list[str]]:
         errors["name"] = ["lowercase letters, digits and hyphens, starting with a letter"]
     elif PREVIEW_SUFFIX.search(spec.name):
         errors["name"] = ["must not end in -pr-<number>: that is how previews are named"]
-    if not REPOSITORY_NAME.match(spec.repository):
+    if not REPOSITORY_NAME.match(spec.repository or ""):
         errors["repository"] = ["must be owner/name"]
-    if not valid_branch(spec.branch):
+    if not valid_branch(spec.branch or ""):
         errors["branch"] = ["not a valid branch name"]
     if spec.track_tags is not None and not valid_tag_pattern(spec.track_tags):
         errors["track_tags"] = ["a glob of tag names such as v*"]
@@ -105,13 +122,51 @@ def _validate(spec: ServiceSpec) -> dict[str, list[str]]:
     return errors
 
 
-def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
-    """Create a service and its production environment."""
+def create_service(
+    session: Session,
+    spec: ServiceSpec,
+    actor: str,
+    *,
+    box: SecretBox | None = None,
+    allow_local_git: bool = False,
+) -> Service:
+    """Create a service and its production environment. A git-URL service (``spec.git``)
+    is checked against its remote (``git ls-remote``) and its credentials are encrypted
+    with ``box``; its images are named ``git/<name>``."""
+    refs = None
+    git = spec.git
+    if git is not None:
+        if spec.repository:
+            raise BadRequest(
+                "give repository or git_url, not both",
+                details={"repository": ["not with git_url"]},
+            )
+        git = gitsources.check_source(git, allow_local=allow_local_git)
+        refs = gitsources.read_remote(git.url, git.auth)
+        branch = (spec.branch or "").strip() or refs.head_branch
+        if not branch:
+            raise ValidationFailed(
+                "the remote has no default branch", details={"branch": ["name the branch"]}
+            )
+        if refs.resolve(branch) is None:
+            raise ValidationFailed(
+                f"no branch {branch!r} on {git.url}", details={"branch": ["not on the remote"]}
+            )
+        spec = dataclasses.replace(
+            spec,
+            repository=f"{gitsources.IMAGE_OWNER}/{spec.name.strip().lower()}",
+            branch=branch,
+        )
+    elif not spec.repository:
+        raise BadRequest(
+            "give repository (owner/name) or git_url",
+            details={"repository": ["owner/name, or git_url instead"]},
+        )
     spec = ServiceSpec(
         name=spec.name.strip().lower(),
-        repository=spec.repository.strip(),
-        branch=spec.branch.strip(),
-        host=spec.host.strip().lower(),
+        repository=(spec.repository or "").strip(),
+        branch=(spec.branch or "main").strip(),
+        host=(spec.host or "").strip().lower(),
         compose_path=spec.compose_path,
         port=spec.port,
         domain=spec.domain.strip().lower() if spec.domain else None,
@@ -121,13 +176,21 @@ def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
     errors = _validate(spec)
     if errors:
         raise ValidationFailed("the service has invalid fields", details=errors)
-    host = session.scalar(select(Host).where(Host.name == spec.host))
+    host = (
+        session.scalar(select(Host).where(Host.name == spec.host))
+        if spec.host
+        else _only_host(session)
+    )
     if host is None:
         raise ValidationFailed("unknown host", details={"host": [f"no host named {spec.host}"]})
     hosts.refuse_production_on(host)
-    repository = session.scalar(
-        select(Repository).where(
-            Repository.full_name == spec.repository, Repository.removed_at.is_(None)
+    repository = (
+        None
+        if git is not None
+        else session.scalar(
+            select(Repository).where(
+                Repository.full_name == spec.repository, Repository.removed_at.is_(None)
+            )
         )
     )
     service = Service(
@@ -142,6 +205,8 @@ def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
         watch_paths=spec.watch_paths,
         track_tags=spec.track_tags,
     )
+    if git is not None and refs is not None:
+        gitsources.attach(service, git, box, refs)
     session.add(service)
     try:
         session.flush()
@@ -161,6 +226,16 @@ def create_service(session: Session, spec: ServiceSpec, actor: str) -> Service:
     audit.record(session, actor, "service.create", "service", service.id, name=service.name)
     session.flush()
     return service
+
+
+def _only_host(session: Session) -> Host:
+    """The host a service goes to when none is named: the only one there is."""
+    every = hosts.list_hosts(session)
+    if len(every) != 1:
+        raise ValidationFailed(
+            "name the host", details={"host": [f"{len(every)} hosts: say which one"]}
+        )
+    return every[0]
 
 
 def update_service(
@@ -198,7 +273,7 @@ def update_service(
             )
         hosts.refuse_production_on(host)
         service.host_id = host.id
-    service.branch = current.branch
+    service.branch = current.branch or service.branch
     service.compose_path = current.compose_path
     service.port = current.port
     service.domain = current.domain.lower() if current.domain else None
@@ -328,21 +403,32 @@ def delete_service(session: Session, service_id: int, actor: str) -> None:
 
 
 def deploy_ref(
-    session: Session, github: GitHubApp | None, service_id: int, ref: str | None, actor: str
+    session: Session,
+    github: GitHubApp | None,
+    service_id: int,
+    ref: str | None,
+    actor: str,
+    *,
+    box: SecretBox | None = None,
 ) -> Build:
     """Build and deploy to production the commit a branch, tag or SHA names (by default
-    the head of the service's branch), resolved through GitHub. The build is ordered by
+    the head of the service's branch), resolved through GitHub (a git-URL service's
+    through ``git ls-remote``, its credentials opened with ``box``). The build is ordered by
     when it was asked for (:mod:`~controlplane.services.ancestry`): an older commit is
     deployed all the same, and a later push replaces it as usual."""
     service = get_service(session, service_id)
     ref = (ref or service.branch).strip()
     if not valid_branch(ref):
         raise ValidationFailed("not a valid ref", details={"ref": ["a branch, tag or commit SHA"]})
-    resolved = pushes.resolve_ref(github, service, ref)
+    if service.git_url is not None:
+        resolved = gitsources.resolve_ref(box, service, ref)
+    else:
+        resolved = pushes.resolve_ref(github, service, ref)
     if resolved is None:
+        source = service.git_url or service.repository_full_name
         raise ValidationFailed(
-            f"{ref!r} is not a branch, tag or commit of {service.repository_full_name}",
-            details={"ref": ["unknown on GitHub"]},
+            f"{ref!r} is not a branch, tag or commit of {source}",
+            details={"ref": ["unknown on the remote" if service.git_url else "unknown on GitHub"]},
         )
     sha, message = resolved
     now = utcnow()
