@@ -149,6 +149,9 @@ class Service(TimestampMixin, Base):
     # The basic-auth login as an htpasswd line (user:bcrypt), encrypted; the password
     # itself is never stored (shown once when generated).
     preview_htpasswd_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # A Docker logging driver per environment kind ({"production": {"driver", "options"}}),
+    # checked by contracts.logdrivers; a kind absent runs with Docker's default.
+    log_driver: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # When a build may deploy (statuses.DEPLOY_WHEN): "checks_passed" holds it until the
     # commit's checks on GitHub passed (services.checks): those named, or every one but
     # Portside's own when the list is empty; failed when none passed in checks_timeout s.

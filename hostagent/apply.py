@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import docker.errors
+import docker.types
 import requests
 
+from contracts import logdrivers
 from contracts.compose_policy import (
     Caps,
     ComposeRefused,
@@ -75,6 +77,8 @@ STOP_TIMEOUT = 10
 COMPOSE_TIMEOUT = 600.0
 LOG_LINES = 20
 MAX_SHOWN = 10
+# Labels a forwarded line carries besides its tag (Docker's ``labels`` log option).
+LOG_LABELS = (lbl.ENVIRONMENT, lbl.KIND, lbl.HOST, lbl.DEPLOYMENT)
 # The least share of a preview's budget a container may get: Docker's own minimums.
 MIN_CPUS = 0.01
 MIN_MEMORY = 6 * 1024 * 1024
@@ -357,6 +361,11 @@ class Applier:
             kwargs["pids_limit"] = spec.resources.pids
         if self.publish_host and spec.port:
             kwargs["ports"] = {f"{spec.port}/tcp": (self.publish_host, None)}
+        logging_config = log_config(spec)
+        if logging_config is not None:
+            kwargs["log_config"] = docker.types.LogConfig(
+                type=logging_config["driver"], config=logging_config["options"]
+            )
         log.info("environment %s: starting %s from %s", spec.name, action.name, spec.image)
         self.client.containers.run(spec.image, **kwargs)
 
@@ -507,6 +516,13 @@ class Applier:
             if "restart" not in service:
                 entry["restart"] = spec.resources.restart
             entry.update(service_limits(spec, service, len(services)))
+            logging_config = log_config(spec, name)
+            if logging_config is not None:
+                options = logging_config["options"]
+                entry["logging"] = {
+                    "driver": logging_config["driver"],
+                    "options": {key: value.replace("$", "$$") for key, value in options.items()},
+                }
             if name == spec.routed_service:
                 entry["labels"].update(
                     {
@@ -712,6 +728,21 @@ class Applier:
             self.compose_down(action.environment, remove_volumes=action.remove_volumes)
         for container_id in action.container_ids:
             self.remove_container(container_id, volumes=action.remove_volumes)
+
+
+def log_config(
+    spec: DesiredEnvironment, compose_service: str | None = None
+) -> dict[str, Any] | None:
+    """The Docker logging driver of the environment's containers (of ``compose_service``
+    in a compose environment), tagged with its labels; None for Docker's default."""
+    if spec.log_driver is None:
+        return None
+    labels = [*LOG_LABELS, *([lbl.COMPOSE_SERVICE] if compose_service else [])]
+    tag = logdrivers.tag(spec.name, compose_service)
+    return {
+        "driver": spec.log_driver.driver,
+        "options": logdrivers.docker_options(spec.log_driver, tag, labels),
+    }
 
 
 def service_limits(

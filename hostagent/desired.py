@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from contracts import logdrivers
+from contracts.logdrivers import LogDriver
 from contracts.yamlsafe import YamlRefused, load_yaml
 from hostagent.errors import InvalidDesiredState
 
@@ -148,6 +150,8 @@ class DesiredEnvironment:
     routes: tuple[Route, ...] = ()
     compose_allow: frozenset[str] = frozenset()
     protection: Protection | None = None
+    # Where Docker forwards its output besides the local copy (None: Docker's default).
+    log_driver: LogDriver | None = None
     # How many containers of it this host runs (single-container environments only).
     replicas: int = 1
 
@@ -417,6 +421,7 @@ def parse_environment(value: object, where: str) -> DesiredEnvironment:
         routes=routes,
         compose_allow=_compose_allow(data.get("compose_allow"), f"{where} compose_allow"),
         protection=_protection(data.get("protection"), f"{where} protection"),
+        log_driver=_log_driver(data.get("log_driver"), f"{where} log_driver"),
         replicas=replicas,
     )
 
@@ -442,6 +447,16 @@ def _protection(value: object, where: str) -> Protection | None:
         except ValueError:
             raise _fail(f"{where}.ip_allow[{index}]", "must be a CIDR") from None
     return Protection(basic_auth=tuple(users), ip_allow=tuple(cidrs))
+
+
+def _log_driver(value: object, where: str) -> LogDriver | None:
+    """The snapshot's logging driver, checked again by the rules the control plane uses."""
+    if value is None:
+        return None
+    try:
+        return logdrivers.parse(value, where)
+    except logdrivers.LogDriverRefused as exc:
+        raise InvalidDesiredState(f"desired state: {exc}") from None
 
 
 def _compose_allow(value: object, where: str) -> frozenset[str]:
@@ -607,6 +622,9 @@ def config_hash(
         material["protection"] = [f"basic_auth:{line}" for line in env.protection.basic_auth] + [
             f"ip_allow:{cidr}" for cidr in env.protection.ip_allow
         ]
+    if env.log_driver is not None:
+        options = sorted(env.log_driver.options.items())
+        material["log_driver"] = [env.log_driver.driver, *(f"{k}={v}" for k, v in options)]
     encoded = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()
 

@@ -200,6 +200,11 @@ class ServiceSchema(Schema):
         metadata={"description": "none, basic_auth (a login) or ip_allow (source networks)"}
     )
     preview_allow_networks = fields.List(fields.String())
+    log_driver = fields.Dict(
+        keys=fields.String(),
+        values=fields.Raw(),
+        metadata={"description": "Docker logging driver per environment kind"},
+    )
     created_at = fields.DateTime()
 
 
@@ -327,6 +332,17 @@ class ServicePatchSchema(Schema):
         fields.String(validate=validate.Length(min=1, max=64)),
         validate=validate.Length(max=64),
         metadata={"description": "CIDRs whose clients may open previews under ip_allow"},
+    )
+    log_driver = fields.Dict(
+        keys=fields.String(),
+        values=fields.Raw(allow_none=True),
+        metadata={
+            "description": "where each environment kind's output is forwarded: "
+            '{"production": {"driver": "syslog", "options": {"syslog-address": '
+            '"udp://..."}}, "preview": null}; drivers syslog, gelf, fluentd, journald, '
+            "json-file, local with Docker's documented options (tag, labels and env are "
+            "the agent's); replaces the whole mapping, {} for Docker's default"
+        },
     )
 
 

@@ -242,7 +242,15 @@ def _environment_state(
             "password": credentials.password,
         },
         **({"protection": protection} if protection else {}),
+        **_log_driver(service, environment.kind),
     }
+
+
+def _log_driver(service: Service, kind: str) -> dict[str, Any]:
+    """The environment's Docker logging driver (``PATCH /v1/services/{id}``'s
+    ``log_driver`` for its kind) as a snapshot entry, or nothing for Docker's default."""
+    chosen = (service.log_driver or {}).get(kind)
+    return {"log_driver": chosen} if chosen else {}
 
 
 def compose_routes(compose: str, routed: str | None, domain: str | None) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from contracts import logdrivers
 from controlplane.crypto import SecretBox
 from controlplane.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from controlplane.github.app import GitHubApp
@@ -34,6 +35,7 @@ RUNTIME_FIELDS = (
     "max_previews",
     "preview_protection",
     "preview_allow_networks",
+    "log_driver",
 )
 PREVIEW_USERNAME = "preview"
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
@@ -293,12 +295,27 @@ def update_service(
                 new=allowed,
             )
     changes = _check_protection(service, changes)
+    changes = _check_log_driver(changes)
     protection_before = (service.preview_protection, list(service.preview_allow_networks))
+    log_driver_before = dict(service.log_driver)
     for name in RUNTIME_FIELDS:
         if name in changes:
             setattr(service, name, changes[name])
     if (service.preview_protection, list(service.preview_allow_networks)) != protection_before:
-        _republish_previews(session, service)
+        _republish(session, service, ("preview",))
+    if service.log_driver != log_driver_before:
+        # Where the output goes is worth a trace (it may leave the team's network).
+        audit.record(
+            session,
+            actor,
+            "service.log_driver",
+            "service",
+            service.id,
+            old=log_driver_before,
+            new=service.log_driver,
+        )
+        # Docker sets a container's logging when it creates it: the agents recreate them.
+        _republish(session, service, logdrivers.KINDS)
     try:
         session.flush()
     except IntegrityError:
@@ -341,11 +358,26 @@ def _check_protection(service: Service, changes: dict[str, Any]) -> dict[str, An
     return changes
 
 
-def _republish_previews(session: Session, service: Service) -> None:
-    """Send new snapshots to the hosts of the service's previews: their routers change."""
+def _check_log_driver(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with its ``log_driver`` checked and normalised
+    (``contracts.logdrivers``: the same rules the agent applies)."""
+    if "log_driver" not in changes:
+        return changes
+    try:
+        drivers = logdrivers.parse_by_kind(changes["log_driver"])
+    except logdrivers.LogDriverRefused as exc:
+        raise ValidationFailed(
+            "the log driver is refused", details={"log_driver": exc.problems}
+        ) from None
+    return {**changes, "log_driver": {kind: d.as_json() for kind, d in sorted(drivers.items())}}
+
+
+def _republish(session: Session, service: Service, kinds: tuple[str, ...]) -> None:
+    """Send new snapshots to the hosts of the service's environments of ``kinds``: what
+    they run changes (routers, logging)."""
     host_ids = session.scalars(
         select(Environment.host_id)
-        .where(Environment.service_id == service.id, Environment.kind == "preview")
+        .where(Environment.service_id == service.id, Environment.kind.in_(kinds))
         .distinct()
     )
     for host_id in host_ids:
@@ -369,7 +401,7 @@ def generate_preview_password(
     password = secrets.token_urlsafe(18)
     service.preview_htpasswd_encrypted = box.encrypt(htpasswd_line(PREVIEW_USERNAME, password))
     service.preview_protection = "basic_auth"
-    _republish_previews(session, service)
+    _republish(session, service, ("preview",))
     session.flush()
     audit.record(session, actor, "service.preview_password", "service", service.id)
     return PREVIEW_USERNAME, password
