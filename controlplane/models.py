@@ -282,6 +282,8 @@ class Build(TimestampMixin, Base):
     enqueued_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    # When the registry retention deleted its images (services.retention; migration 0014).
+    images_deleted_at: Mapped[dt.datetime | None]
 
     steps: Mapped[list[BuildStep]] = relationship(
         back_populates="build", order_by="BuildStep.position", cascade="all, delete-orphan"

@@ -79,6 +79,9 @@ class Settings:
     build_untrusted: Literal["no", "only", "yes"] = "no"
     # An enqueued delivery still unprocessed after this long is sent again by the outbox.
     redrive_after: int = 120
+    # The registry keeps each service's last this many production images (and every
+    # image of an environment's last this many deployments); services.retention.
+    registry_keep: int = 10
     # Seconds a followed build log may stay quiet before the stream sends a keep-alive
     # comment and checks whether the build ended (cancelled builds never close their log).
     log_keepalive: int = 15
@@ -186,6 +189,8 @@ class Settings:
             kwargs["build_stale_after"] = require_int("PORTSIDE_BUILD_STALE_AFTER", raw, 15, 3600)
         if (raw := get("BUILD_UNTRUSTED")) is not None:
             kwargs["build_untrusted"] = untrusted_mode(raw)
+        if (raw := get("REGISTRY_KEEP")) is not None:
+            kwargs["registry_keep"] = require_int("PORTSIDE_REGISTRY_KEEP", raw, 1, 1000)
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -30,6 +31,7 @@ from controlplane.services import (
     previews,
     pushes,
     registries,
+    retention,
 )
 from controlplane.services.outcomes import HandlerContext
 from tasks import pipeline, runtime
@@ -211,16 +213,47 @@ def delete_images(images: list[dict[str, Any]]) -> int:
     cleaned = 0
     for environment_id, its_images in by_environment.items():
         with runtime.database().session_scope() as session:
-
-            def credentials_for(
-                repository: str, installation_id: int | None, session: Session = session
-            ) -> registries.Credentials:
-                if box is None:
-                    return registries.Credentials(repository, None, None)
-                return registries.credentials_for(session, box, repository, installation_id)
-
-            cleaned += previews.delete_images(session, environment_id, its_images, credentials_for)
+            cleaned += previews.delete_images(
+                session, environment_id, its_images, _push_credentials(session, box)
+            )
     return cleaned
+
+
+def _push_credentials(
+    session: Session, box: SecretBox | None
+) -> Callable[[str, int | None], registries.Credentials]:
+    """The push credentials for a repository and installation, read in ``session``
+    (none without PORTSIDE_SECRET_KEY: nothing stored can be decrypted)."""
+
+    def credentials_for(repository: str, installation_id: int | None) -> registries.Credentials:
+        if box is None:
+            return registries.Credentials(repository, None, None)
+        return registries.credentials_for(session, box, repository, installation_id)
+
+    return credentials_for
+
+
+@celery_app.task(
+    name=pipeline.PRUNE_REGISTRY,
+    acks_late=True,
+    autoretry_for=RETRYABLE,
+    retry_backoff=60,
+    max_retries=3,
+)
+def prune_registry() -> dict[str, int]:
+    """Delete production images past each service's last PORTSIDE_REGISTRY_KEEP from
+    the registry (services.retention); counts of what it deleted, kept and was refused."""
+    settings = settings_of(celery_app)
+    box = SecretBox.from_settings(settings) if settings.secret_key else None
+    with runtime.database().session_scope() as session:
+        pruned = retention.prune_registry(
+            session, settings.registry_keep, _push_credentials(session, box)
+        )
+    return {
+        "deleted": len(pruned.deleted),
+        "protected": len(pruned.protected),
+        "refused": len(pruned.refused),
+    }
 
 
 @celery_app.task(name=pipeline.CLEAN_UP_PREVIEWS, acks_late=True)

@@ -23,6 +23,7 @@ TAKE_OVER_STALE_BUILDS = "portside.take_over_stale_builds"
 GITHUB_FEEDBACK = "portside.github_feedback"
 DELETE_IMAGES = "portside.delete_images"
 CLEAN_UP_PREVIEWS = "portside.clean_up_previews"
+PRUNE_REGISTRY = "portside.prune_registry"
 NOTIFY = "portside.notify"
 BUILD_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 
@@ -36,6 +37,7 @@ def control_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "poll-git-services": {"task": POLL_GIT_SERVICES, "schedule": 10.0},
         "reconcile-installations": {"task": RECONCILE_INSTALLATIONS, "schedule": 24 * 3600.0},
         "clean-up-previews": {"task": CLEAN_UP_PREVIEWS, "schedule": 600.0},
+        "prune-registry": {"task": PRUNE_REGISTRY, "schedule": 3600.0},
         "take-over-stale-builds": {
             "task": TAKE_OVER_STALE_BUILDS,
             "schedule": max(5.0, settings.build_stale_after / 3),

@@ -11,13 +11,11 @@ reviewed, nor is a cache its build could poison.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from contracts.image_names import DIGEST_RE
 from controlplane.models import Build, Environment
+from controlplane.services import images
 
 
 def cache_refs(session: Session, build: Build) -> dict[str, list[str]]:
@@ -53,18 +51,7 @@ def cache_refs(session: Session, build: Build) -> dict[str, list[str]]:
     for source in sources:
         if source.id == build.id or source.untrusted:
             continue
-        for key, image in (source.images or {}).items():
-            reference = _reference(image)
-            if reference and reference not in refs.get(key, []):
-                refs.setdefault(str(key), []).append(reference)
+        for key, reference in images.pushed(source).items():
+            if reference not in refs.get(key, []):
+                refs.setdefault(key, []).append(reference)
     return refs
-
-
-def _reference(image: Any) -> str | None:
-    """``repository@digest`` of a pushed image entry of a build, or None."""
-    if not isinstance(image, dict):
-        return None
-    repository, digest = image.get("repository"), image.get("digest")
-    if not isinstance(repository, str) or not isinstance(digest, str):
-        return None
-    return f"{repository}@{digest}" if DIGEST_RE.fullmatch(digest) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from contracts.image_names import DIGEST_RE
 from contracts.yamlsafe import YamlRefused, load_yaml
 from controlplane.models import Build
 
@@ -36,6 +37,20 @@ def listed(build: Build) -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+def pushed(build: Build) -> dict[str, str]:
+    """Each image ``build`` pushed, by key (compose service, or ``app``), as the
+    ``repository@digest`` it went to the registry under; entries without a digest (not
+    pushed yet) are left out."""
+    found = {}
+    for key, image in (build.images or {}).items():
+        if not isinstance(image, Mapping):
+            continue
+        repository, digest = image.get("repository"), image.get("digest")
+        if isinstance(repository, str) and isinstance(digest, str) and DIGEST_RE.fullmatch(digest):
+            found[str(key)] = f"{repository}@{digest}"
+    return found
 
 
 def _compose_services(compose: str | None) -> list[str]:
