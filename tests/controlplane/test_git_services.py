@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,7 +24,9 @@ from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Service
 from controlplane.services import feedback, gitsources, hosts, pushes, services, tokens
 from controlplane.settings import Settings
+from tasks import pipeline
 from tests.controlplane.test_intake_processing import github_app  # noqa: F401 (a fixture)
+from tests.fixtures.stack import Stack, wait_for
 from tests.githubserver.server import GitHubServer
 
 GITHUB_REPO = "Codertocat/Hello-World"
@@ -374,3 +377,68 @@ def test_github_pushes_never_reach_a_git_url_service(
     remote.commit("one")
     service = local_service(db_session, remote)
     assert pushes.tracking_services(db_session, 1, service.repository_full_name) == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_git_url_service_is_built_from_its_remote_and_polled(
+    stack: Stack, base_image: str, registry: Any, docker_cleanup: None
+) -> None:
+    """End to end through the control worker and a build worker: ``deploy`` builds the
+    head, a push is found by polling and built once, the token never in a build log."""
+    state = stack.github.state
+    state.add_installation(INSTALLATION, "Codertocat")
+    state.add_repository(INSTALLATION, GITHUB_REPO, default_branch="master")
+    dockerfile = (
+        f"FROM {base_image}\nCOPY index.html /www/index.html\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n'
+    )
+    first = state.commit(
+        GITHUB_REPO, {"Dockerfile": dockerfile, "index.html": "one\n"}, branch="master"
+    )
+    token = state.issue_token(INSTALLATION).token
+    url = stack.github.repository_json(GITHUB_REPO)["clone_url"]
+    stack.create_host("local")
+    created = requests.post(
+        f"{stack.url}/v1/services",
+        json={"name": "hello", "host": "local", "port": 8080, "git_url": url, "git_token": token},
+        headers=stack.admin_headers,
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    service_id = created.json()["id"]
+    deployed = requests.post(
+        f"{stack.url}/v1/services/{service_id}/deploy",
+        json={},
+        headers=stack.admin_headers,
+        timeout=30,
+    )
+    assert deployed.status_code == 202, deployed.text
+    stack.start_buildworker("build-git")
+
+    def finished(sha: str) -> Build | None:
+        with stack.database.session_scope() as session:
+            build = session.scalar(select(Build).where(Build.commit_sha == sha))
+            return build if build and build.status in ("succeeded", "failed", "cancelled") else None
+
+    built = wait_for(lambda: finished(first), 300, 0.5, "the deployed build")
+    assert built.status == "succeeded", built.error
+    assert built.images["app"]["repository"].endswith("/git/hello")
+    logs = requests.get(
+        f"{stack.url}/v1/builds/{built.id}/logs", headers=stack.admin_headers, timeout=10
+    ).json()["lines"]
+    assert any(f"Fetching {first} from {url}" in line for line in logs)
+    assert not any(token in line for line in logs)
+
+    second = state.commit(GITHUB_REPO, {"index.html": "two\n"}, branch="master")
+    with stack.database.session_scope() as session:
+        session.get(Service, service_id).git_polled_at = None  # type: ignore[union-attr]
+    stack.send(pipeline.POLL_GIT_SERVICES)
+    stack.send(pipeline.POLL_GIT_SERVICES)
+    assert wait_for(lambda: finished(second), 300, 0.5, "the polled build").status == "succeeded"
+    with stack.database.session_scope() as session:
+        shas = [b.commit_sha for b in session.scalars(select(Build).order_by(Build.id))]
+    assert shas == [first, second]
+    for build in (built, finished(second)):
+        image = build.images["app"]  # type: ignore[union-attr]
+        registry.delete_image(image["repository"].split("/", 1)[1], image["tag"])
