@@ -3,7 +3,9 @@
 What the Celery workers and the agents do is recorded in PostgreSQL, so it is counted
 from there rather than scraped from each worker: deliveries by outcome, builds and
 deployments by status, build step durations and queue waits (histograms computed in one
-aggregate query each), agents' last-seen age and what they report of their containers.
+aggregate query each), each service's deployments by status and its build and deploy
+durations (labelled by service, at most MAX_SERVICE_LABELS of them), agents' last-seen age
+and what they report of their containers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from controlplane.models import (
     Build,
     BuildStep,
     Deployment,
+    Environment,
     Host,
+    Service,
     WebhookDelivery,
     utcnow,
 )
@@ -34,6 +38,12 @@ from controlplane.statuses import BUILD_STATUSES, DEPLOYMENT_STATUSES
 
 STEP_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+BUILD_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0)
+DEPLOY_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+# Series per service stay bounded: past this many services (oldest first) the rest are
+# counted together under OTHER_SERVICE.
+MAX_SERVICE_LABELS = 200
+OTHER_SERVICE = "_other"
 # Deliveries whose count comes from their recorded state (see controlplane.metrics).
 RECORDED_OUTCOMES = ("ignored", "processed", "failed")
 
@@ -57,6 +67,7 @@ def _histogram(
     seconds: ColumnElement[float],
     label: Any,
     buckets: Sequence[float],
+    label_name: str = "step",
 ) -> Metric:
     """A histogram family with one series per ``label``, counted in the database."""
     columns = [
@@ -65,7 +76,7 @@ def _histogram(
         func.coalesce(func.sum(seconds), 0.0),
         *(func.sum(case((seconds <= bound, 1), else_=0)) for bound in buckets),
     ]
-    family = HistogramMetricFamily(name, documentation, labels=["step"])
+    family = HistogramMetricFamily(name, documentation, labels=[label_name])
     for row in session.execute(rows_query.with_only_columns(*columns).group_by(label)):
         step, count, total, *cumulative = row
         pairs = [
@@ -151,6 +162,81 @@ def _queue_waits(session: Session) -> Metric:
     )
 
 
+def _service_label(session: Session) -> ColumnElement[str]:
+    """The ``service`` label of a row joined to its service: its name, or OTHER_SERVICE
+    past the first MAX_SERVICE_LABELS live services (and for deleted ones)."""
+    named = session.scalars(
+        select(Service.name)
+        .where(Service.deleted_at.is_(None))
+        .order_by(Service.id)
+        .limit(MAX_SERVICE_LABELS)
+    ).all()
+    return case((Service.name.in_(named), Service.name), else_=OTHER_SERVICE)
+
+
+def _service_deployments(session: Session, service: ColumnElement[str]) -> Metric:
+    rows = session.execute(
+        select(service, Deployment.status, func.count())
+        .select_from(Deployment)
+        .join(Environment, Environment.id == Deployment.environment_id)
+        .join(Service, Service.id == Environment.service_id)
+        .group_by(service, Deployment.status)
+    )
+    family = GaugeMetricFamily(
+        "portside_service_deployments",
+        "Deployments of each service by their current status.",
+        labels=["service", "status"],
+    )
+    for name, status, count in rows:
+        family.add_metric([str(name), str(status)], float(count))
+    return family
+
+
+def _build_durations(session: Session, service: ColumnElement[str]) -> Metric:
+    query = (
+        select(service)
+        .select_from(Build)
+        .join(Service, Service.id == Build.service_id)
+        .where(
+            Build.status.in_(("succeeded", "failed")),
+            Build.started_at.is_not(None),
+            Build.finished_at.is_not(None),
+        )
+    )
+    return _histogram(
+        session,
+        name="portside_build_duration_seconds",
+        documentation="How long finished builds ran (first step started to last finished), "
+        "by service.",
+        rows_query=query,
+        seconds=_seconds(session, Build.finished_at, Build.started_at),
+        label=service,
+        buckets=BUILD_BUCKETS,
+        label_name="service",
+    )
+
+
+def _deploy_durations(session: Session, service: ColumnElement[str]) -> Metric:
+    query = (
+        select(service)
+        .select_from(Deployment)
+        .join(Environment, Environment.id == Deployment.environment_id)
+        .join(Service, Service.id == Environment.service_id)
+        .where(Deployment.activated_at.is_not(None))
+    )
+    return _histogram(
+        session,
+        name="portside_deploy_duration_seconds",
+        documentation="From a deployment being recorded to its agent reporting it healthy "
+        "and switched, by service.",
+        rows_query=query,
+        seconds=_seconds(session, Deployment.activated_at, Deployment.created_at),
+        label=service,
+        buckets=DEPLOY_BUCKETS,
+        label_name="service",
+    )
+
+
 def _hosts(session: Session, now: dt.datetime) -> Iterator[Metric]:
     age = GaugeMetricFamily(
         "portside_agent_last_seen_age_seconds",
@@ -188,7 +274,11 @@ def _hosts(session: Session, now: dt.datetime) -> Iterator[Metric]:
 
 def families(session: Session, now: dt.datetime | None = None) -> list[Metric]:
     """Every metric family counted from the database, as of now."""
+    service = _service_label(session)
     return [
+        _service_deployments(session, service),
+        _build_durations(session, service),
+        _deploy_durations(session, service),
         _deliveries(session),
         _by_status(session, Build, BUILD_STATUSES, "portside_builds", "Builds"),
         _by_status(session, Deployment, DEPLOYMENT_STATUSES, "portside_deployments", "Deployments"),
