@@ -8,6 +8,7 @@ from flask import abort, current_app, g, redirect, render_template, request, url
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
+from controlplane.crypto import SecretBox
 from controlplane.dashboard import login
 from controlplane.dashboard.views import (
     EnvironmentRow,
@@ -76,8 +77,11 @@ def deploy_service(service_id: int) -> BaseResponse:
     _service_or_404(service_id)
     ref = request.form.get("ref", "").strip() or None
     github = current_app.extensions.get("portside.github")
+    settings = _settings()
+    # A git-URL service's credentials are opened to resolve the ref, as the API does.
+    box = SecretBox.from_settings(settings) if settings.secret_key else None
     try:
-        build = services.deploy_ref(db, github, service_id, ref, f"token:{token.name}")
+        build = services.deploy_ref(db, github, service_id, ref, f"token:{token.name}", box=box)
     except ApiError as exc:
         db.rollback()
         abort(exc.status, exc.message)
