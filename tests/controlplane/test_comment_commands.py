@@ -6,6 +6,7 @@ processed against PostgreSQL, the commenter's permission asked of the test GitHu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -159,6 +160,22 @@ def process(database: Database, github: GitHubApp, delivery_id: int) -> tuple[st
         return delivery.status, delivery.outcome or "", started.builds
 
 
+@pytest.fixture
+def say(
+    client: FlaskClient,
+    database: Database,
+    github_app: GitHubApp,  # noqa: F811
+    github_server: GitHubServer,
+) -> Callable[[str, str], tuple[str, str, list[int]]]:
+    """Comment on the pull request as someone and process the delivery."""
+
+    def comment(author: str, body: str) -> tuple[str, str, list[int]]:
+        payload = pr_comment_payload(github_server, author, body)
+        return process(database, github_app, post(client, "issue_comment", payload))
+
+    return comment
+
+
 def commanded(database: Database) -> list[dict[str, Any]]:
     """The audit trail of commands, oldest first, with their actors."""
     with database.session_scope() as session:
@@ -204,53 +221,30 @@ def test_a_writer_previews_and_approves_a_fork_pr_a_reader_changes_nothing(
     github_app: GitHubApp,  # noqa: F811
     github_server: GitHubServer,
     service_id: int,
+    say: Callable[[str, str], tuple[str, str, list[int]]],
 ) -> None:
     state = github_server.state
     head = fork_pull_request(github_server)
 
     # A reader's /portside preview: nothing is created, the attempt is audited.
-    status, outcome, started = process(
-        database,
-        github_app,
-        post(
-            client, "issue_comment", pr_comment_payload(github_server, READER, "/portside preview")
-        ),
-    )
+    status, outcome, started = say(READER, "/portside preview")
     assert (status, started, preview(database)) == ("ignored", [], None)
     assert "may not write (read)" in outcome
 
     # The writer's /portside preview opens the fork's preview, which waits for approval.
-    status, outcome, started = process(
-        database,
-        github_app,
-        post(
-            client, "issue_comment", pr_comment_payload(github_server, WRITER, "/portside preview")
-        ),
-    )
+    status, outcome, started = say(WRITER, "/portside preview")
     env = preview(database)
     assert env is not None and (status, started) == ("processed", [])
     assert (env.status, env.head_sha, env.from_fork) == ("awaiting_approval", head, True)
 
     # A reader's /portside approve releases nothing and is audited.
-    status, outcome, started = process(
-        database,
-        github_app,
-        post(
-            client, "issue_comment", pr_comment_payload(github_server, READER, "/portside approve")
-        ),
-    )
+    status, outcome, started = say(READER, "/portside approve")
     env = preview(database)
     assert env is not None and (status, started) == ("ignored", [])
     assert (env.status, env.approved_sha) == ("awaiting_approval", None)
 
     # The writer's /portside approve builds the head, untrusted, and answers with +1.
-    status, outcome, started = process(
-        database,
-        github_app,
-        post(
-            client, "issue_comment", pr_comment_payload(github_server, WRITER, "/portside approve")
-        ),
-    )
+    status, outcome, started = say(WRITER, "/portside approve")
     env = preview(database)
     assert env is not None and status == "processed" and len(started) == 1
     assert env.approved_sha == head
@@ -276,13 +270,7 @@ def test_a_writer_previews_and_approves_a_fork_pr_a_reader_changes_nothing(
     ]
 
     # The writer's /portside redeploy builds the approved head again.
-    status, outcome, started = process(
-        database,
-        github_app,
-        post(
-            client, "issue_comment", pr_comment_payload(github_server, WRITER, "/portside redeploy")
-        ),
-    )
+    status, outcome, started = say(WRITER, "/portside redeploy")
     assert status == "processed" and len(started) == 1 and started[0] != build.id
 
 
@@ -391,15 +379,10 @@ def test_a_commit_comment_approves_the_fork_preview_waiting_for_that_commit(
     github_app: GitHubApp,  # noqa: F811
     github_server: GitHubServer,
     service_id: int,
+    say: Callable[[str, str], tuple[str, str, list[int]]],
 ) -> None:
     head = fork_pull_request(github_server)
-    process(
-        database,
-        github_app,
-        post(
-            client, "issue_comment", pr_comment_payload(github_server, WRITER, "/portside preview")
-        ),
-    )
+    say(WRITER, "/portside preview")
     other = commit_comment_payload(github_server, WRITER, "c" * 40, "/portside approve")
     assert process(database, github_app, post(client, "commit_comment", other))[2] == []
     right = commit_comment_payload(github_server, WRITER, head, "/portside approve")
@@ -415,17 +398,12 @@ def test_a_pr_approve_written_before_the_last_push_approves_nothing(
     github_app: GitHubApp,  # noqa: F811
     github_server: GitHubServer,
     service_id: int,
+    say: Callable[[str, str], tuple[str, str, list[int]]],
 ) -> None:
     """The comment approves the head its writer saw: a head that reached Portside in a
     later second than the comment was not reviewed."""
     fork_pull_request(github_server)
-    process(
-        database,
-        github_app,
-        post(
-            client, "issue_comment", pr_comment_payload(github_server, WRITER, "/portside preview")
-        ),
-    )
+    say(WRITER, "/portside preview")
     late = pr_comment_payload(github_server, WRITER, "/portside approve")
     late["comment"]["created_at"] = "2020-01-01T00:00:00Z"  # written before the preview opened
     status, outcome, started = process(database, github_app, post(client, "issue_comment", late))
