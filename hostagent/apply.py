@@ -58,7 +58,9 @@ from hostagent.files import (
 from hostagent.plan import (
     Action,
     ComposeDown,
+    ComposeStartRouted,
     ComposeUp,
+    ComposeWaitRouted,
     RemoveContainer,
     RemoveEnvironment,
     StartContainer,
@@ -231,6 +233,11 @@ class Applier:
                 elif isinstance(action, ComposeUp):
                     outcome.deployment_id = action.spec.deployment_id
                     self.compose_up(action)
+                elif isinstance(action, ComposeStartRouted):
+                    outcome.deployment_id = action.spec.deployment_id
+                    self.compose_start_routed(action)
+                elif isinstance(action, ComposeWaitRouted):
+                    self.compose_wait_routed(action)
                 elif isinstance(action, ComposeDown):
                     self.compose_down(action.environment, remove_volumes=action.remove_volumes)
                 elif isinstance(action, RemoveEnvironment):
@@ -255,10 +262,14 @@ class Applier:
             # Never leave a broken new container behind; the old one keeps serving.
             logs = logs or self.container_logs(started.name)
             self.discard_container(started.name)
+        if isinstance(action, ComposeStartRouted | ComposeWaitRouted):
+            # The same for a compose switch: the old routed container keeps serving.
+            last_lines = self.discard_routed(action.spec, action.config_hash)
+            logs = logs or last_lines
         permanent = isinstance(error, PermanentAgentError)
         if isinstance(action, StartContainer | WaitHealthy) and started is not None and permanent:
             outcome.failure_key = failure_key(started.spec, started.config_hash)
-        elif isinstance(action, ComposeUp) and permanent:
+        elif isinstance(action, ComposeUp | ComposeStartRouted | ComposeWaitRouted) and permanent:
             outcome.failure_key = failure_key(action.spec, action.config_hash)
         if isinstance(error, EnvironmentRefused):
             outcome.state = "refused"
@@ -483,7 +494,9 @@ class Applier:
             raise EnvironmentRefused(str(exc)) from None
         return sanitized_compose(document)
 
-    def override_file(self, action: ComposeUp, document: Mapping[str, Any]) -> dict[str, Any]:
+    def override_file(
+        self, action: ComposeUp | ComposeStartRouted, document: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Labels, runtime env, restart policy, limits (a preview's shared by its services)
         and the one published port, per service; the services Traefik routes to join the
         proxy network (declared external), keeping their own networks."""
@@ -613,7 +626,9 @@ class Applier:
             )
         )
 
-    def compose_up(self, action: ComposeUp) -> None:
+    def compose_texts(self, action: ComposeUp | ComposeStartRouted) -> list[str]:
+        """The checked file and the agent's override, every image pulled and inspected
+        before anything is written or started; both kept for operators and ``down``."""
         spec = action.spec
         document = self.checked_compose(spec)
         texts = [dump_yaml(document), dump_yaml(self.override_file(action, document))]
@@ -625,7 +640,18 @@ class Applier:
             # Kept for operators and for ``down``; ``up`` runs the texts themselves.
             write_file(directory, COMPOSE_FILE, texts[0])
             write_file(directory, OVERRIDE_FILE, texts[1])
-        log.info("environment %s: compose up (deployment %s)", spec.name, spec.deployment_id)
+        return texts
+
+    def compose_up(self, action: ComposeUp) -> None:
+        spec = action.spec
+        texts = self.compose_texts(action)
+        only = ["--no-deps", *action.services] if action.services else []
+        log.info(
+            "environment %s: compose up %s(deployment %s)",
+            spec.name,
+            " ".join(action.services) + " " if action.services else "",
+            spec.deployment_id,
+        )
         self.run_compose(
             spec.name,
             texts,
@@ -634,17 +660,72 @@ class Applier:
             "--remove-orphans",
             "--timeout",
             str(self.stop_timeout),
+            *only,
         )
-        self.wait_compose_healthy(spec)
+        self.wait_compose_healthy(spec, action.services)
 
-    def wait_compose_healthy(self, spec: DesiredEnvironment) -> None:
-        """Every service running (or finished with 0), then the routed one answering."""
+    def compose_start_routed(self, action: ComposeStartRouted) -> None:
+        """The routed service's new container beside the old: compose keeps the old one
+        (``--no-recreate``) and creates one more of the new config under the next number,
+        with the same labels, networks and a port of its own."""
+        spec = action.spec
+        routed = spec.routed_service
+        assert routed is not None  # planned for a routed service only
+        texts = self.compose_texts(action)
+        log.info("environment %s: starting a new %s beside the old", spec.name, routed)
+        self.run_compose(
+            spec.name,
+            texts,
+            "up",
+            "-d",
+            "--remove-orphans",
+            "--no-deps",
+            "--no-recreate",
+            "--scale",
+            f"{routed}={action.replicas}",
+            routed,
+        )
+
+    def routed_containers(self, spec: DesiredEnvironment, config_hash: str) -> list[Any]:
+        """The routed service's containers of ``config_hash``, oldest first."""
+        found = [
+            container
+            for container in self.project_containers(spec.name)
+            if container.labels.get(lbl.COMPOSE_SERVICE) == spec.routed_service
+            and container.labels.get(lbl.CONFIG_HASH) == config_hash
+        ]
+        return sorted(found, key=lambda container: str(container.attrs.get("Created", "")))
+
+    def compose_wait_routed(self, action: ComposeWaitRouted) -> None:
+        """The new routed container passes the check a single container passes."""
+        new = self.routed_containers(action.spec, action.config_hash)
+        if not new:
+            raise DeploymentFailed(
+                f"compose did not start a new {action.spec.routed_service} container"
+            )
+        self.wait_healthy(new[-1].name, action.spec)
+
+    def discard_routed(self, spec: DesiredEnvironment, config_hash: str) -> str | None:
+        """Remove the routed containers of a failed switch; the newest one's last lines."""
+        new = self.routed_containers(spec, config_hash)
+        logs = self.container_logs(new[-1].id) if new else None
+        for container in new:
+            self.discard_container(container.id)
+        return logs
+
+    def wait_compose_healthy(self, spec: DesiredEnvironment, services: Sequence[str] = ()) -> None:
+        """Every service (of ``services`` if given) running or finished with 0, then the
+        routed one answering when it is among them."""
         check = spec.health_check
         timeout = check.timeout if check else DEFAULT_HEALTH_TIMEOUT
         deadline = time.monotonic() + timeout
         stable_since: float | None = None
         while True:
-            containers = self.project_containers(spec.name)
+            containers = [
+                container
+                for container in self.project_containers(spec.name)
+                if not services or container.labels.get(lbl.COMPOSE_SERVICE) in services
+            ]
             ready = bool(containers)
             for container in containers:
                 attrs = container.attrs

@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from hostagent.composeorder import switch_phases
 from hostagent.desired import DesiredEnvironment, DesiredState, Routing, config_hash
 from hostagent.observe import ObservedContainer, ObservedEnvironment, ObservedState
 
@@ -54,17 +55,41 @@ class RemoveContainer:
 
 @dataclass(frozen=True)
 class ComposeUp:
-    """``compose -p <env> up -d --remove-orphans`` with the pinned file."""
+    """``compose -p <env> up -d --remove-orphans`` with the pinned file; with ``services``
+    only those (``--no-deps``), the rest of a switch being done around them."""
 
     environment: str
     spec: DesiredEnvironment
     config_hash: str
     routing: Routing
     host: str
+    services: tuple[str, ...] = ()
 
     @property
     def file_text(self) -> str:
         return self.spec.compose or ""
+
+
+@dataclass(frozen=True)
+class ComposeStartRouted:
+    """A new container of the routed compose service beside the ``replicas - 1`` that
+    serve (``up --no-deps --no-recreate --scale <routed>=<replicas>``)."""
+
+    environment: str
+    spec: DesiredEnvironment
+    config_hash: str
+    routing: Routing
+    host: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ComposeWaitRouted:
+    """Gate: the routed service's container of ``config_hash`` passes the health check."""
+
+    environment: str
+    spec: DesiredEnvironment
+    config_hash: str
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,8 @@ Action = (
     | StopContainer
     | RemoveContainer
     | ComposeUp
+    | ComposeStartRouted
+    | ComposeWaitRouted
     | ComposeDown
     | RemoveEnvironment
 )
@@ -190,6 +217,39 @@ def _compose_needs_up(
     return any(not c.running and c.exit_code != 0 for c in containers)
 
 
+def _switch_routed(
+    env: DesiredEnvironment,
+    observed: ObservedEnvironment,
+    digest: str,
+    *,
+    routing: Routing,
+    host: str,
+) -> list[Action]:
+    """The routed service switched as a single container is, the rest around it in
+    ``depends_on`` order; empty when nothing of it serves yet (or it cannot run twice):
+    then the whole project is brought up in place."""
+    routed = env.routed_service
+    phases = switch_phases(env.compose or "", routed) if routed else None
+    if routed is None or phases is None:
+        return []
+    mine = [c for c in observed.compose_containers if c.compose_service == routed]
+    serving = [c for c in mine if c.config_hash != digest and c.serving]
+    if not serving:
+        return []
+    before, after = phases
+    actions: list[Action] = [
+        # Dead ones and leftovers of an interrupted switch: compose would count them.
+        *_retire([c for c in mine if c not in serving]),
+        *([ComposeUp(env.name, env, digest, routing, host, before)] if before else []),
+        ComposeStartRouted(env.name, env, digest, routing, host, len(serving) + 1),
+        ComposeWaitRouted(env.name, env, digest),
+        *_retire(serving),
+    ]
+    if after:
+        actions.append(ComposeUp(env.name, env, digest, routing, host, after))
+    return actions
+
+
 def _plan_compose(
     env: DesiredEnvironment,
     observed: ObservedEnvironment,
@@ -204,7 +264,8 @@ def _plan_compose(
         return []
     actions: list[Action] = []
     if _compose_needs_up(env, observed.compose_containers, digest):
-        actions.append(ComposeUp(env.name, env, digest, routing, host))
+        switch = _switch_routed(env, observed, digest, routing=routing, host=host)
+        actions += switch or [ComposeUp(env.name, env, digest, routing, host)]
     # Containers of an earlier single-container deployment of this environment.
     actions.extend(_retire(observed.app_containers))
     return actions

@@ -240,9 +240,23 @@ def compose_container(cid, service, **kwargs):
         ),
         ("a service removed by hand", observed(compose_container("w", "web")), ["ComposeUp"]),
         (
-            "config changed",
+            "config changed: the routed service is switched beside the old one",
             observed(
                 compose_container("w", "web", config_hash="old"),
+                compose_container("k", "worker", config_hash="old"),
+            ),
+            [
+                "ComposeUp",
+                "ComposeStartRouted",
+                "ComposeWaitRouted",
+                "StopContainer",
+                "RemoveContainer",
+            ],
+        ),
+        (
+            "config changed while the routed service is down: up in place",
+            observed(
+                compose_container("w", "web", config_hash="old", status="exited", exit_code=137),
                 compose_container("k", "worker", config_hash="old"),
             ),
             ["ComposeUp"],
