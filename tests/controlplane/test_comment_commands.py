@@ -24,7 +24,15 @@ from controlplane.models import (
     Repository,
     WebhookDelivery,
 )
-from controlplane.services import commands, deliveries, feedback, hosts, pushes, services
+from controlplane.services import (
+    commands,
+    deliveries,
+    feedback,
+    hosts,
+    previews,
+    pushes,
+    services,
+)
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Settings
 from tests.controlplane.test_feedback_checks import github_app  # noqa: F401  # a fixture
@@ -411,3 +419,34 @@ def test_a_pr_approve_written_before_the_last_push_approves_nothing(
     assert (status, started) == ("processed", []) and "moved on after the comment" in outcome
     assert env is not None and (env.status, env.approved_sha) == ("awaiting_approval", None)
     assert commanded(database)[-1]["result"] == "failed"
+
+
+def test_preview_brings_back_a_preview_closed_for_idleness_where_previews_are_on(
+    database: Database,
+    github_server: GitHubServer,
+    service_id: int,
+    say: Callable[[str, str], tuple[str, str, list[int]]],
+) -> None:
+    state = github_server.state
+    head = state.commit(REPOSITORY, {"index.html": "a change\n"}, branch="change")
+    state.add_pull_request(REPOSITORY, PR, "change", base_ref="main")
+    status, _outcome, (first,) = say(WRITER, "/portside preview")
+    env = preview(database)
+    assert status == "processed" and env is not None and env.head_sha == head
+    with database.session_scope() as session:
+        closing = session.get(Environment, env.id)
+        assert closing is not None
+        previews.teardown(session, closing, "portside", "idle for more than 1 day")
+
+    status, _outcome, (again,) = say(WRITER, "/portside preview")
+    env = preview(database)
+    assert status == "processed" and again != first
+    assert env is not None and env.status != "inactive" and env.closed_at is None
+    with database.session_scope() as session:
+        build = session.get(Build, again)
+        assert build is not None and (build.commit_sha, build.untrusted) == (head, False)
+
+    with database.session_scope() as session:
+        services.get_service(session, service_id).previews_enabled = False
+    status, outcome, started = say(WRITER, "/portside preview")
+    assert (status, started) == ("processed", []) and "failed: no service previews" in outcome
