@@ -14,8 +14,7 @@ from controlplane.api import metrics as metrics_api
 from controlplane.api import notifications as notifications_api
 from controlplane.api.errors import register_error_handlers
 from controlplane.api.longpoll import WakeHub
-from controlplane.github.app import GitHubApp
-from controlplane.services import desired, logstream
+from controlplane.services import appsetup, desired, logstream
 from controlplane.settings import Settings
 from tasks import pipeline as task_pipeline
 
@@ -51,8 +50,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["portside.settings"] = settings
     database, redis_client = desired.open_database(settings)
     database.init_app(app)
+    github_source = appsetup.AppSource(settings, database)
+    app.extensions["portside.github_source"] = github_source
     app.wsgi_app = webhooks.mount(  # type: ignore[method-assign,assignment]
-        app.wsgi_app, webhooks.GitHubWebhookEndpoint(settings, database)
+        app.wsgi_app,
+        webhooks.GitHubWebhookEndpoint(settings, database, github_source.webhook_secret),
     )
     app.extensions["portside.redis"] = redis_client
     app.extensions["portside.log_streams"] = logstream.LogStreams(
@@ -61,7 +63,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.log_keepalive,
     )
     app.extensions["portside.wake_hub"] = WakeHub(settings.redis_url)
-    app.extensions["portside.github"] = GitHubApp.from_settings(settings)
     task_pipeline.configure_sender(settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(metrics_api.blueprint)

@@ -176,16 +176,15 @@ def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_github_sync(settings: Settings, args: argparse.Namespace) -> int:
     """Catch up installations (and their repositories) whose webhooks were missed."""
-    from controlplane.github.app import GitHubApp
-    from controlplane.services import installations
+    from controlplane.services import appsetup, installations
 
-    github = GitHubApp.from_settings(settings)
+    database = _database(settings)
+    github = appsetup.AppSource(settings, database).app()
     if github is None:
         raise CommandError(
-            "no GitHub App is configured: "
-            "set PORTSIDE_GITHUB_APP_ID and PORTSIDE_GITHUB_PRIVATE_KEY"
+            "no GitHub App is configured: set PORTSIDE_GITHUB_APP_ID and "
+            "PORTSIDE_GITHUB_PRIVATE_KEY, or register one on the dashboard's setup page"
         )
-    database = _database(settings)
     for installation_id, what in installations.sync(database, github).items():
         print(f"installation {installation_id}: {what}")
     return 0
@@ -787,9 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     flower.add_argument("--port", type=int, default=5555)
     add("agent", cmd_agent, "run the host agent").set_defaults(launches=True)
     dev = add("dev", cmd_dev, "run everything on one machine (SQLite + local Redis)")
-    dev.add_argument(
-        "--bind", help="address:port (default PORTSIDE_DEV_BIND, else 127.0.0.1:8000)"
-    )
+    dev.add_argument("--bind", help="address:port (default PORTSIDE_DEV_BIND, else 127.0.0.1:8000)")
 
     db = add("db", lambda *_: 0, "database migrations")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")

@@ -10,6 +10,7 @@ API is and which admin token to use, so a newcomer's next command needs no setti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -127,10 +128,8 @@ class RedisClaim:
         """Keep the claim alive; a Redis hiccup is the workers' problem to report, not ours."""
         import redis
 
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.take()
-        except redis.RedisError:
-            pass
 
     def _holder(self) -> str | None:
         held_by = self.client.get(REDIS_OWNER_KEY)

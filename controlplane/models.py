@@ -452,3 +452,22 @@ class NotificationTarget(TimestampMixin, Base):
     kind: Mapped[str] = mapped_column(String(16), default="webhook")
     url: Mapped[str] = mapped_column(String(2048))
     secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class GitHubAppRegistration(Base):
+    """The GitHub App registered from the dashboard (GitHub's App manifest flow): used when
+    no PORTSIDE_GITHUB_APP_ID is set. One row; its secrets are encrypted at rest."""
+
+    __tablename__ = "github_app_registrations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(BigInteger)
+    slug: Mapped[str] = mapped_column(String(255))
+    html_url: Mapped[str] = mapped_column(String(2048))
+    owner_login: Mapped[str | None] = mapped_column(String(255))
+    client_id: Mapped[str | None] = mapped_column(String(255))
+    private_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    webhook_secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    client_secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    registered_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -8,7 +8,7 @@ from celery import Celery
 
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
-from controlplane.services import desired
+from controlplane.services import appsetup, desired
 from controlplane.settings import Settings
 from tasks.app import celery_app, configured_settings
 
@@ -25,8 +25,13 @@ def database() -> Database:
 
 
 @functools.cache
+def github_source() -> appsetup.AppSource:
+    return appsetup.AppSource(settings_of(celery_app), database())
+
+
 def github_app() -> GitHubApp | None:
-    return GitHubApp.from_settings(settings_of(celery_app))
+    """The configured App, else the one registered from the dashboard (once it is)."""
+    return github_source().app()
 
 
 def reset() -> None:
@@ -34,4 +39,4 @@ def reset() -> None:
     if database.cache_info().currsize:
         database().dispose()
     database.cache_clear()
-    github_app.cache_clear()
+    github_source.cache_clear()

@@ -16,9 +16,8 @@ from controlplane.api.auth import actor, current_token, require
 from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import ComposeRefusedError, ServiceUnavailable
-from controlplane.github.app import GitHubApp
 from controlplane.models import Variable
-from controlplane.services import builds, gitsources, logs, logstream, registries
+from controlplane.services import appsetup, builds, gitsources, logs, logstream, registries
 from controlplane.settings import Settings
 
 worker_api = Blueprint(
@@ -143,7 +142,7 @@ def git_token(query: dict[str, Any], build_id: int) -> dict[str, Any]:
             "expires_in": None,
         }
     repository = build.service.repository
-    github: GitHubApp | None = current_app.extensions["portside.github"]
+    github = appsetup.github_of(current_app.extensions)
     if github is None or repository is None:
         raise ServiceUnavailable("no GitHub App is configured for this repository")
     token = github.clone_token(

@@ -17,6 +17,7 @@ from controlplane.db import session
 from controlplane.errors import Conflict, Forbidden, NotFound
 from controlplane.models import AuditEvent, Build, Environment, Host, WebhookDelivery
 from controlplane.services import (
+    appsetup,
     audit,
     deliveries,
     desired,
@@ -280,7 +281,7 @@ def deploy_service(data: dict[str, Any], service_id: int) -> Any:
     """Build and deploy to production what a branch, tag or commit SHA names (default: the
     head of the service's branch), even a commit older than the one running."""
     db = session()
-    github = current_app.extensions["portside.github"]
+    github = appsetup.github_of(current_app.extensions)
     settings = current_app.extensions["portside.settings"]
     box = SecretBox.from_settings(settings) if settings.secret_key else None
     build = services.deploy_ref(db, github, service_id, data["ref"], actor(), box=box)

@@ -10,7 +10,7 @@ all the same.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
@@ -40,9 +40,12 @@ _STATUS_LINES = {200: "200 OK", 202: "202 Accepted"}
 class GitHubWebhookEndpoint:
     """The WSGI application answering GitHub's deliveries."""
 
-    def __init__(self, settings: Settings, database: Database) -> None:
+    def __init__(
+        self, settings: Settings, database: Database, webhook_secret: Callable[[], str]
+    ) -> None:
         self._settings = settings
         self._database = database
+        self._webhook_secret = webhook_secret
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -61,9 +64,12 @@ class GitHubWebhookEndpoint:
             raise NotFound()
         if environ["REQUEST_METHOD"] != "POST":
             raise MethodNotAllowed(valid_methods=["POST"])
-        secret = self._settings.github_webhook_secret.reveal()
+        secret = self._webhook_secret()
         if not secret:
-            raise ServiceUnavailable("PORTSIDE_GITHUB_WEBHOOK_SECRET is not configured")
+            raise ServiceUnavailable(
+                "no webhook secret: set PORTSIDE_GITHUB_WEBHOOK_SECRET or register the "
+                "GitHub App from the dashboard's setup page"
+            )
         header = environ.get(_SIGNATURE_KEY)
         if not header or not header.startswith("sha256="):
             # Refused before the body is read: an unsigned sender costs no upload.

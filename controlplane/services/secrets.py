@@ -6,14 +6,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controlplane.crypto import SecretBox
-from controlplane.models import NotificationTarget, RegistryCredential, Variable
-from controlplane.services import audit
+from controlplane.models import NotificationTarget, RegistryCredential, Service, Variable
+from controlplane.services import appsetup, audit
 
 
 def rotate_key(session: Session, box: SecretBox, actor: str) -> dict[str, int]:
-    """Re-encrypt variables, registry passwords and notification secrets in one
-    transaction; afterwards the old key (PORTSIDE_SECRET_KEY_OLD) can be dropped."""
-    counts = {"variables": 0, "registries": 0, "notifications": 0}
+    """Re-encrypt variables, registry passwords, notification secrets, preview logins and
+    the registered GitHub App's secrets in one transaction; afterwards the old key
+    (PORTSIDE_SECRET_KEY_OLD) can be dropped."""
+    counts = {"variables": 0, "registries": 0, "notifications": 0, "preview_logins": 0}
     for variable in session.scalars(select(Variable).with_for_update()):
         variable.value_encrypted = box.rotate(variable.value_encrypted)
         counts["variables"] += 1
@@ -27,5 +28,12 @@ def rotate_key(session: Session, box: SecretBox, actor: str) -> dict[str, int]:
         if target.secret_encrypted is not None:
             target.secret_encrypted = box.rotate(target.secret_encrypted)
             counts["notifications"] += 1
+    for service in session.scalars(
+        select(Service).where(Service.preview_htpasswd_encrypted.is_not(None)).with_for_update()
+    ):
+        assert service.preview_htpasswd_encrypted is not None
+        service.preview_htpasswd_encrypted = box.rotate(service.preview_htpasswd_encrypted)
+        counts["preview_logins"] += 1
+    counts["github_app"] = appsetup.rotate(session, box)
     audit.record(session, actor, "secrets.rotate_key", "secrets", None, **counts)
     return counts

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from controlplane.devmode import worker_token as _dev_worker_token
 from controlplane.db import Database
+from controlplane.devmode import worker_token as _dev_worker_token
 from controlplane.models import ApiToken, Host
 from controlplane.services import tokens
 from controlplane.settings import Settings

@@ -11,8 +11,10 @@ import binascii
 import fnmatch
 import gzip
 import itertools
+import json
 import math
 import os
+import re
 import secrets
 import string
 import subprocess
@@ -28,7 +30,7 @@ from urllib.parse import quote, urlencode
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, redirect, request
 from werkzeug import Response as BaseResponse
 from werkzeug.exceptions import HTTPException
 
@@ -369,12 +371,26 @@ class GitHubState:
         self.git_requests: list[GitRequest] = []
         self.api_requests: list[tuple[str, str]] = []  # (method, path?query), in order
         self.faults: list[Fault] = []
+        # The App manifest flow: one-time codes GitHub hands back after a person confirmed a
+        # manifest (code -> (manifest, owner login, issued at)), and the Apps converted.
+        self.manifest_codes: dict[str, tuple[Json, str, datetime]] = {}
+        self.registered_apps: list[Json] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
     def next_id(self) -> int:
         with self._lock:
             return next(self._ids)
+
+    def become_app(self, app_id: int, private_key_pem: str) -> None:
+        """From now on this server is App ``app_id``: only its JWTs are accepted."""
+        key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("a GitHub App key is an RSA key")
+        self.app_id, self.private_key_pem = app_id, private_key_pem
+        self.public_key = key.public_key()
 
     def add_installation(
         self, installation_id: int, account_login: str, account_type: str = "User"
@@ -1100,6 +1116,53 @@ def create_github_server(state: GitHubState) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response, int]:
         return github_error(GitHubError(error.code or 500, error.name))
+
+    # -- the App manifest flow (GitHub's web pages, then the unauthenticated conversion) --
+
+    @app.post("/settings/apps/new")
+    @app.post("/organizations/<org>/settings/apps/new")
+    def new_app_from_manifest(org: str | None = None) -> BaseResponse:
+        """The page where a person confirms the manifest; here they always do, and GitHub
+        sends the browser to the manifest's ``redirect_url`` with a code and the state."""
+        try:
+            manifest = json.loads(request.form.get("manifest", ""))
+            redirect_url = str(manifest["redirect_url"])
+            if not manifest.get("url") or not manifest["hook_attributes"]["url"]:
+                raise KeyError("url")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GitHubError(422, f"Invalid manifest: {exc}") from exc
+        code = secrets.token_hex(20)
+        state.manifest_codes[code] = (manifest, org or APP_OWNER, _now())
+        query = urlencode({"code": code, "state": request.args.get("state", "")})
+        return redirect(f"{redirect_url}?{query}", 302)
+
+    @app.post("/app-manifests/<code>/conversions")
+    def convert_manifest(code: str) -> tuple[Json, int]:
+        pending = state.manifest_codes.pop(code, None)
+        if pending is None or _now() - pending[2] > timedelta(hours=1):
+            raise GitHubError(404, "Not Found")
+        manifest, owner, _issued = pending
+        app_id = 900000 + state.next_id()
+        pem = generate_private_key_pem()
+        slug = re.sub(r"[^a-z0-9]+", "-", str(manifest.get("name", "app")).lower()).strip("-")
+        answer = _app(state, base()) | {
+            "id": app_id,
+            "slug": slug,
+            "node_id": _node_id("App", app_id),
+            "name": manifest.get("name"),
+            "owner": _user(owner, base(), "Organization"),
+            "html_url": f"{base()}/apps/{slug}",
+            "permissions": manifest.get("default_permissions", {}),
+            "events": manifest.get("default_events", []),
+            "installations_count": 0,
+            "client_id": f"Iv1.{secrets.token_hex(8)}",
+            "client_secret": secrets.token_hex(20),
+            "webhook_secret": secrets.token_hex(20),
+            "pem": pem,
+        }
+        state.become_app(app_id, pem)
+        state.registered_apps.append(answer | {"manifest": manifest})
+        return answer, 201
 
     # -- as the App (JWT) --
 
