@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_ENV = eval "$$(scripts/test-env.sh env)"
 
-.PHONY: install dev test lint format bench clean
+.PHONY: install dev demo test lint format bench clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ install: $(STAMP)
 dev: $(STAMP)
 	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 	@eval "$$(scripts/test-env.sh dev)" && exec $(BIN)/portside dev
+
+## With `make dev` running (another terminal): a sample app as a local git repository,
+## registered as a git-URL service, deployed, and its URL once it answers
+demo: $(STAMP)
+	@$(BIN)/python -m controlplane.demo
 
 ## The whole suite against real PostgreSQL, Redis, Docker engine and registry
 test: $(STAMP)
