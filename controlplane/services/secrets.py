@@ -9,12 +9,15 @@ from controlplane.crypto import SecretBox
 from controlplane.models import NotificationTarget, RegistryCredential, Service, Variable
 from controlplane.services import appsetup, audit
 
+# A service's encrypted columns: its previews' basic-auth login, its git remote's credentials.
+SERVICE_SECRETS = ("preview_htpasswd_encrypted", "git_token_encrypted", "git_ssh_key_encrypted")
+
 
 def rotate_key(session: Session, box: SecretBox, actor: str) -> dict[str, int]:
-    """Re-encrypt variables, registry passwords, notification secrets, preview logins and
-    the registered GitHub App's secrets in one transaction; afterwards the old key
+    """Re-encrypt variables, registry passwords, notification secrets, services' own
+    secrets and the registered GitHub App's in one transaction; afterwards the old key
     (PORTSIDE_SECRET_KEY_OLD) can be dropped."""
-    counts = {"variables": 0, "registries": 0, "notifications": 0, "preview_logins": 0}
+    counts = {"variables": 0, "registries": 0, "notifications": 0, "service_secrets": 0}
     for variable in session.scalars(select(Variable).with_for_update()):
         variable.value_encrypted = box.rotate(variable.value_encrypted)
         counts["variables"] += 1
@@ -28,12 +31,12 @@ def rotate_key(session: Session, box: SecretBox, actor: str) -> dict[str, int]:
         if target.secret_encrypted is not None:
             target.secret_encrypted = box.rotate(target.secret_encrypted)
             counts["notifications"] += 1
-    for service in session.scalars(
-        select(Service).where(Service.preview_htpasswd_encrypted.is_not(None)).with_for_update()
-    ):
-        assert service.preview_htpasswd_encrypted is not None
-        service.preview_htpasswd_encrypted = box.rotate(service.preview_htpasswd_encrypted)
-        counts["preview_logins"] += 1
+    for service in session.scalars(select(Service).with_for_update()):
+        for column in SERVICE_SECRETS:
+            ciphertext = getattr(service, column)
+            if ciphertext is not None:
+                setattr(service, column, box.rotate(ciphertext))
+                counts["service_secrets"] += 1
     counts["github_app"] = appsetup.rotate(session, box)
     audit.record(session, actor, "secrets.rotate_key", "secrets", None, **counts)
     return counts

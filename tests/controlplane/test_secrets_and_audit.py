@@ -8,14 +8,16 @@ import os
 import subprocess
 import sys
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import PortsideError
-from controlplane.models import Variable
+from controlplane.models import Service, Variable
 from controlplane.services import hosts, services, variables
+from controlplane.services.secrets import SERVICE_SECRETS
 from controlplane.settings import Secret, Settings
 
 NEW_KEY = "a-brand-new-secret-key-for-portside"
@@ -41,7 +43,12 @@ def _service(database: Database, settings: Settings) -> int:
 
 
 def test_rotate_key_re_encrypts_every_secret(database: Database, settings: Settings) -> None:
-    _service(database, settings)
+    service_id = _service(database, settings)
+    old_box = SecretBox.from_settings(settings)
+    with database.session_scope() as session:
+        service = session.get(Service, service_id)
+        for column in SERVICE_SECRETS:  # each holds its own name, encrypted with the old key
+            setattr(service, column, old_box.encrypt(column))
     env = {
         **os.environ,
         "PORTSIDE_DATABASE_URL": settings.database_url,
@@ -58,17 +65,20 @@ def test_rotate_key_re_encrypts_every_secret(database: Database, settings: Setti
     )
     assert result.returncode == 0, result.stderr
     assert "1 variables" in result.stdout
+    assert "3 service_secrets" in result.stdout
     new_only = SecretBox.from_settings(dataclasses.replace(settings, secret_key=Secret(NEW_KEY)))
     with database.session_scope() as session:
         stored = session.scalar(select(Variable))
-        assert stored is not None
-        assert new_only.decrypt(stored.value_encrypted) == "rotate-me-please"
-        try:
-            SecretBox.from_settings(settings).decrypt(stored.value_encrypted)
-        except PortsideError:
-            pass
-        else:
-            raise AssertionError("the old key still opens a rotated secret")
+        service = session.scalar(select(Service))
+        assert stored is not None and service is not None
+        rotated = {
+            "rotate-me-please": stored.value_encrypted,
+            **{column: getattr(service, column) for column in SERVICE_SECRETS},
+        }
+        for plaintext, ciphertext in rotated.items():
+            assert new_only.decrypt(ciphertext) == plaintext
+            with pytest.raises(PortsideError):
+                SecretBox.from_settings(settings).decrypt(ciphertext)
 
 
 def test_changes_are_audited_without_their_values(
