@@ -12,10 +12,11 @@ from marshmallow import Schema, fields, validate
 from redis import Redis
 
 from controlplane.api.auth import require
+from controlplane.api.sse import event_stream
 from controlplane.db import session
-from controlplane.errors import NotFound, ServiceUnavailable
+from controlplane.errors import NotFound
 from controlplane.models import Environment
-from controlplane.services import envlogs, logstream
+from controlplane.services import envlogs
 
 blueprint = Blueprint(
     "environment_logs",
@@ -64,19 +65,14 @@ def environment_logs(query: dict[str, Any], environment_id: int) -> Any:
     if session().get(Environment, environment_id) is None:
         raise NotFound(f"environment {environment_id} does not exist")
     if request.accept_mimetypes.best == "text/event-stream":
-        session().close()  # streaming holds no database connection
-        streams: logstream.LogStreams = current_app.extensions["portside.log_streams"]
-        release = streams.admit()
-        if release is None:
-            raise ServiceUnavailable("too many log streams are open: try again later")
-        response = Response(
-            envlogs.events(
-                streams, environment_id, request.headers.get("Last-Event-ID"), query.get("service")
-            ),
-            mimetype="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        response.call_on_close(release)
-        return response
+        return follow(environment_id, request.headers.get("Last-Event-ID"), query.get("service"))
     redis: Redis = current_app.extensions["portside.redis"]
     return {"environment_id": environment_id, "lines": envlogs.read(redis, environment_id, **query)}
+
+
+def follow(environment_id: int, after: str | None, service: str | None) -> Response:
+    """The environment's lines as server-sent events, after ``after`` (a Last-Event-ID) or
+    from now on: this endpoint's stream, which the dashboard's log pane follows too."""
+    return event_stream(
+        lambda streams: envlogs.events(streams, environment_id, after, service or None)
+    )

@@ -13,11 +13,12 @@ from sqlalchemy import select
 
 from controlplane import schemas
 from controlplane.api.auth import actor, current_token, require
+from controlplane.api.sse import event_stream
 from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import ComposeRefusedError, ServiceUnavailable
 from controlplane.models import Variable
-from controlplane.services import appsetup, builds, gitsources, logs, logstream, registries
+from controlplane.services import appsetup, builds, gitsources, logs, registries
 from controlplane.settings import Settings
 
 worker_api = Blueprint(
@@ -238,18 +239,5 @@ def build_logs(build_id: int) -> Any:
 
 
 def log_stream_response(build_id: int, after: str | None) -> Response:
-    """The build's log as server-sent events (the API's and the dashboard's stream); the
-    request's database session goes back first, streaming holds none. Past the process's
-    cap of followers it is refused (503); a stream's place is given back when it closes."""
-    session().close()
-    streams: logstream.LogStreams = current_app.extensions["portside.log_streams"]
-    release = streams.admit()
-    if release is None:
-        raise ServiceUnavailable("too many log streams are open: try again later")
-    response = Response(
-        streams.events(build_id, after),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-    response.call_on_close(release)
-    return response
+    """The build's log as server-sent events (the API's and the dashboard's stream)."""
+    return event_stream(lambda streams: streams.events(build_id, after))

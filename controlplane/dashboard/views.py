@@ -59,6 +59,8 @@ PAGE_SIZE = 50
 PAGE_LOG_LINES = 5000
 FAILURE_TAIL = 25
 PUBLIC_ENDPOINTS = ("dashboard.login", "dashboard.static")
+# Event streams an EventSource follows: without a session they answer 401, no redirect.
+STREAM_ENDPOINTS = ("dashboard.log_stream", "dashboard.environment_log_stream")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -105,7 +107,7 @@ def _require_login() -> BaseResponse | None:
         return None
     token = login.current_token(session(), _secret_key())
     if token is None:
-        if request.endpoint == "dashboard.log_stream":
+        if request.endpoint in STREAM_ENDPOINTS:
             return Response("log in first\n", status=401, mimetype="text/plain")
         return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
     g.dashboard_token = token

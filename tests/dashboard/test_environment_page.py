@@ -1,0 +1,132 @@
+"""An environment's dashboard page: memory, CPU and restarts from its agent's last report,
+the containers, and a log pane following the API's own event stream with the session."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from flask.testing import FlaskClient
+
+from controlplane.db import Database
+from tests.controlplane.test_agent_api import auth, host_token
+from tests.controlplane.test_environment_logs import entry, hello, ship
+from tests.dashboard.test_dashboard import log_in, make_token, sse, viewer
+
+__all__ = ["hello", "host_token", "viewer"]  # fixtures, used by name
+
+MIB = 1024 * 1024
+
+
+def report(client: FlaskClient, token: str, usage: dict[str, Any] | None) -> None:
+    item: dict[str, Any] = {
+        "name": "hello",
+        "deployment_id": 1,
+        "state": "running",
+        "healthy": True,
+        "address": "127.0.0.1:8080",
+        "containers": [
+            {
+                "name": "hello-1-abc",
+                "image": "o/hello@sha256:x",
+                "status": "running",
+                "health": "healthy",
+                "restart_count": 2,
+            },
+        ],
+    }
+    if usage is not None:
+        item["usage"] = usage
+    body = {"generation": 2, "agent_version": "test", "environments": [item]}
+    assert client.post("/v1/agent/status", json=body, headers=auth(token)).status_code == 204
+
+
+def stream_url(page: str) -> str:
+    found = re.search(r'data-stream="([^"]+)"', page)
+    assert found, "the page has no log pane to follow"
+    return html.unescape(found.group(1))
+
+
+def first_events(client: FlaskClient, url: str, wanted: str, **kwargs: Any) -> list[dict[str, str]]:
+    """The stream's events up to the one whose data holds ``wanted`` (the stream itself
+    never ends while the environment exists: it is closed here)."""
+    response = client.get(url, buffered=False, **kwargs)
+    assert response.status_code == 200, response.status_code
+    assert response.mimetype == "text/event-stream"
+    body = ""
+    deadline = time.monotonic() + 20
+    try:
+        for chunk in response.response:
+            body += chunk.decode() if isinstance(chunk, bytes) else chunk
+            if wanted in body or time.monotonic() > deadline:
+                break
+    finally:
+        response.close()
+    return [event for event in sse(body) if "data" in event]
+
+
+def test_the_page_shows_usage_containers_and_the_last_lines(
+    viewer: FlaskClient, hello: int, host_token: str
+) -> None:
+    report(viewer, host_token, {"memory_bytes": 150 * MIB, "cpu_cores": 0.25, "restarts": 2})
+    ship(viewer, host_token, entry("listening on :8080"), entry("key s3cret-value used"))
+    page = viewer.get(f"/environments/{hello}")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert re.search(r'data-usage="memory">150\.0 MiB<', text)
+    assert re.search(r'data-usage="cpu">0\.25 cores \(25% of one\)<', text)
+    assert re.search(r'data-usage="restarts">2<', text)
+    assert 'data-container="hello-1-abc"' in text
+    assert "listening on :8080" in text and "key *** used" in text
+    assert "s3cret-value" not in text
+    # The services and hosts pages lead to it.
+    assert f'href="/environments/{hello}"' in viewer.get("/").get_data(as_text=True)
+    assert f'href="/environments/{hello}"' in viewer.get("/hosts").get_data(as_text=True)
+
+
+def test_without_a_report_the_page_says_so(viewer: FlaskClient, hello: int) -> None:
+    text = viewer.get(f"/environments/{hello}").get_data(as_text=True)
+    assert "No usage reported yet" in text
+    assert viewer.get("/environments/999999").status_code == 404
+
+
+def test_the_pane_follows_the_apis_stream_with_the_session(
+    client: FlaskClient,
+    database: Database,
+    hello: int,
+    host_token: str,
+    read_headers: dict[str, str],
+) -> None:
+    ship(client, host_token, entry("shown on the page"))
+    # Without a session: 401 (an EventSource cannot follow a redirect to a login form).
+    anonymous = client.get(f"/environments/{hello}/logs/stream")
+    assert anonymous.status_code == 401
+    log_in(client, make_token(database, "read", "bob"))
+    url = stream_url(client.get(f"/environments/{hello}").get_data(as_text=True))
+    (after,) = parse_qs(urlsplit(url).query)["after"]
+    ship(client, host_token, entry("printed after the page"), entry("web up", service="web"))
+
+    pane = first_events(client, url, "web up")
+    lines = [json.loads(event["data"])["line"] for event in pane]
+    assert lines == ["printed after the page", "web up"]  # from after the page's last line
+    # The same stream as the API's: the same ids and the same JSON per line.
+    api = first_events(
+        client,
+        f"/v1/environments/{hello}/logs",
+        "web up",
+        headers={**read_headers, "Accept": "text/event-stream", "Last-Event-ID": after},
+    )
+    assert api == pane
+    # Resuming and filtering as the API does.
+    resumed = first_events(
+        client, url.split("?")[0], "web up", headers={"Last-Event-ID": pane[0]["id"]}
+    )
+    assert [json.loads(e["data"])["line"] for e in resumed] == ["web up"]
+    only_web = first_events(client, f"{url}&service=web", "web up")
+    assert [json.loads(e["data"])["line"] for e in only_web] == ["web up"]
+    # Read only: nothing but GET.
+    assert client.post(url).status_code == 405
