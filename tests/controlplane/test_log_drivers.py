@@ -6,6 +6,7 @@ Portside's own ``GET /v1/environments/{id}/logs`` keep showing them (dual loggin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from controlplane.models import AuditEvent, Environment, Host, Service
 from controlplane.services import builds, hosts, pushes, services
 from hostagent import labels as lbl
 from hostagent.agent import run_once
-from hostagent.desired import parse_desired_state
+from hostagent.desired import config_hash, parse_desired_state, parse_environment
 from hostagent.logship import LogShipper
 from tests.controlplane.test_agent_api import auth, deploy, host_token
 from tests.hostagent.factories import env_body, state_body
@@ -125,6 +126,19 @@ def test_the_agent_refuses_a_snapshot_driver_the_rules_refuse() -> None:
     assert not state.environments
     (refused,) = state.refused
     assert "log_driver.options.env: refused" in refused.reason
+
+
+def test_a_driver_change_recreates_and_no_driver_changes_nothing() -> None:
+    """Docker sets logging at creation: the config hash (what recreates) counts the driver
+    when there is one, and an environment without one hashes as before it existed."""
+    plain = parse_environment(env_body("hello"), "environment")
+    syslog = {"driver": "syslog", "options": {SYSLOG: "udp://127.0.0.1:5514"}}
+    forwarded = parse_environment(env_body("hello", log_driver=syslog), "environment")
+    other = {"driver": "syslog", "options": {SYSLOG: "udp://127.0.0.1:5515"}}
+    moved = parse_environment(env_body("hello", log_driver=other), "environment")
+    hashes = {config_hash(plain), config_hash(forwarded), config_hash(moved)}
+    assert len(hashes) == 3
+    assert config_hash(plain) == config_hash(dataclasses.replace(forwarded, log_driver=None))
 
 
 def production_running(database: Database, host: str, name: str, image: str) -> tuple[int, str]:
