@@ -274,7 +274,7 @@ class Build(TimestampMixin, Base):
     # whose deliveries arrive out of order.
     pushed_at: Mapped[dt.datetime | None]
     delivery_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(32), default="queued")
     commit_message: Mapped[str | None] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(String(255))
     worker: Mapped[str | None] = mapped_column(String(255))

@@ -22,6 +22,7 @@ from controlplane.github.app import GitHubRateLimited
 from controlplane.models import Build, utcnow
 from controlplane.services import (
     builds,
+    checks,
     deliveries,
     effects,
     feedback,
@@ -138,6 +139,14 @@ def start_build(build_id: int) -> list[int]:
             effects.note_feedback(session, "build_queued", build_id)
         builds.wake_dispatchers(session)
     return cancelled
+
+
+@celery_app.task(name=pipeline.CHECK_GATES, acks_late=True)
+def check_gates() -> list[str]:
+    """Ask GitHub about the commits whose builds wait for their checks: deploy those that
+    passed, fail those that failed or timed out (the backstop for missed deliveries)."""
+    with runtime.database().session_scope() as session:
+        return checks.poll(session, runtime.github_app())
 
 
 @celery_app.task(name=pipeline.TAKE_OVER_STALE_BUILDS, acks_late=True)

@@ -25,6 +25,7 @@ DELETE_IMAGES = "portside.delete_images"
 CLEAN_UP_PREVIEWS = "portside.clean_up_previews"
 PRUNE_REGISTRY = "portside.prune_registry"
 NOTIFY = "portside.notify"
+CHECK_GATES = "portside.check_gates"
 BUILD_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 
 
@@ -37,6 +38,7 @@ def control_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "poll-git-services": {"task": POLL_GIT_SERVICES, "schedule": 10.0},
         "reconcile-installations": {"task": RECONCILE_INSTALLATIONS, "schedule": 24 * 3600.0},
         "clean-up-previews": {"task": CLEAN_UP_PREVIEWS, "schedule": 600.0},
+        "check-gates": {"task": CHECK_GATES, "schedule": 30.0},
         "prune-registry": {"task": PRUNE_REGISTRY, "schedule": 3600.0},
         "take-over-stale-builds": {
             "task": TAKE_OVER_STALE_BUILDS,
@@ -80,6 +82,12 @@ def delete_images(images: list[dict[str, Any]]) -> None:
         for i in images
     ]
     celery_app.send_task(DELETE_IMAGES, args=[refs], queue=CONTROL_QUEUE, ignore_result=True)
+
+
+def look_at_checks() -> None:
+    """Ask GitHub now about the commits whose builds wait for their checks (beat's poll
+    does every 30 s: the backstop for missed deliveries)."""
+    celery_app.send_task(CHECK_GATES, queue=CONTROL_QUEUE, ignore_result=True)
 
 
 def notify(event: str, object_id: int) -> None:

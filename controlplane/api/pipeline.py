@@ -18,8 +18,9 @@ from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import ComposeRefusedError, ServiceUnavailable
 from controlplane.models import Variable
-from controlplane.services import appsetup, builds, gitsources, logs, registries
+from controlplane.services import appsetup, builds, gates, gitsources, logs, registries
 from controlplane.settings import Settings
+from tasks.pipeline import look_at_checks
 
 worker_api = Blueprint(
     "pipeline", __name__, url_prefix="/v1/builds", description="Build workers and build logs"
@@ -105,8 +106,8 @@ def finish_step(data: dict[str, Any], build_id: int, step: str) -> None:
         succeeded=data["status"] == "succeeded",
         error=data["error"],
     )
-    if build.status in builds.FINISHED:
-        _end(build_id)
+    if build.status in builds.FINISHED or build.status in gates.HELD:
+        _end(build_id)  # a held build's log is complete: its worker is done with it
     db.commit()
 
 
@@ -199,11 +200,30 @@ def upload_artifacts(data: dict[str, Any], build_id: int) -> None:
 @require("worker")
 @deployments_api.arguments(schemas.DeploymentCreateSchema)
 @deployments_api.response(201, schemas.DeploymentSchema)
+@deployments_api.alt_response(
+    202, schema=schemas.DeploymentSchema, description="held at a gate: no deployment yet"
+)
 def create_deployment(data: dict[str, Any], service_id: int) -> Any:
+    """Deploy a finished build; or, when a gate holds it, 202 without a deployment id, with
+    the build's status (``awaiting_checks``, ``awaiting_approval``) and why in ``error``."""
     db = session()
     deployment = builds.record_deployment(db, service_id, data["build_id"], actor())
     db.commit()
-    return deployment
+    if deployment is not None:
+        return deployment
+    build = builds.get_build(db, data["build_id"])
+    if build.status == gates.CHECKS:
+        look_at_checks()  # the checks may have passed already: not wait for beat's poll
+    held = {
+        "id": None,
+        "environment_id": build.environment_id,
+        "environment": {"name": build.environment.name},
+        "build_id": build.id,
+        "build": {"commit_sha": build.commit_sha},
+        "status": build.status,
+        "error": build.environment.status_reason,
+    }
+    return held, 202
 
 
 @deployments_api.get("/<int:service_id>/deployments")

@@ -17,6 +17,7 @@ from controlplane.db import session
 from controlplane.errors import Conflict, Forbidden, NotFound
 from controlplane.models import AuditEvent, Build, Environment, Host, WebhookDelivery
 from controlplane.services import (
+    approvals,
     appsetup,
     audit,
     deliveries,
@@ -475,20 +476,41 @@ def redeploy_environment(environment_id: int) -> Any:
     return build
 
 
+@environments_api.patch("/<int:environment_id>")
+@require("admin")
+@environments_api.arguments(schemas.EnvironmentPatchSchema)
+@environments_api.response(200, schemas.EnvironmentSchema)
+def update_environment(changes: dict[str, Any], environment_id: int) -> Any:
+    """Change an environment's settings: ``approval_required`` holds each deployment to it
+    until a person approves it (turning it off releases one that waits)."""
+    db = session()
+    approval = approvals.update_environment(db, environment_id, changes, actor())
+    db.commit()
+    return approval.environment
+
+
 @environments_api.post("/<int:environment_id>/approve")
 @require("admin")
-@environments_api.arguments(schemas.ApproveSchema)
+@environments_api.arguments(schemas.EnvironmentApproveSchema)
 @environments_api.response(200, schemas.ApprovalSchema)
-@environments_api.alt_response(409, schema=schemas.ApiErrorSchema, description="not the head")
+@environments_api.alt_response(
+    409, schema=schemas.ApiErrorSchema, description="nothing waits, or not that commit"
+)
 def approve_environment(data: dict[str, Any], environment_id: int) -> Any:
-    """Build and run the fork commit a person reviewed (``sha``, required: it must still be
-    the head); the next push to the pull request waits for a new approval."""
+    """Release the deployment waiting for approval in the environment (``sha``, when given,
+    must be its commit), or build and run the fork commit a person reviewed (``sha``,
+    required then: it must still be the head; the next push waits for a new approval)."""
     db = session()
-    environment, build = previews.approve(db, environment_id, actor(), data["sha"])
+    approval = approvals.approve(db, environment_id, actor(), data["sha"])
     db.commit()
-    if build is not None:
-        pipeline.enqueue_build(build.id)
-    return _fields(environment, schemas.EnvironmentSchema, build_id=build.id if build else None)
+    if approval.build is not None:
+        pipeline.enqueue_build(approval.build.id)
+    return _fields(
+        approval.environment,
+        schemas.EnvironmentSchema,
+        build_id=approval.build.id if approval.build else None,
+        deployment_id=approval.deployment.id if approval.deployment else None,
+    )
 
 
 @environments_api.post("/<int:environment_id>/approve-secrets")

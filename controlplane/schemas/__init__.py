@@ -9,7 +9,13 @@ from marshmallow import Schema, fields, missing, validate
 from sqlalchemy.orm import object_session
 
 from controlplane.services import builds, images, pending
-from controlplane.statuses import BUILD_LANES, DELIVERY_STATUSES, PREVIEW_PROTECTIONS, TOKEN_SCOPES
+from controlplane.statuses import (
+    BUILD_LANES,
+    DELIVERY_STATUSES,
+    DEPLOY_WHEN,
+    PREVIEW_PROTECTIONS,
+    TOKEN_SCOPES,
+)
 
 # A service-level compose key name (``cap_add``, ``sysctls``).
 COMPOSE_KEY = r"^[a-z][a-z0-9_]{0,63}$"
@@ -200,6 +206,9 @@ class ServiceSchema(Schema):
         metadata={"description": "none, basic_auth (a login) or ip_allow (source networks)"}
     )
     preview_allow_networks = fields.List(fields.String())
+    deploy_when = fields.String(metadata={"description": "pushed or checks_passed"})
+    required_checks = fields.List(fields.String())
+    checks_timeout = fields.Integer()
     log_driver = fields.Dict(
         keys=fields.String(),
         values=fields.Raw(),
@@ -268,7 +277,10 @@ class BuildSchema(Schema):
     waiting_reason = fields.Method(
         "_waiting_reason",
         allow_none=True,
-        metadata={"description": "why a queued build is not taken (no worker online), or null"},
+        metadata={
+            "description": "why a queued build is not taken (no worker online), or what a "
+            "built one waits for (checks, an approval), or null"
+        },
     )
 
     def _waiting_reason(self, build: Any) -> str | None:
@@ -332,6 +344,25 @@ class ServicePatchSchema(Schema):
         fields.String(validate=validate.Length(min=1, max=64)),
         validate=validate.Length(max=64),
         metadata={"description": "CIDRs whose clients may open previews under ip_allow"},
+    )
+    deploy_when = fields.String(
+        validate=validate.OneOf(DEPLOY_WHEN),
+        metadata={
+            "description": "pushed: deploy once built; checks_passed: once the commit's "
+            "checks on GitHub passed (required_checks, or all but Portside's own)"
+        },
+    )
+    required_checks = fields.List(
+        fields.String(validate=validate.Length(min=1, max=255)),
+        validate=validate.Length(max=64),
+        metadata={
+            "description": "Check Run names or status contexts that must pass; empty: "
+            "every one on the commit but Portside's own"
+        },
+    )
+    checks_timeout = fields.Integer(
+        validate=validate.Range(min=60, max=7 * 24 * 3600),
+        metadata={"description": "seconds the checks may take before the build fails"},
     )
     log_driver = fields.Dict(
         keys=fields.String(),
@@ -526,8 +557,9 @@ class EnvironmentSchema(Schema):
         "_pending_reason",
         allow_none=True,
         metadata={
-            "description": "what a pending, building, deploying or awaiting_approval "
-            "environment waits for (approval, a build, its host's agent), or null"
+            "description": "what a pending, building, deploying, awaiting_checks or "
+            "awaiting_approval environment waits for (checks, approval, a build, its "
+            "host's agent), or null"
         },
     )
     approved_sha = fields.String(
@@ -535,6 +567,13 @@ class EnvironmentSchema(Schema):
     )
     secrets_approved_sha = fields.String(
         allow_none=True, metadata={"description": "the fork commit approved to receive secrets"}
+    )
+    approval_required = fields.Boolean(
+        metadata={"description": "each deployment to it waits for a person's approval"}
+    )
+    held_build_id = fields.Integer(
+        allow_none=True,
+        metadata={"description": "the build waiting at a gate (checks, approval) to deploy here"},
     )
     domain = fields.String(allow_none=True)
     address = fields.String(allow_none=True)
@@ -560,9 +599,29 @@ class ApproveSchema(Schema):
     )
 
 
+class EnvironmentApproveSchema(Schema):
+    sha = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"^[0-9a-f]{40}$"),
+        metadata={
+            "description": "the commit reviewed: required for a fork's preview (refused "
+            "(409) unless it is the head); for a held deployment, refused unless its commit"
+        },
+    )
+
+
+class EnvironmentPatchSchema(Schema):
+    approval_required = fields.Boolean(
+        metadata={"description": "hold each deployment to it until a person approves it"}
+    )
+
+
 class ApprovalSchema(EnvironmentSchema):
     build_id = fields.Integer(
         allow_none=True, metadata={"description": "the build the approval started, if any"}
+    )
+    deployment_id = fields.Integer(
+        allow_none=True, metadata={"description": "the held deployment it released, if any"}
     )
 
 

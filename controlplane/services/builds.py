@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,7 +54,7 @@ from controlplane.models import (
     Service,
     utcnow,
 )
-from controlplane.services import ancestry, audit, buildcache, desired, effects, stops
+from controlplane.services import ancestry, audit, buildcache, desired, effects, gates, stops
 from controlplane.services.pushes import PIPELINE_STEPS
 
 log = logging.getLogger(__name__)
@@ -433,14 +433,11 @@ def _image_violations(
     return violations
 
 
-def record_deployment(session: Session, service_id: int, build_id: int, actor: str) -> Deployment:
-    """Make a finished build the desired state of its environment, unless a newer one is.
-
-    The environment row is locked and its generation compared-and-swapped, so builds
-    that finish in any order end with the newest commit deployed: newest by ancestry as
-    the push payloads tell it (:mod:`~controlplane.services.ancestry`; GitHub was asked
-    already when the build started, see :func:`supersede_older`).
-    """
+def record_deployment(
+    session: Session, service_id: int, build_id: int, actor: str
+) -> Deployment | None:
+    """Make a finished build the desired state of its environment, unless a newer one is
+    or a gate holds it (then None: see :func:`deliver`)."""
     build = get_build(session, build_id, lock=True)
     if build.service_id != service_id:
         raise ValidationFailed(
@@ -453,35 +450,82 @@ def record_deployment(session: Session, service_id: int, build_id: int, actor: s
         raise Conflict(f"build {build_id} is {build.status}")
     environment = session.get(Environment, build.environment_id, with_for_update=True)
     assert environment is not None
+    return deliver(session, environment, build, actor)
+
+
+def deliver(
+    session: Session,
+    environment: Environment,
+    build: Build,
+    actor: str,
+    *,
+    cleared: Collection[str] = (),
+) -> Deployment | None:
+    """Deploy ``build`` to ``environment`` (locked by the caller), or hold it at the first
+    gate it has not ``cleared`` (:mod:`~controlplane.services.gates`) and return None. The
+    one path from a build to a deployment: a push's, a released gate's, a promotion's.
+
+    The environment's generation is compared-and-swapped, so builds that finish in any
+    order end with the newest commit deployed: newest by ancestry as the push payloads
+    tell it (:mod:`~controlplane.services.ancestry`; GitHub was asked already when the
+    build started, see :func:`supersede_older`); a build held for the environment meanwhile
+    counts as deployed.
+    """
     existing = session.scalar(
         select(Deployment).where(
             Deployment.environment_id == environment.id, Deployment.build_id == build.id
         )
     )
     if existing is not None:
+        gates.release_hold(environment, build)
         _finish_build(build, "succeeded")
         return existing
     current = environment.current_deployment
-    deployment = Deployment(environment_id=environment.id, build_id=build.id, status="pending")
-    session.add(deployment)
-    if current is not None and ancestry.is_newer(
-        ancestry.of_build(current.build),
-        ancestry.of_build(build),
-        ancestry.facts_for(session, environment.id),
-    ):
+    held = environment.held_build if environment.held_build_id != build.id else None
+    facts = ancestry.facts_for(session, environment.id)
+    newer = next(
+        (
+            rival
+            for rival in (held, current.build if current is not None else None)
+            if rival is not None
+            and ancestry.is_newer(ancestry.of_build(rival), ancestry.of_build(build), facts)
+        ),
+        None,
+    )
+    if newer is not None:
+        deployment = Deployment(environment_id=environment.id, build_id=build.id)
+        session.add(deployment)
         deployment.status = "superseded"
-        deployment.error = f"a newer build ({current.build.commit_sha[:7]}) is already deployed"
+        deployment.error = f"a newer build ({newer.commit_sha[:7]}) is already deployed"
+        gates.release_hold(environment, build)
         _finish_build(build, "superseded")
         build.error = deployment.error
         effects.note_feedback(session, "build_cancelled", build.id)
         session.flush()
         return deployment
+    if held is not None:  # an older build waits at a gate: this one goes instead
+        if held.environment_id == environment.id and held.status in gates.HELD:
+            _cancel(session, held, f"superseded by build {build.id} of {build.commit_sha[:7]}")
+        environment.held_build_id = None
+    gate = gates.first_gate(environment, build, cleared)
+    if gate is not None:
+        gates.hold(session, environment, build, gate)
+        session.flush()
+        return None
+    deployment = Deployment(environment_id=environment.id, build_id=build.id, status="pending")
+    session.add(deployment)
     seen = environment.generation
     session.flush()
     swapped = session.execute(
         update(Environment)
         .where(Environment.id == environment.id, Environment.generation == seen)
-        .values(current_deployment_id=deployment.id, generation=seen + 1, status="deploying")
+        .values(
+            current_deployment_id=deployment.id,
+            generation=seen + 1,
+            status="deploying",
+            status_reason=None,
+            held_build_id=None,
+        )
     )
     if swapped.rowcount != 1:  # type: ignore[attr-defined]
         raise Conflict(f"environment {environment.name} changed meanwhile; retry")
@@ -528,7 +572,7 @@ def supersede_older(
     """
     if build.status not in ("queued", "running"):
         return []  # cancelled meanwhile by a newer build's own start
-    unfinished = (Build.status.in_(("queued", "running")),)
+    unfinished = (Build.status.in_(("queued", "running", *gates.HELD)),)
     rivals = list(
         session.scalars(
             select(Build).where(
@@ -563,6 +607,7 @@ def _cancel(session: Session, build: Build, reason: str) -> None:
     """Cancel an unfinished build; a worker running it is told to stop after the commit."""
     if build.status == "running":
         stops.note_stop(session, build.id, build.attempt, reason)
+    gates.release_hold(build.environment, build)
     build.status = "cancelled"
     build.error = reason
     build.finished_at = utcnow()
@@ -793,9 +838,11 @@ def workers_seen(session: Session, *, untrusted: bool = False) -> int:
 
 def waiting_reason(session: Session, build: Build) -> str | None:
     """Why a queued build is not taken, when Portside can tell: no worker of its lane
-    was seen lately (so it is not simply waiting its turn). None otherwise, and for a
-    build that is not queued. A worker idle longer than WORKERS_SEEN_WITHIN is not seen
-    until it takes a build."""
+    was seen lately (so it is not simply waiting its turn); why a built one waits at a
+    gate (its environment's reason). None otherwise, and for a build that is neither. A
+    worker idle longer than WORKERS_SEEN_WITHIN is not seen until it takes a build."""
+    if build.status in gates.HELD:
+        return build.environment.status_reason
     if build.status != "queued" or _workers_at_work(session, untrusted=bool(build.untrusted)):
         return None
     return NO_UNTRUSTED_WORKER if build.untrusted else NO_WORKER

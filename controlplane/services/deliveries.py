@@ -22,7 +22,7 @@ from controlplane.db import Database, execute_on_driver
 from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github.webhooks import Delivery
 from controlplane.models import WebhookDelivery, utcnow
-from controlplane.services import commands, feedback, installations, previews, pushes
+from controlplane.services import checks, commands, installations, previews, pushes
 from controlplane.services.outcomes import Effects, HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ HANDLED_EVENTS = frozenset(
         "push",
         "pull_request",
         "check_run",
+        "check_suite",
+        "status",
         "issue_comment",
         "commit_comment",
     }
@@ -251,7 +253,9 @@ HANDLERS: dict[str, Handler] = {
     "installation_repositories": installations.handle_repositories_event,
     "push": pushes.handle_push,
     "pull_request": previews.handle_pull_request,
-    "check_run": feedback.handle_check_run,
+    "check_run": checks.handle_check_run,
+    "check_suite": checks.handle_check_event,
+    "status": checks.handle_check_event,
     "issue_comment": commands.handle_comment,
     "commit_comment": commands.handle_comment,
 }

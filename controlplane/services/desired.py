@@ -37,7 +37,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import NotFound, ValidationFailed
 from controlplane.models import Deployment, Environment, Host, Service, Variable, utcnow
-from controlplane.services import audit, effects, registries, stops, tokens
+from controlplane.services import audit, effects, gates, registries, stops, tokens
 from controlplane.settings import Settings
 from tasks import pipeline
 
@@ -422,7 +422,7 @@ def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
                 effects.note_notification(session, "deployment_failed", deployment.id)
             if (
                 environment.current_deployment_id == deployment.id
-                and environment.status != "awaiting_approval"
+                and environment.status not in gates.HELD
             ):
                 environment.status = "refused"
                 environment.status_reason = reason
@@ -439,7 +439,7 @@ def _activate(
     # the deployment before it serves, until a new deployment runs.
     if (
         environment.current_deployment_id == deployment.id
-        and environment.status != "awaiting_approval"
+        and environment.status not in gates.HELD
         and (newly_active or environment.status != "refused")
     ):
         environment.status = "running"

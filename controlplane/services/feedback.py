@@ -52,7 +52,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import commands, images, pushes
+from controlplane.services import commands, gates, images, pushes
 from controlplane.services.builds import FINISHED
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.services.variables import secrets_of
@@ -167,6 +167,8 @@ def check_summary(build: Build, lines: int = FAILED_LOG_LINES) -> str:
             parts.append(f"Last {len(tail)} lines of the log:\n\n{_fenced(chr(10).join(tail))}")
     elif build.status in ("cancelled", "superseded") and build.error:
         parts.append(build.error)
+    elif build.status in gates.HELD and build.environment.status_reason:
+        parts.append(f"**Built; not deployed yet**: {build.environment.status_reason}")
     return "\n\n".join(parts)
 
 
@@ -401,7 +403,7 @@ def build_running(session: Session, github: GitHubApp, settings: Settings, build
     if build is None or installation is None:
         return
     _one_at_a_time(session, build.environment_id)
-    if build.status in FINISHED:
+    if build.status in FINISHED or build.status in gates.HELD:
         return
     current = next((step for step in build.steps if step.status == "running"), None)
     title = (
@@ -417,6 +419,26 @@ def build_running(session: Session, github: GitHubApp, settings: Settings, build
             _deployment_status(
                 client, github, build, "in_progress", log_url=_log_url(settings, build)
             )
+
+    github.call(installation, f"feedback for build {build.id}", act)
+
+
+def build_held(session: Session, github: GitHubApp, settings: Settings, build_id: int) -> None:
+    """A built commit waits at a deployment gate (its checks, an approval): a pending
+    commit status and the Check Run in progress, both saying what it waits for."""
+    build = session.get(Build, build_id)
+    installation = _installation_of(build) if build else None
+    if build is None or installation is None:
+        return
+    _one_at_a_time(session, build.environment_id)
+    if build.status not in gates.HELD:
+        return
+    log_url = _log_url(settings, build)
+    reason = build.environment.status_reason or build.status.replace("_", " ")
+
+    def act(client: Github) -> None:
+        _commit_status(client, build, "pending", log_url, reason)
+        _check_run(client, github, settings, build, reason, status="in_progress")
 
     github.call(installation, f"feedback for build {build.id}", act)
 
@@ -599,6 +621,7 @@ def awaiting_approval(
 EVENTS = {
     "build_queued": build_queued,
     "build_running": build_running,
+    "build_held": build_held,
     "build_failed": build_failed,
     "build_cancelled": build_cancelled,
     "preview_removed": preview_removed,

@@ -27,6 +27,7 @@ from controlplane.db import Database
 from controlplane.models import Build
 from controlplane.services import logs
 from controlplane.services.builds import FINISHED
+from controlplane.services.gates import HELD
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 START = "0-0"
@@ -40,6 +41,9 @@ KEEPALIVE = ": keep-alive\n\n"
 # thread and a Redis connection while its build runs; the rest of the threads serve the
 # API, the agents and GitHub's webhooks.
 MAX_FOLLOWERS = 64
+
+# A build whose log is complete: finished, or built and held at a deployment gate.
+LOGGED = (*FINISHED, *HELD)
 
 
 def readable_id(entry_id: str) -> bool:
@@ -97,7 +101,7 @@ class LogStreams:
         """
         resume = after if after and readable_id(after) else START
         status, stored = self._build(build_id)
-        if status is None or status in FINISHED:
+        if status is None or status in LOGGED:
             if stored is not None and resume == START:
                 for text in stored.split("\n") if stored else []:
                     yield event(text)
@@ -121,7 +125,7 @@ class LogStreams:
                 return
             else:
                 status = self._status(build_id)
-                if status is None or status in FINISHED:
+                if status is None or status in LOGGED:
                     yield event({"status": status}, "end")
                     return
                 yield KEEPALIVE
@@ -148,6 +152,6 @@ class LogStreams:
         deadline = time.monotonic() + END_WAIT_SECONDS
         while True:
             status = self._status(build_id)
-            if status is None or status in FINISHED or time.monotonic() > deadline:
+            if status is None or status in LOGGED or time.monotonic() > deadline:
                 return status
             time.sleep(0.2)

@@ -1,6 +1,6 @@
-"""Why an environment is not running yet, computed when asked: the approval, the build or
-the host agent it waits for, so a ``pending`` (or ``building``, ``deploying``) status
-says what to look at instead of leaving the reader to guess."""
+"""Why an environment is not running yet, computed when asked: the approval, the checks,
+the build or the host agent it waits for, so a ``pending`` (or ``building``,
+``deploying``) status says what to look at instead of leaving the reader to guess."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controlplane.models import Build, Deployment, Environment
-from controlplane.services import builds, desired
+from controlplane.services import builds, desired, gates
 
 # The statuses of an environment that wait for something to happen.
-WAITING_STATUSES = ("pending", "awaiting_approval", "building", "deploying")
+WAITING_STATUSES = ("pending", "awaiting_approval", "awaiting_checks", "building", "deploying")
 
 
 def _build_in_flight(session: Session, environment: Environment) -> Build | None:
@@ -31,7 +31,9 @@ def pending_reason(session: Session, environment: Environment, agent_interval: i
     if environment.status not in WAITING_STATUSES:
         return None
     reasons: list[str] = []
-    if environment.status == "awaiting_approval":
+    if environment.status in gates.HELD and environment.held_build_id is not None:
+        reasons.append(environment.status_reason or environment.status.replace("_", " "))
+    elif environment.status == "awaiting_approval":
         sha = f" of {environment.head_sha[:7]}" if environment.head_sha else ""
         reasons.append(f"waiting for approval{sha}")
     build = _build_in_flight(session, environment)

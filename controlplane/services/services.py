@@ -35,6 +35,10 @@ RUNTIME_FIELDS = (
     "max_previews",
     "preview_protection",
     "preview_allow_networks",
+    # When builds deploy (services.gates): at once, or once the commit's checks passed.
+    "deploy_when",
+    "required_checks",
+    "checks_timeout",
     "log_driver",
 )
 PREVIEW_USERNAME = "preview"

@@ -549,6 +549,148 @@ class GitHubState:
             payload["requested_action"] = {"identifier": identifier}
         return payload
 
+    def add_check_run(
+        self,
+        full_name: str,
+        sha: str,
+        name: str,
+        *,
+        app_id: int,
+        status: str = "queued",
+        conclusion: str | None = None,
+    ) -> CheckRun:
+        """Another App's Check Run on a commit (a CI's), as that App creates it (completed
+        when given a ``conclusion``); change its ``status`` and ``conclusion`` on the
+        returned run."""
+        repo = self.repository(full_name)
+        suite = next(
+            (
+                r.check_suite_id
+                for r in self.check_runs
+                if (r.repo, r.head_sha, r.app_id) == (repo.full_name, sha, app_id)
+            ),
+            None,
+        )
+        run = CheckRun(
+            id=self.next_id(),
+            repo=repo.full_name,
+            head_sha=sha,
+            name=name,
+            external_id="",
+            details_url=None,
+            status="completed" if conclusion else status,
+            conclusion=conclusion,
+            started_at=_now(),
+            completed_at=_now() if conclusion else None,
+            output={},
+            check_suite_id=suite or self.next_id(),
+            app_id=app_id,
+        )
+        self.check_runs.append(run)
+        return run
+
+    def add_commit_status(self, full_name: str, sha: str, context: str, state: str) -> CommitStatus:
+        """A commit status another integration (a CI) set on a commit."""
+        if state not in COMMIT_STATES:
+            raise ValueError(f"not a commit status state: {state}")
+        status = CommitStatus(
+            id=self.next_id(),
+            repo=self.repository(full_name).full_name,
+            sha=sha,
+            state=state,
+            target_url=None,
+            description=None,
+            context=context,
+            created_at=_now(),
+        )
+        self.statuses.append(status)
+        return status
+
+    def _event_common(self, repo: Repository, base: str) -> Json:
+        return {
+            "repository": repository_json(self, repo, base),
+            "sender": _user("octocat", base),
+            "installation": {
+                "id": repo.installation_id,
+                "node_id": _node_id("Installation", repo.installation_id),
+            },
+        }
+
+    def check_suite_payload(self, full_name: str, sha: str, app_id: int, base: str) -> Json:
+        """A ``check_suite`` ``completed`` payload for the suite of ``app_id``'s runs on
+        ``sha`` (GitHub sends it to every App subscribed to check suites)."""
+        repo = self.repository(full_name)
+        runs = [
+            r
+            for r in self.check_runs
+            if (r.repo, r.head_sha, r.app_id) == (repo.full_name, sha, app_id)
+        ]
+        if not runs:
+            raise ValueError(f"no check runs of app {app_id} on {sha}")
+        conclusions = {r.conclusion for r in runs}
+        conclusion = next(
+            (
+                c
+                for c in ("action_required", "cancelled", "timed_out", "failure")
+                if c in conclusions
+            ),
+            "success",
+        )
+        info = repos.commit_info(repo.path, sha)
+        api = f"{base}/repos/{repo.full_name}"
+        suite = runs[0].check_suite_id
+        person = {"name": info.author_name, "email": info.author_email}
+        return {
+            "action": "completed",
+            "check_suite": {
+                "id": suite,
+                "node_id": _node_id("CheckSuite", suite),
+                "head_branch": repo.default_branch,
+                "head_sha": sha,
+                "status": "completed",
+                "conclusion": conclusion,
+                "url": f"{api}/check-suites/{suite}",
+                "before": None,
+                "after": sha,
+                "pull_requests": [],
+                "app": _app_json(self, app_id, base),
+                "created_at": _iso(min(r.started_at for r in runs)),
+                "updated_at": _iso(_now()),
+                "rerequestable": True,
+                "runs_rerequestable": True,
+                "latest_check_runs_count": len(runs),
+                "check_runs_url": f"{api}/check-suites/{suite}/check-runs",
+                "head_commit": {
+                    "id": sha,
+                    "tree_id": info.tree,
+                    "message": info.message,
+                    "timestamp": _iso(datetime.fromisoformat(info.committer_date)),
+                    "author": person,
+                    "committer": {"name": info.committer_name, "email": info.committer_email},
+                },
+            },
+        } | self._event_common(repo, base)
+
+    def status_payload(self, status: CommitStatus, base: str) -> Json:
+        """A ``status`` webhook payload for a commit status as GitHub sends it."""
+        repo = self.repository(status.repo)
+        commit = _commit(repo, repos.commit_info(repo.path, status.sha), base)
+        del commit["files"]
+        return {
+            "id": status.id,
+            "sha": status.sha,
+            "name": repo.full_name,
+            "target_url": status.target_url,
+            "avatar_url": None,
+            "context": status.context,
+            "description": status.description,
+            "state": status.state,
+            "commit": commit,
+            "branches": [],
+            "created_at": _iso(status.created_at),
+            "updated_at": _iso(status.created_at),
+        } | self._event_common(repo, base)
+
     def fail(
         self,
         path: str = "*",
@@ -657,6 +799,15 @@ def _app(state: GitHubState, base: str) -> Json:
         "events": ["push", "pull_request"],
         "installations_count": len(state.installations),
     }
+
+
+def _app_json(state: GitHubState, app_id: int, base: str) -> Json:
+    """The App ``app_id``: this server's own, or another one (a CI's, seeded by a test)."""
+    app = _app(state, base)
+    if app_id != state.app_id:
+        slug = f"app-{app_id}"
+        app |= {"id": app_id, "slug": slug, "node_id": _node_id("App", app_id)}
+    return app
 
 
 def _installation(state: GitHubState, inst: Installation, base: str) -> Json:
@@ -904,10 +1055,7 @@ def _commit_status(status: CommitStatus, base: str) -> Json:
 
 def _check_run(state: GitHubState, run: CheckRun, base: str) -> Json:
     api = f"{base}/repos/{run.repo}"
-    app = _app(state, base)
-    if run.app_id != state.app_id:  # another App's run (seeded by a test)
-        slug = f"app-{run.app_id}"
-        app |= {"id": run.app_id, "slug": slug, "node_id": _node_id("App", run.app_id)}
+    app = _app_json(state, run.app_id, base)
     suite_status = "completed" if run.status == "completed" else run.status
     return {
         "id": run.id,
@@ -1515,6 +1663,47 @@ def create_github_server(state: GitHubState) -> Flask:
         sha = commit_sha(repo, ref)
         found = [s for s in reversed(state.statuses) if s.repo == repo.full_name and s.sha == sha]
         return paged([_commit_status(s, base()) for s in found])
+
+    @app.get("/repos/<owner>/<name>/commits/<path:ref>/status")
+    def combined_status(owner: str, name: str, ref: str) -> Response:
+        """GitHub's combined status: the newest status of each context (a page of them,
+        ``per_page`` and ``page`` as GitHub's lists, ``total_count`` counting all), and
+        ``state`` failure if one failed or errored, pending if one is or there are none,
+        else success."""
+        repo = repo_for(owner, name, "statuses")
+        sha = commit_sha(repo, ref)
+        newest: dict[str, CommitStatus] = {}
+        for status in reversed(state.statuses):
+            if (status.repo, status.sha) == (repo.full_name, sha):
+                newest.setdefault(status.context, status)
+        latest = list(newest.values())
+        states = {status.state for status in latest}
+        combined = (
+            "failure"
+            if states & {"error", "failure"}
+            else "pending"
+            if not latest or "pending" in states
+            else "success"
+        )
+        chunk, headers = page_of(latest)
+        api = f"{base()}/repos/{repo.full_name}"
+        response = jsonify(
+            {
+                "state": combined,
+                "statuses": [
+                    {k: v for k, v in _commit_status(s, base()).items() if k != "creator"}
+                    | {"required": False}
+                    for s in chunk
+                ],
+                "sha": sha,
+                "total_count": len(latest),
+                "repository": repository_json(state, repo, base()),
+                "commit_url": f"{api}/commits/{sha}",
+                "url": f"{api}/commits/{sha}/status",
+            }
+        )
+        response.headers.update(headers)
+        return response
 
     # -- check runs --
 

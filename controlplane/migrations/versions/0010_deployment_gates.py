@@ -4,7 +4,7 @@
 (names; empty: every check but Portside's own) and ``checks_timeout`` (seconds);
 ``environments.approval_required`` holds its deployments for an approval, and
 ``environments.held_build_id`` names the build held at a gate for it; ``builds.held_at``
-is when a gate held the build.
+is when a gate held the build, whose status may now be 32 characters long.
 
 Revision ID: 0010
 Revises: 0009
@@ -40,9 +40,7 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("environments") as batch:
         batch.add_column(
-            sa.Column(
-                "approval_required", sa.Boolean(), nullable=False, server_default=sa.false()
-            )
+            sa.Column("approval_required", sa.Boolean(), nullable=False, server_default=sa.false())
         )
         batch.add_column(sa.Column("held_build_id", sa.Integer(), nullable=True))
         batch.create_foreign_key(
@@ -54,6 +52,8 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("builds") as batch:
         batch.add_column(sa.Column("held_at", sa.DateTime(timezone=True), nullable=True))
+        # "awaiting_approval" is longer than the 16 characters statuses had.
+        batch.alter_column("status", type_=sa.String(length=32), existing_type=sa.String(length=16))
     # The defaults filled the existing rows; from now on the models set the values.
     with op.batch_alter_table("services") as batch:
         batch.alter_column("deploy_when", server_default=None, existing_type=sa.String(16))
@@ -64,7 +64,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute(
+        "UPDATE builds SET status = 'failed' "
+        "WHERE status IN ('awaiting_checks', 'awaiting_approval')"
+    )
     with op.batch_alter_table("builds") as batch:
+        batch.alter_column("status", type_=sa.String(length=16), existing_type=sa.String(length=32))
         batch.drop_column("held_at")
     with op.batch_alter_table("environments") as batch:
         batch.drop_constraint("fk_environments_held_build_id_builds", type_="foreignkey")
