@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from github import Github, GithubException, UnknownObjectException
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from controlplane.errors import ApiError, Conflict
@@ -34,7 +34,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import audit, effects, previews, pushes
+from controlplane.services import approvals, audit, effects, previews, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.settings import Settings
 
@@ -235,22 +235,28 @@ def _targets(
         statement = statement.where(
             Environment.kind == "preview", Environment.pr_number == comment.pr_number
         )
-    else:
-        statement = statement.where(Environment.head_sha == comment.sha)
-        if command == "redeploy":
-            statement = statement.where(Environment.kind == "production")
+    elif command == "redeploy":
+        statement = statement.where(
+            Environment.kind == "production", Environment.head_sha == comment.sha
+        )
+    else:  # what waits for that commit: its own build, or one promoted to it
+        held = select(Build.id).where(Build.commit_sha == comment.sha)
+        statement = statement.where(
+            or_(Environment.head_sha == comment.sha, Environment.held_build_id.in_(held))
+        )
     if command == "approve":
         statement = statement.where(Environment.status == "awaiting_approval")
     return list(session.scalars(statement.order_by(Environment.id)))
 
 
 def _approve(session: Session, request: Request, environment: Environment) -> str:
-    """Release what waits in ``environment``: the commit named (a commit comment) or the
-    head the comment saw, refused when the head moved after the comment was written.
-
-    Today what waits is a fork preview's head (:func:`previews.approve`)."""
+    """Release what waits in ``environment`` (:func:`approvals.approve`: a deployment held
+    for approval, or a fork preview's head): the commit named (a commit comment) or the
+    one the pull request comment saw, refused when the head moved after the comment was
+    written."""
     comment = request.comment
-    sha = comment.sha or environment.head_sha or ""
+    held = environment.held_build
+    sha = comment.sha or (held.commit_sha if held is not None else environment.head_sha) or ""
     # GitHub's times are whole seconds: a head that changed within the comment's second
     # counts as seen.
     moved = (
@@ -261,10 +267,14 @@ def _approve(session: Session, request: Request, environment: Environment) -> st
         raise Conflict(
             f"{environment.name} moved on after the comment: review its head and comment again"
         )
-    _environment, build = previews.approve(session, environment.id, request.actor, sha)
-    if build is not None:
-        build.delivery_id = request.delivery.id  # enqueued with the delivery's builds
-    return f"{environment.name}: approved {sha[:7]}" + (f", build {build.id}" if build else "")
+    approval = approvals.approve(session, environment.id, request.actor, sha)
+    note = f"{environment.name}: approved {sha[:7]}"
+    if approval.build is not None:
+        approval.build.delivery_id = request.delivery.id  # enqueued with the delivery's builds
+        note += f", build {approval.build.id}"
+    if approval.deployment is not None:
+        note += f", deployment {approval.deployment.id}"
+    return note
 
 
 def _preview(session: Session, request: Request, number: int) -> str:
