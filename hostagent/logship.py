@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import docker.errors
+
 from hostagent import labels as lbl
 from hostagent.client import backoff_delay
 from hostagent.errors import AgentError
@@ -32,6 +34,8 @@ BATCH = 500
 FIRST_TAIL = 200
 MAX_LINE = 8192
 STREAMS = ("stdout", "stderr")
+# What Docker answers for the logs of a container removed, or being removed, meanwhile.
+GONE = (404, 409)
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,8 @@ class LogShipper:
             options["since"] = since_seconds(last)
         try:
             raw = self.client.api.logs(container.id, **options)
-        except Exception as exc:  # gone between listing and reading
-            if exc.__class__.__name__ == "NotFound":
+        except docker.errors.APIError as exc:
+            if exc.status_code in GONE:  # removed (or being removed) since it was listed
                 return
             raise
         for row in raw.decode("utf-8", "replace").splitlines():
