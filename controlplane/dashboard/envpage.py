@@ -96,6 +96,7 @@ def environment_page(environment_id: int) -> str:
         usage=reported_usage(host.observed, environment.name),
         containers=_reported_containers(host.observed).get(environment.name, []),
         lines=lines,
+        page_lines=PAGE_LOG_LINES,
         stream_url=url_for(
             "dashboard.environment_log_stream", environment_id=environment.id, after=after
         ),

@@ -14,10 +14,12 @@ from flask.testing import FlaskClient
 
 from controlplane.db import Database
 from tests.controlplane.test_agent_api import auth, host_token
+from tests.controlplane.test_cli_client import live
 from tests.controlplane.test_environment_logs import entry, hello, ship
-from tests.dashboard.test_dashboard import log_in, make_token, sse, viewer
+from tests.dashboard.test_dashboard import artifacts_dir, browser, log_in, make_token, sse, viewer
+from tests.support.live import LiveServer
 
-__all__ = ["hello", "host_token", "viewer"]  # fixtures, used by name
+__all__ = ["browser", "hello", "host_token", "live", "viewer"]  # fixtures, used by name
 
 MIB = 1024 * 1024
 
@@ -130,3 +132,38 @@ def test_the_pane_follows_the_apis_stream_with_the_session(
     assert [json.loads(e["data"])["line"] for e in only_web] == ["web up"]
     # Read only: nothing but GET.
     assert client.post(url).status_code == 405
+
+
+def test_the_pane_shows_new_lines_live_in_chromium(
+    client: FlaskClient,
+    database: Database,
+    hello: int,
+    host_token: str,
+    live: LiveServer,
+    browser: Any,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    report(client, host_token, {"memory_bytes": 64 * MIB, "cpu_cores": 0.5, "restarts": 0})
+    ship(client, host_token, entry("before the page"))
+    browser.get(f"{live.url}/login")
+    browser.find_element(By.NAME, "token").send_keys(make_token(database, "read", "carol"))
+    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "form.logout"))
+    browser.get(f"{live.url}/environments/{hello}")
+    memory = browser.find_element(By.CSS_SELECTOR, '[data-usage="memory"]').text
+    assert memory == "64.0 MiB"
+    assert "before the page" in browser.find_element(By.ID, "log").text
+    # A mark on this very page: gone if it reloads, so a line seen while it is there came
+    # through the event stream.
+    browser.execute_script("window.portsideSamePage = true;")
+    WebDriverWait(browser, 20, 0.1).until(
+        lambda d: d.find_element(By.ID, "log-state").text == "following live…"
+    )
+    ship(client, host_token, entry("printed while watched", service="web"))
+    WebDriverWait(browser, 20, 0.1).until(
+        lambda d: "[web] printed while watched" in d.find_element(By.ID, "log").text
+    )
+    assert browser.execute_script("return window.portsideSamePage === true;")
+    browser.save_screenshot(str(artifacts_dir() / "environment-page.png"))
