@@ -691,14 +691,29 @@ def cmd_previews_approve(settings: Settings, args: argparse.Namespace) -> int:
         _print_json(approved)
         return 0
     sha = (approved.get("head_sha") or "")[:10]
-    if approved.get("build_id"):
-        done = f"build {approved['build_id']} queued (portside logs {approved['build_id']} -f)"
-    else:
-        done = f"{approved['status']}" + (
-            f": {approved['status_reason']}" if approved.get("status_reason") else ""
-        )
     secrets_note = ", with secrets" if args.secrets else ""
-    print(f"approved {sha} of {approved['name']}{secrets_note}; {done}")
+    print(f"approved {sha} of {approved['name']}{secrets_note}; {_approval_done(approved)}")
+    return 0
+
+
+def _approval_done(approved: dict[str, Any]) -> str:
+    """What an approval set going, for a person: a deployment, a build, or the status."""
+    if approved.get("deployment_id"):
+        return f"deployment {approved['deployment_id']} recorded; {approved['name']} is deploying"
+    if approved.get("build_id"):
+        return f"build {approved['build_id']} queued (portside logs {approved['build_id']} -f)"
+    reason = approved.get("status_reason")
+    return f"{approved['name']} is {approved['status']}" + (f": {reason}" if reason else "")
+
+
+def cmd_approve(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    environment = _resolve_environment(client, args.environment)
+    approved = client.approve(environment["id"], args.sha)
+    if args.json:
+        _print_json(approved)
+    else:
+        print(f"approved {environment['name']}: {_approval_done(approved)}")
     return 0
 
 
@@ -979,6 +994,16 @@ def _add_api_commands(add: Callable[..., Any], commands: Any) -> None:
     )
     approve.add_argument(
         "--secrets", action="store_true", help="also give that commit the service's secrets"
+    )
+    release = api(
+        "approve",
+        cmd_approve,
+        "release the deployment waiting for approval in an environment (admin)",
+        commands,
+    )
+    release.add_argument("environment", help="name or id (a service's name: production)")
+    release.add_argument(
+        "--sha", help="the commit you reviewed; refused unless it is the one waiting"
     )
 
 

@@ -342,10 +342,13 @@ class PortsideClient:
     def teardown(self, environment_id: int) -> None:
         self.request("DELETE", f"/v1/environments/{environment_id}")
 
-    def approve(self, environment_id: int, sha: str) -> dict[str, Any]:
-        """Approve the fork commit ``sha`` that was reviewed (refused unless it is the head)."""
+    def approve(self, environment_id: int, sha: str | None = None) -> dict[str, Any]:
+        """Approve what waits in the environment: its held deployment (of ``sha``, when
+        given) or a fork's commit ``sha`` that was reviewed (refused unless the head)."""
         result: dict[str, Any] = self.request(
-            "POST", f"/v1/environments/{environment_id}/approve", json={"sha": sha}
+            "POST",
+            f"/v1/environments/{environment_id}/approve",
+            json={"sha": sha} if sha else {},
         )
         return result
 

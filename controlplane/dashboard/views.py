@@ -40,7 +40,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import builds, desired, images, logs, pending, previews
+from controlplane.services import approvals, builds, desired, images, logs, pending
 from controlplane.services.feedback import environment_url
 from controlplane.settings import Settings
 from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES
@@ -249,8 +249,9 @@ def services_page() -> str:
 
 @blueprint.post("/environments/<int:environment_id>/approve")
 def approve_environment(environment_id: int) -> BaseResponse:
-    """The Approve button of a fork preview: an admin's session, the form's CSRF token,
-    and the commit the page showed (a push since then makes it refuse)."""
+    """The Approve button of a deployment held for approval or of a fork preview: an
+    admin's session, the form's CSRF token, and the commit the page showed (a push since
+    then makes it refuse)."""
     sha = request.form.get("sha")
     if not login.csrf_ok(request.form.get("csrf")) or not sha:
         abort(400, "the form is out of date; reload the page")
@@ -259,14 +260,15 @@ def approve_environment(environment_id: int) -> BaseResponse:
         abort(403, "approving a commit needs an admin token")
     db = session()
     try:
-        environment, build = previews.approve(db, environment_id, f"token:{token.name}", sha)
+        approval = approvals.approve(db, environment_id, f"token:{token.name}", sha)
     except ApiError as exc:
         db.rollback()
         abort(exc.status, exc.message)
     db.commit()
-    if build is not None:
-        pipeline.enqueue_build(build.id)
-    return redirect(url_for("dashboard.services_page", _anchor=f"service-{environment.service_id}"))
+    if approval.build is not None:
+        pipeline.enqueue_build(approval.build.id)
+    anchor = f"service-{approval.environment.service_id}"
+    return redirect(url_for("dashboard.services_page", _anchor=anchor))
 
 
 # ---------------------------------------------------------------------------------------
