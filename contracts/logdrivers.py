@@ -13,7 +13,7 @@ own log shipping working under a remote driver.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 KINDS = ("production", "preview")
@@ -171,16 +171,20 @@ def parse(value: object, where: str = "log_driver") -> LogDriver:
     return LogDriver(driver, checked)
 
 
-def parse_by_kind(value: object, where: str = "log_driver") -> dict[str, LogDriver]:
+def parse_by_kind(
+    value: object, where: str = "log_driver", kinds: Collection[str] = KINDS
+) -> dict[str, LogDriver]:
     """``{"production": {...}, "preview": {...}}`` (each optional, null for Docker's
-    default) checked; LogDriverRefused naming every problem otherwise."""
+    default; ``kinds`` the environment kinds there are) checked; LogDriverRefused naming
+    every problem otherwise."""
     if not isinstance(value, Mapping):
         raise LogDriverRefused([f"{where}: must be an object keyed by environment kind"])
     problems: list[str] = []
     drivers: dict[str, LogDriver] = {}
     for kind, item in value.items():
-        if kind not in KINDS:
-            problems.append(f"{where}.{kind}: not an environment kind ({', '.join(KINDS)})")
+        if kind not in kinds:
+            known = ", ".join(sorted(kinds))
+            problems.append(f"{where}.{kind}: not an environment kind ({known})")
         elif item is not None:
             try:
                 drivers[kind] = parse(item, f"{where}.{kind}")

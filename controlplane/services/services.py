@@ -299,7 +299,7 @@ def update_service(
                 new=allowed,
             )
     changes = _check_protection(service, changes)
-    changes = _check_log_driver(changes)
+    changes = _check_log_driver(service, changes)
     protection_before = (service.preview_protection, list(service.preview_allow_networks))
     log_driver_before = dict(service.log_driver)
     for name in RUNTIME_FIELDS:
@@ -307,7 +307,12 @@ def update_service(
             setattr(service, name, changes[name])
     if (service.preview_protection, list(service.preview_allow_networks)) != protection_before:
         _republish(session, service, ("preview",))
-    if service.log_driver != log_driver_before:
+    changed_kinds = {
+        kind
+        for kind in {*log_driver_before, *service.log_driver}
+        if log_driver_before.get(kind) != service.log_driver.get(kind)
+    }
+    if changed_kinds:
         # Where the output goes is worth a trace (it may leave the team's network).
         audit.record(
             session,
@@ -318,8 +323,9 @@ def update_service(
             old=log_driver_before,
             new=service.log_driver,
         )
-        # Docker sets a container's logging when it creates it: the agents recreate them.
-        _republish(session, service, logdrivers.KINDS)
+        # Docker sets a container's logging when it creates it: the agents recreate the
+        # environments of the kinds that changed.
+        _republish(session, service, tuple(sorted(changed_kinds)))
     try:
         session.flush()
     except IntegrityError:
@@ -362,13 +368,15 @@ def _check_protection(service: Service, changes: dict[str, Any]) -> dict[str, An
     return changes
 
 
-def _check_log_driver(changes: dict[str, Any]) -> dict[str, Any]:
+def _check_log_driver(service: Service, changes: dict[str, Any]) -> dict[str, Any]:
     """``changes`` with its ``log_driver`` checked and normalised
-    (``contracts.logdrivers``: the same rules the agent applies)."""
+    (``contracts.logdrivers``: the same rules the agent applies), keyed by production,
+    preview or another kind the service's environments have."""
     if "log_driver" not in changes:
         return changes
+    kinds = {*logdrivers.KINDS, *(environment.kind for environment in service.environments)}
     try:
-        drivers = logdrivers.parse_by_kind(changes["log_driver"])
+        drivers = logdrivers.parse_by_kind(changes["log_driver"], kinds=kinds)
     except logdrivers.LogDriverRefused as exc:
         raise ValidationFailed(
             "the log driver is refused", details={"log_driver": exc.problems}

@@ -53,7 +53,7 @@ def test_every_problem_is_named_at_once() -> None:
         "environment's labels)",
         "log_driver.production.options.env: refused (would copy environment variables "
         "(secrets too) into every line)",
-        "log_driver.staging: not an environment kind (production, preview)",
+        "log_driver.staging: not an environment kind (preview, production)",
     ]
 
 

@@ -120,6 +120,35 @@ def test_log_driver_is_checked_audited_and_carried_for_its_kind(
     assert "log_driver" not in snapshot["environments"][0]
 
 
+def test_other_kinds_once_they_exist_and_only_changed_kinds_are_recreated(
+    client: FlaskClient, admin_headers: dict[str, str], database: Database, host_token: str
+) -> None:
+    service_id = hello_id(database)
+    staging = {"staging": {"driver": "journald"}}
+    status, body = patch(client, admin_headers, service_id, staging)
+    assert status == 422 and "log_driver.staging: not an environment kind" in str(body)
+    with database.session_scope() as session:
+        web_2 = session.scalar(select(Host).where(Host.name == "web-2"))
+        assert web_2 is not None
+        session.add(
+            Environment(
+                service_id=service_id,
+                host_id=web_2.id,
+                name="hello-staging",
+                kind="staging",
+                branch="develop",
+            )
+        )
+    production = {"production": {"driver": "local", "options": {"max-size": "10m"}}}
+    assert patch(client, admin_headers, service_id, production)[0] == 200
+    before = {host: generation(database, host) for host in ("web-1", "web-2")}
+    status, body = patch(client, admin_headers, service_id, {**production, **staging})
+    assert status == 200, body
+    assert body["log_driver"] == {**production, "staging": {"driver": "journald", "options": {}}}
+    assert generation(database, "web-2") > before["web-2"]  # staging's host
+    assert generation(database, "web-1") == before["web-1"]  # production is unchanged
+
+
 def test_the_agent_refuses_a_snapshot_driver_the_rules_refuse() -> None:
     body = env_body("hello", log_driver={"driver": "syslog", "options": {"env": "API_KEY"}})
     state = parse_desired_state(state_body(body))
