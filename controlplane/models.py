@@ -164,6 +164,8 @@ class Service(TimestampMixin, Base):
     # The basic-auth login as an htpasswd line (user:bcrypt), encrypted; the password
     # itself is never stored (shown once when generated).
     preview_htpasswd_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Containers of its production environment on each of its hosts (single-container).
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
     # A Docker logging driver per environment kind ({"production": {"driver", "options"}}),
     # checked by contracts.logdrivers; a kind absent runs with Docker's default.
     log_driver: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -187,6 +189,24 @@ class Service(TimestampMixin, Base):
     host: Mapped[Host] = relationship()
     repository: Mapped[Repository | None] = relationship()
     environments: Mapped[list[Environment]] = relationship(back_populates="service")
+    # Hosts beyond ``host`` that its production environments run on too (previews do not).
+    extra_hosts: Mapped[list[ServiceHost]] = relationship(
+        order_by="ServiceHost.position", cascade="all, delete-orphan"
+    )
+
+
+class ServiceHost(Base):
+    """A further host of a service: its production environments run there as well."""
+
+    __tablename__ = "service_hosts"
+
+    service_id: Mapped[int] = mapped_column(
+        ForeignKey("services.id", ondelete="CASCADE"), primary_key=True
+    )
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+    host: Mapped[Host] = relationship()
 
 
 class Environment(TimestampMixin, Base):

@@ -26,6 +26,7 @@ from controlplane.services import (
     installations,
     previews,
     registries,
+    scaling,
     services,
     tokens,
     variables,
@@ -219,6 +220,8 @@ def list_repositories(installation_id: int) -> list[Any]:
 def create_service(data: dict[str, Any]) -> Any:
     db = session()
     settings = current_app.extensions["portside.settings"]
+    data, scale = scaling.split(data)
+    data["host"] = scaling.primary_host(data, scale)
     service = services.create_service(
         db,
         services.spec_from(data),
@@ -226,6 +229,8 @@ def create_service(data: dict[str, Any]) -> Any:
         box=SecretBox.from_settings(settings) if settings.secret_key else None,
         allow_local_git=settings.allow_local_git,
     )
+    if scale:
+        service = scaling.scale(db, service.id, actor(), **scale)
     db.commit()
     return service
 
@@ -251,7 +256,11 @@ def get_service(service_id: int) -> Any:
 @services_api.response(200, schemas.ServiceSchema)
 def update_service(changes: dict[str, Any], service_id: int) -> Any:
     db = session()
-    service = services.update_service(db, service_id, changes, actor())
+    changes, scale = scaling.split(changes)
+    if changes or not scale:
+        service = services.update_service(db, service_id, changes, actor())
+    if scale:
+        service = scaling.scale(db, service_id, actor(), **scale)
     db.commit()
     return service
 

@@ -127,6 +127,12 @@ class RepositorySchema(Schema):
     compose_checked_at = fields.DateTime(allow_none=True)
 
 
+HOSTS_DESCRIPTION = (
+    "every host its production environment runs on, its own host first (previews run on one)"
+)
+REPLICAS_DESCRIPTION = "containers of its production environment on each host (one container)"
+
+
 class ServiceCreateSchema(Schema):
     name = fields.String(required=True)
     repository = fields.String(
@@ -157,7 +163,11 @@ class ServiceCreateSchema(Schema):
         allow_none=True,
         metadata={"description": "default: main, or the HEAD of git_url"},
     )
-    host = fields.String(required=True)
+    host = fields.String(load_default=None, metadata={"description": "required unless hosts"})
+    hosts = fields.List(fields.String(), metadata={"description": HOSTS_DESCRIPTION})
+    replicas = fields.Integer(
+        validate=validate.Range(min=1, max=20), metadata={"description": REPLICAS_DESCRIPTION}
+    )
     compose_path = fields.String(load_default=None, allow_none=True)
     port = fields.Integer(load_default=None, allow_none=True)
     domain = fields.String(load_default=None, allow_none=True)
@@ -184,6 +194,11 @@ class ServiceSchema(Schema):
     poll_interval = fields.Integer()
     branch = fields.String()
     host = fields.String(attribute="host.name")
+    hosts = fields.Function(
+        lambda s: [s.host.name, *(row.host.name for row in s.extra_hosts)],
+        metadata={"description": HOSTS_DESCRIPTION},
+    )
+    replicas = fields.Integer(metadata={"description": REPLICAS_DESCRIPTION})
     compose_path = fields.String(allow_none=True)
     port = fields.Integer(allow_none=True)
     domain = fields.String(allow_none=True)
@@ -304,6 +319,14 @@ class DeploySchema(Schema):
 class ServicePatchSchema(Schema):
     branch = fields.String()
     host = fields.String()
+    hosts = fields.List(
+        fields.String(),
+        validate=validate.Length(min=1),
+        metadata={"description": HOSTS_DESCRIPTION},
+    )
+    replicas = fields.Integer(
+        validate=validate.Range(min=1, max=20), metadata={"description": REPLICAS_DESCRIPTION}
+    )
     compose_path = fields.String(allow_none=True)
     port = fields.Integer(allow_none=True)
     domain = fields.String(allow_none=True)

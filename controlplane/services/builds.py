@@ -529,7 +529,7 @@ def deliver(
     )
     if swapped.rowcount != 1:  # type: ignore[attr-defined]
         raise Conflict(f"environment {environment.name} changed meanwhile; retry")
-    desired.bump(session, environment.host_id)
+    desired.bump_environment(session, environment)
     _finish_build(build, "succeeded")
     audit.record(
         session,

@@ -37,7 +37,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import NotFound, ValidationFailed
 from controlplane.models import Deployment, Environment, Host, Service, Variable, utcnow
-from controlplane.services import audit, effects, gates, registries, stops, tokens
+from controlplane.services import audit, effects, gates, placements, registries, stops, tokens
 from controlplane.settings import Settings
 from tasks import pipeline
 
@@ -76,6 +76,12 @@ def bump(session: Session, host_id: int) -> None:
     """Advance a host's generation; announced to its agent after the commit."""
     session.execute(update(Host).where(Host.id == host_id).values(generation=Host.generation + 1))
     session.info.setdefault(CHANGED_HOSTS, set()).add(host_id)
+
+
+def bump_environment(session: Session, environment: Environment) -> None:
+    """Advance the generation of every host ``environment`` runs on."""
+    for host_id in placements.host_ids(environment):
+        bump(session, host_id)
 
 
 def announcer(engine: Engine, redis: Redis) -> Callable[[Session], None]:
@@ -242,6 +248,7 @@ def _environment_state(
             "password": credentials.password,
         },
         **({"protection": protection} if protection else {}),
+        **_replicas(environment, compose),
         **_log_driver(service, environment.kind),
     }
 
@@ -251,6 +258,13 @@ def _log_driver(service: Service, kind: str) -> dict[str, Any]:
     ``log_driver`` for its kind) as a snapshot entry, or nothing for Docker's default."""
     chosen = (service.log_driver or {}).get(kind)
     return {"log_driver": chosen} if chosen else {}
+
+
+def _replicas(environment: Environment, compose: str | None) -> dict[str, int]:
+    """This host's share of a single-container environment: the service's replicas
+    (compose environments run one of each service; one replica is left unsaid)."""
+    replicas = placements.replicas_for(environment)
+    return {"replicas": replicas} if replicas > 1 and not compose else {}
 
 
 def compose_routes(compose: str, routed: str | None, domain: str | None) -> list[dict[str, Any]]:
@@ -275,7 +289,7 @@ def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str
     environments = session.scalars(
         select(Environment)
         .where(
-            Environment.host_id == host.id,
+            placements.placed_on(host.id),
             Environment.status != "inactive",
             Environment.current_deployment_id.is_not(None),
         )
@@ -399,7 +413,7 @@ def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
     for item in report.get("environments") or []:
         environment = session.scalar(
             select(Environment).where(
-                Environment.host_id == host.id, Environment.name == item.get("name")
+                placements.placed_on(host.id), Environment.name == item.get("name")
             )
         )
         if environment is None:
@@ -409,7 +423,10 @@ def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
             continue
         state = item.get("state")
         if state == "running" and item.get("healthy"):
-            _activate(session, environment, deployment, item.get("address"))
+            # Active once every host runs it; the address is its own host's.
+            if placements.running_everywhere(session, environment, deployment.id, host):
+                own = environment.host_id == host.id
+                _activate(session, environment, deployment, item.get("address") if own else None)
         elif state == "failed" and deployment.status in ("pending", "active"):
             _fail(session, environment, deployment, item)
         elif state == "refused":
@@ -483,7 +500,7 @@ def _fail(
     if previous is not None:
         previous.status = "active"
     environment.generation += 1
-    bump(session, environment.host_id)
+    bump_environment(session, environment)
 
 
 def rollback(
@@ -516,7 +533,7 @@ def rollback(
     environment.current_deployment_id = target.id
     environment.status = "deploying"
     environment.generation += 1
-    bump(session, environment.host_id)
+    bump_environment(session, environment)
     audit.record(
         session, actor, "environment.rollback", "environment", environment.id, deployment=target.id
     )

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from contracts.masking import mask
 from controlplane.errors import BadRequest
 from controlplane.models import Environment, Host
-from controlplane.services import logstream
+from controlplane.services import logstream, placements
 from controlplane.services.logs import redis_text
 from controlplane.services.variables import secrets_of
 from controlplane.settings import Settings
@@ -54,7 +54,7 @@ def append(
     environments = {
         env.name: env
         for env in session.scalars(
-            select(Environment).where(Environment.host_id == host.id, Environment.name.in_(names))
+            select(Environment).where(placements.placed_on(host.id), Environment.name.in_(names))
         )
     }
     secrets = {
