@@ -394,3 +394,18 @@ def test_checks_then_approval_both_hold_in_turn(
     # Turning approvals off is the approval: the waiting build deploys.
     client.patch(url, json={"approval_required": False}, headers=admin_headers)
     assert state_of(database, build_id)["deployed"] == build_id
+
+
+def test_deleting_the_service_cancels_a_build_held_for_approval(
+    database: Database, github_server: GitHubServer, service_id: int
+) -> None:
+    with database.session_scope() as session:
+        pushes.production_environment(
+            session, services.get_service(session, service_id)
+        ).approval_required = True
+    build_id = built(database, github_server.state, service_id, "v2\n")
+    assert record(database, service_id, build_id) is None
+    with database.session_scope() as session:
+        services.delete_service(session, service_id, "test")
+    gone = state_of(database, build_id)
+    assert (gone["build"], gone["environment"], gone["held"]) == ("cancelled", "inactive", None)
