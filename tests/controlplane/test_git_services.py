@@ -25,6 +25,7 @@ from controlplane.models import Build, Service
 from controlplane.services import feedback, gitsources, hosts, pushes, services, tokens
 from controlplane.settings import Settings
 from tasks import pipeline
+from tests.buildworker.test_git_remote import git
 from tests.controlplane.test_intake_processing import github_app  # noqa: F401 (a fixture)
 from tests.fixtures.stack import Stack, wait_for
 from tests.githubserver.server import GitHubServer
@@ -37,16 +38,6 @@ INSTALLATION = 4343
 def settings(settings: Settings) -> Settings:
     """The test settings with local paths allowed, as ``portside dev`` has them."""
     return dataclasses.replace(settings, allow_local_git=True)
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 class Remote:
