@@ -9,7 +9,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from controlplane import __version__, dashboard, schemas
-from controlplane.api import agent, envlogs, health, openapi, pipeline, v1, webhooks
+from controlplane.api import agent, envlogs, health, openapi, pipeline, stages, v1, webhooks
 from controlplane.api import metrics as metrics_api
 from controlplane.api import notifications as notifications_api
 from controlplane.api.errors import register_error_handlers
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         api.register_blueprint(blueprint)
     api.register_blueprint(notifications_api.blueprint)
     api.register_blueprint(envlogs.blueprint)
+    api.register_blueprint(stages.blueprint)
     agent.document(api.spec, app)
     # After Api(): flask-smorest registers an HTTPException handler of its own.
     register_error_handlers(app)

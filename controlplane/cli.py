@@ -668,6 +668,49 @@ def cmd_environments_list(settings: Settings, args: argparse.Namespace, kind: st
     return 0
 
 
+def cmd_environments_create(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    service = client.find_service(args.service)
+    environment = client.create_environment(service["id"], args.name, args.branch)
+    if args.json:
+        _print_json(environment)
+    else:
+        where = environment.get("domain") or "no domain"
+        print(
+            f"environment {environment['name']} ({where}) tracks {environment['branch']}: "
+            "the next push to it builds and deploys it"
+        )
+    return 0
+
+
+def cmd_environments_delete(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    environment = client.find_environment(args.environment)
+    client.teardown(environment["id"])
+    print(f"environment {environment['name']} is being torn down")
+    return 0
+
+
+def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    source = _resolve_environment(client, args.source)
+    target = _resolve_environment(client, args.to)
+    promoted = client.promote(source["id"], target["id"])
+    if args.json:
+        _print_json(promoted)
+        return 0
+    current = promoted.get("current_deployment") or {}
+    if promoted.get("deployment_id") is None:
+        print(f"{promoted['name']}: {promoted['status']} ({promoted.get('status_reason') or ''})")
+    else:
+        print(
+            f"promoting {source['name']} to {promoted['name']}: deployment "
+            f"{promoted['deployment_id']} of build {current.get('build_id')} "
+            f"({(current.get('commit_sha') or '')[:10]}), nothing rebuilt"
+        )
+    return 0
+
+
 def cmd_previews_list(settings: Settings, args: argparse.Namespace) -> int:
     return cmd_environments_list(settings, args, kind="preview")
 
@@ -966,11 +1009,35 @@ def _add_api_commands(add: Callable[..., Any], commands: Any) -> None:
         "environment", help="environment name or id (a service's name: its production)"
     )
 
-    environments = api("environments", _group, "production and preview environments", commands)
+    environments = api(
+        "environments", _group, "production, staging and preview environments", commands
+    )
     env_commands = environments.add_subparsers(dest="env_command", required=True, metavar="COMMAND")
     env_list = api("list", cmd_environments_list, "list environments", env_commands)
     env_list.add_argument("--service", help="name or id")
-    env_list.add_argument("--kind", choices=("production", "preview"))
+    env_list.add_argument("--kind", help="production, preview, or another such as staging")
+    env_create = api(
+        "create",
+        cmd_environments_create,
+        "an environment besides production (staging) tracking a branch (admin)",
+        env_commands,
+    )
+    env_create.add_argument("service", help="name or id")
+    env_create.add_argument("name", help="its kind, such as staging (named SERVICE-NAME)")
+    env_create.add_argument("--branch", required=True, help="the branch it builds and deploys")
+    env_delete = api(
+        "delete", cmd_environments_delete, "tear a staging environment down", env_commands
+    )
+    env_delete.add_argument("environment", help="name or id")
+
+    promote = api(
+        "promote",
+        cmd_promote,
+        "deploy what one environment runs to another, without building again (admin)",
+        commands,
+    )
+    promote.add_argument("source", help="environment name or id (a service's name: production)")
+    promote.add_argument("--to", required=True, help="the target environment's name or id")
 
     previews = api("previews", _group, "preview environments of pull requests", commands)
     preview_commands = previews.add_subparsers(

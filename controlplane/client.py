@@ -339,6 +339,22 @@ class PortsideClient:
         result: dict[str, Any] = self.request("POST", f"/v1/environments/{environment_id}/redeploy")
         return result
 
+    def create_environment(self, service_id: int, name: str, branch: str) -> dict[str, Any]:
+        """An environment of kind ``name`` (staging) tracking ``branch``."""
+        result: dict[str, Any] = self.request(
+            "POST",
+            f"/v1/services/{service_id}/environments",
+            json={"name": name, "branch": branch},
+        )
+        return result
+
+    def promote(self, environment_id: int, target_id: int) -> dict[str, Any]:
+        """Deploy what ``environment_id`` runs to ``target_id`` without building again."""
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/environments/{environment_id}/promote", json={"to": target_id}
+        )
+        return result
+
     def teardown(self, environment_id: int) -> None:
         self.request("DELETE", f"/v1/environments/{environment_id}")
 

@@ -358,9 +358,17 @@ class Deployment(TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     activated_at: Mapped[dt.datetime | None]
+    # A promotion (services.promotion): another environment's build deployed here as it
+    # is, by whom, from which environment and when (ordered by that time, as a chosen ref).
+    promoted_from_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"))
+    promoted_by: Mapped[str | None] = mapped_column(String(255))
+    promoted_at: Mapped[dt.datetime | None]
+    # A promotion's own GitHub deployment (a build's own deploys keep theirs on the build).
+    github_deployment_id: Mapped[int | None] = mapped_column(BigInteger)
 
     environment: Mapped[Environment] = relationship(foreign_keys=[environment_id])
     build: Mapped[Build] = relationship()
+    promoted_from: Mapped[Environment | None] = relationship(foreign_keys=[promoted_from_id])
 
 
 class WebhookDelivery(Base):

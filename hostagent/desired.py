@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from contracts import logdrivers
+from contracts import envkinds, logdrivers
 from contracts.logdrivers import LogDriver
 from contracts.yamlsafe import YamlRefused, load_yaml
 from hostagent.errors import InvalidDesiredState
@@ -46,7 +46,8 @@ MAX_HEALTH_TIMEOUT = 3600.0
 # Containers of one environment on one host; the control plane caps it lower.
 MAX_REPLICAS = 50
 
-Kind = Literal["production", "preview"]
+# production, preview, or another a service was given (staging): contracts.envkinds.
+Kind = str
 Mode = Literal["container", "compose"]
 
 
@@ -157,8 +158,8 @@ class DesiredEnvironment:
 
     @property
     def allowed_compose_keys(self) -> frozenset[str]:
-        """Extra compose keys an admin allowed; production only, whatever the snapshot says."""
-        return self.compose_allow if self.kind == "production" else frozenset()
+        """Extra compose keys an admin allowed; never a preview's, whatever the snapshot says."""
+        return self.compose_allow if envkinds.runs_like_production(self.kind) else frozenset()
 
 
 @dataclass(frozen=True)
@@ -365,8 +366,8 @@ def parse_environment(value: object, where: str) -> DesiredEnvironment:
         raise _fail(f"{where}.name", "must be 1-63 characters of [a-z0-9-]")
     where = f"environment {name!r}:"
     kind = data.get("kind")
-    if kind not in ("production", "preview"):
-        raise _fail(f"{where} kind", "must be production or preview")
+    if not envkinds.is_kind(kind):
+        raise _fail(f"{where} kind", "must be production, preview or a label such as staging")
     mode = data.get("mode")
     if mode not in ("container", "compose"):
         raise _fail(f"{where} mode", "must be container or compose")

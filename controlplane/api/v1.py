@@ -28,6 +28,7 @@ from controlplane.services import (
     registries,
     scaling,
     services,
+    staging,
     tokens,
     variables,
 )
@@ -464,12 +465,16 @@ def rollback_environment(data: dict[str, Any], environment_id: int) -> Any:
 @require("admin")
 @environments_api.response(204)
 def delete_environment(environment_id: int) -> None:
-    """Tear down a preview by hand (production environments go with their service)."""
+    """Tear down a preview or a staging environment by hand (production environments go
+    with their service; a staging environment's images stay, production may run them)."""
     db = session()
     environment = previews.get_environment(db, environment_id)
-    if environment.kind != "preview":
-        raise Conflict("only previews are torn down this way; delete the service instead")
-    previews.teardown(db, environment, actor(), "removed through the API")
+    if environment.kind == "production":
+        raise Conflict("production is not torn down this way; delete the service instead")
+    if environment.kind == "preview":
+        previews.teardown(db, environment, actor(), "removed through the API")
+    else:
+        staging.delete_environment(db, environment, actor())
     db.commit()
 
 

@@ -8,6 +8,7 @@ from flask import current_app
 from marshmallow import Schema, fields, missing, validate
 from sqlalchemy.orm import object_session
 
+from contracts import envkinds
 from controlplane.services import builds, images, pending
 from controlplane.statuses import (
     BUILD_LANES,
@@ -500,7 +501,19 @@ class DeploymentCreateSchema(Schema):
     build_id = fields.Integer(required=True)
 
 
-class DeploymentSchema(Schema):
+class PromotedSchema(Schema):
+    """A deployment's promotion, if it is one (another environment's build, as it is)."""
+
+    promoted_from = fields.String(
+        attribute="promoted_from.name",
+        allow_none=True,
+        metadata={"description": "the environment it was promoted from; null if built here"},
+    )
+    promoted_by = fields.String(allow_none=True)
+    promoted_at = fields.DateTime(allow_none=True)
+
+
+class DeploymentSchema(PromotedSchema):
     id = fields.Integer()
     environment_id = fields.Integer()
     environment = fields.String(attribute="environment.name")
@@ -547,7 +560,7 @@ class VariableSchema(Schema):
     updated_at = fields.DateTime()
 
 
-class CurrentDeploymentSchema(Schema):
+class CurrentDeploymentSchema(PromotedSchema):
     id = fields.Integer()
     build_id = fields.Integer()
     commit_sha = fields.String(attribute="build.commit_sha")
@@ -558,7 +571,10 @@ class CurrentDeploymentSchema(Schema):
 
 class EnvironmentQuerySchema(Schema):
     service = fields.Integer()
-    kind = fields.String(validate=validate.OneOf(("production", "preview")))
+    kind = fields.String(
+        validate=validate.Regexp(rf"^{envkinds.KIND_RE.pattern}$"),
+        metadata={"description": "production, preview, or another such as staging"},
+    )
 
 
 class EnvironmentSchema(Schema):

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controlplane.errors import PermanentError, TransientError
-from controlplane.models import Build, WebhookDelivery
+from controlplane.models import Build, Deployment, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,17 @@ def of_build(build: BuildLike) -> Pushed:
     moment: dt.datetime = build.pushed_at or build.created_at
     aware = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite's
     return Pushed(build.commit_sha, aware, float(build.id), chosen=build.ref is not None)
+
+
+def of_deployment(deployment: Deployment) -> Pushed:
+    """What a deployment runs, as pushed: its build, or for a promotion (another
+    environment's build) that build's commit chosen when it was promoted, ordered by that
+    time as a chosen ref is: a later push replaces it, an earlier one does not."""
+    if deployment.promoted_at is None:
+        return of_build(deployment.build)
+    moment = deployment.promoted_at
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite's
+    return Pushed(deployment.build.commit_sha, aware, float(deployment.build_id), chosen=True)
 
 
 def payload_ancestors(payload: Mapping[str, Any]) -> set[str]:

@@ -460,10 +460,16 @@ def deliver(
     actor: str,
     *,
     cleared: Collection[str] = (),
+    promoted_from: Environment | None = None,
 ) -> Deployment | None:
     """Deploy ``build`` to ``environment`` (locked by the caller), or hold it at the first
     gate it has not ``cleared`` (:mod:`~controlplane.services.gates`) and return None. The
     one path from a build to a deployment: a push's, a released gate's, a promotion's.
+
+    A build of another environment is a promotion (:mod:`~controlplane.services.promotion`,
+    from ``promoted_from``, else the build's environment): recorded on the deployment,
+    ordered by when it was promoted as a chosen ref is, and made current again when that
+    environment ran it before (a deployment row per environment and build).
 
     The environment's generation is compared-and-swapped, so builds that finish in any
     order end with the newest commit deployed: newest by ancestry as the push payloads
@@ -476,22 +482,24 @@ def deliver(
             Deployment.environment_id == environment.id, Deployment.build_id == build.id
         )
     )
-    if existing is not None:
+    own = build.environment_id == environment.id
+    source = promoted_from or (None if own else build.environment)
+    if existing is not None and source is None:
         gates.release_hold(environment, build)
         _finish_build(build, "succeeded")
         return existing
     current = environment.current_deployment
     held = environment.held_build if environment.held_build_id != build.id else None
     facts = ancestry.facts_for(session, environment.id)
-    newer = next(
-        (
-            rival
-            for rival in (held, current.build if current is not None else None)
-            if rival is not None
-            and ancestry.is_newer(ancestry.of_build(rival), ancestry.of_build(build), facts)
-        ),
-        None,
+    rivals = [(held, ancestry.of_build(held))] if held is not None else []
+    if current is not None:
+        rivals.append((current.build, ancestry.of_deployment(current)))
+    this = (
+        ancestry.of_build(build)
+        if source is None
+        else ancestry.Pushed(build.commit_sha, utcnow(), math.inf, chosen=True)
     )
+    newer = next((rival for rival, at in rivals if ancestry.is_newer(at, this, facts)), None)
     if newer is not None:
         deployment = Deployment(environment_id=environment.id, build_id=build.id)
         session.add(deployment)
@@ -512,7 +520,12 @@ def deliver(
         gates.hold(session, environment, build, gate)
         session.flush()
         return None
-    deployment = Deployment(environment_id=environment.id, build_id=build.id, status="pending")
+    deployment = existing or Deployment(environment_id=environment.id, build_id=build.id)
+    deployment.status = "pending"
+    if source is not None:
+        deployment.promoted_from_id = source.id
+        deployment.promoted_by = actor
+        deployment.promoted_at = utcnow()
     session.add(deployment)
     seen = environment.generation
     session.flush()
@@ -540,8 +553,11 @@ def deliver(
         environment=environment.name,
         build=build.id,
         commit=build.commit_sha,
+        promoted_from=source.name if source is not None else None,
     )
     session.flush()
+    if source is not None:  # on GitHub, a deployment of its own (builds report theirs)
+        effects.note_feedback(session, "deployment_promoted", deployment.id)
     return deployment
 
 
@@ -573,23 +589,24 @@ def supersede_older(
     if build.status not in ("queued", "running"):
         return []  # cancelled meanwhile by a newer build's own start
     unfinished = (Build.status.in_(("queued", "running", *gates.HELD)),)
-    rivals = list(
-        session.scalars(
+    rivals = [
+        (rival, ancestry.of_build(rival))
+        for rival in session.scalars(
             select(Build).where(
                 Build.environment_id == build.environment_id, Build.id != build.id, *unfinished
             )
         )
-    )
+    ]
     current = build.environment.current_deployment
     if current is not None and current.build_id != build.id:
-        rivals.append(current.build)
+        rivals.append((current.build, ancestry.of_deployment(current)))  # maybe a promotion
     facts = ancestry.facts_for(session, build.environment_id)
     this = ancestry.of_build(build)
     newer = next(
-        (r for r in rivals if not ancestry.is_newer(this, ancestry.of_build(r), facts, compare)),
+        (r for r, at in rivals if not ancestry.is_newer(this, at, facts, compare)),
         None,
     )
-    doomed = {build.id: newer} if newer is not None else {r.id: build for r in rivals}
+    doomed = {build.id: newer} if newer is not None else {r.id: build for r, _ in rivals}
     locked = session.scalars(
         select(Build)
         .where(Build.id.in_(doomed), *unfinished)

@@ -30,6 +30,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
+from contracts import envkinds
 from contracts.compose_policy import Caps, load_and_check, parse_memory
 from contracts.compose_routes import published_routes, routed_service
 from contracts.yamlsafe import YamlRefused, load_yaml
@@ -199,7 +200,7 @@ def _environment_state(
         if app_image is None:
             return None
         image = f"{app_image['repository']}@{app_image['digest']}"
-    production = environment.kind == "production" and not build.untrusted
+    production = envkinds.runs_like_production(environment.kind) and not build.untrusted
     compose_allow = sorted(map(str, service.compose_allow)) if production else []
     routed = None
     if compose:

@@ -248,15 +248,27 @@ def _check_run(
         )
 
 
-def _github_deployment(client: Github, app: GitHubApp, build: Build) -> GitHubDeployment:
-    """The build's GitHub deployment: the one kept on the build, else the one Portside's
-    App made earlier for this commit and environment (a retry whose first answer was
-    lost), else a new one."""
+def _promotion(deployment: Deployment) -> Deployment | None:
+    """``deployment`` if it is a promotion (another environment's build), which has a
+    GitHub deployment of its own; None for a build's deploy to its own environment."""
+    return deployment if deployment.promoted_from_id is not None else None
+
+
+def _github_deployment(
+    client: Github, app: GitHubApp, build: Build, promotion: Deployment | None = None
+) -> GitHubDeployment:
+    """The build's GitHub deployment, or ``promotion``'s (the build deployed to another
+    environment, see :func:`_promotion`): the one kept on the build (the promotion),
+    else the one Portside's App made earlier for this commit, environment and payload (a
+    retry whose first answer was lost), else a new one."""
     repo = client.get_repo(build.service.repository_full_name)
-    if build.github_deployment_id is not None:
-        return repo.get_deployment(build.github_deployment_id)
-    environment = build.environment
+    kept = build.github_deployment_id if promotion is None else promotion.github_deployment_id
+    if kept is not None:
+        return repo.get_deployment(kept)
+    environment = build.environment if promotion is None else promotion.environment
     payload = {"environment": environment.id}
+    if promotion is not None:
+        payload["deployment"] = promotion.id
     earlier = repo.get_deployments(sha=build.commit_sha, environment=environment.name)
     deployment = next(
         (
@@ -267,17 +279,19 @@ def _github_deployment(client: Github, app: GitHubApp, build: Build) -> GitHubDe
             and _by_app(app, d.creator)
         ),
         None,
-    ) or _create_deployment(repo, build, payload)
-    build.github_deployment_id = deployment.id
+    ) or _create_deployment(repo, build, environment, payload)
+    if promotion is None:
+        build.github_deployment_id = deployment.id
+    else:
+        promotion.github_deployment_id = deployment.id
     return deployment
 
 
 def _create_deployment(
-    repo: GitHubRepository, build: Build, payload: dict[str, int]
+    repo: GitHubRepository, build: Build, environment: Environment, payload: dict[str, int]
 ) -> GitHubDeployment:
-    """A GitHub deployment of the build's commit to its environment: transient for a
+    """A GitHub deployment of the build's commit to ``environment``: transient for a
     preview, ``production_environment`` for production, neither for another (staging)."""
-    environment = build.environment
     transient, production, description = DEPLOYMENT_KINDS.get(
         environment.kind, (False, False, "{service} in {environment}")
     )
@@ -309,9 +323,11 @@ def _deployment_status(
     log_url: str,
     url: str | None = None,
     description: str | None = None,
+    promotion: Deployment | None = None,
 ) -> None:
-    """A status on the build's GitHub deployment (made first when it has none)."""
-    deployment = _github_deployment(client, app, build)
+    """A status on the build's GitHub deployment, or ``promotion``'s (made first when it
+    has none)."""
+    deployment = _github_deployment(client, app, build, promotion)
     options: dict[str, Any] = {"target_url": log_url}
     if url:
         options["environment_url"] = url
@@ -320,28 +336,31 @@ def _deployment_status(
     deployment.create_status(state, **options)
 
 
-def _replaced(session: Session, deployment: Deployment) -> Build | None:
-    """The build whose deployment ran in the environment before ``deployment`` became
-    active (the one it replaced), when that build has a GitHub deployment."""
+def _replaced(session: Session, deployment: Deployment) -> Deployment | None:
+    """The deployment that ran in the environment before ``deployment`` became active
+    (the one it replaced), when it has a GitHub deployment (its build's, or its own for
+    a promotion)."""
     return session.scalar(
-        select(Build)
-        .join(Deployment, Deployment.build_id == Build.id)
+        select(Deployment)
+        .join(Build, Deployment.build_id == Build.id)
         .where(
             Deployment.environment_id == deployment.environment_id,
             Deployment.id != deployment.id,
             Deployment.activated_at.is_not(None),
             Build.id != deployment.build_id,
-            Build.github_deployment_id.is_not(None),
+            Deployment.github_deployment_id.is_not(None)
+            | (Deployment.promoted_from_id.is_(None) & Build.github_deployment_id.is_not(None)),
         )
         .order_by(Deployment.activated_at.desc())
         .limit(1)
     )
 
 
-def _make_inactive(client: Github, app: GitHubApp, build: Build, log_url: str) -> None:
-    """Mark the build's GitHub deployment ``inactive`` unless it already is (GitHub does
-    it by itself for non-production environments, and a retry must not add another)."""
-    deployment = _github_deployment(client, app, build)
+def _make_inactive(client: Github, app: GitHubApp, replaced: Deployment, log_url: str) -> None:
+    """Mark the GitHub deployment of ``replaced`` ``inactive`` unless it already is
+    (GitHub does it by itself for non-production environments, and a retry must not add
+    another)."""
+    deployment = _github_deployment(client, app, replaced.build, _promotion(replaced))
     latest = next(iter(deployment.get_statuses()), None)
     if latest is None or latest.state != "inactive":
         deployment.create_status("inactive", target_url=log_url)
@@ -498,10 +517,50 @@ def _protection_note(service: Service) -> str:
     return ""
 
 
+def promotion_status(
+    session: Session, github: GitHubApp, settings: Settings, deployment_id: int, state: str
+) -> None:
+    """A promotion on GitHub: a deployment of its own, of the build's commit to the target
+    environment, ``in_progress`` once promoted, then ``success`` (the one it replaced made
+    ``inactive``) or ``failure``. The build's commit status and Check Run tell of the
+    build, which ran already, and stay as they are."""
+    deployment = session.get(Deployment, deployment_id)
+    installation = _installation_of(deployment.build) if deployment else None
+    if deployment is None or deployment.promoted_from is None or installation is None:
+        return
+    build = deployment.build
+    environment = deployment.environment
+    _one_at_a_time(session, environment.id)
+    done = state == "success"
+    url = environment_url(environment) if done else None
+    replaced = _replaced(session, deployment) if done else None
+    source = deployment.promoted_from.name
+    text = f"Promoted from {source} by {deployment.promoted_by or 'someone'}"
+
+    def act(client: Github) -> None:
+        _deployment_status(
+            client,
+            github,
+            build,
+            state,
+            log_url=_log_url(settings, build),
+            url=url,
+            description=text,
+            promotion=deployment,
+        )
+        if replaced is not None:
+            _make_inactive(client, github, replaced, _log_url(settings, replaced.build))
+
+    github.call(installation, f"feedback for deployment {deployment.id}", act)
+
+
 def deployment_finished(
     session: Session, github: GitHubApp, settings: Settings, deployment_id: int, *, ok: bool
 ) -> None:
     deployment = session.get(Deployment, deployment_id)
+    if deployment is not None and deployment.promoted_from_id is not None:
+        promotion_status(session, github, settings, deployment_id, "success" if ok else "failure")
+        return
     build = deployment.build if deployment else None
     installation = _installation_of(build) if build else None
     if deployment is None or build is None or installation is None:
@@ -527,7 +586,7 @@ def deployment_finished(
             )
             _deployment_status(client, github, build, "success", log_url=log_url, url=url)
             if replaced is not None:
-                _make_inactive(client, github, replaced, _log_url(settings, replaced))
+                _make_inactive(client, github, replaced, _log_url(settings, replaced.build))
         else:
             failed = "The new version did not start"
             _commit_status(client, build, "failure", log_url, failed)
@@ -559,11 +618,28 @@ def preview_removed(
             )
         )
     )
+    promotions = list(
+        session.scalars(
+            select(Deployment).where(
+                Deployment.environment_id == environment.id,
+                Deployment.github_deployment_id.is_not(None),
+            )
+        )
+    )
     secrets = secrets_of(session, settings, environment.service_id)
 
     def act(client: Github) -> None:
         for build in builds:
             _deployment_status(client, github, build, "inactive", log_url=_log_url(settings, build))
+        for promotion in promotions:
+            _deployment_status(
+                client,
+                github,
+                promotion.build,
+                "inactive",
+                log_url=_log_url(settings, promotion.build),
+                promotion=promotion,
+            )
         if environment.github_comment_id:
             reason = environment.closed_reason or "closed"
             _comment(
@@ -600,8 +676,7 @@ def awaiting_approval(
         f"maintainer has reviewed commit `{sha}` and approved it; every new push needs a new "
         "approval.\n\n"
         f"To approve it: `portside previews approve {environment.name} --sha {sha}`, or "
-        f'`POST {approve}` with the body `{{"sha": "{sha}"}}` and an admin token, or a '
-        "comment `/portside approve` here by someone with write access to the repository. "
+        f'`POST {approve}` with the body `{{"sha": "{sha}"}}` and an admin token. '
         "Secrets are a separate approval of the same commit: add `--secrets` (or "
         f"`POST {approve}-secrets` with the same body)."
     )
@@ -639,6 +714,8 @@ def send(
         deployment_finished(session, github, settings, object_id, ok=True)
     elif event == "deployment_failed":
         deployment_finished(session, github, settings, object_id, ok=False)
+    elif event == "deployment_promoted":
+        promotion_status(session, github, settings, object_id, "in_progress")
     elif event in EVENTS:
         EVENTS[event](session, github, settings, object_id)
 

@@ -33,14 +33,13 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import audit, desired, effects, gates, pushes, registries
+from controlplane.services import audit, desired, effects, pushes, registries
 from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
 
 OPENING = ("opened", "reopened", "synchronize")
-# Builds a teardown or a hold cancels: not finished, or built and held at a gate.
-UNFINISHED = ("queued", "running", *gates.HELD)
+UNFINISHED = ("queued", "running")
 # How a torn-down preview's status_reason starts while the registry refuses its images.
 IMAGES_REFUSED = "the registry refused to delete this preview's images"
 NO_FORK_HOST = (
@@ -229,7 +228,6 @@ def advance_fork(
 def _cancel_unfinished(builds: list[Build], why: str) -> None:
     for build in builds:
         if build.status in UNFINISHED:
-            gates.release_hold(build.environment, build)
             build.status = "cancelled"
             build.error = why
             build.finished_at = utcnow()
@@ -277,12 +275,19 @@ def _move(session: Session, environment: Environment, host_id: int) -> None:
 
 
 def teardown(
-    session: Session, environment: Environment, actor: str, reason: str
+    session: Session,
+    environment: Environment,
+    actor: str,
+    reason: str,
+    *,
+    keep_images: bool = False,
 ) -> list[dict[str, Any]]:
     """Take a preview out of its host's desired state; its images are deleted from the
-    registry and GitHub told after the commit."""
+    registry and GitHub told after the commit. ``keep_images``: a staging environment's
+    images live in the service's own repository, where production may run them
+    (promoted, or the same digest built again), so they stay."""
     builds = list(session.scalars(select(Build).where(Build.environment_id == environment.id)))
-    images = _pushed_images(environment, builds)
+    images = [] if keep_images else _pushed_images(environment, builds)
     _cancel_unfinished(builds, f"the preview was removed ({reason})")
     session.execute(
         update(Deployment)

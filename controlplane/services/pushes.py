@@ -20,11 +20,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from contracts import envkinds
 from controlplane.errors import Conflict, PermanentError, ServiceUnavailable, TransientError
 from controlplane.github.app import GitHubApp, GitHubRefused
 from controlplane.models import (
     Build,
     BuildStep,
+    Deployment,
     Environment,
     Installation,
     Repository,
@@ -277,6 +279,32 @@ def repository_refusal(session: Session, delivery: WebhookDelivery) -> str | Non
     return None
 
 
+def deployed_by(
+    session: Session, service: Service, *, branch: str | None = None, tag: str | None = None
+) -> list[Environment]:
+    """The environments of ``service`` a push of ``branch`` or ``tag`` builds and deploys:
+    production when it :func:`tracks` the push, and the live environments other than
+    production and previews (staging, :mod:`~controlplane.services.staging`) tracking
+    that branch."""
+    found = (
+        [production_environment(session, service)]
+        if tracks(service, branch=branch, tag=tag)
+        else []
+    )
+    if branch is not None:
+        found += session.scalars(
+            select(Environment)
+            .where(
+                Environment.service_id == service.id,
+                Environment.kind.not_in((envkinds.PRODUCTION, envkinds.PREVIEW)),
+                Environment.status != "inactive",
+                Environment.branch == branch,
+            )
+            .order_by(Environment.id)
+        )
+    return found
+
+
 def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerContext) -> Outcome:
     payload = delivery.payload
     ref = payload.get("ref") or ""
@@ -308,12 +336,12 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     if repository is not None:
         repository.full_name = full_name
         repository.clone_url = repository_data.get("clone_url") or repository.clone_url
-    services = [
-        service
+    targets = [
+        (service, environment)
         for service in tracking_services(session, delivery.repository_id, full_name)
-        if tracks(service, branch=branch, tag=tag)
+        for environment in deployed_by(session, service, branch=branch, tag=tag)
     ]
-    if not services:
+    if not targets:
         if tag is not None:
             return Outcome("ignored", f"tag push {ref}: no service of {full_name} tracks it")
         return Outcome("ignored", f"no service tracks {full_name}@{branch}")
@@ -325,26 +353,27 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     # Not built yet: it arrived after every build; without pushed_at, it was pushed now.
     pushed = ancestry.Pushed(commit, pushed_at or utcnow(), math.inf, chosen=tag is not None)
     notes: list[str] = []
-    for service in services:
+    for service, environment in targets:
+        # Production by its service's name, as ever; a staging environment by its own.
+        label = service.name if environment.kind == "production" else environment.name
         # A tag is a release as a whole: watch paths filter branch pushes only.
         if (
             tag is None
             and service.watch_paths
             and not matches_watch_paths(paths, service.watch_paths)
         ):
-            notes.append(f"{service.name}: no changed file matches its watch paths")
+            notes.append(f"{label}: no changed file matches its watch paths")
             continue
-        environment = production_environment(session, service)
         newer = _newer_build(session, environment, pushed, payload)
         if newer is not None:
-            notes.append(f"{service.name}: a newer push ({newer.commit_sha[:7]}) is built")
+            notes.append(f"{label}: a newer push ({newer.commit_sha[:7]}) is built")
             continue
         build = start_build(
             session,
             service,
             environment,
             commit,
-            branch=tag if tag is not None else service.branch,
+            branch=tag if tag is not None else environment.branch,
             # One build per tag and commit (a long tag's key is cut: same commit anyway).
             trigger_key=AUTOMATIC if tag is None else f"tag:{tag}"[:64],
             delivery_id=delivery.id,
@@ -355,25 +384,25 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
             ref=tag,
         )
         if build is None:
-            notes.append(f"{service.name}: {commit[:7]} is already built")
+            notes.append(f"{label}: {commit[:7]} is already built")
         else:
             session.flush()
-            notes.append(f"{service.name}: build {build.id} of {commit[:7]}")
+            notes.append(f"{label}: build {build.id} of {commit[:7]}")
     started = any("build " in note and "already" not in note for note in notes)
     return Outcome("processed" if started else "ignored", "; ".join(notes))
 
 
 def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
-    """The backstop: build the head of every tracked branch that Portside has not built,
-    unless a person chose what runs after that head was committed (a deploy by ref).
-    Services tracking tags are left to their tag pushes."""
+    """The backstop: build the head of every tracked branch that Portside has not built
+    for an environment tracking it (production, staging), unless a person chose what that
+    environment runs after the head was committed (a deploy by ref, a promotion).
+    Production of a service tracking tags is left to its tag pushes."""
     services = session.scalars(
         select(Service)
         .join(Repository, Service.repository_id == Repository.id)
         .join(Installation, Repository.installation_id == Installation.id)
         .where(
             Service.deleted_at.is_(None),
-            Service.track_tags.is_(None),
             Repository.removed_at.is_(None),
             Installation.deleted_at.is_(None),
             Installation.suspended_at.is_(None),
@@ -382,46 +411,61 @@ def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
     started: list[int] = []
     for service in services:
         assert service.repository is not None
-
-        def head_of(
-            client: Github, service: Service = service
-        ) -> tuple[str, str, str, dt.datetime]:
-            commit = client.get_repo(service.repository_full_name).get_branch(service.branch).commit
-            author = commit.author.login if commit.author else commit.commit.author.name
-            return commit.sha, commit.commit.message, author, commit.commit.committer.date
-
-        try:
-            sha, message, author, committed = github.call(
-                service.repository.installation_id, f"head of {service.name}", head_of
+        branches = set(
+            session.scalars(
+                select(Environment.branch).where(
+                    Environment.service_id == service.id,
+                    Environment.kind.not_in((envkinds.PRODUCTION, envkinds.PREVIEW)),
+                    Environment.status != "inactive",
+                )
             )
-        except (TransientError, PermanentError) as exc:
-            log.warning("backstop skipped service %s: %s", service.name, exc)
-            continue
-        environment = production_environment(session, service)
-        already = session.scalar(
-            select(Build.id).where(Build.environment_id == environment.id, Build.commit_sha == sha)
         )
-        if already is not None or _chosen_since(session, environment, committed):
-            continue
-        build = start_build(
-            session,
-            service,
-            environment,
-            sha,
-            branch=service.branch,
-            commit_message=message,
-            author=author,
-        )
-        if build is not None:
-            session.flush()
-            started.append(build.id)
+        if not service.track_tags:
+            branches.add(service.branch)
+        for branch in sorted(branches):
+
+            def head_of(
+                client: Github, service: Service = service, branch: str = branch
+            ) -> tuple[str, str, str, dt.datetime]:
+                commit = client.get_repo(service.repository_full_name).get_branch(branch).commit
+                author = commit.author.login if commit.author else commit.commit.author.name
+                return commit.sha, commit.commit.message, author, commit.commit.committer.date
+
+            try:
+                sha, message, author, committed = github.call(
+                    service.repository.installation_id, f"head of {service.name}@{branch}", head_of
+                )
+            except (TransientError, PermanentError) as exc:
+                log.warning("backstop skipped %s@%s: %s", service.name, branch, exc)
+                continue
+            for environment in deployed_by(session, service, branch=branch):
+                already = session.scalar(
+                    select(Build.id).where(
+                        Build.environment_id == environment.id, Build.commit_sha == sha
+                    )
+                )
+                if already is not None or _chosen_since(session, environment, committed):
+                    continue
+                build = start_build(
+                    session,
+                    service,
+                    environment,
+                    sha,
+                    branch=branch,
+                    commit_message=message,
+                    author=author,
+                )
+                if build is not None:
+                    session.flush()
+                    started.append(build.id)
     session.commit()
     return started
 
 
 def _chosen_since(session: Session, environment: Environment, moment: dt.datetime) -> bool:
-    """Whether a person chose what the environment runs (a deploy by ref) at or after
-    ``moment``: a branch head committed before that is not the backstop's to deploy."""
+    """Whether a person chose what the environment runs (a deploy by ref, a promotion) at
+    or after ``moment``: a branch head committed before that is not the backstop's to
+    deploy."""
     chosen = session.scalar(
         select(func.max(Build.created_at)).where(
             Build.environment_id == environment.id,
@@ -429,10 +473,14 @@ def _chosen_since(session: Session, environment: Environment, moment: dt.datetim
             Build.delivery_id.is_(None),
         )
     )
-    if chosen is None:
-        return False
-    aware = chosen if chosen.tzinfo else chosen.replace(tzinfo=dt.UTC)  # SQLite's
-    return aware >= moment
+    promoted = session.scalar(
+        select(func.max(Deployment.promoted_at)).where(Deployment.environment_id == environment.id)
+    )
+    return any(
+        (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= moment  # SQLite's are naive
+        for at in (chosen, promoted)
+        if at is not None
+    )
 
 
 def builds_to_enqueue(session: Session) -> list[int]:

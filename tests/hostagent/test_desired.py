@@ -88,7 +88,7 @@ ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"kind": "staging"}, "kind must be"),
+        ({"kind": "Staging!"}, "kind must be"),
         ({"mode": "swarm"}, "mode must be"),
         ({"image": "127.0.0.1:5001/a/b:latest"}, "pinned by @sha256"),
         ({"image": KeyError}, "image must be"),
