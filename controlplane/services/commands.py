@@ -178,7 +178,8 @@ def handle_comment(session: Session, delivery: WebhookDelivery, context: Handler
         return Outcome("ignored", f"{detail['command']!r} ignored: {why}")
     services = pushes.tracking_services(session, repository.id, full_name)
     try:
-        done = _run(session, Request(delivery, context, comment, services, actor), command)
+        with session.begin_nested():  # a command that fails half way changes nothing
+            done = _run(session, Request(delivery, context, comment, services, actor), command)
         result = "done"
     except ApiError as exc:
         done, result = exc.message, "failed"

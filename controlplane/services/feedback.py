@@ -676,7 +676,8 @@ def awaiting_approval(
         f"maintainer has reviewed commit `{sha}` and approved it; every new push needs a new "
         "approval.\n\n"
         f"To approve it: `portside previews approve {environment.name} --sha {sha}`, or "
-        f'`POST {approve}` with the body `{{"sha": "{sha}"}}` and an admin token. '
+        f'`POST {approve}` with the body `{{"sha": "{sha}"}}` and an admin token, or a '
+        "comment `/portside approve` here by someone with write access to the repository. "
         "Secrets are a separate approval of the same commit: add `--secrets` (or "
         f"`POST {approve}-secrets` with the same body)."
     )

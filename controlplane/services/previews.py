@@ -33,13 +33,14 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import audit, desired, effects, pushes, registries
+from controlplane.services import audit, desired, effects, gates, pushes, registries
 from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
 
 OPENING = ("opened", "reopened", "synchronize")
-UNFINISHED = ("queued", "running")
+# Builds a teardown or a hold cancels: not finished, or built and held at a gate.
+UNFINISHED = ("queued", "running", *gates.HELD)
 # How a torn-down preview's status_reason starts while the registry refuses its images.
 IMAGES_REFUSED = "the registry refused to delete this preview's images"
 NO_FORK_HOST = (
@@ -228,6 +229,7 @@ def advance_fork(
 def _cancel_unfinished(builds: list[Build], why: str) -> None:
     for build in builds:
         if build.status in UNFINISHED:
+            gates.release_hold(build.environment, build)
             build.status = "cancelled"
             build.error = why
             build.finished_at = utcnow()

@@ -28,16 +28,15 @@ def split(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def primary_host(data: dict[str, Any], scaling: dict[str, Any]) -> str:
-    """The host a new service is created on: ``host``, else the first of ``hosts``."""
+    """The host a new service is created on: ``host``, else the first of ``hosts``, else
+    "" (:func:`~controlplane.services.services.create_service` takes the only host)."""
     listed = [str(name).strip().lower() for name in scaling.get("hosts") or []]
     host = str(data.get("host") or "").strip().lower()
     if host and listed and listed[0] != host:
         raise ValidationFailed(
             "host is not the first of hosts", details={"hosts": [f"must start with {host}"]}
         )
-    if not host and not listed:
-        raise ValidationFailed("no host", details={"host": ["give host or hosts"]})
-    return host or listed[0]
+    return host or (listed[0] if listed else "")
 
 
 def scale(

@@ -239,7 +239,7 @@ def _only_host(session: Session) -> Host:
     every = hosts.list_hosts(session)
     if len(every) != 1:
         raise ValidationFailed(
-            "name the host", details={"host": [f"{len(every)} hosts: say which one"]}
+            "no host", details={"host": [f"give host or hosts ({len(every)} hosts exist)"]}
         )
     return every[0]
 

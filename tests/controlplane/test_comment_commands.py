@@ -450,3 +450,23 @@ def test_preview_brings_back_a_preview_closed_for_idleness_where_previews_are_on
         services.get_service(session, service_id).previews_enabled = False
     status, outcome, started = say(WRITER, "/portside preview")
     assert (status, started) == ("processed", []) and "failed: no service previews" in outcome
+
+
+def test_a_waiting_fork_previews_comment_offers_the_command(
+    database: Database,
+    settings: Settings,
+    github_app: GitHubApp,  # noqa: F811
+    github_server: GitHubServer,
+    service_id: int,
+    say: Callable[[str, str], tuple[str, str, list[int]]],
+) -> None:
+    fork_pull_request(github_server)
+    say(WRITER, "/portside preview")
+    env = preview(database)
+    assert env is not None and env.status == "awaiting_approval"
+    until_through(
+        database,
+        lambda session: feedback.send(session, github_app, settings, "awaiting_approval", env.id),
+    )
+    (ours,) = [c for c in github_server.state.comments if not c.author]
+    assert "comment `/portside approve` here" in ours.body

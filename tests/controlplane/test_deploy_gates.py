@@ -149,6 +149,7 @@ def poll(database: Database, github: GitHubApp) -> list[str]:
 def test_a_build_waits_for_the_required_check_and_deploys_once_it_is_green(
     client: FlaskClient,
     admin_headers: dict[str, str],
+    worker_headers: dict[str, str],
     database: Database,
     settings: Settings,
     github_app: GitHubApp,
@@ -159,7 +160,14 @@ def test_a_build_waits_for_the_required_check_and_deploys_once_it_is_green(
     wait_for_checks(client, admin_headers, service_id, ["ci/test"])
     build_id = built(database, state, service_id, "v2\n")
     first = state_of(database, build_id)["deployed"]
-    assert record(database, service_id, build_id) is None
+    answer = client.post(  # the build worker's last step
+        f"/v1/services/{service_id}/deployments",
+        json={"build_id": build_id},
+        headers=worker_headers,
+    )
+    assert answer.status_code == 202, answer.json
+    assert answer.json["id"] is None and answer.json["status"] == "awaiting_checks"  # type: ignore[index]
+    assert "waits for the commit's checks" in answer.json["error"]  # type: ignore[index]
     held = state_of(database, build_id)
     assert held["build"] == held["environment"] == "awaiting_checks"
     assert held["deployed"] == first and held["held"] == build_id
@@ -394,3 +402,18 @@ def test_checks_then_approval_both_hold_in_turn(
     # Turning approvals off is the approval: the waiting build deploys.
     client.patch(url, json={"approval_required": False}, headers=admin_headers)
     assert state_of(database, build_id)["deployed"] == build_id
+
+
+def test_deleting_the_service_cancels_a_build_held_for_approval(
+    database: Database, github_server: GitHubServer, service_id: int
+) -> None:
+    with database.session_scope() as session:
+        pushes.production_environment(
+            session, services.get_service(session, service_id)
+        ).approval_required = True
+    build_id = built(database, github_server.state, service_id, "v2\n")
+    assert record(database, service_id, build_id) is None
+    with database.session_scope() as session:
+        services.delete_service(session, service_id, "test")
+    gone = state_of(database, build_id)
+    assert (gone["build"], gone["environment"], gone["held"]) == ("cancelled", "inactive", None)

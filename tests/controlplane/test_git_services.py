@@ -25,6 +25,7 @@ from controlplane.models import Build, Service
 from controlplane.services import feedback, gitsources, hosts, pushes, services, tokens
 from controlplane.settings import Settings
 from tasks import pipeline
+from tests.buildworker.test_git_remote import git
 from tests.controlplane.test_intake_processing import github_app  # noqa: F401 (a fixture)
 from tests.fixtures.stack import Stack, wait_for
 from tests.githubserver.server import GitHubServer
@@ -37,16 +38,6 @@ INSTALLATION = 4343
 def settings(settings: Settings) -> Settings:
     """The test settings with local paths allowed, as ``portside dev`` has them."""
     return dataclasses.replace(settings, allow_local_git=True)
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 class Remote:
@@ -442,3 +433,21 @@ def test_a_git_url_service_is_built_from_its_remote_and_polled(
     for build in (built, finished(second)):
         image = build.images["app"]  # type: ignore[union-attr]
         registry.delete_image(image["repository"].split("/", 1)[1], image["tag"])
+
+
+def test_the_only_host_is_taken_when_none_is_named(
+    client: FlaskClient,
+    admin_headers: dict[str, str],
+    db_session: Session,
+    host: str,
+    remote: Remote,
+) -> None:
+    remote.commit("one")
+    body = {"name": "hello", "git_url": str(remote.bare), "port": 8080}
+    created = client.post("/v1/services", json=body, headers=admin_headers)
+    assert created.status_code == 201, created.json
+    assert created.json["host"] == "local"
+    hosts.create_host(db_session, "other", "test")
+    db_session.commit()
+    two = client.post("/v1/services", json={**body, "name": "again"}, headers=admin_headers)
+    assert two.status_code == 422 and "give host or hosts (2 hosts exist)" in str(two.json)
