@@ -226,14 +226,20 @@ def services_page() -> str:
         row = ServiceRow(service)
         ordered = sorted(
             service.environments,
-            key=lambda e: (e.kind != "production", -(e.pr_number or 0), e.name),
+            key=lambda e: (
+                e.kind != "production",
+                e.kind == "preview",
+                -(e.pr_number or 0),
+                e.name,
+            ),
         )
         for env in ordered:
             # A closed preview stays listed while its registry refuses to delete its images,
             # so the reason (and what to fix) shows until they are gone.
             refused = env.images_pending and env.status_reason
             if env.kind != "production" and env.status == "inactive" and not refused:
-                row.closed_previews += 1
+                if env.kind == "preview":  # a deleted staging environment is simply gone
+                    row.closed_previews += 1
                 continue
             item = EnvironmentRow(
                 env,
@@ -242,7 +248,8 @@ def services_page() -> str:
                 latest.get(env.id),
                 pending.pending_reason(db, env, interval),
             )
-            (row.production if env.kind == "production" else row.previews).append(item)
+            # Staging environments beside production, above the previews.
+            (row.previews if env.kind == "preview" else row.production).append(item)
         rows.append(row)
     return render_template("services.html", rows=rows)
 

@@ -29,6 +29,7 @@ from tests.controlplane.test_intake_processing import (
     seeded,  # noqa: F401 (a fixture)
     service,  # noqa: F401 (a fixture)
 )
+from tests.dashboard.test_dashboard import log_in, make_token
 from tests.githubserver.server import GitHubServer
 
 DIGEST = "sha256:" + "5" * 64
@@ -319,3 +320,38 @@ def test_the_agent_takes_staging_with_production_s_compose_keys(
     assert entry["image"] == f"r/{REPOSITORY.lower()}@{DIGEST}"
     assert parsed.kind == "staging"
     assert parsed.allowed_compose_keys == {"cap_add"}
+
+
+def test_the_services_page_lists_staging_beside_production_above_the_previews(
+    client: FlaskClient,
+    database: Database,
+    db_session: Session,
+    service_id: int,
+    admin_headers: dict[str, str],
+) -> None:
+    staging = create(client, admin_headers, service_id, "staging", "develop").json
+    production = db_session.scalar(select(Environment).where(Environment.name == "hello"))
+    assert production is not None
+    db_session.add(
+        Environment(
+            service_id=service_id,
+            host_id=production.host_id,
+            name="hello-pr-4",
+            kind="preview",
+            branch="feature",
+            pr_number=4,
+        )
+    )
+    db_session.commit()
+    assert log_in(client, make_token(database, "read")).status_code == 302
+
+    page = client.get("/").text
+
+    order = [page.index(f'data-environment="{name}"') for name in ("hello", "hello-staging")]
+    previews = page.index(">Previews</th>")
+    assert order[0] < order[1] < previews < page.index('data-environment="hello-pr-4"')
+    assert (
+        client.delete(f"/v1/environments/{staging['id']}", headers=admin_headers).status_code == 204
+    )
+    page = client.get("/").text
+    assert 'data-environment="hello-staging"' not in page and "closed preview" not in page
