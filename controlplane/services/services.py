@@ -199,6 +199,9 @@ def create_service(
             )
         )
     )
+    if session.scalar(select(Environment.id).where(Environment.name == spec.name)) is not None:
+        # Its production would take the name: another service's staging environment has it.
+        raise Conflict(f"an environment named {spec.name!r} exists")
     service = Service(
         name=spec.name,
         repository_full_name=spec.repository,

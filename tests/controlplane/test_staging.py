@@ -200,6 +200,13 @@ def test_a_taken_name_is_409_a_reader_403_and_an_unknown_service_404(
     missing = create(client, admin_headers, 999, "qa", "develop")
 
     assert again.status_code == 409 and "hello-staging" in again.json["message"]
+    # A service cannot take the name either: its production would be named so.
+    clash = client.post(
+        "/v1/services",
+        json={"name": "hello-staging", "repository": REPOSITORY, "branch": "main", "host": "web-1"},
+        headers=admin_headers,
+    )
+    assert clash.status_code == 409 and "hello-staging" in clash.json["message"]
     assert reader.status_code == 403
     assert missing.status_code == 404
 
