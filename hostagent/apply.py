@@ -673,18 +673,8 @@ class Applier:
         assert routed is not None  # planned for a routed service only
         texts = self.compose_texts(action)
         log.info("environment %s: starting a new %s beside the old", spec.name, routed)
-        self.run_compose(
-            spec.name,
-            texts,
-            "up",
-            "-d",
-            "--remove-orphans",
-            "--no-deps",
-            "--no-recreate",
-            "--scale",
-            f"{routed}={action.replicas}",
-            routed,
-        )
+        beside = ["--no-deps", "--no-recreate", "--scale", f"{routed}={action.replicas}", routed]
+        self.run_compose(spec.name, texts, "up", "-d", "--remove-orphans", *beside)
 
     def routed_containers(self, spec: DesiredEnvironment, config_hash: str) -> list[Any]:
         """The routed service's containers of ``config_hash``, oldest first."""
