@@ -129,8 +129,8 @@ def _answers(url: str) -> bool:
         return False
 
 
-def run(settings: Settings, environ: Mapping[str, str]) -> str:
-    """Make, register, deploy and wait for the sample; its URL."""
+def run(settings: Settings, environ: Mapping[str, str]) -> tuple[str, str]:
+    """Make, register, deploy and wait for the sample; its URL and its dashboard page."""
     connection = devmode.connection(settings.data_dir)
     if connection is None:
         raise DemoFailed(
@@ -144,8 +144,8 @@ def run(settings: Settings, environ: Mapping[str, str]) -> str:
     deadline = time.monotonic() + TIMEOUT
     service = _service(client, repository)
     build = client.deploy(service["id"])
-    page = f"{connection.url}/builds/{build['id']}"
-    print(f"demo: build {build['id']} of {build['commit_sha'][:7]}, {page}")
+    build_page = f"{connection.url}/builds/{build['id']}"
+    print(f"demo: build {build['id']} of {build['commit_sha'][:7]}, {build_page}")
 
     def built() -> dict[str, Any] | None:
         current = client.build(build["id"])
@@ -169,16 +169,17 @@ def run(settings: Settings, environ: Mapping[str, str]) -> str:
             return f"http://{address}/"
         return None
 
-    return str(_wait("the app to answer", served, deadline))
+    page = f"{connection.url}/services/{service['id']}"
+    return str(_wait("the app to answer", served, deadline)), page
 
 
 def main() -> int:
     try:
-        url = run(Settings.from_env(os.environ), os.environ)
+        url, page = run(Settings.from_env(os.environ), os.environ)
     except (DemoFailed, ClientError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
-    print(f"demo: {SERVICE} answers at {url}")
+    print(f"demo: {SERVICE} answers at {url} (its page on the dashboard: {page})")
     return 0
 
 
