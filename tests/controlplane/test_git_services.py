@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,9 +29,18 @@ from controlplane.services import feedback, gitsources, hosts, pushes, services,
 from controlplane.settings import Settings
 from tasks import pipeline
 from tests.buildworker.test_git_remote import git
+from tests.controlplane.test_cli import (
+    Run,
+    assert_one_line_failure,
+    migrated,  # noqa: F401 (a fixture)
+    portside,  # noqa: F401 (a fixture)
+    run_portside,
+    sqlite_env,  # noqa: F401 (a fixture)
+)
 from tests.controlplane.test_intake_processing import github_app  # noqa: F401 (a fixture)
 from tests.fixtures.stack import Stack, wait_for
 from tests.githubserver.server import GitHubServer
+from tests.support.live import LiveServer
 
 GITHUB_REPO = "Codertocat/Hello-World"
 INSTALLATION = 4343
@@ -451,3 +463,68 @@ def test_the_only_host_is_taken_when_none_is_named(
     db_session.commit()
     two = client.post("/v1/services", json={**body, "name": "again"}, headers=admin_headers)
     assert two.status_code == 422 and "give host or hosts (2 hosts exist)" in str(two.json)
+
+
+@pytest.fixture
+def live(app: Flask) -> Iterator[LiveServer]:
+    server = LiveServer(app).start()
+    yield server
+    server.stop()
+
+
+def test_portside_services_create_with_git_then_deploy(
+    live: LiveServer,
+    admin_headers: dict[str, str],
+    host: str,
+    github_remote: tuple[str, str, str],
+    tmp_path: Path,
+) -> None:
+    """The CLI over the API: no host named (the only one), the token read from a file and
+    never printed, then ``portside deploy``."""
+    url, sha, token = github_remote
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    env = {
+        "PORTSIDE_URL": live.url,
+        "PORTSIDE_DATA_DIR": str(tmp_path / "data"),
+        "PORTSIDE_TOKEN": admin_headers["Authorization"].split(" ", 1)[1],
+    }
+    args = ["services", "create", "hello", "--git", url, "--git-token-file", str(token_file)]
+    created = run_portside([*args, "--port", "8080", "--json"], env)
+    assert created.code == 0, created
+    service = json.loads(created.stdout)
+    assert (service["host"], service["git_credentials"], service["branch"]) == (
+        "local",
+        "token",
+        "master",
+    )
+    assert token not in created.stdout + created.stderr
+    deployed = run_portside(["deploy", "hello"], env)
+    assert deployed.code == 0, deployed
+    assert f"of {sha[:10]} queued" in deployed.stdout
+    both = run_portside(["services", "create", "x", "--git", url, "--repository", "o/r"], env)
+    assert both.code == 2 and "not allowed with argument" in both.stderr
+
+
+def test_portside_services_create_with_git_on_the_database(
+    migrated: Run,  # noqa: F811
+    remote: Remote,
+) -> None:
+    """Without PORTSIDE_URL the command writes the database through the same spec, and
+    local paths follow PORTSIDE_ALLOW_LOCAL_GIT there too."""
+    remote.commit("one")
+    assert migrated("hosts", "create", "local").code == 0
+    refused = migrated("services", "create", "hello", "--git", str(remote.bare), "--port", "8080")
+    assert_one_line_failure(refused, 2, "PORTSIDE_ALLOW_LOCAL_GIT")
+    allowed = migrated(
+        "services",
+        "create",
+        "hello",
+        "--git",
+        str(remote.bare),
+        "--port",
+        "8080",
+        env={"PORTSIDE_ALLOW_LOCAL_GIT": "1"},
+    )
+    assert allowed.code == 0, allowed
+    assert allowed.stdout.startswith("created service hello")
