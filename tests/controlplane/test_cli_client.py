@@ -392,7 +392,7 @@ def test_environments_previews_redeploy_and_teardown(
     # The production environment was never built: the API refuses, exit 2 with its reason.
     assert_one_line_failure(admin("redeploy", "hello"), 2, "nothing to redeploy")
     # Production goes with its service, not by teardown: refused with the API's message.
-    assert_one_line_failure(admin("previews", "teardown", "hello"), 2, "only previews")
+    assert_one_line_failure(admin("previews", "teardown", "hello"), 2, "delete the service instead")
 
     torn = admin("previews", "teardown", "hello-pr-2")
 
