@@ -27,7 +27,7 @@ from contracts.gitremote import (
     ls_remote,
 )
 from controlplane.crypto import SecretBox
-from controlplane.errors import BadRequest, ServiceUnavailable, ValidationFailed
+from controlplane.errors import BadRequest, PortsideError, ServiceUnavailable, ValidationFailed
 from controlplane.models import Service, utcnow
 from controlplane.services import pushes
 
@@ -214,7 +214,12 @@ def poll_due(session: Session, box: SecretBox | None, now: dt.datetime | None = 
     """Poll every due git-URL service; the ids of the builds queued."""
     started = []
     for service_id in due_services(session, now or utcnow()):
-        build_id = poll_service(session, box, service_id)
+        try:
+            build_id = poll_service(session, box, service_id)
+        except PortsideError as exc:  # its credentials cannot be opened: the others go on
+            session.rollback()
+            log.warning("polling service %s: %s", service_id, exc)
+            continue
         if build_id is not None:
             started.append(build_id)
     return started

@@ -528,3 +528,27 @@ def test_portside_services_create_with_git_on_the_database(
     )
     assert allowed.code == 0, allowed
     assert allowed.stdout.startswith("created service hello")
+
+
+def test_a_service_whose_credentials_cannot_be_opened_does_not_stop_the_others(
+    db_session: Session,
+    settings: Settings,
+    host: str,
+    remote: Remote,
+    github_remote: tuple[str, str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url, _sha, token = github_remote
+    spec = services.ServiceSpec(
+        name="private", repository=None, branch=None, host="", git=gitsources.GitSource(url, token)
+    )
+    services.create_service(db_session, spec, "test", box=SecretBox.from_settings(settings))
+    remote.commit("one")
+    public = local_service(db_session, remote)
+    head = remote.commit("two")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    with caplog.at_level(logging.WARNING, logger="controlplane.services.gitsources"):
+        started = gitsources.poll_due(db_session, None, later)  # no secret key here
+    assert [b.commit_sha for b in builds_of(db_session, public.id)] == [head]
+    assert len(started) == 1
+    assert "PORTSIDE_SECRET_KEY is needed" in caplog.text and token not in caplog.text
