@@ -55,13 +55,20 @@ def preview_name(service: Service, number: int) -> str:
     return f"{service.name}-pr-{number}"
 
 
+def subdomain(service: Service, label: str, zone: str) -> str | None:
+    """Where an environment of the service besides production is reached:
+    ``<label>.<service domain>``, or ``<service>-<label>.<zone>`` (PORTSIDE_PREVIEW_DOMAIN);
+    the label is ``pr-<n>`` for a preview, its kind for a staging environment."""
+    if service.domain:
+        return f"{label}.{service.domain}"
+    if zone:
+        return f"{service.name}-{label}.{zone}"
+    return None
+
+
 def preview_domain(service: Service, number: int, preview_zone: str) -> str | None:
     """``pr-<n>.<service domain>``, or ``<service>-pr-<n>.<PORTSIDE_PREVIEW_DOMAIN>``."""
-    if service.domain:
-        return f"pr-{number}.{service.domain}"
-    if preview_zone:
-        return f"{preview_name(service, number)}.{preview_zone}"
-    return None
+    return subdomain(service, f"pr-{number}", preview_zone)
 
 
 def _preview_host(session: Session, service: Service) -> int:

@@ -32,15 +32,6 @@ def environment_name(service: Service, kind: str) -> str:
     return f"{service.name}-{kind}"
 
 
-def environment_domain(service: Service, kind: str, zone: str) -> str | None:
-    """``<kind>.<service domain>``, or ``<service>-<kind>.<PORTSIDE_PREVIEW_DOMAIN>``."""
-    if service.domain:
-        return f"{kind}.{service.domain}"
-    if zone:
-        return f"{environment_name(service, kind)}.{zone}"
-    return None
-
-
 def create_environment(
     session: Session, service_id: int, kind: str, branch: str, actor: str, *, zone: str
 ) -> Environment:
@@ -67,7 +58,7 @@ def create_environment(
         session.add(environment)
     environment.host_id = service.host_id
     environment.branch = branch
-    environment.domain = environment_domain(service, kind, zone)
+    environment.domain = previews.subdomain(service, kind, zone)
     environment.status = "pending"
     environment.status_reason = None
     environment.closed_at = environment.closed_by = environment.closed_reason = None
