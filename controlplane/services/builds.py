@@ -468,8 +468,9 @@ def deliver(
 
     A build of another environment is a promotion (:mod:`~controlplane.services.promotion`,
     from ``promoted_from``, else the build's environment): recorded on the deployment,
-    ordered by when it was promoted as a chosen ref is, and made current again when that
-    environment ran it before (a deployment row per environment and build).
+    never superseded by what the environment runs (a person chose it just now; later
+    pushes are ordered after it, see :func:`ancestry.of_deployment`), and made current
+    again when that environment ran it before (a deployment row per environment and build).
 
     The environment's generation is compared-and-swapped, so builds that finish in any
     order end with the newest commit deployed: newest by ancestry as the push payloads
@@ -494,12 +495,12 @@ def deliver(
     rivals = [(held, ancestry.of_build(held))] if held is not None else []
     if current is not None:
         rivals.append((current.build, ancestry.of_deployment(current)))
-    this = (
-        ancestry.of_build(build)
-        if source is None
-        else ancestry.Pushed(build.commit_sha, utcnow(), math.inf, chosen=True)
+    this = ancestry.of_build(build)
+    newer = (
+        None  # a promotion is a person's choice made now: nothing there is newer
+        if source is not None
+        else next((rival for rival, at in rivals if ancestry.is_newer(at, this, facts)), None)
     )
-    newer = next((rival for rival, at in rivals if ancestry.is_newer(at, this, facts)), None)
     if newer is not None:
         deployment = Deployment(environment_id=environment.id, build_id=build.id)
         session.add(deployment)
