@@ -283,7 +283,7 @@ def cmd_services_list(settings: Settings, args: argparse.Namespace) -> int:
             {
                 "id": s.id,
                 "name": s.name,
-                "repository": s.repository_full_name,
+                "repository": s.git_url or s.repository_full_name,
                 "branch": s.branch,
                 "host": s.host.name,
                 "domain": s.domain,
@@ -368,6 +368,8 @@ def _environment_row(env: dict[str, Any]) -> dict[str, Any]:
 
 def api_services_list(settings: Settings, args: argparse.Namespace) -> int:
     rows = _client(settings).services()
+    if not args.json:  # a git-URL service is known by its URL, not its images' git/<name>
+        rows = [{**row, "repository": row.get("git_url") or row["repository"]} for row in rows]
     _emit(rows, SERVICE_COLUMNS, args.json)
     return 0
 

@@ -502,6 +502,8 @@ def test_portside_services_create_with_git_then_deploy(
     deployed = run_portside(["deploy", "hello"], env)
     assert deployed.code == 0, deployed
     assert f"of {sha[:10]} queued" in deployed.stdout
+    listed = run_portside(["services", "list"], env).stdout_lines
+    assert url in listed[1] and "git/hello" not in listed[1]
     both = run_portside(["services", "create", "x", "--git", url, "--repository", "o/r"], env)
     assert both.code == 2 and "not allowed with argument" in both.stderr
 
@@ -528,6 +530,8 @@ def test_portside_services_create_with_git_on_the_database(
     )
     assert allowed.code == 0, allowed
     assert allowed.stdout.startswith("created service hello")
+    listed = migrated("services", "list").stdout_lines
+    assert str(remote.bare) in listed[1] and "git/hello" not in listed[1]
 
 
 def test_a_service_whose_credentials_cannot_be_opened_does_not_stop_the_others(
