@@ -155,15 +155,11 @@ def due_services(session: Session, now: dt.datetime) -> list[int]:
             Service.deleted_at.is_(None), Service.git_url.is_not(None)
         )
     ).all()
-    due = []
-    for service_id, polled_at, interval in rows:
-        if polled_at is None:
-            due.append(service_id)
-            continue
-        aware = polled_at if polled_at.tzinfo else polled_at.replace(tzinfo=dt.UTC)  # SQLite's
-        if now - aware >= dt.timedelta(seconds=interval):
-            due.append(service_id)
-    return due
+    return [
+        service_id
+        for service_id, polled_at, interval in rows
+        if polled_at is None or now - polled_at >= dt.timedelta(seconds=interval)
+    ]
 
 
 def poll_service(session: Session, box: SecretBox | None, service_id: int) -> int | None:
