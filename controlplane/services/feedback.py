@@ -749,6 +749,7 @@ def handle_check_run(
         or build is None
         or build.service.repository_id != delivery.repository_id
         or build.commit_sha != run.get("head_sha")
+        or build.check_run_id not in (None, run.get("id"))  # the build's own run, no other
     ):
         return Outcome("ignored", f"check run {run.get('id')} is not a Portside build's")
     environment = build.environment

@@ -69,11 +69,16 @@ def test_a_deployed_production_run_offers_redeploy_and_the_button_rebuilds_its_h
             "github:octocat",
         )
 
-    # Another identifier, another App's run, or the button of a commit production has
-    # moved past starts nothing.
+    # Another identifier, another App's run, a run other than the one kept on the build
+    # (its external id copied), or the button of a commit production has moved past
+    # starts nothing.
     other = state.check_run_payload(run, "requested_action", github_server.url, "something")
     impostor = json.loads(json.dumps(payload))
     impostor["check_run"]["app"]["id"] = state.app_id + 1
+    copied = json.loads(json.dumps(payload))
+    copied["check_run"]["id"] = run.id + 1000
+    outcome, started = process(database, github_app, post_check_run(client, copied, "copied"))
+    assert started == [] and "is not a Portside build's" in outcome
     newer = new_build(database, state, service_id, "v2\n")
     for guid, sent in (("other", other), ("impostor", impostor), ("old", payload)):
         assert process(database, github_app, post_check_run(client, sent, guid))[1] == []
