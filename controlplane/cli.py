@@ -231,7 +231,12 @@ def cmd_hosts_list(settings: Settings, args: argparse.Namespace) -> int:
 def _service_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The fields of ``POST /v1/services`` from ``services create``'s arguments, for both
     ways it goes (the API, or the database through the same spec)."""
+    hosts = args.host or []
+    scale = {"hosts": hosts} if len(hosts) > 1 else {}
+    if args.replicas is not None:
+        scale["replicas"] = args.replicas
     return {
+        **scale,
         "name": args.name,
         "repository": args.repository,
         "git_url": args.git,
@@ -239,7 +244,7 @@ def _service_fields(args: argparse.Namespace) -> dict[str, Any]:
         "git_ssh_key": _read_secret_file(args.git_ssh_key_file),
         "poll_interval": args.poll_interval,
         "branch": args.branch,
-        "host": args.host or "",
+        "host": hosts[0] if hosts else "",
         "compose_path": args.compose_path,
         "port": args.port,
         "domain": args.domain,
@@ -258,15 +263,18 @@ def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
     if uses_api(os.environ):
         return api_services_create(settings, args)
     from controlplane.crypto import SecretBox
-    from controlplane.services import services
+    from controlplane.services import scaling, services
 
-    spec = services.spec_from(_service_fields(args))
+    fields, scale = scaling.split(_service_fields(args))
+    spec = services.spec_from(fields)
     box = SecretBox.from_settings(settings) if settings.secret_key else None
 
     def action(session: Any) -> str:
         service = services.create_service(
             session, spec, "cli", box=box, allow_local_git=settings.allow_local_git
         )
+        if scale:
+            service = scaling.scale(session, service.id, "cli", **scale)
         return f"created service {service.name} (id {service.id})"
 
     print(_admin(settings, action))
@@ -926,7 +934,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-interval", type=int, default=60, help="(--git) seconds between polls, min 10"
     )
     service_create.add_argument("--branch", help="default: main, or the HEAD of --git")
-    service_create.add_argument("--host", help="default: the only host there is")
+    service_create.add_argument(
+        "--host",
+        action="append",
+        help="default: the only host there is; repeated: production runs on each, the first "
+        "is the service's own host (previews run there)",
+    )
+    service_create.add_argument(
+        "--replicas", type=int, help="containers of production on each host (default 1)"
+    )
     service_create.add_argument("--compose-path")
     service_create.add_argument("--port", type=int)
     service_create.add_argument("--domain")

@@ -24,6 +24,7 @@ from controlplane.services import (
     desired,
     hosts,
     installations,
+    placements,
     previews,
     registries,
     scaling,
@@ -141,7 +142,7 @@ def list_hosts(pagination_parameters: Any) -> list[dict[str, Any]]:
     for host in listed:
         running = db.scalars(
             select(Environment).where(
-                Environment.host_id == host.id, Environment.status != "inactive"
+                placements.placed_on(host.id), Environment.status != "inactive"
             )
         )
         result.append(

@@ -40,7 +40,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import approvals, builds, desired, images, logs, pending
+from controlplane.services import approvals, builds, desired, images, logs, pending, placements
 from controlplane.services.feedback import environment_url
 from controlplane.settings import Settings
 from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES
@@ -475,7 +475,7 @@ def hosts_page() -> str:
     for host in db.scalars(select(Host).order_by(Host.name)):
         environments = db.scalars(
             select(Environment)
-            .where(Environment.host_id == host.id, Environment.status != "inactive")
+            .where(placements.placed_on(host.id), Environment.status != "inactive")
             .order_by(Environment.name)
             .options(selectinload(Environment.current_deployment).selectinload(Deployment.build))
         )
