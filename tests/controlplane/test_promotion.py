@@ -572,3 +572,35 @@ def test_end_to_end_production_runs_staging_s_image_and_nothing_is_built_or_push
             for build in session.scalars(select(Build).where(Build.commit_sha == done)):
                 pushed = build.images["app"]
                 registry.delete_image(pushed["repository"].split("/", 1)[1], pushed["tag"])
+
+
+def test_a_promotion_that_fails_and_its_torn_down_target_end_on_github(
+    client: FlaskClient,
+    database: Database,
+    settings: Settings,
+    seeded: GitHubServer,  # noqa: F811
+    github_app: GitHubApp,  # noqa: F811
+    staged: dict[str, Any],
+    service_id: int,  # noqa: F811
+    admin_headers: dict[str, str],
+) -> None:
+    qa = create(client, admin_headers, service_id, "qa", "qa").json
+    promoted = promote(client, admin_headers, staged["staging"], qa["id"]).json
+    with database.session_scope() as session:
+        host = session.scalar(select(Host).where(Host.name == "web-1"))
+        assert host is not None
+        failed = {"name": "hello-qa", "deployment_id": promoted["deployment_id"]}
+        report = {**failed, "state": "failed", "error": "exited 1"}
+        desired.record_status(session, host, {"environments": [report]})
+        feedback.send(session, github_app, settings, "deployment_failed", promoted["deployment_id"])
+    assert client.delete(f"/v1/environments/{qa['id']}", headers=admin_headers).status_code == 204
+    with database.session_scope() as session:
+        feedback.send(session, github_app, settings, "preview_removed", qa["id"])
+
+    state = seeded.state
+    (deployment,) = [d for d in state.deployments if d.environment == "hello-qa"]
+    assert (deployment.sha, deployment.production_environment) == (staged["develop"], False)
+    statuses = [s.state for s in state.deployment_statuses if s.deployment_id == deployment.id]
+    assert statuses == ["failure", "inactive"]
+    # The build's own commit status and Check Run tell of the build, not of the promotion.
+    assert not [s for s in state.statuses if s.state == "failure"]
