@@ -310,7 +310,7 @@ def teardown(
         environment.closed_at = utcnow()
         environment.closed_by = actor
         environment.closed_reason = reason
-        desired.bump(session, environment.host_id)
+        desired.bump_environment(session, environment)  # a staging one runs on every host
         audit.record(
             session, actor, "environment.teardown", "environment", environment.id, reason=reason
         )

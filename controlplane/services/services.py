@@ -19,7 +19,7 @@ from controlplane.crypto import SecretBox
 from controlplane.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Environment, Host, Repository, Service, utcnow
-from controlplane.services import audit, desired, gitsources, hosts, previews, pushes
+from controlplane.services import audit, desired, gitsources, hosts, placements, previews, pushes
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
 RUNTIME_FIELDS = (
@@ -390,12 +390,12 @@ def _check_log_driver(service: Service, changes: dict[str, Any]) -> dict[str, An
 def _republish(session: Session, service: Service, kinds: tuple[str, ...]) -> None:
     """Send new snapshots to the hosts of the service's environments of ``kinds``: what
     they run changes (routers, logging)."""
-    host_ids = session.scalars(
-        select(Environment.host_id)
-        .where(Environment.service_id == service.id, Environment.kind.in_(kinds))
-        .distinct()
+    environments = session.scalars(
+        select(Environment).where(Environment.service_id == service.id, Environment.kind.in_(kinds))
     )
-    for host_id in host_ids:
+    # Every host each of them runs on (production on all of a spread service's hosts).
+    host_ids = {host_id for env in environments for host_id in placements.host_ids(env)}
+    for host_id in sorted(host_ids):
         desired.bump(session, host_id)
 
 

@@ -227,3 +227,31 @@ def test_an_environment_is_running_once_every_host_reports_it(
     assert after["web-3"] == before["web-3"]
     for name in ("web-1", "web-2"):
         assert snapshot(client, tokens[name])[0]["deployment_id"] == first
+
+
+def test_changes_to_a_spread_environment_reach_every_host(
+    client: FlaskClient, tokens: dict[str, str], admin_headers: dict[str, str], database: Database
+) -> None:
+    """A production log driver, and a staging environment's creation and teardown."""
+    assert patch(client, admin_headers, {"hosts": ["web-1", "web-2"]}).status_code == 200
+    deploy(database, "a" * 40)
+    before = generations(database)
+    driver = {"production": {"driver": "syslog", "options": {"syslog-address": "udp://h:514"}}}
+    assert patch(client, admin_headers, {"log_driver": driver}).status_code == 200
+    after = generations(database)
+    assert after["web-1"] > before["web-1"] and after["web-2"] > before["web-2"]
+    assert after["web-3"] == before["web-3"]
+    for name in ("web-1", "web-2"):
+        assert snapshot(client, tokens[name])[0]["log_driver"]["driver"] == "syslog"
+
+    staging = client.post(
+        "/v1/services/1/environments",
+        json={"name": "staging", "branch": "develop"},
+        headers=admin_headers,
+    )
+    assert staging.status_code == 201, staging.json
+    before = generations(database)
+    gone = client.delete(f"/v1/environments/{staging.json['id']}", headers=admin_headers)
+    assert gone.status_code == 204, gone.json
+    after = generations(database)
+    assert after["web-1"] > before["web-1"] and after["web-2"] > before["web-2"]
