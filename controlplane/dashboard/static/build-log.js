@@ -8,28 +8,14 @@
   }
   var state = document.getElementById("log-state");
   var badge = document.getElementById("build-status");
+  var pane = window.PortsideLogPane(log);
   var source = new EventSource(log.dataset.stream);
-
-  function nearBottom() {
-    return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  }
-
-  function append(text) {
-    var follow = nearBottom();
-    var line = document.createElement("span");
-    line.className = "line";
-    line.textContent = text + "\n";
-    log.appendChild(line);
-    if (follow) {
-      log.scrollTop = log.scrollHeight;
-    }
-  }
 
   source.onopen = function () {
     if (state) { state.textContent = "following live…"; }
   };
   source.onmessage = function (event) {
-    append(JSON.parse(event.data));
+    pane.append(JSON.parse(event.data));
   };
   source.onerror = function () {
     // EventSource reconnects by itself, resuming after the last event id it saw.

@@ -6,26 +6,13 @@
   if (!log || !log.dataset.stream || !window.EventSource) {
     return;
   }
-  var MAX_LINES = 2000;
+  var pane = window.PortsideLogPane(log, 2000);
   var state = document.getElementById("log-state");
   var source = new EventSource(log.dataset.stream);
 
-  function nearBottom() {
-    return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  }
-
   function append(entry) {
-    var follow = nearBottom();
-    var line = document.createElement("span");
-    line.className = "line" + (entry.stream === "stderr" ? " stderr" : "");
-    line.textContent = (entry.service ? "[" + entry.service + "] " : "") + entry.line + "\n";
-    log.appendChild(line);
-    while (log.childNodes.length > MAX_LINES) {
-      log.removeChild(log.firstChild);
-    }
-    if (follow) {
-      log.scrollTop = log.scrollHeight;
-    }
+    var text = (entry.service ? "[" + entry.service + "] " : "") + entry.line;
+    pane.append(text, entry.stream === "stderr" ? "stderr" : "");
   }
 
   log.scrollTop = log.scrollHeight;
