@@ -1,6 +1,7 @@
-"""An environment's own page: what runs (memory, CPU and restarts as its agent last
-reported them, the containers) and a live log pane following the same server-sent event
-stream as ``GET /v1/environments/{id}/logs`` (with this session: read only)."""
+"""An environment's own page: what runs (memory, CPU and restarts as its agents last
+reported them, on each of its hosts and together, and the containers) and a live log
+pane following the same server-sent event stream as ``GET /v1/environments/{id}/logs``
+(with this session: read only)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, abort, render_template, request, url_for
+from sqlalchemy import select
 
 from controlplane.api.envlogs import follow
 from controlplane.dashboard.views import (
+    ContainerRow,
     _redis,
     _reported_containers,
     _settings,
     blueprint,
 )
 from controlplane.db import session
-from controlplane.models import Environment
-from controlplane.services import desired, envlogs, logstream
+from controlplane.models import Environment, Host
+from controlplane.services import desired, envlogs, logstream, placements
 from controlplane.services.feedback import environment_url
 
 # Lines the page opens with; the pane then follows new ones.
@@ -28,11 +31,30 @@ MEBIBYTE = 1024 * 1024
 
 @dataclass(frozen=True)
 class Usage:
-    """An environment's running containers summed, as its agent last reported them."""
+    """An environment's running containers summed, as an agent last reported them (or
+    summed over its hosts)."""
 
-    memory: str
-    cpu: str
+    memory_bytes: float | None
+    cpu_cores: float | None
     restarts: int
+
+    @property
+    def memory(self) -> str:
+        return memory_text(self.memory_bytes)
+
+    @property
+    def cpu(self) -> str:
+        return cpu_text(self.cpu_cores)
+
+
+@dataclass(frozen=True)
+class HostRuntime:
+    """One host the environment runs on and what its agent last reported of it."""
+
+    host: Host
+    online: bool
+    usage: Usage | None
+    containers: list[ContainerRow]
 
 
 def _number(value: Any) -> float | None:
@@ -67,11 +89,42 @@ def reported_usage(observed: Any, name: str) -> Usage | None:
             return None
         restarts = _number(usage.get("restarts"))
         return Usage(
-            memory=memory_text(_number(usage.get("memory_bytes"))),
-            cpu=cpu_text(_number(usage.get("cpu_cores"))),
+            memory_bytes=_number(usage.get("memory_bytes")),
+            cpu_cores=_number(usage.get("cpu_cores")),
             restarts=int(restarts or 0),
         )
     return None
+
+
+def _sum(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return sum(known) if known else None
+
+
+def total_usage(usages: list[Usage]) -> Usage | None:
+    """What the environment uses on all its hosts together (None if none reported)."""
+    if not usages:
+        return None
+    return Usage(
+        memory_bytes=_sum([u.memory_bytes for u in usages]),
+        cpu_cores=_sum([u.cpu_cores for u in usages]),
+        restarts=sum(u.restarts for u in usages),
+    )
+
+
+def runtime(environment: Environment, interval: int) -> list[HostRuntime]:
+    """Each host the environment runs on (its own first), as their agents reported it."""
+    ids = placements.host_ids(environment)
+    found = {host.id: host for host in session().scalars(select(Host).where(Host.id.in_(ids)))}
+    return [
+        HostRuntime(
+            host=host,
+            online=desired.is_online(host, interval),
+            usage=reported_usage(host.observed, environment.name),
+            containers=_reported_containers(host.observed).get(environment.name, []),
+        )
+        for host in (found[host_id] for host_id in ids if host_id in found)
+    ]
 
 
 def _environment_or_404(environment_id: int) -> Environment:
@@ -84,7 +137,7 @@ def _environment_or_404(environment_id: int) -> Environment:
 @blueprint.get("/environments/<int:environment_id>")
 def environment_page(environment_id: int) -> str:
     environment = _environment_or_404(environment_id)
-    host = environment.host
+    hosts = runtime(environment, _settings().agent_interval)
     lines = envlogs.read(_redis(), environment.id, tail=PAGE_LOG_LINES)
     # Follow on from the last line shown (from the start of the stream if none was).
     after = lines[-1]["id"] if lines else logstream.START
@@ -92,9 +145,8 @@ def environment_page(environment_id: int) -> str:
         "environment.html",
         environment=environment,
         url=environment_url(environment),
-        online=desired.is_online(host, _settings().agent_interval),
-        usage=reported_usage(host.observed, environment.name),
-        containers=_reported_containers(host.observed).get(environment.name, []),
+        hosts=hosts,
+        usage=total_usage([h.usage for h in hosts if h.usage is not None]),
         lines=lines,
         page_lines=PAGE_LOG_LINES,
         stream_url=url_for(

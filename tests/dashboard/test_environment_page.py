@@ -11,8 +11,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from controlplane.db import Database
+from controlplane.models import Environment, Host, ServiceHost, utcnow
 from tests.controlplane.test_agent_api import auth, host_token
 from tests.controlplane.test_cli_client import live
 from tests.controlplane.test_environment_logs import entry, hello, ship
@@ -88,6 +90,31 @@ def test_the_page_shows_usage_containers_and_the_last_lines(
     # The services and hosts pages lead to it.
     assert f'href="/environments/{hello}"' in viewer.get("/").get_data(as_text=True)
     assert f'href="/environments/{hello}"' in viewer.get("/hosts").get_data(as_text=True)
+
+
+def test_an_environment_on_several_hosts_shows_each_and_their_sum(
+    viewer: FlaskClient, database: Database, hello: int, host_token: str
+) -> None:
+    report(viewer, host_token, {"memory_bytes": 100 * MIB, "cpu_cores": 0.25, "restarts": 2})
+    with database.session_scope() as session:
+        # web-2 runs production too, and its agent reported (stored as an agent's report is).
+        web_2 = session.scalar(select(Host).where(Host.name == "web-2"))
+        environment = session.get(Environment, hello)
+        assert web_2 is not None and environment is not None
+        session.add(ServiceHost(service_id=environment.service_id, host_id=web_2.id))
+        web_2.last_seen_at = utcnow()
+        usage = {"memory_bytes": 50 * MIB, "cpu_cores": 0.5, "restarts": 1}
+        container = {"name": "hello-1-def", "status": "running", "restart_count": 1}
+        web_2.observed = {
+            "environments": [{"name": "hello", "usage": usage, "containers": [container]}]
+        }
+    text = viewer.get(f"/environments/{hello}").get_data(as_text=True)
+    assert re.search(r'data-usage="memory">150\.0 MiB<', text)
+    assert re.search(r'data-usage="cpu">0\.75 cores \(75% of one\)<', text)
+    assert re.search(r'data-usage="restarts">3<', text)
+    assert re.search(r'data-host="web-1"><td>web-1</td><td>100\.0 MiB</td>', text)
+    assert re.search(r'data-host="web-2"><td>web-2</td><td>50\.0 MiB</td>', text)
+    assert 'data-container="hello-1-abc"' in text and 'data-container="hello-1-def"' in text
 
 
 def test_without_a_report_the_page_says_so(viewer: FlaskClient, hello: int) -> None:
