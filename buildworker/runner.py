@@ -252,13 +252,15 @@ class StepRunner:
         if result.removed or result.failed or result.build_cache_reclaimed:
             log.info(
                 "build cache pruned: usage=%d budget=%d before=%d removed=%d failed=%d "
-                "builder_reclaimed=%d images=%s",
+                "builder_reclaimed=%d removed_total=%d failed_total=%d images=%s",
                 result.usage_after,
                 self.config.cache_max,
                 result.usage_before,
                 len(result.removed),
                 len(result.failed),
                 result.build_cache_reclaimed,
+                self.cache_removed,
+                self.cache_failed,
                 ",".join(result.removed),
             )
         elif result.usage_after > self.config.cache_max:
@@ -537,7 +539,4 @@ class StepRunner:
 
     def _record_deployment(self, spec: dict[str, Any], build_log: BuildLog) -> None:
         deployment = self.api.record_deployment(spec["service_id"], spec["build_id"])
-        if deployment["id"] is None:  # held at a gate: the control plane deploys it later
-            build_log(f"built; not deployed yet ({deployment['status']}): {deployment['error']}")
-        else:
-            build_log(f"deployment {deployment['id']} recorded ({deployment['status']})")
+        build_log(f"deployment {deployment['id']} recorded ({deployment['status']})")

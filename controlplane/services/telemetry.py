@@ -115,6 +115,19 @@ def _by_status(
     return family
 
 
+def _registry_pruned(session: Session) -> Metric:
+    """Production builds whose images the registry retention deleted (services.retention)."""
+    count = session.scalar(
+        select(func.count()).select_from(Build).where(Build.images_deleted_at.is_not(None))
+    )
+    family = CounterMetricFamily(
+        "portside_registry_pruned_builds",
+        "Production builds whose images the registry retention deleted.",
+    )
+    family.add_metric([], float(count or 0))
+    return family
+
+
 def _step_durations(session: Session) -> Metric:
     seconds = _seconds(session, BuildStep.finished_at, BuildStep.started_at)
     query = select(BuildStep.name).where(
@@ -282,6 +295,7 @@ def families(session: Session, now: dt.datetime | None = None) -> list[Metric]:
         _deliveries(session),
         _by_status(session, Build, BUILD_STATUSES, "portside_builds", "Builds"),
         _by_status(session, Deployment, DEPLOYMENT_STATUSES, "portside_deployments", "Deployments"),
+        _registry_pruned(session),
         _step_durations(session),
         _queue_waits(session),
         *_hosts(session, now or utcnow()),

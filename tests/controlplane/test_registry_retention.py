@@ -15,7 +15,7 @@ from buildworker.images import push_image
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import Build, Deployment, Service
-from controlplane.services import hosts, registries, retention, services
+from controlplane.services import hosts, registries, retention, services, telemetry
 from controlplane.settings import Settings
 from tasks import control, pipeline
 from tests.fixtures.docker import TEST_LABELS, Registry, RegistryUsers
@@ -137,7 +137,13 @@ def test_the_registry_keeps_the_last_k_production_images_and_every_rollback_targ
         assert present == (number != 2), number
     with database.session_scope() as session:
         marked = {b.id for b in session.query(Build) if b.images_deleted_at is not None}
+        counted = {
+            sample.name: sample.value
+            for family in telemetry.families(session)
+            for sample in family.samples
+        }
     assert marked == {ids[2]}
+    assert counted["portside_registry_pruned_builds_total"] == 1
 
     # Production moves on: build 1 is no rollback target any more, and goes.
     with database.session_scope() as session:
