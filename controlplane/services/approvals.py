@@ -46,7 +46,11 @@ def approve(session: Session, environment_id: int, actor: str, sha: str | None =
     preview's head commit ``sha``. Conflict when nothing waits for an approval there."""
     environment = _environment(session, environment_id)
     held = environment.held_build
-    if held is not None and environment.status == gates.APPROVAL:
+    # Which gate holds it: its own build says (a rollback meanwhile moved the
+    # environment's status on), a promoted one only the environment.
+    own = held is not None and held.environment_id == environment.id
+    gate = held.status if held is not None and own else environment.status
+    if held is not None and gate == gates.APPROVAL:
         if sha is not None and sha != held.commit_sha:
             raise Conflict(
                 f"{environment.name} waits to deploy {held.commit_sha[:7]}, not {sha[:7]}",
@@ -63,7 +67,7 @@ def approve(session: Session, environment_id: int, actor: str, sha: str | None =
         )
         deployment = builds.deliver(session, environment, held, actor, cleared=gates.HELD)
         return Approval(environment, deployment=deployment)
-    if held is not None and environment.status == gates.CHECKS:
+    if held is not None and gate == gates.CHECKS:
         raise Conflict(
             f"{environment.name} waits for the checks of {held.commit_sha[:7]}, not for an "
             "approval",

@@ -23,8 +23,18 @@ from controlplane.models import (
     Installation,
     Repository,
     WebhookDelivery,
+    utcnow,
 )
-from controlplane.services import builds, checks, deliveries, feedback, hosts, pushes, services
+from controlplane.services import (
+    builds,
+    checks,
+    deliveries,
+    desired,
+    feedback,
+    hosts,
+    pushes,
+    services,
+)
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Settings
 from tests.controlplane.test_feedback_github import until_through
@@ -69,7 +79,7 @@ def service_id(database: Database, github_server: GitHubServer, github_app: GitH
     with database.session_scope() as session:
         deployment = builds.record_deployment(session, service_id, first, "test")
         assert deployment is not None
-        deployment.status = "active"  # its agent reported it running
+        deployment.status, deployment.activated_at = "active", utcnow()  # its agent said so
         deployment.environment.status = "running"
     return service_id
 
@@ -417,3 +427,29 @@ def test_deleting_the_service_cancels_a_build_held_for_approval(
         services.delete_service(session, service_id, "test")
     gone = state_of(database, build_id)
     assert (gone["build"], gone["environment"], gone["held"]) == ("cancelled", "inactive", None)
+
+
+def test_a_rollback_while_a_deployment_waits_for_approval_leaves_it_approvable(
+    client: FlaskClient,
+    admin_headers: dict[str, str],
+    database: Database,
+    github_server: GitHubServer,
+    service_id: int,
+) -> None:
+    second = built(database, github_server.state, service_id, "v2\n")
+    assert record(database, service_id, second) is not None
+    with database.session_scope() as session:
+        environment = pushes.production_environment(
+            session, services.get_service(session, service_id)
+        )
+        environment.approval_required = True
+        environment_id = environment.id
+    waiting = built(database, github_server.state, service_id, "v3\n")
+    assert record(database, service_id, waiting) is None
+    with database.session_scope() as session:  # back to the first commit, by hand
+        desired.rollback(session, environment_id, None, "test")
+    assert state_of(database, waiting)["environment"] == "deploying"
+
+    approved = client.post(f"/v1/environments/{environment_id}/approve", headers=admin_headers)
+    assert approved.status_code == 200, approved.json
+    assert state_of(database, waiting)["deployed"] == waiting
