@@ -45,3 +45,15 @@ def test_an_admin_releases_the_held_deployment_from_the_environment_page(
     )
     assert approval.actor.startswith("token:") and approval.detail["sha"] == sha
     assert APPROVE_FORM.search(client.get(f"/environments/{environment_id}").text) is None
+
+
+def test_the_build_page_says_what_a_held_build_waits_for(
+    client: FlaskClient, database: Database
+) -> None:
+    build_id = held_build(database)
+    assert log_in(client, make_token(database, "read")).status_code == 302
+
+    page = client.get(f"/builds/{build_id}").text
+
+    assert 'data-status="awaiting_approval"' in page
+    assert f"waiting: build {build_id} of aaaaaaa waits for approval to deploy" in page
