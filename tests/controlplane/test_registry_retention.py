@@ -5,43 +5,19 @@ its last K deployments. A refused delete is tried again at the next pass."""
 
 from __future__ import annotations
 
-import io
-import uuid
-
 import docker
 import pytest
 
-from buildworker.images import push_image
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import Build, Deployment, Service
 from controlplane.services import hosts, registries, retention, services, telemetry
 from controlplane.settings import Settings
 from tasks import control, pipeline
-from tests.fixtures.docker import TEST_LABELS, Registry, RegistryUsers
+from tests.controlplane.test_registry_auth import Pushed, _build_and_push, _set_credentials
+from tests.fixtures.docker import Registry, RegistryUsers
 
 KEEP = 2
-
-
-def _push(
-    client: docker.DockerClient,
-    base_image: str,
-    registry: Registry,
-    users: RegistryUsers,
-    repo: str,
-) -> dict[str, str]:
-    """An image of its own (a label makes its digest unique), pushed as a build does."""
-    tag = uuid.uuid4().hex[:12]
-    dockerfile = f"FROM {base_image}\nLABEL io.portside.test.which={tag}\n"
-    client.images.build(
-        fileobj=io.BytesIO(dockerfile.encode()),
-        tag=f"{registry.host}/{repo}:{tag}",
-        labels=TEST_LABELS,
-    )
-    user, password = users.push
-    auth = {"username": user, "password": password}
-    digest = push_image(client, f"{registry.host}/{repo}", tag, auth, lambda _line: None)
-    return {"repository": f"{registry.host}/{repo}", "tag": tag, "digest": digest}
 
 
 def _production(database: Database, pushed: list[dict[str, str]]) -> list[int]:
@@ -78,19 +54,9 @@ def _production(database: Database, pushed: list[dict[str, str]]) -> list[int]:
         return ids
 
 
-def _set_credentials(database: Database, box: SecretBox, address: str, user: str, pw: str) -> None:
-    with database.session_scope() as session:
-        for old in registries.list_registries(session):
-            registries.delete_registry(session, old.id, "test")
-        registries.create_registry(
-            session,
-            box,
-            address=address,
-            username=user,
-            password=pw,
-            installation_id=None,
-            actor="test",
-        )
+def _present(image: Pushed) -> bool:
+    """Whether the registry still holds the pushed manifest under its tag."""
+    return image.registry.manifest_digest(image.repo, image.tag) == image.digest
 
 
 def _prune(database: Database, box: SecretBox) -> retention.Pruned:
@@ -114,10 +80,10 @@ def test_the_registry_keeps_the_last_k_production_images_and_every_rollback_targ
     settings: Settings,
 ) -> None:
     box = SecretBox.from_settings(settings)
-    repo = f"portside-test/keep-{uuid.uuid4().hex[:10]}"
-    pushed = [
-        _push(docker_client, base_image, basic_registry, registry_users, repo) for _ in range(5)
+    images = [
+        _build_and_push(docker_client, base_image, basic_registry, registry_users) for _ in range(5)
     ]
+    pushed = [image.image() for image in images]
     ids = _production(database, pushed)
     user, password = registry_users.push
 
@@ -125,16 +91,14 @@ def test_the_registry_keeps_the_last_k_production_images_and_every_rollback_targ
     refused = _prune(database, box)
     assert refused.deleted == []
     assert refused.refused == [f"{pushed[2]['repository']}@{pushed[2]['digest']}"]
-    assert basic_registry.manifest_digest(repo, pushed[2]["tag"]) == pushed[2]["digest"]
+    assert _present(images[2])
 
     _set_credentials(database, box, basic_registry.host, user, password)
     pruned = _prune(database, box)
     # Kept: the newest two builds (4 and 5), the one production runs after its rollback
     # (1) and the one of its last two deployments (2); gone: build 3.
     assert pruned.deleted == [f"{pushed[2]['repository']}@{pushed[2]['digest']}"]
-    for number, image in enumerate(pushed):
-        present = basic_registry.manifest_digest(repo, image["tag"]) == image["digest"]
-        assert present == (number != 2), number
+    assert [_present(image) for image in images] == [True, True, False, True, True]
     with database.session_scope() as session:
         marked = {b.id for b in session.query(Build) if b.images_deleted_at is not None}
         counted = {
@@ -153,8 +117,7 @@ def test_the_registry_keeps_the_last_k_production_images_and_every_rollback_targ
         production.current_deployment_id = current.id
     again = _prune(database, box)
     assert again.deleted == [f"{pushed[0]['repository']}@{pushed[0]['digest']}"]
-    assert basic_registry.manifest_digest(repo, pushed[0]["tag"]) is None
-    assert basic_registry.manifest_digest(repo, pushed[1]["tag"]) == pushed[1]["digest"]
+    assert [_present(image) for image in images] == [False, True, False, True, True]
 
 
 def test_beat_runs_the_registry_retention_on_the_control_queue(settings: Settings) -> None:
