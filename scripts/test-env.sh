@@ -77,10 +77,11 @@ REDIS_PORT=6379
 
 WAIT_SECONDS="${PORTSIDE_TEST_ENV_TIMEOUT:-60}"
 
-# prometheus: the agent's metrics test scrapes with a real one (started by the test itself,
-# on a free loopback port; policy-rc.d keeps the package from starting its own).
+# prometheus and rsyslog: the agent's metrics test scrapes with a real Prometheus, the log
+# forwarding test sends to a real rsyslogd (each started by its test, on a free loopback
+# port; policy-rc.d keeps the packages from starting their own).
 DEBIAN_PACKAGES=(docker.io docker-registry docker-compose busybox-static git curl
-    apache2-utils openssl python3-jwt python3-cryptography prometheus)
+    apache2-utils openssl python3-jwt python3-cryptography prometheus rsyslog)
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
 die() {

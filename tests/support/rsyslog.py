@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.docker import unavailable
+
 RSYSLOGD = "/usr/sbin/rsyslogd"
 CONFIG = """\
 global(workDirectory="{work}")
@@ -71,7 +73,7 @@ def _listening(port: int) -> bool:
 @pytest.fixture
 def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
     if not shutil.which(RSYSLOGD):
-        pytest.skip("rsyslogd is not installed (Debian package rsyslog)")
+        unavailable("rsyslogd is not installed (Debian package rsyslog; scripts/test-env.sh up)")
     work = tmp_path / "rsyslog"
     work.mkdir()
     port = _free_port()
