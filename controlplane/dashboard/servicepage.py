@@ -4,12 +4,12 @@ function behind ``POST /v1/services/{id}/deploy``)."""
 
 from __future__ import annotations
 
-from flask import abort, current_app, g, redirect, render_template, request, url_for
+from flask import abort, current_app, redirect, render_template, request, url_for
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
 from controlplane.crypto import SecretBox
-from controlplane.dashboard import login
+from controlplane.dashboard.forms import admin_form, committed
 from controlplane.dashboard.views import (
     EnvironmentRow,
     _latest_builds,
@@ -17,9 +17,8 @@ from controlplane.dashboard.views import (
     blueprint,
 )
 from controlplane.db import session
-from controlplane.errors import ApiError
 from controlplane.models import Build, Service
-from controlplane.services import pending, services
+from controlplane.services import appsetup, pending, services
 from controlplane.services.feedback import environment_url
 from tasks import pipeline
 
@@ -68,23 +67,15 @@ def service_page(service_id: int) -> str:
 def deploy_service(service_id: int) -> BaseResponse:
     """The Deploy form: an admin's session and the form's CSRF token, as the Approve
     button; an empty ref deploys the head of the service's branch."""
-    if not login.csrf_ok(request.form.get("csrf")):
-        abort(400, "the form is out of date; reload the page")
-    token = g.dashboard_token
-    if token.scope != "admin":
-        abort(403, "deploying needs an admin token")
+    actor = admin_form("deploying")
     db = session()
     _service_or_404(service_id)
     ref = request.form.get("ref", "").strip() or None
-    github = current_app.extensions.get("portside.github")
+    github = appsetup.github_of(current_app.extensions)
     settings = _settings()
     # A git-URL service's credentials are opened to resolve the ref, as the API does.
     box = SecretBox.from_settings(settings) if settings.secret_key else None
-    try:
-        build = services.deploy_ref(db, github, service_id, ref, f"token:{token.name}", box=box)
-    except ApiError as exc:
-        db.rollback()
-        abort(exc.status, exc.message)
-    db.commit()
+    with committed(db):
+        build = services.deploy_ref(db, github, service_id, ref, actor, box=box)
     pipeline.enqueue_build(build.id)
     return redirect(url_for("dashboard.build_page", build_id=build.id))

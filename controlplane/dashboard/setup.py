@@ -20,7 +20,7 @@ from flask import abort, current_app, g, render_template, request, session
 from sqlalchemy import func, select
 
 from controlplane.crypto import SecretBox
-from controlplane.dashboard import login
+from controlplane.dashboard.forms import admin_form
 from controlplane.dashboard.views import _settings, blueprint
 from controlplane.db import session as db_session
 from controlplane.errors import PortsideError
@@ -123,17 +123,10 @@ def setup_page() -> str:
     )
 
 
-def _require_admin_form() -> None:
-    if g.dashboard_token.scope != "admin":
-        abort(403, "Registering the GitHub App needs an admin token.")
-    if not login.csrf_ok(request.form.get("csrf")):
-        abort(403, "The form expired; reload the page and try again.")
-
-
 @blueprint.post("/setup/github")
 def start_github_app() -> tuple[str, int, dict[str, str]]:
     """Hand the browser a form that posts the manifest to GitHub."""
-    _require_admin_form()
+    admin_form("registering the GitHub App")
     settings = _settings()
     if not settings.secret_key:
         abort(409, "Set PORTSIDE_SECRET_KEY first: the App's private key is stored encrypted.")

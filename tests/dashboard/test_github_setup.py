@@ -175,5 +175,5 @@ def test_registering_needs_an_admin_session_and_the_form_token(
 
     client.post("/logout", data={"csrf": csrf})
     assert log_in(client, make_token(database, "admin", "admin-2")).status_code == 302
-    assert client.post("/setup/github", data={"csrf": "forged"}).status_code == 403
+    assert client.post("/setup/github", data={"csrf": "forged"}).status_code == 400
     assert client.get(f"{manifest.CALLBACK_PATH}?code=abc&state=xyz").status_code == 400
