@@ -404,11 +404,18 @@ class StepRunner:
         state["cache_from"] = [*state.get("cache_from", []), *references]
         self._save_state(spec, state)
         present = []
+
+        def progress(line: str) -> None:
+            """The pull's lines but its error, which is said once below (a new branch
+            has no image yet: nothing for the build log to call an error)."""
+            if not line.startswith("ERROR: "):
+                build_log(line)
+
         for reference in references:
             try:
                 if not images.is_present(self.docker, reference):
                     auth = self._registry_auth(spec, build_log)
-                    images.pull(self.docker, reference, build_log, auth=auth)
+                    images.pull(self.docker, reference, progress, auth=auth)
             except StepRefused:
                 raise
             except BuildError as exc:

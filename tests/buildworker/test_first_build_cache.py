@@ -182,6 +182,9 @@ def test_a_new_branch_builds_every_layer_from_the_production_image(
     assert built["RootFS"]["Layers"] == production_layers
     assert sum("Using cache" in line for line in lines) == CACHED_STEPS, lines
     assert f"pulling {repository}@{digest}" in lines
+    # The branch has no image of its own yet: said once, and not as an error.
+    assert any(line.startswith(f"no build cache from {repository}:feature-x") for line in lines)
+    assert not any(line.startswith("ERROR") for line in lines), lines
 
 
 def test_the_build_spec_names_production_images_for_a_branch_and_none_for_a_fork(
