@@ -65,10 +65,16 @@ def _github_step() -> Step:
 
 
 def _worker_step() -> Step:
-    seen = builds.workers_seen(db_session()) + builds.workers_seen(db_session(), untrusted=True)
+    db = db_session()
+    seen = builds.workers_at_work(db, untrusted=False) + builds.workers_at_work(db, untrusted=True)
     if seen:
-        return Step("Build worker", True, f"{seen} online")
-    return Step("Build worker", False, "none online", "start one: portside buildworker")
+        return Step("Build worker", True, f"{seen} at work in the last ten minutes")
+    return Step(
+        "Build worker",
+        False,
+        "none at work in the last ten minutes (an idle one shows once it takes a build)",
+        "start one: portside buildworker",
+    )
 
 
 def _agent_step() -> Step:
@@ -108,6 +114,17 @@ def _webhook_url() -> str:
     settings = _settings()
     base = settings.url if urlsplit(settings.url).hostname not in (None, "") else ""
     return f"{(base or request.url_root).rstrip('/')}/webhooks/github"
+
+
+@blueprint.context_processor
+def _first_page_hint() -> dict[str, list[Step]]:
+    """The services page lists what is still missing (the checks that need no network;
+    the registry is probed on the Setup page only)."""
+    if request.endpoint != "dashboard.services_page" or "dashboard_token" not in g:
+        return {}
+    return {
+        "setup_missing": [s for s in (_github_step(), _worker_step(), _agent_step()) if not s.done]
+    }
 
 
 @blueprint.get("/setup")

@@ -836,7 +836,7 @@ def waiting_builds(session: Session) -> list[Waiting]:
     return waiting
 
 
-def _workers_at_work(session: Session, *, untrusted: bool) -> int:
+def workers_at_work(session: Session, *, untrusted: bool) -> int:
     """Build workers that heartbeated a build of that kind within WORKERS_SEEN_WITHIN."""
     count = session.scalar(
         select(func.count(func.distinct(Build.worker))).where(
@@ -851,7 +851,7 @@ def _workers_at_work(session: Session, *, untrusted: bool) -> int:
 def workers_seen(session: Session, *, untrusted: bool = False) -> int:
     """Build workers at work lately on builds of that kind (at least one): how many
     builds may wait for them."""
-    return max(1, _workers_at_work(session, untrusted=untrusted))
+    return max(1, workers_at_work(session, untrusted=untrusted))
 
 
 def waiting_reason(session: Session, build: Build) -> str | None:
@@ -861,7 +861,7 @@ def waiting_reason(session: Session, build: Build) -> str | None:
     worker idle longer than WORKERS_SEEN_WITHIN is not seen until it takes a build."""
     if build.status in gates.HELD:
         return build.environment.status_reason
-    if build.status != "queued" or _workers_at_work(session, untrusted=bool(build.untrusted)):
+    if build.status != "queued" or workers_at_work(session, untrusted=bool(build.untrusted)):
         return None
     return NO_UNTRUSTED_WORKER if build.untrusted else NO_WORKER
 

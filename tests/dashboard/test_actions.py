@@ -4,11 +4,13 @@ form's CSRF token, the secret shown once, the API's own rules for what is refuse
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from controlplane import dashboard
 from controlplane.db import Database
 from controlplane.models import ApiToken, Host, Service
 from controlplane.services import hosts, services, tokens
@@ -102,3 +104,26 @@ def test_a_service_is_refused_by_the_api_rules_and_production_is_not_torn_down(
     refused = client.post(f"/environments/{production.id}/teardown", data={"csrf": csrf})
     assert refused.status_code == 409
     assert production.status != "inactive"
+
+
+def test_the_first_page_lists_what_is_missing(client: FlaskClient, database: Database) -> None:
+    assert log_in(client, make_token(database, "read", "rita")).status_code == 302
+
+    page = client.get("/").text
+
+    hint = re.search(r'<div class="notice" id="setup-missing">(.*?)</div>', page, re.S)
+    assert hint is not None, page
+    for missing in ("GitHub App", "Build worker", "Agent"):
+        assert f"<strong>{missing}</strong>" in hint.group(1)
+
+
+def test_pending_queued_running_and_failed_badges_have_four_colours() -> None:
+    css = (Path(dashboard.__file__).parent / "static" / "dashboard.css").read_text()
+
+    def colour(status: str) -> str:
+        rule = next(r for r in css.split("}") if re.search(rf"\.badge-{status}\b", r))
+        found = re.search(r"color: (var\(--[a-z]+\))", rule)
+        assert found is not None, rule
+        return found.group(1)
+
+    assert len({colour(s) for s in ("pending", "queued", "running", "failed")}) == 4
