@@ -5,11 +5,14 @@ its last K deployments. A refused delete is tried again at the next pass."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import docker
 import pytest
 
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
+from controlplane.errors import ConfigError
 from controlplane.models import Build, Deployment, Service
 from controlplane.services import hosts, registries, retention, services, telemetry
 from controlplane.settings import Settings
@@ -124,3 +127,11 @@ def test_beat_runs_the_registry_retention_on_the_control_queue(settings: Setting
     schedule = pipeline.control_schedule(settings)
     assert schedule["prune-registry"]["task"] == pipeline.PRUNE_REGISTRY
     assert control.prune_registry.name == pipeline.PRUNE_REGISTRY
+
+
+def test_the_number_of_images_kept_is_a_setting(tmp_path: Path) -> None:
+    base = {"PORTSIDE_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(base).registry_keep == 10
+    assert Settings.from_env({**base, "PORTSIDE_REGISTRY_KEEP": "3"}).registry_keep == 3
+    with pytest.raises(ConfigError, match="PORTSIDE_REGISTRY_KEEP"):
+        Settings.from_env({**base, "PORTSIDE_REGISTRY_KEEP": "0"})
