@@ -299,7 +299,7 @@ def test_switch_from_compose_to_container_downs_the_project_after_the_switch():
 
 
 def test_a_refused_environment_is_neither_planned_nor_torn_down():
-    state = desired(env_body(), env_body("broken", kind="staging"))
+    state = desired(env_body(), env_body("broken", kind="No Kind!"))
     assert [r.name for r in state.refused] == ["broken"]
     current = observed(
         container("c1", config_hash=NEW),
