@@ -4,7 +4,7 @@
 and its options (``contracts.logdrivers``); empty: Docker's default for every kind.
 
 Revision ID: 0013
-Revises: 0012
+Revises: 0011
 """
 
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision: str = "0013"
-down_revision: str | None = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
