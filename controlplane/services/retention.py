@@ -22,11 +22,9 @@ from sqlalchemy.orm import Session
 
 from controlplane.models import Build, Deployment, Environment, Service, utcnow
 from controlplane.services import images, registries
+from controlplane.services.builds import FINISHED
 
 log = logging.getLogger(__name__)
-
-# Builds that can have pushed images and will push no more.
-_ENDED = ("succeeded", "failed", "cancelled", "superseded")
 
 
 @dataclass
@@ -69,7 +67,7 @@ def _prune_service(
                 Build.service_id == service.id,
                 Environment.kind == "production",
                 Build.untrusted.is_(False),
-                Build.status.in_(_ENDED),
+                Build.status.in_(FINISHED),  # they will push no more
             )
             .order_by(Build.id.desc())
         )
