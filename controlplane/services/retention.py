@@ -3,9 +3,10 @@
 Every push of production adds an image to the registry; nothing else ever deletes one.
 A periodic control task (``portside.prune_registry``) deletes, by digest, the images of
 each service's production builds older than its newest ``PORTSIDE_REGISTRY_KEEP``. Never
-deleted, whatever its age: a digest that an environment of the service (production or a
-preview) runs now or ran in one of its last K deployments (a rollback target), or that
-one of the kept builds pushed. A build whose images are all gone is marked
+deleted, whatever its age: a digest that any environment (of any service: one repository's
+services share its registry repository) runs now or ran in one of its last K deployments
+(a rollback target), that a build not finished yet pushed (one held at a gate deploys it
+later), or that a kept build of any service pushed. A build whose images are all gone is marked
 (``images_deleted_at``) and not looked at again; a refusal is logged and tried again at
 the next pass. Deleting a manifest frees no disk by itself: the registry's garbage
 collection does (``registry garbage-collect``, docs/operations.rst).
@@ -43,21 +44,28 @@ def prune_registry(session: Session, keep: int, credentials_for: CredentialsFor)
     """Delete every service's production images older than its newest ``keep`` builds
     (see the module). Unreachable registries raise TransientError, for the task's retry."""
     pruned = Pruned()
-    for service in session.scalars(select(Service).where(Service.deleted_at.is_(None))):
-        _prune_service(session, service, keep, credentials_for, pruned)
+    # Digests are protected across services: the registry's repository is per GitHub
+    # repository, so two services of one repository can push the very same image.
+    protected = _digests(_in_use(session, keep))
+    candidates: list[tuple[Service, list[Build]]] = []
+    for service in session.scalars(select(Service)):
+        kept, older = _production_builds(session, service, keep)
+        protected |= _digests(kept)
+        if service.deleted_at is None and older:
+            candidates.append((service, older))
+    for service, older in candidates:
+        _delete(service, older, protected, credentials_for, pruned)
     for what, references in (("deleted", pruned.deleted), ("refused", pruned.refused)):
         if references:
             log.info("registry retention %s %d images: %s", what, len(references), references)
     return pruned
 
 
-def _prune_service(
-    session: Session,
-    service: Service,
-    keep: int,
-    credentials_for: CredentialsFor,
-    pruned: Pruned,
-) -> None:
+def _production_builds(
+    session: Session, service: Service, keep: int
+) -> tuple[list[Build], list[Build]]:
+    """The service's newest ``keep`` finished production builds that pushed images, and
+    the older ones whose images are still to delete."""
     pushed = [
         build
         for build in session.scalars(
@@ -73,10 +81,16 @@ def _prune_service(
         )
         if _pushed(build)
     ]
-    kept, older = pushed[:keep], [b for b in pushed[keep:] if b.images_deleted_at is None]
-    if not older:
-        return
-    protected = _digests(kept) | _digests(_deployed(session, service, keep))
+    return pushed[:keep], [b for b in pushed[keep:] if b.images_deleted_at is None]
+
+
+def _delete(
+    service: Service,
+    older: list[Build],
+    protected: set[str],
+    credentials_for: CredentialsFor,
+    pruned: Pruned,
+) -> None:
     installation_id = service.repository.installation_id if service.repository else None
     for build in older:
         remaining = 0
@@ -100,11 +114,11 @@ def _prune_service(
             build.images_deleted_at = utcnow()
 
 
-def _deployed(session: Session, service: Service, keep: int) -> list[Build]:
-    """The builds each environment of ``service`` runs now or ran in one of its last
-    ``keep`` deployments."""
-    builds: list[Build] = []
-    for environment in service.environments:
+def _in_use(session: Session, keep: int) -> list[Build]:
+    """The builds any environment runs now or ran in one of its last ``keep``
+    deployments, and those not finished (running, or held at a gate to deploy)."""
+    builds = list(session.scalars(select(Build).where(Build.status.not_in(FINISHED))))
+    for environment in session.scalars(select(Environment)):
         if environment.current_deployment is not None:
             builds.append(environment.current_deployment.build)
         builds.extend(
