@@ -348,7 +348,10 @@ def delete_images(
     repository = environment.service.repository
     installation_id = repository.installation_id if repository else None
     refusals: list[str] = []
+    shared = _used_elsewhere(session, environment)
     for image in images:
+        if (image["repository"], image["digest"]) in shared:
+            continue  # another environment's build pushed the very same image: keep it
         try:
             registries.delete_image(
                 credentials_for(image["repository"], installation_id),
@@ -369,6 +372,26 @@ def delete_images(
     if environment.status_reason and environment.status_reason.startswith(IMAGES_REFUSED):
         environment.status_reason = None
     return True
+
+
+def _used_elsewhere(session: Session, environment: Environment) -> set[tuple[str, str]]:
+    """(repository, digest) of the images the service's other environments' builds pushed
+    and still hold: a same-repository preview whose build came out identical to
+    production's (same layers, from the production image's cache) shares its manifest, and
+    deleting it by digest would delete production's."""
+    others = session.scalars(
+        select(Build).where(
+            Build.service_id == environment.service_id,
+            Build.environment_id != environment.id,
+            Build.images_deleted_at.is_(None),
+        )
+    )
+    return {
+        (image["repository"], image["digest"])
+        for build in others
+        for image in (build.images or {}).values()
+        if image.get("digest") and image.get("repository")
+    }
 
 
 def pending_image_deletions(session: Session) -> list[list[dict[str, Any]]]:

@@ -299,3 +299,40 @@ def test_the_control_worker_deletes_and_retries_a_teardowns_images(
     )
     wait_until(lambda: reason() is None, "the refusal cleared", timeout=30)
     assert registry.list_tags(pushed.repo) == []
+
+
+def test_a_previews_image_production_also_pushed_is_not_deleted(
+    docker_client: docker.DockerClient,
+    base_image: str,
+    auth_registry: Registry,
+    registry_users: RegistryUsers,
+    database: Database,
+    settings: Settings,
+) -> None:
+    """A same-repository preview built from production's cache can come out identical to
+    production's image: one manifest, one digest. Deleting the preview's by digest would
+    take production's with it."""
+    registry = auth_registry
+    box = SecretBox.from_settings(settings)
+    pushed = _build_and_push(docker_client, base_image, registry, registry_users)
+    environment_id = _preview_with_build(database, pushed)
+    _set_credentials(database, box, registry.host, *registry_users.push)
+    with database.session_scope() as session:
+        preview = session.get(Environment, environment_id)
+        assert preview is not None
+        (production,) = [e for e in preview.service.environments if e.kind == "production"]
+        session.add(
+            Build(
+                service_id=preview.service_id,
+                environment_id=production.id,
+                commit_sha="d" * 40,
+                branch="master",
+                status="succeeded",
+                images={"web": pushed.image()},
+            )
+        )
+        previews.teardown(session, preview, "test", "pull request closed")
+
+    assert _delete_pending(database, box) == [True]
+    assert registry.manifest_digest(pushed.repo, pushed.tag) == pushed.digest
+    assert _delete_pending(database, box) == []
