@@ -7,8 +7,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controlplane.models import Build, Deployment, Environment
-from controlplane.services import builds, desired, gates
+from controlplane.models import Build, Deployment, Environment, Host
+from controlplane.services import builds, desired, gates, placements
 
 # The statuses of an environment that wait for something to happen.
 WAITING_STATUSES = ("pending", "awaiting_approval", "awaiting_checks", "building", "deploying")
@@ -41,13 +41,25 @@ def pending_reason(session: Session, environment: Environment, agent_interval: i
         waiting = builds.waiting_reason(session, build)
         state = f"{build.status}: {waiting}" if waiting else build.status
         reasons.append(f"waiting for build #{build.id} ({state})")
-    host = environment.host
-    if not desired.is_online(host, agent_interval):
-        reasons.append(f"no agent online for host {host.name}")
-    elif build is None and environment.current_deployment_id is not None:
-        deployment = session.get(Deployment, environment.current_deployment_id)
-        if deployment is not None and deployment.status == "pending":
-            reasons.append(
-                f"waiting for host {host.name}'s agent to run deployment #{deployment.id}"
-            )
+    host_ids = placements.host_ids(environment)
+    for host_id in host_ids:
+        host = session.get(Host, host_id)
+        if host is None:
+            continue
+        if not desired.is_online(host, agent_interval):
+            reasons.append(f"no agent online for host {host.name}")
+        elif build is None and environment.current_deployment_id is not None:
+            deployment = session.get(Deployment, environment.current_deployment_id)
+            # On several hosts, only those whose agent has not reported it running yet.
+            if (
+                deployment is not None
+                and deployment.status == "pending"
+                and (
+                    len(host_ids) == 1
+                    or not placements.reports_running(host, environment.name, deployment.id)
+                )
+            ):
+                reasons.append(
+                    f"waiting for host {host.name}'s agent to run deployment #{deployment.id}"
+                )
     return "; ".join(reasons) or None

@@ -117,7 +117,7 @@ def set_hosts(session: Session, service: Service, chosen: Sequence[Host]) -> set
     return before ^ after
 
 
-def _reports_running(host: Host | None, name: str, deployment_id: int) -> bool:
+def reports_running(host: Host | None, name: str, deployment_id: int) -> bool:
     """Whether ``host``'s agent last reported ``deployment_id`` of ``name`` running, every
     replica healthy (its report, kept as ``hosts.observed``)."""
     report = (host.observed if host is not None else None) or {}
@@ -137,7 +137,7 @@ def running_everywhere(
     """Whether the deployment, which ``reporting``'s agent reports running, runs healthy
     on every other host of the environment too, by each agent's own last report."""
     return all(
-        _reports_running(session.get(Host, host_id), environment.name, deployment_id)
+        reports_running(session.get(Host, host_id), environment.name, deployment_id)
         for host_id in host_ids(environment)
         if host_id != reporting.id
     )

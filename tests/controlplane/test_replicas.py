@@ -255,3 +255,21 @@ def test_changes_to_a_spread_environment_reach_every_host(
     assert gone.status_code == 204, gone.json
     after = generations(database)
     assert after["web-1"] > before["web-1"] and after["web-2"] > before["web-2"]
+
+
+def test_a_spread_environment_says_which_hosts_it_waits_for(
+    client: FlaskClient, tokens: dict[str, str], admin_headers: dict[str, str], database: Database
+) -> None:
+    assert patch(client, admin_headers, {"hosts": ["web-1", "web-2"]}).status_code == 200
+    first = deploy(database, "a" * 40)
+
+    def reason() -> str:
+        listed = client.get("/v1/environments", headers=admin_headers).json
+        (production,) = [env for env in listed if env["name"] == "hello"]
+        return str(production["pending_reason"])
+
+    assert reason() == "no agent online for host web-1; no agent online for host web-2"
+    report(client, tokens["web-1"], first)
+    assert reason() == "no agent online for host web-2"
+    report(client, tokens["web-2"], first, state="starting")
+    assert reason() == f"waiting for host web-2's agent to run deployment #{first}"
