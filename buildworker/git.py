@@ -18,7 +18,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from buildworker.errors import PermanentBuildError, TransientBuildError
-from contracts.gitremote import GitAuth, GitUrlRefused, auth_env, check_git_url, config_args
+from contracts.gitremote import (
+    UNSAFE_ENV,
+    GitAuth,
+    GitUrlRefused,
+    auth_env,
+    check_git_url,
+    config_args,
+)
 
 FETCH_TIMEOUT = 600.0
 LOCAL_TIMEOUT = 120.0
@@ -41,18 +48,6 @@ _MISSING_COMMIT = (
     "returned error: 404",
     "repository not found",
     "is not a commit",
-)
-# Environment that would make git print request headers (and so the token) to stderr,
-# or ask someone other than us for credentials.
-_UNSAFE_ENV = (
-    "GIT_TRACE",
-    "GIT_TRACE_CURL",
-    "GIT_TRACE_PACKET",
-    "GIT_CURL_VERBOSE",
-    "GIT_ASKPASS",
-    "SSH_ASKPASS",
-    "GIT_DIR",
-    "GIT_WORK_TREE",
 )
 
 
@@ -175,7 +170,7 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _UNSAFE_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in UNSAFE_ENV}
     env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", LANGUAGE="C")
     return env
 

@@ -693,11 +693,13 @@ def cmd_environments_create(settings: Settings, args: argparse.Namespace) -> int
     return 0
 
 
-def cmd_environments_delete(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_environments_delete(
+    settings: Settings, args: argparse.Namespace, kind: str = "environment"
+) -> int:
     client = _client(settings)
     environment = client.find_environment(args.environment)
     client.teardown(environment["id"])
-    print(f"environment {environment['name']} is being torn down")
+    print(f"{kind} {environment['name']} is being torn down")
     return 0
 
 
@@ -726,11 +728,7 @@ def cmd_previews_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_previews_teardown(settings: Settings, args: argparse.Namespace) -> int:
-    client = _client(settings)
-    environment = client.find_environment(args.environment)
-    client.teardown(environment["id"])
-    print(f"preview {environment['name']} is being torn down")
-    return 0
+    return cmd_environments_delete(settings, args, kind="preview")
 
 
 def cmd_previews_approve(settings: Settings, args: argparse.Namespace) -> int:
