@@ -31,7 +31,8 @@ PERMISSIONS = {
     "statuses": "write",
     "deployments": "write",
 }
-# The events Portside acts on; installation events are sent to every App without asking.
+# The events Portside acts on (services.deliveries handles these); installation events are
+# sent to every App without asking.
 EVENTS = [
     "push",
     "pull_request",

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from controlplane import metrics
 from controlplane.db import Database, execute_on_driver
 from controlplane.errors import NotFound, PermanentError, TransientError
+from controlplane.github import manifest
 from controlplane.github.webhooks import Delivery
 from controlplane.models import WebhookDelivery, utcnow
 from controlplane.services import checks, commands, installations, previews, pushes
@@ -27,19 +28,9 @@ from controlplane.services.outcomes import Effects, HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
 
-HANDLED_EVENTS = frozenset(
-    {
-        "installation",
-        "installation_repositories",
-        "push",
-        "pull_request",
-        "check_run",
-        "check_suite",
-        "status",
-        "issue_comment",
-        "commit_comment",
-    }
-)
+# What the App subscribes to (its manifest says so), and the installation events GitHub
+# sends every App.
+HANDLED_EVENTS = frozenset({*manifest.EVENTS, "installation", "installation_repositories"})
 DONE = ("processed", "ignored")
 # A delivery that nobody enqueued for this long is re-driven by the outbox.
 RECEIVED_GRACE = dt.timedelta(seconds=10)
