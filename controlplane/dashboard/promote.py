@@ -4,32 +4,23 @@ behind ``POST /v1/environments/{id}/promote``)."""
 
 from __future__ import annotations
 
-from flask import abort, g, redirect, request, url_for
+from flask import abort, redirect, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from controlplane.dashboard import login
+from controlplane.dashboard.forms import admin_form, committed
 from controlplane.dashboard.views import blueprint
 from controlplane.db import session
-from controlplane.errors import ApiError
 from controlplane.services import promotion
 
 
 @blueprint.post("/environments/<int:environment_id>/promote")
 def promote_environment(environment_id: int) -> BaseResponse:
     """An admin's session and the form's CSRF token, as the Approve and Deploy forms."""
+    actor = admin_form("promoting")
     target = request.form.get("to", "")
-    if not login.csrf_ok(request.form.get("csrf")) or not target.isdigit():
+    if not target.isdigit():
         abort(400, "the form is out of date; reload the page")
-    token = g.dashboard_token
-    if token.scope != "admin":
-        abort(403, "promoting needs an admin token")
     db = session()
-    try:
-        environment, _deployment = promotion.promote(
-            db, environment_id, int(target), f"token:{token.name}"
-        )
-    except ApiError as exc:
-        db.rollback()
-        abort(exc.status, exc.message)
-    db.commit()
+    with committed(db):
+        environment, _deployment = promotion.promote(db, environment_id, int(target), actor)
     return redirect(url_for("dashboard.service_page", service_id=environment.service_id))
