@@ -268,6 +268,15 @@ def _approve(session: Session, request: Request, environment: Environment) -> st
         raise Conflict(
             f"{environment.name} moved on after the comment: review its head and comment again"
         )
+    if comment.pr_number is not None:
+        # What its writer saw: a push whose delivery Portside has not processed yet left
+        # an older head here, which nobody reviewed in this comment.
+        shown = str((_pull(session, request, comment.pr_number).get("head") or {}).get("sha") or "")
+        if shown != sha:
+            raise Conflict(
+                f"pull request #{comment.pr_number}'s head is {shown[:7]} on GitHub, "
+                f"{environment.name} waits with {sha[:7]}: comment again once it caught up"
+            )
     approval = approvals.approve(session, environment.id, request.actor, sha)
     note = f"{environment.name}: approved {sha[:7]}"
     if approval.build is not None:
@@ -283,19 +292,8 @@ def _preview(session: Session, request: Request, number: int) -> str:
     under the same rules as a pull request event (previews on, forks allowed, a fork's
     commit approved)."""
     delivery, context = request.delivery, request.context
-    github = context.github
-    repository = session.get(Repository, delivery.repository_id)
-    if github is None or repository is None:
-        raise Conflict("no GitHub App to read the pull request with")
     full_name = delivery.repository_full_name or ""
-
-    def read(client: Github) -> dict[str, Any]:
-        _headers, data = client.requester.requestJsonAndCheck(
-            "GET", f"/repos/{full_name}/pulls/{number}"
-        )
-        return dict(data)
-
-    pull = github.call(repository.installation_id, f"pull request #{number}", read)
+    pull = _pull(session, request, number)
     if pull.get("state") != "open":
         raise Conflict(f"pull request #{number} is closed")
     base = str((pull.get("base") or {}).get("ref") or "")
@@ -325,6 +323,23 @@ def _preview(session: Session, request: Request, number: int) -> str:
     if not notes:
         raise Conflict(f"no service previews pull requests into {base}")
     return "; ".join(notes)
+
+
+def _pull(session: Session, request: Request, number: int) -> dict[str, Any]:
+    """The pull request as GitHub shows it now."""
+    github = request.context.github
+    repository = session.get(Repository, request.delivery.repository_id)
+    full_name = request.delivery.repository_full_name or ""
+    if github is None or repository is None:
+        raise Conflict("no GitHub App to read the pull request with")
+
+    def read(client: Github) -> dict[str, Any]:
+        _headers, data = client.requester.requestJsonAndCheck(
+            "GET", f"/repos/{full_name}/pulls/{number}"
+        )
+        return dict(data)
+
+    return github.call(repository.installation_id, f"pull request #{number}", read)
 
 
 def answer(session: Session, github: GitHubApp, settings: Settings, audit_id: int) -> None:
