@@ -1,5 +1,7 @@
 # The Portside control plane image (web, workers, beat) used by deploy/compose.yaml.
-FROM python:3.11-slim
+# PYTHON_IMAGE: another Debian-based Python 3.11 image with pip (a mirror's, a test's).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends git \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/portside
