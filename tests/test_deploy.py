@@ -15,7 +15,6 @@ import yaml
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 REQUIRED = {
-    "PORTSIDE_GITHUB_APP_ID": "12345",
     "PORTSIDE_REGISTRY": "registry.example.com",
     "PORTSIDE_DOMAIN": "portside.example.com",
     "PORTSIDE_ACME_EMAIL": "ops@example.com",
@@ -70,6 +69,12 @@ def test_the_control_plane_compose_file_is_valid_and_complete() -> None:
         assert environment["PORTSIDE_REDIS_URL_FILE"] == "/run/secrets/redis_url"
         assert "PORTSIDE_REDIS_URL" not in environment
         assert environment["PORTSIDE_METRICS_TOKEN_FILE"] == "/run/secrets/metrics_token"
+    # migrate waits for a database and a broker that answer; the rest for its success.
+    healthy = {"condition": "service_healthy"}
+    assert services["migrate"]["depends_on"] == {"postgres": healthy, "redis": healthy}
+    for name in ("web", "worker", "beat", "flower"):
+        migrated = {"migrate": {"condition": "service_completed_successfully"}}
+        assert services[name]["depends_on"] == migrated
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"]
     assert "POSTGRES_PASSWORD" not in services["postgres"]["environment"]
     redis = services["redis"]
@@ -132,6 +137,21 @@ def test_the_compose_file_names_a_missing_setting() -> None:
 
     assert result.returncode != 0
     assert "set the control plane's domain in .env" in result.stderr
+
+
+def test_the_github_app_can_be_left_to_the_setup_page() -> None:
+    """Without the App's settings in .env the control plane starts with none configured,
+    so the dashboard's Setup page can register one."""
+    result = compose_config(DEPLOY / "compose.yaml", REQUIRED)
+
+    assert result.returncode == 0, result.stderr
+    environment = yaml.safe_load(result.stdout)["services"]["web"]["environment"]
+    for name in (
+        "PORTSIDE_GITHUB_APP_ID",
+        "PORTSIDE_GITHUB_PRIVATE_KEY_PATH",
+        "PORTSIDE_GITHUB_WEBHOOK_SECRET_FILE",
+    ):
+        assert not environment[name]
 
 
 def test_the_host_traefik_compose_file_is_valid() -> None:
