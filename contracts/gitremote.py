@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 LS_REMOTE_TIMEOUT = 30.0
 # git's remote-helper syntax (``ext::sh -c …``, ``fd::3``) runs commands: never accepted.
@@ -121,7 +121,8 @@ def check_git_url(url: str, *, allow_local: bool) -> str:
         return _local(parts.path, allow_local)
     if not host:
         raise GitUrlRefused("the URL has no host")
-    if host.startswith("-") or (parts.username or "").startswith("-"):
+    # git percent-decodes a URL before it hands the host and user to ssh.
+    if any(unquote(name).startswith("-") for name in (host, parts.username or "")):
         raise GitUrlRefused("a host or user must not start with '-'")
     if parts.password is not None:
         raise GitUrlRefused("no password in the URL: give it as git_token")
