@@ -424,10 +424,14 @@ def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
             continue
         state = item.get("state")
         if state == "running" and item.get("healthy"):
-            # Active once every host runs it; the address is its own host's.
+            # Active once every host runs it; the address is its own (first) host's.
             if placements.running_everywhere(session, environment, deployment.id, host):
-                own = environment.host_id == host.id
-                _activate(session, environment, deployment, item.get("address") if own else None)
+                address = (
+                    item.get("address")
+                    if environment.host_id == host.id
+                    else placements.reported_address(session, environment, deployment.id)
+                )
+                _activate(session, environment, deployment, address)
         elif state == "failed" and deployment.status in ("pending", "active"):
             _fail(session, environment, deployment, item)
         elif state == "refused":

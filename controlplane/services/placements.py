@@ -131,6 +131,21 @@ def reports_running(host: Host | None, name: str, deployment_id: int) -> bool:
     )
 
 
+def reported_address(session: Session, environment: Environment, deployment_id: int) -> Any:
+    """Where the environment's own host last reported the deployment answering, if it did."""
+    report = getattr(session.get(Host, environment.host_id), "observed", None) or {}
+    return next(
+        (
+            item.get("address")
+            for item in report.get("environments") or []
+            if isinstance(item, dict)
+            and item.get("name") == environment.name
+            and item.get("deployment_id") == deployment_id
+        ),
+        None,
+    )
+
+
 def running_everywhere(
     session: Session, environment: Environment, deployment_id: int, reporting: Host
 ) -> bool:

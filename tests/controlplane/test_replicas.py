@@ -53,7 +53,13 @@ def patch(client: FlaskClient, headers: dict[str, str], body: dict[str, Any]) ->
     return client.patch("/v1/services/1", json=body, headers=headers)
 
 
-def report(client: FlaskClient, token: str, deployment_id: int, state: str = "running") -> None:
+def report(
+    client: FlaskClient,
+    token: str,
+    deployment_id: int,
+    state: str = "running",
+    address: str = "127.0.0.1:9999",
+) -> None:
     body = {
         "generation": 1,
         "environments": [
@@ -62,7 +68,7 @@ def report(client: FlaskClient, token: str, deployment_id: int, state: str = "ru
                 "deployment_id": deployment_id,
                 "state": state,
                 "healthy": state == "running",
-                "address": "127.0.0.1:9999",
+                "address": address,
                 "error": None if state == "running" else "replica 2 never got healthy",
             }
         ],
@@ -203,9 +209,10 @@ def test_an_environment_is_running_once_every_host_reports_it(
 ) -> None:
     assert patch(client, admin_headers, {"replicas": 2, "hosts": ["web-1", "web-2"]}).status_code
     first = deploy(database, "a" * 40)
-    report(client, tokens["web-2"], first)
-    assert status(database, first) == ("pending", "deploying", first)
     report(client, tokens["web-1"], first)
+    assert status(database, first) == ("pending", "deploying", first)
+    # The last host to report makes it active; the address is still the first host's.
+    report(client, tokens["web-2"], first, address="127.0.0.2:9999")
     assert status(database, first) == ("active", "running", first)
     with database.session_scope() as session:
         production = session.scalar(select(Environment).where(Environment.name == "hello"))
