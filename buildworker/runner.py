@@ -546,4 +546,7 @@ class StepRunner:
 
     def _record_deployment(self, spec: dict[str, Any], build_log: BuildLog) -> None:
         deployment = self.api.record_deployment(spec["service_id"], spec["build_id"])
-        build_log(f"deployment {deployment['id']} recorded ({deployment['status']})")
+        if deployment["id"] is None:  # held at a gate: the control plane deploys it later
+            build_log(f"built; not deployed yet ({deployment['status']}): {deployment['error']}")
+        else:
+            build_log(f"deployment {deployment['id']} recorded ({deployment['status']})")
