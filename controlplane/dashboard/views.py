@@ -30,8 +30,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from controlplane.api.pipeline import log_stream_response
 from controlplane.dashboard import login, present
+from controlplane.dashboard.forms import admin_form, committed
 from controlplane.db import session
-from controlplane.errors import ApiError
 from controlplane.models import (
     Build,
     Deployment,
@@ -259,19 +259,13 @@ def approve_environment(environment_id: int) -> BaseResponse:
     """The Approve button of a deployment held for approval or of a fork preview: an
     admin's session, the form's CSRF token, and the commit the page showed (a push since
     then makes it refuse)."""
+    actor = admin_form("approving a commit")
     sha = request.form.get("sha")
-    if not login.csrf_ok(request.form.get("csrf")) or not sha:
+    if not sha:
         abort(400, "the form is out of date; reload the page")
-    token = g.dashboard_token
-    if token.scope != "admin":
-        abort(403, "approving a commit needs an admin token")
     db = session()
-    try:
-        approval = approvals.approve(db, environment_id, f"token:{token.name}", sha)
-    except ApiError as exc:
-        db.rollback()
-        abort(exc.status, exc.message)
-    db.commit()
+    with committed(db):
+        approval = approvals.approve(db, environment_id, actor, sha)
     if approval.build is not None:
         pipeline.enqueue_build(approval.build.id)
     anchor = f"service-{approval.environment.service_id}"
