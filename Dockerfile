@@ -15,4 +15,6 @@ COPY deploy deploy
 RUN pip install --no-cache-dir -e .
 # The data directory (workspaces, beat schedule) belongs to the unprivileged user.
 RUN mkdir -p /var/lib/portside && chown nobody /var/lib/portside
+# nobody's home (/nonexistent) cannot be written: gunicorn's control socket goes there.
+ENV HOME=/var/lib/portside
 USER nobody

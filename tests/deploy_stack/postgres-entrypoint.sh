@@ -17,8 +17,10 @@ if [[ ! -s "$PGDATA/PG_VERSION" ]]; then
         --auth-local=trust --auth-host=scram-sha-256 >/dev/null
     echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
     pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
-    if [[ "${POSTGRES_DB:-$user}" != "$user" ]]; then
-        createdb -U "$user" "$POSTGRES_DB"
+    # initdb makes only "postgres"; the original then creates POSTGRES_DB (default: the user).
+    database=${POSTGRES_DB:-$user}
+    if [[ "$database" != postgres ]]; then
+        createdb -U "$user" "$database"
     fi
     pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
