@@ -407,6 +407,14 @@ def cmd_services_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_services_delete(settings: Settings, args: argparse.Namespace) -> int:
+    client = _client(settings)
+    service = client.find_service(args.service)
+    client.delete_service(service["id"])
+    print(f"service {service['name']} is deleted; its environments are being torn down")
+    return 0
+
+
 def cmd_vars_list(settings: Settings, args: argparse.Namespace) -> int:
     client = _client(settings)
     service = client.find_service(args.service)
@@ -951,6 +959,13 @@ def build_parser() -> argparse.ArgumentParser:
     show = add("show", cmd_services_show, "a service and its environments", service_commands)
     show.add_argument("service", help="name or id")
     show.add_argument("--json", action="store_true")
+    delete = add(
+        "delete",
+        cmd_services_delete,
+        "delete a service and tear down its environments (admin)",
+        service_commands,
+    )
+    delete.add_argument("service", help="name or id")
     _add_api_commands(add, commands)
     return parser
 

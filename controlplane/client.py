@@ -175,6 +175,9 @@ class PortsideClient:
         result: dict[str, Any] = self.request("POST", "/v1/services", json=spec)
         return result
 
+    def delete_service(self, service_id: int) -> None:
+        self.request("DELETE", f"/v1/services/{service_id}")
+
     def find_service(self, name_or_id: str) -> dict[str, Any]:
         """A service named ``name_or_id``, or with that id."""
         if name_or_id.isdigit():

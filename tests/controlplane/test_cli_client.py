@@ -175,6 +175,14 @@ def test_services_create_and_show_go_through_the_api(admin: Cli, service_id: int
 
     assert_one_line_failure(again, 2, "world")
 
+    deleted = admin("services", "delete", "world")
+
+    assert deleted.code == 0, deleted
+    assert "world" not in [
+        s["name"] for s in json.loads(admin("services", "list", "--json").stdout)
+    ]
+    assert admin("services", "delete", "world").code == 3
+
 
 def test_more_services_than_the_apis_default_page_are_all_listed(
     admin: Cli, database: Database
