@@ -199,6 +199,7 @@ def create_service(
             )
         )
     )
+    _free_name_of_deleted(session, spec.name)
     if session.scalar(select(Environment.id).where(Environment.name == spec.name)) is not None:
         # Its production would take the name: another service's staging environment has it.
         raise Conflict(f"an environment named {spec.name!r} exists")
@@ -433,6 +434,25 @@ def list_services(session: Session) -> list[Service]:
     return list(
         session.scalars(select(Service).where(Service.deleted_at.is_(None)).order_by(Service.name))
     )
+
+
+def _free_name_of_deleted(session: Session, name: str) -> None:
+    """A deleted service's name may be taken again: the deleted service and its
+    environments (production ``<name>``, ``<name>-pr-<n>``, ``<name>-<kind>``) are renamed
+    ``…~<service id>`` only now, long after their teardown's GitHub feedback went out under
+    the old names; the audit log keeps what they were called."""
+    deleted = session.scalar(
+        select(Service).where(Service.name == name, Service.deleted_at.is_not(None))
+    )
+    if deleted is None:
+        return
+    suffix = f"~{deleted.id}"
+    deleted.name = f"{name[: 63 - len(suffix)]}{suffix}"
+    for environment in session.scalars(
+        select(Environment).where(Environment.service_id == deleted.id)
+    ):
+        environment.name = f"{environment.name[: 100 - len(suffix)]}{suffix}"
+    session.flush()
 
 
 def delete_service(session: Session, service_id: int, actor: str) -> None:

@@ -140,3 +140,47 @@ def test_deleting_through_the_api_takes_the_environment_out_of_desired_state(
     assert deleted.status_code == 204
     after = client.get("/v1/agent/desired-state", headers=auth(host_token))
     assert after.json["environments"] == []
+
+
+def test_a_deleted_services_name_can_be_taken_again(database: Database) -> None:
+    """Deleting ``hello`` and creating ``hello`` again used to fail: the deleted service
+    and its environments kept their names, which are unique."""
+    spec = services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1")
+    with database.session_scope() as session:
+        hosts.create_host(session, "web-1", "test")
+        old = services.create_service(session, spec, "test")
+        session.add(
+            Environment(
+                service_id=old.id,
+                host_id=old.host_id,
+                name="hello-pr-1",
+                kind="preview",
+                branch="feature",
+                pr_number=1,
+            )
+        )
+        session.flush()
+        old_id = old.id
+        services.delete_service(session, old_id, "test")
+
+    with database.session_scope() as session:
+        new = services.create_service(session, spec, "test")
+        session.add(
+            Environment(
+                service_id=new.id,
+                host_id=new.host_id,
+                name="hello-pr-1",
+                kind="preview",
+                branch="feature",
+                pr_number=1,
+            )
+        )
+        session.flush()
+        names = {(env.service_id, env.name) for env in session.scalars(select(Environment))}
+        assert names == {
+            (old_id, f"hello~{old_id}"),
+            (old_id, f"hello-pr-1~{old_id}"),
+            (new.id, "hello"),
+            (new.id, "hello-pr-1"),
+        }
+        assert new.name == "hello" and new.id != old_id
