@@ -377,8 +377,6 @@ class GitHubState:
         self.registered_apps: list[Json] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
 
     def next_id(self) -> int:
         with self._lock:
