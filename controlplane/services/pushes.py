@@ -21,7 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from contracts import envkinds
-from controlplane.errors import Conflict, PermanentError, ServiceUnavailable, TransientError
+from controlplane.errors import (
+    Conflict,
+    PermanentError,
+    ServiceUnavailable,
+    TransientError,
+    ValidationFailed,
+)
 from controlplane.github.app import GitHubApp, GitHubRefused
 from controlplane.models import (
     Build,
@@ -226,21 +232,40 @@ def resolve_ref(github: GitHubApp | None, service: Service, ref: str) -> tuple[s
             "refs cannot be resolved"
         )
 
-    def commit_of(client: Github) -> tuple[str, str] | None:
+    def commit_of(client: Github) -> tuple[str, str, bool] | None:
+        repo = client.get_repo(service.repository_full_name)
         try:
-            commit = client.get_repo(service.repository_full_name).get_commit(ref)
+            commit = repo.get_commit(ref)
         except GithubException as exc:
             if exc.status in (404, 422):  # GitHub answers either for a ref it does not know
                 return None
             raise
-        return commit.sha, commit.commit.message
+        if not commit.sha.startswith(ref.lower()):
+            return commit.sha, commit.commit.message, True  # a branch or tag of the repository
+        try:  # a bare SHA: GitHub also resolves commits that only a fork holds
+            status = repo.compare(commit.sha, service.branch).status
+        except GithubException as exc:
+            if exc.status in (404, 422):
+                return commit.sha, commit.commit.message, False
+            raise
+        return commit.sha, commit.commit.message, status in ("ahead", "identical")
 
     try:
-        return github.call(repository.installation_id, f"resolve {ref!r}", commit_of)
+        found = github.call(repository.installation_id, f"resolve {ref!r}", commit_of)
     except GitHubRefused as exc:
         raise Conflict(str(exc)) from None
     except TransientError as exc:
         raise ServiceUnavailable(f"{exc}; try again") from None
+    if found is None:
+        return None
+    sha, message, in_history = found
+    if not in_history:
+        raise ValidationFailed(
+            f"commit {sha[:10]} is not in the history of {service.branch}: deploy it by the "
+            "branch or tag that holds it (GitHub also resolves a bare SHA that only a fork has)",
+            details={"ref": [f"a SHA must be on {service.branch}; name a branch or tag instead"]},
+        )
+    return sha, message
 
 
 def tracks(service: Service, *, branch: str | None = None, tag: str | None = None) -> bool:

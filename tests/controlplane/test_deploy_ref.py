@@ -320,3 +320,26 @@ def test_portside_deploy_with_and_without_ref(
         run_portside(["deploy", "hello", "--ref", "v9"], env), 2, "'v9' is not a branch"
     )
     assert_one_line_failure(run_portside(["deploy", "nope"], env), 3, "nope")
+
+
+def test_a_bare_sha_off_the_branch_is_refused_and_deploys_by_its_branch_name(
+    deploying: FlaskClient,
+    db_session: Session,
+    seeded: GitHubServer,  # noqa: F811
+    admin_headers: dict[str, str],
+) -> None:
+    """GitHub resolves a bare SHA that only a fork holds as if it were the repository's:
+    deploying it would build a stranger's code as the team's, with its secrets. A SHA must
+    be in the history of the service's branch; other commits go by branch or tag name."""
+    commit(seeded, "1")
+    side = commit(seeded, "side", branch="feature")
+    url = f"/v1/services/{service_id(db_session)}/deploy"
+
+    by_sha = deploying.post(url, json={"ref": side[:12]}, headers=admin_headers)
+
+    assert by_sha.status_code == 422, by_sha.json
+    assert f"commit {side[:10]} is not in the history of master" in by_sha.json["message"]
+    assert builds_by_commit(db_session) == {}
+    by_branch = deploying.post(url, json={"ref": "feature"}, headers=admin_headers)
+    assert by_branch.status_code == 202, by_branch.json
+    assert by_branch.json["commit_sha"] == side
