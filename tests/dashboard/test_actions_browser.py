@@ -96,7 +96,11 @@ def submit(driver: Any, form_css: str, **fields: str) -> None:
 
 @pytest.mark.timeout(900)
 def test_create_deploy_and_roll_back_from_the_dashboard(
-    stack: Stack, base_image: str, registry: Any, docker_cleanup: None, browser: Any
+    docker_cleanup: None,  # first: it removes the containers after the agent has stopped
+    stack: Stack,
+    base_image: str,
+    registry: Any,
+    browser: Any,
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -111,7 +115,15 @@ def test_create_deploy_and_roll_back_from_the_dashboard(
     WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "form.logout"))
 
     browser.get(f"{stack.url}/services/new")
-    submit(browser, "#new-service", name="hello", repository=REPOSITORY, port="8080", host="web-1")
+    submit(
+        browser,
+        "#new-service",
+        name="hello",
+        repository=REPOSITORY,
+        branch="master",
+        port="8080",
+        host="web-1",
+    )
     WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "form.deploy"))
     service_page = browser.current_url
 

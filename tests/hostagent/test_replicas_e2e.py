@@ -34,7 +34,8 @@ def replicas(client: docker.DockerClient) -> list[Any]:
     found = []
     for host in HOSTS:
         labels = ["io.portside.environment=hello", f"io.portside.host={host}"]
-        found += client.containers.list(all=True, filters={"label": labels})
+        # ignore_removed: a replica retired between Docker's listing and its inspection.
+        found += client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
     return found
 
 
@@ -100,11 +101,11 @@ def until(check: Callable[[], object], what: str, timeout: float = 180) -> Any:
 
 
 def test_two_replicas_on_two_hosts_roll_without_losing_more_than_one(
+    docker_cleanup: None,  # first: it removes the containers after the agents have stopped
     stack: Stack,
     base_image: str,
     docker_client: docker.DockerClient,
     registry: Any,
-    docker_cleanup: None,
 ) -> None:
     install(stack, base_image)
     with stack.database.session_scope() as session:
