@@ -114,9 +114,15 @@ def test_portside_help_imports_nothing_heavy() -> None:
     assert of_packages(modules, (*HEAVY, "requests")) == set()
 
 
-def test_an_api_command_imports_its_http_client_and_nothing_heavy() -> None:
+@pytest.mark.parametrize(
+    "command",
+    # services list goes to the database only when no API is configured.
+    [["builds", "list"], ["services", "list"], ["logs", "1", "-f"]],
+    ids=" ".join,
+)
+def test_an_api_command_imports_its_http_client_and_nothing_heavy(command: list[str]) -> None:
     env = {"PORTSIDE_URL": "http://127.0.0.1:1", "PORTSIDE_TOKEN": "ps_x_y"}
-    modules = loaded([str(BIN / "portside"), "builds", "list"], env)
+    modules = loaded([str(BIN / "portside"), *command], env)
 
     assert "controlplane.client" in modules
     assert of_packages(modules, HEAVY) == set()

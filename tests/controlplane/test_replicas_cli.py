@@ -32,8 +32,10 @@ def test_create_on_two_hosts_over_the_api(admin: Cli, database: Database) -> Non
     assert created.code == 0, created
     service = json.loads(created.stdout)
     assert service["hosts"] == ["web-2", "web-1"] and service["replicas"] == 3
-    refused = admin(*ARGS[:3], "three", *ARGS[4:], "--host", "web-1", "--replicas", "21")
-    assert refused.code != 0 and "replicas" in refused.stderr
+    # Another service (named "three"), refused by the API for its replicas alone.
+    refused = admin(*ARGS[:2], "three", *ARGS[3:], "--host", "web-1", "--replicas", "21")
+    assert refused.code == 2 and "replicas" in refused.stderr, refused
+    assert "usage:" not in refused.stderr
 
 
 def test_create_on_two_hosts_in_the_database(
