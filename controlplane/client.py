@@ -143,6 +143,13 @@ class PortsideClient:
         except ValueError:
             raise Unavailable(f"{self.url}{path} did not answer with JSON") from None
 
+    def json_object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The JSON object the API answers ``method path`` with."""
+        result = self.request(method, path, **kwargs)
+        if not isinstance(result, dict):
+            raise Unavailable(f"{self.url}{path} did not answer with a JSON object")
+        return result
+
     def paged(self, path: str, params: dict[str, Any] | None = None, limit: int = 0) -> list[Any]:
         """Every item of a paginated list (``X-Pagination``), or the first ``limit``."""
         items: list[Any] = []
@@ -168,12 +175,10 @@ class PortsideClient:
         return self.paged("/v1/services")
 
     def service(self, service_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/v1/services/{service_id}")
-        return result
+        return self.json_object("GET", f"/v1/services/{service_id}")
 
     def create_service(self, spec: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", "/v1/services", json=spec)
-        return result
+        return self.json_object("POST", "/v1/services", json=spec)
 
     def delete_service(self, service_id: int) -> None:
         self.request("DELETE", f"/v1/services/{service_id}")
@@ -198,10 +203,7 @@ class PortsideClient:
         self, service_id: int, name: str, value: str, *, kind: str, scope: str, secret: bool
     ) -> dict[str, Any]:
         body = {"value": value, "kind": kind, "scope": scope, "secret": secret}
-        result: dict[str, Any] = self.request(
-            "PUT", f"/v1/services/{service_id}/variables/{name}", json=body
-        )
-        return result
+        return self.json_object("PUT", f"/v1/services/{service_id}/variables/{name}", json=body)
 
     # -- builds and logs ------------------------------------------------------------------
 
@@ -209,12 +211,10 @@ class PortsideClient:
         return self.paged("/v1/builds", params, limit)
 
     def build(self, build_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/v1/builds/{build_id}")
-        return result
+        return self.json_object("GET", f"/v1/builds/{build_id}")
 
     def logs(self, build_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/v1/builds/{build_id}/logs")
-        return result
+        return self.json_object("GET", f"/v1/builds/{build_id}/logs")
 
     def follow_logs(self, build_id: int, quiet_after: float = 10.0) -> Iterator[LogEvent]:
         """The build's log lines as they come (server-sent events) until the log ends.
@@ -231,10 +231,7 @@ class PortsideClient:
         return self._follow(f"/v1/builds/{build_id}/logs", f"build {build_id}", quiet_after)
 
     def environment_logs(self, environment_id: int, params: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(
-            "GET", f"/v1/environments/{environment_id}/logs", params=params
-        )
-        return result
+        return self.json_object("GET", f"/v1/environments/{environment_id}/logs", params=params)
 
     def follow_environment_logs(
         self, environment_id: int, service: str | None = None, quiet_after: float = 10.0
@@ -319,8 +316,7 @@ class PortsideClient:
         return self.paged("/v1/environments", params)
 
     def environment(self, environment_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/v1/environments/{environment_id}")
-        return result
+        return self.json_object("GET", f"/v1/environments/{environment_id}")
 
     def find_environment(self, name_or_id: str) -> dict[str, Any]:
         if name_or_id.isdigit():
@@ -333,30 +329,24 @@ class PortsideClient:
     def deploy(self, service_id: int, ref: str | None = None) -> dict[str, Any]:
         """Build and deploy what ``ref`` names (default: the service's branch head)."""
         body = {"ref": ref} if ref else {}
-        result: dict[str, Any] = self.request(
-            "POST", f"/v1/services/{service_id}/deploy", json=body
-        )
-        return result
+        return self.json_object("POST", f"/v1/services/{service_id}/deploy", json=body)
 
     def redeploy(self, environment_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", f"/v1/environments/{environment_id}/redeploy")
-        return result
+        return self.json_object("POST", f"/v1/environments/{environment_id}/redeploy")
 
     def create_environment(self, service_id: int, name: str, branch: str) -> dict[str, Any]:
         """An environment of kind ``name`` (staging) tracking ``branch``."""
-        result: dict[str, Any] = self.request(
+        return self.json_object(
             "POST",
             f"/v1/services/{service_id}/environments",
             json={"name": name, "branch": branch},
         )
-        return result
 
     def promote(self, environment_id: int, target_id: int) -> dict[str, Any]:
         """Deploy what ``environment_id`` runs to ``target_id`` without building again."""
-        result: dict[str, Any] = self.request(
+        return self.json_object(
             "POST", f"/v1/environments/{environment_id}/promote", json={"to": target_id}
         )
-        return result
 
     def teardown(self, environment_id: int) -> None:
         self.request("DELETE", f"/v1/environments/{environment_id}")
@@ -364,18 +354,16 @@ class PortsideClient:
     def approve(self, environment_id: int, sha: str | None = None) -> dict[str, Any]:
         """Approve what waits in the environment: its held deployment (of ``sha``, when
         given) or a fork's commit ``sha`` that was reviewed (refused unless the head)."""
-        result: dict[str, Any] = self.request(
+        return self.json_object(
             "POST",
             f"/v1/environments/{environment_id}/approve",
             json={"sha": sha} if sha else {},
         )
-        return result
 
     def approve_secrets(self, environment_id: int, sha: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(
+        return self.json_object(
             "POST", f"/v1/environments/{environment_id}/approve-secrets", json={"sha": sha}
         )
-        return result
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
