@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -15,10 +16,13 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from controlplane.db import Database
+    from controlplane.models import ApiToken, Host
     from controlplane.settings import Settings
 
 T = TypeVar("T")
 JSON = click.option("--json", "as_json", is_flag=True)
+TOKEN_COLUMNS = ("id", "name", "scope", "builds", "created_at", "revoked_at")
+HOST_COLUMNS = ("id", "name", "generation", "last_seen_at", "agent_version", "untrusted")
 
 
 def open_database(settings: Settings, *, migrated: bool = True) -> Database:
@@ -47,6 +51,43 @@ def in_session(settings: Settings, action: Callable[[Session], T]) -> T:
     """``action`` in one transaction of the migrated database."""
     with open_database(settings).session_scope() as session:
         return action(session)
+
+
+def _print_secret(create: Callable[[Session], str]) -> None:
+    """What ``create`` made, then its secret alone on the last line (``tail -n 1``)."""
+    print(in_session(load_settings(), create))
+
+
+def _listing(
+    rows_of: Callable[[Session], list[dict[str, Any]]], columns: Sequence[str], as_json: bool
+) -> None:
+    emit(in_session(load_settings(), rows_of), columns, as_json)
+
+
+def _iso(moment: datetime | None, missing: str = "") -> str:
+    return moment.isoformat(timespec="seconds") if moment else missing
+
+
+def _token_row(token: ApiToken) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "scope": token.scope,
+        "builds": token.build_lane if token.scope == "worker" else "",
+        "created_at": _iso(token.created_at),
+        "revoked_at": _iso(token.revoked_at),
+    }
+
+
+def _host_row(host: Host) -> dict[str, Any]:
+    return {
+        "id": host.id,
+        "name": host.name,
+        "generation": host.generation,
+        "last_seen_at": _iso(host.last_seen_at, "never"),
+        "agent_version": host.agent_version,
+        "untrusted": "yes" if host.untrusted else "",
+    }
 
 
 def _migrate(revision: str, move: Callable[[Any, str], None]) -> None:
@@ -120,29 +161,15 @@ def create_token(name: str, scope: str, builds: str | None) -> None:
         )
         return secret
 
-    print(in_session(load_settings(), action))
+    _print_secret(action)
 
 
 @tokens.command("list", help="list tokens")
 @JSON
 def list_tokens(as_json: bool) -> None:
-    from controlplane.services import tokens as stored
+    from controlplane.services.tokens import list_tokens as listed
 
-    def action(session: Session) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": t.id,
-                "name": t.name,
-                "scope": t.scope,
-                "builds": t.build_lane if t.scope == "worker" else "",
-                "created_at": t.created_at.isoformat(timespec="seconds"),
-                "revoked_at": t.revoked_at.isoformat(timespec="seconds") if t.revoked_at else "",
-            }
-            for t in stored.list_tokens(session)
-        ]
-
-    columns = ("id", "name", "scope", "builds", "created_at", "revoked_at")
-    emit(in_session(load_settings(), action), columns, as_json)
+    _listing(lambda session: [_token_row(t) for t in listed(session)], TOKEN_COLUMNS, as_json)
 
 
 @tokens.command("revoke", help="revoke a token")
@@ -174,31 +201,15 @@ def create_host(name: str, previews: bool, untrusted: bool) -> None:
         print(f"created {kind} {host.name} (id {host.id}); its agent token is shown once:")
         return secret
 
-    print(in_session(load_settings(), action))
+    _print_secret(action)
 
 
 @hosts.command("list", help="list hosts")
 @JSON
 def list_hosts(as_json: bool) -> None:
-    from controlplane.services import hosts as stored
+    from controlplane.services.hosts import list_hosts as listed
 
-    def action(session: Session) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": h.id,
-                "name": h.name,
-                "generation": h.generation,
-                "last_seen_at": h.last_seen_at.isoformat(timespec="seconds")
-                if h.last_seen_at
-                else "never",
-                "agent_version": h.agent_version,
-                "untrusted": "yes" if h.untrusted else "",
-            }
-            for h in stored.list_hosts(session)
-        ]
-
-    columns = ("id", "name", "generation", "last_seen_at", "agent_version", "untrusted")
-    emit(in_session(load_settings(), action), columns, as_json)
+    _listing(lambda session: [_host_row(h) for h in listed(session)], HOST_COLUMNS, as_json)
 
 
 @click.group(help="the GitHub App")

@@ -16,6 +16,7 @@ from controlplane.cli.common import (
     duration,
     emit,
     emit_fields,
+    list_filters,
     print_json,
     shorten,
     timestamp,
@@ -102,12 +103,7 @@ def builds() -> None:
 @click.option("--limit", type=int, default=20, help="at most this many (0: all)")
 def list_builds(service: str | None, status: str | None, limit: int, as_json: bool) -> None:
     client = api_client()
-    params: dict[str, Any] = {}
-    if service:
-        params["service"] = client.find_service(service)["id"]
-    if status:
-        params["status"] = status
-    rows = client.builds(params, limit=limit)
+    rows = client.builds(list_filters(client, service, status=status), limit=limit)
     if as_json:
         print_json(rows)
         return

@@ -139,6 +139,16 @@ def api_client(settings: Settings | None = None) -> PortsideClient:
     return PortsideClient(settings.url, settings.token.reveal())
 
 
+def list_filters(
+    client: PortsideClient, service: str | None, **others: str | None
+) -> dict[str, Any]:
+    """A listing's query: the service (a name or id) by its id, and the other filters given."""
+    params: dict[str, Any] = {name: value for name, value in others.items() if value}
+    if service:
+        params["service"] = client.find_service(service)["id"]
+    return params
+
+
 def timestamp(value: str | None) -> str:
     return value[:19].replace("T", " ") if value else ""
 

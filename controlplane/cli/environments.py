@@ -15,6 +15,7 @@ from controlplane.cli.common import (
     api_command,
     emit,
     environment_row,
+    list_filters,
     print_json,
 )
 
@@ -51,12 +52,7 @@ def approval_done(approved: dict[str, Any]) -> str:
 
 def _list(service: str | None, kind: str | None, as_json: bool, columns: tuple[str, ...]) -> None:
     client = api_client()
-    params: dict[str, Any] = {}
-    if service:
-        params["service"] = client.find_service(service)["id"]
-    if kind:
-        params["kind"] = kind
-    rows = client.environments(params)
+    rows = client.environments(list_filters(client, service, kind=kind))
     if as_json:
         print_json(rows)
     else:
