@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import CheckConstraint, Update, column, table, text, update
 from sqlalchemy.exc import IntegrityError
 
+from controlplane import statuses
 from controlplane.db import Database
 from controlplane.models import (
     ApiToken,
@@ -23,34 +24,20 @@ from controlplane.models import (
     Variable,
     WebhookDelivery,
 )
-from controlplane.statuses import (
-    BuildLane,
-    BuildStatus,
-    DeliveryStatus,
-    DeploymentStatus,
-    DeployWhen,
-    EnvironmentStatus,
-    NotificationKind,
-    PreviewProtection,
-    StepStatus,
-    TokenScope,
-    VariableKind,
-    VariableScope,
-)
 
 CONSTRAINED: list[tuple[str, str, type[StrEnum]]] = [
-    ("services", "deploy_when", DeployWhen),
-    ("services", "preview_protection", PreviewProtection),
-    ("environments", "status", EnvironmentStatus),
-    ("builds", "status", BuildStatus),
-    ("build_steps", "status", StepStatus),
-    ("deployments", "status", DeploymentStatus),
-    ("webhook_deliveries", "status", DeliveryStatus),
-    ("api_tokens", "scope", TokenScope),
-    ("api_tokens", "builds", BuildLane),
-    ("variables", "kind", VariableKind),
-    ("variables", "scope", VariableScope),
-    ("notification_targets", "kind", NotificationKind),
+    ("services", "deploy_when", statuses.DeployWhen),
+    ("services", "preview_protection", statuses.PreviewProtection),
+    ("environments", "status", statuses.EnvironmentStatus),
+    ("builds", "status", statuses.BuildStatus),
+    ("build_steps", "status", statuses.StepStatus),
+    ("deployments", "status", statuses.DeploymentStatus),
+    ("webhook_deliveries", "status", statuses.DeliveryStatus),
+    ("api_tokens", "scope", statuses.TokenScope),
+    ("api_tokens", "builds", statuses.BuildLane),
+    ("variables", "kind", statuses.VariableKind),
+    ("variables", "scope", statuses.VariableScope),
+    ("notification_targets", "kind", statuses.NotificationKind),
 ]
 
 
