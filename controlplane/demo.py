@@ -26,12 +26,15 @@ import requests
 from controlplane import devmode
 from controlplane.client import ClientError, NotFound, PortsideClient
 from controlplane.settings import Settings
+from controlplane.statuses import BuildStatus
 
 SERVICE = "hello"
 PORT = 8080
 BUSYBOX = Path("/bin/busybox")
 BASE_SETTING = "PORTSIDE_DEMO_BASE_IMAGE"
 TIMEOUT = 600.0
+# The statuses a build of the demo ends in (it has no gate to wait at).
+FINISHED = (BuildStatus.SUCCEEDED, BuildStatus.FAILED, BuildStatus.CANCELLED)
 PAGE = """<!doctype html>
 <title>Hello from Portside</title>
 <h1>Hello from Portside</h1>
@@ -149,10 +152,10 @@ def run(settings: Settings, environ: Mapping[str, str]) -> tuple[str, str]:
 
     def built() -> dict[str, Any] | None:
         current = client.build(build["id"])
-        return current if current["status"] in ("succeeded", "failed", "cancelled") else None
+        return current if current["status"] in FINISHED else None
 
     done = _wait("the build", built, deadline)
-    if done["status"] != "succeeded":
+    if done["status"] != BuildStatus.SUCCEEDED:
         raise DemoFailed(
             f"build {build['id']} {done['status']}: {done.get('error') or ''} "
             f"(portside logs {build['id']})"

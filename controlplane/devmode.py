@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from contracts.environ import mask_url
 from controlplane.errors import PortsideError
+from controlplane.statuses import BuildLane, TokenScope
 
 if TYPE_CHECKING:
     from controlplane.db import Database
@@ -174,7 +175,9 @@ def worker_token(session: Any, data_dir: Path) -> str:
         session,
         data_dir / "dev-worker.token",
         "worker",
-        lambda: tokens.create_token(session, "dev-buildworker", "worker", builds="all")[1],
+        lambda: tokens.create_token(
+            session, "dev-buildworker", TokenScope.WORKER, builds=BuildLane.ALL
+        )[1],
     )
 
 

@@ -1,20 +1,22 @@
 """SQLAlchemy models: the records of the whole flow, from a delivery to a running container.
 
 PostgreSQL is the state of record; SQLite works for the embedded default. Status columns
-are plain strings checked against the ``*_STATUSES`` tuples (:mod:`controlplane.statuses`)
-so migrations stay simple.
+are plain strings holding a member of their enum (:mod:`controlplane.statuses`), which a
+check constraint per column makes the database enforce (migration 0019).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -29,6 +31,22 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from controlplane.statuses import (
+    BuildLane,
+    BuildStatus,
+    DeliveryStatus,
+    DeploymentStatus,
+    DeployWhen,
+    EnvironmentStatus,
+    NotificationKind,
+    PreviewProtection,
+    StepStatus,
+    TokenScope,
+    VariableKind,
+    VariableScope,
+    values,
+)
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -38,6 +56,13 @@ NAMING_CONVENTION = {
 }
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def one_of(column: str, allowed: type[StrEnum]) -> CheckConstraint:
+    """The check that ``column`` holds a value of ``allowed`` (NULL passes, as in SQL), named
+    ``ck_<table>_<column>``; migration 0019 creates the same ones."""
+    listed = ", ".join(f"'{value}'" for value in values(allowed))
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
 
 
 def utcnow() -> dt.datetime:
@@ -132,6 +157,10 @@ class Service(TimestampMixin, Base):
     """Something Portside deploys: one repository branch, built and run on one host."""
 
     __tablename__ = "services"
+    __table_args__ = (
+        one_of("deploy_when", DeployWhen),
+        one_of("preview_protection", PreviewProtection),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
@@ -159,7 +188,7 @@ class Service(TimestampMixin, Base):
     memory_limit: Mapped[str | None] = mapped_column(String(16))
     restart_policy: Mapped[str] = mapped_column(String(32), default="unless-stopped")
     # Who may open its previews: anyone ("none"), a basic-auth login, or source networks.
-    preview_protection: Mapped[str] = mapped_column(String(16), default="none")
+    preview_protection: Mapped[str] = mapped_column(String(16), default=PreviewProtection.NONE)
     preview_allow_networks: Mapped[list[Any]] = mapped_column(default=list)
     # The basic-auth login as an htpasswd line (user:bcrypt), encrypted; the password
     # itself is never stored (shown once when generated).
@@ -169,10 +198,10 @@ class Service(TimestampMixin, Base):
     # A Docker logging driver per environment kind ({"production": {"driver", "options"}}),
     # checked by contracts.logdrivers; a kind absent runs with Docker's default.
     log_driver: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # When a build may deploy (statuses.DEPLOY_WHEN): "checks_passed" holds it until the
+    # When a build may deploy (statuses.DeployWhen): "checks_passed" holds it until the
     # commit's checks on GitHub passed (services.checks): those named, or every one but
     # Portside's own when the list is empty; failed when none passed in checks_timeout s.
-    deploy_when: Mapped[str] = mapped_column(String(16), default="pushed")
+    deploy_when: Mapped[str] = mapped_column(String(16), default=DeployWhen.PUSHED)
     required_checks: Mapped[list[Any]] = mapped_column(default=list)
     checks_timeout: Mapped[int] = mapped_column(Integer, default=1800)
     # A service tracking a git URL instead of a GitHub repository (polled with ls-remote):
@@ -213,13 +242,14 @@ class Environment(TimestampMixin, Base):
     """Where a service runs: its production environment, or one preview per pull request."""
 
     __tablename__ = "environments"
+    __table_args__ = (one_of("status", EnvironmentStatus),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     kind: Mapped[str] = mapped_column(String(16), default="production")
-    status: Mapped[str] = mapped_column(String(32), default="pending")
+    status: Mapped[str] = mapped_column(String(32), default=EnvironmentStatus.PENDING)
     # Why the environment is refused or awaiting something, for a person to read.
     status_reason: Mapped[str | None] = mapped_column(Text)
     branch: Mapped[str] = mapped_column(String(255))
@@ -275,6 +305,7 @@ class Build(TimestampMixin, Base):
         # A delivery starts at most one build per environment and commit.
         UniqueConstraint("environment_id", "commit_sha", "trigger_key"),
         Index("ix_builds_status_created", "status", "created_at"),
+        one_of("status", BuildStatus),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -294,7 +325,7 @@ class Build(TimestampMixin, Base):
     # whose deliveries arrive out of order.
     pushed_at: Mapped[dt.datetime | None]
     delivery_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
-    status: Mapped[str] = mapped_column(String(32), default="queued")
+    status: Mapped[str] = mapped_column(String(32), default=BuildStatus.QUEUED)
     commit_message: Mapped[str | None] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(String(255))
     worker: Mapped[str | None] = mapped_column(String(255))
@@ -331,13 +362,13 @@ class BuildStep(Base):
     """One step of a build's chain; (build, name) is the idempotency key of its task."""
 
     __tablename__ = "build_steps"
-    __table_args__ = (UniqueConstraint("build_id", "name"),)
+    __table_args__ = (UniqueConstraint("build_id", "name"), one_of("status", StepStatus))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(32))
     position: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=StepStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[dt.datetime | None]
@@ -350,12 +381,15 @@ class Deployment(TimestampMixin, Base):
     """A build made the desired state of an environment."""
 
     __tablename__ = "deployments"
-    __table_args__ = (UniqueConstraint("environment_id", "build_id"),)
+    __table_args__ = (
+        UniqueConstraint("environment_id", "build_id"),
+        one_of("status", DeploymentStatus),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
     build_id: Mapped[int] = mapped_column(ForeignKey("builds.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=DeploymentStatus.PENDING)
     error: Mapped[str | None] = mapped_column(Text)
     activated_at: Mapped[dt.datetime | None]
     # A promotion (services.promotion): another environment's build deployed here as it
@@ -375,7 +409,10 @@ class WebhookDelivery(Base):
     """A verified GitHub delivery, committed before it is enqueued (the outbox)."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_status_received", "status", "received_at"),)
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_received", "status", "received_at"),
+        one_of("status", DeliveryStatus),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     guid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -387,7 +424,7 @@ class WebhookDelivery(Base):
     repository_full_name: Mapped[str | None] = mapped_column(String(255))
     # The body exactly as GitHub signed it; parsed when processed, not when received.
     body: Mapped[str] = mapped_column("payload", Text)
-    status: Mapped[str] = mapped_column(String(16), default="received")
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.RECEIVED)
     outcome: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -408,6 +445,7 @@ class ApiToken(Base):
     """A bearer token; only its SHA-256 is stored, its public id finds it."""
 
     __tablename__ = "api_tokens"
+    __table_args__ = (one_of("scope", TokenScope), one_of("builds", BuildLane))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     public_id: Mapped[str] = mapped_column(String(16), unique=True)
@@ -415,7 +453,7 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(255))
     scope: Mapped[str] = mapped_column(String(16))
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
-    # A worker token's lane (one of BUILD_LANES; None is "trusted"), so the token of a
+    # A worker token's lane (a BuildLane; None is "trusted"), so the token of a
     # worker that runs forks' code never claims, nor gets the secrets of, another build.
     builds: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -427,25 +465,29 @@ class ApiToken(Base):
     @property
     def build_lane(self) -> str:
         """The builds this token may claim: an admin token any, a worker token its lane."""
-        if self.scope == "admin":
-            return "all"
-        return self.builds or "trusted"
+        if self.scope == TokenScope.ADMIN:
+            return BuildLane.ALL
+        return self.builds or BuildLane.TRUSTED
 
 
 class Variable(TimestampMixin, Base):
     """A runtime variable of a service (or one environment); secret values are encrypted."""
 
     __tablename__ = "variables"
-    __table_args__ = (UniqueConstraint("service_id", "environment_id", "kind", "name"),)
+    __table_args__ = (
+        UniqueConstraint("service_id", "environment_id", "kind", "name"),
+        one_of("kind", VariableKind),
+        one_of("scope", VariableScope),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
     environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"))
     name: Mapped[str] = mapped_column(String(255))
     # "runtime": given to the running container; "build": a docker build argument.
-    kind: Mapped[str] = mapped_column(String(16), default="runtime")
+    kind: Mapped[str] = mapped_column(String(16), default=VariableKind.RUNTIME)
     # Which environments get it: "all", "production" or "preview".
-    scope: Mapped[str] = mapped_column(String(16), default="all")
+    scope: Mapped[str] = mapped_column(String(16), default=VariableScope.ALL)
     value_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     is_secret: Mapped[bool] = mapped_column(Boolean, default=True)
 
@@ -481,7 +523,7 @@ class AuditEvent(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
-NOTIFICATION_KINDS = ("webhook", "slack")
+NOTIFICATION_KINDS = values(NotificationKind)
 
 
 class NotificationTarget(TimestampMixin, Base):
@@ -489,10 +531,11 @@ class NotificationTarget(TimestampMixin, Base):
     incoming webhook; the signing secret is encrypted at rest."""
 
     __tablename__ = "notification_targets"
+    __table_args__ = (one_of("kind", NotificationKind),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16), default="webhook")
+    kind: Mapped[str] = mapped_column(String(16), default=NotificationKind.WEBHOOK)
     url: Mapped[str] = mapped_column(String(2048))
     secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
 

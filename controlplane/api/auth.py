@@ -20,6 +20,7 @@ from controlplane.models import ApiToken
 from controlplane.services import tokens
 from controlplane.services.tokens import HostIdentity
 from controlplane.settings import Settings
+from controlplane.statuses import TokenScope
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -106,7 +107,7 @@ class _HostTokenCache:
         token = tokens.authenticate(session(), presented)
         if token is None:
             raise Unauthorized("the token is invalid or revoked")
-        if token.scope != "host" or token.host_id is None:
+        if token.scope != TokenScope.HOST or token.host_id is None:
             raise Forbidden("this needs the token of a host")
         identity = HostIdentity(token.id, token.host_id, token.name)
         if mac_key is not None:

@@ -18,7 +18,7 @@ from controlplane.dashboard.views import _settings, blueprint
 from controlplane.db import session
 from controlplane.models import Repository
 from controlplane.services import desired, hosts, previews, services, tokens
-from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES
+from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES, TokenScope
 from tasks import pipeline
 
 
@@ -99,7 +99,7 @@ def teardown_preview(environment_id: int) -> BaseResponse:
 
 
 def admin_only() -> None:
-    if g.dashboard_token.scope != "admin":
+    if g.dashboard_token.scope != TokenScope.ADMIN:
         abort(403, "this page needs an admin token")
 
 
@@ -115,13 +115,13 @@ def tokens_page() -> str:
 def create_token() -> str:
     actor = admin_form("creating a token")
     scope = _text("scope")
-    if scope not in TOKEN_SCOPES or scope == "host":
+    if scope not in TOKEN_SCOPES or scope == TokenScope.HOST:
         abort(400, "choose admin, worker or read (a host's token comes with its host)")
     name = _text("name")
     if not name:
         abort(400, "a token needs a name")
     lane = _text("builds") or None
-    if lane is not None and (scope != "worker" or lane not in BUILD_LANES):
+    if lane is not None and (scope != TokenScope.WORKER or lane not in BUILD_LANES):
         abort(400, "only a worker token has a lane: trusted, untrusted or all")
     db = session()
     with committed(db):

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.dashboard import login
 from controlplane.errors import ApiError
+from controlplane.statuses import TokenScope
 
 
 def admin_form(what: str) -> str:
@@ -19,7 +20,7 @@ def admin_form(what: str) -> str:
     if not login.csrf_ok(request.form.get("csrf")):
         abort(400, "the form is out of date; reload the page")
     token = g.dashboard_token
-    if token.scope != "admin":
+    if token.scope != TokenScope.ADMIN:
         abort(403, f"{what} needs an admin token")
     return f"token:{token.name}"
 

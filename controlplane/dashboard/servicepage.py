@@ -20,6 +20,7 @@ from controlplane.db import session
 from controlplane.models import Build, Service
 from controlplane.services import appsetup, pending, services
 from controlplane.services.feedback import environment_url
+from controlplane.statuses import EnvironmentStatus
 from tasks import pipeline
 
 RECENT_BUILDS = 20
@@ -37,7 +38,7 @@ def service_page(service_id: int) -> str:
     db = session()
     service = _service_or_404(service_id)
     live = sorted(
-        (env for env in service.environments if env.status != "inactive"),
+        (env for env in service.environments if env.status != EnvironmentStatus.INACTIVE),
         key=lambda e: (e.kind != "production", e.kind == "preview", -(e.pr_number or 0), e.name),
     )
     latest = _latest_builds([env.id for env in live])

@@ -27,6 +27,7 @@ from controlplane.errors import PortsideError
 from controlplane.github import manifest
 from controlplane.models import Host
 from controlplane.services import appsetup, builds
+from controlplane.statuses import TokenScope
 
 STATE_KEY = "github_manifest_state"
 AGENT_RECENT = dt.timedelta(minutes=2)
@@ -172,7 +173,7 @@ def start_github_app() -> tuple[str, int, dict[str, str]]:
 @blueprint.get(manifest.CALLBACK_PATH)
 def github_app_callback() -> tuple[str, int]:
     """GitHub sends the browser back here with a one-time code: exchange and keep it."""
-    if g.dashboard_token.scope != "admin":
+    if g.dashboard_token.scope != TokenScope.ADMIN:
         abort(403, "Registering the GitHub App needs an admin token.")
     expected = session.pop(STATE_KEY, None)
     state = request.args.get("state", "")

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.models import Build, Deployment, Environment
 from controlplane.services import audit, builds, gates, previews
+from controlplane.statuses import EnvironmentStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ def update_environment(
     """Change an environment's settings (``approval_required``). Turning approvals off
     releases a deployment that waited for one (the change is the approval, audited)."""
     environment = _environment(session, environment_id)
-    if environment.status == "inactive":
+    if environment.status == EnvironmentStatus.INACTIVE:
         raise Conflict(f"environment {environment.name} is closed")
     deployment = None
     if "approval_required" in changes:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.models import Build, Environment
 from controlplane.services import images
+from controlplane.statuses import BuildStatus
 
 
 def cache_refs(session: Session, build: Build) -> dict[str, list[str]]:
@@ -40,7 +41,7 @@ def cache_refs(session: Session, build: Build) -> dict[str, list[str]]:
             Build.untrusted.is_(False),
             Build.id != build.id,
             Build.branch == production.branch,
-            Build.status == "succeeded",
+            Build.status == BuildStatus.SUCCEEDED,
         )
         .order_by(Build.id.desc())
         .limit(1)

@@ -31,6 +31,7 @@ from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Environment, Service, WebhookDelivery, utcnow
 from controlplane.services import builds, feedback, gates, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
+from controlplane.statuses import DeployWhen
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def apply(session: Session, build_id: int, verdict: Verdict | None, actor: str) 
     assert environment is not None
     if build.status != gates.CHECKS or environment.held_build_id != build.id:
         return f"build {build.id} is {build.status}"
-    if build.service.deploy_when != "checks_passed":  # switched off meanwhile
+    if build.service.deploy_when != DeployWhen.CHECKS_PASSED:  # switched off meanwhile
         verdict = Verdict("passed", "the service deploys without waiting for checks now")
     if verdict is not None and verdict.state == "passed":
         deployment = builds.deliver(session, environment, build, actor, cleared=(gates.CHECKS,))

@@ -37,6 +37,7 @@ from controlplane.models import (
 from controlplane.services import approvals, audit, effects, previews, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.settings import Settings
+from controlplane.statuses import EnvironmentStatus
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def _targets(
     if not ids:
         return []
     statement = select(Environment).where(
-        Environment.service_id.in_(ids), Environment.status != "inactive"
+        Environment.service_id.in_(ids), Environment.status != EnvironmentStatus.INACTIVE
     )
     if comment.pr_number is not None:
         statement = statement.where(
@@ -246,7 +247,7 @@ def _targets(
             or_(Environment.head_sha == comment.sha, Environment.held_build_id.in_(held))
         )
     if command == "approve":
-        statement = statement.where(Environment.status == "awaiting_approval")
+        statement = statement.where(Environment.status == EnvironmentStatus.AWAITING_APPROVAL)
     return list(session.scalars(statement.order_by(Environment.id)))
 
 
@@ -313,7 +314,10 @@ def _preview(session: Session, request: Request, number: int) -> str:
             preview_zone=context.preview_zone,
             delivery_id=delivery.id,
         )
-        if build is None and environment.status not in ("awaiting_approval", "refused"):
+        if build is None and environment.status not in (
+            EnvironmentStatus.AWAITING_APPROVAL,
+            EnvironmentStatus.REFUSED,
+        ):
             build = previews.redeploy(session, environment.id, request.actor)
             build.delivery_id = delivery.id
         if build is not None:

@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session
 
 from controlplane.models import Build, Environment, utcnow
 from controlplane.services import audit, effects
+from controlplane.statuses import BuildStatus, DeploymentStatus, DeployWhen, EnvironmentStatus
 
-CHECKS = "awaiting_checks"
-APPROVAL = "awaiting_approval"
+CHECKS = BuildStatus.AWAITING_CHECKS
+APPROVAL = BuildStatus.AWAITING_APPROVAL
 # The gates in the order a build passes them; also the statuses of a held build.
 HELD = (CHECKS, APPROVAL)
 # A held build's failed_step when a check failed or did not pass in time.
@@ -39,7 +40,7 @@ def first_gate(environment: Environment, build: Build, cleared: Collection[str] 
         CHECKS not in cleared
         and environment.kind != "preview"
         and build.environment_id == environment.id
-        and service.deploy_when == "checks_passed"
+        and service.deploy_when == DeployWhen.CHECKS_PASSED
     ):
         return CHECKS
     if APPROVAL not in cleared and environment.approval_required:
@@ -97,13 +98,13 @@ def settle(environment: Environment, reason: str | None = None) -> None:
     environment.held_build_id = None
     current = environment.current_deployment
     if current is None:
-        environment.status = "failed" if reason else "pending"
-    elif current.status == "active":
-        environment.status = "running"
-    elif current.status == "pending":
-        environment.status = "deploying"
+        environment.status = EnvironmentStatus.FAILED if reason else EnvironmentStatus.PENDING
+    elif current.status == DeploymentStatus.ACTIVE:
+        environment.status = EnvironmentStatus.RUNNING
+    elif current.status == DeploymentStatus.PENDING:
+        environment.status = EnvironmentStatus.DEPLOYING
     else:
-        environment.status = "failed"
+        environment.status = EnvironmentStatus.FAILED
     environment.status_reason = reason
 
 
@@ -120,7 +121,7 @@ def fail_held(session: Session, environment: Environment, build: Build, reason: 
     if build.environment_id != environment.id:
         return
     now = utcnow()
-    build.status = "failed"
+    build.status = BuildStatus.FAILED
     build.failed_step = CHECKS_STEP
     build.error = reason
     build.finished_at = now

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from controlplane.errors import Conflict, ValidationFailed
 from controlplane.models import Host
 from controlplane.services import audit, tokens
+from controlplane.statuses import TokenScope
 
 HOST_NAME = re.compile(
     r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -41,7 +42,7 @@ def create_host(
         session.rollback()
         raise Conflict(f"host {name!r} already exists") from None
     _token, secret = tokens.create_token(
-        session, f"agent:{name}", "host", host_id=host.id, actor=actor
+        session, f"agent:{name}", TokenScope.HOST, host_id=host.id, actor=actor
     )
     audit.record(session, actor, "host.create", "host", host.id, name=name, untrusted=untrusted)
     return host, secret
@@ -56,7 +57,9 @@ def agent_token(session: Session, name: str) -> str:
     host = session.scalar(select(Host).where(Host.name == name))
     if host is None:
         return create_host(session, name, "cli")[1]
-    return tokens.create_token(session, f"agent:{name}", "host", host_id=host.id, actor="cli")[1]
+    return tokens.create_token(
+        session, f"agent:{name}", TokenScope.HOST, host_id=host.id, actor="cli"
+    )[1]
 
 
 def refuse_production_on(host: Host) -> None:

@@ -35,6 +35,7 @@ from controlplane.models import (
 )
 from controlplane.services import audit
 from controlplane.services.services import get_service
+from controlplane.statuses import NotificationKind
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def add_target(
             "unknown kind", details={"kind": [f"one of {', '.join(NOTIFICATION_KINDS)}"]}
         )
     url = _check_url(url)
-    if kind == "webhook" and not secret:
+    if kind == NotificationKind.WEBHOOK and not secret:
         secret = secrets.token_urlsafe(32)
     target = NotificationTarget(
         service_id=service.id,
@@ -116,7 +117,7 @@ def add_target(
     audit.record(
         session, actor, "notification.add", "service", service.id, target=target.id, kind=kind
     )
-    return target, secret if kind == "webhook" else None
+    return target, secret if kind == NotificationKind.WEBHOOK else None
 
 
 def list_targets(session: Session, service_id: int) -> list[NotificationTarget]:
@@ -255,7 +256,7 @@ def request_for(
 ) -> tuple[bytes, dict[str, str]]:
     """The exact body and headers sent to ``target``."""
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-    if target.kind == "slack":
+    if target.kind == NotificationKind.SLACK:
         return json.dumps({"text": message.text}).encode(), headers
     document = {**message.payload, "delivery": delivery, "sent_at": utcnow().isoformat()}
     body = json.dumps(document, sort_keys=True, default=str).encode()

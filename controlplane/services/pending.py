@@ -9,15 +9,25 @@ from sqlalchemy.orm import Session
 
 from controlplane.models import Build, Deployment, Environment, Host
 from controlplane.services import builds, desired, gates, placements
+from controlplane.statuses import BuildStatus, DeploymentStatus, EnvironmentStatus
 
 # The statuses of an environment that wait for something to happen.
-WAITING_STATUSES = ("pending", "awaiting_approval", "awaiting_checks", "building", "deploying")
+WAITING_STATUSES = (
+    EnvironmentStatus.PENDING,
+    EnvironmentStatus.AWAITING_APPROVAL,
+    EnvironmentStatus.AWAITING_CHECKS,
+    EnvironmentStatus.BUILDING,
+    EnvironmentStatus.DEPLOYING,
+)
 
 
 def _build_in_flight(session: Session, environment: Environment) -> Build | None:
     return session.scalar(
         select(Build)
-        .where(Build.environment_id == environment.id, Build.status.in_(("queued", "running")))
+        .where(
+            Build.environment_id == environment.id,
+            Build.status.in_((BuildStatus.QUEUED, BuildStatus.RUNNING)),
+        )
         .order_by(Build.id.desc())
         .limit(1)
     )
@@ -33,7 +43,7 @@ def pending_reason(session: Session, environment: Environment, agent_interval: i
     reasons: list[str] = []
     if environment.status in gates.HELD and environment.held_build_id is not None:
         reasons.append(environment.status_reason or environment.status.replace("_", " "))
-    elif environment.status == "awaiting_approval":
+    elif environment.status == EnvironmentStatus.AWAITING_APPROVAL:
         sha = f" of {environment.head_sha[:7]}" if environment.head_sha else ""
         reasons.append(f"waiting for approval{sha}")
     build = _build_in_flight(session, environment)
@@ -53,7 +63,7 @@ def pending_reason(session: Session, environment: Environment, agent_interval: i
             # On several hosts, only those whose agent has not reported it running yet.
             if (
                 deployment is not None
-                and deployment.status == "pending"
+                and deployment.status == DeploymentStatus.PENDING
                 and (
                     len(host_ids) == 1
                     or not placements.reports_running(host, environment.name, deployment.id)

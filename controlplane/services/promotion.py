@@ -21,6 +21,7 @@ from contracts import envkinds
 from controlplane.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from controlplane.models import Deployment, Environment
 from controlplane.services import audit, builds
+from controlplane.statuses import DeploymentStatus, EnvironmentStatus
 
 
 def _refusal(source: Environment, target: Environment) -> None:
@@ -51,11 +52,11 @@ def _refusal(source: Environment, target: Environment) -> None:
             "previews): nothing is promoted there"
         )
     for environment in (source, target):
-        if environment.status == "inactive":
+        if environment.status == EnvironmentStatus.INACTIVE:
             raise Conflict(f"{environment.name} is torn down")
     if current is None:
         raise Conflict(f"{source.name} has nothing deployed to promote")
-    if current.status != "active":
+    if current.status != DeploymentStatus.ACTIVE:
         raise Conflict(
             f"deployment #{current.id} of {source.name} is {current.status}: "
             "promote what runs once its host's agent reports it healthy"

@@ -26,6 +26,7 @@ from controlplane.errors import Conflict, ValidationFailed
 from controlplane.models import Environment, Service, utcnow
 from controlplane.services import audit, previews
 from controlplane.services.services import get_service, valid_branch
+from controlplane.statuses import EnvironmentStatus
 
 
 def environment_name(service: Service, kind: str) -> str:
@@ -50,16 +51,18 @@ def create_environment(
     name = environment_name(service, kind)
     environment = session.scalar(select(Environment).where(Environment.name == name))
     if environment is not None and (
-        environment.service_id != service.id or environment.status != "inactive"
+        environment.service_id != service.id or environment.status != EnvironmentStatus.INACTIVE
     ):
         raise Conflict(f"an environment named {name!r} exists")
     if environment is None:
-        environment = Environment(service_id=service.id, name=name, kind=kind, status="pending")
+        environment = Environment(
+            service_id=service.id, name=name, kind=kind, status=EnvironmentStatus.PENDING
+        )
         session.add(environment)
     environment.host_id = service.host_id
     environment.branch = branch
     environment.domain = previews.subdomain(service, kind, zone)
-    environment.status = "pending"
+    environment.status = EnvironmentStatus.PENDING
     environment.status_reason = None
     environment.closed_at = environment.closed_by = environment.closed_reason = None
     environment.last_activity_at = utcnow()

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from controlplane.errors import BadRequest, NotFound
 from controlplane.models import ApiToken, utcnow
 from controlplane.services import audit
-from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES
+from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES, TokenScope
 
 PREFIX = "ps"
 SHARED_TTL = 600  # seconds a host token stays in Redis; revoking replaces it at once
@@ -63,11 +63,11 @@ def create_token(
     runs only on workers whose token was made for it."""
     if scope not in TOKEN_SCOPES:
         raise BadRequest(f"scope must be one of {', '.join(TOKEN_SCOPES)}")
-    if builds is not None and scope != "worker":
+    if builds is not None and scope != TokenScope.WORKER:
         raise BadRequest("only a worker token has a lane of builds")
     if builds is not None and builds not in BUILD_LANES:
         raise BadRequest(f"builds must be one of {', '.join(BUILD_LANES)}")
-    if scope == "host" and host_id is None:
+    if scope == TokenScope.HOST and host_id is None:
         raise BadRequest("a host token belongs to a host")
     if not name.strip():
         raise BadRequest("a token needs a name")

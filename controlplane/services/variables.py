@@ -14,11 +14,12 @@ from controlplane.models import RegistryCredential, Variable
 from controlplane.services import audit
 from controlplane.services.services import get_service
 from controlplane.settings import Settings
+from controlplane.statuses import VariableKind, VariableScope, values
 
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-KINDS = ("runtime", "build")
+KINDS = values(VariableKind)
 # Which environments get a variable: previews can have their own database URL, say.
-SCOPES = ("all", "production", "preview")
+SCOPES = values(VariableScope)
 
 
 def set_variable(
@@ -28,8 +29,8 @@ def set_variable(
     *,
     name: str,
     value: str,
-    kind: str = "runtime",
-    scope: str = "all",
+    kind: str = VariableKind.RUNTIME,
+    scope: str = VariableScope.ALL,
     is_secret: bool = True,
     actor: str,
 ) -> Variable:

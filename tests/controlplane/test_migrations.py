@@ -8,13 +8,22 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, ForeignKeyConstraint, Table, create_engine, inspect, text
+from sqlalchemy import (
+    CheckConstraint,
+    Engine,
+    ForeignKeyConstraint,
+    Table,
+    create_engine,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import make_url
 
 from controlplane import migrate
@@ -29,9 +38,9 @@ def _admin_url() -> str:
     )
 
 
-@pytest.fixture
-def empty_postgres() -> Iterator[Engine]:
-    """An empty PostgreSQL database of this test's own."""
+@contextmanager
+def scratch_postgres() -> Iterator[Engine]:
+    """An empty PostgreSQL database of its own, dropped on leaving."""
     admin = create_engine(_admin_url(), isolation_level="AUTOCOMMIT")
     name = f"portside_migrations_{os.getpid()}_{secrets.token_hex(3)}"
     with admin.connect() as connection:
@@ -45,6 +54,13 @@ def empty_postgres() -> Iterator[Engine]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def empty_postgres() -> Iterator[Engine]:
+    """An empty PostgreSQL database of this test's own."""
+    with scratch_postgres() as engine:
+        yield engine
 
 
 @pytest.fixture
@@ -180,3 +196,93 @@ def test_delivery_bodies_are_compressed_with_lz4(empty_postgres: Engine) -> None
 
     migrate.downgrade(empty_postgres, "0003")
     assert payload_compression(empty_postgres) == ""
+
+
+def check_constraints(engine: Engine) -> dict[str, str]:
+    """Every check constraint of the database: its name and its text as the database
+    keeps it (normalised, so a migrated one and one of ``create_all`` compare)."""
+    inspector = inspect(engine)
+    return {
+        check["name"]: check["sqltext"]
+        for table in inspector.get_table_names()
+        for check in inspector.get_check_constraints(table)
+    }
+
+
+MODEL_CHECKS = {
+    str(constraint.name)
+    for table in Base.metadata.tables.values()
+    for constraint in table.constraints
+    if isinstance(constraint, CheckConstraint)
+}
+
+
+def test_the_models_declare_the_status_checks() -> None:
+    # Guards the comparisons below against models that declare none.
+    assert {
+        "ck_builds_status",
+        "ck_webhook_deliveries_status",
+        "ck_api_tokens_scope",
+    } <= MODEL_CHECKS
+
+
+def test_migrated_check_constraints_are_the_models(empty_postgres: Engine) -> None:
+    migrate.upgrade(empty_postgres)
+    with scratch_postgres() as from_models:
+        Base.metadata.create_all(from_models)
+        declared = check_constraints(from_models)
+
+    assert declared.keys() == MODEL_CHECKS
+    assert check_constraints(empty_postgres) == declared
+
+
+def test_status_checks_downgrade_and_upgrade_again(empty_postgres: Engine) -> None:
+    migrate.upgrade(empty_postgres, "0017")
+    with empty_postgres.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO webhook_deliveries (guid, event, payload, status, attempts,"
+                " received_at) VALUES ('stuck', 'push', '{}', 'processing', 0, now())"
+            )
+        )
+    assert check_constraints(empty_postgres) == {}
+
+    migrate.upgrade(empty_postgres, "0019")
+    with empty_postgres.connect() as connection:
+        status = connection.execute(text("SELECT status FROM webhook_deliveries")).scalar()
+    # Nothing ever set "processing": the re-drive takes such a delivery up as enqueued.
+    assert status == "enqueued"
+    assert "ck_webhook_deliveries_status" in check_constraints(empty_postgres)
+
+    migrate.downgrade(empty_postgres, "0017")
+    assert check_constraints(empty_postgres) == {}
+    migrate.upgrade(empty_postgres)
+    assert schema_differences(empty_postgres) == []
+
+
+def test_an_unknown_value_stops_the_upgrade_by_name(empty_postgres: Engine) -> None:
+    migrate.upgrade(empty_postgres, "0017")
+    with empty_postgres.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO api_tokens (public_id, secret_hash, name, scope, created_at)"
+                " VALUES ('p', '\\x00', 'odd', 'superuser', now())"
+            )
+        )
+
+    with pytest.raises(RuntimeError, match=r"api_tokens\.scope = 'superuser'"):
+        migrate.upgrade(empty_postgres, "0019")
+
+
+def test_sqlite_gets_the_status_checks_and_loses_them(empty_sqlite: Engine) -> None:
+    migrate.upgrade(empty_sqlite)
+    migrated = check_constraints(empty_sqlite)
+    assert migrated.keys() >= {
+        "ck_builds_status",
+        "ck_api_tokens_builds",
+        "ck_services_deploy_when",
+    }
+
+    migrate.downgrade(empty_sqlite, "0017")
+
+    assert check_constraints(empty_sqlite) == {}
