@@ -419,16 +419,25 @@ def strict_rounds(
     cores = os.cpu_count() or 1
     bare = Server("bare-sync", "bench.bare_app:app", env, work_dir / "bare-sync.log", cores)
     rounds: list[dict[str, wrk.WrkResult]] = []
+    cpu: list[dict[str, str]] = []  # per round and target: CPU ms per request, by process
     problems: list[str] = []
     try:
         bare.start()
         for _ in range(args.wrk_rounds):
             pair: dict[str, wrk.WrkResult] = {}
+            cpu.append({})
             for name, server in (("bare", bare), ("portside", portside)):
                 wrk.run_wrk(server.port, PATH, headers, body, seconds=1)  # warm: connections
                 reset_intake(engine)
+                before = cpu_snapshot(cpu_groups(server))
                 pair[name] = load = wrk.run_wrk(
                     server.port, PATH, headers, body, seconds=args.wrk_seconds
+                )
+                used = cpu_used(before, cpu_snapshot(cpu_groups(server)))
+                cpu[-1][name] = ", ".join(
+                    f"{group} {seconds * 1000 / max(load.requests, 1):.2f}"
+                    for group, seconds in used.items()
+                    if group in ("gunicorn", "postgres", "other", "machine")
                 )
                 if load.failed:
                     problems.append(f"wrk {name}: errors {load.errors}")
@@ -437,7 +446,7 @@ def strict_rounds(
     finally:
         bare.stop()
     if problems or not rounds:
-        return {"problems": problems, "rounds": rounds}
+        return {"problems": problems, "rounds": rounds, "cpu": cpu}
     ratios = [
         pair["portside"].requests_per_second / pair["bare"].requests_per_second for pair in rounds
     ]
@@ -446,6 +455,7 @@ def strict_rounds(
     return {
         "problems": [],
         "rounds": rounds,
+        "cpu": cpu,
         "ratio": round(ratio, 3),
         "round_ratios": [round(value, 3) for value in ratios],
         "ratio_pass": ratio >= STRICT_TARGET_RATIO,
@@ -744,9 +754,12 @@ def render_strict(strict: dict[str, Any] | None) -> list[str]:
     if strict is None:
         return []
     lines = ["", "wrk at saturation (8 connections, 2 threads), bare under sync workers:"]
-    for number, pair in enumerate(strict.get("rounds", []), 1):
+    for number, (pair, cpu) in enumerate(
+        zip(strict.get("rounds", []), strict.get("cpu", []), strict=False), 1
+    ):
         for name, load in pair.items():
             lines.append(f"  {name:<9} #{number} {load.describe()}")
+            lines.append(f"  {'':<9}    CPU ms per request: {cpu.get(name, '-')}")
     lines += [f"FAILED: {problem}" for problem in strict["problems"]]
     if "ratio" in strict:
         lines.append(
