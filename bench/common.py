@@ -117,23 +117,37 @@ def temporary_database(admin_url: str, prefix: str = "portside_bench_") -> Itera
 class Server:
     """A gunicorn master serving ``app`` with the project's config, logging to a file."""
 
-    def __init__(self, name: str, app: str, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        app: str,
+        env: Mapping[str, str],
+        log_path: Path,
+        plain_workers: int | None = None,
+    ) -> None:
+        """``plain_workers``: gunicorn's defaults (sync workers, no access log) with that
+        many workers instead of the project's config: the best plain configuration."""
         self.name = name
         self.app = app
         self.env = dict(env)
         self.log_path = log_path
+        self.plain_workers = plain_workers
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def command(self) -> list[str]:
+        if self.plain_workers is None:
+            config = ["-c", str(GUNICORN_CONF)]
+        else:  # gunicorn's defaults: sync workers, no access log
+            config = ["--workers", str(self.plain_workers), "--worker-class", "sync"]
+            config += ["--threads", "1"]
         return [
             sys.executable,
             "-m",
             "gunicorn",
-            "-c",
-            str(GUNICORN_CONF),
+            *config,
             "--bind",
             f"{HOST}:{self.port}",
             self.app,
@@ -179,6 +193,8 @@ class Server:
         )
 
     def expected_workers(self) -> int:
+        if self.plain_workers is not None:
+            return self.plain_workers
         return gunicorn_setting("workers", self.env)
 
     def worker_pids(self) -> list[int]:

@@ -2,8 +2,9 @@
 
 One run, on this machine, against 127.0.0.1 only:
 
-1. the baseline: ``bench.bare_app`` (Flask, read the body, 204) under gunicorn with
-   ``deploy/gunicorn.conf.py``, sent the same deliveries (warm-up, then the measured run);
+1. the baseline: ``bench.bare_app`` (Flask, read the body, 204) under gunicorn's plain
+   sync workers, one per core (the best plain configuration, as in the webhook bench's
+   stricter view), sent the same deliveries (warm-up, then the measured run);
 2. Portside as it runs for real (bench/stack.py): ``controlplane.wsgi:app`` under the same
    config, a ``portside worker`` with the concurrency ``portside dev`` gives it, the test
    GitHub server with the App installed on one repository, a host, a service tracking
@@ -32,6 +33,7 @@ import contextlib
 import copy
 import datetime as dt
 import json
+import os
 import secrets
 import sys
 import tempfile
@@ -60,8 +62,8 @@ from bench.stack import Stack, portside_stack
 from bench.webhooks import delivery_headers
 from controlplane.models import Build, WebhookDelivery
 
-TARGET_RATIO = 0.35  # the intake's own target, now with the control worker busy beside it
-TARGET_P99_MS = 50.0
+TARGET_RATIO = 0.35  # issue 20: of bare under sync workers, the control worker busy beside
+TARGET_P99_MS = 30.0
 TARGET_DRAIN_S = 60.0  # ours: a 1,000-push storm handed to the build queue within a minute
 WARMUP_BRANCH = "warm-up"
 
@@ -201,8 +203,9 @@ def check(stack: Stack, storm: Storm, result: StormResult) -> None:
 
 
 def run_bare(stack: Stack, github: GitHubSide, args: argparse.Namespace) -> LoadResult:
-    """The same pushes, warm-up first, to the bare Flask endpoint under the same gunicorn."""
-    bare = Server("bare", "bench.bare_app:app", stack.env, stack.work_dir / "bare.log")
+    """The same pushes, warm-up first, to the bare Flask endpoint under sync workers."""
+    cores = os.cpu_count() or 1
+    bare = Server("bare", "bench.bare_app:app", stack.env, stack.work_dir / "bare.log", cores)
     try:
         bare.start()
         warm = make_storm(github, bare.port, args.warmup, WARMUP_BRANCH)
@@ -289,15 +292,15 @@ def figures(result: StormResult, args: argparse.Namespace) -> list[Figure]:
     names = {
         "persisted": f"storm: deliveries persisted ({args.concurrency} senders)",
         "once": "storm: processed exactly once, one build each",
-        "ratio": "storm: intake Portside/bare throughput (worker busy)",
+        "ratio": "storm: intake Portside/bare sync throughput (worker busy)",
         "p99": "storm: intake p99 latency (worker busy)",
         "drain": f"storm: first POST -> last of {n} builds queued",
     }
     targets = {
         "persisted": f"{n}/{n}",
         "once": f"{n}/{n}",
-        "ratio": f">= {TARGET_RATIO} (the intake's)",
-        "p99": f"< {TARGET_P99_MS:.0f} ms (the intake's)",
+        "ratio": f">= {TARGET_RATIO}",
+        "p99": f"< {TARGET_P99_MS:.0f} ms",
         "drain": f"<= {TARGET_DRAIN_S:.0f} s (ours)",
     }
     if result.portside is None or result.bare is None:

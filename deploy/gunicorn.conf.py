@@ -4,11 +4,14 @@ import multiprocessing
 import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
+# One worker per core: the workers are threaded, so more of them only take turns on the
+# same cores (measured: more CPU per webhook delivery, a longer p99; docs/operations.rst).
+workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
 # Agents long-poll: each waiting poll holds a thread (no database or Redis connection),
 # so workers x threads is how many agents one web server holds at once. Threads are
-# started as requests need them; idle ones cost little.
-threads = int(os.environ.get("GUNICORN_THREADS", "512"))
+# started as requests need them; idle ones cost little. 1024 per worker: as many held
+# polls per core as the two workers of 512 per core that this replaced.
+threads = int(os.environ.get("GUNICORN_THREADS", "1024"))
 # Above threads, so kept-alive connections stay possible (gunicorn keeps at most
 # worker_connections - threads of them idle); a worker at its limit stops accepting and
 # another takes the connection.
@@ -18,7 +21,10 @@ worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "90"))
 graceful_timeout = 30
 keepalive = 5
-accesslog = "-"
+# No access log by default: formatting and writing a line costs every request CPU that
+# the webhook intake needs under a storm. The proxy in front usually logs requests;
+# GUNICORN_ACCESSLOG=- logs them here to stdout (or to the file it names).
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # GitHub's 25 MB deliveries are refused by the app, not by a header limit.
