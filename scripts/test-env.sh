@@ -81,8 +81,9 @@ WAIT_SECONDS="${PORTSIDE_TEST_ENV_TIMEOUT:-60}"
 # forwarding test sends to a real rsyslogd (each started by its test, on a free loopback
 # port; policy-rc.d keeps the packages from starting their own). debootstrap: the
 # deploy recipe's test makes its Debian base image with it (tests/test_deploy_stack.py).
+# wrk: the intake benchmark's saturating sender (bench/wrk.py and its test).
 DEBIAN_PACKAGES=(docker.io docker-registry docker-compose busybox-static git curl
-    apache2-utils openssl python3-jwt python3-cryptography prometheus rsyslog debootstrap)
+    apache2-utils openssl python3-jwt python3-cryptography prometheus rsyslog debootstrap wrk)
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
 die() {
