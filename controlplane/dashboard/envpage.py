@@ -22,7 +22,7 @@ from controlplane.dashboard.views import (
 from controlplane.db import session
 from controlplane.models import Environment, Host
 from controlplane.services import desired, envlogs, logstream, placements
-from controlplane.services.feedback import environment_url
+from controlplane.services.githubwrites import environment_url
 
 # Lines the page opens with; the pane then follows new ones.
 PAGE_LOG_LINES = 200

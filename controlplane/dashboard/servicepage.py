@@ -19,7 +19,7 @@ from controlplane.dashboard.views import (
 from controlplane.db import session
 from controlplane.models import Build, Service
 from controlplane.services import appsetup, pending, services
-from controlplane.services.feedback import environment_url
+from controlplane.services.githubwrites import environment_url
 from tasks import pipeline
 
 RECENT_BUILDS = 20

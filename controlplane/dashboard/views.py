@@ -41,7 +41,7 @@ from controlplane.models import (
     WebhookDelivery,
 )
 from controlplane.services import approvals, builds, desired, images, logs, pending, placements
-from controlplane.services.feedback import environment_url
+from controlplane.services.githubwrites import environment_url
 from controlplane.settings import Settings
 from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES
 from tasks import pipeline

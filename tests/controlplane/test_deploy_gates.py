@@ -31,6 +31,7 @@ from controlplane.services import (
     deliveries,
     desired,
     feedback,
+    githubwrites,
     hosts,
     pushes,
     services,
@@ -189,7 +190,7 @@ def test_a_build_waits_for_the_required_check_and_deploys_once_it_is_green(
     sha = held["sha"]
     run = state.add_check_run(REPOSITORY, sha, "ci/test", app_id=CI_APP, status="in_progress")
     state.add_check_run(REPOSITORY, sha, "ci/lint", app_id=CI_APP, conclusion="success")
-    state.add_commit_status(REPOSITORY, sha, feedback.CONTEXT, "success")
+    state.add_commit_status(REPOSITORY, sha, githubwrites.CONTEXT, "success")
     outcome = deliver(
         client,
         database,
@@ -255,7 +256,7 @@ def test_a_red_check_leaves_production_on_the_previous_commit_with_the_reason(
     (ours,) = [r for r in state.check_runs if r.external_id == str(build_id)]
     assert ours.conclusion == "failure" and "security/scan (failure)" in ours.output["title"]
     assert ours.output["title"].startswith("checks failed")
-    assert [s.state for s in state.statuses if s.context == feedback.CONTEXT][-1] == "failure"
+    assert [s.state for s in state.statuses if s.context == githubwrites.CONTEXT][-1] == "failure"
 
 
 def test_a_missed_check_suite_delivery_is_caught_by_the_poll_through_failures_and_pages(

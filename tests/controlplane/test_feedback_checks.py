@@ -31,6 +31,7 @@ from controlplane.services import (
     deliveries,
     effects,
     feedback,
+    githubwrites,
     hosts,
     pushes,
     services,
@@ -180,7 +181,7 @@ def test_a_production_build_is_one_check_run_and_one_github_deployment_through_f
         assert build is not None and build.check_run_id == run.id
         sha = build.commit_sha
     assert (run.name, run.head_sha, run.status, run.conclusion) == (
-        feedback.CHECK_NAME,
+        githubwrites.CHECK_NAME,
         sha,
         "completed",
         "success",
@@ -229,7 +230,7 @@ def test_another_apps_run_of_the_same_name_and_external_id_is_not_taken_for_ours
         id=state.next_id(),
         repo=REPOSITORY,
         head_sha=sha,
-        name=feedback.CHECK_NAME,
+        name=githubwrites.CHECK_NAME,
         external_id=str(build_id),
         details_url=None,
         status="completed",

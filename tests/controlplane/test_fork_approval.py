@@ -24,7 +24,7 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import feedback, hosts, previews, services
+from controlplane.services import feedback, githubwrites, hosts, previews, services
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Settings
 from tests.fixtures.github import GitHubAppKey
@@ -445,7 +445,7 @@ def test_github_gets_a_pending_status_and_a_comment_saying_how_to_approve(
         feedback.send(session, github, settings, "awaiting_approval", env.id)
 
     (status,) = state.statuses
-    assert (status.sha, status.state, status.context) == (head, "pending", feedback.CONTEXT)
+    assert (status.sha, status.state, status.context) == (head, "pending", githubwrites.CONTEXT)
     assert status.description == "Waiting for a maintainer to approve this commit"
     (comment,) = state.comments
     assert f"portside previews approve hello-pr-2 --sha {head}" in comment.body

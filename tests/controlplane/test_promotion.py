@@ -23,7 +23,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Deployment, Environment, Host
-from controlplane.services import approvals, desired, feedback, hosts, services
+from controlplane.services import approvals, desired, feedback, githubwrites, hosts, services
 from controlplane.settings import Settings
 from tests.controlplane.test_cli import assert_one_line_failure, run_portside
 from tests.controlplane.test_intake_processing import (
@@ -164,7 +164,7 @@ def test_staging_is_promoted_to_production_without_a_new_build(
         True,
         False,
     )
-    assert promoted.payload[feedback.PAYLOAD_KEY] == {
+    assert promoted.payload[githubwrites.PAYLOAD_KEY] == {
         "environment": staged["production"],
         "deployment": body["deployment_id"],
     }
