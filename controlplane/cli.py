@@ -263,14 +263,14 @@ def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
     if uses_api(os.environ):
         return api_services_create(settings, args)
     from controlplane.crypto import SecretBox
-    from controlplane.services import scaling, services
+    from controlplane.services import catalog, scaling, servicerules
 
     fields, scale = scaling.split(_service_fields(args))
-    spec = services.spec_from(fields)
+    spec = servicerules.spec_from(fields)
     box = SecretBox.from_settings(settings) if settings.secret_key else None
 
     def action(session: Any) -> str:
-        service = services.create_service(
+        service = catalog.create_service(
             session, spec, "cli", box=box, allow_local_git=settings.allow_local_git
         )
         if scale:
@@ -284,7 +284,7 @@ def cmd_services_create(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_services_list(settings: Settings, args: argparse.Namespace) -> int:
     if uses_api(os.environ):
         return api_services_list(settings, args)
-    from controlplane.services import services
+    from controlplane.services import catalog
 
     def action(session: Any) -> list[dict[str, Any]]:
         return [
@@ -296,7 +296,7 @@ def cmd_services_list(settings: Settings, args: argparse.Namespace) -> int:
                 "host": s.host.name,
                 "domain": s.domain,
             }
-            for s in services.list_services(session)
+            for s in catalog.list_services(session)
         ]
 
     _emit(_admin(settings, action), SERVICE_COLUMNS, args.json)

@@ -13,7 +13,15 @@ from controlplane.api.auth import actor, current_token, require
 from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import Forbidden
-from controlplane.services import appsetup, audit, scaling, services, variables
+from controlplane.services import (
+    appsetup,
+    audit,
+    catalog,
+    envactions,
+    scaling,
+    servicerules,
+    variables,
+)
 from tasks import pipeline
 
 blueprint = Blueprint(
@@ -30,9 +38,9 @@ def create_service(data: dict[str, Any]) -> Any:
     settings = current_app.extensions["portside.settings"]
     data, scale = scaling.split(data)
     data["host"] = scaling.primary_host(data, scale)
-    service = services.create_service(
+    service = catalog.create_service(
         db,
-        services.spec_from(data),
+        servicerules.spec_from(data),
         actor(),
         box=SecretBox.from_settings(settings) if settings.secret_key else None,
         allow_local_git=settings.allow_local_git,
@@ -48,14 +56,14 @@ def create_service(data: dict[str, Any]) -> Any:
 @blueprint.response(200, schemas.ServiceSchema(many=True))
 @blueprint.paginate(Page)
 def list_services() -> list[Any]:
-    return services.list_services(session())
+    return catalog.list_services(session())
 
 
 @blueprint.get("/<int:service_id>")
 @require("read")
 @blueprint.response(200, schemas.ServiceSchema)
 def get_service(service_id: int) -> Any:
-    return services.get_service(session(), service_id)
+    return catalog.get_service(session(), service_id)
 
 
 @blueprint.patch("/<int:service_id>")
@@ -66,7 +74,7 @@ def update_service(changes: dict[str, Any], service_id: int) -> Any:
     db = session()
     changes, scale = scaling.split(changes)
     if changes or not scale:
-        service = services.update_service(db, service_id, changes, actor())
+        service = catalog.update_service(db, service_id, changes, actor())
     if scale:
         service = scaling.scale(db, service_id, actor(), **scale)
     db.commit()
@@ -81,7 +89,7 @@ def generate_preview_password(service_id: int) -> Any:
     working) and turn ``basic_auth`` on; the password is in this answer only."""
     db = session()
     box = SecretBox.from_settings(current_app.extensions["portside.settings"])
-    username, password = services.generate_preview_password(db, box, service_id, actor())
+    username, password = catalog.generate_preview_password(db, box, service_id, actor())
     db.commit()
     return {"username": username, "password": password}
 
@@ -102,7 +110,7 @@ def deploy_service(data: dict[str, Any], service_id: int) -> Any:
     github = appsetup.github_of(current_app.extensions)
     settings = current_app.extensions["portside.settings"]
     box = SecretBox.from_settings(settings) if settings.secret_key else None
-    build = services.deploy_ref(db, github, service_id, data["ref"], actor(), box=box)
+    build = envactions.deploy_ref(db, github, service_id, data["ref"], actor(), box=box)
     db.commit()
     pipeline.enqueue_build(build.id)
     return build
@@ -172,6 +180,6 @@ def delete_variable(service_id: int, kind: str, name: str) -> None:
 @blueprint.response(204)
 def delete_service(service_id: int) -> Response | None:
     db = session()
-    services.delete_service(db, service_id, actor())
+    catalog.delete_service(db, service_id, actor())
     db.commit()
     return None

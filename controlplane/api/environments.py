@@ -11,9 +11,8 @@ from controlplane import schemas
 from controlplane.api.auth import actor, require
 from controlplane.api.shaping import paged, row_fields
 from controlplane.db import session
-from controlplane.errors import Conflict
 from controlplane.models import Environment
-from controlplane.services import approvals, desired, listings, previews, staging
+from controlplane.services import approvals, desired, envactions, listings
 from tasks import pipeline
 
 blueprint = Blueprint(
@@ -57,13 +56,7 @@ def delete_environment(environment_id: int) -> None:
     """Tear down a preview or a staging environment by hand (production environments go
     with their service; a staging environment's images stay, production may run them)."""
     db = session()
-    environment = previews.get_environment(db, environment_id)
-    if environment.kind == "production":
-        raise Conflict("production is not torn down this way; delete the service instead")
-    if environment.kind == "preview":
-        previews.teardown(db, environment, actor(), "removed through the API")
-    else:
-        staging.delete_environment(db, environment, actor())
+    envactions.remove(db, environment_id, actor())
     db.commit()
 
 
@@ -73,7 +66,7 @@ def delete_environment(environment_id: int) -> None:
 def redeploy_environment(environment_id: int) -> Any:
     """Build the environment's current commit again and deploy it."""
     db = session()
-    build = previews.redeploy(db, environment_id, actor())
+    build = envactions.redeploy(db, environment_id, actor())
     db.commit()
     pipeline.enqueue_build(build.id)
     return build
@@ -125,6 +118,6 @@ def approve_secrets(data: dict[str, Any], environment_id: int) -> Any:
     """Let the fork commit a person reviewed (``sha``, required: the head) receive the
     service's secrets (a decision per commit, like the approval to run it)."""
     db = session()
-    environment = previews.approve_secrets(db, environment_id, actor(), data["sha"])
+    environment = envactions.approve_secrets(db, environment_id, actor(), data["sha"])
     db.commit()
     return environment

@@ -34,7 +34,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import approvals, audit, effects, previews, pushes
+from controlplane.services import approvals, audit, effects, envactions, previews, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.settings import Settings
 
@@ -214,7 +214,7 @@ def _run(session: Session, request: Request, command: str) -> str:
         if command == "approve":
             notes.append(_approve(session, request, environment))
         else:
-            build = previews.redeploy(session, environment.id, request.actor)
+            build = envactions.redeploy(session, environment.id, request.actor)
             build.delivery_id = request.delivery.id  # enqueued with the delivery's builds
             notes.append(f"{environment.name}: build {build.id}")
     return "; ".join(notes)
@@ -314,7 +314,7 @@ def _preview(session: Session, request: Request, number: int) -> str:
             delivery_id=delivery.id,
         )
         if build is None and environment.status not in ("awaiting_approval", "refused"):
-            build = previews.redeploy(session, environment.id, request.actor)
+            build = envactions.redeploy(session, environment.id, request.actor)
             build.delivery_id = delivery.id
         if build is not None:
             notes.append(f"{environment.name}: build {build.id}")
@@ -381,7 +381,7 @@ def redeploy_check_run(session: Session, delivery: WebhookDelivery, build: Build
         )
     actor = f"github:{(delivery.payload.get('sender') or {}).get('login') or 'unknown'}"
     try:
-        rebuilt = previews.redeploy(session, environment.id, actor)
+        rebuilt = envactions.redeploy(session, environment.id, actor)
     except ApiError as exc:
         return Outcome("ignored", f"not redeployed: {exc.message}")
     rebuilt.delivery_id = delivery.id

@@ -16,6 +16,7 @@ from controlplane.models import (
     Deployment,
     Environment,
     Host,
+    Service,
     WebhookDelivery,
 )
 from controlplane.services import desired, placements
@@ -150,3 +151,34 @@ def overview(session: Session, listed: list[Host], agent_interval: int) -> list[
         )
         result.append(HostOverview(host, desired.is_online(host, agent_interval), list(running)))
     return result
+
+
+def live_services(session: Session) -> list[Service]:
+    """Services not deleted, by name, with their environments, what each runs and their
+    host loaded (the services page reads them all)."""
+    return list(
+        session.scalars(
+            select(Service)
+            .where(Service.deleted_at.is_(None))
+            .order_by(Service.name)
+            .options(
+                selectinload(Service.environments)
+                .selectinload(Environment.current_deployment)
+                .selectinload(Deployment.build),
+                selectinload(Service.host),
+            )
+        )
+    )
+
+
+def latest_builds(session: Session, environment_ids: list[int]) -> dict[int, Build]:
+    """The newest build of each of these environments, by environment id."""
+    if not environment_ids:
+        return {}
+    newest = (
+        select(func.max(Build.id))
+        .where(Build.environment_id.in_(environment_ids))
+        .group_by(Build.environment_id)
+    )
+    rows = session.scalars(select(Build).where(Build.id.in_(newest)))
+    return {build.environment_id: build for build in rows}

@@ -28,13 +28,14 @@ from controlplane.models import (
 )
 from controlplane.services import (
     builds,
+    catalog,
     deliveries,
     effects,
     feedback,
     githubwrites,
     hosts,
     pushes,
-    services,
+    servicerules,
     variables,
 )
 from controlplane.services.outcomes import HandlerContext
@@ -63,9 +64,11 @@ def service_id(
             )
         )
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository=REPOSITORY, branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository=REPOSITORY, branch="main", host="web-1"
+            ),
             "test",
         )
         pushes.production_environment(session, service).address = "127.0.0.1:8080"
@@ -93,7 +96,7 @@ def github_app(github_server: GitHubServer, github_app_key: GitHubAppKey) -> Git
 def new_build(database: Database, state: GitHubState, service_id: int, text: str) -> int:
     sha = state.commit(REPOSITORY, {"index.html": text})
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         build = pushes.start_build(
             session, service, pushes.production_environment(session, service), sha, branch="main"
         )

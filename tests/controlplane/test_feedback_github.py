@@ -16,7 +16,7 @@ from controlplane.db import Database
 from controlplane.errors import TransientError
 from controlplane.github.app import GitHubApp, GitHubRateLimited
 from controlplane.models import Build, Deployment, Environment, Installation, Repository
-from controlplane.services import feedback, githubwrites, hosts, services, tokens
+from controlplane.services import catalog, feedback, githubwrites, hosts, servicerules, tokens
 from controlplane.services.pushes import start_build
 from controlplane.settings import Settings
 from tasks import pipeline
@@ -48,9 +48,11 @@ def preview(database: Database, github: GitHubApp, github_server: GitHubServer) 
         session.add(Installation(id=1, account_login="Codertocat"))
         session.add(Repository(id=4242, installation_id=1, full_name=REPOSITORY))
         host, _token = hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository=REPOSITORY, branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository=REPOSITORY, branch="main", host="web-1"
+            ),
             "test",
         )
         environment = Environment(
