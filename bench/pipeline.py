@@ -71,7 +71,7 @@ from controlplane import migrate
 from controlplane.db import Database
 from controlplane.github.webhooks import signature
 from controlplane.models import Build, Deployment, WebhookDelivery
-from controlplane.services import hosts, services, tokens
+from controlplane.services import catalog, hosts, servicerules, tokens
 from controlplane.settings import Secret, Settings
 from tests.githubserver.server import GitHubServer, GitHubState, generate_private_key_pem
 
@@ -545,9 +545,9 @@ def setup_service(database: Database, github: GitHubSide, port: int) -> None:
     wait_for(processed, 60, "the installation delivery to be processed", every=0.1)
     with database.session_scope() as session:
         hosts.create_host(session, "bench-1", "bench")
-        services.create_service(
+        catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="bench-app",
                 repository=github.repository,
                 branch=BRANCH,

@@ -42,7 +42,7 @@ from bench.webhooks import PAYLOADS, admin_database_url
 from controlplane import migrate
 from controlplane.db import Database
 from controlplane.models import WebhookDelivery
-from controlplane.services import hosts, services, tokens
+from controlplane.services import catalog, hosts, servicerules, tokens
 from controlplane.settings import Secret, Settings
 from tests.githubserver.server import GitHubServer, GitHubState, generate_private_key_pem
 
@@ -102,9 +102,9 @@ class Stack:
     def service(self, name: str, repository: GitHubSide, host: str) -> int:
         """A service tracking ``main`` of ``repository`` on ``host``; return its id."""
         with self.database.session_scope() as session:
-            service = services.create_service(
+            service = catalog.create_service(
                 session,
-                services.ServiceSpec(
+                servicerules.ServiceSpec(
                     name=name, repository=repository.repository, branch=BRANCH, host=host, port=8080
                 ),
                 "bench",

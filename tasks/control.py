@@ -29,6 +29,7 @@ from controlplane.services import (
     gitsources,
     installations,
     notifications,
+    previewcleanup,
     previews,
     pushes,
     registries,
@@ -222,7 +223,7 @@ def delete_images(images: list[dict[str, Any]]) -> int:
     cleaned = 0
     for environment_id, its_images in by_environment.items():
         with runtime.database().session_scope() as session:
-            cleaned += previews.delete_images(
+            cleaned += previewcleanup.delete_images(
                 session, environment_id, its_images, _push_credentials(session, box)
             )
     return cleaned
@@ -271,14 +272,14 @@ def clean_up_previews() -> list[str]:
     github = runtime.github_app()
     removed: list[str] = []
     with runtime.database().session_scope() as session:
-        doomed = previews.stale_previews(session)
+        doomed = previewcleanup.stale_previews(session)
         if github is not None:
-            doomed += previews.closed_on_github(session, github)
+            doomed += previewcleanup.closed_on_github(session, github)
         for environment, reason in doomed:
             if environment.status != "inactive":
                 previews.teardown(session, environment, "portside:cleanup", reason)
                 removed.append(environment.name)
-        pending = previews.pending_image_deletions(session)
+        pending = previewcleanup.pending_image_deletions(session)
     # Images a registry refused (or that outlived their task's retries) are tried again.
     for images in pending:
         pipeline.delete_images(images)

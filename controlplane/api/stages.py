@@ -13,7 +13,7 @@ from marshmallow import Schema, fields
 
 from controlplane import schemas
 from controlplane.api.auth import actor, require
-from controlplane.api.v1 import _fields
+from controlplane.api.shaping import row_fields
 from controlplane.db import session
 from controlplane.services import promotion, staging
 
@@ -78,6 +78,6 @@ def promote_environment(data: dict[str, Any], environment_id: int) -> Any:
     db = session()
     target, deployment = promotion.promote(db, environment_id, data["to"], actor())
     db.commit()
-    return _fields(
+    return row_fields(
         target, schemas.EnvironmentSchema, deployment_id=deployment.id if deployment else None
     )

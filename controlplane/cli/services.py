@@ -65,15 +65,16 @@ class DatabaseCatalog:
         from controlplane.cli.admin import in_session
         from controlplane.crypto import SecretBox
         from controlplane.schemas import ServiceSchema
-        from controlplane.services import scaling, services
+        from controlplane.services import catalog as service_catalog
+        from controlplane.services import scaling, servicerules
 
         fields, scale = scaling.split(fields)
-        spec = services.spec_from(fields)
+        spec = servicerules.spec_from(fields)
         settings = self.settings
         box = SecretBox.from_settings(settings) if settings.secret_key else None
 
         def action(session: Any) -> dict[str, Any]:
-            service = services.create_service(
+            service = service_catalog.create_service(
                 session, spec, "cli", box=box, allow_local_git=settings.allow_local_git
             )
             if scale:
@@ -86,11 +87,11 @@ class DatabaseCatalog:
     def list(self) -> list[dict[str, Any]]:
         from controlplane.cli.admin import in_session
         from controlplane.schemas import ServiceSchema
-        from controlplane.services import services
+        from controlplane.services import catalog as service_catalog
 
         return in_session(
             self.settings,
-            lambda session: ServiceSchema(many=True).dump(services.list_services(session)),
+            lambda session: ServiceSchema(many=True).dump(service_catalog.list_services(session)),
         )
 
 

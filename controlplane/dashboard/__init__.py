@@ -6,7 +6,7 @@ session cookie; the build page follows a running build's log with server-sent ev
 
 from __future__ import annotations
 
-from controlplane.dashboard import actions, envpage, promote, servicepage, setup  # noqa: F401  # their routes join the blueprint
+from controlplane.dashboard import actions, envpage, hostspage, promote, servicepage, setup  # noqa: F401  # their routes join the blueprint
 from controlplane.dashboard.views import blueprint
 
 __all__ = ["blueprint"]

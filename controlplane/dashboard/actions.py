@@ -17,7 +17,16 @@ from controlplane.dashboard.forms import admin_form, committed
 from controlplane.dashboard.views import _settings, blueprint
 from controlplane.db import session
 from controlplane.models import Repository
-from controlplane.services import desired, hosts, previews, services, tokens
+from controlplane.services import (
+    catalog,
+    desired,
+    envactions,
+    hosts,
+    listings,
+    previews,
+    servicerules,
+    tokens,
+)
 from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES, TokenScope
 from tasks import pipeline
 
@@ -56,9 +65,9 @@ def create_service() -> BaseResponse:
         abort(400, f"the service was refused: {exc.messages}")
     db = session()
     with committed(db):
-        service = services.create_service(
+        service = catalog.create_service(
             db,
-            services.spec_from(fields),
+            servicerules.spec_from(fields),
             actor,
             box=SecretBox.from_settings(settings) if settings.secret_key else None,
             allow_local_git=settings.allow_local_git,
@@ -71,7 +80,7 @@ def redeploy_environment(environment_id: int) -> BaseResponse:
     actor = admin_form("redeploying")
     db = session()
     with committed(db):
-        build = previews.redeploy(db, environment_id, actor)
+        build = envactions.redeploy(db, environment_id, actor)
     pipeline.enqueue_build(build.id)
     return redirect(url_for("dashboard.build_page", build_id=build.id))
 
@@ -91,7 +100,7 @@ def teardown_preview(environment_id: int) -> BaseResponse:
     actor = admin_form("tearing down a preview")
     db = session()
     with committed(db):
-        environment = previews.get_environment(db, environment_id)
+        environment = listings.get_environment(db, environment_id)
         if environment.kind != "preview":
             abort(409, "only previews are torn down here; delete the service instead")
         previews.teardown(db, environment, actor, "torn down from the dashboard")

@@ -12,17 +12,12 @@ from flask import Response, abort, render_template, request, url_for
 from sqlalchemy import select
 
 from controlplane.api.envlogs import follow
-from controlplane.dashboard.views import (
-    ContainerRow,
-    _redis,
-    _reported_containers,
-    _settings,
-    blueprint,
-)
+from controlplane.dashboard.hostspage import ContainerRow, reported_containers
+from controlplane.dashboard.views import _redis, _settings, blueprint
 from controlplane.db import session
 from controlplane.models import Environment, Host
 from controlplane.services import desired, envlogs, logstream, placements
-from controlplane.services.feedback import environment_url
+from controlplane.services.githubwrites import environment_url
 
 # Lines the page opens with; the pane then follows new ones.
 PAGE_LOG_LINES = 200
@@ -121,7 +116,7 @@ def runtime(environment: Environment, interval: int) -> list[HostRuntime]:
             host=host,
             online=desired.is_online(host, interval),
             usage=reported_usage(host.observed, environment.name),
-            containers=_reported_containers(host.observed).get(environment.name, []),
+            containers=reported_containers(host.observed).get(environment.name, []),
         )
         for host in (found[host_id] for host_id in ids if host_id in found)
     ]

@@ -5,21 +5,19 @@ function behind ``POST /v1/services/{id}/deploy``)."""
 from __future__ import annotations
 
 from flask import abort, current_app, redirect, render_template, request, url_for
-from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
 from controlplane.crypto import SecretBox
 from controlplane.dashboard.forms import admin_form, committed
 from controlplane.dashboard.views import (
     EnvironmentRow,
-    _latest_builds,
     _settings,
     blueprint,
 )
 from controlplane.db import session
-from controlplane.models import Build, Service
-from controlplane.services import appsetup, pending, services
-from controlplane.services.feedback import environment_url
+from controlplane.models import Service
+from controlplane.services import appsetup, envactions, listings, pending
+from controlplane.services.githubwrites import environment_url
 from controlplane.statuses import EnvironmentStatus
 from tasks import pipeline
 
@@ -41,7 +39,7 @@ def service_page(service_id: int) -> str:
         (env for env in service.environments if env.status != EnvironmentStatus.INACTIVE),
         key=lambda e: (e.kind != "production", e.kind == "preview", -(e.pr_number or 0), e.name),
     )
-    latest = _latest_builds([env.id for env in live])
+    latest = listings.latest_builds(db, [env.id for env in live])
     interval = _settings().agent_interval
     rows = [
         EnvironmentRow(
@@ -53,15 +51,8 @@ def service_page(service_id: int) -> str:
         )
         for env in live
     ]
-    recent = list(
-        db.scalars(
-            select(Build)
-            .where(Build.service_id == service.id)
-            .order_by(Build.id.desc())
-            .limit(RECENT_BUILDS)
-        )
-    )
-    return render_template("service.html", service=service, rows=rows, builds=recent)
+    recent = listings.read_page(db, listings.builds(service_id=service.id), 1, RECENT_BUILDS)
+    return render_template("service.html", service=service, rows=rows, builds=recent.items)
 
 
 @blueprint.post("/services/<int:service_id>/deploy")
@@ -77,6 +68,6 @@ def deploy_service(service_id: int) -> BaseResponse:
     # A git-URL service's credentials are opened to resolve the ref, as the API does.
     box = SecretBox.from_settings(settings) if settings.secret_key else None
     with committed(db):
-        build = services.deploy_ref(db, github, service_id, ref, actor, box=box)
+        build = envactions.deploy_ref(db, github, service_id, ref, actor, box=box)
     pipeline.enqueue_build(build.id)
     return redirect(url_for("dashboard.build_page", build_id=build.id))

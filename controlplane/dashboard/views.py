@@ -23,8 +23,6 @@ from flask import (
 )
 from flask.sansio.blueprints import BlueprintSetupState
 from redis import Redis
-from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -36,12 +34,10 @@ from controlplane.models import (
     Build,
     Deployment,
     Environment,
-    Host,
     Service,
-    WebhookDelivery,
 )
-from controlplane.services import approvals, builds, desired, images, logs, pending, placements
-from controlplane.services.feedback import environment_url
+from controlplane.services import approvals, builds, catalog, images, listings, logstream, pending
+from controlplane.services.githubwrites import environment_url
 from controlplane.settings import Settings
 from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES
 from tasks import pipeline
@@ -191,35 +187,11 @@ class ServiceRow:
     closed_previews: int = 0
 
 
-def _latest_builds(environment_ids: list[int]) -> dict[int, Build]:
-    if not environment_ids:
-        return {}
-    newest = (
-        select(func.max(Build.id))
-        .where(Build.environment_id.in_(environment_ids))
-        .group_by(Build.environment_id)
-    )
-    rows = session().scalars(select(Build).where(Build.id.in_(newest)))
-    return {build.environment_id: build for build in rows}
-
-
 @blueprint.get("/")
 def services_page() -> str:
     db = session()
-    listed = list(
-        db.scalars(
-            select(Service)
-            .where(Service.deleted_at.is_(None))
-            .order_by(Service.name)
-            .options(
-                selectinload(Service.environments)
-                .selectinload(Environment.current_deployment)
-                .selectinload(Deployment.build),
-                selectinload(Service.host),
-            )
-        )
-    )
-    latest = _latest_builds([env.id for s in listed for env in s.environments])
+    listed = listings.live_services(db)
+    latest = listings.latest_builds(db, [env.id for s in listed for env in s.environments])
     interval = _settings().agent_interval
     rows = []
     for service in listed:
@@ -292,32 +264,19 @@ def _filters(**values: object) -> dict[str, object]:
 @blueprint.get("/builds")
 def builds_page() -> str:
     db = session()
-    statement = select(Build).order_by(Build.id.desc())
     service_id = request.args.get("service", type=int)
     status = request.args.get("status")
-    if service_id is not None:
-        statement = statement.where(Build.service_id == service_id)
-    if status in BUILD_STATUSES:
-        statement = statement.where(Build.status == status)
-    else:
+    if status not in BUILD_STATUSES:
         status = None
     page = _page_number()
-    listed = list(
-        db.scalars(
-            statement.options(selectinload(Build.service), selectinload(Build.environment))
-            .offset((page - 1) * PAGE_SIZE)
-            .limit(PAGE_SIZE + 1)
-        )
-    )
-    services = list(
-        db.scalars(select(Service).where(Service.deleted_at.is_(None)).order_by(Service.name))
-    )
+    statement = listings.builds(service_id=service_id, status=status)
+    listed = listings.read_page(db, statement, page, PAGE_SIZE)
     return render_template(
         "builds.html",
-        builds=listed[:PAGE_SIZE],
+        builds=listed.items,
         page=page,
-        has_more=len(listed) > PAGE_SIZE,
-        services=services,
+        has_more=listed.total > page * PAGE_SIZE,
+        services=catalog.list_services(db),
         service_id=service_id,
         status=status,
         statuses=BUILD_STATUSES,
@@ -332,24 +291,13 @@ def _build_or_404(build_id: int) -> Build:
     return build
 
 
-def _log_lines(build: Build) -> tuple[list[str], str]:
-    """The build's log so far and the id of the last live entry read (for the stream)."""
-    if build.status in builds.FINISHED and build.log is not None:
-        return (build.log.split("\n") if build.log else []), "0-0"
-    entries = logs.read(_redis(), build.id)
-    last = entries[-1][0] if entries else "0-0"
-    return [line for _id, line in entries if line is not None], last
-
-
 @blueprint.get("/builds/<int:build_id>")
 def build_page(build_id: int) -> str:
     build = _build_or_404(build_id)
-    lines, last_id = _log_lines(build)
+    lines, last_id = logstream.lines_so_far(_redis(), build)
     finished = build.status in builds.FINISHED
     failed_step = next((s for s in build.steps if s.status == "failed"), None)
-    deployment = session().scalar(
-        select(Deployment).where(Deployment.build_id == build.id).order_by(Deployment.id.desc())
-    )
+    deployment = listings.latest_deployment_of(session(), build.id)
     return render_template(
         "build.html",
         build=build,
@@ -369,7 +317,7 @@ def build_page(build_id: int) -> str:
 
 @blueprint.get("/builds/<int:build_id>/log.txt")
 def log_text(build_id: int) -> Response:
-    lines, _last = _log_lines(_build_or_404(build_id))
+    lines, _last = logstream.lines_so_far(_redis(), _build_or_404(build_id))
     return Response("\n".join(lines) + ("\n" if lines else ""), mimetype="text/plain")
 
 
@@ -383,105 +331,25 @@ def log_stream(build_id: int) -> Response:
 
 
 # ---------------------------------------------------------------------------------------
-# Deliveries and hosts
+# Deliveries
 # ---------------------------------------------------------------------------------------
 
 
 @blueprint.get("/deliveries")
 def deliveries_page() -> str:
     db = session()
-    statement = select(WebhookDelivery).order_by(WebhookDelivery.id.desc())
     status = request.args.get("status")
-    if status in DELIVERY_STATUSES:
-        statement = statement.where(WebhookDelivery.status == status)
-    else:
+    if status not in DELIVERY_STATUSES:
         status = None
     page = _page_number()
-    listed = list(db.scalars(statement.offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE + 1)))
-    shown = listed[:PAGE_SIZE]
-    started: dict[int, list[Build]] = {}
-    if shown:
-        for build in db.scalars(
-            select(Build).where(Build.delivery_id.in_([d.id for d in shown])).order_by(Build.id)
-        ):
-            started.setdefault(build.delivery_id or 0, []).append(build)
+    listed = listings.read_page(db, listings.deliveries(status=status), page, PAGE_SIZE)
     return render_template(
         "deliveries.html",
-        deliveries=shown,
-        started=started,
+        deliveries=listed.items,
+        started=listings.builds_started_by(db, [d.id for d in listed.items]),
         page=page,
-        has_more=len(listed) > PAGE_SIZE,
+        has_more=listed.total > page * PAGE_SIZE,
         status=status,
         statuses=DELIVERY_STATUSES,
         filters=_filters(status=status),
     )
-
-
-@dataclass
-class ContainerRow:
-    name: str
-    image: str
-    status: str
-    health: str
-    restarts: str
-
-
-@dataclass
-class HostRow:
-    host: Host
-    online: bool
-    environments: list[EnvironmentRow]
-    containers: dict[str, list[ContainerRow]]
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)[:200]
-
-
-def _reported_containers(observed: Any) -> dict[str, list[ContainerRow]]:
-    """The containers an agent last reported, by environment (the report is the agent's
-    JSON: read defensively)."""
-    result: dict[str, list[ContainerRow]] = {}
-    reported = observed.get("environments") if isinstance(observed, dict) else None
-    for item in reported if isinstance(reported, list) else []:
-        if not isinstance(item, dict):
-            continue
-        containers = item.get("containers")
-        result[_text(item.get("name"))] = [
-            ContainerRow(
-                name=_text(c.get("name")),
-                image=_text(c.get("image")),
-                status=_text(c.get("status")),
-                health=_text(c.get("health")),
-                restarts=_text(c.get("restart_count")),
-            )
-            for c in (containers if isinstance(containers, list) else [])
-            if isinstance(c, dict)
-        ]
-    return result
-
-
-@blueprint.get("/hosts")
-def hosts_page() -> str:
-    db = session()
-    interval = _settings().agent_interval
-    rows = []
-    for host in db.scalars(select(Host).order_by(Host.name)):
-        environments = db.scalars(
-            select(Environment)
-            .where(placements.placed_on(host.id), Environment.status != "inactive")
-            .order_by(Environment.name)
-            .options(selectinload(Environment.current_deployment).selectinload(Deployment.build))
-        )
-        rows.append(
-            HostRow(
-                host=host,
-                online=desired.is_online(host, interval),
-                environments=[
-                    EnvironmentRow(env, environment_url(env), env.current_deployment, None)
-                    for env in environments
-                ],
-                containers=_reported_containers(host.observed),
-            )
-        )
-    return render_template("hosts.html", rows=rows)

@@ -5,7 +5,7 @@
   ``awaiting_approval`` until a person approves it: the held build then deploys
   (:func:`controlplane.services.builds.deliver`, the gates before it cleared);
 - a preview of a pull request from a fork builds nothing until a person approved its
-  head commit (:func:`controlplane.services.previews.approve`, which needs that ``sha``).
+  head commit (:func:`controlplane.services.envactions.approve`, which needs that ``sha``).
 
 The API, the CLI, the dashboard and PR comments (``/portside approve``) all call
 :func:`approve`; each approval is audited with its actor.
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.models import Build, Deployment, Environment
-from controlplane.services import audit, builds, gates, previews
+from controlplane.services import audit, builds, envactions, gates
 from controlplane.statuses import EnvironmentStatus
 
 
@@ -80,7 +80,7 @@ def approve(session: Session, environment_id: int, actor: str, sha: str | None =
                 "name the fork commit you reviewed",
                 details={"json": {"sha": ["required to approve a fork's commit"]}},
             )
-        environment, build = previews.approve(session, environment_id, actor, sha)
+        environment, build = envactions.approve(session, environment_id, actor, sha)
         return Approval(environment, build=build)
     raise Conflict(
         f"nothing in {environment.name} waits for an approval (a held deployment or, in a "

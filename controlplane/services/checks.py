@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from controlplane.errors import PortsideError
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Environment, Service, WebhookDelivery, utcnow
-from controlplane.services import builds, feedback, gates, pushes
+from controlplane.services import builds, checkrerun, gates, githubwrites, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.statuses import DeployWhen
 
@@ -80,7 +80,7 @@ def evaluate(checks: Iterable[Check], required: Sequence[str], sha: str) -> Verd
     known: dict[str, list[Check]] = {}
     for check in checks:
         known.setdefault(check.name, []).append(check)
-    own = {feedback.CHECK_NAME, feedback.CONTEXT}
+    own = {githubwrites.CHECK_NAME, githubwrites.CONTEXT}
     names = [name for name in dict.fromkeys(required) if name not in own]
     if not names:
         names = sorted(known)
@@ -123,7 +123,7 @@ def fetch(client: Github, app_id: int, full_name: str, sha: str) -> list[Check]:
         found += [
             from_status(str(s.get("context")), str(s.get("state")))
             for s in statuses
-            if s.get("context") != feedback.CONTEXT
+            if s.get("context") != githubwrites.CONTEXT
         ]
         if not statuses or seen >= int(data.get("total_count") or 0):
             return found
@@ -224,7 +224,7 @@ def handle_check_event(
         return Outcome("ignored", f"check_suite {delivery.action}: nothing to learn")
     if event == "check_run" and delivery.action not in CHECK_RUN_ACTIONS:
         return Outcome("ignored", f"check_run {delivery.action}: nothing to learn")
-    if event == "status" and payload.get("context") == feedback.CONTEXT:
+    if event == "status" and payload.get("context") == githubwrites.CONTEXT:
         return Outcome("ignored", "Portside's own commit status")
     if event != "status" and app is not None and (subject.get("app") or {}).get("id") == app.app_id:
         return Outcome("ignored", f"Portside's own {event}")
@@ -251,5 +251,5 @@ def handle_check_run(
     """``check_run``: created or completed may let a waiting build through; the others
     (a re-run or an action asked of Portside's own run) are feedback's."""
     if delivery.action not in CHECK_RUN_ACTIONS:
-        return feedback.handle_check_run(session, delivery, context)
+        return checkrerun.handle_check_run(session, delivery, context)
     return handle_check_event(session, delivery, context)

@@ -34,7 +34,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import approvals, audit, effects, previews, pushes
+from controlplane.services import approvals, audit, effects, envactions, previews, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.settings import Settings
 from controlplane.statuses import EnvironmentStatus
@@ -215,7 +215,7 @@ def _run(session: Session, request: Request, command: str) -> str:
         if command == "approve":
             notes.append(_approve(session, request, environment))
         else:
-            build = previews.redeploy(session, environment.id, request.actor)
+            build = envactions.redeploy(session, environment.id, request.actor)
             build.delivery_id = request.delivery.id  # enqueued with the delivery's builds
             notes.append(f"{environment.name}: build {build.id}")
     return "; ".join(notes)
@@ -318,7 +318,7 @@ def _preview(session: Session, request: Request, number: int) -> str:
             EnvironmentStatus.AWAITING_APPROVAL,
             EnvironmentStatus.REFUSED,
         ):
-            build = previews.redeploy(session, environment.id, request.actor)
+            build = envactions.redeploy(session, environment.id, request.actor)
             build.delivery_id = delivery.id
         if build is not None:
             notes.append(f"{environment.name}: build {build.id}")
@@ -385,7 +385,7 @@ def redeploy_check_run(session: Session, delivery: WebhookDelivery, build: Build
         )
     actor = f"github:{(delivery.payload.get('sender') or {}).get('login') or 'unknown'}"
     try:
-        rebuilt = previews.redeploy(session, environment.id, actor)
+        rebuilt = envactions.redeploy(session, environment.id, actor)
     except ApiError as exc:
         return Outcome("ignored", f"not redeployed: {exc.message}")
     rebuilt.delivery_id = delivery.id

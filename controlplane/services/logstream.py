@@ -53,6 +53,16 @@ def readable_id(entry_id: str) -> bool:
     )
 
 
+def lines_so_far(redis: Redis, build: Build) -> tuple[list[str], str]:
+    """The build's log so far (the database's copy once it finished, else Redis's) and the
+    id of the last entry read, where a stream of the rest resumes (:data:`START` if none)."""
+    if build.status in FINISHED and build.log is not None:
+        return (build.log.split("\n") if build.log else []), START
+    entries = logs.read(redis, build.id)
+    last = entries[-1][0] if entries else START
+    return [line for _id, line in entries if line is not None], last
+
+
 def blocking_redis(redis_url: str, keepalive_seconds: float) -> Redis:
     """A client for blocking reads of ``keepalive_seconds``: its sockets wait longer than
     a read blocks, and its pool is its own, so followers never starve short requests."""

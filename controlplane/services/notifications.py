@@ -34,7 +34,7 @@ from controlplane.models import (
     utcnow,
 )
 from controlplane.services import audit
-from controlplane.services.services import get_service
+from controlplane.services.catalog import get_service
 from controlplane.statuses import NotificationKind
 
 log = logging.getLogger(__name__)

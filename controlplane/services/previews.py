@@ -7,23 +7,14 @@ delivered twice or a teardown interrupted halfway ends in the same clean state.
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
-from collections.abc import Callable
 from typing import Any
 
-from github import Github
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from controlplane.errors import (
-    Conflict,
-    NotFound,
-    PermanentError,
-    TransientError,
     ValidationFailed,
 )
-from controlplane.github.app import GitHubApp
 from controlplane.models import (
     Build,
     Deployment,
@@ -33,16 +24,17 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import audit, desired, effects, gates, pushes, registries
+from controlplane.services import audit, desired, effects, gates, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
-
-log = logging.getLogger(__name__)
+from controlplane.services.previewcleanup import pushed_images
 
 OPENING = ("opened", "reopened", "synchronize")
+
+
 # Builds a teardown or a hold cancels: not finished, or built and held at a gate.
 UNFINISHED = ("queued", "running", *gates.HELD)
-# How a torn-down preview's status_reason starts while the registry refuses its images.
-IMAGES_REFUSED = "the registry refused to delete this preview's images"
+
+
 NO_FORK_HOST = (
     "no host may run this fork's preview: fork previews run only on hosts marked untrusted "
     "that run no production environment; create one with "
@@ -135,7 +127,8 @@ def open_preview(
     delivery_id: int | None,
 ) -> tuple[Environment, Build | None]:
     """Create (or bring back) the preview and start the build of the PR's head; a fork's
-    head is built only once a person approved that exact commit (see :func:`approve`)."""
+    head is built only once a person approved that exact commit (see
+    :func:`~controlplane.services.envactions.approve`)."""
     name = preview_name(service, number)
     head = pull.get("head") or {}
     sha = str(head.get("sha") or "")
@@ -296,7 +289,7 @@ def teardown(
     images live in the service's own repository, where production may run them
     (promoted, or the same digest built again), so they stay."""
     builds = list(session.scalars(select(Build).where(Build.environment_id == environment.id)))
-    images = [] if keep_images else _pushed_images(environment, builds)
+    images = [] if keep_images else pushed_images(environment, builds)
     _cancel_unfinished(builds, f"the preview was removed ({reason})")
     session.execute(
         update(Deployment)
@@ -320,94 +313,6 @@ def teardown(
     effects.note_doomed_images(session, images)
     effects.note_feedback(session, "preview_removed", environment.id)
     return images
-
-
-def _pushed_images(environment: Environment, builds: list[Build]) -> list[dict[str, Any]]:
-    """The images the environment's builds pushed (by digest), each naming the environment."""
-    return [
-        {**image, "environment_id": environment.id}
-        for build in builds
-        for image in (build.images or {}).values()
-        if image.get("digest")
-    ]
-
-
-def delete_images(
-    session: Session,
-    environment_id: int,
-    images: list[dict[str, Any]],
-    credentials_for: Callable[[str, int | None], registries.Credentials],
-) -> bool:
-    """Delete a torn-down preview's images from the registry; True when all are gone.
-
-    A refusal (wrong or read-only credentials, deletes disabled) would otherwise leave
-    them piling up unseen: it is logged as a warning, shown as the environment's
-    ``status_reason``, and ``images_pending`` stays set so clean_up_previews tries again.
-    Unreachable registries raise TransientError, for the task's retry."""
-    environment = get_environment(session, environment_id)
-    repository = environment.service.repository
-    installation_id = repository.installation_id if repository else None
-    refusals: list[str] = []
-    shared = _used_elsewhere(session, environment)
-    for image in images:
-        if (image["repository"], image["digest"]) in shared:
-            continue  # another environment's build pushed the very same image: keep it
-        try:
-            registries.delete_image(
-                credentials_for(image["repository"], installation_id),
-                image["repository"],
-                image["digest"],
-            )
-        except registries.RegistryRefused as exc:
-            refusals.append(str(exc))
-    if refusals:
-        reason = (
-            f"{IMAGES_REFUSED} ({len(refusals)} of {len(images)}): {refusals[0]}; fix the "
-            "registry's credentials (/v1/registries): the periodic preview clean-up tries again"
-        )
-        log.warning("environment %s: %s", environment.name, reason)
-        environment.status_reason = reason
-        return False
-    environment.images_pending = False
-    if environment.status_reason and environment.status_reason.startswith(IMAGES_REFUSED):
-        environment.status_reason = None
-    return True
-
-
-def _used_elsewhere(session: Session, environment: Environment) -> set[tuple[str, str]]:
-    """(repository, digest) of the images the service's other environments' builds pushed
-    and still hold: a same-repository preview whose build came out identical to
-    production's (same layers, from the production image's cache) shares its manifest, and
-    deleting it by digest would delete production's."""
-    others = session.scalars(
-        select(Build).where(
-            Build.service_id == environment.service_id,
-            Build.environment_id != environment.id,
-            Build.images_deleted_at.is_(None),
-        )
-    )
-    return {
-        (image["repository"], image["digest"])
-        for build in others
-        for image in (build.images or {}).values()
-        if image.get("digest") and image.get("repository")
-    }
-
-
-def pending_image_deletions(session: Session) -> list[list[dict[str, Any]]]:
-    """The images of each torn-down preview that the registry may still hold."""
-    pending = session.scalars(
-        select(Environment).where(
-            Environment.status == "inactive", Environment.images_pending.is_(True)
-        )
-    )
-    return [
-        _pushed_images(
-            environment,
-            list(session.scalars(select(Build).where(Build.environment_id == environment.id))),
-        )
-        for environment in pending
-    ]
 
 
 def handle_pull_request(
@@ -463,156 +368,3 @@ def handle_pull_request(
     if not notes:
         return Outcome("ignored", f"pull request #{number} ({action}) targets no tracked branch")
     return Outcome("processed", "; ".join(notes))
-
-
-def stale_previews(
-    session: Session, now: dt.datetime | None = None
-) -> list[tuple[Environment, str]]:
-    """Previews idle past their service's TTL, and the oldest over the per-service limit."""
-    now = now or utcnow()
-    found: list[tuple[Environment, str]] = []
-    services = session.scalars(select(Service).where(Service.deleted_at.is_(None)))
-    for service in services:
-        live = list(
-            session.scalars(
-                select(Environment)
-                .where(
-                    Environment.service_id == service.id,
-                    Environment.kind == "preview",
-                    Environment.status != "inactive",
-                )
-                .order_by(Environment.last_activity_at.desc())
-            )
-        )
-        ttl = dt.timedelta(seconds=service.preview_ttl_seconds)
-        for index, environment in enumerate(live):
-            if now - environment.last_activity_at > ttl:
-                found.append((environment, f"idle for more than {ttl}"))
-            elif index >= service.max_previews:
-                found.append((environment, f"over the limit of {service.max_previews} previews"))
-    return found
-
-
-def closed_on_github(session: Session, github: GitHubApp) -> list[tuple[Environment, str]]:
-    """Live previews whose pull request GitHub says is closed (a missed ``closed``)."""
-    found: list[tuple[Environment, str]] = []
-    live = session.scalars(
-        select(Environment).where(Environment.kind == "preview", Environment.status != "inactive")
-    )
-    for environment in live:
-        repository = environment.service.repository
-        if repository is None or environment.pr_number is None:
-            continue
-        number = environment.pr_number
-
-        def state_of(
-            client: Github, full_name: str = repository.full_name, number: int = number
-        ) -> str:
-            return str(client.get_repo(full_name).get_pull(number).state)
-
-        try:
-            state = github.call(repository.installation_id, f"state of PR #{number}", state_of)
-        except (TransientError, PermanentError) as exc:
-            log.warning("cannot check PR #%s of %s: %s", number, repository.full_name, exc)
-            continue
-        if state == "closed":
-            found.append((environment, "pull request closed (delivery missed)"))
-    return found
-
-
-def get_environment(session: Session, environment_id: int) -> Environment:
-    environment = session.get(Environment, environment_id)
-    if environment is None:
-        raise NotFound(f"environment {environment_id} does not exist")
-    return environment
-
-
-def redeploy(session: Session, environment_id: int, actor: str) -> Build:
-    """A new build of the environment's current commit (a person asked for it); a fork's
-    commit only once it is approved, and only where forks may run."""
-    environment = get_environment(session, environment_id)
-    if environment.status == "inactive" or not environment.head_sha:
-        raise ValidationFailed(
-            "nothing to redeploy", details={"environment": ["inactive or never built"]}
-        )
-    trigger_key = f"redeploy:{utcnow().timestamp():.6f}"
-    if environment.from_fork:
-        if environment.approved_sha != environment.head_sha:
-            raise Conflict(
-                f"commit {environment.head_sha[:7]} of this fork is not approved; "
-                "approve it first: "
-                f"portside previews approve {environment.name} --sha {environment.head_sha}"
-            )
-        build = advance_fork(session, environment, trigger_key=trigger_key)
-        if build is None:
-            raise Conflict(environment.status_reason or "the preview cannot be built now")
-    else:
-        build = pushes.start_build(
-            session,
-            environment.service,
-            environment,
-            environment.head_sha,
-            branch=environment.branch,
-            trigger_key=trigger_key,
-            author=actor,
-        )
-    assert build is not None  # the trigger key is new
-    session.flush()
-    audit.record(
-        session, actor, "environment.redeploy", "environment", environment.id, build=build.id
-    )
-    return build
-
-
-def _approvable_head(environment: Environment, sha: str) -> str:
-    """``sha`` if a person may approve it now: the PR's current head, and only that (the
-    commit they reviewed is named, so a push between review and approval is refused)."""
-    if environment.kind != "preview" or not environment.from_fork:
-        raise Conflict("only previews of pull requests from forks wait for approval")
-    if environment.status == "inactive":
-        raise Conflict(f"preview {environment.name} is closed")
-    head = environment.head_sha
-    if not head:
-        raise Conflict(f"preview {environment.name} has no head commit yet")
-    if sha != head:
-        raise Conflict(
-            f"the pull request's head is now {head[:7]}, not {sha[:7]}: review that commit "
-            "and approve it",
-            details={"sha": [f"the current head is {head}"]},
-        )
-    return head
-
-
-def approve(
-    session: Session, environment_id: int, actor: str, sha: str
-) -> tuple[Environment, Build | None]:
-    """A person approved the fork commit ``sha`` they reviewed (it must be the head): build
-    and run that commit, untrusted; the next push waits for a new approval."""
-    environment = session.get(Environment, environment_id, with_for_update=True)
-    if environment is None:
-        raise NotFound(f"environment {environment_id} does not exist")
-    head = _approvable_head(environment, sha)
-    if environment.approved_sha != head:
-        environment.approved_sha = head
-        audit.record(session, actor, "environment.approve", "environment", environment.id, sha=head)
-    build = advance_fork(session, environment)
-    if build is not None:
-        session.flush()
-    return environment, build
-
-
-def approve_secrets(session: Session, environment_id: int, actor: str, sha: str) -> Environment:
-    """A person let the fork commit ``sha`` they reviewed (the head, and only it) receive
-    secrets."""
-    environment = session.get(Environment, environment_id, with_for_update=True)
-    if environment is None:
-        raise NotFound(f"environment {environment_id} does not exist")
-    head = _approvable_head(environment, sha)
-    if not environment.secrets_approved_for(head):
-        environment.secrets_approved_sha = head
-        environment.generation += 1
-        desired.bump(session, environment.host_id)
-        audit.record(
-            session, actor, "environment.approve_secrets", "environment", environment.id, sha=head
-        )
-    return environment

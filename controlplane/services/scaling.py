@@ -1,5 +1,5 @@
 """Scaling a service: its ``replicas`` and its ``hosts`` (``POST``/``PATCH
-/v1/services``), kept apart from the fields :mod:`controlplane.services.services` checks.
+/v1/services``), kept apart from the fields :mod:`controlplane.services.servicerules` checks.
 
 Every host whose share changes (joined, left, or a new replica count) gets a new
 generation in the same transaction; the others are not woken.
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from controlplane.errors import ValidationFailed
 from controlplane.models import Service
 from controlplane.services import audit, desired, placements
-from controlplane.services.services import get_service
+from controlplane.services.catalog import get_service
 
 FIELDS = ("hosts", "replicas")
 
@@ -29,7 +29,7 @@ def split(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def primary_host(data: dict[str, Any], scaling: dict[str, Any]) -> str:
     """The host a new service is created on: ``host``, else the first of ``hosts``, else
-    "" (:func:`~controlplane.services.services.create_service` takes the only host)."""
+    "" (:func:`~controlplane.services.catalog.create_service` takes the only host)."""
     listed = [str(name).strip().lower() for name in scaling.get("hosts") or []]
     host = str(data.get("host") or "").strip().lower()
     if host and listed and listed[0] != host:

@@ -25,7 +25,8 @@ from contracts import envkinds
 from controlplane.errors import Conflict, ValidationFailed
 from controlplane.models import Environment, Service, utcnow
 from controlplane.services import audit, previews
-from controlplane.services.services import get_service, valid_branch
+from controlplane.services.catalog import get_service
+from controlplane.services.servicerules import valid_branch
 from controlplane.statuses import EnvironmentStatus
 
 

@@ -12,7 +12,7 @@ from controlplane.crypto import SecretBox
 from controlplane.errors import NotFound, ValidationFailed
 from controlplane.models import RegistryCredential, Variable
 from controlplane.services import audit
-from controlplane.services.services import get_service
+from controlplane.services.catalog import get_service
 from controlplane.settings import Settings
 from controlplane.statuses import VariableKind, VariableScope, values
 

@@ -22,7 +22,7 @@ from buildworker.names import image_repository
 from buildworker.runner import StepRunner, WorkerConfig
 from controlplane.db import Database
 from controlplane.models import Build, Deployment, Environment, Service
-from controlplane.services import hosts, pushes, services
+from controlplane.services import catalog, hosts, pushes, servicerules
 from tests.fixtures.docker import Registry
 from tests.support.live import LiveServer
 
@@ -43,9 +43,11 @@ def _service(database: Database, repository: str) -> tuple[int, int]:
     """A service on branch main; (service id, production environment id)."""
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository=repository, branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository=repository, branch="main", host="web-1"
+            ),
             "test",
         )
         return service.id, service.environments[0].id

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import ApiToken, Deployment, Environment
-from controlplane.services import builds, hosts, pushes, services, variables
+from controlplane.services import builds, catalog, hosts, pushes, servicerules, variables
 from controlplane.settings import Settings
 
 DIGEST = "sha256:" + "1" * 64
@@ -25,9 +25,9 @@ def host_token(database: Database, settings: Settings) -> str:
     with database.session_scope() as session:
         _host, token = hosts.create_host(session, "web-1", "test")
         hosts.create_host(session, "web-2", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello",
                 repository="o/hello",
                 branch="main",
@@ -51,7 +51,7 @@ def host_token(database: Database, settings: Settings) -> str:
 def deploy(database: Database, sha: str) -> int:
     """A build of ``sha`` that went through the pipeline and was recorded."""
     with database.session_scope() as session:
-        service = services.list_services(session)[0]
+        service = catalog.list_services(session)[0]
         build = pushes.start_build(
             session, service, pushes.production_environment(session, service), sha, branch="main"
         )

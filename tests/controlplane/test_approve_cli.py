@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from controlplane.db import Database
 from controlplane.models import Build, Environment
-from controlplane.services import builds, hosts, pushes, services
+from controlplane.services import builds, catalog, hosts, pushes, servicerules
 from tests.controlplane.test_cli import Result, assert_one_line_failure, run_portside
 from tests.support.live import LiveServer
 
@@ -30,9 +30,9 @@ def held_build(database: Database) -> int:
     """A production environment that requires approval, a build held there."""
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello", repository="Codertocat/Hello", branch="main", host="web-1"
             ),
             "test",

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.db import Database
 from controlplane.models import AuditEvent, Build, Environment, Host
-from controlplane.services import builds, hosts, pushes, services
+from controlplane.services import builds, catalog, hosts, pushes, servicerules
 
 REGISTRY = "127.0.0.1:5000"  # the test settings' default registry
 DIGEST = "sha256:" + "0" * 64
@@ -28,9 +28,11 @@ PR_WEB = f"{REGISTRY}/o/hello/pr-7/web"
 def service_id(database: Database) -> int:
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository="o/hello", branch="main", host="web-1"
+            ),
             "test",
         )
         return service.id
@@ -39,7 +41,7 @@ def service_id(database: Database) -> int:
 def new_build(database: Database, service_id: int, sha: str, *, fork_pr: int | None = None) -> int:
     """A queued build of the production environment; ``fork_pr`` makes it a fork's."""
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         build = pushes.start_build(
             session,
             service,
@@ -287,7 +289,7 @@ def test_an_admin_allowed_key_passes_for_production_never_for_a_fork(
     service_id: int,
 ) -> None:
     with database.session_scope() as session:
-        services.get_service(session, service_id).compose_allow = ["cap_add"]
+        catalog.get_service(session, service_id).compose_allow = ["cap_add"]
     compose = pinned(extra="    cap_add: [NET_ADMIN]\n")
     production = new_build(database, service_id, SHA_GOOD)
     assert upload(client, worker_headers, production, {"web": image()}, compose).status_code == 204
@@ -349,7 +351,7 @@ def test_resource_limits_above_the_services_caps_are_refused(
     client: FlaskClient, worker_headers: dict[str, str], database: Database, service_id: int
 ) -> None:
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         service.cpu_limit, service.memory_limit = 1.0, "512m"
     compose = pinned(extra="    mem_limit: 1g\n    cpus: 0.5\n")
     response = upload(

@@ -14,7 +14,7 @@ from buildworker import channel
 from contracts import buildredis
 from controlplane.db import Database
 from controlplane.models import Build
-from controlplane.services import hosts, logs, pushes, services
+from controlplane.services import catalog, hosts, logs, pushes, servicerules
 
 BUILD = 7
 
@@ -33,9 +33,11 @@ def build_id(database: Database) -> int:
     """A queued build of a new service (its log key removed by the test)."""
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository="o/hello", branch="main", host="web-1"
+            ),
             "test",
         )
         environment = pushes.production_environment(session, service)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, WebhookDelivery
-from controlplane.services import deliveries, feedback
+from controlplane.services import deliveries, githubwrites
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Settings
 from tests.controlplane.test_feedback_checks import (  # noqa: F401  # fixtures among them
@@ -53,8 +53,8 @@ def test_a_deployed_production_run_offers_redeploy_and_the_button_rebuilds_its_h
     deploy(database, github_app, settings, build_id)
     (run,) = runs_of(state, build_id)
     assert run.conclusion == "success"
-    assert run.actions == [feedback.REDEPLOY_ACTION]
-    assert len(feedback.REDEPLOY_ACTION["identifier"]) <= 20
+    assert run.actions == [githubwrites.REDEPLOY_ACTION]
+    assert len(githubwrites.REDEPLOY_ACTION["identifier"]) <= 20
 
     payload = state.check_run_payload(run, "requested_action", github_server.url, "redeploy")
     outcome, (rebuilt,) = process(database, github_app, post_check_run(client, payload, "button"))

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from buildworker import channel
 from controlplane.db import Database
 from controlplane.models import Build, Environment, Installation, Repository
-from controlplane.services import hosts, logs, pushes, services
+from controlplane.services import catalog, hosts, logs, pushes, servicerules
 from tests.controlplane.test_cli import (
     CLOSED_PORT,
     PORTSIDE,
@@ -80,9 +80,9 @@ def service_id(database: Database) -> int:
         session.add(Installation(id=1, account_login="Codertocat"))
         session.add(Repository(id=REPO_ID, installation_id=1, full_name="Codertocat/Hello-World"))
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello",
                 repository="Codertocat/Hello-World",
                 branch="master",
@@ -103,7 +103,7 @@ def new_build(
     message: str = "Fix the greeting",
 ) -> int:
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         environment = pushes.production_environment(session, service)
         build = pushes.start_build(
             session,
@@ -190,10 +190,10 @@ def test_more_services_than_the_apis_default_page_are_all_listed(
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
         for number in range(12):
-            spec = services.ServiceSpec(
+            spec = servicerules.ServiceSpec(
                 name=f"svc-{number:02d}", repository="o/r", branch="main", host="web-1"
             )
-            services.create_service(session, spec, "test")
+            catalog.create_service(session, spec, "test")
 
     result = admin("services", "list", "--json")
 

@@ -25,13 +25,14 @@ from controlplane.models import (
     WebhookDelivery,
 )
 from controlplane.services import (
+    catalog,
     commands,
     deliveries,
     feedback,
     hosts,
     previews,
     pushes,
-    services,
+    servicerules,
 )
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Settings
@@ -59,9 +60,11 @@ def service_id(database: Database, github_server: GitHubServer, github_app: GitH
         )
         hosts.create_host(session, "web-1", "test")
         hosts.create_host(session, "sandbox-1", "test", untrusted=True)
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository=REPOSITORY, branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository=REPOSITORY, branch="main", host="web-1"
+            ),
             "test",
         )
         return service.id
@@ -349,7 +352,7 @@ def test_a_commit_comment_redeploys_production_and_approves_what_waits_for_it(
     old = state.commit(REPOSITORY, {"index.html": "v1\n"})
     sha = state.commit(REPOSITORY, {"index.html": "v2\n"})
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         production = pushes.production_environment(session, service)
         for commit in (old, sha):
             assert pushes.start_build(session, service, production, commit, branch="main")
@@ -447,7 +450,7 @@ def test_preview_brings_back_a_preview_closed_for_idleness_where_previews_are_on
         assert build is not None and (build.commit_sha, build.untrusted) == (head, False)
 
     with database.session_scope() as session:
-        services.get_service(session, service_id).previews_enabled = False
+        catalog.get_service(session, service_id).previews_enabled = False
     status, outcome, started = say(WRITER, "/portside preview")
     assert (status, started) == ("processed", []) and "failed: no service previews" in outcome
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from controlplane.db import Database
 from controlplane.models import Environment
-from controlplane.services import builds, hosts, pushes, services
+from controlplane.services import builds, catalog, hosts, pushes, servicerules
 
 DIGEST = "sha256:" + "3" * 64
 REPO = "127.0.0.1:5001/o/shop"
@@ -35,9 +35,9 @@ def _deploy(database: Database, compose: str, recorded: str | None) -> str:
     """A host token, and a deployment of ``compose`` whose build recorded ``recorded``."""
     with database.session_scope() as session:
         _host, token = hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="shop",
                 repository="o/shop",
                 branch="main",

@@ -27,13 +27,15 @@ from controlplane.models import (
 )
 from controlplane.services import (
     builds,
+    catalog,
     checks,
     deliveries,
     desired,
     feedback,
+    githubwrites,
     hosts,
     pushes,
-    services,
+    servicerules,
 )
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Settings
@@ -69,9 +71,11 @@ def service_id(database: Database, github_server: GitHubServer, github_app: GitH
             )
         )
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository=REPOSITORY, branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository=REPOSITORY, branch="main", host="web-1"
+            ),
             "test",
         )
         service_id = service.id
@@ -88,7 +92,7 @@ def built(database: Database, state: GitHubState, service_id: int, text: str) ->
     """A new commit on main, built (its images pushed): ready to record its deployment."""
     sha = state.commit(REPOSITORY, {"index.html": text})
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         build = pushes.start_build(
             session, service, pushes.production_environment(session, service), sha, branch="main"
         )
@@ -189,7 +193,7 @@ def test_a_build_waits_for_the_required_check_and_deploys_once_it_is_green(
     sha = held["sha"]
     run = state.add_check_run(REPOSITORY, sha, "ci/test", app_id=CI_APP, status="in_progress")
     state.add_check_run(REPOSITORY, sha, "ci/lint", app_id=CI_APP, conclusion="success")
-    state.add_commit_status(REPOSITORY, sha, feedback.CONTEXT, "success")
+    state.add_commit_status(REPOSITORY, sha, githubwrites.CONTEXT, "success")
     outcome = deliver(
         client,
         database,
@@ -255,7 +259,7 @@ def test_a_red_check_leaves_production_on_the_previous_commit_with_the_reason(
     (ours,) = [r for r in state.check_runs if r.external_id == str(build_id)]
     assert ours.conclusion == "failure" and "security/scan (failure)" in ours.output["title"]
     assert ours.output["title"].startswith("checks failed")
-    assert [s.state for s in state.statuses if s.context == feedback.CONTEXT][-1] == "failure"
+    assert [s.state for s in state.statuses if s.context == githubwrites.CONTEXT][-1] == "failure"
 
 
 def test_a_missed_check_suite_delivery_is_caught_by_the_poll_through_failures_and_pages(
@@ -419,12 +423,12 @@ def test_deleting_the_service_cancels_a_build_held_for_approval(
 ) -> None:
     with database.session_scope() as session:
         pushes.production_environment(
-            session, services.get_service(session, service_id)
+            session, catalog.get_service(session, service_id)
         ).approval_required = True
     build_id = built(database, github_server.state, service_id, "v2\n")
     assert record(database, service_id, build_id) is None
     with database.session_scope() as session:
-        services.delete_service(session, service_id, "test")
+        catalog.delete_service(session, service_id, "test")
     gone = state_of(database, build_id)
     assert (gone["build"], gone["environment"], gone["held"]) == ("cancelled", "inactive", None)
 
@@ -440,7 +444,7 @@ def test_a_rollback_while_a_deployment_waits_for_approval_leaves_it_approvable(
     assert record(database, service_id, second) is not None
     with database.session_scope() as session:
         environment = pushes.production_environment(
-            session, services.get_service(session, service_id)
+            session, catalog.get_service(session, service_id)
         )
         environment.approval_required = True
         environment_id = environment.id

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Environment
-from controlplane.services import builds, pushes, services
+from controlplane.services import builds, catalog, pushes
 from tests.controlplane.test_build_ordering import REPOSITORY, builds_by_commit, commit, start
 from tests.controlplane.test_cli import assert_one_line_failure, run_portside
 from tests.controlplane.test_intake_processing import (
@@ -80,7 +80,7 @@ def tagged(server: GitHubServer, name: str, sha: str, pushed_at: int, after: str
 
 
 def service_id(db_session: Session) -> int:
-    return services.list_services(db_session)[0].id
+    return catalog.list_services(db_session)[0].id
 
 
 def deployed(database: Database, sha: str) -> str:

@@ -28,12 +28,14 @@ from controlplane.models import (
 )
 from controlplane.services import (
     builds,
+    catalog,
     deliveries,
     effects,
     feedback,
+    githubwrites,
     hosts,
     pushes,
-    services,
+    servicerules,
     variables,
 )
 from controlplane.services.outcomes import HandlerContext
@@ -62,9 +64,11 @@ def service_id(
             )
         )
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository=REPOSITORY, branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository=REPOSITORY, branch="main", host="web-1"
+            ),
             "test",
         )
         pushes.production_environment(session, service).address = "127.0.0.1:8080"
@@ -92,7 +96,7 @@ def github_app(github_server: GitHubServer, github_app_key: GitHubAppKey) -> Git
 def new_build(database: Database, state: GitHubState, service_id: int, text: str) -> int:
     sha = state.commit(REPOSITORY, {"index.html": text})
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         build = pushes.start_build(
             session, service, pushes.production_environment(session, service), sha, branch="main"
         )
@@ -180,7 +184,7 @@ def test_a_production_build_is_one_check_run_and_one_github_deployment_through_f
         assert build is not None and build.check_run_id == run.id
         sha = build.commit_sha
     assert (run.name, run.head_sha, run.status, run.conclusion) == (
-        feedback.CHECK_NAME,
+        githubwrites.CHECK_NAME,
         sha,
         "completed",
         "success",
@@ -229,7 +233,7 @@ def test_another_apps_run_of_the_same_name_and_external_id_is_not_taken_for_ours
         id=state.next_id(),
         repo=REPOSITORY,
         head_sha=sha,
-        name=feedback.CHECK_NAME,
+        name=githubwrites.CHECK_NAME,
         external_id=str(build_id),
         details_url=None,
         status="completed",

@@ -16,7 +16,7 @@ from controlplane.db import Database
 from controlplane.errors import TransientError
 from controlplane.github.app import GitHubApp, GitHubRateLimited
 from controlplane.models import Build, Deployment, Environment, Installation, Repository
-from controlplane.services import feedback, hosts, services, tokens
+from controlplane.services import catalog, feedback, githubwrites, hosts, servicerules, tokens
 from controlplane.services.pushes import start_build
 from controlplane.settings import Settings
 from tasks import pipeline
@@ -48,9 +48,11 @@ def preview(database: Database, github: GitHubApp, github_server: GitHubServer) 
         session.add(Installation(id=1, account_login="Codertocat"))
         session.add(Repository(id=4242, installation_id=1, full_name=REPOSITORY))
         host, _token = hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository=REPOSITORY, branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository=REPOSITORY, branch="main", host="web-1"
+            ),
             "test",
         )
         environment = Environment(
@@ -116,13 +118,13 @@ def run_preview_events(
 def assert_one_of_each(state: GitHubState, build_id: int, environment: str, sha: str) -> None:
     (deployment,) = state.deployments
     assert (deployment.sha, deployment.environment) == (sha, environment)
-    assert deployment.payload[feedback.PAYLOAD_KEY]["environment"] > 0
+    assert deployment.payload[githubwrites.PAYLOAD_KEY]["environment"] > 0
     own = [s.state for s in state.deployment_statuses if s.deployment_id == deployment.id]
     assert own[-1] == "success"
     (comment,) = state.comments
-    assert comment.body.startswith(feedback.COMMENT_MARKER.format(name=environment))
+    assert comment.body.startswith(githubwrites.COMMENT_MARKER.format(name=environment))
     assert sha[:7] in comment.body
-    mine = [s for s in state.statuses if s.context == feedback.CONTEXT and s.sha == sha]
+    mine = [s for s in state.statuses if s.context == githubwrites.CONTEXT and s.sha == sha]
     assert mine[0].state == "pending" and mine[-1].state == "success"
 
 
@@ -186,7 +188,7 @@ def test_the_comment_is_found_past_the_first_page(
     now = datetime.now(UTC)
     for _ in range(130):
         state.comments.append(IssueComment(state.next_id(), REPOSITORY, PR, "LGTM", now, now))
-    marker = feedback.COMMENT_MARKER.format(name=f"hello-pr-{PR}")
+    marker = githubwrites.COMMENT_MARKER.format(name=f"hello-pr-{PR}")
     ours = IssueComment(state.next_id(), REPOSITORY, PR, f"{marker}\nold", now, now)
     state.comments.append(ours)
     set_status(database, preview[0], "succeeded")
@@ -335,7 +337,7 @@ def test_a_strangers_comment_with_the_marker_is_not_taken_for_portsides(
     the preview's comment, whose text its author could then rewrite at will."""
     state = github_server.state
     now = datetime.now(UTC)
-    marker = feedback.COMMENT_MARKER.format(name=f"hello-pr-{PR}")
+    marker = githubwrites.COMMENT_MARKER.format(name=f"hello-pr-{PR}")
     planted = f"{marker}\nPreview moved: https://phish.example.invalid"
     theirs = IssueComment(
         state.next_id(), REPOSITORY, PR, planted, now, now, author="github-actions[bot]"
@@ -376,7 +378,7 @@ def test_a_deployment_someone_else_made_with_portsides_payload_is_not_adopted(
         task="deploy",
         environment=name,
         description="not Portside's",
-        payload={feedback.PAYLOAD_KEY: {"environment": environment_id}},
+        payload={githubwrites.PAYLOAD_KEY: {"environment": environment_id}},
         transient_environment=True,
         production_environment=False,
         auto_merge=False,

@@ -12,7 +12,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import Environment, Installation, RegistryCredential, Repository
-from controlplane.services import feedback, hosts, pushes, services, variables
+from controlplane.services import catalog, feedback, hosts, pushes, servicerules, variables
 from controlplane.settings import Settings
 from tests.fixtures.github import GitHubAppKey
 from tests.githubserver.server import GitHubServer, IssueComment
@@ -67,9 +67,11 @@ def seeded(
             )
         )
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository=REPOSITORY, branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository=REPOSITORY, branch="main", host="web-1"
+            ),
             "test",
         )
         variables.set_variable(
@@ -135,7 +137,7 @@ def test_a_removed_previews_comment_names_no_secret(
     comment = IssueComment(state.next_id(), REPOSITORY, 5, "Preview is ready", now, now)
     state.comments.append(comment)
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         environment = Environment(
             service_id=service_id,
             host_id=service.host_id,

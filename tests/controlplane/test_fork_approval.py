@@ -24,7 +24,15 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import feedback, hosts, previews, services
+from controlplane.services import (
+    catalog,
+    envactions,
+    feedback,
+    githubwrites,
+    hosts,
+    previews,
+    servicerules,
+)
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Settings
 from tests.fixtures.github import GitHubAppKey
@@ -49,9 +57,9 @@ def seed(database: Database) -> int:
         session.add(Repository(id=REPO_ID, installation_id=1, full_name=REPOSITORY))
         hosts.create_host(session, "web-1", "test")
         hosts.create_host(session, "sandbox-1", "test", untrusted=True)
-        created = services.create_service(
+        created = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello",
                 repository=REPOSITORY,
                 branch="master",
@@ -445,14 +453,14 @@ def test_github_gets_a_pending_status_and_a_comment_saying_how_to_approve(
         feedback.send(session, github, settings, "awaiting_approval", env.id)
 
     (status,) = state.statuses
-    assert (status.sha, status.state, status.context) == (head, "pending", feedback.CONTEXT)
+    assert (status.sha, status.state, status.context) == (head, "pending", githubwrites.CONTEXT)
     assert status.description == "Waiting for a maintainer to approve this commit"
     (comment,) = state.comments
     assert f"portside previews approve hello-pr-2 --sha {head}" in comment.body
     assert f"/v1/environments/{env.id}/approve" in comment.body
     # Once approved, a late event says nothing more.
     with database.session_scope() as session:
-        previews.approve(session, env.id, "test", head)
+        envactions.approve(session, env.id, "test", head)
     with database.session_scope() as session:
         feedback.send(session, github, settings, "awaiting_approval", env.id)
     assert len(state.statuses) == 1 and len(state.comments) == 1

@@ -9,16 +9,18 @@ from flask.testing import FlaskClient
 
 from controlplane.db import Database
 from controlplane.models import Environment
-from controlplane.services import hosts, pushes, services
+from controlplane.services import catalog, hosts, pushes, servicerules
 
 
 def fork_build(database: Database) -> tuple[int, int]:
     """A queued untrusted build of a fork's PR 12 (branch main); (service id, build id)."""
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository="o/hello", branch="main", host="web-1"
+            ),
             "test",
         )
         environment = Environment(

@@ -25,7 +25,16 @@ from controlplane.db import Database
 from controlplane.errors import BadRequest
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Service
-from controlplane.services import feedback, gitsources, hosts, pushes, services, tokens
+from controlplane.services import (
+    catalog,
+    envactions,
+    feedback,
+    gitsources,
+    hosts,
+    pushes,
+    servicerules,
+    tokens,
+)
 from controlplane.settings import Settings
 from tasks import pipeline
 from tests.buildworker.test_git_remote import git
@@ -128,7 +137,7 @@ def test_bad_git_urls_get_a_clear_400(
 
 def test_local_paths_need_the_admin_setting(db_session: Session, host: str, remote: Remote) -> None:
     remote.commit("one")
-    spec = services.ServiceSpec(
+    spec = servicerules.ServiceSpec(
         name="hello",
         repository=None,
         branch=None,
@@ -136,7 +145,7 @@ def test_local_paths_need_the_admin_setting(db_session: Session, host: str, remo
         git=gitsources.GitSource(str(remote.bare)),
     )
     with pytest.raises(BadRequest, match="PORTSIDE_ALLOW_LOCAL_GIT"):
-        services.create_service(db_session, spec, "test", allow_local_git=False)
+        catalog.create_service(db_session, spec, "test", allow_local_git=False)
 
 
 def test_repository_or_git_url_not_both_nor_neither(
@@ -183,7 +192,7 @@ def test_a_local_repository_is_tracked_on_its_head_branch(
 
 
 def local_service(session: Session, remote: Remote, **fields: Any) -> Service:
-    spec = services.ServiceSpec(
+    spec = servicerules.ServiceSpec(
         name=fields.pop("name", "hello"),
         repository=None,
         branch=fields.pop("branch", None),
@@ -191,7 +200,7 @@ def local_service(session: Session, remote: Remote, **fields: Any) -> Service:
         port=8080,
         git=gitsources.GitSource(str(remote.bare), **fields),
     )
-    service = services.create_service(session, spec, "test", allow_local_git=True)
+    service = catalog.create_service(session, spec, "test", allow_local_git=True)
     session.commit()
     return service
 
@@ -366,7 +375,7 @@ def test_no_github_feedback_for_a_git_url_service(
 ) -> None:
     remote.commit("one")
     service = local_service(db_session, remote)
-    build = services.deploy_ref(db_session, github_app, service.id, None, "test")
+    build = envactions.deploy_ref(db_session, github_app, service.id, None, "test")
     db_session.commit()
     for event in (feedback.build_queued, feedback.build_running, feedback.build_failed):
         event(db_session, github_app, settings, build.id)
@@ -543,10 +552,10 @@ def test_a_service_whose_credentials_cannot_be_opened_does_not_stop_the_others(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     url, _sha, token = github_remote
-    spec = services.ServiceSpec(
+    spec = servicerules.ServiceSpec(
         name="private", repository=None, branch=None, host="", git=gitsources.GitSource(url, token)
     )
-    services.create_service(db_session, spec, "test", box=SecretBox.from_settings(settings))
+    catalog.create_service(db_session, spec, "test", box=SecretBox.from_settings(settings))
     remote.commit("one")
     public = local_service(db_session, remote)
     head = remote.commit("two")

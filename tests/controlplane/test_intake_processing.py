@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
-from controlplane.models import Build, Installation, Repository, WebhookDelivery
-from controlplane.services import deliveries, hosts, pushes, services
+from controlplane.models import Build, Installation, Repository, Service, WebhookDelivery
+from controlplane.services import catalog, deliveries, hosts, pushes, servicerules
 from controlplane.services.outcomes import HandlerContext
 from tests.fixtures.github import GitHubAppKey
 from tests.githubserver.server import GitHubServer
@@ -143,9 +143,9 @@ def service(
     install(client, database, seeded, github_app)
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        services.create_service(
+        catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello", repository=f"{OWNER}/Hello-World", branch="master", host="web-1"
             ),
             "test",
@@ -258,7 +258,7 @@ def test_watch_paths_filter_pushes(
     service: str,
 ) -> None:
     with database.session_scope() as session:
-        hello = session.scalar(select(services.Service).where(services.Service.name == service))
+        hello = session.scalar(select(Service).where(Service.name == service))
         assert hello is not None
         hello.watch_paths = ["api/**"]
     sha = seeded.state.commit(f"{OWNER}/Hello-World", {"docs/x.md": "x"}, branch="master")

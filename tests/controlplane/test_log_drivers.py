@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from controlplane.db import Database
 from controlplane.models import AuditEvent, Environment, Host, Service
-from controlplane.services import builds, hosts, pushes, services
+from controlplane.services import builds, catalog, hosts, pushes, servicerules
 from hostagent import labels as lbl
 from hostagent.agent import run_once
 from hostagent.desired import config_hash, parse_desired_state, parse_environment
@@ -176,9 +176,9 @@ def production_running(database: Database, host: str, name: str, image: str) -> 
     repository, digest = image.split("@")
     with database.session_scope() as session:
         _host, token = hosts.create_host(session, host, "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name=name, repository=f"o/{name}", branch="main", host=host),
+            servicerules.ServiceSpec(name=name, repository=f"o/{name}", branch="main", host=host),
             "test",
         )
         service.port = 8080

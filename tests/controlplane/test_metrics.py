@@ -19,7 +19,7 @@ from sqlalchemy import event
 from controlplane.app import create_app
 from controlplane.db import Database
 from controlplane.models import utcnow
-from controlplane.services import builds, deliveries, hosts, pushes, services
+from controlplane.services import builds, catalog, deliveries, hosts, pushes
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Secret, Settings
 from tests.controlplane.test_agent_api import DIGEST, auth, host_token  # noqa: F401
@@ -100,7 +100,7 @@ def test_polls_reports_builds_and_deployments(
     )
     assert again.status_code == 304
     with database.session_scope() as session:
-        service = services.list_services(session)[0]
+        service = catalog.list_services(session)[0]
         build = pushes.start_build(
             session,
             service,

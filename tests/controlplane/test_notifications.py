@@ -16,7 +16,7 @@ from werkzeug.wrappers import Request, Response
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import Environment
-from controlplane.services import notifications, previews, services
+from controlplane.services import catalog, notifications, previews
 from controlplane.settings import Settings
 from tasks import control
 from tests.controlplane.test_agent_api import auth, deploy, host_token  # noqa: F401
@@ -64,7 +64,7 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
 
 def _service_id(database: Database) -> int:
     with database.session_scope() as session:
-        return services.list_services(session)[0].id
+        return catalog.list_services(session)[0].id
 
 
 def _report(deployment_id: int, state: str = "running", **extra: Any) -> dict[str, Any]:
@@ -188,7 +188,7 @@ def test_retry_only_the_failed_targets_and_preview_removed(
             session, box, service_id, kind="slack", url=f"{base}/b", secret=None, actor="t"
         )
         flaky_id, steady_id = flaky.id, steady.id
-        service = services.list_services(session)[0]
+        service = catalog.list_services(session)[0]
         preview = Environment(
             service_id=service.id,
             host_id=service.host_id,

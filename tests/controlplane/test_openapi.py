@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 
 from controlplane.db import Database
 from controlplane.models import Installation, Repository
-from controlplane.services import hosts, services
+from controlplane.services import catalog, hosts, servicerules
 
 METHODS = ("get", "post", "put", "patch", "delete")
 # Served by flask-smorest itself, not part of the API they describe.
@@ -123,9 +123,9 @@ def seeded(database: Database) -> dict[str, int]:
         session.add(Installation(id=7, account_login="octo"))
         session.add(Repository(id=70, installation_id=7, full_name="octo/hello"))
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello", repository="octo/hello", branch="main", host="web-1"
             ),
             "test",

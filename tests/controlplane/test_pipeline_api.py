@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.db import Database
 from controlplane.models import Build, Environment, Host, Variable
-from controlplane.services import hosts, pushes, services
+from controlplane.services import catalog, hosts, pushes, servicerules
 
 SHA_A = "a" * 40
 SHA_B = "b" * 40
@@ -23,9 +23,11 @@ DIGEST = "sha256:" + "0" * 64
 def service_id(database: Database) -> int:
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository="o/hello", branch="main", host="web-1"
+            ),
             "test",
         )
         return service.id
@@ -33,7 +35,7 @@ def service_id(database: Database) -> int:
 
 def new_build(database: Database, service_id: int, sha: str, pushed: int) -> int:
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         build = pushes.start_build(
             session,
             service,

@@ -21,7 +21,7 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import hosts, previews, services
+from controlplane.services import catalog, hosts, previewcleanup, previews, servicerules
 from controlplane.services.outcomes import HandlerContext
 from tests.helpers import json_payload
 
@@ -34,9 +34,9 @@ def service(database: Database) -> int:
         session.add(Installation(id=1, account_login="Codertocat"))
         session.add(Repository(id=REPO_ID, installation_id=1, full_name="Codertocat/Hello-World"))
         hosts.create_host(session, "web-1", "test")
-        created = services.create_service(
+        created = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello",
                 repository="Codertocat/Hello-World",
                 branch="master",
@@ -137,7 +137,7 @@ def test_idle_and_excess_previews_are_found(
         assert env is not None
         env.last_activity_at = utcnow() - dt.timedelta(days=8)
     with database.session_scope() as session:
-        assert [(e.name, "idle" in why) for e, why in previews.stale_previews(session)] == [
+        assert [(e.name, "idle" in why) for e, why in previewcleanup.stale_previews(session)] == [
             ("hello-pr-2", True)
         ]
         hello = session.get(Service, service)
@@ -145,7 +145,7 @@ def test_idle_and_excess_previews_are_found(
         hello.max_previews = 0
         hello.preview_ttl_seconds = 30 * 24 * 3600
     with database.session_scope() as session:
-        assert ["limit" in why for _e, why in previews.stale_previews(session)] == [True]
+        assert ["limit" in why for _e, why in previewcleanup.stale_previews(session)] == [True]
 
 
 def test_api_tears_down_and_redeploys(

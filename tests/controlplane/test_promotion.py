@@ -23,7 +23,15 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Deployment, Environment, Host
-from controlplane.services import approvals, desired, feedback, hosts, services
+from controlplane.services import (
+    approvals,
+    catalog,
+    desired,
+    feedback,
+    githubwrites,
+    hosts,
+    servicerules,
+)
 from controlplane.settings import Settings
 from tests.controlplane.test_cli import assert_one_line_failure, run_portside
 from tests.controlplane.test_intake_processing import (
@@ -164,7 +172,7 @@ def test_staging_is_promoted_to_production_without_a_new_build(
         True,
         False,
     )
-    assert promoted.payload[feedback.PAYLOAD_KEY] == {
+    assert promoted.payload[githubwrites.PAYLOAD_KEY] == {
         "environment": staged["production"],
         "deployment": body["deployment_id"],
     }
@@ -269,10 +277,10 @@ def test_the_refusals_are_clear(
 ) -> None:
     staging, production = staged["staging"], staged["production"]
     with database.session_scope() as session:
-        hello = services.get_service(session, services.list_services(session)[0].id)
-        other = services.create_service(
+        hello = catalog.get_service(session, catalog.list_services(session)[0].id)
+        other = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="other", repository=hello.repository_full_name, branch="master", host="web-1"
             ),
             "test",

@@ -16,7 +16,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Environment, Service
-from controlplane.services import builds, feedback, hosts, services
+from controlplane.services import builds, catalog, feedback, hosts, servicerules
 from controlplane.settings import Settings
 from hostagent.agent import run_once
 from hostagent.desired import parse_desired_state, parse_environment
@@ -46,9 +46,9 @@ def make_service(database: Database, host: str, name: str) -> tuple[int, str]:
     """A service on a new host; returns its id and the host's agent token."""
     with database.session_scope() as session:
         _host, token = hosts.create_host(session, host, "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name=name, repository=f"o/{name}", branch="main", host=host),
+            servicerules.ServiceSpec(name=name, repository=f"o/{name}", branch="main", host=host),
             "test",
         )
         service.port = 8080
@@ -213,7 +213,7 @@ def test_compose_previews_get_the_hash_through_compose_interpolation(
 ) -> None:
     host, name = f"host-{uid}", f"stack-{uid}"
     password = "correct horse battery staple"
-    line = services.htpasswd_line("preview", password)
+    line = catalog.htpasswd_line("preview", password)
     image = images("v1")
     body = compose_env(name, image, image, 1)
     body["protection"] = {"basic_auth": [line]}
@@ -245,7 +245,7 @@ def test_the_pr_comment_says_the_preview_is_protected_and_never_how(
     build_id, deployment_id = preview
     set_status(database, build_id, "succeeded")
     with database.session_scope() as session:
-        (service,) = services.list_services(session)
+        (service,) = catalog.list_services(session)
         service.preview_protection = "ip_allow"
         service.preview_allow_networks = ["192.0.2.0/24"]
     with database.session_scope() as session:
@@ -255,7 +255,7 @@ def test_the_pr_comment_says_the_preview_is_protected_and_never_how(
 
     box = SecretBox.from_settings(settings)
     with database.session_scope() as session:
-        _user, password = services.generate_preview_password(session, box, service.id, "test")
+        _user, password = catalog.generate_preview_password(session, box, service.id, "test")
     with database.session_scope() as session:
         feedback.send(session, github, settings, "deployment_active", deployment_id)
     (comment,) = github_server.state.comments

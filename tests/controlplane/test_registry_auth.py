@@ -21,7 +21,7 @@ from buildworker.images import push_image
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import Build, Environment, Installation, Repository
-from controlplane.services import hosts, previews, registries, services
+from controlplane.services import catalog, hosts, previewcleanup, previews, registries, servicerules
 from controlplane.settings import Settings
 from hostagent.apply import Applier
 from hostagent.desired import RegistryAuth
@@ -138,9 +138,9 @@ def _preview_with_build(database: Database, pushed: Pushed) -> int:
         session.add(Installation(id=1, account_login="Codertocat"))
         session.add(Repository(id=4242, installation_id=1, full_name="Codertocat/Hello-World"))
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello", repository="Codertocat/Hello-World", branch="master", host="web-1"
             ),
             "test",
@@ -190,7 +190,7 @@ def _set_credentials(
 def _delete_pending(database: Database, box: SecretBox) -> list[bool]:
     """What clean_up_previews' retry does, in this process: each pending preview's images."""
     with database.session_scope() as session:
-        pending = previews.pending_image_deletions(session)
+        pending = previewcleanup.pending_image_deletions(session)
     done = []
     for images in pending:
         with database.session_scope() as session:
@@ -201,7 +201,9 @@ def _delete_pending(database: Database, box: SecretBox) -> list[bool]:
                 return registries.credentials_for(session, box, repository, installation_id)
 
             environment_id = images[0]["environment_id"]
-            done.append(previews.delete_images(session, environment_id, images, credentials_for))
+            done.append(
+                previewcleanup.delete_images(session, environment_id, images, credentials_for)
+            )
     return done
 
 
@@ -233,16 +235,16 @@ def test_a_refused_delete_shows_and_a_retry_with_fixed_credentials_succeeds(
     with caplog.at_level(logging.WARNING, logger="controlplane.services.previews"):
         assert _delete_pending(database, box) == [False]
     assert any(
-        record.levelno == logging.WARNING and previews.IMAGES_REFUSED in record.getMessage()
+        record.levelno == logging.WARNING and previewcleanup.IMAGES_REFUSED in record.getMessage()
         for record in caplog.records
     )
     shown = client.get(f"/v1/environments/{environment_id}", headers=admin_headers).json
     assert shown["status"] == "inactive"
-    assert shown["status_reason"].startswith(previews.IMAGES_REFUSED)
+    assert shown["status_reason"].startswith(previewcleanup.IMAGES_REFUSED)
     assert registry.host in shown["status_reason"]
     assert registry.manifest_digest(pushed.repo, pushed.tag) == pushed.digest
     page = viewer.get("/").get_data(as_text=True)
-    assert 'data-environment="hello-pr-7"' in page and escape(previews.IMAGES_REFUSED) in page
+    assert 'data-environment="hello-pr-7"' in page and escape(previewcleanup.IMAGES_REFUSED) in page
 
     _set_credentials(database, box, registry.host, push_user, push_password)
     assert _delete_pending(database, box) == [True]
@@ -284,9 +286,9 @@ def test_the_control_worker_deletes_and_retries_a_teardowns_images(
         return shown["status_reason"]
 
     shown_reason = wait_until(reason, "the refusal on the environment", timeout=60)
-    assert shown_reason.startswith(previews.IMAGES_REFUSED)
+    assert shown_reason.startswith(previewcleanup.IMAGES_REFUSED)
     wait_until(
-        lambda: previews.IMAGES_REFUSED in control_worker.log(), "the warning in the log", 30
+        lambda: previewcleanup.IMAGES_REFUSED in control_worker.log(), "the warning in the log", 30
     )
     assert registry.manifest_digest(pushed.repo, pushed.tag) == pushed.digest
 

@@ -14,7 +14,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import ConfigError
 from controlplane.models import Build, Deployment, Service
-from controlplane.services import hosts, registries, retention, services, telemetry
+from controlplane.services import catalog, hosts, registries, retention, servicerules, telemetry
 from controlplane.settings import Settings
 from tasks import control, pipeline
 from tests.controlplane.test_registry_auth import Pushed, _build_and_push, _set_credentials
@@ -28,9 +28,11 @@ def _production(database: Database, pushed: list[dict[str, str]]) -> list[int]:
     second and last, then was rolled back to the first. The builds' ids."""
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository="o/hello", branch="main", host="web-1"
+            ),
             "test",
         )
         production = service.environments[0]

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from controlplane.db import Database
 from controlplane.models import Deployment, Environment, Host
-from controlplane.services import hosts, placements, services
+from controlplane.services import catalog, hosts, placements, servicerules
 from tests.controlplane.test_agent_api import auth, deploy
 
 
@@ -22,9 +22,9 @@ def tokens(database: Database) -> dict[str, str]:
         made = {name: hosts.create_host(session, name, "test")[1] for name in ("web-1", "web-2")}
         made["web-3"] = hosts.create_host(session, "web-3", "test")[1]
         hosts.create_host(session, "forks", "test", untrusted=True)
-        services.create_service(
+        catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello",
                 repository="o/hello",
                 branch="main",

@@ -16,7 +16,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import PortsideError
 from controlplane.models import Service, Variable
-from controlplane.services import hosts, services, variables
+from controlplane.services import catalog, hosts, servicerules, variables
 from controlplane.services.secrets import SERVICE_SECRETS
 from controlplane.settings import Secret, Settings
 
@@ -26,9 +26,11 @@ NEW_KEY = "a-brand-new-secret-key-for-portside"
 def _service(database: Database, settings: Settings) -> int:
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository="o/hello", branch="main", host="web-1"
+            ),
             "test",
         )
         variables.set_variable(

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from controlplane.db import Database
 from controlplane.errors import ValidationFailed
 from controlplane.models import Build, Deployment, Environment, Host
-from controlplane.services import builds, effects, hosts, pushes, services
+from controlplane.services import builds, catalog, effects, hosts, pushes, servicerules
 
 DIGEST_PROD = "sha256:" + "1" * 64
 DIGEST_PREVIEW = "sha256:" + "2" * 64
@@ -39,23 +39,25 @@ def test_a_service_name_like_a_preview_is_refused_with_422(
 def test_names_that_only_look_close_are_accepted(database: Database, name: str) -> None:
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        spec = services.ServiceSpec(name=name, repository="o/hello", branch="main", host="web-1")
-        assert services.create_service(session, spec, "test").name == name
+        spec = servicerules.ServiceSpec(
+            name=name, repository="o/hello", branch="main", host="web-1"
+        )
+        assert catalog.create_service(session, spec, "test").name == name
 
 
 def test_the_name_check_is_made_after_normalising(database: Database) -> None:
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        spec = services.ServiceSpec(
+        spec = servicerules.ServiceSpec(
             name=" Web-PR-3 ", repository="o/hello", branch="main", host="web-1"
         )
         with pytest.raises(ValidationFailed):
-            services.create_service(session, spec, "test")
+            catalog.create_service(session, spec, "test")
 
 
 def _deployed(database: Database, service_id: int, environment_id: int, digest: str) -> None:
     with database.session_scope() as session:
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         environment = session.get(Environment, environment_id)
         assert environment is not None
         build = pushes.start_build(session, service, environment, "a" * 40, branch="main")
@@ -70,9 +72,9 @@ def test_deleting_a_service_tears_down_production_and_previews(
 ) -> None:
     with database.session_scope() as session:
         host, host_token = hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello", repository="o/hello", branch="main", host="web-1", port=8080
             ),
             "test",
@@ -93,7 +95,7 @@ def test_deleting_a_service_tears_down_production_and_previews(
     _deployed(database, service_id, production_id, DIGEST_PROD)
     _deployed(database, service_id, preview_id, DIGEST_PREVIEW)
     with database.session_scope() as session:  # a build still waiting when it is deleted
-        service = services.get_service(session, service_id)
+        service = catalog.get_service(session, service_id)
         environment = session.get(Environment, production_id)
         assert environment is not None
         queued = pushes.start_build(session, service, environment, "b" * 40, branch="main")
@@ -105,7 +107,7 @@ def test_deleting_a_service_tears_down_production_and_previews(
         generation = session.get(Host, host_id).generation  # type: ignore[union-attr]
 
     with database.session_scope() as session:
-        services.delete_service(session, service_id, "test")
+        catalog.delete_service(session, service_id, "test")
         doomed = {image["digest"] for image in session.info[effects.DOOMED_IMAGES]}
     assert doomed == {DIGEST_PROD, DIGEST_PREVIEW}
 
@@ -127,9 +129,11 @@ def test_deleting_through_the_api_takes_the_environment_out_of_desired_state(
 ) -> None:
     with database.session_scope() as session:
         _host, host_token = hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository="o/hello", branch="main", host="web-1"
+            ),
             "test",
         )
         service_id = service.id
@@ -145,10 +149,10 @@ def test_deleting_through_the_api_takes_the_environment_out_of_desired_state(
 def test_a_deleted_services_name_can_be_taken_again(database: Database) -> None:
     """Deleting ``hello`` and creating ``hello`` again used to fail: the deleted service
     and its environments kept their names, which are unique."""
-    spec = services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1")
+    spec = servicerules.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1")
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        old = services.create_service(session, spec, "test")
+        old = catalog.create_service(session, spec, "test")
         session.add(
             Environment(
                 service_id=old.id,
@@ -161,10 +165,10 @@ def test_a_deleted_services_name_can_be_taken_again(database: Database) -> None:
         )
         session.flush()
         old_id = old.id
-        services.delete_service(session, old_id, "test")
+        catalog.delete_service(session, old_id, "test")
 
     with database.session_scope() as session:
-        new = services.create_service(session, spec, "test")
+        new = catalog.create_service(session, spec, "test")
         session.add(
             Environment(
                 service_id=new.id,

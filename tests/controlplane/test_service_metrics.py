@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from controlplane.db import Database
 from controlplane.models import Deployment
-from controlplane.services import builds, pushes, services, telemetry
+from controlplane.services import builds, catalog, pushes, servicerules, telemetry
 from tests.controlplane.test_agent_api import DIGEST, auth, host_token
 from tests.controlplane.test_metrics import scrape, value
 
@@ -22,7 +22,7 @@ START = dt.datetime(2026, 1, 1, 12, 0, 0)
 def built_and_deployed(database: Database, service_name: str, sha: str, seconds: float) -> int:
     """A build of ``service_name`` that ran ``seconds`` and was recorded; its deployment id."""
     with database.session_scope() as session:
-        service = next(s for s in services.list_services(session) if s.name == service_name)
+        service = next(s for s in catalog.list_services(session) if s.name == service_name)
         build = pushes.start_build(
             session, service, pushes.production_environment(session, service), sha, branch="main"
         )
@@ -92,9 +92,9 @@ def test_services_past_the_cap_share_one_label(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with database.session_scope() as session:
-        services.create_service(
+        catalog.create_service(
             session,
-            services.ServiceSpec(name="shop", repository="o/shop", branch="main", host="web-1"),
+            servicerules.ServiceSpec(name="shop", repository="o/shop", branch="main", host="web-1"),
             "test",
         )
     built_and_deployed(database, "hello", "a" * 40, 10)

@@ -12,7 +12,15 @@ from sqlalchemy import select
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import AuditEvent, Environment, Variable
-from controlplane.services import builds, desired, hosts, pushes, services, variables
+from controlplane.services import (
+    builds,
+    catalog,
+    desired,
+    hosts,
+    pushes,
+    servicerules,
+    variables,
+)
 from controlplane.settings import Settings
 
 DIGEST = "sha256:" + "2" * 64
@@ -33,9 +41,9 @@ def host_token(database: Database, settings: Settings) -> str:
     with database.session_scope() as session:
         _host, token = hosts.create_host(session, "web-1", "test")
         for name in ("good", "bad", "locked", "allowed"):
-            service = services.create_service(
+            service = catalog.create_service(
                 session,
-                services.ServiceSpec(
+                servicerules.ServiceSpec(
                     name=name, repository=f"o/{name}", branch="main", host="web-1", port=8080
                 ),
                 "test",
@@ -48,7 +56,7 @@ def host_token(database: Database, settings: Settings) -> str:
 def deploy(database: Database, name: str, compose: str) -> None:
     """A recorded deployment of ``compose`` for service ``name``, as stored."""
     with database.session_scope() as session:
-        service = next(s for s in services.list_services(session) if s.name == name)
+        service = next(s for s in catalog.list_services(session) if s.name == name)
         build = pushes.start_build(
             session, service, pushes.production_environment(session, service), "a" * 40, branch="m"
         )
@@ -127,7 +135,7 @@ def test_one_environment_that_cannot_be_rendered_never_costs_the_others_theirs(
         GOOD.format(name="allowed").replace("expose", "cap_add: [NET_ADMIN]\n    expose"),
     )
     with database.session_scope() as session:
-        locked = next(s for s in services.list_services(session) if s.name == "locked")
+        locked = next(s for s in catalog.list_services(session) if s.name == "locked")
         variables.set_variable(
             session, SecretBox.from_settings(settings), locked.id, name="K", value="v", actor="t"
         )
@@ -159,7 +167,7 @@ def test_one_environment_that_cannot_be_rendered_never_costs_the_others_theirs(
 
     # Fixed: it is served again and converges like any other deployment.
     with database.session_scope() as session:
-        locked_service = next(s for s in services.list_services(session) if s.name == "locked")
+        locked_service = next(s for s in catalog.list_services(session) if s.name == "locked")
         variables.set_variable(
             session,
             SecretBox.from_settings(settings),

@@ -20,7 +20,7 @@ from werkzeug.test import TestResponse
 from controlplane.app import create_app
 from controlplane.db import Database
 from controlplane.models import Build, Installation, Repository
-from controlplane.services import hosts, pushes, services, tokens
+from controlplane.services import catalog, hosts, pushes, servicerules, tokens
 from controlplane.settings import Secret, Settings
 from tests.fixtures.github import GitHubAppKey
 from tests.githubserver.server import GitHubServer
@@ -62,9 +62,9 @@ def build_id(database: Database, github_server: GitHubServer) -> int:
         repo_id = github_server.state.repository(REPO).id
         session.add(Repository(id=repo_id, installation_id=INSTALLATION, full_name=REPO))
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="app", repository=REPO, branch="main", host="web-1"),
+            servicerules.ServiceSpec(name="app", repository=REPO, branch="main", host="web-1"),
             "test",
         )
         build = pushes.start_build(

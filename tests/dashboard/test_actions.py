@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from controlplane import dashboard
 from controlplane.db import Database
 from controlplane.models import ApiToken, Host, Service
-from controlplane.services import hosts, services, tokens
+from controlplane.services import catalog, hosts, tokens
 from tests.dashboard.test_dashboard import csrf_of, log_in, make_token
 
 SECRET = re.compile(r'<pre class="secret" id="secret">([^<]+)</pre>')
@@ -99,7 +99,7 @@ def test_a_service_is_refused_by_the_api_rules_and_production_is_not_torn_down(
         data={"csrf": csrf, "name": "shop", "repository": "o/shop", "host": "web-1"},
     )
     assert made.status_code == 302
-    service = services.get_service(db_session, int(made.headers["Location"].rsplit("/", 1)[1]))
+    service = catalog.get_service(db_session, int(made.headers["Location"].rsplit("/", 1)[1]))
     (production,) = service.environments
     refused = client.post(f"/environments/{production.id}/teardown", data={"csrf": csrf})
     assert refused.status_code == 409

@@ -29,7 +29,7 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import hosts, logs, pushes, services, tokens
+from controlplane.services import catalog, hosts, logs, pushes, servicerules, tokens
 from tests.fixtures.docker import unavailable
 from tests.fixtures.stack import Stack, wait_for
 
@@ -82,9 +82,9 @@ def seeded(database: Database, redis_url: str) -> Seeded:
     now = utcnow()
     with database.session_scope() as session:
         host, _token = hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello", repository="octo/hello", branch="main", host="web-1", port=8080
             ),
             "test",

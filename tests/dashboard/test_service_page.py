@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build
-from controlplane.services import services
+from controlplane.services import catalog
 from tests.controlplane.test_build_ordering import commit
 from tests.controlplane.test_intake_processing import (
     github_app,  # noqa: F401 (a fixture)
@@ -37,7 +37,7 @@ def service_id(
 ) -> int:
     """Service ``hello`` on master, the dashboard's App pointed at the test GitHub."""
     app.extensions["portside.github"] = github_app
-    return services.list_services(db_session)[0].id
+    return catalog.list_services(db_session)[0].id
 
 
 def builds(db_session: Session) -> list[Build]:

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, WebhookDelivery, utcnow
-from controlplane.services import hosts, services
+from controlplane.services import catalog, hosts, servicerules
 from controlplane.settings import Settings
 from tests.controlplane.test_intake_processing import OWNER, install, post, push_payload
 from tests.fixtures.github import GitHubAppKey
@@ -57,10 +57,10 @@ def tracked(
     install(client, database, github_server, app)
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        spec = services.ServiceSpec(
+        spec = servicerules.ServiceSpec(
             name="hello", repository=REPOSITORY, branch="master", host="web-1"
         )
-        services.create_service(session, spec, "test")
+        catalog.create_service(session, spec, "test")
     return github_server
 
 

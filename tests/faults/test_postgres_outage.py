@@ -22,7 +22,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import hosts, services
+from controlplane.services import catalog, hosts, servicerules
 from tests.fixtures.processes import Workers
 from tests.fixtures.servers import PostgresServer
 from tests.fixtures.stack import wait_for
@@ -91,9 +91,9 @@ def test_deliveries_refused_while_postgres_is_down_are_redelivered_and_built_onc
         )
         hosts.create_host(session, "web-1", "test")
         for number in range(3 * PER_PHASE):
-            services.create_service(
+            catalog.create_service(
                 session,
-                services.ServiceSpec(
+                servicerules.ServiceSpec(
                     name=f"svc-{number}", repository=REPOSITORY, branch=f"b{number}", host="web-1"
                 ),
                 "test",

@@ -19,7 +19,7 @@ from werkzeug.test import TestResponse
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Deployment, Environment, Host, Service, Variable
-from controlplane.services import hosts, services
+from controlplane.services import catalog, hosts, servicerules
 from tests.controlplane.test_agent_api import deploy
 from tests.controlplane.test_intake_processing import (
     OWNER,
@@ -57,10 +57,10 @@ def two_services(database: Database) -> dict[str, int]:
         hosts.create_host(session, "web-1", "test")
         ids = {}
         for name, domain in (("hello", "hello.example.com"), ("other", None)):
-            spec = services.ServiceSpec(
+            spec = servicerules.ServiceSpec(
                 name=name, repository=f"o/{name}", branch="main", host="web-1", domain=domain
             )
-            ids[name] = services.create_service(session, spec, "test").id
+            ids[name] = catalog.create_service(session, spec, "test").id
     return ids
 
 
@@ -161,10 +161,10 @@ def test_a_push_of_a_repository_the_app_is_not_installed_on_is_ignored(
     install(client, database, seeded, github_app)  # Hello-World and plain, not "later"
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        spec = services.ServiceSpec(
+        spec = servicerules.ServiceSpec(
             name="later", repository=f"{OWNER}/later", branch="main", host="web-1"
         )
-        services.create_service(session, spec, "test")
+        catalog.create_service(session, spec, "test")
     payload = push_payload(seeded, sha)
     payload["ref"] = "refs/heads/main"
     payload["repository"].update(id=later.id, name="later", full_name=f"{OWNER}/later")
@@ -258,10 +258,10 @@ def service(
     install(client, database, seeded, github_app)
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        spec = services.ServiceSpec(
+        spec = servicerules.ServiceSpec(
             name="hello", repository=f"{OWNER}/Hello-World", branch="master", host="web-1"
         )
-        services.create_service(session, spec, "test")
+        catalog.create_service(session, spec, "test")
     return "hello"
 
 
@@ -274,10 +274,10 @@ def two_hosts(database: Database) -> dict[str, str]:
     with database.session_scope() as session:
         _web1, token1 = hosts.create_host(session, "web-1", "test")
         _web2, token2 = hosts.create_host(session, "web-2", "test")
-        spec = services.ServiceSpec(
+        spec = servicerules.ServiceSpec(
             name="hello", repository="o/hello", branch="main", host="web-1", port=8080
         )
-        services.create_service(session, spec, "test")
+        catalog.create_service(session, spec, "test")
     deploy(database, "d" * 40)
     return {"web-1": token1, "web-2": token2}
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import Build, Deployment, Environment
-from controlplane.services import hosts, services
+from controlplane.services import catalog, hosts, servicerules
 from controlplane.settings import Settings
 from tests.controlplane.test_registry_auth import _build_and_push, _set_credentials
 from tests.controlplane.test_registry_retention import _present, _prune
@@ -61,9 +61,11 @@ def test_retention_keeps_a_digest_another_service_runs_or_a_held_build_will_depl
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
         first, second = (
-            services.create_service(
+            catalog.create_service(
                 session,
-                services.ServiceSpec(name=name, repository="o/hello", branch=branch, host="web-1"),
+                servicerules.ServiceSpec(
+                    name=name, repository="o/hello", branch=branch, host="web-1"
+                ),
                 "test",
             )
             for name, branch in (("hello", "main"), ("hello-release", "release"))

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from controlplane.models import Build
-from controlplane.services import services
+from controlplane.services import catalog, servicerules
 from tests.controlplane.test_previews_e2e import pull_request
 from tests.fixtures.stack import Stack, wait_for
 from tests.helpers import json_payload
@@ -56,9 +56,9 @@ def test_a_backlog_is_served_by_turns_and_one_build_at_a_time(
 ) -> None:
     install(stack, base_image)  # service "hello" tracks master
     with stack.database.session_scope() as session:
-        services.create_service(
+        catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="other", repository=REPOSITORY, branch="develop", host="web-1", port=8080
             ),
             "test",

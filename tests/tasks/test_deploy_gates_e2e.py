@@ -11,7 +11,7 @@ import requests
 from sqlalchemy import select
 
 from controlplane.models import Deployment
-from controlplane.services import services
+from controlplane.services import catalog
 from tests.fixtures.stack import Stack, wait_for
 from tests.tasks.test_pipeline_e2e import (
     REPOSITORY,
@@ -32,8 +32,8 @@ def test_a_push_builds_at_once_and_deploys_once_the_required_check_is_green(
 ) -> None:
     install(stack, base_image)
     with stack.database.session_scope() as session:
-        (service,) = services.list_services(session)
-        services.update_service(
+        (service,) = catalog.list_services(session)
+        catalog.update_service(
             session,
             service.id,
             {"deploy_when": "checks_passed", "required_checks": ["ci/test"]},

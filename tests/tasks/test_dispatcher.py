@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from controlplane.db import Database
-from controlplane.services import builds, hosts, pushes, services
+from controlplane.services import builds, catalog, hosts, pushes, servicerules
 from controlplane.settings import Settings
 from tasks import relay
 from tests.fixtures.processes import wait_until
@@ -34,9 +34,9 @@ def test_a_queued_build_is_sent_on_the_commit_that_queues_it(
         assert sent == []
         with database.session_scope() as session:
             hosts.create_host(session, "web-1", "test")
-            service = services.create_service(
+            service = catalog.create_service(
                 session,
-                services.ServiceSpec(
+                servicerules.ServiceSpec(
                     name="hello", repository="o/hello", branch="main", host="web-1"
                 ),
                 "test",

@@ -14,7 +14,7 @@ import yaml
 from sqlalchemy import select
 
 from controlplane.models import Build, Deployment, WebhookDelivery
-from controlplane.services import hosts, services
+from controlplane.services import catalog, hosts, servicerules
 from tests.fixtures.stack import Stack, wait_for
 from tests.helpers import json_payload, webhook_headers
 
@@ -55,9 +55,9 @@ def install(stack: Stack, base_image: str) -> None:
     wait_for(lambda: delivery_status(stack, delivery_id) == "processed", 60, what="installation")
     with stack.database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        services.create_service(
+        catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name="hello", repository=REPOSITORY, branch="master", host="web-1", port=8080
             ),
             "test",

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from controlplane.db import Database
 from controlplane.models import Build, Environment, Service
-from controlplane.services import builds, hosts, pushes, services
+from controlplane.services import builds, catalog, hosts, pushes, servicerules
 from controlplane.settings import Settings
 from tasks import pipeline
 from tasks.app import BUILDS_QUEUE, UNTRUSTED_BUILDS_QUEUE, node_queue
@@ -30,9 +30,9 @@ def fork_builds(database: Database, numbers: list[int], *, untrusted: bool = Tru
         service = session.scalar(select(Service).where(Service.name == "hello"))
         if service is None:
             hosts.create_host(session, "web-1", "test")
-            service = services.create_service(
+            service = catalog.create_service(
                 session,
-                services.ServiceSpec(
+                servicerules.ServiceSpec(
                     name="hello", repository="o/hello", branch="main", host="web-1"
                 ),
                 "test",

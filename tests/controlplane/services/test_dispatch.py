@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.db import Database
 from controlplane.models import Build, Environment
-from controlplane.services import builds, hosts, pushes, services
+from controlplane.services import builds, catalog, hosts, pushes, servicerules
 
 LOST_AFTER = dt.timedelta(seconds=90)
 WORKER = "build-1@test"
@@ -31,9 +31,9 @@ def previews(database: Database, service: str, count: int) -> list[int]:
     """``count`` queued builds of ``service``, each of a preview environment of its own."""
     made = []
     with database.session_scope() as session:
-        row = services.create_service(
+        row = catalog.create_service(
             session,
-            services.ServiceSpec(
+            servicerules.ServiceSpec(
                 name=service, repository=f"o/{service}", branch="main", host="web-1"
             ),
             "test",
@@ -195,9 +195,11 @@ def test_an_older_build_of_an_environment_waits_for_the_newer_to_cancel_it(
     database: Database, broker: redis.Redis
 ) -> None:
     with database.session_scope() as session:
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository="o/hello", branch="main", host="web-1"
+            ),
             "test",
         )
         environment = pushes.production_environment(session, service)

@@ -11,7 +11,7 @@ from sqlalchemy import update
 from controlplane.db import Database
 from controlplane.errors import Conflict
 from controlplane.models import Build, utcnow
-from controlplane.services import builds, hosts, pushes, services
+from controlplane.services import builds, catalog, hosts, pushes, servicerules
 
 STALE = dt.timedelta(seconds=60)
 
@@ -20,9 +20,11 @@ STALE = dt.timedelta(seconds=60)
 def build_id(database: Database) -> int:
     with database.session_scope() as session:
         hosts.create_host(session, "web-1", "test")
-        service = services.create_service(
+        service = catalog.create_service(
             session,
-            services.ServiceSpec(name="hello", repository="o/hello", branch="main", host="web-1"),
+            servicerules.ServiceSpec(
+                name="hello", repository="o/hello", branch="main", host="web-1"
+            ),
             "test",
         )
         build = pushes.start_build(

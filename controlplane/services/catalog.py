@@ -1,12 +1,12 @@
-"""Services: what to build (repository, branch, compose file) and where to run it."""
+"""The service catalog: creating, changing, listing and deleting services (what to build
+and where to run it; the rules each field follows are in
+:mod:`controlplane.services.servicerules`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 import secrets
-from dataclasses import dataclass, field
 from typing import Any
 
 import bcrypt
@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from contracts import logdrivers
 from controlplane.crypto import SecretBox
 from controlplane.errors import BadRequest, Conflict, NotFound, ValidationFailed
-from controlplane.github.app import GitHubApp
-from controlplane.models import Build, Environment, Host, Repository, Service, utcnow
-from controlplane.services import audit, desired, gitsources, hosts, placements, previews, pushes
+from controlplane.models import Environment, Host, Repository, Service, utcnow
+from controlplane.services import audit, desired, gitsources, hosts, placements, previews
+from controlplane.services.servicerules import ServiceSpec, validate_spec
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
 RUNTIME_FIELDS = (
@@ -41,91 +41,9 @@ RUNTIME_FIELDS = (
     "checks_timeout",
     "log_driver",
 )
+
+
 PREVIEW_USERNAME = "preview"
-SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-# Preview environments are named ``<service>-pr-<n>``: a service named so would collide.
-PREVIEW_SUFFIX = re.compile(r"-pr-[0-9]+$")
-REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-BRANCH_FORBIDDEN = re.compile(r"[\x00-\x20~^:?*\[\\;&|$`'\"<>(){}!]|\.\.|@\{|//")
-# A ref that may be a commit SHA, in full or abbreviated.
-MAYBE_SHA = re.compile(r"^[0-9a-f]{4,40}$")
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceSpec:
-    """A GitHub service names ``repository``; one tracking any git remote ``git``
-    instead (its branch, when None, is the remote's HEAD)."""
-
-    name: str
-    repository: str | None
-    branch: str | None
-    host: str
-    compose_path: str | None = None
-    port: int | None = None
-    domain: str | None = None
-    watch_paths: list[str] = field(default_factory=list)
-    track_tags: str | None = None
-    git: gitsources.GitSource | None = None
-
-
-def spec_from(fields: dict[str, Any]) -> ServiceSpec:
-    """A spec from the API's fields (``POST /v1/services``; the CLI sends the same)."""
-    fields = dict(fields)
-    git_url = fields.pop("git_url", None)
-    git = gitsources.GitSource(
-        url=git_url or "",
-        token=fields.pop("git_token", None),
-        ssh_key=fields.pop("git_ssh_key", None),
-        poll_interval=fields.pop("poll_interval", None) or gitsources.DEFAULT_POLL_INTERVAL,
-    )
-    return ServiceSpec(**fields, git=git if git_url is not None else None)
-
-
-def valid_domain(domain: str) -> bool:
-    labels = domain.split(".")
-    return len(domain) <= 253 and len(labels) >= 2 and all(DOMAIN_LABEL.match(x) for x in labels)
-
-
-def valid_branch(branch: str) -> bool:
-    return (
-        0 < len(branch) <= 255
-        and not BRANCH_FORBIDDEN.search(branch)
-        and not branch.startswith(("-", "/"))
-        and not branch.endswith((".lock", "/", "."))
-    )
-
-
-def valid_tag_pattern(pattern: str) -> bool:
-    """A glob of tag names (``v*``, ``release-?.*``): a valid ref name once its ``*`` and
-    ``?`` are taken for letters."""
-    return valid_branch(pattern.replace("*", "x").replace("?", "x"))
-
-
-def valid_compose_path(path: str) -> bool:
-    parts = path.split("/")
-    return bool(path) and not path.startswith("/") and ".." not in parts and "" not in parts
-
-
-def _validate(spec: ServiceSpec) -> dict[str, list[str]]:
-    errors: dict[str, list[str]] = {}
-    if not SERVICE_NAME.match(spec.name):
-        errors["name"] = ["lowercase letters, digits and hyphens, starting with a letter"]
-    elif PREVIEW_SUFFIX.search(spec.name):
-        errors["name"] = ["must not end in -pr-<number>: that is how previews are named"]
-    if not REPOSITORY_NAME.match(spec.repository or ""):
-        errors["repository"] = ["must be owner/name"]
-    if not valid_branch(spec.branch or ""):
-        errors["branch"] = ["not a valid branch name"]
-    if spec.track_tags is not None and not valid_tag_pattern(spec.track_tags):
-        errors["track_tags"] = ["a glob of tag names such as v*"]
-    if spec.compose_path is not None and not valid_compose_path(spec.compose_path):
-        errors["compose_path"] = ["a relative path inside the repository, without '..'"]
-    if spec.port is not None and not 1 <= spec.port <= 65535:
-        errors["port"] = ["between 1 and 65535"]
-    if spec.domain is not None and not valid_domain(spec.domain):
-        errors["domain"] = ["not a valid host name"]
-    return errors
 
 
 def create_service(
@@ -179,7 +97,7 @@ def create_service(
         watch_paths=list(spec.watch_paths),
         track_tags=spec.track_tags.strip() if spec.track_tags else None,
     )
-    errors = _validate(spec)
+    errors = validate_spec(spec)
     if errors:
         raise ValidationFailed("the service has invalid fields", details=errors)
     host = (
@@ -272,7 +190,7 @@ def update_service(
         ),
         **spec_changes,
     )
-    errors = _validate(current)
+    errors = validate_spec(current)
     if errors:
         raise ValidationFailed("the service has invalid fields", details=errors)
     if current.host != service.host.name:
@@ -467,55 +385,3 @@ def delete_service(session: Session, service_id: int, actor: str) -> None:
     service.deleted_at = utcnow()
     service.domain = None
     audit.record(session, actor, "service.delete", "service", service.id, name=service.name)
-
-
-def deploy_ref(
-    session: Session,
-    github: GitHubApp | None,
-    service_id: int,
-    ref: str | None,
-    actor: str,
-    *,
-    box: SecretBox | None = None,
-) -> Build:
-    """Build and deploy to production the commit a branch, tag or SHA names (by default
-    the head of the service's branch), resolved through GitHub (a git-URL service's
-    through ``git ls-remote``, its credentials opened with ``box``). The build is ordered by
-    when it was asked for (:mod:`~controlplane.services.ancestry`): an older commit is
-    deployed all the same, and a later push replaces it as usual."""
-    service = get_service(session, service_id)
-    ref = (ref or service.branch).strip()
-    if not valid_branch(ref):
-        raise ValidationFailed("not a valid ref", details={"ref": ["a branch, tag or commit SHA"]})
-    if service.git_url is not None:
-        resolved = gitsources.resolve_ref(box, service, ref)
-    else:
-        resolved = pushes.resolve_ref(github, service, ref)
-    if resolved is None:
-        source = service.git_url or service.repository_full_name
-        raise ValidationFailed(
-            f"{ref!r} is not a branch, tag or commit of {source}",
-            details={"ref": ["unknown on the remote" if service.git_url else "unknown on GitHub"]},
-        )
-    sha, message = resolved
-    now = utcnow()
-    build = pushes.start_build(
-        session,
-        service,
-        pushes.production_environment(session, service),
-        sha,
-        # Images are tagged by branch: a SHA keeps the service's, a tag or branch its own.
-        branch=service.branch if MAYBE_SHA.match(ref) and sha.startswith(ref) else ref,
-        trigger_key=f"deploy:{now.timestamp():.6f}",
-        commit_message=message,
-        author=actor,
-        # In GitHub's whole seconds, so a push within the same second counts as later.
-        pushed_at=now.replace(microsecond=0),
-        ref=ref,
-    )
-    assert build is not None  # the trigger key is new
-    session.flush()
-    audit.record(
-        session, actor, "service.deploy", "service", service.id, ref=ref, commit=sha, build=build.id
-    )
-    return build
