@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from contracts.agentwire import DesiredEnvironment, DesiredState
 from hostagent.apply import Applier, EnvironmentOutcome, describe, detect_compose_command
 from hostagent.client import (
     AGENT_VERSION,
@@ -25,7 +26,7 @@ from hostagent.client import (
     DesiredStateSource,
     backoff_delay,
 )
-from hostagent.desired import DesiredEnvironment, DesiredState, PreviewLimits, config_hash
+from hostagent.confighash import config_hash
 from hostagent.errors import AgentConfigError, AgentError, PermanentAgentError
 from hostagent.logship import LogShipper
 from hostagent.metrics import (
@@ -40,6 +41,7 @@ from hostagent.observe import ObservedContainer, ObservedEnvironment, ObservedSt
 from hostagent.plan import failure_key, plan
 from hostagent.prune import Pruner
 from hostagent.settings import AgentSettings
+from hostagent.snapshot import PreviewLimits, limit_previews
 
 log = logging.getLogger("hostagent")
 
@@ -262,7 +264,7 @@ def run_once(
             state.consecutive_errors += 1
             log.warning("desired state: %s (working on the last good state)", exc)
     if desired is not None:
-        desired = desired.with_preview_limits(state.preview_limits)
+        desired = limit_previews(desired, state.preview_limits)
         if state.sampler is not None:
             state.sampler.track(desired)
     host = desired.host if desired is not None else None

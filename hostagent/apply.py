@@ -31,6 +31,7 @@ import docker.types
 import requests
 
 from contracts import logdrivers
+from contracts.agentwire import DesiredEnvironment, RegistryAuth, Resources
 from contracts.compose_policy import (
     Caps,
     ComposeRefused,
@@ -40,7 +41,6 @@ from contracts.compose_policy import (
 )
 from contracts.yamlsafe import dump_yaml
 from hostagent import labels as lbl
-from hostagent.desired import DesiredEnvironment, RegistryAuth, Resources, traefik_labels
 from hostagent.errors import (
     AgentError,
     EnvironmentRefused,
@@ -68,6 +68,7 @@ from hostagent.plan import (
     WaitHealthy,
     failure_key,
 )
+from hostagent.traefik import traefik_labels
 
 log = logging.getLogger(__name__)
 

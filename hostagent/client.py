@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import requests
 
-from hostagent.desired import DesiredState, parse_desired_state
+from contracts.agentwire import DesiredState
 from hostagent.errors import (
     AgentError,
     InvalidDesiredState,
@@ -30,6 +30,7 @@ from hostagent.errors import (
 )
 from hostagent.files import private_dir
 from hostagent.settings import AgentSettings
+from hostagent.snapshot import parse_desired_state
 
 log = logging.getLogger(__name__)
 

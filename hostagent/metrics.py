@@ -31,8 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from contracts.agentwire import DesiredState
 from hostagent import labels as lbl
-from hostagent.desired import DesiredState
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from contracts.agentwire import DesiredState
 from hostagent.agent import AgentState, fetch_delay, run_forever, run_once, tick_delay
 from hostagent.apply import Applier
 from hostagent.client import Fetched
-from hostagent.desired import DesiredState
 from hostagent.errors import PermanentAgentError, TransientAgentError
 from hostagent.settings import AgentSettings
 from tests.hostagent.factories import desired, env_body
@@ -161,7 +161,7 @@ def test_a_compose_file_the_policy_refuses_starts_nothing_and_is_reported(tmp_pa
 
 
 def test_withheld_environments_are_not_reported(tmp_path: Path):
-    from hostagent.desired import parse_desired_state
+    from hostagent.snapshot import parse_desired_state
     from tests.hostagent.factories import state_body
 
     body = state_body(env_body("broken", deployment_id=5, port=0))

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 import requests
 
+from contracts.agentwire import DesiredState
 from hostagent import labels as lbl
 from hostagent.agent import AgentState, run_once
 from hostagent.apply import Applier
 from hostagent.client import Fetched
-from hostagent.desired import DesiredState, parse_desired_state
 from hostagent.errors import TransientAgentError
+from hostagent.snapshot import parse_desired_state
 from tests.hostagent.factories import env_body, state_body
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_cleanup")]
