@@ -675,7 +675,7 @@ class ContainerReport:
 
 
 @dataclass(frozen=True)
-class Usage:
+class EnvironmentUsage:
     """What an environment's running containers use: memory working set and CPU cores
     summed (None after one sample), and their restarts."""
 
@@ -684,7 +684,7 @@ class Usage:
     restarts: int
 
     @classmethod
-    def from_json(cls, value: object, where: str) -> Usage:
+    def from_json(cls, value: object, where: str) -> EnvironmentUsage:
         if not isinstance(value, dict):
             raise _report_fail(where, "must be an object")
         _check(value.get("memory_bytes"), int, f"{where}.memory_bytes", optional=False)
@@ -715,7 +715,7 @@ class EnvironmentReport:
     error: str | None = None
     logs: str | None = None
     containers: tuple[ContainerReport, ...] = ()
-    usage: Usage | None = None
+    usage: EnvironmentUsage | None = None
 
     @classmethod
     def from_json(cls, value: object, where: str) -> EnvironmentReport:
@@ -747,7 +747,7 @@ class EnvironmentReport:
                 ContainerReport.from_json(item, f"{where}.containers[{index}]")
                 for index, item in enumerate(containers)
             ),
-            usage=None if usage is None else Usage.from_json(usage, f"{where}.usage"),
+            usage=None if usage is None else EnvironmentUsage.from_json(usage, f"{where}.usage"),
         )
 
     def to_json(self) -> JsonObject:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import requests
 
-from contracts.agentwire import DesiredState
+from contracts.agentwire import AgentReport, DesiredState
 from hostagent.errors import (
     AgentError,
     InvalidDesiredState,
@@ -57,7 +57,7 @@ class DesiredStateSource(Protocol):
         """The current desired state; raises AgentError when it cannot be trusted."""
         ...
 
-    def report(self, status: Mapping[str, Any]) -> None:
+    def report(self, status: AgentReport) -> None:
         """Send one status report."""
         ...
 
@@ -226,12 +226,12 @@ class ControlPlaneClient:
             log.warning("could not cache the desired state in %s: %s", self.cache.path, exc)
         return Fetched(state, changed=previous is None or previous != state)
 
-    def report(self, status: Mapping[str, Any]) -> None:
+    def report(self, status: AgentReport) -> None:
         """POST the status report; 204 (or any 2xx) is success."""
         response = self._request(
             "POST",
             "/v1/agent/status",
-            json=dict(status),
+            json=status.to_json(),
             timeout=(CONNECT_TIMEOUT, 30.0),
         )
         if not 200 <= response.status_code < 300:
