@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from contracts.agentwire import AgentReport, DesiredState
-from hostagent.apply import Applier, EnvironmentOutcome, describe, detect_compose_command
+from hostagent.apply import Applier, EnvironmentOutcome, describe
 from hostagent.client import (
     AGENT_VERSION,
     PERMANENT_BACKOFF,
@@ -25,6 +25,7 @@ from hostagent.client import (
     DesiredStateSource,
     backoff_delay,
 )
+from hostagent.composerun import detect_compose_command
 from hostagent.confighash import config_hash
 from hostagent.errors import AgentConfigError, AgentError, PermanentAgentError
 from hostagent.logship import LogShipper
