@@ -769,10 +769,11 @@ class EnvironmentReport:
 @dataclass(frozen=True)
 class AgentReport:
     """The body of ``POST /v1/agent/status``: the generation the agent applied and where
-    each environment stands."""
+    each environment stands. ``agent_version`` may be missing (None): the control plane
+    has always taken reports without it."""
 
     generation: int
-    agent_version: str
+    agent_version: str | None
     environments: tuple[EnvironmentReport, ...]
 
     def environment(self, name: str) -> EnvironmentReport | None:
@@ -783,13 +784,13 @@ class AgentReport:
         if not isinstance(value, dict):
             raise _report_fail("body", "must be an object")
         _check(value.get("generation"), int, "generation", optional=False)
-        _check(value.get("agent_version"), str, "agent_version", optional=False)
+        _check(value.get("agent_version"), str, "agent_version", optional=True)
         environments = value.get("environments", [])
         if not isinstance(environments, list):
             raise _report_fail("environments", "must be a list")
         return cls(
             value["generation"],
-            value["agent_version"],
+            value.get("agent_version"),
             tuple(
                 EnvironmentReport.from_json(item, f"environments[{index}]")
                 for index, item in enumerate(environments)

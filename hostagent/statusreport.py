@@ -39,14 +39,8 @@ class Failure:
 
 
 def _container(container: ObservedContainer) -> ContainerReport:
-    return ContainerReport(
-        id=container.id,
-        name=container.name,
-        image=container.image,
-        status=container.status,
-        health=container.health,
-        restart_count=container.restart_count,
-    )
+    c = container
+    return ContainerReport(c.id, c.name, c.image, c.status, c.health, c.restart_count)
 
 
 def _environment_status(
