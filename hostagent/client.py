@@ -139,7 +139,8 @@ class StateCache:
             log.warning("ignoring the cached desired state %s: %s", self.path, exc)
             return None
 
-    def save(self, body: Mapping[str, Any]) -> None:
+    def save(self, body: object) -> None:
+        """Keep ``body``, a snapshot that parsed (JSON as it came), for the next start."""
         private_dir(self.path.parent)
         text = json.dumps(body, sort_keys=True)
         fd, tmp = tempfile.mkstemp(prefix=".desired-", dir=self.path.parent)
