@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
-from hostagent.apply import Applier, EnvironmentOutcome, describe, detect_compose_command
+from contracts.agentwire import AgentReport, DesiredState
+from hostagent.apply import Applier, EnvironmentOutcome, describe
 from hostagent.client import (
     AGENT_VERSION,
     PERMANENT_BACKOFF,
@@ -25,7 +25,8 @@ from hostagent.client import (
     DesiredStateSource,
     backoff_delay,
 )
-from hostagent.desired import DesiredEnvironment, DesiredState, PreviewLimits, config_hash
+from hostagent.composerun import detect_compose_command
+from hostagent.confighash import config_hash
 from hostagent.errors import AgentConfigError, AgentError, PermanentAgentError
 from hostagent.logship import LogShipper
 from hostagent.metrics import (
@@ -33,28 +34,18 @@ from hostagent.metrics import (
     ContainerCollector,
     MetricsServer,
     Sampler,
-    add_usage,
     serve,
 )
-from hostagent.observe import ObservedContainer, ObservedEnvironment, ObservedState, observe
+from hostagent.observe import observe
 from hostagent.plan import failure_key, plan
 from hostagent.prune import Pruner
 from hostagent.settings import AgentSettings
+from hostagent.snapshot import PreviewLimits, limit_previews
+from hostagent.statusreport import Failure, build_report
 
 log = logging.getLogger("hostagent")
 
 MAX_LONG_POLL = 60
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A deployment that did not come up: reported as failed until the state moves on."""
-
-    environment: str
-    deployment_id: int | None
-    error: str
-    logs: str | None
-    refused: bool = False
 
 
 @dataclass
@@ -75,136 +66,12 @@ class AgentState:
 class TickResult:
     """What one pass did: the report it built (None if nothing is known yet)."""
 
-    report: dict[str, Any] | None
+    report: AgentReport | None
     desired: DesiredState | None
     fetched: bool
     changed: bool
     error: AgentError | None
     outcomes: Mapping[str, EnvironmentOutcome]
-
-
-# ---------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------
-
-
-def _container_json(container: ObservedContainer) -> dict[str, Any]:
-    return {
-        "id": container.id,
-        "name": container.name,
-        "image": container.image,
-        "status": container.status,
-        "health": container.health,
-        "restart_count": container.restart_count,
-    }
-
-
-def _environment_status(
-    env: DesiredEnvironment,
-    observed: ObservedEnvironment,
-    digest: str,
-    failure: Failure | None,
-    outcome: EnvironmentOutcome | None,
-) -> dict[str, Any]:
-    """The status of one desired environment, from what Docker shows after applying."""
-    if env.mode == "container":
-        current = [c for c in observed.app_containers if c.config_hash == digest and c.running]
-        serving = [c for c in current if c.serving]
-        # Running once every replica serves; the newest one's address stands for them.
-        running = len(serving) >= env.replicas
-        healthy = running
-        address = serving[-1].address(env.port) if serving else None
-    else:
-        containers = observed.compose_containers
-        present = {c.compose_service for c in containers}
-        settled = [c for c in containers if c.running or c.exit_code == 0]
-        running = (
-            bool(containers)
-            and all(c.config_hash == digest for c in containers)
-            and all(service in present for service in env.compose_services)
-            and len(settled) == len(containers)
-        )
-        healthy = running and all(c.health in (None, "healthy") for c in containers)
-        routed = next(
-            (c for c in containers if c.compose_service == env.routed_service and c.running),
-            None,
-        )
-        address = routed.address(env.port) if routed else None
-    state = "running" if running else "starting"
-    error = logs = None
-    if failure is not None:
-        state = "refused" if failure.refused else "failed"
-        healthy, error, logs = False, failure.error, failure.logs
-    elif outcome is not None and outcome.error:
-        error = outcome.error  # transient: still "starting", tried again next tick
-    return {
-        "name": env.name,
-        "deployment_id": env.deployment_id,
-        "state": state,
-        "healthy": bool(healthy),
-        "address": address,
-        "error": error,
-        "logs": logs,
-        "containers": [_container_json(c) for c in observed.containers],
-    }
-
-
-def build_report(
-    desired: DesiredState,
-    observed: ObservedState,
-    outcomes: Mapping[str, EnvironmentOutcome],
-    failures: Mapping[str, Failure],
-    publish_host: str = "",
-    *,
-    proxy_network: str = "",
-) -> dict[str, Any]:
-    """The body of ``POST /v1/agent/status`` for the generation just applied."""
-    environments = []
-    for env in desired.environments:
-        digest = config_hash(env, publish_host, desired.routing, proxy_network=proxy_network)
-        environments.append(
-            _environment_status(
-                env,
-                observed.get(env.name),
-                digest,
-                failures.get(failure_key(env, digest)),
-                outcomes.get(env.name),
-            )
-        )
-    for refused in desired.refused:
-        if refused.withheld:
-            continue  # the control plane withheld it and has said why already
-        environments.append(
-            {
-                "name": refused.name,
-                "deployment_id": refused.deployment_id,
-                "state": "refused",
-                "healthy": False,
-                "address": None,
-                "error": refused.reason,
-                "logs": None,
-                "containers": [_container_json(c) for c in observed.get(refused.name).containers],
-            }
-        )
-    for name, outcome in outcomes.items():
-        if outcome.state == "removed":
-            environments.append(
-                {
-                    "name": name,
-                    "deployment_id": outcome.deployment_id,
-                    "state": "removed",
-                    "healthy": False,
-                    "address": None,
-                    "error": None,
-                    "logs": None,
-                    "containers": [],
-                }
-            )
-    return {
-        "generation": desired.generation,
-        "agent_version": AGENT_VERSION,
-        "environments": environments,
-    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,7 +129,7 @@ def run_once(
             state.consecutive_errors += 1
             log.warning("desired state: %s (working on the last good state)", exc)
     if desired is not None:
-        desired = desired.with_preview_limits(state.preview_limits)
+        desired = limit_previews(desired, state.preview_limits)
         if state.sampler is not None:
             state.sampler.track(desired)
     host = desired.host if desired is not None else None
@@ -280,7 +147,7 @@ def run_once(
         log.info("applying: %s", "; ".join(describe(actions)))
         outcomes = state.applier.apply(actions)
         observed = observe(client, host)
-    report: dict[str, Any] | None = None
+    report: AgentReport | None = None
     if desired is not None:
         _remember_failures(state, desired, outcomes)
         report = build_report(
@@ -290,9 +157,9 @@ def run_once(
             state.failures,
             state.publish_host,
             proxy_network=state.applier.proxy_network,
+            # Never waits: the last sample.
+            sample=state.sampler.sample(0) if state.sampler is not None else None,
         )
-        if state.sampler is not None:
-            add_usage(report, state.sampler.sample(0))  # never waits: the last sample
         if not isinstance(error, PermanentAgentError):
             try:
                 source.report(report)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import requests
 
-from hostagent.desired import DesiredState, parse_desired_state
+from contracts.agentwire import AgentReport, DesiredState
 from hostagent.errors import (
     AgentError,
     InvalidDesiredState,
@@ -30,6 +30,7 @@ from hostagent.errors import (
 )
 from hostagent.files import private_dir
 from hostagent.settings import AgentSettings
+from hostagent.snapshot import parse_desired_state
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class DesiredStateSource(Protocol):
         """The current desired state; raises AgentError when it cannot be trusted."""
         ...
 
-    def report(self, status: Mapping[str, Any]) -> None:
+    def report(self, status: AgentReport) -> None:
         """Send one status report."""
         ...
 
@@ -138,7 +139,8 @@ class StateCache:
             log.warning("ignoring the cached desired state %s: %s", self.path, exc)
             return None
 
-    def save(self, body: Mapping[str, Any]) -> None:
+    def save(self, body: object) -> None:
+        """Keep ``body``, a snapshot that parsed (JSON as it came), for the next start."""
         private_dir(self.path.parent)
         text = json.dumps(body, sort_keys=True)
         fd, tmp = tempfile.mkstemp(prefix=".desired-", dir=self.path.parent)
@@ -225,12 +227,12 @@ class ControlPlaneClient:
             log.warning("could not cache the desired state in %s: %s", self.cache.path, exc)
         return Fetched(state, changed=previous is None or previous != state)
 
-    def report(self, status: Mapping[str, Any]) -> None:
+    def report(self, status: AgentReport) -> None:
         """POST the status report; 204 (or any 2xx) is success."""
         response = self._request(
             "POST",
             "/v1/agent/status",
-            json=dict(status),
+            json=status.to_json(),
             timeout=(CONNECT_TIMEOUT, 30.0),
         )
         if not 200 <= response.status_code < 300:

@@ -31,8 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from contracts.agentwire import DesiredState, EnvironmentUsage
 from hostagent import labels as lbl
-from hostagent.desired import DesiredState
 
 log = logging.getLogger(__name__)
 
@@ -240,27 +240,18 @@ def _with_rate(reading: Reading, previous: Reading | None, seconds: float) -> Re
     return dataclasses.replace(reading, cpu_cores=max(0.0, used / seconds))
 
 
-def environment_usage(readings: Iterable[Reading], environment: str) -> dict[str, Any]:
+def environment_usage(readings: Iterable[Reading], environment: str) -> EnvironmentUsage:
     """What the agent reports of one environment: its running containers' memory working
     set and CPU (cores, over the last sampling interval; None after one sample) summed,
     and their restarts."""
     mine = [r for r in readings if r.environment == environment]
     running = [r.usage for r in mine if r.usage is not None]
     rates = [r.cpu_cores for r in mine if r.cpu_cores is not None]
-    return {
-        "memory_bytes": sum(u.memory_working_set for u in running),
-        "cpu_cores": round(sum(rates), 4) if rates else None,
-        "restarts": sum(r.restarts for r in mine),
-    }
-
-
-def add_usage(report: dict[str, Any], sample: Sample | None) -> None:
-    """Give each environment of a status report its ``usage`` (none without a sample)."""
-    if sample is None:
-        return
-    for item in report.get("environments") or []:
-        if item.get("state") != "removed":
-            item["usage"] = environment_usage(sample.readings, str(item.get("name")))
+    return EnvironmentUsage(
+        memory_bytes=sum(u.memory_working_set for u in running),
+        cpu_cores=round(sum(rates), 4) if rates else None,
+        restarts=sum(r.restarts for r in mine),
+    )
 
 
 @dataclass(eq=False)  # a registry keys its collectors by identity

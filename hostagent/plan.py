@@ -11,8 +11,9 @@ import itertools
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from contracts.agentwire import DesiredEnvironment, DesiredState, Routing
 from hostagent.composeorder import switch_phases
-from hostagent.desired import DesiredEnvironment, DesiredState, Routing, config_hash
+from hostagent.confighash import config_hash
 from hostagent.observe import ObservedContainer, ObservedEnvironment, ObservedState
 
 SHORT_HASH = 10

@@ -26,8 +26,8 @@ from typing import Any
 
 import docker.errors
 
+from contracts.agentwire import DesiredState
 from hostagent import labels as lbl
-from hostagent.desired import DesiredState
 from hostagent.files import open_dir, read_file, write_file
 
 log = logging.getLogger(__name__)

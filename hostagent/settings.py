@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from contracts.agentwire import MEMORY_RE
 from contracts.environ import FileAwareEnviron, SettingFileError
 from contracts.urls import ALLOW_INSECURE_VARIABLE, url_refusal
-from hostagent.desired import MEMORY_RE, PreviewLimits
 from hostagent.errors import AgentConfigError
+from hostagent.snapshot import PreviewLimits
 
 DEFAULT_INTERVAL = 10.0
 MAX_INTERVAL = 3600.0

@@ -22,8 +22,9 @@ from controlplane.models import AuditEvent, Environment, Host, Service
 from controlplane.services import builds, catalog, hosts, pushes, servicerules
 from hostagent import labels as lbl
 from hostagent.agent import run_once
-from hostagent.desired import config_hash, parse_desired_state, parse_environment
+from hostagent.confighash import config_hash
 from hostagent.logship import LogShipper
+from hostagent.snapshot import parse_desired_state, parse_environment
 from tests.controlplane.test_agent_api import auth, deploy, host_token
 from tests.hostagent.factories import env_body, state_body
 from tests.hostagent.test_apply_docker import (  # noqa: F401 - agent, images and uid are fixtures

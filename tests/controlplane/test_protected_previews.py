@@ -19,8 +19,8 @@ from controlplane.models import AuditEvent, Build, Environment, Service
 from controlplane.services import builds, catalog, feedback, hosts, servicerules
 from controlplane.settings import Settings
 from hostagent.agent import run_once
-from hostagent.desired import parse_desired_state, parse_environment
 from hostagent.errors import InvalidDesiredState
+from hostagent.snapshot import parse_desired_state, parse_environment
 from tests.controlplane.test_feedback_github import (  # noqa: F401 - github and preview are fixtures
     github,
     preview,

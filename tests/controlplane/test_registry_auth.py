@@ -18,13 +18,13 @@ from markupsafe import escape
 
 from buildworker.errors import PermanentBuildError
 from buildworker.images import push_image
+from contracts.agentwire import RegistryAuth
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import Build, Environment, Installation, Repository
 from controlplane.services import catalog, hosts, previewcleanup, previews, registries, servicerules
 from controlplane.settings import Settings
 from hostagent.apply import Applier
-from hostagent.desired import RegistryAuth
 from hostagent.errors import PermanentAgentError
 from tasks.app import CONTROL_QUEUE
 from tasks.pipeline import CLEAN_UP_PREVIEWS

@@ -19,7 +19,7 @@ from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Deployment, Environment, Host, Service
 from controlplane.services import builds, desired, pushes
 from controlplane.settings import Settings
-from hostagent.desired import parse_environment
+from hostagent.snapshot import parse_environment
 from tests.controlplane.test_build_ordering import REPOSITORY
 from tests.controlplane.test_intake_processing import (
     github_app,  # noqa: F401 (a fixture)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from contracts.agentwire import DesiredState
 from hostagent import labels as lbl
-from hostagent.desired import DesiredState, config_hash, parse_desired_state
+from hostagent.confighash import config_hash
 from hostagent.observe import ObservedContainer, ObservedState, group
+from hostagent.snapshot import parse_desired_state
 
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = f"127.0.0.1:5001/codertocat/hello@{DIGEST}"

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from contracts.agentwire import AgentReport, DesiredState
 from hostagent.agent import AgentState, fetch_delay, run_forever, run_once, tick_delay
 from hostagent.apply import Applier
 from hostagent.client import Fetched
-from hostagent.desired import DesiredState
 from hostagent.errors import PermanentAgentError, TransientAgentError
 from hostagent.settings import AgentSettings
 from tests.hostagent.factories import desired, env_body
@@ -46,8 +46,8 @@ class ScriptedSource:
         self.last_good = item
         return Fetched(item, changed=True)
 
-    def report(self, status: dict[str, Any]) -> None:
-        self.reports.append(status)
+    def report(self, status: AgentReport) -> None:
+        self.reports.append(status.to_json())
 
 
 def test_tick_delay():
@@ -95,8 +95,10 @@ def test_report_shape(tmp_path: Path, complete: bool):
     state = desired(complete=complete)
     source = ScriptedSource([state, state], stop)
     result = run_once(AgentState(Applier(EmptyEngine(), tmp_path)), source)
-    assert result.report == {"generation": 42, "agent_version": "0.1.0", "environments": []}
-    assert source.reports == [result.report]
+    assert result.report is not None
+    sent = {"generation": 42, "agent_version": "0.1.0", "environments": []}
+    assert result.report.to_json() == sent
+    assert source.reports == [sent]
 
 
 def test_refused_environments_are_reported_with_their_reason(tmp_path: Path):
@@ -105,7 +107,7 @@ def test_refused_environments_are_reported_with_their_reason(tmp_path: Path):
     agent = AgentState(Applier(EmptyEngine(), tmp_path))
     report = run_once(agent, source).report
     assert report is not None
-    (broken,) = report["environments"]
+    (broken,) = report.to_json()["environments"]
     assert broken == {
         "name": "broken",
         "deployment_id": 5,
@@ -143,7 +145,7 @@ def test_a_compose_file_the_policy_refuses_starts_nothing_and_is_reported(tmp_pa
     first = run_once(agent, source)
     assert first.outcomes["stack"].state == "refused"
     assert first.report is not None
-    (status,) = first.report["environments"]
+    (status,) = first.report.to_json()["environments"]
     assert status["state"] == "refused" and status["healthy"] is False
     assert "services.web.cap_add" in status["error"]
     assert "services.web.volumes" in status["error"]
@@ -151,17 +153,18 @@ def test_a_compose_file_the_policy_refuses_starts_nothing_and_is_reported(tmp_pa
     # Not tried again every tick, still reported refused.
     second = run_once(agent, source)
     assert second.outcomes == {} and second.report is not None
-    assert second.report["environments"][0]["state"] == "refused"
+    assert second.report.environments[0].state == "refused"
     # An admin allowing the key for production does not allow binds.
     allowed = desired({**body, "compose_allow": ["cap_add"], "deployment_id": 8}, generation=2)
     third = run_once(agent, ScriptedSource([allowed], threading.Event()))
     assert third.report is not None
-    error = third.report["environments"][0]["error"]
+    error = third.report.environments[0].error
+    assert error is not None
     assert "services.web.volumes" in error and "cap_add" not in error
 
 
 def test_withheld_environments_are_not_reported(tmp_path: Path):
-    from hostagent.desired import parse_desired_state
+    from hostagent.snapshot import parse_desired_state
     from tests.hostagent.factories import state_body
 
     body = state_body(env_body("broken", deployment_id=5, port=0))
@@ -169,4 +172,4 @@ def test_withheld_environments_are_not_reported(tmp_path: Path):
     source = ScriptedSource([parse_desired_state(body)], threading.Event())
     report = run_once(AgentState(Applier(EmptyEngine(), tmp_path)), source).report
     assert report is not None
-    assert [env["name"] for env in report["environments"]] == ["broken"]
+    assert [env.name for env in report.environments] == ["broken"]

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 import requests
 
+from contracts.agentwire import AgentReport, DesiredState
 from hostagent import labels as lbl
 from hostagent.agent import AgentState, run_once
 from hostagent.apply import Applier
 from hostagent.client import Fetched
-from hostagent.desired import DesiredState, parse_desired_state
 from hostagent.errors import TransientAgentError
+from hostagent.snapshot import parse_desired_state
 from tests.hostagent.factories import env_body, state_body
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_cleanup")]
@@ -49,8 +50,8 @@ class FakeSource:
         self._served = self.state
         return Fetched(self.state, changed)
 
-    def report(self, status: dict[str, Any]) -> None:
-        self.reports.append(status)
+    def report(self, status: AgentReport) -> None:
+        self.reports.append(status.to_json())
 
 
 class RecordingApplier(Applier):
@@ -157,8 +158,10 @@ def get(address: str) -> str:
     return response.text
 
 
-def only(report: dict[str, Any], name: str) -> dict[str, Any]:
-    (item,) = [env for env in report["environments"] if env["name"] == name]
+def only(report: AgentReport | None, name: str) -> dict[str, Any]:
+    """The one entry of ``report`` for ``name``, as the wire carries it."""
+    assert report is not None
+    (item,) = [env.to_json() for env in report.environments if env.name == name]
     return item
 
 

@@ -13,14 +13,10 @@ import yaml
 
 from contracts.yamlsafe import dump_yaml
 from hostagent import labels as lbl
-from hostagent.apply import (
-    Applier,
-    compose_environment,
-    compose_images,
-    detect_compose_command,
-    restart_policy,
-    sanitized_compose,
-)
+from hostagent.apply import Applier
+from hostagent.composefile import checked_compose, compose_images, sanitized_compose
+from hostagent.composerun import compose_environment, detect_compose_command
+from hostagent.containers import restart_policy
 from hostagent.errors import EnvironmentRefused, PermanentAgentError
 from hostagent.files import UnsafePath, open_dir, read_file, write_file
 from hostagent.plan import ComposeUp
@@ -113,7 +109,7 @@ def test_compose_override_file(tmp_path: Path):
     env = state.environments[0]
     action = ComposeUp(env.name, env, "h" * 64, state.routing, state.host)
     applier = Applier(object(), tmp_path, publish_host="127.0.0.1")
-    override = applier.override_file(action, applier.checked_compose(env))
+    override = applier.override_file(action, checked_compose(env))
     assert override["version"] == "3.8"
     web, db = override["services"]["web"], override["services"]["db"]
     for service in (web, db):
@@ -143,7 +139,7 @@ def test_other_compose_services_get_routes_of_their_own(tmp_path: Path):
     env = state.environments[0]
     action = ComposeUp(env.name, env, "h" * 64, state.routing, state.host)
     applier = Applier(object(), tmp_path)
-    override = applier.override_file(action, applier.checked_compose(env))
+    override = applier.override_file(action, checked_compose(env))
     db = override["services"]["db"]["labels"]
     assert db["traefik.http.routers.hello-db.rule"] == "Host(`db.hello.example.com`)"
     assert db["traefik.http.services.hello-db.loadbalancer.server.port"] == "5432"
@@ -171,7 +167,7 @@ def test_routed_services_join_the_proxy_network_and_keep_their_own(tmp_path: Pat
     routes = [{"service": "api", "port": 8000, "domains": ["api.hello.example.com"]}]
     action = compose_action(PROXIED, port=8080, routes=routes)
     applier = Applier(object(), tmp_path, proxy_network="traefik_proxy")
-    override = applier.override_file(action, applier.checked_compose(action.spec))
+    override = applier.override_file(action, checked_compose(action.spec))
     assert override["networks"] == {"portside-proxy": {"external": True, "name": "traefik_proxy"}}
     web, api, db = (override["services"][name] for name in ("web", "api", "db"))
     assert web["networks"] == {"default": {}, "portside-proxy": {}}
@@ -185,7 +181,7 @@ def test_routed_services_join_the_proxy_network_and_keep_their_own(tmp_path: Pat
     taken = PROXIED.replace("back", "portside-proxy")
     action = compose_action(taken, port=8080, routes=routes)
     with pytest.raises(EnvironmentRefused, match=r"networks\.portside-proxy: the agent"):
-        applier.override_file(action, applier.checked_compose(action.spec))
+        applier.override_file(action, checked_compose(action.spec))
 
 
 SANITISE = """
@@ -268,7 +264,7 @@ def test_compose_interpolates_nothing_from_the_agents_environment(tmp_path: Path
     """Every ``$`` compose would substitute arrives doubled (literal); ``$$`` stays as it is,
     so it still means one ``$``; keys are not interpolated, so they stay."""
     action = compose_action(INTERPOLATING)
-    text = dump_yaml(Applier(object(), tmp_path).checked_compose(action.spec))
+    text = dump_yaml(checked_compose(action.spec))
     document = yaml.safe_load(text)
     web = document["services"]["web"]
     assert web["environment"] == {"LEAK": "$${HOME} $$DOCKER_HOST", "PRICE": "$$5"}
@@ -292,12 +288,12 @@ def compose_action(compose: str, **changes: Any) -> ComposeUp:
 def test_limits_in_the_override_unless_the_file_sets_its_own():
     action = compose_action(COMPOSE, resources={"cpus": 2, "memory": "1g", "pids": 100})
     applier = Applier(object(), Path("/nonexistent"))
-    override = applier.override_file(action, applier.checked_compose(action.spec))
+    override = applier.override_file(action, checked_compose(action.spec))
     for service in override["services"].values():
         assert (service["cpus"], service["mem_limit"], service["pids_limit"]) == (2.0, "1g", 100)
     own = COMPOSE.replace("restart: always", "restart: always\n    mem_limit: 256m")
     action = compose_action(own, resources={"cpus": 2, "memory": "1g", "pids": 100})
-    override = applier.override_file(action, applier.checked_compose(action.spec))
+    override = applier.override_file(action, checked_compose(action.spec))
     assert "mem_limit" not in override["services"]["db"]
     assert override["services"]["web"]["mem_limit"] == "1g"
 
@@ -322,7 +318,7 @@ def test_a_previews_limits_are_a_budget_its_services_share():
     resources = {"cpus": 1, "memory": "512m", "pids": 256}
     action = compose_action(PREVIEW, kind="preview", resources=resources)
     applier = Applier(object(), Path("/nonexistent"))
-    override = applier.override_file(action, applier.checked_compose(action.spec))
+    override = applier.override_file(action, checked_compose(action.spec))
     limits = {
         name: (service["cpus"], service["mem_limit"], service["pids_limit"])
         for name, service in override["services"].items()
@@ -338,7 +334,7 @@ def test_a_previews_limits_are_a_budget_its_services_share():
     assert sum(pids for _, _, pids in limits.values()) <= 256
 
     production = compose_action(PREVIEW, resources=resources)
-    override = applier.override_file(production, applier.checked_compose(production.spec))
+    override = applier.override_file(production, checked_compose(production.spec))
     assert override["services"]["web"]["cpus"] == 1.0
     assert "cpus" not in override["services"]["db"]
 
@@ -347,14 +343,14 @@ def test_a_preview_budget_too_small_to_share_is_refused():
     action = compose_action(COMPOSE, kind="preview", resources={"cpus": 1, "memory": "10m"})
     applier = Applier(object(), Path("/nonexistent"))
     with pytest.raises(EnvironmentRefused, match=r"services: .*mem_limit budget of 10m"):
-        applier.override_file(action, applier.checked_compose(action.spec))
+        applier.override_file(action, checked_compose(action.spec))
 
 
 def test_a_compose_file_over_the_caps_is_refused():
     own = COMPOSE.replace("restart: always", "restart: always\n    mem_limit: 2g")
     action = compose_action(own, resources={"cpus": 2, "memory": "1g"})
     with pytest.raises(EnvironmentRefused, match=r"services\.db\.mem_limit"):
-        Applier(object(), Path("/nonexistent")).checked_compose(action.spec)
+        checked_compose(action.spec)
 
 
 def test_compose_runs_the_checked_text_from_sealed_memory(tmp_path: Path):

@@ -12,6 +12,7 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from contracts.agentwire import AgentReport
 from hostagent.client import (
     ControlPlaneClient,
     StateCache,
@@ -195,13 +196,13 @@ def test_network_error_is_transient(tmp_path):
 def test_report_posts_the_status(server, make_client):
     app, _url = server
     app.handlers = [status_only(204)]
-    make_client().report({"generation": 1, "agent_version": "0.1.0", "environments": []})
+    make_client().report(AgentReport(1, "0.1.0", ()))
     (request,) = app.requests
     assert request["method"] == "POST" and request["path"] == "/v1/agent/status"
     assert json.loads(request["body"])["generation"] == 1
     app.handlers = [status_only(503)]
     with pytest.raises(TransientAgentError):
-        make_client().report({"generation": 1})
+        make_client().report(AgentReport(1, "0.1.0", ()))
 
 
 def test_cache_ignores_a_corrupt_file(tmp_path):

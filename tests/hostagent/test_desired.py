@@ -7,17 +7,11 @@ import re
 
 import pytest
 
-from hostagent.desired import (
-    PreviewLimits,
-    Routing,
-    config_hash,
-    host_rule,
-    memory_bytes,
-    parse_desired_state,
-    traefik_labels,
-    valid_domain,
-)
+from contracts.agentwire import Routing, memory_bytes, valid_domain
+from hostagent.confighash import config_hash
 from hostagent.errors import InvalidDesiredState, TransientAgentError
+from hostagent.snapshot import PreviewLimits, limit_previews, parse_desired_state
+from hostagent.traefik import host_rule, traefik_labels
 from tests.hostagent.factories import IMAGE, env_body, state_body
 
 
@@ -290,12 +284,15 @@ def test_config_hash_counts_new_fields_only_when_set():
     ],
 )
 def test_previews_get_the_tighter_of_their_limits_and_the_defaults(resources, cpus, memory, pids):
-    state = parse_desired_state(
-        state_body(
-            env_body("prod", resources=dict(resources)),
-            env_body("pr", kind="preview", resources=dict(resources)),
-        )
-    ).with_preview_limits(PreviewLimits())
+    state = limit_previews(
+        parse_desired_state(
+            state_body(
+                env_body("prod", resources=dict(resources)),
+                env_body("pr", kind="preview", resources=dict(resources)),
+            )
+        ),
+        PreviewLimits(),
+    )
     prod, preview = state.environments
     assert (
         prod.resources
@@ -323,20 +320,23 @@ def test_a_preview_with_too_many_services_is_refused_with_the_key_path():
     (key path ``services``), production with as many services and the rest are served."""
     compose = "services:\n" + "".join(f"  s{index}:\n    image: {IMAGE}\n" for index in range(5))
     body = {"mode": "compose", "image": None, "compose": compose}
-    state = parse_desired_state(
-        state_body(
-            env_body("prod", **body),
-            env_body("pr", kind="preview", **body),
-            env_body("small", kind="preview"),
-        )
-    ).with_preview_limits(PreviewLimits(services=4))
+    state = limit_previews(
+        parse_desired_state(
+            state_body(
+                env_body("prod", **body),
+                env_body("pr", kind="preview", **body),
+                env_body("small", kind="preview"),
+            )
+        ),
+        PreviewLimits(services=4),
+    )
     assert [env.name for env in state.environments] == ["prod", "small"]
     (refused,) = state.refused
     assert refused.name == "pr" and refused.deployment_id == 7
     assert refused.reason.startswith("compose file refused: services: ")
     assert "at most 4 services, this file has 5" in refused.reason
     allowed = parse_desired_state(state_body(env_body("pr", kind="preview", **body)))
-    assert allowed.with_preview_limits(PreviewLimits(services=5)).refused == ()
+    assert limit_previews(allowed, PreviewLimits(services=5)).refused == ()
 
 
 def test_environments_the_control_plane_withheld_are_kept_and_not_reported_as_refused():

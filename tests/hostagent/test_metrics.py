@@ -124,7 +124,7 @@ def test_a_slow_engine_holds_up_neither_a_scrape_nor_a_tick(tmp_path: Path):
         agent = AgentState(Applier(EmptyEngine(), tmp_path), sampler=sampler)
         report = run_once(agent, source).report
         assert report is not None
-        (hello,) = report["environments"]
+        (hello,) = report.to_json()["environments"]
         assert hello["state"] == "refused"
         assert hello["usage"] == {"memory_bytes": 10 * MIB, "cpu_cores": None, "restarts": 2}
 

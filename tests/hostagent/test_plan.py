@@ -318,7 +318,7 @@ def test_a_failed_or_refused_compose_config_keeps_what_serves():
 
 
 def test_a_withheld_environment_is_neither_planned_nor_torn_down():
-    from hostagent.desired import parse_desired_state
+    from hostagent.snapshot import parse_desired_state
     from tests.hostagent.factories import state_body
 
     body = state_body(env_body())

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from hostagent.desired import MAX_REPLICAS
+from contracts.agentwire import MAX_REPLICAS
 from hostagent.plan import StartContainer, StopContainer, WaitHealthy, container_name, plan
 from tests.hostagent.factories import container, desired, env_body, hash_of, observed
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from hostagent.agent import main
-from hostagent.desired import PreviewLimits
 from hostagent.errors import AgentConfigError
 from hostagent.settings import AgentSettings
+from hostagent.snapshot import PreviewLimits
 
 BASE = {
     "PORTSIDE_URL": "https://cp.example:8000/",
