@@ -14,7 +14,7 @@ from typing import Any
 
 import docker
 
-from buildworker import cache, compose, dockerfile, images, names
+from buildworker import cache, compose, dockerfile, history, images, names
 from buildworker.errors import BuildError, PermanentBuildError
 from buildworker.handoff import Claim, State
 from buildworker.steplog import BuildLog
@@ -84,7 +84,7 @@ class ImageBuilder:
             )
             self._check_labels(key, image_id)
             # The service's build variables may be secret; the compose file's are not.
-            if images.scrub_build_args(
+            if history.scrub_build_args(
                 self.docker, f"{repository}:{tag}", spec.get("build_args", {})
             ):
                 build_log("build variables taken out of the image history")

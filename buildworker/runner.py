@@ -120,21 +120,19 @@ class StepRunner:
         try:
             with Watch(self.api, build_id, attempt, self.stop_reason, stop):
                 artifacts = self._work(current, spec, state, build_log, stop)
-            if stop.is_set():
-                raise self._stopped(build_id, attempt, stop.reason, build_log)
-            answer = self._finish(current, build_id, attempt, artifacts)
         except BuildError as exc:
-            if isinstance(exc, BuildStopped):
-                raise
             if stop.is_set():
                 raise self._stopped(build_id, attempt, stop.reason, build_log) from None
             if isinstance(exc, StepRefused) or not isinstance(exc, PermanentBuildError):
                 raise
             message = build_log.mask(str(exc))
             build_log(f"error: {message}")
-            self.cleanup(build_id, attempt)
             self.api.finish(build_id, step, attempt, error=message)
+            self.cleanup(build_id, attempt)
             raise
+        if stop.is_set():
+            raise self._stopped(build_id, attempt, stop.reason, build_log)
+        answer = self._finish(current, build_id, attempt, artifacts)
         if current is LAST_STEP:
             _log_deployment(answer.get("deployment"), build_log)
             self.cleanup(build_id, attempt)
@@ -153,12 +151,13 @@ class StepRunner:
         self, step: Step, build_id: int, attempt: int, artifacts: dict[str, Any] | None
     ) -> dict[str, Any]:
         """Report the step done and claim the next; a refusal (the build was cancelled or
-        taken over as the step ended) leaves nothing for this node to keep."""
+        taken over as the step ended, or its artifacts refused: the build failed there)
+        leaves nothing for this node to keep."""
         try:
             return self.api.finish(
                 build_id, step, attempt, worker=self.config.node, artifacts=artifacts
             )
-        except StepRefused:
+        except PermanentBuildError:
             self.cleanup(build_id, attempt)
             raise
 

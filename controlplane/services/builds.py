@@ -360,7 +360,7 @@ def record_artifacts(
         finish_step(
             session,
             build.id,
-            running[0] if running else "upload_compose",
+            running[0] if running else Step.UPLOAD_COMPOSE,
             attempt,
             succeeded=False,
             error=f"artifacts refused: {reasons}",
