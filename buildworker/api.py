@@ -72,16 +72,29 @@ class ControlPlane:
         )
         return spec
 
-    def finish(self, build_id: int, step: str, attempt: int, *, error: str | None = None) -> None:
-        self._call(
-            "POST",
-            f"/v1/builds/{build_id}/steps/{step}/finish",
-            json={
-                "attempt": attempt,
-                "status": "failed" if error else "succeeded",
-                "error": error,
-            },
-        )
+    def finish(
+        self,
+        build_id: int,
+        step: str,
+        attempt: int,
+        *,
+        error: str | None = None,
+        worker: str | None = None,
+        artifacts: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Report a step; with ``worker``, the answer claims the next step for it
+        (``next``) and tells what the last step deployed (``deployment``)."""
+        body: dict[str, Any] = {
+            "attempt": attempt,
+            "status": "failed" if error else "succeeded",
+            "error": error,
+        }
+        if worker is not None:
+            body["worker"] = worker
+        if artifacts is not None:
+            body["artifacts"] = artifacts
+        answer = self._call("POST", f"/v1/builds/{build_id}/steps/{step}/finish", json=body)
+        return answer if isinstance(answer, dict) else {}
 
     def heartbeat(self, build_id: int, attempt: int) -> None:
         self._call("POST", f"/v1/builds/{build_id}/heartbeat", json={"attempt": attempt})
@@ -96,31 +109,6 @@ class ControlPlane:
         """A git-URL service's own credentials (none for a public remote)."""
         body = self._call("POST", f"/v1/builds/{build_id}/git-token")
         return GitAuth(token=body.get("token") or None, ssh_key=body.get("ssh_key") or None)
-
-    def registry_credentials(self, build_id: int) -> dict[str, Any]:
-        credentials: dict[str, Any] = self._call(
-            "GET", f"/v1/builds/{build_id}/registry-credentials"
-        )
-        return credentials
-
-    def upload_artifacts(
-        self,
-        build_id: int,
-        attempt: int,
-        images: dict[str, Any],
-        compose: str | None,
-        routed_service: str | None = None,
-    ) -> None:
-        body = {"attempt": attempt, "images": images, "compose": compose}
-        if routed_service is not None:
-            body["routed_service"] = routed_service
-        self._call("POST", f"/v1/builds/{build_id}/artifacts", json=body)
-
-    def record_deployment(self, service_id: int, build_id: int) -> dict[str, Any]:
-        deployment: dict[str, Any] = self._call(
-            "POST", f"/v1/services/{service_id}/deployments", json={"build_id": build_id}
-        )
-        return deployment
 
 
 def _message(response: requests.Response) -> str:

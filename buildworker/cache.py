@@ -5,7 +5,8 @@ The worker's images are those a Portside build made (the :data:`~buildworker.ima
 label, which images pulled as build cache carry too) named under the worker's registry;
 an operator's own images and base images never are. An image a container uses (running
 or stopped) is never removed, nor one a build still running on this worker made or took
-as cache (its workspace still exists, and its ``state.json`` names the cache it pulled).
+as cache (its workspace still exists, and its ``cache_from.json`` names the cache it
+pulled).
 Removing an image of the classic builder also removes its untagged parents, which are
 that builder's cache; BuildKit's cache (``docker builder prune``), if anything on the
 engine uses BuildKit, is cut down to what the images leave of the budget.
@@ -34,6 +35,20 @@ from buildworker.images import BUILD_LABEL
 log = logging.getLogger(__name__)
 
 _WORKSPACE = re.compile(r"build-([0-9]+)-[0-9]+")
+_CACHE_NOTE = "cache_from.json"
+
+
+def workspace(root: Path, build_id: int, attempt: int) -> Path:
+    """Where one build attempt's steps keep its checkout on this node."""
+    return root / f"build-{build_id}-{attempt}"
+
+
+def note_cache_from(workspace: Path, references: Iterable[str]) -> None:
+    """Keep the images a running build takes as cache out of reach of the budget."""
+    note = workspace / _CACHE_NOTE
+    with contextlib.suppress(OSError, ValueError):
+        references = [*json.loads(note.read_text()), *references]
+    note.write_text(json.dumps(list(references)))
 
 
 @dataclass
@@ -139,8 +154,7 @@ def _running_builds(workspace_root: Path) -> tuple[set[str], set[str]]:
             continue
         builds.add(match.group(1))
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            state = json.loads((workspace / "state.json").read_text())
-            refs.update(str(ref) for ref in state.get("cache_from") or [])
+            refs.update(str(ref) for ref in json.loads((workspace / _CACHE_NOTE).read_text()))
     return builds, refs
 
 

@@ -8,17 +8,12 @@ engine sends with a 200 status) are seen and classified here.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
-import json
 import re
-import tarfile
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import docker
 import docker.errors
@@ -94,7 +89,7 @@ def build_image(  # noqa: PLR0917 - the signature the task wrappers were promise
     containers: list[str] = []  # the build's step containers, as the engine names them
     with (
         _stopped_if(stop),
-        _engine_errors("build", _build_error, log),
+        engine_errors("build", build_error, log),
         _removing_on(stop, client, containers),
     ):
         stream: Iterable[dict[str, Any]] = client.api.build(
@@ -114,7 +109,7 @@ def build_image(  # noqa: PLR0917 - the signature the task wrappers were promise
         for message in stream:
             if stop is not None and stop.is_set():
                 break
-            _raise_on_error(message, lines, _build_error)
+            _raise_on_error(message, lines, build_error)
             if "stream" in message:
                 lines.feed(str(message["stream"]))
                 if found := _RUNNING.search(str(message["stream"])):
@@ -199,82 +194,6 @@ def _removing_on(
         watcher.join(timeout=10)
 
 
-def scrub_build_args(client: docker.DockerClient, tag: str, buildargs: Mapping[str, str]) -> bool:
-    """Take the values of ``buildargs`` out of the image's history; True if it had any.
-
-    The classic builder records the build arguments a ``RUN`` step saw in that step's
-    history entry (``|1 NPM_TOKEN=value /bin/sh -c ...``), which is pushed with the image
-    for anyone who can pull it to read. The image config is rewritten with ``NAME=***``
-    there and loaded back under ``tag``; the layers stay as they are.
-    """
-    pairs = {f"{name}={value}": f"{name}=***" for name, value in buildargs.items() if value}
-    with _engine_errors("scrub image history", _build_error):
-        if not any(
-            pair in str(step.get("CreatedBy") or "")
-            for step in client.api.history(tag)
-            for pair in pairs
-        ):
-            return False
-        old_id = str(client.api.inspect_image(tag)["Id"])
-        with tempfile.TemporaryFile() as saved, tempfile.TemporaryFile() as rewritten:
-            for chunk in client.api.get_image(tag):
-                saved.write(chunk)
-            saved.seek(0)
-            with (
-                tarfile.open(fileobj=saved) as source,
-                tarfile.open(fileobj=rewritten, mode="w") as target,
-            ):
-                _rewrite_config(source, target, tag, pairs)
-            rewritten.seek(0)
-            for message in client.api.load_image(rewritten):
-                if "error" in message or "errorDetail" in message:
-                    raise _build_error(str(message.get("error") or message["errorDetail"]))
-        # The old image is untagged now; its parents stay as this worker's build cache.
-        client.api.remove_image(old_id, noprune=True)
-    return True
-
-
-def _rewrite_config(
-    source: tarfile.TarFile, target: tarfile.TarFile, tag: str, pairs: Mapping[str, str]
-) -> None:
-    """Copy a ``docker save`` archive with the image config scrubbed of ``pairs``."""
-    manifest = json.load(_member(source, "manifest.json"))
-    config = json.load(_member(source, manifest[0]["Config"]))
-
-    def scrub(text: str) -> str:
-        for pair, hidden in pairs.items():
-            text = text.replace(pair, hidden)
-        return text
-
-    for step in config.get("history", []):
-        if "created_by" in step:
-            step["created_by"] = scrub(step["created_by"])
-    for key in ("container_config", "ContainerConfig"):
-        command = (config.get(key) or {}).get("Cmd")
-        if command:
-            config[key]["Cmd"] = [scrub(str(part)) for part in command]
-    skipped = {"manifest.json", "repositories", manifest[0]["Config"]}
-    for member in source:
-        if member.name not in skipped:
-            target.addfile(member, source.extractfile(member) if member.isfile() else None)
-    data = json.dumps(config).encode()
-    manifest[0].update(Config=f"{hashlib.sha256(data).hexdigest()}.json", RepoTags=[tag])
-    for name, content in (
-        (manifest[0]["Config"], data),
-        ("manifest.json", json.dumps(manifest).encode()),
-    ):
-        info = tarfile.TarInfo(name)
-        info.size = len(content)
-        target.addfile(info, io.BytesIO(content))
-
-
-def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
-    member = archive.extractfile(name)
-    if member is None:
-        raise PermanentBuildError(f"the saved image has no {name}")
-    return member
-
-
 def push_image(
     client: docker.DockerClient,
     repository: str,
@@ -290,7 +209,7 @@ def push_image(
     lines = _LineSplitter(log)
     digest: str | None = None
     classify = _push_error(repository)
-    with _engine_errors("push", classify, log):
+    with engine_errors("push", classify, log):
         stream: Iterable[dict[str, Any]] = client.api.push(
             repository, tag=tag, stream=True, decode=True, auth_config=auth
         )
@@ -310,7 +229,7 @@ def push_image(
 
 def remove_image(client: docker.DockerClient, image: str, *, force: bool = False) -> bool:
     """Remove an image (id or tag); False if it was already gone."""
-    with _engine_errors("remove image", _removal_error):
+    with engine_errors("remove image", _removal_error):
         try:
             client.api.remove_image(image, force=force)
         except docker.errors.ImageNotFound:
@@ -356,7 +275,7 @@ def _raise_on_error(
         raise classify(text)
 
 
-def _build_error(text: str) -> BuildError:
+def build_error(text: str) -> BuildError:
     if any(marker in text.lower() for marker in _BUILD_TRANSIENT):
         return TransientBuildError(f"build failed on the worker: {text}")
     return PermanentBuildError(f"build failed: {text}")
@@ -379,7 +298,7 @@ def _push_error(repository: str) -> Callable[[str], BuildError]:
 
 
 @contextmanager
-def _engine_errors(
+def engine_errors(
     what: str, classify: Callable[[str], BuildError], log: Log | None = None
 ) -> Iterator[None]:
     """Map the SDK's exceptions: an unreachable engine is transient, its answers classified."""
@@ -401,7 +320,7 @@ def _engine_errors(
 def built_by_portside(client: docker.DockerClient, reference: str) -> bool:
     """True when ``reference`` names a local image a Portside build made (by its label,
     whatever name it goes by on this engine)."""
-    with _engine_errors("inspect image", _build_error):
+    with engine_errors("inspect image", build_error):
         try:
             config = client.api.inspect_image(reference).get("Config") or {}
         except docker.errors.NotFound:
@@ -414,7 +333,7 @@ def routing_labels(client: docker.DockerClient, image: str) -> list[str]:
     compose's), its own build label aside: Docker copies an image's labels onto every
     container run from it, where Traefik reads them, so a ``LABEL`` in a Dockerfile (or
     its base image's) could route a domain to that container."""
-    with _engine_errors("inspect image", _build_error):
+    with engine_errors("inspect image", build_error):
         config = client.api.inspect_image(image).get("Config") or {}
     labels = config.get("Labels") or {}
     return sorted(key for key in labels if key != BUILD_LABEL and is_routing_label(key))
@@ -422,7 +341,7 @@ def routing_labels(client: docker.DockerClient, image: str) -> list[str]:
 
 def is_present(client: docker.DockerClient, reference: str) -> bool:
     """Whether the engine has the image ``reference`` names."""
-    with _engine_errors("inspect image", _build_error):
+    with engine_errors("inspect image", build_error):
         try:
             client.api.inspect_image(reference)
         except docker.errors.NotFound:
@@ -450,7 +369,7 @@ def pull(
     lines = _LineSplitter(log)
     classify = _pull_error(reference)
     log(f"pulling {reference}")
-    with _engine_errors("pull", classify, log):
+    with engine_errors("pull", classify, log):
         stream: Iterable[dict[str, Any]] = client.api.pull(
             reference, stream=True, decode=True, auth_config=dict(auth or {})
         )
@@ -463,7 +382,7 @@ def pull(
 def onbuild_triggers(client: docker.DockerClient, reference: str) -> list[str]:
     """The ``ONBUILD`` instructions of the local image ``reference``: a build ``FROM`` it
     runs them as if the Dockerfile held them, unseen by the checks of its text."""
-    with _engine_errors("inspect image", _build_error):
+    with engine_errors("inspect image", build_error):
         config = client.api.inspect_image(reference).get("Config") or {}
     return [str(trigger) for trigger in config.get("OnBuild") or []]
 

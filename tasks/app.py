@@ -14,6 +14,8 @@ from typing import Any, Protocol, TypeVar
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from contracts.steps import STEPS
+
 CONTROL_QUEUE = "control"
 BUILDS_QUEUE = "builds"
 # The first steps of forks' builds: only workers told to take untrusted builds read it.
@@ -87,13 +89,7 @@ def configure(
             ),
         ),
         task_default_queue=CONTROL_QUEUE,
-        task_routes={
-            "portside.clone": {"queue": BUILDS_QUEUE},
-            "portside.build": {"queue": BUILDS_QUEUE},
-            "portside.push": {"queue": BUILDS_QUEUE},
-            "portside.upload_compose": {"queue": BUILDS_QUEUE},
-            "portside.record_deployment": {"queue": BUILDS_QUEUE},
-        },
+        task_routes={step.task_name: {"queue": BUILDS_QUEUE} for step in STEPS},
         # A step over the build time limit fails with that reason (SoftTimeLimitExceeded).
         task_soft_time_limit=settings.build_timeout,
         task_time_limit=settings.build_timeout + 60,

@@ -22,8 +22,10 @@ from redis import Redis, RedisError
 from buildworker import channel, info
 from buildworker.api import ControlPlane, StepRefused
 from buildworker.errors import PermanentBuildError, TransientBuildError
+from buildworker.handoff import Handoff, Sealer
 from buildworker.runner import StepRunner, WorkerConfig, WrongWorker
 from buildworker.settings import BuildWorkerSettings
+from contracts.steps import FIRST_STEP, STEPS, Step
 from tasks.app import celery_app, configured_settings, node_queue
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,12 @@ def runner(hostname: str) -> StepRunner:
     )
 
 
+@functools.cache
+def sealer() -> Sealer:
+    """Seals the claims handed from step to step with this worker's token."""
+    return Sealer(worker_settings().token.reveal())
+
+
 def _pin_rest_of_chain(task: Task[Any, Any]) -> None:
     """Route the remaining steps of this chain to this node's own queue."""
     queue = node_queue(node_name(task.request.hostname or ""))
@@ -86,14 +94,40 @@ def _pin_rest_of_chain(task: Task[Any, Any]) -> None:
         signature.setdefault("options", {})["queue"] = queue
 
 
+def _hand_over(task: Task[Any, Any], handoff: Handoff) -> None:
+    """Give the next step of this chain what this one leaves it (its claim, the state):
+    Celery sends the next task, with this argument, when this one returns."""
+    following = (task.request.chain or [])[-1:]
+    for signature in following:
+        signature.setdefault("kwargs", {})["handoff"] = sealer().to_message(handoff)
+
+
+def _received(task: Task[Any, Any], message: dict[str, Any] | None) -> Handoff | None:
+    """What the step before handed over; its claim only on the first delivery (a retry
+    or a redelivered message claims again: the build may have moved on meanwhile)."""
+    handoff = sealer().from_message(message)
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    if handoff is not None and (task.request.retries or redelivered):
+        return handoff.unclaimed()
+    return handoff
+
+
 def _run_step(
-    task: Task[Any, Any], step: str, build_id: int, attempt: int, untrusted: bool
+    task: Task[Any, Any],
+    step: Step,
+    build_id: int,
+    attempt: int,
+    *,
+    untrusted: bool,
+    handoff: dict[str, Any] | None,
 ) -> None:
     steps = runner(task.request.hostname or "unknown")
-    if step == "clone":
+    if step is FIRST_STEP:
         _pin_rest_of_chain(task)
     try:
-        steps.run(step, build_id, attempt, untrusted=untrusted)
+        passed = steps.run(
+            step, build_id, attempt, untrusted=untrusted, handoff=_received(task, handoff)
+        )
     except WrongWorker as exc:
         # A message sent to the wrong queue: dropped untouched; the dispatcher sends the
         # build again (it is still queued), or it is taken over once claimed.
@@ -113,16 +147,24 @@ def _run_step(
         limit = worker_settings().build_timeout
         steps.give_up(step, build_id, attempt, f"the build exceeded its time limit of {limit} s")
         raise Ignore("time limit") from None
+    if passed is not None:
+        _hand_over(task, passed)
 
 
-def _step_task(step: str) -> Any:
-    def run(self: Task[Any, Any], build_id: int, attempt: int, untrusted: bool = False) -> None:
-        _run_step(self, step, build_id, attempt, untrusted)
+def _step_task(step: Step) -> Any:
+    def run(
+        self: Task[Any, Any],
+        build_id: int,
+        attempt: int,
+        untrusted: bool = False,
+        handoff: dict[str, Any] | None = None,
+    ) -> None:
+        _run_step(self, step, build_id, attempt, untrusted=untrusted, handoff=handoff)
 
-    run.__name__ = step
-    run.__doc__ = f"Pipeline step {step!r} of one build attempt (idempotent per build/step)."
+    run.__name__ = step.value
+    run.__doc__ = f"Pipeline step {step.value!r} of one build attempt (idempotent per build/step)."
     return celery_app.task(
-        name=f"portside.{step}",
+        name=step.task_name,
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,
@@ -130,11 +172,8 @@ def _step_task(step: str) -> Any:
     )(run)
 
 
-clone = _step_task("clone")
-build = _step_task("build")
-push = _step_task("push")
-upload_compose = _step_task("upload_compose")
-record_deployment = _step_task("record_deployment")
+# Registered by name (portside.clone, ... as Flower shows them), one task per step.
+STEP_TASKS = {step: _step_task(step) for step in STEPS}
 
 
 @celery_app.task(name=WORKER_INFO, bind=True, acks_late=True, ignore_result=False)

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import chain
 
+from contracts.steps import STEPS
 from controlplane.settings import Settings
 from tasks.app import BUILDS_QUEUE, CONTROL_QUEUE, UNTRUSTED_BUILDS_QUEUE, celery_app, configure
 
@@ -26,7 +27,6 @@ CLEAN_UP_PREVIEWS = "portside.clean_up_previews"
 PRUNE_REGISTRY = "portside.prune_registry"
 NOTIFY = "portside.notify"
 CHECK_GATES = "portside.check_gates"
-BUILD_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 
 
 def control_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -118,13 +118,13 @@ def build_chain(build_id: int, attempt: int, *, untrusted: bool = False) -> chai
     return chain(
         *(
             celery_app.signature(
-                f"portside.{step}",
+                step.task_name,
                 args=(build_id, attempt),
                 kwargs={"untrusted": True} if untrusted else {},
                 immutable=True,
                 queue=queue,
                 ignore_result=True,
             )
-            for step in BUILD_STEPS
+            for step in STEPS
         )
     )

@@ -11,13 +11,14 @@ from flask_smorest import Blueprint, Page
 from redis import Redis
 from sqlalchemy import select
 
+from contracts.steps import Step
 from controlplane import schemas
 from controlplane.api.auth import actor, current_token, require
 from controlplane.api.sse import event_stream
 from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import ComposeRefusedError, ServiceUnavailable
-from controlplane.models import Variable
+from controlplane.models import Build, Variable
 from controlplane.services import appsetup, builds, gates, gitsources, logs, registries
 from controlplane.settings import Settings
 from tasks.pipeline import look_at_checks
@@ -85,8 +86,22 @@ def claim_step(data: dict[str, Any], build_id: int, step: str) -> dict[str, Any]
         db, build_id, step, data["attempt"], data["worker"], token=current_token()
     )
     db.commit()
+    return _claim_body(spec)
+
+
+def _claim_body(spec: builds.BuildSpec) -> dict[str, Any]:
+    """A claimed step with the secrets it needs and nothing more: the build step gets the
+    service's build arguments, build and push the registry's push credentials."""
     body = dataclasses.asdict(spec)
-    body["build_args"] = _build_args(build_id) if step == "build" else {}
+    body["build_args"] = _build_args(spec.build_id) if spec.step == Step.BUILD else {}
+    body["registry_auth"] = None
+    if spec.step in (Step.BUILD, Step.PUSH):
+        credentials = _registry_credentials(spec.build_id)
+        if credentials.username:
+            body["registry_auth"] = {
+                "username": credentials.username,
+                "password": credentials.password or "",
+            }
     return body
 
 
@@ -94,21 +109,53 @@ def claim_step(data: dict[str, Any], build_id: int, step: str) -> dict[str, Any]
 @require("worker")
 @worker_api.arguments(schemas.StepResultSchema)
 @worker_api.response(204)
+@worker_api.alt_response(
+    200, schema=schemas.StepFinishedSchema, description="with ``worker``: the next step, claimed"
+)
 @worker_api.alt_response(403, schema=schemas.ApiErrorSchema, description="not this token's build")
-def finish_step(data: dict[str, Any], build_id: int, step: str) -> None:
+@worker_api.alt_response(409, schema=schemas.ApiErrorSchema, description="must not run")
+@worker_api.alt_response(422, schema=schemas.ApiErrorSchema, description="artifacts refused")
+def finish_step(data: dict[str, Any], build_id: int, step: str) -> Any:
+    """End a step; upload_compose may carry its ``artifacts``, and record_deployment's
+    finish deploys the build. With ``worker``, the answer claims the next step for it."""
     db = session()
-    builds.check_holder(db, build_id, data["attempt"], current_token().id)
-    build = builds.finish_step(
-        db,
-        build_id,
-        step,
-        data["attempt"],
-        succeeded=data["status"] == "succeeded",
-        error=data["error"],
-    )
+    try:
+        ended = builds.end_step(
+            db,
+            build_id,
+            step,
+            data["attempt"],
+            token=current_token(),
+            succeeded=data["status"] == "succeeded",
+            error=data["error"],
+            worker=data["worker"],
+            artifacts=data["artifacts"],
+            registry=_settings().registry,
+            actor=actor(),
+        )
+    except ComposeRefusedError:
+        _end(build_id)
+        db.commit()  # the failed build and the refused environment are kept; then 422
+        raise
+    build = ended.build
     if build.status in builds.FINISHED or build.status in gates.HELD:
         _end(build_id)  # a held build's log is complete: its worker is done with it
     db.commit()
+    _look_at_checks_of(build)
+    if data["worker"] is None:
+        return None
+    deployment = (
+        ended.deployment
+        if ended.deployment is not None
+        else _held(build)
+        if step == Step.RECORD_DEPLOYMENT and build.status in gates.HELD
+        else None
+    )
+    body = {
+        "next": _claim_body(ended.next) if ended.next is not None else None,
+        "deployment": deployment,
+    }
+    return schemas.StepFinishedSchema().dump(body), 200
 
 
 @worker_api.post("/<int:build_id>/heartbeat")
@@ -158,19 +205,23 @@ def git_token(query: dict[str, Any], build_id: int) -> dict[str, Any]:
 @worker_api.response(200, schemas.RegistryCredentialsSchema)
 def registry_credentials(build_id: int) -> dict[str, Any]:
     """The push credentials of the build's registry, to the worker holding its step."""
-    build = builds.held_build(session(), build_id, current_token().id)
-    repository = build.service.repository
-    credentials = registries.credentials_for(
-        session(),
-        _box(),
-        _settings().registry,
-        repository.installation_id if repository else None,
-    )
+    credentials = _registry_credentials(build_id)
     return {
         "address": credentials.address,
         "username": credentials.username,
         "password": credentials.password,
     }
+
+
+def _registry_credentials(build_id: int) -> registries.Credentials:
+    build = builds.held_build(session(), build_id, current_token().id)
+    repository = build.service.repository
+    return registries.credentials_for(
+        session(),
+        _box(),
+        _settings().registry,
+        repository.installation_id if repository else None,
+    )
 
 
 @worker_api.post("/<int:build_id>/artifacts")
@@ -212,18 +263,26 @@ def create_deployment(data: dict[str, Any], service_id: int) -> Any:
     if deployment is not None:
         return deployment
     build = builds.get_build(db, data["build_id"])
-    if build.status == gates.CHECKS:
-        look_at_checks()  # the checks may have passed already: not wait for beat's poll
+    _look_at_checks_of(build)
     held = {
-        "id": None,
+        **_held(build),
         "environment_id": build.environment_id,
         "environment": {"name": build.environment.name},
         "build_id": build.id,
         "build": {"commit_sha": build.commit_sha},
-        "status": build.status,
-        "error": build.environment.status_reason,
     }
     return held, 202
+
+
+def _held(build: Build) -> dict[str, Any]:
+    """A build a gate holds, as the answer to recording its deployment: no id, why."""
+    return {"id": None, "status": build.status, "error": build.environment.status_reason}
+
+
+def _look_at_checks_of(build: Build) -> None:
+    """A build held for its checks: they may have passed already; not wait for beat."""
+    if build.status == gates.CHECKS:
+        look_at_checks()
 
 
 @deployments_api.get("/<int:service_id>/deployments")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
+from contracts.steps import STEPS, Step
 from controlplane.cli.common import (
     API_EPILOG,
     EXIT_USAGE,
@@ -23,13 +24,6 @@ if TYPE_CHECKING:
     from controlplane.client import PortsideClient
 
 QUIET_AFTER = 10.0
-STEP_VERBS = {
-    "clone": "cloning",
-    "build": "building",
-    "push": "pushing",
-    "upload_compose": "uploading the compose file",
-    "record_deployment": "deploying",
-}
 
 
 class Progress:
@@ -67,7 +61,8 @@ def activity(client: PortsideClient, build_id: int) -> str:
         return "queued"
     for step in build.get("steps") or []:
         if step.get("status") == "running":
-            return STEP_VERBS.get(step["name"], f"running {step['name']}")
+            name = step["name"]
+            return Step(name).verb if name in STEPS else f"running {name}"
     return str(build["status"])
 
 

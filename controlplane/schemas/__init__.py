@@ -76,7 +76,10 @@ from controlplane.schemas.steps import (
     HeartbeatSchema,
     ImageSchema,
     RegistryCredentialsSchema,
+    StepArtifactsSchema,
     StepClaimSchema,
+    StepDeploymentSchema,
+    StepFinishedSchema,
     StepResultSchema,
 )
 from controlplane.schemas.tokens import (
@@ -138,7 +141,10 @@ __all__ = [
     "ServiceCreateSchema",
     "ServicePatchSchema",
     "ServiceSchema",
+    "StepArtifactsSchema",
     "StepClaimSchema",
+    "StepDeploymentSchema",
+    "StepFinishedSchema",
     "StepResultSchema",
     "TokenCreateSchema",
     "TokenSchema",

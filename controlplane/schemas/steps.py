@@ -31,12 +31,41 @@ class BuildSpecSchema(Schema):
     untrusted = fields.Boolean()
     pr_number = fields.Integer(allow_none=True)
     cache_from = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    registry_auth = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        allow_none=True,
+        metadata={"description": "build and push: the registry's push credentials, or null"},
+    )
 
 
 class StepResultSchema(Schema):
     attempt = fields.Integer(required=True)
     status = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed")))
     error = fields.String(load_default=None, allow_none=True)
+    worker = fields.String(
+        load_default=None,
+        validate=validate.Length(min=1, max=255),
+        metadata={"description": "claim the next step for this worker in the same exchange"},
+    )
+    artifacts = fields.Nested(
+        "StepArtifactsSchema",
+        load_default=None,
+        metadata={"description": "upload_compose: the pushed images and pinned compose file"},
+    )
+
+
+class StepDeploymentSchema(Schema):
+    id = fields.Integer(allow_none=True, metadata={"description": "null: held at a gate"})
+    status = fields.String()
+    error = fields.String(allow_none=True)
+
+
+class StepFinishedSchema(Schema):
+    """The answer to a finish that names its ``worker``."""
+
+    next = fields.Nested(BuildSpecSchema, allow_none=True, metadata={"description": "claimed"})
+    deployment = fields.Nested(StepDeploymentSchema, allow_none=True)
 
 
 class HeartbeatSchema(Schema):
@@ -49,13 +78,16 @@ class ImageSchema(Schema):
     digest = fields.String(required=True, validate=validate.Regexp(r"^sha256:[0-9a-f]{64}$"))
 
 
-class ArtifactsSchema(Schema):
-    attempt = fields.Integer(required=True)
+class StepArtifactsSchema(Schema):
     images = fields.Dict(keys=fields.String(), values=fields.Nested(ImageSchema), required=True)
     compose = fields.String(load_default=None, allow_none=True)
     routed_service = fields.String(
         load_default=None, allow_none=True, validate=validate.Length(max=63)
     )
+
+
+class ArtifactsSchema(StepArtifactsSchema):
+    attempt = fields.Integer(required=True)
 
 
 class GitTokenSchema(Schema):

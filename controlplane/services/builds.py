@@ -37,6 +37,7 @@ from contracts.image_names import (
     may_name_registry_image,
     pull_request_repository,
 )
+from contracts.steps import LAST_STEP, STEPS, Step
 from contracts.yamlsafe import YamlRefused, load_yaml
 from controlplane.errors import (
     ComposeRefusedError,
@@ -55,7 +56,6 @@ from controlplane.models import (
     utcnow,
 )
 from controlplane.services import ancestry, audit, buildcache, desired, effects, gates, stops
-from controlplane.services.pushes import PIPELINE_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,68 @@ def finish_step(
     return build
 
 
+@dataclass(frozen=True, slots=True)
+class StepEnded:
+    """A reported step: the build, the deployment its last step made (None: held at a gate,
+    or another step), and the next step when the worker claimed it in the same exchange."""
+
+    build: Build
+    deployment: Deployment | None = None
+    next: BuildSpec | None = None
+
+
+def end_step(
+    session: Session,
+    build_id: int,
+    step_name: str,
+    attempt: int,
+    *,
+    token: ApiToken,
+    succeeded: bool,
+    error: str | None = None,
+    worker: str | None = None,
+    artifacts: Mapping[str, Any] | None = None,
+    registry: str,
+    actor: str,
+) -> StepEnded:
+    """One step boundary, one exchange: record the step's own result (upload_compose's
+    ``artifacts``; record_deployment deploys the build), end it, and claim the next step
+    for ``worker`` when it names itself. ComposeRefusedError as :func:`record_artifacts`."""
+    check_holder(session, build_id, attempt, token.id)
+    deployment = None
+    if succeeded and step_name == Step.UPLOAD_COMPOSE and artifacts is not None:
+        record_artifacts(
+            session,
+            build_id,
+            attempt,
+            artifacts["images"],
+            artifacts["compose"],
+            registry=registry,
+            routed=artifacts["routed_service"],
+        )
+    if succeeded and step_name == LAST_STEP:
+        deployment = _deploy_step(session, build_id, attempt, actor)
+    build = finish_step(session, build_id, step_name, attempt, succeeded=succeeded, error=error)
+    following = next((step.next for step in STEPS if step == step_name), None)
+    if worker is None or following is None or build.status != "running":
+        return StepEnded(build, deployment)
+    return StepEnded(
+        build, deployment, claim_step(session, build_id, following, attempt, worker, token=token)
+    )
+
+
+def _deploy_step(session: Session, build_id: int, attempt: int, actor: str) -> Deployment | None:
+    """The last step's own work: deploy the build, or hold it at a gate (None). A build no
+    longer running was deployed or held by an earlier report (an older worker records
+    the deployment before it finishes the step)."""
+    build = get_build(session, build_id, lock=True)
+    if attempt != build.attempt:
+        raise Conflict(f"build {build_id} attempt {attempt} is no longer current")
+    if build.status != "running":
+        return None
+    return record_deployment(session, build.service_id, build_id, actor)
+
+
 def heartbeat(session: Session, build_id: int, attempt: int) -> None:
     """Note that the worker is at it; Conflict when it must stop: the build was cancelled
     (superseded) or this attempt taken over (the worker's backstop for a stop signal)."""
@@ -298,7 +360,7 @@ def record_artifacts(
         finish_step(
             session,
             build.id,
-            running[0] if running else "upload_compose",
+            running[0] if running else Step.UPLOAD_COMPOSE,
             attempt,
             succeeded=False,
             error=f"artifacts refused: {reasons}",
@@ -569,7 +631,7 @@ def _finish_build(build: Build, status: str) -> None:
     now = utcnow()
     build.status = status
     build.finished_at = now
-    last = _step(build, PIPELINE_STEPS[-1])
+    last = _step(build, LAST_STEP)
     last.status = "succeeded"
     last.finished_at = now
 

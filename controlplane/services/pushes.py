@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from contracts import envkinds
+from contracts.steps import STEPS
 from controlplane.errors import (
     Conflict,
     PermanentError,
@@ -46,7 +47,6 @@ from controlplane.services.outcomes import HandlerContext, Outcome
 log = logging.getLogger(__name__)
 
 ZERO_SHA = "0" * 40
-PIPELINE_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 # Pushes and the backstop share this key so they cannot both build the same commit.
 AUTOMATIC = "auto"
 
@@ -145,7 +145,7 @@ def start_build(
         ref=ref,
         status="queued",
         steps=[
-            BuildStep(name=name, position=position) for position, name in enumerate(PIPELINE_STEPS)
+            BuildStep(name=step.value, position=position) for position, step in enumerate(STEPS)
         ],
     )
     try:

@@ -5,7 +5,6 @@ Dockerfile comes from it. A fork's build is offered no such image."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,7 +100,6 @@ def _checkout(runner: StepRunner, build_id: int, base_image: str) -> None:
     checkout.mkdir(parents=True)
     (checkout / "Dockerfile").write_text(DOCKERFILE.format(base=base_image))
     (checkout / "app.txt").write_text("hello\n")
-    (checkout.parent / "state.json").write_text(json.dumps({"images": {}}))
 
 
 def _claim(client: FlaskClient, headers: dict[str, str], build_id: int, step: str) -> Any:

@@ -6,7 +6,6 @@ take before it claims anything."""
 from __future__ import annotations
 
 import io
-import json
 import re
 import uuid
 from pathlib import Path
@@ -19,7 +18,8 @@ import pytest
 from buildworker.api import ControlPlane
 from buildworker.errors import BuildError, PermanentBuildError
 from buildworker.names import image_repository, pull_request_repository
-from buildworker.runner import BuildLog, StepRunner, WorkerConfig, WrongWorker
+from buildworker.runner import StepRunner, WorkerConfig, WrongWorker
+from buildworker.steplog import BuildLog
 from tests.fixtures.docker import TEST_LABELS, Registry
 
 # Nothing listens there: a runner that called its control plane would fail differently.
@@ -61,9 +61,8 @@ class Worker:
         checkout = self.runner.workspace(spec["build_id"], 1) / "src"
         checkout.mkdir(parents=True)
         (checkout / "Dockerfile").write_text(dockerfile)
-        (checkout.parent / "state.json").write_text(json.dumps({"images": {}}))
-        self.runner._build(spec, BuildLog(self.runner.sink, spec["build_id"]))
-        state: dict[str, Any] = json.loads((checkout.parent / "state.json").read_text())
+        state: dict[str, Any] = {"images": {}}
+        self.runner.builder.build(spec, state, BuildLog(self.runner.sink, spec["build_id"]))
         return state
 
 

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from contracts.masking import MASK
+from contracts.steps import STEPS
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
@@ -117,7 +118,7 @@ def run_steps(
     after each step's event."""
     failed = until_through(database, event(github, settings, "build_queued", build_id))
     titles: list[str] = []
-    for step in pushes.PIPELINE_STEPS[:-1]:
+    for step in STEPS[:-1]:
         with database.session_scope() as session:
             builds.claim_step(session, build_id, step, 1, "worker-1")
             assert ("build_running", build_id) in session.info[effects.FEEDBACK]
@@ -191,13 +192,11 @@ def test_a_production_build_is_one_check_run_and_one_github_deployment_through_f
     )
     assert urlsplit(run.details_url or "").path == f"/builds/{build_id}"
     summary = run.output["summary"]
-    for step in pushes.PIPELINE_STEPS:
+    for step in STEPS:
         assert f"| {step} | succeeded |" in summary
     assert f"- `app`: `registry.test/hello@{DIGEST}`" in summary
     # Each step named while it ran, in order.
-    assert titles == [
-        f"Step {n + 1} of 5: {step}" for n, step in enumerate(pushes.PIPELINE_STEPS[:-1])
-    ]
+    assert titles == [f"Step {n + 1} of 5: {step}" for n, step in enumerate(STEPS[:-1])]
 
     (deployment,) = state.deployments
     assert (deployment.environment, deployment.sha) == ("hello", sha)

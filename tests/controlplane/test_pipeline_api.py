@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contracts.steps import STEPS, Step
 from controlplane.db import Database
 from controlplane.models import Build, Environment, Host, Variable
 from controlplane.services import catalog, hosts, pushes, servicerules
@@ -142,6 +143,54 @@ def test_deployments_of_an_older_commit_never_replace_a_newer_one(
     ]
     statuses = {b.id: b.status for b in db_session.scalars(select(Build))}
     assert statuses == {older: "superseded", newer: "succeeded"}
+
+
+def test_each_finish_claims_the_next_step_and_the_last_one_deploys(
+    client: FlaskClient, worker_headers: dict[str, str], database: Database, service_id: int
+) -> None:
+    """The worker's protocol: one exchange per step boundary; upload_compose's finish
+    carries its artifacts, and record_deployment's finish records the deployment."""
+    build_id = new_build(database, service_id, SHA_A, 1)
+    worker = {"attempt": 1, "status": "succeeded", "worker": "build-1@test"}
+    claimed = client.post(
+        f"/v1/builds/{build_id}/steps/clone/claim",
+        json={"attempt": 1, "worker": "build-1@test"},
+        headers=worker_headers,
+    )
+    assert claimed.status_code == 200 and claimed.json["step"] == "clone"
+    artifacts = {
+        "images": {"app": {"repository": "127.0.0.1:5000/o/hello", "tag": "x", "digest": DIGEST}},
+        "compose": None,
+    }
+    for step in STEPS[:-1]:
+        body = {**worker, "artifacts": artifacts} if step is Step.UPLOAD_COMPOSE else worker
+        finished = client.post(
+            f"/v1/builds/{build_id}/steps/{step}/finish", json=body, headers=worker_headers
+        )
+        assert finished.status_code == 200, finished.json
+        assert finished.json["next"]["step"] == step.next
+        assert finished.json["next"]["commit_sha"] == SHA_A
+        assert ("registry_auth" in finished.json["next"]) and finished.json["deployment"] is None
+    last = client.post(
+        f"/v1/builds/{build_id}/steps/record_deployment/finish", json=worker, headers=worker_headers
+    )
+    assert last.status_code == 200, last.json
+    assert last.json["next"] is None
+    assert last.json["deployment"]["id"] is not None
+    assert last.json["deployment"]["status"] == "pending"
+    with database.session_scope() as session:
+        build = session.get(Build, build_id)
+        assert build is not None and build.status == "succeeded"
+        assert [step.status for step in build.steps] == ["succeeded"] * len(STEPS)
+        assert build.images["app"]["digest"] == DIGEST
+        environment = build.environment
+        assert environment.current_deployment is not None
+        assert environment.current_deployment.build_id == build_id
+    again = client.post(
+        f"/v1/builds/{build_id}/steps/push/finish", json=worker, headers=worker_headers
+    )
+    # A repeated report (a redelivered message) changes nothing and claims nothing.
+    assert again.status_code == 200 and again.json["next"] is None
 
 
 def test_a_failed_step_fails_the_build_with_its_error(

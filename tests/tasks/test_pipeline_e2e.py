@@ -13,6 +13,7 @@ import requests
 import yaml
 from sqlalchemy import select
 
+from contracts.steps import STEPS
 from controlplane.models import Build, Deployment, WebhookDelivery
 from controlplane.services import catalog, hosts, servicerules
 from tests.fixtures.stack import Stack, wait_for
@@ -103,10 +104,33 @@ def finished(stack: Stack, sha: str) -> Build | None:
     return build if build and build.status in ("succeeded", "failed", "cancelled") else None
 
 
+class CountingRequests:
+    """WSGI middleware noting the method, path and user agent of every request served."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[tuple[str, str, str]] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        agent = environ.get("HTTP_USER_AGENT", "")
+        self.seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"], agent))
+        return self.app(environ, start_response)
+
+    def of_worker(self) -> list[str]:
+        """The build worker's requests but heartbeats, as ``METHOD path``."""
+        return [
+            f"{method} {path}"
+            for method, path, agent in self.seen
+            if agent == "portside-buildworker" and not path.endswith("/heartbeat")
+        ]
+
+
 def test_push_builds_pushes_and_records_a_deployment(
     stack: Stack, base_image: str, registry: Any, docker_cleanup: None
 ) -> None:
     install(stack, base_image)
+    counting = CountingRequests(stack.app.wsgi_app)
+    stack.app.wsgi_app = counting  # type: ignore[method-assign]
     stack.start_buildworker("build-e2e")
     sha = push(stack, {"index.html": "version 1\n"}, 1_700_000_000)
     build = wait_for(lambda: build_of(stack, sha), 60, what="the build row")
@@ -139,6 +163,15 @@ def test_push_builds_pushes_and_records_a_deployment(
     assert steps == [
         (name, "succeeded")
         for name in ("clone", "build", "push", "upload_compose", "record_deployment")
+    ]
+    # One exchange per step boundary: claim clone, its token, then each step's finish
+    # (claiming the next); nothing else but heartbeats.
+    requests_of_build = counting.of_worker()
+    assert len(requests_of_build) < 8, requests_of_build
+    assert requests_of_build == [
+        f"POST /v1/builds/{done.id}/steps/clone/claim",
+        f"POST /v1/builds/{done.id}/git-token",
+        *(f"POST /v1/builds/{done.id}/steps/{step}/finish" for step in STEPS),
     ]
     image = done.images["app"]
     repo_path = image["repository"].split("/", 1)[1]

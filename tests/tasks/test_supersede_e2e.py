@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from buildworker.api import ControlPlane
 from buildworker.errors import BuildStopped
-from buildworker.runner import HEARTBEAT_SECONDS, StepRunner, WorkerConfig
+from buildworker.runner import StepRunner, WorkerConfig
+from buildworker.steplog import HEARTBEAT_SECONDS
 from controlplane.models import Deployment, Environment
 from controlplane.services import logs
 from tests.fixtures.stack import Stack, wait_for
