@@ -20,7 +20,6 @@ from controlplane.errors import ComposeRefusedError, ServiceUnavailable
 from controlplane.models import Variable
 from controlplane.services import appsetup, builds, gates, gitsources, logs, registries
 from controlplane.settings import Settings
-from tasks.pipeline import look_at_checks
 
 worker_api = Blueprint(
     "pipeline", __name__, url_prefix="/v1/builds", description="Build workers and build logs"
@@ -212,8 +211,6 @@ def create_deployment(data: dict[str, Any], service_id: int) -> Any:
     if deployment is not None:
         return deployment
     build = builds.get_build(db, data["build_id"])
-    if build.status == gates.CHECKS:
-        look_at_checks()  # the checks may have passed already: not wait for beat's poll
     held = {
         "id": None,
         "environment_id": build.environment_id,

@@ -33,7 +33,6 @@ from controlplane.services import (
     tokens,
     variables,
 )
-from tasks import pipeline
 
 tokens_api = Blueprint("tokens", __name__, url_prefix="/v1/tokens", description="API tokens")
 hosts_api = Blueprint("hosts", __name__, url_prefix="/v1/hosts", description="Agent hosts")
@@ -298,7 +297,6 @@ def deploy_service(data: dict[str, Any], service_id: int) -> Any:
     box = SecretBox.from_settings(settings) if settings.secret_key else None
     build = services.deploy_ref(db, github, service_id, data["ref"], actor(), box=box)
     db.commit()
-    pipeline.enqueue_build(build.id)
     return build
 
 
@@ -487,7 +485,6 @@ def redeploy_environment(environment_id: int) -> Any:
     db = session()
     build = previews.redeploy(db, environment_id, actor())
     db.commit()
-    pipeline.enqueue_build(build.id)
     return build
 
 
@@ -518,8 +515,6 @@ def approve_environment(data: dict[str, Any], environment_id: int) -> Any:
     db = session()
     approval = approvals.approve(db, environment_id, actor(), data["sha"])
     db.commit()
-    if approval.build is not None:
-        pipeline.enqueue_build(approval.build.id)
     return _fields(
         approval.environment,
         schemas.EnvironmentSchema,

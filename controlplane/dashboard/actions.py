@@ -19,7 +19,6 @@ from controlplane.db import session
 from controlplane.models import Repository
 from controlplane.services import desired, hosts, previews, services, tokens
 from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES
-from tasks import pipeline
 
 
 def _text(name: str) -> str:
@@ -72,7 +71,6 @@ def redeploy_environment(environment_id: int) -> BaseResponse:
     db = session()
     with committed(db):
         build = previews.redeploy(db, environment_id, actor)
-    pipeline.enqueue_build(build.id)
     return redirect(url_for("dashboard.build_page", build_id=build.id))
 
 

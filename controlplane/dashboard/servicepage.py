@@ -20,7 +20,6 @@ from controlplane.db import session
 from controlplane.models import Build, Service
 from controlplane.services import appsetup, pending, services
 from controlplane.services.feedback import environment_url
-from tasks import pipeline
 
 RECENT_BUILDS = 20
 
@@ -77,5 +76,4 @@ def deploy_service(service_id: int) -> BaseResponse:
     box = SecretBox.from_settings(settings) if settings.secret_key else None
     with committed(db):
         build = services.deploy_ref(db, github, service_id, ref, actor, box=box)
-    pipeline.enqueue_build(build.id)
     return redirect(url_for("dashboard.build_page", build_id=build.id))

@@ -40,7 +40,7 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import ancestry
+from controlplane.services import ancestry, effects
 from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,10 @@ def start_build(
     untrusted: bool = False,
     ref: str | None = None,
 ) -> Build | None:
-    """Create a queued build unless one exists for the same environment, commit and key;
-    ``untrusted`` marks code from a fork (built without network, secrets or cache);
-    ``ref`` the branch, tag or commit it was chosen by (ordered by time, not ancestry)."""
+    """Queue a build, in the caller's transaction, unless one exists for the same
+    environment, commit and key; ``untrusted`` marks code from a fork (built without
+    network, secrets or cache); ``ref`` the branch, tag or commit it was chosen by
+    (ordered by time, not ancestry)."""
     existing = session.scalar(
         select(Build).where(
             Build.environment_id == environment.id,
@@ -155,15 +156,16 @@ def start_build(
         # A concurrent delivery of the same push won the race.
         return None
     environment.head_sha = commit_sha
+    # Queued with its commit: the dispatcher (woken at the commit) sends it when its
+    # turn comes; what it makes pointless is cancelled off this transaction.
+    effects.note_feedback(session, "build_queued", build.id)
+    effects.note_supersede(session, build.id)
     return build
 
 
 def builds_started_by(session: Session, delivery_id: int) -> list[int]:
-    return list(
-        session.scalars(
-            select(Build.id).where(Build.delivery_id == delivery_id, Build.enqueued_at.is_(None))
-        )
-    )
+    """The builds a delivery started (its processing runs once: a failed run's are gone)."""
+    return list(session.scalars(select(Build.id).where(Build.delivery_id == delivery_id)))
 
 
 def tracking_services(session: Session, repository_id: int, full_name: str) -> list[Service]:
@@ -191,7 +193,7 @@ def _newer_build(
     """A build of the environment newer than this push (by :func:`ancestry.is_newer` from
     the push payloads, without asking GitHub: processing a delivery never waits on it),
     when this push's delivery arrived after that build's. A push the payloads cannot
-    place is built, and its start_build task compares it on GitHub."""
+    place is built, and its supersede task compares it on GitHub."""
     facts = ancestry.facts_for(session, environment.id, [payload])
     recent = session.scalars(
         select(Build)
@@ -378,6 +380,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     # Not built yet: it arrived after every build; without pushed_at, it was pushed now.
     pushed = ancestry.Pushed(commit, pushed_at or utcnow(), math.inf, chosen=tag is not None)
     notes: list[str] = []
+    started: list[int] = []
     for service, environment in targets:
         # Production by its service's name, as ever; a staging environment by its own.
         label = service.name if environment.kind == "production" else environment.name
@@ -411,9 +414,8 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
         if build is None:
             notes.append(f"{label}: {commit[:7]} is already built")
         else:
-            session.flush()
+            started.append(build.id)
             notes.append(f"{label}: build {build.id} of {commit[:7]}")
-    started = any("build " in note and "already" not in note for note in notes)
     return Outcome("processed" if started else "ignored", "; ".join(notes))
 
 
@@ -481,7 +483,6 @@ def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
                     author=author,
                 )
                 if build is not None:
-                    session.flush()
                     started.append(build.id)
     session.commit()
     return started
@@ -505,16 +506,4 @@ def _chosen_since(session: Session, environment: Environment, moment: dt.datetim
         (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= moment  # SQLite's are naive
         for at in (chosen, promoted)
         if at is not None
-    )
-
-
-def builds_to_enqueue(session: Session) -> list[int]:
-    """Committed builds never handed to the queue (the build side of the outbox)."""
-    return list(
-        session.scalars(
-            select(Build.id)
-            .where(Build.enqueued_at.is_(None), Build.status == "queued")
-            .order_by(Build.id)
-            .limit(1000)
-        )
     )
