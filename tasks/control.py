@@ -20,6 +20,7 @@ from controlplane.errors import PermanentError, TransientError
 from controlplane.github.app import GitHubRateLimited
 from controlplane.models import Build
 from controlplane.services import (
+    backstop,
     builds,
     checks,
     deliveries,
@@ -87,7 +88,7 @@ def reconcile_branches() -> list[int]:
     if github is None:
         return []
     with runtime.database().session_scope() as session:
-        return pushes.reconcile_branches(session, github)
+        return backstop.reconcile_branches(session, github)
 
 
 @celery_app.task(name=pipeline.POLL_GIT_SERVICES, acks_late=True)

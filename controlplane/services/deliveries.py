@@ -24,7 +24,7 @@ from controlplane.db import Database, execute_on_driver
 from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github import manifest
 from controlplane.github.webhooks import Delivery
-from controlplane.models import WebhookDelivery, utcnow
+from controlplane.models import Build, WebhookDelivery, utcnow
 from controlplane.services import checks, commands, effects, installations, previews, pushes
 from controlplane.services.outcomes import Effects, HandlerContext, Outcome
 
@@ -269,9 +269,14 @@ def process(session: Session, delivery_id: int, context: HandlerContext) -> Effe
     delivery.status = outcome.status
     delivery.outcome = outcome.reason
     delivery.processed_at = utcnow()
-    started = Effects(builds=pushes.builds_started_by(session, delivery.id))
+    started = Effects(builds=_builds_started_by(session, delivery.id))
     session.commit()
     return started
+
+
+def _builds_started_by(session: Session, delivery_id: int) -> list[int]:
+    """The builds a delivery started (its processing runs once: a failed run's are gone)."""
+    return list(session.scalars(select(Build.id).where(Build.delivery_id == delivery_id)))
 
 
 def mark_failed(session: Session, delivery_id: int, reason: str) -> None:

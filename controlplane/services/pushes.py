@@ -1,7 +1,8 @@
 """Pushes become builds: exactly one per environment and commit, never an older one late.
 
-Both the ``push`` webhook and the backstop that polls branch heads go through
-:func:`start_build`, so whichever comes first wins and the other finds the build there.
+Both the ``push`` webhook and the backstop that polls branch heads
+(:mod:`~controlplane.services.backstop`) go through :func:`start_build`, so whichever
+comes first wins and the other finds the build there.
 A service tracking tags (``track_tags``) is built from pushes of matching tags instead
 of its branch, the latest pushed tag winning (:mod:`~controlplane.services.ancestry`).
 """
@@ -12,11 +13,10 @@ import datetime as dt
 import logging
 import math
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from github import Github, GithubException
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,7 +32,6 @@ from controlplane.github.app import GitHubApp, GitHubRefused
 from controlplane.models import (
     Build,
     BuildStep,
-    Deployment,
     Environment,
     Installation,
     Repository,
@@ -40,7 +39,7 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import ancestry, effects
+from controlplane.services import ancestry, effects, watchpaths
 from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
@@ -49,48 +48,6 @@ ZERO_SHA = "0" * 40
 PIPELINE_STEPS = ("clone", "build", "push", "upload_compose", "record_deployment")
 # Pushes and the backstop share this key so they cannot both build the same commit.
 AUTOMATIC = "auto"
-
-
-def glob_pattern(pattern: str) -> re.Pattern[str]:
-    """A watch-path glob as a regex: ``*`` stays within a directory, ``**`` crosses them."""
-    pattern = pattern.strip().lstrip("/")
-    if pattern.endswith("/"):
-        pattern += "**"
-    out: list[str] = []
-    index = 0
-    while index < len(pattern):
-        if pattern.startswith("**/", index):
-            out.append("(?:.*/)?")
-            index += 3
-        elif pattern.startswith("**", index):
-            out.append(".*")
-            index += 2
-        elif pattern[index] == "*":
-            out.append("[^/]*")
-            index += 1
-        elif pattern[index] == "?":
-            out.append("[^/]")
-            index += 1
-        else:
-            out.append(re.escape(pattern[index]))
-            index += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def matches_watch_paths(paths: Iterable[str], watch_paths: list[str]) -> bool:
-    patterns = [glob_pattern(pattern) for pattern in watch_paths]
-    return any(pattern.match(path) for path in paths for pattern in patterns)
-
-
-def changed_paths(payload: dict[str, Any]) -> set[str]:
-    paths: set[str] = set()
-    commits = list(payload.get("commits") or [])
-    if payload.get("head_commit"):
-        commits.append(payload["head_commit"])
-    for commit in commits:
-        for key in ("added", "removed", "modified"):
-            paths.update(p for p in commit.get(key) or [] if isinstance(p, str))
-    return paths
 
 
 def production_environment(session: Session, service: Service) -> Environment:
@@ -161,11 +118,6 @@ def start_build(
     effects.note_feedback(session, "build_queued", build.id)
     effects.note_supersede(session, build.id)
     return build
-
-
-def builds_started_by(session: Session, delivery_id: int) -> list[int]:
-    """The builds a delivery started (its processing runs once: a failed run's are gone)."""
-    return list(session.scalars(select(Build.id).where(Build.delivery_id == delivery_id)))
 
 
 def tracking_services(session: Session, repository_id: int, full_name: str) -> list[Service]:
@@ -274,7 +226,7 @@ def tracks(service: Service, *, branch: str | None = None, tag: str | None = Non
     """Whether a push of ``branch`` or of ``tag`` deploys the service's production: a
     service tracking tags takes matching tags only, any other its branch only."""
     if service.track_tags:
-        return tag is not None and bool(glob_pattern(service.track_tags).match(tag))
+        return tag is not None and bool(watchpaths.glob_pattern(service.track_tags).match(tag))
     return branch is not None and branch == service.branch
 
 
@@ -372,7 +324,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
         if tag is not None:
             return Outcome("ignored", f"tag push {ref}: no service of {full_name} tracks it")
         return Outcome("ignored", f"no service tracks {full_name}@{branch}")
-    paths = changed_paths(payload)
+    paths = watchpaths.changed_paths(payload)
     raw_pushed_at = repository_data.get("pushed_at")
     pushed_at = (
         dt.datetime.fromtimestamp(raw_pushed_at, dt.UTC) if isinstance(raw_pushed_at, int) else None
@@ -388,7 +340,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
         if (
             tag is None
             and service.watch_paths
-            and not matches_watch_paths(paths, service.watch_paths)
+            and not watchpaths.matches_watch_paths(paths, service.watch_paths)
         ):
             notes.append(f"{label}: no changed file matches its watch paths")
             continue
@@ -417,93 +369,3 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
             started.append(build.id)
             notes.append(f"{label}: build {build.id} of {commit[:7]}")
     return Outcome("processed" if started else "ignored", "; ".join(notes))
-
-
-def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
-    """The backstop: build the head of every tracked branch that Portside has not built
-    for an environment tracking it (production, staging), unless a person chose what that
-    environment runs after the head was committed (a deploy by ref, a promotion).
-    Production of a service tracking tags is left to its tag pushes."""
-    services = session.scalars(
-        select(Service)
-        .join(Repository, Service.repository_id == Repository.id)
-        .join(Installation, Repository.installation_id == Installation.id)
-        .where(
-            Service.deleted_at.is_(None),
-            Repository.removed_at.is_(None),
-            Installation.deleted_at.is_(None),
-            Installation.suspended_at.is_(None),
-        )
-    ).all()
-    started: list[int] = []
-    for service in services:
-        assert service.repository is not None
-        branches = set(
-            session.scalars(
-                select(Environment.branch).where(
-                    Environment.service_id == service.id,
-                    Environment.kind.not_in((envkinds.PRODUCTION, envkinds.PREVIEW)),
-                    Environment.status != "inactive",
-                )
-            )
-        )
-        if not service.track_tags:
-            branches.add(service.branch)
-        for branch in sorted(branches):
-
-            def head_of(
-                client: Github, service: Service = service, branch: str = branch
-            ) -> tuple[str, str, str, dt.datetime]:
-                commit = client.get_repo(service.repository_full_name).get_branch(branch).commit
-                author = commit.author.login if commit.author else commit.commit.author.name
-                return commit.sha, commit.commit.message, author, commit.commit.committer.date
-
-            try:
-                sha, message, author, committed = github.call(
-                    service.repository.installation_id, f"head of {service.name}@{branch}", head_of
-                )
-            except (TransientError, PermanentError) as exc:
-                log.warning("backstop skipped %s@%s: %s", service.name, branch, exc)
-                continue
-            for environment in deployed_by(session, service, branch=branch):
-                already = session.scalar(
-                    select(Build.id).where(
-                        Build.environment_id == environment.id, Build.commit_sha == sha
-                    )
-                )
-                if already is not None or _chosen_since(session, environment, committed):
-                    continue
-                build = start_build(
-                    session,
-                    service,
-                    environment,
-                    sha,
-                    branch=branch,
-                    commit_message=message,
-                    author=author,
-                )
-                if build is not None:
-                    started.append(build.id)
-    session.commit()
-    return started
-
-
-def _chosen_since(session: Session, environment: Environment, moment: dt.datetime) -> bool:
-    """Whether a person chose what the environment runs (a deploy by ref, a promotion) at
-    or after ``moment``: a branch head committed before that is not the backstop's to
-    deploy."""
-    chosen = session.scalar(
-        select(func.max(Build.created_at)).where(
-            Build.environment_id == environment.id,
-            Build.ref.is_not(None),
-            Build.delivery_id.is_(None),
-        )
-    )
-    promoted = session.scalar(
-        select(func.max(Deployment.promoted_at)).where(Deployment.environment_id == environment.id)
-    )
-    return any(
-        (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= moment  # SQLite's are naive
-        for at in (chosen, promoted)
-        if at is not None
-    )
