@@ -62,7 +62,7 @@ from controlplane.models import Build, OutboxMessage, WebhookDelivery
 
 TARGET_RATIO = 0.35  # the intake's own target, now with the control worker busy beside it
 TARGET_P99_MS = 50.0
-TARGET_DRAIN_S = 60.0  # ours: a 1,000-push storm handed to the build queue within a minute
+TARGET_DRAIN_S = 60.0  # ours: a 1,000-push storm queued within a minute
 WARMUP_BRANCH = "warm-up"
 
 
@@ -349,11 +349,11 @@ def report(result: StormResult, args: argparse.Namespace) -> bool:
     if result.processed_s is not None:
         print(f"  last delivery processed {result.processed_s:.1f} s after the first POST")
     if result.drain_s is not None:
-        print(f"  last build handed to the build queue {result.drain_s:.1f} s after it")
+        print(f"  last build queued (with its delivery) {result.drain_s:.1f} s after it")
     if result.worker_cpu_ms is not None:
         print(
             f"  control worker CPU: {result.worker_cpu_ms:.1f} ms per delivery; peak backlog "
-            f"{result.peak_backlog} (unprocessed deliveries + unqueued builds, sampled)"
+            f"{result.peak_backlog} (unprocessed deliveries + unsent outbox rows, sampled)"
         )
     print(f"  delivery statuses: {result.statuses}; builds made: {result.builds}")
     for line in result.checks:
