@@ -345,7 +345,6 @@ class Build(TimestampMixin, Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     heartbeat_at: Mapped[dt.datetime | None]
     log: Mapped[str | None] = mapped_column(Text)
-    enqueued_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     # When the registry retention deleted its images (services.retention; migration 0014).
@@ -439,6 +438,19 @@ class WebhookDelivery(Base):
             cached = json.loads(self.body)
             self.__dict__["_payload"] = cached
         return cached
+
+
+class OutboxMessage(Base):
+    """Work to send once the transaction that wrote it commits (controlplane.services.
+    effects): the relay (tasks.relay) sends it and deletes the row in one transaction."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # What to send (an effects.Kind); the relay maps it to a control task.
+    kind: Mapped[str] = mapped_column(String(32))
+    args: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class ApiToken(Base):

@@ -11,7 +11,6 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from redis import Redis
-from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -19,8 +18,9 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.errors import PermanentError, TransientError
 from controlplane.github.app import GitHubRateLimited
-from controlplane.models import Build, utcnow
+from controlplane.models import Build
 from controlplane.services import (
+    backstop,
     builds,
     checks,
     deliveries,
@@ -38,24 +38,12 @@ from controlplane.services import (
 from controlplane.services.outcomes import HandlerContext
 from tasks import pipeline, runtime
 from tasks.app import CONTROL_QUEUE, celery_app
-from tasks.relay import BuildDispatcher, DeliveryRelay
+from tasks.relay import Relay, Senders
 from tasks.runtime import settings_of
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = (TransientError, OperationalError)
-
-
-def _enqueue_builds(build_ids: list[int]) -> None:
-    """Send committed builds to the pipeline; a failed send is re-driven by the outbox."""
-    for build_id in build_ids:
-        pipeline.enqueue_build(build_id)
-        with runtime.database().session_scope() as session:
-            session.execute(
-                update(Build)
-                .where(Build.id == build_id, Build.enqueued_at.is_(None))
-                .values(enqueued_at=utcnow())
-            )
 
 
 @celery_app.task(
@@ -79,25 +67,19 @@ def process_delivery(self: Task[Any, Any], delivery_id: int) -> list[int]:
             with database.session_scope() as session:
                 deliveries.mark_failed(session, delivery_id, f"gave up: {exc}")
         raise
-    _enqueue_builds(started.builds)
     return started.builds
 
 
 @celery_app.task(name=pipeline.REDRIVE_DELIVERIES, acks_late=True)
-def redrive_deliveries() -> dict[str, int]:
-    """The outbox: re-send deliveries and builds committed but never (or no longer) queued."""
+def redrive_deliveries() -> int:
+    """Put back in the outbox the deliveries whose message was lost (the relay sends
+    them again); return how many."""
+    grace = dt.timedelta(seconds=settings_of(celery_app).redrive_after)
     with runtime.database().session_scope() as session:
-        grace = dt.timedelta(seconds=settings_of(celery_app).redrive_after)
-        due = deliveries.due_for_redrive(session, grace)
-        builds = pushes.builds_to_enqueue(session)
-    for delivery_id in due:
-        pipeline.enqueue_delivery(delivery_id)
-        with runtime.database().session_scope() as session:
-            deliveries.mark_enqueued(session, delivery_id)
-    _enqueue_builds(builds)
-    if due or builds:
-        log.info("re-drove %d deliveries and %d builds", len(due), len(builds))
-    return {"deliveries": len(due), "builds": len(builds)}
+        requeued = deliveries.requeue_lost(session, grace)
+    if requeued:
+        log.info("re-drove %d deliveries", requeued)
+    return requeued
 
 
 @celery_app.task(name=pipeline.RECONCILE_BRANCHES, acks_late=True)
@@ -107,9 +89,7 @@ def reconcile_branches() -> list[int]:
     if github is None:
         return []
     with runtime.database().session_scope() as session:
-        started = pushes.reconcile_branches(session, github)
-    _enqueue_builds(started)
-    return started
+        return backstop.reconcile_branches(session, github)
 
 
 @celery_app.task(name=pipeline.POLL_GIT_SERVICES, acks_late=True)
@@ -119,27 +99,21 @@ def poll_git_services() -> list[int]:
     settings = settings_of(celery_app)
     box = SecretBox.from_settings(settings) if settings.secret_key else None
     with runtime.database().session_scope() as session:
-        started = gitsources.poll_due(session, box)
-    _enqueue_builds(started)
-    return started
+        return gitsources.poll_due(session, box)
 
 
-@celery_app.task(name=pipeline.START_BUILD, acks_late=True)
-def start_build(build_id: int) -> list[int]:
-    """Cancel the older unfinished builds of the environment (or this one, when its commit
-    is an ancestor of one built; GitHub's compare API decides what the push payloads do
-    not) and wake the dispatchers, which send the chain when the build's turn comes
-    (tasks.relay.BuildDispatcher)."""
+@celery_app.task(name=pipeline.SUPERSEDE, acks_late=True)
+def supersede(build_id: int) -> list[int]:
+    """Cancel the older unfinished builds of a new build's environment (or the new one,
+    when its commit is an ancestor of one built), asking GitHub's compare API what the
+    push payloads do not tell; the dispatcher meanwhile never sends a build a queued
+    newer one supersedes by the payloads."""
     with runtime.database().session_scope() as session:
         build = session.get(Build, build_id)
         if build is None:
             raise PermanentError(f"build {build_id} does not exist")
         compare = pushes.github_compare(runtime.github_app(), build.service)
-        cancelled = builds.supersede_older(session, build, compare)
-        if build.status == "queued":
-            effects.note_feedback(session, "build_queued", build_id)
-        builds.wake_dispatchers(session)
-    return cancelled
+        return builds.supersede_older(session, build, compare)
 
 
 @celery_app.task(name=pipeline.CHECK_GATES, acks_late=True)
@@ -279,10 +253,9 @@ def clean_up_previews() -> list[str]:
             if environment.status != "inactive":
                 previews.teardown(session, environment, "portside:cleanup", reason)
                 removed.append(environment.name)
-        pending = previewcleanup.pending_image_deletions(session)
-    # Images a registry refused (or that outlived their task's retries) are tried again.
-    for images in pending:
-        pipeline.delete_images(images)
+        # Images a registry refused (or that outlived their task's retries) are tried again.
+        for images in previewcleanup.pending_image_deletions(session):
+            effects.note_doomed_images(session, images)
     return removed
 
 
@@ -330,29 +303,32 @@ def _after_fork(**_: Any) -> None:
     runtime.reset()
 
 
-_relays: list[DeliveryRelay | BuildDispatcher] = []
+_relays: list[Relay] = []
 
 
 @worker_ready.connect
 def _redrive_on_start(sender: Any = None, **_: Any) -> None:
-    """A control worker that starts relays new deliveries, dispatches queued builds,
-    re-drives the outbox and catches up installations whose events were missed while
-    none ran (the sync is idempotent: several workers starting at once is harmless)."""
+    """A control worker that starts runs the relay (deliveries, outbox rows, queued
+    builds), re-drives lost deliveries and catches up installations whose events were
+    missed while none ran (the sync is idempotent: several workers starting at once is
+    harmless)."""
     queues = {queue.name for queue in sender.app.amqp.queues.consume_from.values()}
     if CONTROL_QUEUE in queues:
         # A database of its own: this thread lives in the pool's parent process.
         settings = settings_of(sender.app)
-        relay = DeliveryRelay(Database(settings), pipeline.enqueue_delivery)
-        dispatcher = BuildDispatcher(
+        relay = Relay(
             Database(settings),
             Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
-            pipeline.send_build,
-            pipeline.shared_queue_length,
+            Senders(
+                delivery=pipeline.enqueue_delivery,
+                effect=pipeline.send_effect,
+                build=pipeline.send_build,
+                shared_queue_length=pipeline.shared_queue_length,
+            ),
             dt.timedelta(seconds=settings.build_stale_after),
         )
-        for loop in (relay, dispatcher):
-            loop.start()
-            _relays.append(loop)
+        relay.start()
+        _relays.append(relay)
         # Received deliveries are the relay's; this re-sends enqueued ones whose message
         # was lost while no worker ran (beat repeats it every 30 s).
         sender.app.send_task(pipeline.REDRIVE_DELIVERIES, queue=CONTROL_QUEUE)

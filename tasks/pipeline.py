@@ -6,11 +6,13 @@ never imports task code (and with it the build worker's dependencies).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import chain
 
 from contracts.steps import STEPS
+from controlplane.services import effects
 from controlplane.settings import Settings
 from tasks.app import BUILDS_QUEUE, CONTROL_QUEUE, UNTRUSTED_BUILDS_QUEUE, celery_app, configure
 
@@ -19,7 +21,7 @@ REDRIVE_DELIVERIES = "portside.redrive_deliveries"
 RECONCILE_BRANCHES = "portside.reconcile_branches"
 POLL_GIT_SERVICES = "portside.poll_git_services"
 RECONCILE_INSTALLATIONS = "portside.reconcile_installations"
-START_BUILD = "portside.start_build"
+SUPERSEDE = "portside.supersede"
 TAKE_OVER_STALE_BUILDS = "portside.take_over_stale_builds"
 GITHUB_FEEDBACK = "portside.github_feedback"
 DELETE_IMAGES = "portside.delete_images"
@@ -27,6 +29,8 @@ CLEAN_UP_PREVIEWS = "portside.clean_up_previews"
 PRUNE_REGISTRY = "portside.prune_registry"
 NOTIFY = "portside.notify"
 CHECK_GATES = "portside.check_gates"
+
+log = logging.getLogger(__name__)
 
 
 def control_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -59,40 +63,25 @@ def enqueue_delivery(delivery_id: int) -> None:
     )
 
 
-def enqueue_build(build_id: int) -> None:
-    """Queue a committed build; the control worker turns it into the build chain."""
-    celery_app.send_task(START_BUILD, args=[build_id], queue=CONTROL_QUEUE, ignore_result=True)
+# The control task that sends each kind of outbox row (controlplane.services.effects).
+EFFECT_TASKS: dict[str, str] = {
+    effects.Kind.FEEDBACK: GITHUB_FEEDBACK,
+    effects.Kind.NOTIFICATION: NOTIFY,
+    effects.Kind.DELETE_IMAGES: DELETE_IMAGES,
+    effects.Kind.SUPERSEDE: SUPERSEDE,
+    effects.Kind.CHECK_GATES: CHECK_GATES,
+}
 
 
-def send_feedback(event: str, object_id: int) -> None:
-    """Tell GitHub about a build or deployment (commit status, deployment, PR comment)."""
-    celery_app.send_task(
-        GITHUB_FEEDBACK, args=[event, object_id], queue=CONTROL_QUEUE, ignore_result=True
-    )
-
-
-def delete_images(images: list[dict[str, Any]]) -> None:
-    """Delete torn-down images from the registry (repository, digest, environment only)."""
-    refs = [
-        {
-            "repository": i["repository"],
-            "digest": i["digest"],
-            "environment_id": i["environment_id"],
-        }
-        for i in images
-    ]
-    celery_app.send_task(DELETE_IMAGES, args=[refs], queue=CONTROL_QUEUE, ignore_result=True)
-
-
-def look_at_checks() -> None:
-    """Ask GitHub now about the commits whose builds wait for their checks (beat's poll
-    does every 30 s: the backstop for missed deliveries)."""
-    celery_app.send_task(CHECK_GATES, queue=CONTROL_QUEUE, ignore_result=True)
-
-
-def notify(event: str, object_id: int) -> None:
-    """Tell a service's notification targets about a deploy event (ids only)."""
-    celery_app.send_task(NOTIFY, args=[event, object_id], queue=CONTROL_QUEUE, ignore_result=True)
+def send_effect(kind: str, args: list[Any]) -> None:
+    """Send one outbox row as its control task (the relay does); raises if the broker is
+    unreachable. A kind this code does not know (written by a newer version) is logged
+    and dropped rather than blocking the rows behind it."""
+    task = EFFECT_TASKS.get(kind)
+    if task is None:
+        log.error("outbox row of unknown kind %r dropped (args %r)", kind, args)
+        return
+    celery_app.send_task(task, args=args, queue=CONTROL_QUEUE, ignore_result=True)
 
 
 def send_build(build_id: int, attempt: int, *, untrusted: bool = False) -> None:

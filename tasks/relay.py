@@ -1,18 +1,23 @@
-"""The outbox relay, which sends committed deliveries to the control queue, and the build
-dispatcher, which sends queued builds to the build workers' shared queue.
+"""The one relay: everything the control plane sends after a commit leaves through it.
 
-The webhook receiver only commits a ``received`` row (and, on PostgreSQL, sends a
-``NOTIFY portside_deliveries`` after it). A thread of each control worker waits for that
-notification (or polls, on SQLite and as a safety net), locks the oldest received rows
-(``FOR UPDATE SKIP LOCKED``, so relays in several workers never send the same row), sends
-``portside.process_delivery`` for each and marks them ``enqueued`` in the same
-transaction. A relay that dies before its commit leaves its rows ``received`` for the
-next round; a message lost after it (Redis restarted) is re-sent by the beat re-drive
-after ``PORTSIDE_REDRIVE_AFTER``. Processing is idempotent, so a second send is harmless.
+Three kinds of committed rows wait in PostgreSQL, and each control worker runs one relay
+thread that sends them, woken by a ``NOTIFY portside_outbox`` delivered with the commit
+that wrote them (or polling, on SQLite and as a safety net):
 
-The build dispatcher is woken the same way (``NOTIFY portside_builds``, sent when a build
-is queued, taken over or starts) and keeps a few builds, chosen fairly, waiting in the
-shared ``builds`` queue; the rest wait in the database, where nothing is lost with Redis.
+- **deliveries** the webhook receiver committed ``received`` (its own fast insert): sent
+  as ``portside.process_delivery`` and marked ``enqueued``;
+- **outbox rows** (:mod:`controlplane.services.effects`: GitHub feedback, notifications,
+  image deletions, a new build's supersede check): sent as their control task and
+  deleted;
+- **queued builds**: a few, chosen fairly, are kept waiting in the shared ``builds``
+  queues (:func:`controlplane.services.builds.dispatch`); the rest wait in the database.
+
+Rows are locked ``FOR UPDATE SKIP LOCKED`` and marked in the transaction that sends them,
+so relays in several workers never send a row twice, and a relay that dies before its
+commit leaves them for the next round. A message lost after it (Redis restarted) is
+re-driven: deliveries by beat after ``PORTSIDE_REDRIVE_AFTER``, builds by the dispatcher
+after ``PORTSIDE_BUILD_STALE_AFTER``; processing is idempotent, so a second send is
+harmless.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import logging
 import select
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from redis import Redis
+from sqlalchemy.orm import Session
 
 from controlplane.db import Database
-from controlplane.services import builds, deliveries
+from controlplane.services import builds, deliveries, effects
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ class _Loop:
     POLL_INTERVAL anyway (a missed NOTIFY, SQLite); a failure is retried with backoff."""
 
     name = "loop"
-    channel = ""
+    channel = effects.CHANNEL
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -119,63 +126,97 @@ class _Loop:
             pooled.invalidate()
 
 
-class DeliveryRelay(_Loop):
-    """Moves received deliveries to the control queue, oldest first."""
-
-    name = "delivery-relay"
-    channel = deliveries.CHANNEL
-
-    def __init__(self, database: Database, send: Callable[[int], None]) -> None:
-        super().__init__(database)
-        self.send = send
-
-    def round(self) -> bool:
-        return self.relay_once() == BATCH
-
-    def relay_once(self) -> int:
-        """Send one batch of received deliveries; return how many were sent."""
-        with self.database.session_scope() as session:
-            delivery_ids = deliveries.claim_received(session, BATCH)
-            for delivery_id in delivery_ids:
-                self.send(delivery_id)
-            if delivery_ids:
-                deliveries.mark_sent(session, delivery_ids)
-        return len(delivery_ids)
+T = TypeVar("T")
 
 
-class BuildDispatcher(_Loop):
-    """Sends queued builds to the shared build queue as places there free up, choosing
-    fairly between services (controlplane.services.builds.dispatch). Woken when a build
-    is queued or starts; the poll also notices cancellations and lost messages."""
+def _attempt(part: Callable[[], T]) -> T | Exception:
+    """``part()``, or the exception it raised (the round goes on with the next part)."""
+    try:
+        return part()
+    except Exception as exc:
+        return exc
 
-    name = "build-dispatcher"
-    channel = builds.DISPATCH_CHANNEL
+
+def _send_each(
+    session: Session,
+    rows: list[T],
+    send: Callable[[T], None],
+    mark_sent: Callable[[Session, list[T]], None],
+) -> None:
+    """Send ``rows`` in order and mark those sent, committed even when a send fails
+    part-way (the broker went away): only the rest are sent again."""
+    sent: list[T] = []
+    try:
+        for row in rows:
+            send(row)
+            sent.append(row)
+    finally:
+        if sent:
+            mark_sent(session, sent)
+            session.commit()
+
+
+@dataclass(frozen=True, slots=True)
+class Senders:
+    """How the relay sends each kind of row (tasks.pipeline's, or a test's)."""
+
+    delivery: Callable[[int], None]
+    effect: Callable[[str, list[Any]], None]
+    build: builds.Send
+    shared_queue_length: builds.QueueLength
+
+
+class Relay(_Loop):
+    """Sends received deliveries, outbox rows and queued builds, oldest first."""
+
+    name = "relay"
 
     def __init__(
-        self,
-        database: Database,
-        redis: Redis,
-        send: builds.Send,
-        shared_queue_length: builds.QueueLength,
-        lost_after: dt.timedelta,
+        self, database: Database, redis: Redis, send: Senders, lost_after: dt.timedelta
     ) -> None:
         super().__init__(database)
         self.redis = redis
         self.send = send
-        self.shared_queue_length = shared_queue_length
         self.lost_after = lost_after
 
     def round(self) -> bool:
-        self.dispatch_once()
-        return False
+        """Deliveries, then builds (what a worker waits for), then effects; one part
+        failing (a row it cannot send) does not hold up the others this round."""
+        delivered, dispatched, effected = (
+            _attempt(part)
+            for part in (self.relay_deliveries, self.dispatch_builds, self.relay_effects)
+        )
+        for outcome in (delivered, dispatched, effected):
+            if isinstance(outcome, Exception):
+                raise outcome
+        return BATCH in (delivered, effected)
 
-    def dispatch_once(self) -> list[int]:
-        """One look at the queue; return the ids of the builds sent."""
+    def relay_deliveries(self) -> int:
+        """Send one batch of received deliveries; return how many were sent."""
+        with self.database.session_scope() as session:
+            delivery_ids = deliveries.claim_received(session, BATCH)
+            _send_each(session, delivery_ids, self.send.delivery, deliveries.mark_sent)
+        return len(delivery_ids)
+
+    def relay_effects(self) -> int:
+        """Send one batch of outbox rows and delete them; return how many were sent."""
+        with self.database.session_scope() as session:
+            messages = effects.claim(session, BATCH)
+            _send_each(
+                session,
+                messages,
+                lambda message: self.send.effect(message.kind, message.args),
+                effects.remove,
+            )
+        return len(messages)
+
+    def dispatch_builds(self) -> list[int]:
+        """One look at the build queue; return the ids of the builds sent."""
         with self.database.session_scope() as session:
             return builds.dispatch(
                 session,
                 self.redis,
-                self.send,
-                shared_queue_length=self.shared_queue_length,
+                self.send.build,
+                shared_queue_length=self.send.shared_queue_length,
                 lost_after=self.lost_after,
             )

@@ -22,7 +22,6 @@ from controlplane.services import (
     servicerules,
     variables,
 )
-from tasks import pipeline
 
 blueprint = Blueprint(
     "services", __name__, url_prefix="/v1/services", description="Deployed services"
@@ -112,7 +111,6 @@ def deploy_service(data: dict[str, Any], service_id: int) -> Any:
     box = SecretBox.from_settings(settings) if settings.secret_key else None
     build = envactions.deploy_ref(db, github, service_id, data["ref"], actor(), box=box)
     db.commit()
-    pipeline.enqueue_build(build.id)
     return build
 
 

@@ -13,7 +13,6 @@ from controlplane.api.shaping import paged, row_fields
 from controlplane.db import session
 from controlplane.models import Environment
 from controlplane.services import approvals, desired, envactions, listings
-from tasks import pipeline
 
 blueprint = Blueprint(
     "environments", __name__, url_prefix="/v1/environments", description="Environments"
@@ -68,7 +67,6 @@ def redeploy_environment(environment_id: int) -> Any:
     db = session()
     build = envactions.redeploy(db, environment_id, actor())
     db.commit()
-    pipeline.enqueue_build(build.id)
     return build
 
 
@@ -99,8 +97,6 @@ def approve_environment(data: dict[str, Any], environment_id: int) -> Any:
     db = session()
     approval = approvals.approve(db, environment_id, actor(), data["sha"])
     db.commit()
-    if approval.build is not None:
-        pipeline.enqueue_build(approval.build.id)
     return row_fields(
         approval.environment,
         schemas.EnvironmentSchema,

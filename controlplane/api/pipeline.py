@@ -21,7 +21,6 @@ from controlplane.errors import ComposeRefusedError, ServiceUnavailable
 from controlplane.models import Build, Variable
 from controlplane.services import appsetup, builds, gates, gitsources, logs, registries
 from controlplane.settings import Settings
-from tasks.pipeline import look_at_checks
 
 worker_api = Blueprint(
     "pipeline", __name__, url_prefix="/v1/builds", description="Build workers and build logs"
@@ -141,7 +140,6 @@ def finish_step(data: dict[str, Any], build_id: int, step: str) -> Any:
     if build.status in builds.FINISHED or build.status in gates.HELD:
         _end(build_id)  # a held build's log is complete: its worker is done with it
     db.commit()
-    _look_at_checks_of(build)
     if data["worker"] is None:
         return None
     deployment = (
@@ -263,7 +261,6 @@ def create_deployment(data: dict[str, Any], service_id: int) -> Any:
     if deployment is not None:
         return deployment
     build = builds.get_build(db, data["build_id"])
-    _look_at_checks_of(build)
     held = {
         **_held(build),
         "environment_id": build.environment_id,
@@ -277,12 +274,6 @@ def create_deployment(data: dict[str, Any], service_id: int) -> Any:
 def _held(build: Build) -> dict[str, Any]:
     """A build a gate holds, as the answer to recording its deployment: no id, why."""
     return {"id": None, "status": build.status, "error": build.environment.status_reason}
-
-
-def _look_at_checks_of(build: Build) -> None:
-    """A build held for its checks: they may have passed already; not wait for beat."""
-    if build.status == gates.CHECKS:
-        look_at_checks()
 
 
 @deployments_api.get("/<int:service_id>/deployments")

@@ -28,7 +28,6 @@ from controlplane.services import (
     tokens,
 )
 from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES, TokenScope
-from tasks import pipeline
 
 
 def _text(name: str) -> str:
@@ -81,7 +80,6 @@ def redeploy_environment(environment_id: int) -> BaseResponse:
     db = session()
     with committed(db):
         build = envactions.redeploy(db, environment_id, actor)
-    pipeline.enqueue_build(build.id)
     return redirect(url_for("dashboard.build_page", build_id=build.id))
 
 

@@ -19,7 +19,6 @@ from controlplane.models import Service
 from controlplane.services import appsetup, envactions, listings, pending
 from controlplane.services.githubwrites import environment_url
 from controlplane.statuses import EnvironmentStatus
-from tasks import pipeline
 
 RECENT_BUILDS = 20
 
@@ -69,5 +68,4 @@ def deploy_service(service_id: int) -> BaseResponse:
     box = SecretBox.from_settings(settings) if settings.secret_key else None
     with committed(db):
         build = envactions.deploy_ref(db, github, service_id, ref, actor, box=box)
-    pipeline.enqueue_build(build.id)
     return redirect(url_for("dashboard.build_page", build_id=build.id))

@@ -40,7 +40,6 @@ from controlplane.services import approvals, builds, catalog, images, listings, 
 from controlplane.services.githubwrites import environment_url
 from controlplane.settings import Settings
 from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES
-from tasks import pipeline
 
 blueprint = Blueprint(
     "dashboard",
@@ -238,8 +237,6 @@ def approve_environment(environment_id: int) -> BaseResponse:
     db = session()
     with committed(db):
         approval = approvals.approve(db, environment_id, actor, sha)
-    if approval.build is not None:
-        pipeline.enqueue_build(approval.build.id)
     anchor = f"service-{approval.environment.service_id}"
     return redirect(url_for("dashboard.services_page", _anchor=anchor))
 

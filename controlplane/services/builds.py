@@ -728,7 +728,6 @@ def take_over(session: Session, build: Build) -> Build:
     )
     build.attempt += 1
     build.status = "queued"
-    build.enqueued_at = utcnow()
     build.worker = None
     build.worker_token_id = None
     build.images = {}
@@ -788,7 +787,6 @@ def deployments_of(session: Session, service_id: int) -> list[Deployment]:
 # (``builds-untrusted``), read only by workers told to take them, counted against the
 # workers that ran such builds lately.
 
-DISPATCH_CHANNEL = "portside_builds"
 # Builds whose first step is in the shared queue and not yet claimed, by "id:attempt".
 DISPATCHED_KEY = "portside:builds:dispatched"
 UNTRUSTED_DISPATCHED_KEY = "portside:builds:dispatched:untrusted"
@@ -815,10 +813,9 @@ class QueueLength(Protocol):
 
 
 def wake_dispatchers(session: Session) -> None:
-    """Have the dispatchers look again once this transaction commits (PostgreSQL delivers
-    a NOTIFY with the commit and drops it on rollback; on SQLite they poll)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {DISPATCH_CHANNEL}"))
+    """Have the dispatchers look again once this transaction commits (the relay's
+    channel: PostgreSQL delivers a NOTIFY with the commit and drops it on rollback)."""
+    effects.wake_relay(session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -861,7 +858,7 @@ def _epoch(moment: dt.datetime) -> float:
 
 def waiting_builds(session: Session) -> list[Waiting]:
     """Queued builds, except those a newer queued build of their environment supersedes
-    (its start_build task cancels them: building them would be wasted); newer as
+    (its supersede task cancels them: building them would be wasted); newer as
     :func:`ancestry.is_newer` tells from the push payloads alone."""
     rows = session.execute(
         select(

@@ -1,7 +1,9 @@
-"""Webhook deliveries: the durable outbox between GitHub and the control worker.
+"""Webhook deliveries: rows of the outbox (:mod:`~controlplane.services.effects`) written
+by the intake's own fast insert, between GitHub and the control worker.
 
-A verified delivery is committed first, enqueued second; processing is idempotent and
-keyed by the delivery row, so a lost enqueue is re-driven and a duplicate is harmless.
+A verified delivery is committed first, sent by the relay second; processing is
+idempotent and keyed by the delivery row, so a lost message is re-driven and a duplicate
+is harmless.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, DateTime, Dialect, func, or_, select, update
+from sqlalchemy import Connection, DateTime, Dialect, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -22,8 +24,8 @@ from controlplane.db import Database, execute_on_driver
 from controlplane.errors import NotFound, PermanentError, TransientError
 from controlplane.github import manifest
 from controlplane.github.webhooks import Delivery
-from controlplane.models import WebhookDelivery, utcnow
-from controlplane.services import checks, commands, installations, previews, pushes
+from controlplane.models import Build, WebhookDelivery, utcnow
+from controlplane.services import checks, commands, effects, installations, previews, pushes
 from controlplane.services.outcomes import Effects, HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,6 @@ log = logging.getLogger(__name__)
 # sends every App.
 HANDLED_EVENTS = frozenset({*manifest.EVENTS, "installation", "installation_repositories"})
 DONE = ("processed", "ignored")
-# A delivery that nobody enqueued for this long is re-driven by the outbox.
-RECEIVED_GRACE = dt.timedelta(seconds=10)
 
 
 Handler = Callable[[Session, WebhookDelivery, HandlerContext], Outcome]
@@ -51,8 +51,9 @@ class DeliveryNotVisible(TransientError):
     """The row is not visible (yet): a message for a delivery never committed."""
 
 
-# The channel committed deliveries are announced on (PostgreSQL NOTIFY, after the commit).
-CHANNEL = "portside_deliveries"
+# The channel committed deliveries are announced on (PostgreSQL NOTIFY, after the commit):
+# the relay's one channel.
+CHANNEL = effects.CHANNEL
 
 _INSERT_COLUMNS = (
     "guid",
@@ -194,36 +195,25 @@ def mark_sent(session: Session, delivery_ids: list[int]) -> None:
     )
 
 
-def mark_enqueued(session: Session, delivery_id: int) -> None:
-    """Note the enqueue, unless a worker was faster and already moved the row on."""
-    session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "received")
-        .values(status="enqueued", enqueued_at=utcnow())
-    )
-    session.commit()
-
-
-def due_for_redrive(
+def requeue_lost(
     session: Session, enqueued_grace: dt.timedelta, now: dt.datetime | None = None
-) -> list[int]:
-    """Deliveries committed but never enqueued, or enqueued and still unprocessed after
-    ``enqueued_grace`` (their message or id was lost: Redis restarted, a process died)."""
+) -> int:
+    """Put back in the outbox the deliveries sent and still unprocessed after
+    ``enqueued_grace`` (their message was lost: Redis restarted, a worker died holding
+    it); the relay sends them again. Return how many."""
     now = now or utcnow()
-    rows = session.scalars(
-        select(WebhookDelivery.id)
+    requeued = session.scalars(
+        update(WebhookDelivery)
         .where(
-            or_(
-                (WebhookDelivery.status == "received")
-                & (WebhookDelivery.received_at < now - RECEIVED_GRACE),
-                WebhookDelivery.status.in_(("enqueued", "processing"))
-                & (WebhookDelivery.enqueued_at < now - enqueued_grace),
-            )
+            WebhookDelivery.status == "enqueued",
+            WebhookDelivery.enqueued_at < now - enqueued_grace,
         )
-        .order_by(WebhookDelivery.id)
-        .limit(1000)
-    )
-    return list(rows)
+        .values(status="received", enqueued_at=None)
+        .returning(WebhookDelivery.id)
+    ).all()
+    if requeued:
+        wake_relays(session)
+    return len(requeued)
 
 
 def redeliver(session: Session, delivery_id: int) -> WebhookDelivery:
@@ -279,9 +269,14 @@ def process(session: Session, delivery_id: int, context: HandlerContext) -> Effe
     delivery.status = outcome.status
     delivery.outcome = outcome.reason
     delivery.processed_at = utcnow()
-    started = Effects(builds=pushes.builds_started_by(session, delivery.id))
+    started = Effects(builds=_builds_started_by(session, delivery.id))
     session.commit()
     return started
+
+
+def _builds_started_by(session: Session, delivery_id: int) -> list[int]:
+    """The builds a delivery started (its processing runs once: a failed run's are gone)."""
+    return list(session.scalars(select(Build.id).where(Build.delivery_id == delivery_id)))
 
 
 def mark_failed(session: Session, delivery_id: int, reason: str) -> None:

@@ -40,7 +40,6 @@ from controlplane.errors import NotFound, ValidationFailed
 from controlplane.models import Deployment, Environment, Host, Service, Variable, utcnow
 from controlplane.services import audit, effects, gates, placements, registries, stops, tokens
 from controlplane.settings import Settings
-from tasks import pipeline
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,8 @@ def announcer(engine: Engine, redis: Redis) -> Callable[[Session], None]:
 
 def open_database(settings: Settings) -> tuple[Database, Redis]:
     """A process's database handle that, after each commit, announces new generations,
-    forgets revoked tokens in Redis and sends the follow-up tasks the transaction noted."""
+    forgets revoked tokens in Redis and asks running builds to stop (best effort; what must
+    not be lost goes through the outbox, :mod:`~controlplane.services.effects`)."""
     database = Database(settings)
     # A web process runs hundreds of threads: past the pool's size they wait their turn
     # (redis-py's default pool raises "Too many connections" instead).
@@ -111,9 +111,6 @@ def open_database(settings: Settings) -> tuple[Database, Redis]:
     database.after_commit(announcer(database.engine, redis))
     database.after_commit(tokens.forgetter(redis))
     database.after_commit(stops.requester(redis))
-    database.after_commit(
-        effects.dispatcher(pipeline.send_feedback, pipeline.delete_images, pipeline.notify)
-    )
     return database, redis
 
 

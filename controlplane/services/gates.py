@@ -83,6 +83,8 @@ def hold(session: Session, environment: Environment, build: Build, gate: str) ->
     )
     if own:
         effects.note_feedback(session, "build_held", build.id)
+    if gate == CHECKS:  # the checks may have passed already: not wait for beat's poll
+        effects.write(session, effects.Kind.CHECK_GATES)
 
 
 def note_reason(session: Session, environment: Environment, build: Build, reason: str) -> None:

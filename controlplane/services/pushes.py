@@ -1,7 +1,8 @@
 """Pushes become builds: exactly one per environment and commit, never an older one late.
 
-Both the ``push`` webhook and the backstop that polls branch heads go through
-:func:`start_build`, so whichever comes first wins and the other finds the build there.
+Both the ``push`` webhook and the backstop that polls branch heads
+(:mod:`~controlplane.services.backstop`) go through :func:`start_build`, so whichever
+comes first wins and the other finds the build there.
 A service tracking tags (``track_tags``) is built from pushes of matching tags instead
 of its branch, the latest pushed tag winning (:mod:`~controlplane.services.ancestry`).
 """
@@ -12,11 +13,10 @@ import datetime as dt
 import logging
 import math
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from github import Github, GithubException
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,6 @@ from controlplane.github.app import GitHubApp, GitHubRefused
 from controlplane.models import (
     Build,
     BuildStep,
-    Deployment,
     Environment,
     Installation,
     Repository,
@@ -41,7 +40,7 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import ancestry
+from controlplane.services import ancestry, effects, watchpaths
 from controlplane.services.outcomes import HandlerContext, Outcome
 
 log = logging.getLogger(__name__)
@@ -49,48 +48,6 @@ log = logging.getLogger(__name__)
 ZERO_SHA = "0" * 40
 # Pushes and the backstop share this key so they cannot both build the same commit.
 AUTOMATIC = "auto"
-
-
-def glob_pattern(pattern: str) -> re.Pattern[str]:
-    """A watch-path glob as a regex: ``*`` stays within a directory, ``**`` crosses them."""
-    pattern = pattern.strip().lstrip("/")
-    if pattern.endswith("/"):
-        pattern += "**"
-    out: list[str] = []
-    index = 0
-    while index < len(pattern):
-        if pattern.startswith("**/", index):
-            out.append("(?:.*/)?")
-            index += 3
-        elif pattern.startswith("**", index):
-            out.append(".*")
-            index += 2
-        elif pattern[index] == "*":
-            out.append("[^/]*")
-            index += 1
-        elif pattern[index] == "?":
-            out.append("[^/]")
-            index += 1
-        else:
-            out.append(re.escape(pattern[index]))
-            index += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def matches_watch_paths(paths: Iterable[str], watch_paths: list[str]) -> bool:
-    patterns = [glob_pattern(pattern) for pattern in watch_paths]
-    return any(pattern.match(path) for path in paths for pattern in patterns)
-
-
-def changed_paths(payload: dict[str, Any]) -> set[str]:
-    paths: set[str] = set()
-    commits = list(payload.get("commits") or [])
-    if payload.get("head_commit"):
-        commits.append(payload["head_commit"])
-    for commit in commits:
-        for key in ("added", "removed", "modified"):
-            paths.update(p for p in commit.get(key) or [] if isinstance(p, str))
-    return paths
 
 
 def production_environment(session: Session, service: Service) -> Environment:
@@ -119,9 +76,10 @@ def start_build(
     untrusted: bool = False,
     ref: str | None = None,
 ) -> Build | None:
-    """Create a queued build unless one exists for the same environment, commit and key;
-    ``untrusted`` marks code from a fork (built without network, secrets or cache);
-    ``ref`` the branch, tag or commit it was chosen by (ordered by time, not ancestry)."""
+    """Queue a build, in the caller's transaction, unless one exists for the same
+    environment, commit and key; ``untrusted`` marks code from a fork (built without
+    network, secrets or cache); ``ref`` the branch, tag or commit it was chosen by
+    (ordered by time, not ancestry)."""
     existing = session.scalar(
         select(Build).where(
             Build.environment_id == environment.id,
@@ -155,15 +113,11 @@ def start_build(
         # A concurrent delivery of the same push won the race.
         return None
     environment.head_sha = commit_sha
+    # Queued with its commit: the dispatcher (woken at the commit) sends it when its
+    # turn comes; what it makes pointless is cancelled off this transaction.
+    effects.note_feedback(session, "build_queued", build.id)
+    effects.note_supersede(session, build.id)
     return build
-
-
-def builds_started_by(session: Session, delivery_id: int) -> list[int]:
-    return list(
-        session.scalars(
-            select(Build.id).where(Build.delivery_id == delivery_id, Build.enqueued_at.is_(None))
-        )
-    )
 
 
 def tracking_services(session: Session, repository_id: int, full_name: str) -> list[Service]:
@@ -191,7 +145,7 @@ def _newer_build(
     """A build of the environment newer than this push (by :func:`ancestry.is_newer` from
     the push payloads, without asking GitHub: processing a delivery never waits on it),
     when this push's delivery arrived after that build's. A push the payloads cannot
-    place is built, and its start_build task compares it on GitHub."""
+    place is built, and its supersede task compares it on GitHub."""
     facts = ancestry.facts_for(session, environment.id, [payload])
     recent = session.scalars(
         select(Build)
@@ -272,7 +226,7 @@ def tracks(service: Service, *, branch: str | None = None, tag: str | None = Non
     """Whether a push of ``branch`` or of ``tag`` deploys the service's production: a
     service tracking tags takes matching tags only, any other its branch only."""
     if service.track_tags:
-        return tag is not None and bool(glob_pattern(service.track_tags).match(tag))
+        return tag is not None and bool(watchpaths.glob_pattern(service.track_tags).match(tag))
     return branch is not None and branch == service.branch
 
 
@@ -370,7 +324,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
         if tag is not None:
             return Outcome("ignored", f"tag push {ref}: no service of {full_name} tracks it")
         return Outcome("ignored", f"no service tracks {full_name}@{branch}")
-    paths = changed_paths(payload)
+    paths = watchpaths.changed_paths(payload)
     raw_pushed_at = repository_data.get("pushed_at")
     pushed_at = (
         dt.datetime.fromtimestamp(raw_pushed_at, dt.UTC) if isinstance(raw_pushed_at, int) else None
@@ -378,6 +332,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
     # Not built yet: it arrived after every build; without pushed_at, it was pushed now.
     pushed = ancestry.Pushed(commit, pushed_at or utcnow(), math.inf, chosen=tag is not None)
     notes: list[str] = []
+    started: list[int] = []
     for service, environment in targets:
         # Production by its service's name, as ever; a staging environment by its own.
         label = service.name if environment.kind == "production" else environment.name
@@ -385,7 +340,7 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
         if (
             tag is None
             and service.watch_paths
-            and not matches_watch_paths(paths, service.watch_paths)
+            and not watchpaths.matches_watch_paths(paths, service.watch_paths)
         ):
             notes.append(f"{label}: no changed file matches its watch paths")
             continue
@@ -411,110 +366,6 @@ def handle_push(session: Session, delivery: WebhookDelivery, context: HandlerCon
         if build is None:
             notes.append(f"{label}: {commit[:7]} is already built")
         else:
-            session.flush()
+            started.append(build.id)
             notes.append(f"{label}: build {build.id} of {commit[:7]}")
-    started = any("build " in note and "already" not in note for note in notes)
     return Outcome("processed" if started else "ignored", "; ".join(notes))
-
-
-def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
-    """The backstop: build the head of every tracked branch that Portside has not built
-    for an environment tracking it (production, staging), unless a person chose what that
-    environment runs after the head was committed (a deploy by ref, a promotion).
-    Production of a service tracking tags is left to its tag pushes."""
-    services = session.scalars(
-        select(Service)
-        .join(Repository, Service.repository_id == Repository.id)
-        .join(Installation, Repository.installation_id == Installation.id)
-        .where(
-            Service.deleted_at.is_(None),
-            Repository.removed_at.is_(None),
-            Installation.deleted_at.is_(None),
-            Installation.suspended_at.is_(None),
-        )
-    ).all()
-    started: list[int] = []
-    for service in services:
-        assert service.repository is not None
-        branches = set(
-            session.scalars(
-                select(Environment.branch).where(
-                    Environment.service_id == service.id,
-                    Environment.kind.not_in((envkinds.PRODUCTION, envkinds.PREVIEW)),
-                    Environment.status != "inactive",
-                )
-            )
-        )
-        if not service.track_tags:
-            branches.add(service.branch)
-        for branch in sorted(branches):
-
-            def head_of(
-                client: Github, service: Service = service, branch: str = branch
-            ) -> tuple[str, str, str, dt.datetime]:
-                commit = client.get_repo(service.repository_full_name).get_branch(branch).commit
-                author = commit.author.login if commit.author else commit.commit.author.name
-                return commit.sha, commit.commit.message, author, commit.commit.committer.date
-
-            try:
-                sha, message, author, committed = github.call(
-                    service.repository.installation_id, f"head of {service.name}@{branch}", head_of
-                )
-            except (TransientError, PermanentError) as exc:
-                log.warning("backstop skipped %s@%s: %s", service.name, branch, exc)
-                continue
-            for environment in deployed_by(session, service, branch=branch):
-                already = session.scalar(
-                    select(Build.id).where(
-                        Build.environment_id == environment.id, Build.commit_sha == sha
-                    )
-                )
-                if already is not None or _chosen_since(session, environment, committed):
-                    continue
-                build = start_build(
-                    session,
-                    service,
-                    environment,
-                    sha,
-                    branch=branch,
-                    commit_message=message,
-                    author=author,
-                )
-                if build is not None:
-                    session.flush()
-                    started.append(build.id)
-    session.commit()
-    return started
-
-
-def _chosen_since(session: Session, environment: Environment, moment: dt.datetime) -> bool:
-    """Whether a person chose what the environment runs (a deploy by ref, a promotion) at
-    or after ``moment``: a branch head committed before that is not the backstop's to
-    deploy."""
-    chosen = session.scalar(
-        select(func.max(Build.created_at)).where(
-            Build.environment_id == environment.id,
-            Build.ref.is_not(None),
-            Build.delivery_id.is_(None),
-        )
-    )
-    promoted = session.scalar(
-        select(func.max(Deployment.promoted_at)).where(Deployment.environment_id == environment.id)
-    )
-    return any(
-        (at if at.tzinfo else at.replace(tzinfo=dt.UTC)) >= moment  # SQLite's are naive
-        for at in (chosen, promoted)
-        if at is not None
-    )
-
-
-def builds_to_enqueue(session: Session) -> list[int]:
-    """Committed builds never handed to the queue (the build side of the outbox)."""
-    return list(
-        session.scalars(
-            select(Build.id)
-            .where(Build.enqueued_at.is_(None), Build.status == "queued")
-            .order_by(Build.id)
-            .limit(1000)
-        )
-    )

@@ -39,7 +39,7 @@ def create_environment(
 ) -> Environment:
     """A new environment of ``kind`` tracking ``branch``; one deleted before of the same
     kind comes back tracking ``branch``. Its first build is the next push to the branch,
-    or the backstop's build of the branch's head (:func:`pushes.reconcile_branches`)."""
+    or the backstop's build of the branch's head (:func:`backstop.reconcile_branches`)."""
     service = get_service(session, service_id)
     kind, branch = kind.strip().lower(), branch.strip()
     errors: dict[str, list[str]] = {}

@@ -147,10 +147,10 @@ def _step_durations(session: Session) -> Metric:
 
 
 def _queue_waits(session: Session) -> Metric:
-    """From the moment a step could start (the build was enqueued, or the step before it
+    """From the moment a step could start (the build was queued, or the step before it
     finished) to the moment a build worker claimed it."""
     previous = aliased(BuildStep)
-    ready = func.coalesce(previous.finished_at, Build.enqueued_at, Build.created_at)
+    ready = func.coalesce(previous.finished_at, Build.created_at)
     seconds = _seconds(session, BuildStep.started_at, ready)
     query = (
         select(BuildStep.name)

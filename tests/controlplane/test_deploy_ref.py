@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Environment
-from controlplane.services import builds, catalog, pushes
+from controlplane.services import backstop, builds, catalog
 from tests.controlplane.test_build_ordering import REPOSITORY, builds_by_commit, commit, start
 from tests.controlplane.test_cli import assert_one_line_failure, run_portside
 from tests.controlplane.test_intake_processing import (
@@ -260,10 +260,10 @@ def test_a_service_tracking_tags_deploys_the_newest_tag_pushed(
 
     # Tracking tags, the backstop leaves the branch head alone; back on the branch, it builds.
     head = commit(seeded, "3")
-    assert pushes.reconcile_branches(db_session, github_app) == []
+    assert backstop.reconcile_branches(db_session, github_app) == []
     back = deploying.patch(url, json={"track_tags": None}, headers=admin_headers)
     assert back.status_code == 200 and back.json["track_tags"] is None
-    assert len(pushes.reconcile_branches(db_session, github_app)) == 1
+    assert len(backstop.reconcile_branches(db_session, github_app)) == 1
     assert builds_by_commit(db_session)[head] == ("queued", None)
 
 
@@ -282,7 +282,7 @@ def test_the_backstop_leaves_a_chosen_deploy_alone(
     assert chosen.status_code == 202
 
     # The head was committed before the deploy was asked for: not the backstop's to build.
-    assert pushes.reconcile_branches(db_session, github_app) == []
+    assert backstop.reconcile_branches(db_session, github_app) == []
     assert set(builds_by_commit(db_session)) == {old}
 
 

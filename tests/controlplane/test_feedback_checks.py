@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from contracts.masking import MASK
 from contracts.steps import STEPS
@@ -110,6 +111,11 @@ def event(github: GitHubApp, settings: Settings, name: str, object_id: int) -> C
     return lambda session: feedback.send(session, github, settings, name, object_id)
 
 
+def feedback_rows(session: Session) -> list[list[object]]:
+    """The GitHub feedback this transaction wrote to the outbox so far."""
+    return [message.args for message in effects.pending(session, effects.Kind.FEEDBACK)]
+
+
 def run_steps(
     database: Database, github: GitHubApp, settings: Settings, state: GitHubState, build_id: int
 ) -> tuple[int, list[str]]:
@@ -121,7 +127,7 @@ def run_steps(
     for step in STEPS[:-1]:
         with database.session_scope() as session:
             builds.claim_step(session, build_id, step, 1, "worker-1")
-            assert ("build_running", build_id) in session.info[effects.FEEDBACK]
+            assert ["build_running", build_id] in feedback_rows(session)
         failed += until_through(database, event(github, settings, "build_running", build_id))
         titles += [run.output["title"] for run in runs_of(state, build_id)]
         with database.session_scope() as session:
@@ -336,7 +342,7 @@ def test_a_superseded_build_ends_its_status_check_run_and_deployment(
         build = session.get(Build, newer)
         assert build is not None
         assert builds.supersede_older(session, build) == [older]
-        assert ("build_cancelled", older) in session.info[effects.FEEDBACK]
+        assert ["build_cancelled", older] in feedback_rows(session)
     until_through(database, event(github_app, settings, "build_cancelled", older))
     # A late queued event for it says nothing any more.
     until_through(database, event(github_app, settings, "build_queued", older))

@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Installation, Repository, Service, WebhookDelivery
-from controlplane.services import catalog, deliveries, hosts, pushes, servicerules
+from controlplane.services import (
+    backstop,
+    catalog,
+    deliveries,
+    hosts,
+    servicerules,
+    watchpaths,
+)
 from controlplane.services.outcomes import HandlerContext
 from tests.fixtures.github import GitHubAppKey
 from tests.githubserver.server import GitHubServer
@@ -275,13 +282,13 @@ def test_watch_paths_filter_pushes(
 
 
 def test_glob_patterns() -> None:
-    assert pushes.matches_watch_paths(["api/v1/x.py"], ["api/**"])
-    assert pushes.matches_watch_paths(["api/x.py"], ["api/*.py"])
-    assert not pushes.matches_watch_paths(["api/v1/x.py"], ["api/*.py"])
-    assert pushes.matches_watch_paths(["deep/a/b/Dockerfile"], ["**/Dockerfile"])
-    assert pushes.matches_watch_paths(["Dockerfile"], ["**/Dockerfile"])
-    assert pushes.matches_watch_paths(["web/index.html"], ["web/"])
-    assert not pushes.matches_watch_paths(["website/x"], ["web/"])
+    assert watchpaths.matches_watch_paths(["api/v1/x.py"], ["api/**"])
+    assert watchpaths.matches_watch_paths(["api/x.py"], ["api/*.py"])
+    assert not watchpaths.matches_watch_paths(["api/v1/x.py"], ["api/*.py"])
+    assert watchpaths.matches_watch_paths(["deep/a/b/Dockerfile"], ["**/Dockerfile"])
+    assert watchpaths.matches_watch_paths(["Dockerfile"], ["**/Dockerfile"])
+    assert watchpaths.matches_watch_paths(["web/index.html"], ["web/"])
+    assert not watchpaths.matches_watch_paths(["website/x"], ["web/"])
 
 
 def test_late_delivery_of_an_older_push_never_replaces_a_newer_one(
@@ -310,10 +317,10 @@ def test_backstop_builds_a_missed_push_once(
 ) -> None:
     missed = seeded.state.commit(f"{OWNER}/Hello-World", {"missed": "1"}, branch="master")
     with database.session_scope() as session:
-        started = pushes.reconcile_branches(session, github_app)
+        started = backstop.reconcile_branches(session, github_app)
     assert len(started) == 1
     with database.session_scope() as session:
-        assert pushes.reconcile_branches(session, github_app) == []
+        assert backstop.reconcile_branches(session, github_app) == []
     assert builds(db_session) == [(missed, "queued")]
 
 

@@ -18,7 +18,6 @@ from sqlalchemy import event
 
 from controlplane.app import create_app
 from controlplane.db import Database
-from controlplane.models import utcnow
 from controlplane.services import builds, catalog, deliveries, hosts, pushes
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Secret, Settings
@@ -109,7 +108,6 @@ def test_polls_reports_builds_and_deployments(
             branch="main",
         )
         assert build is not None
-        build.enqueued_at = utcnow()
         build_id = build.id
     with database.session_scope() as session:
         builds.claim_step(session, build_id, "clone", 1, "w1")

@@ -108,7 +108,11 @@ def test_deleting_a_service_tears_down_production_and_previews(
 
     with database.session_scope() as session:
         catalog.delete_service(session, service_id, "test")
-        doomed = {image["digest"] for image in session.info[effects.DOOMED_IMAGES]}
+        doomed = {
+            image["digest"]
+            for message in effects.pending(session, effects.Kind.DELETE_IMAGES)
+            for image in message.args[0]
+        }
     assert doomed == {DIGEST_PROD, DIGEST_PREVIEW}
 
     after = client.get("/v1/agent/desired-state", headers=auth(host_token))

@@ -17,7 +17,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Deployment, Environment, Host, Service
-from controlplane.services import builds, desired, pushes
+from controlplane.services import backstop, builds, desired
 from controlplane.settings import Settings
 from hostagent.snapshot import parse_environment
 from tests.controlplane.test_build_ordering import REPOSITORY
@@ -151,12 +151,12 @@ def test_the_backstop_builds_the_head_of_a_staging_branch(
     assert create(client, admin_headers, service_id, "staging", "develop").status_code == 201
 
     with database.session_scope() as session:
-        started = pushes.reconcile_branches(session, github_app)
+        started = backstop.reconcile_branches(session, github_app)
 
     assert ("hello-staging", "develop", head) in builds_of(db_session)
     assert len(started) == 2  # and master's head for production
     with database.session_scope() as session:
-        assert pushes.reconcile_branches(session, github_app) == []
+        assert backstop.reconcile_branches(session, github_app) == []
 
 
 @pytest.mark.parametrize(

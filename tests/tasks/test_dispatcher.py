@@ -1,5 +1,5 @@
-"""The control worker's build dispatcher is woken by the commit that queues a build (a
-PostgreSQL NOTIFY), not by its poll."""
+"""The control worker's relay dispatches a build on the commit that queues it (a
+PostgreSQL NOTIFY written with the build), not on its poll."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from controlplane.db import Database
-from controlplane.services import builds, catalog, hosts, pushes, servicerules
+from controlplane.services import catalog, hosts, pushes, servicerules
 from controlplane.settings import Settings
 from tasks import relay
 from tests.fixtures.processes import wait_until
@@ -21,11 +21,15 @@ def test_a_queued_build_is_sent_on_the_commit_that_queues_it(
 ) -> None:
     monkeypatch.setattr(relay, "POLL_INTERVAL", 60.0)  # only a notification can wake it
     sent: list[tuple[int, int]] = []
-    dispatcher = relay.BuildDispatcher(
+    dispatcher = relay.Relay(
         Database(settings),
         redis.Redis.from_url(redis_url),
-        lambda build_id, attempt: sent.append((build_id, attempt)),
-        lambda: 0,
+        relay.Senders(
+            delivery=lambda delivery_id: None,
+            effect=lambda kind, args: None,
+            build=lambda build_id, attempt: sent.append((build_id, attempt)),
+            shared_queue_length=lambda: 0,
+        ),
         dt.timedelta(seconds=90),
     )
     dispatcher.start()
@@ -48,10 +52,8 @@ def test_a_queued_build_is_sent_on_the_commit_that_queues_it(
                 "a" * 40,
                 branch="main",
             )
-            assert build is not None
-            session.flush()
+            assert build is not None  # queued in this transaction: nothing else wakes it
             build_id = build.id
-            builds.wake_dispatchers(session)
 
         wait_until(lambda: sent, "the dispatcher to send the build", timeout=10)
         assert sent == [(build_id, 1)]
