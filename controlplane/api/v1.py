@@ -21,12 +21,12 @@ from controlplane.services import (
     appsetup,
     audit,
     deliveries,
-    desired,
     hosts,
     installations,
     placements,
     previews,
     registries,
+    rollbacks,
     scaling,
     services,
     staging,
@@ -149,7 +149,7 @@ def list_hosts(pagination_parameters: Any) -> list[dict[str, Any]]:
             {
                 **_fields(host, schemas.HostSchema),
                 "applied_generation": host.applied_generation,
-                "online": desired.is_online(host, interval),
+                "online": hosts.is_online(host, interval),
                 "environments": [
                     {
                         "name": env.name,
@@ -457,7 +457,7 @@ def get_environment(environment_id: int) -> Environment:
 def rollback_environment(data: dict[str, Any], environment_id: int) -> Any:
     """Make an earlier successful deployment the desired state again (no rebuild)."""
     db = session()
-    deployment = desired.rollback(db, environment_id, data["deployment_id"], actor())
+    deployment = rollbacks.rollback(db, environment_id, data["deployment_id"], actor())
     db.commit()
     return deployment
 

@@ -17,7 +17,7 @@ from controlplane.dashboard.forms import admin_form, committed
 from controlplane.dashboard.views import _settings, blueprint
 from controlplane.db import session
 from controlplane.models import Repository
-from controlplane.services import desired, hosts, previews, services, tokens
+from controlplane.services import hosts, previews, rollbacks, services, tokens
 from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES
 from tasks import pipeline
 
@@ -82,7 +82,7 @@ def rollback_environment(environment_id: int) -> BaseResponse:
     actor = admin_form("rolling back")
     db = session()
     with committed(db):
-        desired.rollback(db, environment_id, None, actor)
+        rollbacks.rollback(db, environment_id, None, actor)
     return redirect(url_for("dashboard.environment_page", environment_id=environment_id))
 
 

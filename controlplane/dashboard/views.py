@@ -40,7 +40,7 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import approvals, builds, desired, images, logs, pending, placements
+from controlplane.services import approvals, builds, hosts, images, logs, pending, placements
 from controlplane.services.feedback import environment_url
 from controlplane.settings import Settings
 from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES
@@ -476,7 +476,7 @@ def hosts_page() -> str:
         rows.append(
             HostRow(
                 host=host,
-                online=desired.is_online(host, interval),
+                online=hosts.is_online(host, interval),
                 environments=[
                     EnvironmentRow(env, environment_url(env), env.current_deployment, None)
                     for env in environments

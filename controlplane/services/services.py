@@ -19,7 +19,15 @@ from controlplane.crypto import SecretBox
 from controlplane.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Environment, Host, Repository, Service, utcnow
-from controlplane.services import audit, desired, gitsources, hosts, placements, previews, pushes
+from controlplane.services import (
+    audit,
+    generations,
+    gitsources,
+    hosts,
+    placements,
+    previews,
+    pushes,
+)
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
 RUNTIME_FIELDS = (
@@ -397,7 +405,7 @@ def _republish(session: Session, service: Service, kinds: tuple[str, ...]) -> No
     # Every host each of them runs on (production on all of a spread service's hosts).
     host_ids = {host_id for env in environments for host_id in placements.host_ids(env)}
     for host_id in sorted(host_ids):
-        desired.bump(session, host_id)
+        generations.bump(session, host_id)
 
 
 def htpasswd_line(username: str, password: str) -> str:

@@ -14,7 +14,7 @@ from flask import Flask
 
 from controlplane.api.longpoll import WakeHub
 from controlplane.db import Database
-from controlplane.services import desired, hosts
+from controlplane.services import generations, hosts
 from controlplane.settings import Settings
 
 WAITING = 60  # long polls held at once in the test
@@ -70,7 +70,7 @@ class Poll(threading.Thread):
 def bump(database: Database, host_id: int) -> None:
     """A change of what the host runs, committed and announced as the services do it."""
     with database.session_scope() as session:
-        desired.bump(session, host_id)
+        generations.bump(session, host_id)
 
 
 def waiting_polls(hub: WakeHub, host_id: int) -> int:
@@ -104,7 +104,7 @@ def test_many_waiting_polls_hold_no_redis_connection_and_wake_only_their_host(
         wait_until(lambda: waiting_polls(hub, first_id) + waiting_polls(hub, second_id) == WAITING)
         # The hub's one subscription, not a subscribed connection per waiting request.
         assert [client["psub"] for client in hub_connections(redis_client)] == ["1"]
-        channels = [desired.wake_channel(first_id), desired.wake_channel(second_id)]
+        channels = [generations.wake_channel(first_id), generations.wake_channel(second_id)]
         assert redis_client.pubsub_numsub(*channels) == [(name.encode(), 0) for name in channels]
         bump(database, first_id)
         for poll in first_polls:
@@ -172,9 +172,72 @@ def test_a_wake_up_without_a_change_keeps_the_poll_waiting(
     poll = Poll(app, token, etag, 30)
     poll.start()
     wait_until(lambda: waiting_polls(hub, host_id) == 1)
-    redis_client.publish(desired.wake_channel(host_id), 999)
+    redis_client.publish(generations.wake_channel(host_id), 999)
     poll.join(0.5)
     assert poll.is_alive()
     bump(database, host_id)
     poll.join(10)
     assert (poll.status, poll.answer_etag) == (200, f'"{int(etag.strip(QUOTE)) + 1}"')
+
+
+def subscribed_hub(redis_url: str) -> WakeHub:
+    """A hub of this test's own, listening."""
+    hub = WakeHub(redis_url)
+    hub.generation(0, lambda: 0)  # starts the listener
+    wait_until(hub._subscribed.is_set)
+    return hub
+
+
+def test_an_up_to_date_agent_is_answered_from_the_process_cache_until_announced(
+    app: Flask, database: Database, fleet: list[tuple[int, str]], redis_client: redis.Redis
+) -> None:
+    hub: WakeHub = app.extensions["portside.wake_hub"]
+    host_id, token = fleet[0]
+    etag = current_etag(app, token)
+    poll = Poll(app, token, etag, 0)
+    poll.run()  # starts the hub and fills its cache
+    wait_until(hub._subscribed.is_set)
+    poll.run()
+    assert (poll.status, poll.answer_etag) == (304, etag)
+    # Redis now says otherwise, without an announcement: the process does not ask it.
+    redis_client.set(generations.generation_key(host_id), 999)
+    poll.run()
+    assert (poll.status, poll.answer_etag) == (304, etag)
+    bump(database, host_id)  # announced: the entry is dropped, the new generation served
+    poll.run()
+    assert (poll.status, poll.answer_etag) == (200, f'"{int(etag.strip(QUOTE)) + 1}"')
+
+
+def test_a_read_overtaken_by_an_announcement_is_not_kept(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    hub = subscribed_hub(settings.redis_url)
+    try:
+        heard = hub._announcements
+
+        def stale_read() -> int:
+            redis_client.publish(generations.wake_channel(7), 2)  # announced meanwhile
+            wait_until(lambda: hub._announcements > heard)
+            return 1
+
+        assert hub.generation(7, stale_read) == 1
+        assert hub.generation(7, lambda: 2) == 2  # read again, not the stale 1
+        assert hub.generation(7, lambda: 3) == 2  # now kept
+    finally:
+        hub.close()
+
+
+def test_the_cache_is_forgotten_when_the_subscription_is_lost(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    hub = subscribed_hub(settings.redis_url)
+    try:
+        assert hub.generation(7, lambda: 1) == 1
+        assert hub.generation(7, lambda: 2) == 1
+        (subscription,) = hub_connections(redis_client)
+        redis_client.client_kill_filter(_id=subscription["id"])
+        wait_until(lambda: not hub._subscribed.is_set())
+        # Announcements may have been missed: the entry is gone, the source is read.
+        assert hub.generation(7, lambda: 2) == 2
+    finally:
+        hub.close()
