@@ -18,7 +18,10 @@ is up to date is answered 304 without asking Redis: the listener drops a host's 
 before it wakes the host's waiters, a read that an announcement overtook (any message
 since the read began) is not kept, and the whole cache is forgotten, and not used, while
 there is no subscription. Entries also expire after ``GENERATION_TTL``, as Redis's do, so
-an announcement that never reached Redis costs no more here than there.
+an announcement that never reached Redis costs no more here than there. A poll that does
+not wait, made in the instant between an announcement and its message reaching this
+process, is answered with the old generation; the agent's next long poll is woken by
+the message.
 """
 
 from __future__ import annotations

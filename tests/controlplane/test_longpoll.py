@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -180,6 +181,12 @@ def test_a_wake_up_without_a_change_keeps_the_poll_waiting(
     assert (poll.status, poll.answer_etag) == (200, f'"{int(etag.strip(QUOTE)) + 1}"')
 
 
+def unshared_host_id() -> int:
+    """A host id no other test on this Redis server announces (channels are shared by
+    every database, and a foreign announcement rightly drops a cached generation)."""
+    return 10**12 + secrets.randbelow(10**9)
+
+
 def subscribed_hub(redis_url: str) -> WakeHub:
     """A hub of this test's own, listening."""
     hub = WakeHub(redis_url)
@@ -188,41 +195,38 @@ def subscribed_hub(redis_url: str) -> WakeHub:
     return hub
 
 
-def test_an_up_to_date_agent_is_answered_from_the_process_cache_until_announced(
-    app: Flask, database: Database, fleet: list[tuple[int, str]], redis_client: redis.Redis
+def test_a_generation_is_answered_from_the_process_cache_until_announced(
+    settings: Settings, redis_client: redis.Redis
 ) -> None:
-    hub: WakeHub = app.extensions["portside.wake_hub"]
-    host_id, token = fleet[0]
-    etag = current_etag(app, token)
-    poll = Poll(app, token, etag, 0)
-    poll.run()  # starts the hub and fills its cache
-    wait_until(hub._subscribed.is_set)
-    poll.run()
-    assert (poll.status, poll.answer_etag) == (304, etag)
-    # Redis now says otherwise, without an announcement: the process does not ask it.
-    redis_client.set(generations.generation_key(host_id), 999)
-    poll.run()
-    assert (poll.status, poll.answer_etag) == (304, etag)
-    bump(database, host_id)  # announced: the entry is dropped, the new generation served
-    poll.run()
-    assert (poll.status, poll.answer_etag) == (200, f'"{int(etag.strip(QUOTE)) + 1}"')
+    hub = subscribed_hub(settings.redis_url)
+    host_id = unshared_host_id()
+    try:
+        assert hub.generation(host_id, lambda: 1) == 1
+        assert hub.generation(host_id, lambda: 2) == 1  # not read again
+        heard = hub._announcements
+        redis_client.publish(generations.wake_channel(host_id), 2)
+        wait_until(lambda: hub._announcements > heard)
+        assert hub.generation(host_id, lambda: 2) == 2  # dropped: read again
+    finally:
+        hub.close()
 
 
 def test_a_read_overtaken_by_an_announcement_is_not_kept(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     hub = subscribed_hub(settings.redis_url)
+    host_id = unshared_host_id()
     try:
         heard = hub._announcements
 
         def stale_read() -> int:
-            redis_client.publish(generations.wake_channel(7), 2)  # announced meanwhile
+            redis_client.publish(generations.wake_channel(host_id), 2)  # announced meanwhile
             wait_until(lambda: hub._announcements > heard)
             return 1
 
-        assert hub.generation(7, stale_read) == 1
-        assert hub.generation(7, lambda: 2) == 2  # read again, not the stale 1
-        assert hub.generation(7, lambda: 3) == 2  # now kept
+        assert hub.generation(host_id, stale_read) == 1
+        assert hub.generation(host_id, lambda: 2) == 2  # read again, not the stale 1
+        assert hub.generation(host_id, lambda: 3) == 2  # now kept
     finally:
         hub.close()
 
@@ -231,13 +235,26 @@ def test_the_cache_is_forgotten_when_the_subscription_is_lost(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     hub = subscribed_hub(settings.redis_url)
+    host_id = unshared_host_id()
     try:
-        assert hub.generation(7, lambda: 1) == 1
-        assert hub.generation(7, lambda: 2) == 1
+        assert hub.generation(host_id, lambda: 1) == 1
+        assert hub.generation(host_id, lambda: 2) == 1
         (subscription,) = hub_connections(redis_client)
         redis_client.client_kill_filter(_id=subscription["id"])
         wait_until(lambda: not hub._subscribed.is_set())
         # Announcements may have been missed: the entry is gone, the source is read.
-        assert hub.generation(7, lambda: 2) == 2
+        assert hub.generation(host_id, lambda: 2) == 2
     finally:
         hub.close()
+
+
+def test_a_fleet_wide_bump_moves_and_announces_every_host_once(
+    app: Flask, database: Database, fleet: list[tuple[int, str]], redis_client: redis.Redis
+) -> None:
+    etags = {host_id: current_etag(app, token) for host_id, token in fleet}
+    with database.session_scope() as session:
+        generations.bump_hosts(session, [host_id for host_id, _token in fleet])
+    for host_id, token in fleet:
+        moved = f'"{int(etags[host_id].strip(QUOTE)) + 1}"'
+        assert current_etag(app, token) == moved
+        assert redis_client.get(generations.generation_key(host_id)) == moved.strip(QUOTE).encode()
