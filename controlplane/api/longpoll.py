@@ -17,11 +17,11 @@ The same subscription keeps a per-process cache of generations coherent, so an a
 is up to date is answered 304 without asking Redis: the listener drops a host's entry
 before it wakes the host's waiters, a read that an announcement overtook (any message
 since the read began) is not kept, and the whole cache is forgotten, and not used, while
-there is no subscription. Entries also expire after ``GENERATION_TTL``, as Redis's do, so
-an announcement that never reached Redis costs no more here than there. A poll that does
-not wait, made in the instant between an announcement and its message reaching this
-process, is answered with the old generation; the agent's next long poll is woken by
-the message.
+there is no subscription; the process's own announcements drop their entries at once.
+Entries also expire after ``GENERATION_TTL``, as Redis's do, so an announcement that
+never reached Redis costs no more here than there. A poll that does not wait, made in
+the instant between another process's announcement and its message reaching this one,
+is answered with the old generation; the agent's next long poll is woken by the message.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from redis import Redis
@@ -61,6 +61,7 @@ class WakeHub:
         self._generations: dict[int, tuple[int, float]] = {}
         self._announcements = 0  # messages heard: a read that saw this move is not kept
         self._subscribed = threading.Event()
+        generations.tell_on_announce(self._forget)
         self._listener_pid: int | None = None
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
@@ -118,6 +119,7 @@ class WakeHub:
         """Stop the listener and close its connection (a web worker's listener just dies
         with the process)."""
         self._stop.set()
+        generations.stop_telling(self._forget)
         if self._listener is not None and self._listener_pid == os.getpid():
             self._listener.join()
 
@@ -197,6 +199,13 @@ class WakeHub:
             self._generations.pop(host_id, None)
             for woken in self._waiters.get(host_id, ()):
                 woken.set()
+
+    def _forget(self, host_ids: Collection[int]) -> None:
+        """This process announced new generations: drop them before its message comes."""
+        with self._lock:
+            self._announcements += 1
+            for host_id in host_ids:
+                self._generations.pop(host_id, None)
 
     def _unsubscribed(self) -> None:
         """Announcements may be missed from now on: trust no cached generation."""

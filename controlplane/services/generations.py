@@ -78,6 +78,20 @@ def announcer(engine: Engine, redis: Redis) -> Callable[[Session], None]:
     return announce_committed
 
 
+# Caches of generations in this process, told of its own announcements at once (others
+# hear them through Redis): an agent that asks the process that committed a change
+# sees it, whatever the subscription's delay.
+_local_caches: set[Callable[[Collection[int]], None]] = set()
+
+
+def tell_on_announce(forget: Callable[[Collection[int]], None]) -> None:
+    _local_caches.add(forget)
+
+
+def stop_telling(forget: Callable[[Collection[int]], None]) -> None:
+    _local_caches.discard(forget)
+
+
 def announce(engine: Engine, redis: Redis, host_ids: set[int]) -> None:
     """Write the committed generations to Redis and wake the agents (best effort)."""
     if not host_ids:
@@ -94,6 +108,8 @@ def announce(engine: Engine, redis: Redis, host_ids: set[int]) -> None:
         pipe.execute()
     except RedisError as exc:  # agents still converge on their next tick
         log.warning("could not announce new generations: %s", exc)
+    for forget in list(_local_caches):  # after Redis holds the new generations
+        forget(host_ids)
 
 
 def cached_generation(redis: Redis, host_id: int) -> int | None:

@@ -258,3 +258,20 @@ def test_a_fleet_wide_bump_moves_and_announces_every_host_once(
         moved = f'"{int(etags[host_id].strip(QUOTE)) + 1}"'
         assert current_etag(app, token) == moved
         assert redis_client.get(generations.generation_key(host_id)) == moved.strip(QUOTE).encode()
+
+
+def test_the_process_that_announces_forgets_at_once_without_its_message(
+    settings: Settings, database: Database, fleet: list[tuple[int, str]]
+) -> None:
+    hub = WakeHub(settings.redis_url)
+    # As if subscribed, but deaf: no message can drop the entry, only the local path.
+    hub._listener_pid = os.getpid()
+    hub._subscribed.set()
+    host_id = fleet[0][0]
+    try:
+        assert hub.generation(host_id, lambda: 1) == 1
+        assert hub.generation(host_id, lambda: 2) == 1
+        bump(database, host_id)  # committed and announced here: no waiting for Redis
+        assert hub.generation(host_id, lambda: 42) == 42
+    finally:
+        hub.close()
