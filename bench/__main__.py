@@ -2,8 +2,9 @@
 
 - ``webhooks``: the webhook intake against a bare Flask app (bench/webhooks.py);
 - ``pipeline``: push to recorded deployment against a shell script (bench/pipeline.py);
-- ``agents``: the desired-state 304 path, its growth with the database, 1,000 agents
-  long-polling (bench/agents.py);
+- ``agents``: the desired-state 304 path (also from outside with wrk against a bare 204
+  on sync workers), its growth with the database, 2,000 agents long-polling one web
+  node and a deployment to 1,000 of their hosts (bench/agents.py);
 - ``storm``: 1,000 signed pushes through the intake and a real control worker
   (bench/storm.py);
 - ``queue``: 100 queued preview builds of 4 services drained by 2 build workers

@@ -20,12 +20,18 @@ One run, on this machine, against 127.0.0.1 only:
    each polling as hostagent's loop does: ``?wait=`` (the agent's default interval) with
    its ETag, giving up after wait + WAIT_MARGIN, backing off after an error. After every
    agent has its first snapshot, ``--steady`` seconds are watched: the long polls held at
-   once (each holds one subscription to its host's wake channel), the agents' outcomes,
+   once, the agents' outcomes,
    gunicorn's RSS and CPU. Then 10 hosts get a new generation at once (as recording a
-   deployment does: bumped in the transaction, announced after the commit), then every
-   host: the time until each affected agent has its 200. Each gthread thread holds one
-   long poll, so the fleet needs workers x threads >= agents (``--long-poll-threads``
-   tries another thread count for this part only).
+   deployment does: bumped in the transaction, announced after the commit), then
+   1,000 hosts: the time until each affected agent has its 200. Each gthread thread
+   holds one long poll, so the fleet needs workers x threads >= agents: Portside is
+   restarted for this part with enough threads (``--long-poll-threads`` to choose);
+6. (d) at each size, the same 304s from outside with wrk (8 connections, 2 threads, each
+   host's token and ETag in turn) against a bare Flask 204 under gunicorn *sync* workers
+   (``GUNICORN_CMD_ARGS=--worker-class sync``; the same number of workers), rounds
+   alternating: the ratio of their requests/s (issue 20's stricter baseline).
+
+Every server runs ``--workers`` (default 2) gunicorn workers: one web node.
 
 Exit status: 0 when the run worked (even if a target is missed), 1 when it broke.
 """
@@ -54,6 +60,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from sqlalchemy import Engine, create_engine, func, insert, select, text, update
 
+from bench import wrkload
 from bench.common import (
     HOST,
     Figure,
@@ -73,14 +80,16 @@ from bench.common import (
 from bench.webhooks import admin_database_url
 from controlplane import migrate
 from controlplane.models import Build, Deployment, Environment, Host, Service
-from controlplane.services import desired, hosts
+from controlplane.services import generations, hosts
 from hostagent.client import WAIT_MARGIN, backoff_delay
 from hostagent.settings import DEFAULT_INTERVAL
 
 SECRET_KEY = "portside-bench-agents-key-0123456789"  # noqa: S105 - a throw-away test key
 METRICS_TOKEN = "portside-bench-metrics-token-0123"  # noqa: S105 - a throw-away test token
 PATH = "/v1/agent/desired-state"
+BARE_204_PATH = "/v1/agent/nothing"
 TARGET_RATIO = 0.6
+TARGET_WRK_RATIO = 0.85
 BARE_ETAG = '"7"'
 DIGEST = "sha256:" + "ab" * 32
 STATS_FLUSH_SECONDS = 10.5
@@ -111,6 +120,10 @@ def create_bare_app() -> Flask:
         response.headers["ETag"] = BARE_ETAG
         return response
 
+    @app.get(BARE_204_PATH)
+    def nothing() -> tuple[str, int]:
+        return "", 204
+
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify(status="ok")
@@ -123,7 +136,9 @@ def create_bare_app() -> Flask:
 # ------------------------------------------------------------------------------------
 
 
-def server_env(database_url: str, data_dir: Path, threads: int | None) -> dict[str, str]:
+def server_env(
+    database_url: str, data_dir: Path, threads: int | None, workers: int
+) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
@@ -136,6 +151,7 @@ def server_env(database_url: str, data_dir: Path, threads: int | None) -> dict[s
         PORTSIDE_DATA_DIR=str(data_dir),
         PORTSIDE_METRICS_TOKEN=METRICS_TOKEN,
         PYTHONUNBUFFERED="1",
+        GUNICORN_WORKERS=str(workers),
     )
     if threads is not None:
         env["GUNICORN_THREADS"] = str(threads)
@@ -250,7 +266,7 @@ def seed_environments(engine: Engine, agents: Sequence[Agent], total: int) -> in
 
 
 def forget_cached_generations(redis: Redis, agents: Sequence[Agent]) -> None:
-    redis.delete(*[desired.generation_key(agent.host_id) for agent in agents])
+    redis.delete(*[generations.generation_key(agent.host_id) for agent in agents])
 
 
 def current_etags(port: int, agents: Sequence[Agent]) -> tuple[dict[int, str], list[float]]:
@@ -395,6 +411,56 @@ def measure_polls(
 
 
 # ------------------------------------------------------------------------------------
+# (d) the same 304s from outside: wrk at saturation against a bare 204 on sync workers
+# ------------------------------------------------------------------------------------
+
+SYNC_WORKERS = "--worker-class sync"  # GUNICORN_CMD_ARGS: over the config file's gthread
+
+
+def measure_wrk(
+    *,
+    bare_sync: Server,
+    portside: Server,
+    agents: Sequence[Agent],
+    etags: dict[int, str],
+    args: argparse.Namespace,
+    work_dir: Path,
+) -> dict[str, list[dict[str, Any]]]:
+    """Rounds alternating the bare 204 (sync workers) and Portside's 304s, both sent the
+    same headers (each host's token and ETag in turn)."""
+    headers = [
+        {"Authorization": f"Bearer {agent.token}", "If-None-Match": etags[agent.host_id]}
+        for agent in agents
+    ]
+    rounds: dict[str, list[dict[str, Any]]] = {"bare_sync": [], "portside": []}
+    for _ in range(args.rounds):
+        for name, server, path in (
+            ("bare_sync", bare_sync, BARE_204_PATH),
+            ("portside", portside, PATH),
+        ):
+            found = wrkload.run(
+                server.port, path, headers, work_dir=work_dir, seconds=args.wrk_seconds
+            )
+            rounds[name].append(found.summary())
+    return rounds
+
+
+def wrk_ratio(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Portside's median requests/s over the bare endpoint's, and both p99s."""
+
+    def median(name: str, key: str) -> float:
+        return float(statistics.median(run[key] for run in rounds[name]))
+
+    ratio = median("portside", "requests_per_second") / median("bare_sync", "requests_per_second")
+    return {
+        "ratio": round(ratio, 3),
+        "p99_portside_ms": round(median("portside", "p99_ms"), 2),
+        "p99_bare_ms": round(median("bare_sync", "p99_ms"), 2),
+        "unexpected": sum(run["unexpected"] + run["socket_errors"] for run in rounds["portside"]),
+    }
+
+
+# ------------------------------------------------------------------------------------
 # (c) a fleet of agents long-polling
 # ------------------------------------------------------------------------------------
 
@@ -474,12 +540,11 @@ def bump_hosts(engine: Engine, redis: Redis, host_ids: set[int]) -> tuple[float,
     from sqlalchemy.orm import Session
 
     with Session(engine) as session:
-        for host_id in host_ids:
-            desired.bump(session, host_id)
-        changed = session.info.pop(desired.CHANGED_HOSTS, set())
+        generations.bump_hosts(session, host_ids)
+        changed = session.info.pop(generations.CHANGED_HOSTS, set())
         moment = time.perf_counter()
         session.commit()
-    desired.announce(engine, redis, changed)
+    generations.announce(engine, redis, changed)
     with engine.connect() as connection:
         rows = connection.execute(
             select(Host.id, Host.generation).where(Host.id.in_(host_ids))
@@ -487,14 +552,21 @@ def bump_hosts(engine: Engine, redis: Redis, host_ids: set[int]) -> tuple[float,
     return moment, {row.id: row.generation for row in rows}
 
 
-def held_long_polls(port: int) -> int:
-    """Long polls held right now, as the web workers count them (``/metrics``)."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=10)
+def held_long_polls(port: int) -> int | None:
+    """Long polls held right now, as the web workers count them (``/metrics``); None when
+    the worker that took the request could not answer it (no thread free in time, or
+    busy)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=METRICS_PATIENCE)
     try:
         connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
-        text = connection.getresponse().read().decode()
+        response = connection.getresponse()
+        text = response.read().decode()
+    except TimeoutError:
+        return None
     finally:
         connection.close()
+    if response.status != 200:  # 503: every database connection of the worker was taken
+        return None
     for family in text_string_to_metric_families(text):
         if family.name == "portside_long_polls_waiting":
             return int(sum(sample.value for sample in family.samples))
@@ -545,7 +617,8 @@ def long_polls(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """The fleet polls for ``--steady`` seconds (held polls, memory, CPU and the agents'
-    outcomes sampled); then 10 hosts get a deployment at once, then every host."""
+    outcomes sampled); then 10 hosts get a deployment at once, then 1,000 (or every host
+    of a smaller fleet)."""
     idle_rss = gunicorn_rss(server)
     stop = threading.Event()
     loops = [AgentLoop(agent, args.wait, stop) for agent in agents]
@@ -568,9 +641,14 @@ def long_polls(
         window_start = time.perf_counter()
         before = cpu_snapshot(cpu_groups(server))
         held: list[int] = []
+        unanswered_metrics = 0
         rss: list[int] = []
         while time.perf_counter() - window_start < args.steady:
-            held.append(held_long_polls(server.port))
+            count = held_long_polls(server.port)
+            if count is None:
+                unanswered_metrics += 1
+            else:
+                held.append(count)
             rss.append(gunicorn_rss(server))
             time.sleep(1.0)
         window = time.perf_counter() - window_start
@@ -584,7 +662,8 @@ def long_polls(
         chosen = random.sample(list(agents), min(10, len(agents)))
         moment, wanted = bump_hosts(engine, redis, {agent.host_id for agent in chosen})
         some = propagation(loops, moment, wanted, patience)
-        moment, wanted = bump_hosts(engine, redis, {agent.host_id for agent in agents})
+        many = agents[:FLEET_DEPLOYMENT_HOSTS]
+        moment, wanted = bump_hosts(engine, redis, {agent.host_id for agent in many})
         every = propagation(loops, moment, wanted, patience)
     finally:
         stop.set()
@@ -599,6 +678,7 @@ def long_polls(
         "window_s": round(window, 1),
         "held_max": max(held, default=0),
         "held_median": statistics.median(held) if held else 0,
+        "metrics_unanswered": unanswered_metrics,
         "outcomes": dict(sorted(outcomes.items())),
         "rss_idle_mb": round(idle_rss / 2**20, 1),
         "rss_mb": round(max(rss, default=0) / 2**20, 1),
@@ -612,8 +692,20 @@ def long_polls(
             sum(n for what, n in outcomes.items() if what in ("200", "304")) / agent_minutes, 2
         ),
         "ten_hosts": some,
-        "all_hosts": every,
+        "fleet_hosts": every,
     }
+
+
+def long_poll_threads(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Threads per worker for the fleet: ``--long-poll-threads``, else enough that every
+    agent's poll is held with some to spare for the rest of the API."""
+    if args.long_poll_threads is not None:
+        return int(args.long_poll_threads)
+    workers = gunicorn_setting("workers", env)
+    # The kernel does not share connections evenly between workers: room for the
+    # busier one's share.
+    needed = math.ceil(int(args.agents) * LONG_POLL_UNEVEN / workers) + LONG_POLL_SPARE_THREADS
+    return max(gunicorn_setting("threads", env), needed)
 
 
 def warmup_count(args: argparse.Namespace) -> int:
@@ -641,11 +733,15 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         with temporary_database(admin_database_url(), "portside_bench_agents_") as url:
             engine = create_engine(url)
             bare = Server("bare", "bench.agents:create_bare_app()", {}, work_dir / "bare.log")
+            bare_sync = Server(
+                "bare-sync", "bench.agents:create_bare_app()", {}, work_dir / "bare-sync.log"
+            )
             portside = Server("portside", "controlplane.wsgi:app", {}, work_dir / "portside.log")
             try:
                 migrate.upgrade(engine)
-                env = server_env(url, work_dir / "data", args.threads)
+                env = server_env(url, work_dir / "data", args.threads, args.workers)
                 bare.env = portside.env = env
+                bare_sync.env = {**env, "GUNICORN_CMD_ARGS": SYNC_WORKERS}
                 result["gunicorn"] = {
                     "workers": gunicorn_setting("workers", env),
                     "threads": gunicorn_setting("threads", env),
@@ -654,6 +750,10 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                 agents = create_hosts(engine, args.hosts)
                 bare.start()
                 portside.start()
+                if wrkload.available():
+                    bare_sync.start()
+                else:
+                    result["problems"].append("wrk is not installed (apt-get install wrk)")
                 bare_etags = {agent.host_id: BARE_ETAG for agent in agents}
                 bare_batch = poll_requests(bare.port, agents, bare_etags, args.requests)
                 bare_warm = poll_requests(bare.port, agents, bare_etags, warmup_count(args))
@@ -682,7 +782,7 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                             )
                         )
                         # Fresh cached generations (30 s in Redis) for the measurement.
-                        desired.announce(engine, redis, {agent.host_id for agent in agents})
+                        generations.announce(engine, redis, {agent.host_id for agent in agents})
                         runs.append(
                             measure_polls(
                                 f"portside@{size}",
@@ -695,13 +795,24 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                                 environments=size,
                             )
                         )
+                    if wrkload.available():
+                        result.setdefault("wrk", {})[str(size)] = measure_wrk(
+                            bare_sync=bare_sync,
+                            portside=portside,
+                            agents=agents,
+                            etags=etags,
+                            args=args,
+                            work_dir=work_dir,
+                        )
                 bare.stop()
+                bare_sync.stop()
                 if args.agents:
                     extra = max(0, args.agents - len(agents))
                     fleet = agents[: args.agents] + create_hosts(engine, extra, len(agents))
-                    if args.long_poll_threads is not None:
+                    threads = long_poll_threads(args, env)
+                    if threads != gunicorn_setting("threads", env):
                         portside.stop()
-                        portside.env = {**env, "GUNICORN_THREADS": str(args.long_poll_threads)}
+                        portside.env = {**env, "GUNICORN_THREADS": str(threads)}
                         portside.start()
                     result["long_poll"] = long_polls(
                         portside, engine=engine, redis=redis, agents=fleet, args=args
@@ -711,6 +822,7 @@ def benchmark(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                 result["problems"].append(f"portside log:\n{portside.log_tail()}")
             finally:
                 bare.stop()
+                bare_sync.stop()
                 portside.stop()
                 engine.dispose()
     finally:
@@ -795,14 +907,15 @@ def render_long_poll(figures: dict[str, Any]) -> list[str]:
         f"{figures['threads_available']} gunicorn threads; all had a first snapshot after "
         f"{figures['first_snapshots_s']} s ({figures['without_first_snapshot']} never did)",
         f"  steady state, {figures['window_s']} s: long polls held at once: median "
-        f"{figures['held_median']}, max {figures['held_max']}; outcomes {figures['outcomes']}; "
+        f"{figures['held_median']}, max {figures['held_max']} ({figures['metrics_unanswered']} "
+        f"/metrics reads found no free thread); outcomes {figures['outcomes']}; "
         f"{figures['polls_per_agent_minute']} answered polls per agent-minute",
         f"  gunicorn RSS {figures['rss_idle_mb']} MB before the fleet, {figures['rss_mb']} MB "
         f"with it: {figures['rss_kb_per_agent']} KB per agent",
         "  CPU ms per agent-minute: "
         + ", ".join(f"{group} {value}" for group, value in cpu.items()),
     ]
-    for key, label in (("ten_hosts", "10 hosts"), ("all_hosts", "every host")):
+    for key, label in (("ten_hosts", "10 hosts"), ("fleet_hosts", "many hosts")):
         marks = figures[key]
         lines.append(
             f"  a deployment to {label} at once: {marks['seen']}/{marks['agents']} agents saw "
@@ -857,6 +970,17 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> bool:
             f"({figures['environments_per_host']} per host): p50 {figures['p50']} ms, "
             f"max {figures['max']} ms"
         )
+    for size, rounds in result.get("wrk", {}).items():
+        marks = wrk_ratio(rounds)
+        rates = " / ".join(
+            f"{name} " + " ".join(f"{run['requests_per_second']:.0f}" for run in runs)
+            for name, runs in rounds.items()
+        )
+        print(
+            f"wrk at {size} environments (req/s per round: {rates}): Portside/bare-sync "
+            f"{marks['ratio']:.3f}, p99 {marks['p99_portside_ms']} ms vs "
+            f"{marks['p99_bare_ms']} ms, {marks['unexpected']} unexpected answers or errors"
+        )
     long_poll = result.get("long_poll")
     if long_poll:
         for line in render_long_poll(long_poll):
@@ -895,8 +1019,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--small", type=int, default=10, help="environments, first size")
     parser.add_argument("--large", type=int, default=10_000, help="environments, second size")
     parser.add_argument(
-        "--agents", type=int, default=1000, help="long-polling agents for (c); 0 skips it"
+        "--agents", type=int, default=2000, help="long-polling agents for (c); 0 skips it"
     )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="gunicorn workers of every server (one node)"
+    )
+    parser.add_argument("--wrk-seconds", type=float, default=10.0, help="seconds of each wrk round")
     parser.add_argument(
         "--wait",
         type=int,
@@ -909,7 +1037,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--long-poll-threads",
         type=int,
-        help="GUNICORN_THREADS for the long polls only (default: as for the rest)",
+        help="GUNICORN_THREADS for the long polls only (default: enough for --agents)",
     )
     parser.add_argument(
         "--threads", type=int, help="GUNICORN_THREADS for both servers (default: the config's)"
@@ -948,15 +1076,21 @@ def work_directory(keep: Path | None) -> Iterator[Path]:
         yield Path(temp)
 
 
-# Ours, for the fleet: every agent's poll held (a deployment seen at once, not a tick
-# later), none given up, a deployment seen within a second, the fleet within a few.
-TARGET_RSS_KB_PER_AGENT = 256.0  # 1,000 agents in at most 256 MB
-TARGET_CPU_MS_PER_AGENT_MINUTE = 10.0  # 1,000 agents in at most 1/6 of a core
+# The fleet's targets (issue 20): 2,000 agents on one web node of 2 workers, each poll held
+# (a deployment seen at once, not a tick later), none given up; a deployment to 1,000
+# hosts seen by the last agent within 3 s.
+TARGET_RSS_KB_PER_AGENT = 128.0
+TARGET_CPU_MS_PER_AGENT_MINUTE = 8.0
 TARGET_ONE_DEPLOYMENT_MS = 1000.0
+FLEET_DEPLOYMENT_HOSTS = 1000
+TARGET_FLEET_MS = 3000.0
+TARGET_FLEET_P50_MS = 1500.0
+LONG_POLL_UNEVEN = 1.2  # the busier worker's share of the agents, over an even share
+LONG_POLL_SPARE_THREADS = 50  # per worker, for the rest of the API
+METRICS_PATIENCE = 30.0  # seconds: /metrics waits for a free thread like any request
 # An agent between two polls is not held: after each answer it waits up to a tenth of
 # its wait (jitter), so at any moment about 5 % of a steady fleet is between polls.
 HELD_SHARE = 0.95
-TARGET_FLEET_MS = 5000.0
 
 
 def poll_figures(result: dict[str, Any], args: argparse.Namespace) -> list[Figure]:
@@ -981,26 +1115,47 @@ def poll_figures(result: dict[str, Any], args: argparse.Namespace) -> list[Figur
     ]
 
 
+def wrk_figures(result: dict[str, Any], args: argparse.Namespace) -> list[Figure]:
+    """Portside's 304s over a bare Flask 204 on sync workers, from wrk, at each size."""
+    found = []
+    for size in sorted({args.small, max(args.small, args.large)}):
+        name = f"agents: 304 polls / bare 204 (sync x{args.workers}, wrk), {size} envs"
+        target = f">= {TARGET_WRK_RATIO}"
+        rounds = result.get("wrk", {}).get(str(size))
+        if not rounds:
+            found.append(broken(name, target))
+            continue
+        marks = wrk_ratio(rounds)
+        measured = (
+            f"{marks['ratio']:.3f} (p99 {marks['p99_portside_ms']:.1f} vs "
+            f"{marks['p99_bare_ms']:.1f} ms)"
+        )
+        met = marks["ratio"] >= TARGET_WRK_RATIO and marks["unexpected"] == 0
+        found.append(Figure(name, measured, target, met))
+    return found
+
+
 def fleet_figures(fleet: dict[str, Any] | None, agents: int) -> list[Figure]:
-    """The long-polling fleet's figures; every target here is ours."""
+    """The long-polling fleet's figures."""
+    deployed = min(agents, FLEET_DEPLOYMENT_HOSTS)
     names = {
         "held": (
-            f"agents: long polls held at once ({agents} agents)",
-            f">= {math.ceil(agents * HELD_SHARE)} (ours)",
+            f"agents: long polls held at once ({agents} agents, one node)",
+            f">= {math.ceil(agents * HELD_SHARE)}",
         ),
         "gave_up": ("agents: polls the agents gave up or failed", "0 (ours)"),
         "ten_hosts": (
             "agents: deployment to 10 hosts -> all 10 seen",
             f"< {TARGET_ONE_DEPLOYMENT_MS:.0f} ms (ours)",
         ),
-        "all_hosts": (
-            f"agents: deployment to all {agents} -> all seen",
-            f"< {TARGET_FLEET_MS:.0f} ms (ours)",
+        "fleet_hosts": (
+            f"agents: deployment to {deployed} hosts -> last agent sees it",
+            f"< {TARGET_FLEET_MS:.0f} ms, p50 < {TARGET_FLEET_P50_MS:.0f}",
         ),
-        "rss": ("agents: gunicorn RSS per agent", f"<= {TARGET_RSS_KB_PER_AGENT:.0f} KB (ours)"),
+        "rss": ("agents: gunicorn RSS per agent", f"<= {TARGET_RSS_KB_PER_AGENT:.0f} KB"),
         "cpu": (
             "agents: gunicorn CPU per agent-minute",
-            f"<= {TARGET_CPU_MS_PER_AGENT_MINUTE:.0f} ms (ours)",
+            f"<= {TARGET_CPU_MS_PER_AGENT_MINUTE:.0f} ms",
         ),
     }
     if not fleet:
@@ -1017,7 +1172,10 @@ def fleet_figures(fleet: dict[str, Any] | None, agents: int) -> list[Figure]:
         ),
         Figure(names["gave_up"][0], f"{failed} of {polls} polls", names["gave_up"][1], failed == 0),
     ]
-    for key, limit in (("ten_hosts", TARGET_ONE_DEPLOYMENT_MS), ("all_hosts", TARGET_FLEET_MS)):
+    for key, limit, p50_limit in (
+        ("ten_hosts", TARGET_ONE_DEPLOYMENT_MS, math.inf),
+        ("fleet_hosts", TARGET_FLEET_MS, TARGET_FLEET_P50_MS),
+    ):
         marks = fleet[key]
         measured = (
             f"max {marks['max_ms']:.0f} ms, p50 {marks['p50_ms']:.0f} "
@@ -1025,7 +1183,11 @@ def fleet_figures(fleet: dict[str, Any] | None, agents: int) -> list[Figure]:
             if marks["max_ms"] is not None
             else f"0/{marks['agents']} seen"
         )
-        met = marks["seen"] == marks["agents"] and (marks["max_ms"] or math.inf) < limit
+        met = (
+            marks["seen"] == marks["agents"]
+            and (marks["max_ms"] or math.inf) < limit
+            and (marks["p50_ms"] or math.inf) < p50_limit
+        )
         found.append(Figure(names[key][0], measured, names[key][1], met))
     rss = fleet["rss_kb_per_agent"]
     return [
@@ -1043,7 +1205,7 @@ def fleet_figures(fleet: dict[str, Any] | None, agents: int) -> list[Figure]:
 
 
 def figures(result: dict[str, Any], args: argparse.Namespace) -> list[Figure]:
-    found = poll_figures(result, args)
+    found = [*poll_figures(result, args), *wrk_figures(result, args)]
     return [*found, *fleet_figures(result.get("long_poll"), args.agents)] if args.agents else found
 
 

@@ -14,7 +14,8 @@ from controlplane.api import metrics as metrics_api
 from controlplane.api import notifications as notifications_api
 from controlplane.api.errors import register_error_handlers
 from controlplane.api.longpoll import WakeHub
-from controlplane.services import appsetup, desired, logstream
+from controlplane.composition import open_database
+from controlplane.services import appsetup, logstream
 from controlplane.settings import Settings
 from tasks import pipeline as task_pipeline
 
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         },
     )
     app.extensions["portside.settings"] = settings
-    database, redis_client = desired.open_database(settings)
+    database, redis_client = open_database(settings)
     database.init_app(app)
     github_source = appsetup.AppSource(settings, database)
     app.extensions["portside.github_source"] = github_source

@@ -6,9 +6,10 @@ import functools
 
 from celery import Celery
 
+from controlplane.composition import open_database
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
-from controlplane.services import appsetup, desired
+from controlplane.services import appsetup
 from controlplane.settings import Settings
 from tasks.app import celery_app, configured_settings
 
@@ -20,7 +21,7 @@ def settings_of(app: Celery) -> Settings:
 
 @functools.cache
 def database() -> Database:
-    db, _redis = desired.open_database(settings_of(celery_app))
+    db, _redis = open_database(settings_of(celery_app))
     return db
 
 

@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 
 from controlplane import migrate
 from controlplane.app import create_app
+from controlplane.composition import open_database
 from controlplane.db import Database
 from controlplane.models import Base
-from controlplane.services import desired, tokens
+from controlplane.services import tokens
 from controlplane.settings import Secret, Settings
 from tests.helpers import WEBHOOK_SECRET
 
@@ -88,7 +89,7 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
 @pytest.fixture
 def database(settings: Settings) -> Iterator[Database]:
     """The test database, emptied after each test so tests never see each other's rows."""
-    database, _redis = desired.open_database(settings)
+    database, _redis = open_database(settings)
     yield database
     tables = ", ".join(f'"{table.name}"' for table in reversed(Base.metadata.sorted_tables))
     with database.engine.begin() as connection:

@@ -1,7 +1,8 @@
 """The agents' API: their desired state (ETag, long poll) and their status reports.
 
-The hot path — an agent that is up to date asking again — is answered 304 from Redis
-and an in-process token cache, without a database query. These views are a plain Flask
+The hot path — an agent that is up to date asking again — is answered 304 from the
+process's generation cache (:class:`~controlplane.api.longpoll.WakeHub`, else Redis) and
+an in-process token cache, without a database query. These views are a plain Flask
 blueprint for that reason (no schema is dumped on the way out); :func:`document` adds
 them to the OpenAPI document by hand.
 """
@@ -22,7 +23,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import session
 from controlplane.errors import BadRequest, NotFound
 from controlplane.models import Host
-from controlplane.services import desired, envlogs
+from controlplane.services import agentreports, envlogs, generations, snapshots
 from controlplane.settings import Settings
 
 blueprint = Blueprint("agent", __name__, url_prefix="/v1/agent")
@@ -40,10 +41,20 @@ def _presented_generation() -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
+def _wake_hub() -> WakeHub:
+    hub: WakeHub = current_app.extensions["portside.wake_hub"]
+    return hub
+
+
 def _generation(host_id: int, *, release: bool = False) -> int:
-    """The host's generation: from Redis, else from the database (and then cached);
+    """The host's generation: from this process's cache, else Redis, else the database;
     ``release`` gives the database connection back at once (a waiting poll holds none)."""
-    cached = desired.cached_generation(_redis(), host_id)
+    return _wake_hub().generation(host_id, lambda: _stored_generation(host_id, release))
+
+
+def _stored_generation(host_id: int, release: bool) -> int:
+    """The host's generation from Redis, else from the database (and then cached)."""
+    cached = generations.cached_generation(_redis(), host_id)
     if cached is not None:
         return cached
     db = session()
@@ -54,15 +65,14 @@ def _generation(host_id: int, *, release: bool = False) -> int:
             db.close()
     if host is None:
         raise NotFound("this host no longer exists")
-    desired.remember_generation(_redis(), host_id, host.generation)
+    generations.remember_generation(_redis(), host_id, host.generation)
     return host.generation
 
 
 def _wait_for_change(host_id: int, seen: int, seconds: float) -> int:
     """The host's generation, once it differs from ``seen`` or ``seconds`` passed (no
     Redis or database connection is held meanwhile: see :mod:`controlplane.api.longpoll`)."""
-    hub: WakeHub = current_app.extensions["portside.wake_hub"]
-    return hub.wait(host_id, seen, seconds, lambda: _generation(host_id, release=True))
+    return _wake_hub().wait(host_id, seen, seconds, lambda: _generation(host_id, release=True))
 
 
 def _not_modified(generation: int) -> Response:
@@ -92,10 +102,11 @@ def desired_state() -> Response:
     if host is None:
         raise NotFound("this host no longer exists")
     settings: Settings = current_app.extensions["portside.settings"]
-    state: dict[str, Any] = desired.snapshot(
+    state: dict[str, Any] = snapshots.snapshot(
         db, SecretBox.from_settings(settings), host, settings.registry
     )
-    desired.remember_generation(_redis(), host_id, host.generation)
+    if host.generation != generation:  # else Redis told us, or was told when we asked
+        generations.remember_generation(_redis(), host_id, host.generation)
     metrics.count_poll(200)
     response = jsonify(state)
     response.headers["ETag"] = f'"{host.generation}"'
@@ -113,7 +124,7 @@ def status() -> tuple[str, int]:
     host = db.get(Host, current_host().host_id, with_for_update=True)
     if host is None:
         raise NotFound("this host no longer exists")
-    desired.record_status(db, host, report)
+    agentreports.record_status(db, host, report)
     db.commit()
     return "", 204
 

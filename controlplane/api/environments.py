@@ -12,7 +12,7 @@ from controlplane.api.auth import actor, require
 from controlplane.api.shaping import paged, row_fields
 from controlplane.db import session
 from controlplane.models import Environment
-from controlplane.services import approvals, desired, envactions, listings
+from controlplane.services import approvals, envactions, listings, rollbacks
 
 blueprint = Blueprint(
     "environments", __name__, url_prefix="/v1/environments", description="Environments"
@@ -43,7 +43,7 @@ def get_environment(environment_id: int) -> Environment:
 def rollback_environment(data: dict[str, Any], environment_id: int) -> Any:
     """Make an earlier successful deployment the desired state again (no rebuild)."""
     db = session()
-    deployment = desired.rollback(db, environment_id, data["deployment_id"], actor())
+    deployment = rollbacks.rollback(db, environment_id, data["deployment_id"], actor())
     db.commit()
     return deployment
 

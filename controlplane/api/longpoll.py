@@ -9,8 +9,19 @@ pools 100 connections per process; Redis itself would see every poll subscribe a
 unsubscribe).
 
 Nothing is missed: a request registers before it re-reads the cached generation
-(:func:`controlplane.services.desired.announce` writes the cache before it publishes),
-and when the subscription is lost and made again every waiting request re-reads it.
+(:func:`controlplane.services.generations.announce` writes the cache before it
+publishes), and when the subscription is lost and made again every waiting request
+re-reads it.
+
+The same subscription keeps a per-process cache of generations coherent, so an agent that
+is up to date is answered 304 without asking Redis: the listener drops a host's entry
+before it wakes the host's waiters, a read that an announcement overtook (any message
+since the read began) is not kept, and the whole cache is forgotten, and not used, while
+there is no subscription; the process's own announcements drop their entries at once.
+Entries also expire after ``GENERATION_TTL``, as Redis's do, so an announcement that
+never reached Redis costs no more here than there. A poll that does not wait, made in
+the instant between another process's announcement and its message reaching this one,
+is answered with the old generation; the agent's next long poll is woken by the message.
 """
 
 from __future__ import annotations
@@ -19,14 +30,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 
 from controlplane import metrics
-from controlplane.services import desired
+from controlplane.services import generations
 from controlplane.services.logs import redis_text
 
 log = logging.getLogger(__name__)
@@ -46,7 +57,11 @@ class WakeHub:
         self._lock = threading.Lock()
         self._waiters: dict[int, set[threading.Event]] = {}
         self._waiting = 0
+        # host id -> (generation, monotonic expiry); valid only while subscribed
+        self._generations: dict[int, tuple[int, float]] = {}
+        self._announcements = 0  # messages heard: a read that saw this move is not kept
         self._subscribed = threading.Event()
+        generations.tell_on_announce(self._forget)
         self._listener_pid: int | None = None
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
@@ -84,10 +99,27 @@ class WakeHub:
                     if not waiting:
                         del self._waiters[host_id]
 
+    def generation(self, host_id: int, read: Callable[[], int]) -> int:
+        """The host's generation from this process's cache, else from ``read`` (kept
+        when no announcement was heard meanwhile and the subscription stands)."""
+        self._start_listening()
+        if self._subscribed.is_set():
+            cached = self._generations.get(host_id)
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
+        heard = self._announcements
+        generation = read()
+        with self._lock:
+            if self._subscribed.is_set() and self._announcements == heard:
+                expires = time.monotonic() + generations.GENERATION_TTL
+                self._generations[host_id] = (generation, expires)
+        return generation
+
     def close(self) -> None:
         """Stop the listener and close its connection (a web worker's listener just dies
         with the process)."""
         self._stop.set()
+        generations.stop_telling(self._forget)
         if self._listener is not None and self._listener_pid == os.getpid():
             self._listener.join()
 
@@ -104,6 +136,7 @@ class WakeHub:
             self._subscribed = threading.Event()
             self._waiters.clear()
             self._waiting = 0
+            self._generations.clear()
             self._listener = threading.Thread(
                 target=self._listen, name="portside-wake-hub", daemon=True
             )
@@ -121,7 +154,7 @@ class WakeHub:
         while not self._stop.is_set():
             pubsub = redis.pubsub()  # type: ignore[no-untyped-call]
             try:
-                pubsub.psubscribe(desired.WAKE_PATTERN)
+                pubsub.psubscribe(generations.WAKE_PATTERN)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
@@ -130,7 +163,7 @@ class WakeHub:
             except RedisError as exc:
                 if self._subscribed.is_set():
                     log.warning("long polls: lost the wake-up subscription: %s", exc)
-                self._subscribed.clear()
+                self._unsubscribed()
                 self._wake_everyone()  # they re-read the cache, then wait on
                 self._stop.wait(RECONNECT_DELAY)
             finally:
@@ -148,18 +181,38 @@ class WakeHub:
 
     def _receive(self, message: dict[str, Any]) -> None:
         if message["type"] == "psubscribe":
-            # Subscribed from here on; whatever was announced before, the cache holds.
-            self._subscribed.set()
+            # Subscribed from here on; whatever was announced before, Redis's cache holds
+            # (a read begun before now may predate an announcement: it is not kept).
+            with self._lock:
+                self._announcements += 1
+                self._subscribed.set()
             self._wake_everyone()
             return
         if message["type"] != "pmessage":
             return
-        host_id = desired.host_of_wake_channel(redis_text(message["channel"]))
+        host_id = generations.host_of_wake_channel(redis_text(message["channel"]))
         if host_id is None:
             return
         with self._lock:
+            # Dropped before anyone wakes: a woken request reads the new generation.
+            self._announcements += 1
+            self._generations.pop(host_id, None)
             for woken in self._waiters.get(host_id, ()):
                 woken.set()
+
+    def _forget(self, host_ids: Collection[int]) -> None:
+        """This process announced new generations: drop them before its message comes."""
+        with self._lock:
+            self._announcements += 1
+            for host_id in host_ids:
+                self._generations.pop(host_id, None)
+
+    def _unsubscribed(self) -> None:
+        """Announcements may be missed from now on: trust no cached generation."""
+        with self._lock:
+            self._subscribed.clear()
+            self._announcements += 1
+            self._generations.clear()
 
     def _wake_everyone(self) -> None:
         with self._lock:

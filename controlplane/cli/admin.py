@@ -31,10 +31,10 @@ def open_database(settings: Settings, *, migrated: bool = True) -> Database:
     from sqlalchemy.exc import SQLAlchemyError
 
     from controlplane import migrate
-    from controlplane.services import desired
+    from controlplane.composition import open_database
     from controlplane.settings import mask_url
 
-    database, _redis = desired.open_database(settings)
+    database, _redis = open_database(settings)
     where = f"the database at {mask_url(settings.database_url)}"
     try:
         database.ping()

@@ -19,11 +19,11 @@ from controlplane.db import session
 from controlplane.models import Repository
 from controlplane.services import (
     catalog,
-    desired,
     envactions,
     hosts,
     listings,
     previews,
+    rollbacks,
     servicerules,
     tokens,
 )
@@ -89,7 +89,7 @@ def rollback_environment(environment_id: int) -> BaseResponse:
     actor = admin_form("rolling back")
     db = session()
     with committed(db):
-        desired.rollback(db, environment_id, None, actor)
+        rollbacks.rollback(db, environment_id, None, actor)
     return redirect(url_for("dashboard.environment_page", environment_id=environment_id))
 
 

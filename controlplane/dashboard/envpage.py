@@ -16,7 +16,7 @@ from controlplane.dashboard.hostspage import ContainerRow, reported_containers
 from controlplane.dashboard.views import _redis, _settings, blueprint
 from controlplane.db import session
 from controlplane.models import Environment, Host
-from controlplane.services import desired, envlogs, logstream, placements
+from controlplane.services import envlogs, hosts, logstream, placements
 from controlplane.services.githubwrites import environment_url
 
 # Lines the page opens with; the pane then follows new ones.
@@ -114,7 +114,7 @@ def runtime(environment: Environment, interval: int) -> list[HostRuntime]:
     return [
         HostRuntime(
             host=host,
-            online=desired.is_online(host, interval),
+            online=hosts.is_online(host, interval),
             usage=reported_usage(host.observed, environment.name),
             containers=reported_containers(host.observed).get(environment.name, []),
         )

@@ -55,7 +55,16 @@ from controlplane.models import (
     Service,
     utcnow,
 )
-from controlplane.services import ancestry, audit, buildcache, desired, effects, gates, stops
+from controlplane.services import (
+    ancestry,
+    audit,
+    buildcache,
+    effects,
+    gates,
+    generations,
+    refusals,
+    stops,
+)
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +375,7 @@ def record_artifacts(
             error=f"artifacts refused: {reasons}",
         )
         reason = f"{REFUSED_ARTIFACTS}{build.id} ({build.commit_sha[:7]}) refused: {reasons}"
-        desired.refuse(session, build.environment, reason, build=build.id)
+        refusals.refuse(session, build.environment, reason, build=build.id)
         raise ComposeRefusedError(
             f"artifacts refused: {reasons}", details={"violations": [str(v) for v in violations]}
         )
@@ -605,7 +614,7 @@ def deliver(
     )
     if swapped.rowcount != 1:  # type: ignore[attr-defined]
         raise Conflict(f"environment {environment.name} changed meanwhile; retry")
-    desired.bump_environment(session, environment)
+    generations.bump_environment(session, environment)
     _finish_build(build, "succeeded")
     audit.record(
         session,

@@ -18,7 +18,14 @@ from contracts import logdrivers
 from controlplane.crypto import SecretBox
 from controlplane.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from controlplane.models import Environment, Host, Repository, Service, utcnow
-from controlplane.services import audit, desired, gitsources, hosts, placements, previews
+from controlplane.services import (
+    audit,
+    generations,
+    gitsources,
+    hosts,
+    placements,
+    previews,
+)
 from controlplane.services.servicerules import ServiceSpec, validate_spec
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
@@ -315,7 +322,7 @@ def _republish(session: Session, service: Service, kinds: tuple[str, ...]) -> No
     # Every host each of them runs on (production on all of a spread service's hosts).
     host_ids = {host_id for env in environments for host_id in placements.host_ids(env)}
     for host_id in sorted(host_ids):
-        desired.bump(session, host_id)
+        generations.bump(session, host_id)
 
 
 def htpasswd_line(username: str, password: str) -> str:

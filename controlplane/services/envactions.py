@@ -19,7 +19,15 @@ from controlplane.models import (
     Environment,
     utcnow,
 )
-from controlplane.services import audit, desired, gitsources, listings, previews, pushes, staging
+from controlplane.services import (
+    audit,
+    generations,
+    gitsources,
+    listings,
+    previews,
+    pushes,
+    staging,
+)
 from controlplane.services.catalog import get_service
 from controlplane.services.servicerules import valid_branch
 
@@ -108,7 +116,7 @@ def approve_secrets(session: Session, environment_id: int, actor: str, sha: str)
     if not environment.secrets_approved_for(head):
         environment.secrets_approved_sha = head
         environment.generation += 1
-        desired.bump(session, environment.host_id)
+        generations.bump(session, environment.host_id)
         audit.record(
             session, actor, "environment.approve_secrets", "environment", environment.id, sha=head
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from sqlalchemy import select
@@ -9,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controlplane.errors import Conflict, ValidationFailed
-from controlplane.models import Host
+from controlplane.models import Host, utcnow
 from controlplane.services import audit, tokens
 from controlplane.statuses import TokenScope
 
@@ -69,3 +70,10 @@ def refuse_production_on(host: Host) -> None:
             f"host {host.name} is untrusted: it runs fork previews, never production",
             details={"host": ["an untrusted host takes no production environment"]},
         )
+
+
+def is_online(host: Host, interval: int, now: dt.datetime | None = None) -> bool:
+    """Whether the host's agent reported within three of its ticks (at least 30 s)."""
+    if host.last_seen_at is None:
+        return False
+    return (now or utcnow()) - host.last_seen_at < dt.timedelta(seconds=max(30, 3 * interval))

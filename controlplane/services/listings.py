@@ -19,7 +19,8 @@ from controlplane.models import (
     Service,
     WebhookDelivery,
 )
-from controlplane.services import desired, placements
+from controlplane.services import placements
+from controlplane.services.hosts import is_online
 
 Row = TypeVar("Row")
 
@@ -149,7 +150,7 @@ def overview(session: Session, listed: list[Host], agent_interval: int) -> list[
             .order_by(Environment.name)
             .options(selectinload(Environment.current_deployment).selectinload(Deployment.build))
         )
-        result.append(HostOverview(host, desired.is_online(host, agent_interval), list(running)))
+        result.append(HostOverview(host, is_online(host, agent_interval), list(running)))
     return result
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controlplane.models import Build, Deployment, Environment, Host
-from controlplane.services import builds, desired, gates, placements
+from controlplane.services import builds, gates, hosts, placements
 from controlplane.statuses import BuildStatus, DeploymentStatus, EnvironmentStatus
 
 # The statuses of an environment that wait for something to happen.
@@ -56,7 +56,7 @@ def pending_reason(session: Session, environment: Environment, agent_interval: i
         host = session.get(Host, host_id)
         if host is None:
             continue
-        if not desired.is_online(host, agent_interval):
+        if not hosts.is_online(host, agent_interval):
             reasons.append(f"no agent online for host {host.name}")
         elif build is None and environment.current_deployment_id is not None:
             deployment = session.get(Deployment, environment.current_deployment_id)

@@ -24,7 +24,7 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.services import audit, desired, effects, gates, pushes
+from controlplane.services import audit, effects, gates, generations, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.services.previewcleanup import pushed_images
 
@@ -262,7 +262,7 @@ def _withdraw(session: Session, environment: Environment) -> None:
     )
     environment.current_deployment_id = None
     environment.generation += 1
-    desired.bump(session, environment.host_id)
+    generations.bump(session, environment.host_id)
 
 
 def _move(session: Session, environment: Environment, host_id: int) -> None:
@@ -270,8 +270,8 @@ def _move(session: Session, environment: Environment, host_id: int) -> None:
     if environment.host_id == host_id:
         return
     if environment.current_deployment_id is not None:
-        desired.bump(session, environment.host_id)
-        desired.bump(session, host_id)
+        generations.bump(session, environment.host_id)
+        generations.bump(session, host_id)
         environment.generation += 1
     environment.host_id = host_id
 
@@ -303,7 +303,7 @@ def teardown(
         environment.closed_at = utcnow()
         environment.closed_by = actor
         environment.closed_reason = reason
-        desired.bump_environment(session, environment)  # a staging one runs on every host
+        generations.bump_environment(session, environment)  # a staging one runs on every host
         audit.record(
             session, actor, "environment.teardown", "environment", environment.id, reason=reason
         )

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.errors import ValidationFailed
 from controlplane.models import Service
-from controlplane.services import audit, desired, placements
+from controlplane.services import audit, generations, placements
 from controlplane.services.catalog import get_service
 
 FIELDS = ("hosts", "replicas")
@@ -61,7 +61,7 @@ def scale(
     session.flush()
     session.refresh(service, ["host", "extra_hosts"])
     for host_id in sorted(changed):
-        desired.bump(session, host_id)
+        generations.bump(session, host_id)
     after = {"hosts": [h.name for h in hosts_of(service)], "replicas": service.replicas}
     if after != before:
         audit.record(session, actor, "service.scale", "service", service.id, old=before, new=after)

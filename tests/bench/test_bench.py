@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli
+from bench import agents, cli, wrkload
 from bench.buildqueue import QueuedBuild, fairness, ideal_queue, in_flight, jain, percentile
 from bench.common import Figure, broken, render_figures
 
@@ -119,3 +119,73 @@ def test_a_small_build_queue_drains() -> None:
     result = run_bench("queue", "--services", "2", "--per-service", "2", "--timeout", "240")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"builds succeeded .*\| 4/4 in \d+ s +\| 4/4 +\| yes", result.stdout)
+
+
+WRK_REPORT = """Running 10s test @ http://127.0.0.1:8000/v1/agent/desired-state
+  2 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.10ms    1.20ms  40.00ms   90.00%
+    Req/Sec     1.90k   100.00     2.10k    70.00%
+  Latency Distribution
+     50%  812.00us
+     75%    2.00ms
+     90%    3.00ms
+     99%    1.20s
+  38000 requests in 10.00s, 4.00MB read
+  Non-2xx or 3xx responses: 3
+  Socket errors: connect 0, read 2, write 0, timeout 1
+Requests/sec:   3800.50
+Transfer/sec:    400.00KB
+"""
+
+
+def test_a_wrk_report_is_read_with_its_units_and_errors() -> None:
+    found = wrkload.parse(WRK_REPORT)
+    assert found == wrkload.WrkResult(38000, 3800.5, 0.812, 1200.0, 3, 3)
+    with pytest.raises(ValueError):
+        wrkload.parse("wrk: connection refused")
+
+
+def test_the_wrk_script_sends_each_header_set_in_turn_quoted() -> None:
+    text = wrkload.script("/p", [{"Authorization": "Bearer a"}, {"If-None-Match": '"7"'}])
+    assert 'wrk.format(\'GET\', "/p", {["Authorization"] = "Bearer a"})' in text
+    assert '["If-None-Match"] = "\\"7\\""' in text
+    assert "turn % #requests + 1" in text
+
+
+def test_agents_wrk_figures_are_ratios_to_bare_sync_at_each_size() -> None:
+    args = agents.parse_args(["--small", "10", "--large", "100"])
+
+    def run(rate: float, p99: float, unexpected: int = 0) -> dict[str, float | int]:
+        return wrkload.WrkResult(1, rate, 1.0, p99, unexpected, 0).summary()
+
+    result = {
+        "wrk": {
+            "10": {"bare_sync": [run(1000, 5)], "portside": [run(900, 6)]},
+            "100": {"bare_sync": [run(1000, 5)], "portside": [run(900, 6, unexpected=1)]},
+        }
+    }
+    small, large = agents.wrk_figures(result, args)
+    assert (small.measured.split()[0], small.target, small.met) == ("0.900", ">= 0.85", True)
+    assert large.met is False  # an answer other than 304 fails it whatever the rate
+    assert [figure.met for figure in agents.wrk_figures({}, args)] == [False, False]
+
+
+def test_a_deployment_to_the_fleet_meets_its_target_only_when_every_agent_saw_it() -> None:
+    def marks(seen: int, p50: float, last: float) -> dict[str, float | int]:
+        return {"agents": 1000, "seen": seen, "p50_ms": p50, "p99_ms": last, "max_ms": last}
+
+    fleet = {
+        "outcomes": {"304": 10},
+        "cpu_ms_per_agent_minute": {"gunicorn": 7.0},
+        "held_max": 1990,
+        "threads_available": 2100,
+        "ten_hosts": marks(10, 100, 200) | {"agents": 10},
+        "fleet_hosts": marks(1000, 1400, 2900),
+        "rss_kb_per_agent": 100.0,
+        "rss_mb": 400.0,
+    }
+    assert all(figure.met for figure in agents.fleet_figures(fleet, 2000))
+    for late in (marks(999, 1400, 2900), marks(1000, 1600, 2900), marks(1000, 1400, 3100)):
+        figures = agents.fleet_figures({**fleet, "fleet_hosts": late}, 2000)
+        assert [f.met for f in figures if "1000 hosts" in f.name] == [False]

@@ -221,6 +221,6 @@ def test_an_exhausted_connection_pool_is_a_retryable_503(
     def exhausted(*_args: object, **_kwargs: object) -> None:
         raise PoolTimeout("QueuePool limit reached")
 
-    monkeypatch.setattr("controlplane.api.agent.desired.snapshot", exhausted)
+    monkeypatch.setattr("controlplane.api.agent.snapshots.snapshot", exhausted)
     response = client.get("/v1/agent/desired-state", headers=auth(host_token))
     assert (response.status_code, response.json["error"]) == (503, "unavailable")

@@ -391,7 +391,7 @@ def test_the_refusal_stays_shown_while_the_deployment_before_it_serves(
     db_session: Session,
     service_id: int,
 ) -> None:
-    from controlplane.services import desired
+    from controlplane.services import agentreports
 
     good = new_build(database, service_id, SHA_GOOD)
     assert upload(client, worker_headers, good, {"app": image(APP)}, None).status_code == 204
@@ -404,7 +404,9 @@ def test_the_refusal_stays_shown_while_the_deployment_before_it_serves(
             env = session.get(Environment, environment.id)
             assert env is not None
             item = {"name": env.name, "deployment_id": deployment_id, "state": "running"}
-            desired.record_status(session, env.host, {"environments": [{**item, "healthy": True}]})
+            agentreports.record_status(
+                session, env.host, {"environments": [{**item, "healthy": True}]}
+            )
         db_session.expire_all()
         refreshed = db_session.get(Environment, environment.id)
         assert refreshed is not None

@@ -30,11 +30,11 @@ from controlplane.services import (
     catalog,
     checks,
     deliveries,
-    desired,
     feedback,
     githubwrites,
     hosts,
     pushes,
+    rollbacks,
     servicerules,
 )
 from controlplane.services.outcomes import HandlerContext
@@ -451,7 +451,7 @@ def test_a_rollback_while_a_deployment_waits_for_approval_leaves_it_approvable(
     waiting = built(database, github_server.state, service_id, "v3\n")
     assert record(database, service_id, waiting) is None
     with database.session_scope() as session:  # back to the first commit, by hand
-        desired.rollback(session, environment_id, None, "test")
+        rollbacks.rollback(session, environment_id, None, "test")
     assert state_of(database, waiting)["environment"] == "deploying"
 
     approved = client.post(f"/v1/environments/{environment_id}/approve", headers=admin_headers)

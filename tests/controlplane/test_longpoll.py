@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from flask import Flask
 
 from controlplane.api.longpoll import WakeHub
 from controlplane.db import Database
-from controlplane.services import desired, hosts
+from controlplane.services import generations, hosts
 from controlplane.settings import Settings
 
 WAITING = 60  # long polls held at once in the test
@@ -70,7 +71,7 @@ class Poll(threading.Thread):
 def bump(database: Database, host_id: int) -> None:
     """A change of what the host runs, committed and announced as the services do it."""
     with database.session_scope() as session:
-        desired.bump(session, host_id)
+        generations.bump(session, host_id)
 
 
 def waiting_polls(hub: WakeHub, host_id: int) -> int:
@@ -104,7 +105,7 @@ def test_many_waiting_polls_hold_no_redis_connection_and_wake_only_their_host(
         wait_until(lambda: waiting_polls(hub, first_id) + waiting_polls(hub, second_id) == WAITING)
         # The hub's one subscription, not a subscribed connection per waiting request.
         assert [client["psub"] for client in hub_connections(redis_client)] == ["1"]
-        channels = [desired.wake_channel(first_id), desired.wake_channel(second_id)]
+        channels = [generations.wake_channel(first_id), generations.wake_channel(second_id)]
         assert redis_client.pubsub_numsub(*channels) == [(name.encode(), 0) for name in channels]
         bump(database, first_id)
         for poll in first_polls:
@@ -172,9 +173,105 @@ def test_a_wake_up_without_a_change_keeps_the_poll_waiting(
     poll = Poll(app, token, etag, 30)
     poll.start()
     wait_until(lambda: waiting_polls(hub, host_id) == 1)
-    redis_client.publish(desired.wake_channel(host_id), 999)
+    redis_client.publish(generations.wake_channel(host_id), 999)
     poll.join(0.5)
     assert poll.is_alive()
     bump(database, host_id)
     poll.join(10)
     assert (poll.status, poll.answer_etag) == (200, f'"{int(etag.strip(QUOTE)) + 1}"')
+
+
+def unshared_host_id() -> int:
+    """A host id no other test on this Redis server announces (channels are shared by
+    every database, and a foreign announcement rightly drops a cached generation)."""
+    return 10**12 + secrets.randbelow(10**9)
+
+
+def subscribed_hub(redis_url: str) -> WakeHub:
+    """A hub of this test's own, listening."""
+    hub = WakeHub(redis_url)
+    hub.generation(0, lambda: 0)  # starts the listener
+    wait_until(hub._subscribed.is_set)
+    return hub
+
+
+def test_a_generation_is_answered_from_the_process_cache_until_announced(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    hub = subscribed_hub(settings.redis_url)
+    host_id = unshared_host_id()
+    try:
+        assert hub.generation(host_id, lambda: 1) == 1
+        assert hub.generation(host_id, lambda: 2) == 1  # not read again
+        heard = hub._announcements
+        redis_client.publish(generations.wake_channel(host_id), 2)
+        wait_until(lambda: hub._announcements > heard)
+        assert hub.generation(host_id, lambda: 2) == 2  # dropped: read again
+    finally:
+        hub.close()
+
+
+def test_a_read_overtaken_by_an_announcement_is_not_kept(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    hub = subscribed_hub(settings.redis_url)
+    host_id = unshared_host_id()
+    try:
+        heard = hub._announcements
+
+        def stale_read() -> int:
+            redis_client.publish(generations.wake_channel(host_id), 2)  # announced meanwhile
+            wait_until(lambda: hub._announcements > heard)
+            return 1
+
+        assert hub.generation(host_id, stale_read) == 1
+        assert hub.generation(host_id, lambda: 2) == 2  # read again, not the stale 1
+        assert hub.generation(host_id, lambda: 3) == 2  # now kept
+    finally:
+        hub.close()
+
+
+def test_the_cache_is_forgotten_when_the_subscription_is_lost(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    hub = subscribed_hub(settings.redis_url)
+    host_id = unshared_host_id()
+    try:
+        assert hub.generation(host_id, lambda: 1) == 1
+        assert hub.generation(host_id, lambda: 2) == 1
+        (subscription,) = hub_connections(redis_client)
+        redis_client.client_kill_filter(_id=subscription["id"])
+        wait_until(lambda: not hub._subscribed.is_set())
+        # Announcements may have been missed: the entry is gone, the source is read.
+        assert hub.generation(host_id, lambda: 2) == 2
+    finally:
+        hub.close()
+
+
+def test_a_fleet_wide_bump_moves_and_announces_every_host_once(
+    app: Flask, database: Database, fleet: list[tuple[int, str]], redis_client: redis.Redis
+) -> None:
+    etags = {host_id: current_etag(app, token) for host_id, token in fleet}
+    with database.session_scope() as session:
+        generations.bump_hosts(session, [host_id for host_id, _token in fleet])
+    for host_id, token in fleet:
+        moved = f'"{int(etags[host_id].strip(QUOTE)) + 1}"'
+        assert current_etag(app, token) == moved
+        assert redis_client.get(generations.generation_key(host_id)) == moved.strip(QUOTE).encode()
+
+
+def test_the_process_that_announces_forgets_at_once_without_its_message(
+    settings: Settings, database: Database, fleet: list[tuple[int, str]]
+) -> None:
+    hub = WakeHub(settings.redis_url)
+    # As if subscribed, but deaf: no message can drop the entry, only the local path.
+    hub._listener_pid = os.getpid()
+    hub._subscribed.set()
+    host_id = fleet[0][0]
+    try:
+        assert hub.generation(host_id, lambda: 1) == 1
+        assert hub.generation(host_id, lambda: 2) == 1
+        bump(database, host_id)  # committed and announced here: no waiting for Redis
+        assert hub.generation(host_id, lambda: 42) == 42
+    finally:
+        hub.close()

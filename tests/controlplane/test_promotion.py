@@ -24,13 +24,14 @@ from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Deployment, Environment, Host
 from controlplane.services import (
+    agentreports,
     approvals,
     catalog,
-    desired,
     feedback,
     githubwrites,
     hosts,
     servicerules,
+    snapshots,
 )
 from controlplane.settings import Settings
 from tests.controlplane.test_cli import assert_one_line_failure, run_portside
@@ -104,7 +105,7 @@ def report_active(database: Database, environment: str, deployment_id: int) -> N
         host = session.scalar(select(Host).where(Host.name == "web-1"))
         assert host is not None
         item = {"name": environment, "deployment_id": deployment_id, "state": "running"}
-        desired.record_status(session, host, {"environments": [{**item, "healthy": True}]})
+        agentreports.record_status(session, host, {"environments": [{**item, "healthy": True}]})
 
 
 def test_staging_is_promoted_to_production_without_a_new_build(
@@ -150,7 +151,7 @@ def test_staging_is_promoted_to_production_without_a_new_build(
     # Production's desired state runs staging's build: its digest, its compose file.
     host = db_session.scalar(select(Host).where(Host.name == "web-1"))
     assert host is not None
-    snapshot = desired.snapshot(db_session, SecretBox.from_settings(settings), host, "r")
+    snapshot = snapshots.snapshot(db_session, SecretBox.from_settings(settings), host, "r")
     entries = {e["name"]: e for e in snapshot["environments"]}
     assert entries["hello"]["build_id"] == entries["hello-staging"]["build_id"]
     assert entries["hello"]["image"] == entries["hello-staging"]["image"]
@@ -599,7 +600,7 @@ def test_a_promotion_that_fails_and_its_torn_down_target_end_on_github(
         assert host is not None
         failed = {"name": "hello-qa", "deployment_id": promoted["deployment_id"]}
         report = {**failed, "state": "failed", "error": "exited 1"}
-        desired.record_status(session, host, {"environments": [report]})
+        agentreports.record_status(session, host, {"environments": [report]})
         feedback.send(session, github_app, settings, "deployment_failed", promoted["deployment_id"])
     assert client.delete(f"/v1/environments/{qa['id']}", headers=admin_headers).status_code == 204
     with database.session_scope() as session:

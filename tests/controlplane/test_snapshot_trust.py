@@ -15,7 +15,8 @@ from controlplane.models import AuditEvent, Environment, Variable
 from controlplane.services import (
     builds,
     catalog,
-    desired,
+    composestate,
+    generations,
     hosts,
     pushes,
     servicerules,
@@ -114,7 +115,7 @@ def test_agents_get_pull_credentials_and_never_the_push_password(
         headers=admin_headers,
     )
     with database.session_scope() as session:
-        desired.bump(session, session.scalar(select(Environment.host_id)) or 0)
+        generations.bump(session, session.scalar(select(Environment.host_id)) or 0)
     (environment,) = snapshot(client, host_token)["environments"]
     assert environment["registry"] == {
         "address": "127.0.0.1:5000",
@@ -176,7 +177,7 @@ def test_one_environment_that_cannot_be_rendered_never_costs_the_others_theirs(
             value="w",
             actor="t",
         )
-        desired.bump(session, locked_service.host_id)
+        generations.bump(session, locked_service.host_id)
     again = snapshot(client, host_token)
     assert sorted(e["name"] for e in again["environments"]) == ["allowed", "good", "locked"]
     assert [w["name"] for w in again["withheld"]] == ["bad"]
@@ -189,10 +190,10 @@ def test_one_environment_that_cannot_be_rendered_never_costs_the_others_theirs(
 
 
 def test_compose_routes_survive_any_shape() -> None:
-    assert desired.compose_routes(REFUSED, "api", "x.example.com") == []
+    assert composestate.compose_routes(REFUSED, "api", "x.example.com") == []
     bomb = "a: &a ['x','x','x','x','x','x','x','x','x']\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
         for i in range(20)
     )
-    assert desired.compose_routes(bomb, "web", "x.example.com") == []
-    assert desired.compose_routes("services: [1, 2]", "web", "x.example.com") == []
+    assert composestate.compose_routes(bomb, "web", "x.example.com") == []
+    assert composestate.compose_routes("services: [1, 2]", "web", "x.example.com") == []

@@ -17,7 +17,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Deployment, Environment, Host, Service
-from controlplane.services import backstop, builds, desired
+from controlplane.services import agentreports, backstop, builds, snapshots
 from controlplane.settings import Settings
 from hostagent.snapshot import parse_environment
 from tests.controlplane.test_build_ordering import REPOSITORY
@@ -243,7 +243,7 @@ def deploy_newest(database: Database, environment: str) -> int:
             ]
         }
         if deployment.status == "pending":
-            desired.record_status(session, host, report)
+            agentreports.record_status(session, host, report)
         return deployment.id
 
 
@@ -319,7 +319,7 @@ def test_the_agent_takes_staging_with_production_s_compose_keys(
 
     host = db_session.scalar(select(Host).where(Host.name == "web-1"))
     assert host is not None
-    document = desired.snapshot(db_session, SecretBox.from_settings(settings), host, "r")
+    document = snapshots.snapshot(db_session, SecretBox.from_settings(settings), host, "r")
     (entry,) = [e for e in document["environments"] if e["name"] == "hello-staging"]
     parsed = parse_environment(entry, "environments[0]")
 

@@ -1,8 +1,8 @@
-"""Pure helpers of the desired state."""
+"""The compose part of the desired state: routes of the services a file publishes."""
 
 from __future__ import annotations
 
-from controlplane.services.desired import compose_routes
+from controlplane.services.composestate import compose_routes
 
 COMPOSE = """
 services:

@@ -1,0 +1,125 @@
+"""The agents' reports: what a host runs moves its deployments to active or failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from controlplane.models import Deployment, Environment, Host, utcnow
+from controlplane.services import audit, effects, gates, generations, placements
+from controlplane.services.rollbacks import previous_active
+
+
+def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
+    """Apply an agent's report: activate healthy deployments, fail and revert broken ones.
+
+    ``refused`` means the agent will not run the deployment (its snapshot entry or compose
+    file broke the rules) and keeps whatever it ran for the environment: the deployment
+    fails, the environment shows ``refused`` with the agent's reason, nothing is reverted.
+    """
+    host.last_seen_at = utcnow()
+    host.agent_version = str(report.get("agent_version") or "")[:64] or None
+    generation = report.get("generation")
+    if isinstance(generation, int):
+        host.applied_generation = generation
+    host.observed = report
+    for item in report.get("environments") or []:
+        environment = session.scalar(
+            select(Environment).where(
+                placements.placed_on(host.id), Environment.name == item.get("name")
+            )
+        )
+        if environment is None:
+            continue
+        deployment = session.get(Deployment, item.get("deployment_id"))
+        if deployment is None or deployment.environment_id != environment.id:
+            continue
+        state = item.get("state")
+        if state == "running" and item.get("healthy"):
+            # Active once every host runs it; the address is its own (first) host's.
+            if placements.running_everywhere(session, environment, deployment.id, host):
+                address = (
+                    item.get("address")
+                    if environment.host_id == host.id
+                    else placements.reported_address(session, environment, deployment.id)
+                )
+                _activate(session, environment, deployment, address)
+        elif state == "failed" and deployment.status in ("pending", "active"):
+            _fail(session, environment, deployment, item)
+        elif state == "refused":
+            _refused(session, environment, deployment, item)
+
+
+def _refused(
+    session: Session, environment: Environment, deployment: Deployment, item: dict[str, Any]
+) -> None:
+    reason = str(item.get("error") or "refused by the host agent")[:8000]
+    if deployment.status == "pending":
+        deployment.status = "failed"
+        deployment.error = reason
+        audit.record(session, "agent", "deployment.refused", "deployment", deployment.id)
+        effects.note_feedback(session, "deployment_failed", deployment.id)
+        effects.note_notification(session, "deployment_failed", deployment.id)
+    if environment.current_deployment_id == deployment.id and environment.status not in gates.HELD:
+        environment.status = "refused"
+        environment.status_reason = reason
+
+
+def _activate(
+    session: Session, environment: Environment, deployment: Deployment, address: object
+) -> None:
+    if isinstance(address, str) and address:
+        environment.address = address[:255]
+    newly_active = deployment.status != "active"
+    # A fork preview whose new head awaits approval keeps saying so while the approved
+    # commit before it runs on; a refusal (of a later build's artifacts) stays shown while
+    # the deployment before it serves, until a new deployment runs.
+    if (
+        environment.current_deployment_id == deployment.id
+        and environment.status not in gates.HELD
+        and (newly_active or environment.status != "refused")
+    ):
+        environment.status = "running"
+        if newly_active:
+            environment.status_reason = None
+    if not newly_active:
+        return
+    deployment.status = "active"
+    deployment.activated_at = utcnow()
+    deployment.error = None
+    session.execute(
+        update(Deployment)
+        .where(
+            Deployment.environment_id == environment.id,
+            Deployment.id != deployment.id,
+            Deployment.status == "active",
+        )
+        .values(status="superseded")
+    )
+    audit.record(session, "agent", "deployment.active", "deployment", deployment.id)
+    effects.note_feedback(session, "deployment_active", deployment.id)
+    effects.note_notification(session, "deployment_active", deployment.id)
+
+
+def _fail(
+    session: Session, environment: Environment, deployment: Deployment, item: dict[str, Any]
+) -> None:
+    error = str(item.get("error") or "the agent could not run the deployment")
+    logs = item.get("logs")
+    deployment.status = "failed"
+    deployment.error = (f"{error}\n{logs}" if logs else error)[:8000]
+    audit.record(session, "agent", "deployment.failed", "deployment", deployment.id)
+    effects.note_feedback(session, "deployment_failed", deployment.id)
+    effects.note_notification(session, "deployment_failed", deployment.id)
+    if environment.current_deployment_id != deployment.id:
+        return
+    previous = previous_active(session, environment, deployment)
+    # Desired state goes back to what is still serving; nothing to run if nothing was.
+    environment.current_deployment_id = previous.id if previous else None
+    environment.status = "running" if previous else "failed"
+    if previous is not None:
+        previous.status = "active"
+    environment.generation += 1
+    generations.bump_environment(session, environment)
