@@ -23,7 +23,7 @@ COMPOSE = "services:\n  web:\n    image: " + IMAGE + "\n  worker:\n    image: " 
 
 
 def environment(name: str = "hello", **overrides: Any) -> dict[str, Any]:
-    """An entry as the control plane renders it (``services.desired._environment_state``)."""
+    """An entry as the control plane renders it (``services.snapshots._environment_state``)."""
     body: dict[str, Any] = {
         "name": name,
         "kind": "production",
