@@ -16,7 +16,7 @@ from controlplane.api.auth import actor, current_token, require
 from controlplane.api.sse import event_stream
 from controlplane.crypto import SecretBox
 from controlplane.db import session
-from controlplane.errors import ComposeRefusedError, ServiceUnavailable
+from controlplane.errors import ComposeRefusedError, TemporarilyUnavailable
 from controlplane.models import Variable
 from controlplane.services import appsetup, builds, gates, gitsources, logs, registries
 from controlplane.settings import Settings
@@ -146,7 +146,7 @@ def git_token(query: dict[str, Any], build_id: int) -> dict[str, Any]:
     repository = build.service.repository
     github = appsetup.github_of(current_app.extensions)
     if github is None or repository is None:
-        raise ServiceUnavailable("no GitHub App is configured for this repository")
+        raise TemporarilyUnavailable("no GitHub App is configured for this repository")
     token = github.clone_token(
         repository.installation_id, repository.full_name, refresh=query["refresh"]
     )
