@@ -18,8 +18,8 @@ from redis import Redis
 from controlplane import metrics, schemas
 from controlplane.api.auth import current_host, require_host
 from controlplane.api.longpoll import WakeHub
+from controlplane.api.requestdb import session
 from controlplane.crypto import SecretBox
-from controlplane.db import session
 from controlplane.errors import Malformed, NotFound
 from controlplane.models import Host
 from controlplane.services import desired, envlogs

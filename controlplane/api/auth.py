@@ -14,7 +14,7 @@ from flask import current_app, g, request
 from redis import Redis
 from redis.exceptions import RedisError
 
-from controlplane.db import session
+from controlplane.api.requestdb import session
 from controlplane.errors import NotPermitted, Unauthenticated
 from controlplane.models import ApiToken
 from controlplane.services import tokens

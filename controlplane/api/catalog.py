@@ -10,8 +10,8 @@ from flask_smorest import Blueprint, Page
 
 from controlplane import schemas
 from controlplane.api.auth import actor, current_token, require
+from controlplane.api.requestdb import session
 from controlplane.crypto import SecretBox
-from controlplane.db import session
 from controlplane.errors import NotPermitted
 from controlplane.services import (
     appsetup,

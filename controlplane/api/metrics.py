@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from controlplane import metrics
-from controlplane.db import session
+from controlplane.api.requestdb import session
 from controlplane.errors import NotPermitted, Unauthenticated
 from controlplane.services import telemetry, tokens
 from controlplane.settings import Settings

@@ -13,9 +13,9 @@ from sqlalchemy import select
 
 from controlplane import schemas
 from controlplane.api.auth import actor, current_token, require
+from controlplane.api.requestdb import session
 from controlplane.api.sse import event_stream
 from controlplane.crypto import SecretBox
-from controlplane.db import session
 from controlplane.errors import ComposeRefusedError, TemporarilyUnavailable
 from controlplane.models import Variable
 from controlplane.services import appsetup, builds, gates, gitsources, logs, registries

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 from flask import Response, current_app
 
-from controlplane.db import session
+from controlplane.api.requestdb import session
 from controlplane.errors import TemporarilyUnavailable
 from controlplane.services import logstream
 
