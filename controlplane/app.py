@@ -9,7 +9,17 @@ from flask import Flask
 from flask_smorest import Api
 
 from controlplane import __version__, dashboard, schemas
-from controlplane.api import agent, envlogs, health, openapi, pipeline, stages, v1, webhooks
+from controlplane.api import (
+    agent,
+    envlogs,
+    health,
+    openapi,
+    pipeline,
+    requestdb,
+    stages,
+    v1,
+    webhooks,
+)
 from controlplane.api import metrics as metrics_api
 from controlplane.api import notifications as notifications_api
 from controlplane.api.errors import register_error_handlers
@@ -50,7 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["portside.settings"] = settings
     database, redis_client = open_database(settings)
-    database.init_app(app)
+    requestdb.init_app(app, database)
     github_source = appsetup.AppSource(settings, database)
     app.extensions["portside.github_source"] = github_source
     app.wsgi_app = webhooks.mount(  # type: ignore[method-assign,assignment]

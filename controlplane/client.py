@@ -54,7 +54,9 @@ class Refused(ClientError):
     exit_code = 2
 
 
-class NotFound(ClientError):
+class ApiNotFound(ClientError):
+    """404: the API knows no such record (named apart from the domain's ``NotFound``)."""
+
     exit_code = 3
 
 
@@ -69,7 +71,7 @@ def error_for(status: int, message: str) -> ClientError:
     if status in (401, 403):
         return AuthFailed(message, status)
     if status == 404:
-        return NotFound(message, status)
+        return ApiNotFound(message, status)
     if 400 <= status < 500:
         return Refused(message, status)
     return Unavailable(message, status)
@@ -190,7 +192,7 @@ class PortsideClient:
         for service in self.services():
             if service["name"] == name_or_id:
                 return service
-        raise NotFound(f"there is no service named {name_or_id!r}", 404)
+        raise ApiNotFound(f"there is no service named {name_or_id!r}", 404)
 
     def variables(self, service_id: int, reveal: bool = False) -> list[dict[str, Any]]:
         params = {"reveal": "true"} if reveal else {}
@@ -324,7 +326,7 @@ class PortsideClient:
         for environment in self.environments():
             if environment["name"] == name_or_id:
                 return environment
-        raise NotFound(f"there is no environment named {name_or_id!r}", 404)
+        raise ApiNotFound(f"there is no environment named {name_or_id!r}", 404)
 
     def deploy(self, service_id: int, ref: str | None = None) -> dict[str, Any]:
         """Build and deploy what ``ref`` names (default: the service's branch head)."""

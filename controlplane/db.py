@@ -1,8 +1,8 @@
 """The database handle: an engine and a session factory per process.
 
 Services take a ``Session`` argument and never reach for a global; Flask views get theirs
-from :func:`session` (one per request, closed at teardown), Celery tasks from
-:meth:`Database.session_scope`.
+from :func:`controlplane.api.requestdb.session` (one per request, closed at teardown),
+Celery tasks from :meth:`Database.session_scope`. Plain SQLAlchemy: no Flask here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -216,10 +215,6 @@ class Database:
         event.listen(self._sessionmaker, "after_commit", callback)
         event.listen(self._sessionmaker, "after_rollback", _forget_pending_effects)
 
-    def init_app(self, app: Flask) -> None:
-        app.extensions["portside.db"] = self
-        app.teardown_appcontext(_close_request_session)
-
     def new_session(self) -> Session:
         return self._sessionmaker()
 
@@ -249,20 +244,5 @@ class Database:
             self.intake_engine.dispose()
 
 
-def session() -> Session:
-    """The current request's session, opened on first use."""
-    if "db_session" not in g:
-        database: Database = current_app.extensions["portside.db"]
-        g.db_session = database.new_session()
-    current: Session = g.db_session
-    return current
-
-
 def _forget_pending_effects(session: Session) -> None:
     session.info.clear()
-
-
-def _close_request_session(_exc: BaseException | None) -> None:
-    current = g.pop("db_session", None)
-    if current is not None:
-        current.close()

@@ -24,7 +24,7 @@ from typing import Any
 import requests
 
 from controlplane import devmode
-from controlplane.client import ClientError, NotFound, PortsideClient
+from controlplane.client import ApiNotFound, ClientError, PortsideClient
 from controlplane.settings import Settings
 from controlplane.statuses import BuildStatus
 
@@ -102,7 +102,7 @@ def make_repository(root: Path, base: str | None) -> Path:
 def _service(client: PortsideClient, repository: Path) -> dict[str, Any]:
     try:
         service = client.find_service(SERVICE)
-    except NotFound:
+    except ApiNotFound:
         print(f"demo: registering service {SERVICE} tracking {repository}")
         return client.create_service(
             {"name": SERVICE, "git_url": str(repository), "port": PORT, "host": devmode.DEV_HOST}

@@ -1,7 +1,8 @@
 """The control plane's exceptions: one root, transient vs permanent below it.
 
-Only :class:`TransientError` is worth retrying. :class:`ApiError` subclasses carry the
-HTTP status they map to; ``controlplane.api.errors`` turns them into JSON.
+Only :class:`TransientError` is worth retrying. :class:`DomainError` subclasses name what
+was refused and carry no HTTP status: ``controlplane.api.errors`` holds the one table from
+class to status and turns them into JSON.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ class PermanentError(PortsideError):
     """Retrying cannot help: bad input, missing record, refused by GitHub."""
 
 
-class ApiError(PermanentError):
-    """An error with an HTTP status and a short machine-readable code."""
+class DomainError(PermanentError):
+    """A request the domain refuses, with a short machine-readable ``code``; what that
+    means in HTTP is decided by ``controlplane.api.errors``, not here."""
 
-    status = 400
     code = "bad_request"
 
     def __init__(self, message: str, *, details: object = None) -> None:
@@ -35,43 +36,47 @@ class ApiError(PermanentError):
         self.details = details
 
 
-class BadRequest(ApiError):
-    status = 400
+class Malformed(DomainError):
+    """The input cannot be read at all (not the shape we expect)."""
+
     code = "bad_request"
 
 
-class Unauthorized(ApiError):
-    status = 401
+class Unauthenticated(DomainError):
+    """No credential, or one we do not know."""
+
     code = "unauthorized"
 
 
-class Forbidden(ApiError):
-    status = 403
+class NotPermitted(DomainError):
+    """A known caller that may not do this."""
+
     code = "forbidden"
 
 
-class NotFound(ApiError):
-    status = 404
+class NotFound(DomainError):
     code = "not_found"
 
 
-class Conflict(ApiError):
-    status = 409
+class Conflict(DomainError):
+    """Not possible in the record's current state."""
+
     code = "conflict"
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
+class TooLarge(DomainError):
     code = "payload_too_large"
 
 
-class ValidationFailed(ApiError):
-    status = 422
+class ValidationFailed(DomainError):
+    """Readable input that breaks a domain rule."""
+
     code = "validation_failed"
 
 
-class ServiceUnavailable(ApiError):
-    status = 503
+class TemporarilyUnavailable(DomainError):
+    """Something we depend on cannot serve this now; asking again later may work."""
+
     code = "unavailable"
 
 

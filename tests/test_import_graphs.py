@@ -126,3 +126,17 @@ def test_an_api_command_imports_its_http_client_and_nothing_heavy(command: list[
 
     assert "controlplane.client" in modules
     assert of_packages(modules, HEAVY) == set()
+
+
+def test_the_services_load_no_flask() -> None:
+    # Services take a Session and raise domain errors: the request-scoped session and the
+    # error → HTTP table live in controlplane.api, so a worker importing them needs no web.
+    script = (
+        "import importlib, pkgutil, controlplane.services as s\n"
+        "for m in pkgutil.iter_modules(s.__path__):\n"
+        "    importlib.import_module(f'controlplane.services.{m.name}')\n"
+    )
+    modules = loaded([sys.executable, "-c", script])
+
+    assert {"controlplane.services.builds", "controlplane.db", "sqlalchemy"} <= modules
+    assert of_packages(modules, ("flask", "werkzeug", "flask_smorest")) == set()

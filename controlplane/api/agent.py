@@ -19,9 +19,9 @@ from redis import Redis
 from controlplane import metrics, schemas
 from controlplane.api.auth import current_host, require_host
 from controlplane.api.longpoll import WakeHub
+from controlplane.api.requestdb import session
 from controlplane.crypto import SecretBox
-from controlplane.db import session
-from controlplane.errors import BadRequest, NotFound
+from controlplane.errors import Malformed, NotFound
 from controlplane.models import Host
 from controlplane.services import agentreports, envlogs, generations, snapshots
 from controlplane.settings import Settings
@@ -88,7 +88,7 @@ def desired_state() -> Response:
     host_id = current_host().host_id
     wait = request.args.get("wait", "0")
     if not wait.isdigit():
-        raise BadRequest("wait must be a number of seconds")
+        raise Malformed("wait must be a number of seconds")
     presented = _presented_generation()
     if presented is not None and int(wait) > 0:
         session().close()  # hold no database connection while waiting
@@ -119,7 +119,7 @@ def desired_state() -> Response:
 def status() -> tuple[str, int]:
     report = request.get_json(silent=True)
     if not isinstance(report, dict) or not isinstance(report.get("environments", []), list):
-        raise BadRequest("the status report must be a JSON object with an environments list")
+        raise Malformed("the status report must be a JSON object with an environments list")
     db = session()
     host = db.get(Host, current_host().host_id, with_for_update=True)
     if host is None:
@@ -135,7 +135,7 @@ def logs() -> tuple[str, int]:
     """A batch of what the host's containers printed (:mod:`hostagent.logship`)."""
     batch = request.get_json(silent=True)
     if not isinstance(batch, dict):
-        raise BadRequest("a log batch must be a JSON object")
+        raise Malformed("a log batch must be a JSON object")
     db = session()
     host = db.get(Host, current_host().host_id)
     if host is None:

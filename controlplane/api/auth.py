@@ -14,8 +14,8 @@ from flask import current_app, g, request
 from redis import Redis
 from redis.exceptions import RedisError
 
-from controlplane.db import session
-from controlplane.errors import Forbidden, Unauthorized
+from controlplane.api.requestdb import session
+from controlplane.errors import NotPermitted, Unauthenticated
 from controlplane.models import ApiToken
 from controlplane.services import tokens
 from controlplane.services.tokens import HostIdentity
@@ -41,10 +41,10 @@ def _authenticate() -> ApiToken:
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        raise Unauthorized("a bearer token is required")
+        raise Unauthenticated("a bearer token is required")
     token = tokens.authenticate(session(), presented.strip())
     if token is None:
-        raise Unauthorized("the token is invalid or revoked")
+        raise Unauthenticated("the token is invalid or revoked")
     return token
 
 
@@ -106,9 +106,9 @@ class _HostTokenCache:
     def _verify(self, presented: str, redis: Redis, mac_key: bytes | None) -> HostIdentity:
         token = tokens.authenticate(session(), presented)
         if token is None:
-            raise Unauthorized("the token is invalid or revoked")
+            raise Unauthenticated("the token is invalid or revoked")
         if token.scope != TokenScope.HOST or token.host_id is None:
-            raise Forbidden("this needs the token of a host")
+            raise NotPermitted("this needs the token of a host")
         identity = HostIdentity(token.id, token.host_id, token.name)
         if mac_key is not None:
             sealed = tokens.seal(
@@ -156,7 +156,7 @@ def require_host(view: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
-            raise Unauthorized("a bearer token is required")
+            raise Unauthenticated("a bearer token is required")
         redis: Redis = current_app.extensions["portside.redis"]
         settings: Settings = current_app.extensions["portside.settings"]
         mac_key = _mac_key(settings.secret_key.reveal())
@@ -177,7 +177,7 @@ def require(*scopes: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             if "host" not in allowed:
                 allowed.add("admin")
             if token.scope not in allowed:
-                raise Forbidden(f"this needs a token of scope {' or '.join(sorted(allowed))}")
+                raise NotPermitted(f"this needs a token of scope {' or '.join(sorted(allowed))}")
             g.api_token = token
             return view(*args, **kwargs)
 

@@ -10,9 +10,9 @@ from flask_smorest import Blueprint, Page
 
 from controlplane import schemas
 from controlplane.api.auth import actor, current_token, require
+from controlplane.api.requestdb import session
 from controlplane.crypto import SecretBox
-from controlplane.db import session
-from controlplane.errors import Forbidden
+from controlplane.errors import NotPermitted
 from controlplane.services import (
     appsetup,
     audit,
@@ -123,7 +123,7 @@ def list_variables(query: dict[str, Any], service_id: int) -> list[dict[str, Any
     db = session()
     reveal = query["reveal"]
     if reveal and current_token().scope != "admin":
-        raise Forbidden("revealing values needs an admin token")
+        raise NotPermitted("revealing values needs an admin token")
     box = SecretBox.from_settings(current_app.extensions["portside.settings"]) if reveal else None
     rows = variables.list_variables(db, service_id)
     if reveal:

@@ -8,8 +8,8 @@ from flask_smorest import Blueprint
 
 from controlplane import schemas
 from controlplane.api.auth import actor, require
+from controlplane.api.requestdb import session
 from controlplane.api.shaping import paged
-from controlplane.db import session
 from controlplane.models import WebhookDelivery
 from controlplane.services import audit, deliveries, listings
 

@@ -9,8 +9,8 @@ from flask_smorest import Blueprint
 
 from controlplane import schemas
 from controlplane.api.auth import actor, require
+from controlplane.api.requestdb import session
 from controlplane.api.shaping import paged, row_fields
-from controlplane.db import session
 from controlplane.models import Environment
 from controlplane.services import approvals, envactions, listings, rollbacks
 

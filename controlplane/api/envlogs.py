@@ -12,8 +12,8 @@ from marshmallow import Schema, fields, validate
 from redis import Redis
 
 from controlplane.api.auth import require
+from controlplane.api.requestdb import session
 from controlplane.api.sse import event_stream
-from controlplane.db import session
 from controlplane.errors import NotFound
 from controlplane.models import Environment
 from controlplane.services import envlogs

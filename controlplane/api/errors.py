@@ -11,9 +11,38 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from controlplane.errors import ApiError
+from controlplane.errors import (
+    Conflict,
+    DomainError,
+    Malformed,
+    NotFound,
+    NotPermitted,
+    TemporarilyUnavailable,
+    TooLarge,
+    Unauthenticated,
+    ValidationFailed,
+)
 
 log = logging.getLogger(__name__)
+
+# The one place a domain error becomes an HTTP status; a subclass answers as its nearest
+# listed ancestor (a refused compose file is a 422 like any failed validation).
+HTTP_STATUS: dict[type[DomainError], int] = {
+    DomainError: 400,
+    Malformed: 400,
+    Unauthenticated: 401,
+    NotPermitted: 403,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    ValidationFailed: 422,
+    TemporarilyUnavailable: 503,
+}
+
+
+def http_status(exc: DomainError) -> int:
+    """The status a domain error answers with."""
+    return next(HTTP_STATUS[cls] for cls in type(exc).__mro__ if cls in HTTP_STATUS)
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
@@ -43,8 +72,8 @@ def _code_for(status: int) -> str:
 
 def exception_response(exc: Exception) -> Response:
     """The JSON answer to any exception a request raised."""
-    if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, DomainError):
+        return error_response(http_status(exc), exc.code, exc.message, exc.details)
     if isinstance(exc, HTTPException):
         status = exc.code or 500
         details = None
@@ -72,5 +101,5 @@ def exception_response(exc: Exception) -> Response:
 
 def register_error_handlers(app: Flask) -> None:
     # Each class by name: flask-smorest registers an HTTPException handler of its own.
-    for handled in (ApiError, HTTPException, DBAPIError, Exception):
+    for handled in (DomainError, HTTPException, DBAPIError, Exception):
         app.register_error_handler(handled, exception_response)

@@ -9,8 +9,8 @@ from flask_smorest import Blueprint
 
 from controlplane import schemas
 from controlplane.api.auth import actor, require
+from controlplane.api.requestdb import session
 from controlplane.api.shaping import paged, row_fields
-from controlplane.db import session
 from controlplane.services import hosts, listings
 
 blueprint = Blueprint("hosts", __name__, url_prefix="/v1/hosts", description="Agent hosts")

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint, Page
 
 from controlplane import schemas
 from controlplane.api.auth import require
-from controlplane.db import session
+from controlplane.api.requestdb import session
 from controlplane.services import installations
 
 blueprint = Blueprint(

@@ -19,8 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from controlplane import metrics
-from controlplane.db import session
-from controlplane.errors import Forbidden, Unauthorized
+from controlplane.api.requestdb import session
+from controlplane.errors import NotPermitted, Unauthenticated
 from controlplane.services import telemetry, tokens
 from controlplane.settings import Settings
 
@@ -65,7 +65,7 @@ def _authorize(settings: Settings) -> None:
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
-        raise Unauthorized("a bearer token is required")
+        raise Unauthenticated("a bearer token is required")
     expected = settings.metrics_token.reveal()
     if expected and hmac.compare_digest(presented.encode(), expected.encode()):
         return
@@ -76,9 +76,9 @@ def _authorize(settings: Settings) -> None:
     finally:
         db.close()
     if scope is None:
-        raise Unauthorized("the token is invalid or revoked")
+        raise Unauthenticated("the token is invalid or revoked")
     if scope not in SCRAPE_SCOPES:
-        raise Forbidden("this needs the metrics token or a token of scope admin or read")
+        raise NotPermitted("this needs the metrics token or a token of scope admin or read")
 
 
 def _database_families() -> list[Metric]:

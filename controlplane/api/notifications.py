@@ -9,8 +9,8 @@ from flask_smorest import Blueprint
 
 from controlplane import schemas
 from controlplane.api.auth import actor, require
+from controlplane.api.requestdb import session
 from controlplane.crypto import SecretBox
-from controlplane.db import session
 from controlplane.models import NotificationTarget
 from controlplane.services import notifications
 

@@ -14,10 +14,10 @@ from sqlalchemy import select
 from contracts.steps import Step
 from controlplane import schemas
 from controlplane.api.auth import actor, current_token, require
+from controlplane.api.requestdb import session
 from controlplane.api.sse import event_stream
 from controlplane.crypto import SecretBox
-from controlplane.db import session
-from controlplane.errors import ComposeRefusedError, ServiceUnavailable
+from controlplane.errors import ComposeRefusedError, TemporarilyUnavailable
 from controlplane.models import Build, Variable
 from controlplane.services import appsetup, builds, gates, gitsources, logs, registries
 from controlplane.settings import Settings
@@ -191,7 +191,7 @@ def git_token(query: dict[str, Any], build_id: int) -> dict[str, Any]:
     repository = build.service.repository
     github = appsetup.github_of(current_app.extensions)
     if github is None or repository is None:
-        raise ServiceUnavailable("no GitHub App is configured for this repository")
+        raise TemporarilyUnavailable("no GitHub App is configured for this repository")
     token = github.clone_token(
         repository.installation_id, repository.full_name, refresh=query["refresh"]
     )

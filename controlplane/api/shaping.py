@@ -8,7 +8,7 @@ from typing import Any
 from marshmallow import Schema, fields
 from sqlalchemy import Select
 
-from controlplane.db import session
+from controlplane.api.requestdb import session
 from controlplane.services import listings
 
 AUTH_ERRORS = {401: "no valid token", 403: "token of the wrong scope"}

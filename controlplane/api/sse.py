@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 
 from flask import Response, current_app
 
-from controlplane.db import session
-from controlplane.errors import ServiceUnavailable
+from controlplane.api.requestdb import session
+from controlplane.errors import TemporarilyUnavailable
 from controlplane.services import logstream
 
 
@@ -19,7 +19,7 @@ def event_stream(events: Callable[[logstream.LogStreams], Iterator[str]]) -> Res
     streams: logstream.LogStreams = current_app.extensions["portside.log_streams"]
     release = streams.admit()
     if release is None:
-        raise ServiceUnavailable("too many log streams are open: try again later")
+        raise TemporarilyUnavailable("too many log streams are open: try again later")
     response = Response(
         events(streams),
         mimetype="text/event-stream",

@@ -13,8 +13,8 @@ from marshmallow import Schema, fields
 
 from controlplane import schemas
 from controlplane.api.auth import actor, require
+from controlplane.api.requestdb import session
 from controlplane.api.shaping import row_fields
-from controlplane.db import session
 from controlplane.services import promotion, staging
 
 blueprint = Blueprint(

@@ -9,8 +9,8 @@ from flask_smorest import Blueprint, Page
 
 from controlplane import schemas
 from controlplane.api.auth import actor, forget_host_token, require
+from controlplane.api.requestdb import session
 from controlplane.api.shaping import AUTH_ERRORS, row_fields
-from controlplane.db import session
 from controlplane.services import tokens
 
 blueprint = Blueprint("tokens", __name__, url_prefix="/v1/tokens", description="API tokens")

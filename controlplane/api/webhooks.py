@@ -19,7 +19,7 @@ from werkzeug.wsgi import get_input_stream
 
 from controlplane.api.errors import exception_response
 from controlplane.db import Database
-from controlplane.errors import PayloadTooLarge, ServiceUnavailable, Unauthorized
+from controlplane.errors import TemporarilyUnavailable, TooLarge, Unauthenticated
 from controlplane.github import webhooks
 from controlplane.services import deliveries
 from controlplane.settings import Settings
@@ -66,17 +66,17 @@ class GitHubWebhookEndpoint:
             raise MethodNotAllowed(valid_methods=["POST"])
         secret = self._webhook_secret()
         if not secret:
-            raise ServiceUnavailable(
+            raise TemporarilyUnavailable(
                 "no webhook secret: set PORTSIDE_GITHUB_WEBHOOK_SECRET or register the "
                 "GitHub App from the dashboard's setup page"
             )
         header = environ.get(_SIGNATURE_KEY)
         if not header or not header.startswith("sha256="):
             # Refused before the body is read: an unsigned sender costs no upload.
-            raise Unauthorized("signature verification failed")
+            raise Unauthenticated("signature verification failed")
         body = _read_body(environ, self._settings.webhook_max_bytes)
         if not webhooks.verify_signature(body, header, secret):
-            raise Unauthorized("signature verification failed")
+            raise Unauthenticated("signature verification failed")
         headers = {name: environ.get(key, "") for name, key in _ENVIRON_KEYS.items()}
         delivery = webhooks.parse(headers, body)
         if delivery.event == "ping":
@@ -97,7 +97,7 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     try:
         return get_input_stream(environ, max_content_length=limit).read()
     except RequestEntityTooLarge:
-        raise PayloadTooLarge("the delivery is too large") from None
+        raise TooLarge("the delivery is too large") from None
 
 
 def mount(app: WSGIApplication, endpoint: GitHubWebhookEndpoint) -> WSGIApplication:

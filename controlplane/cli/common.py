@@ -74,7 +74,13 @@ def load_settings(*, dev: bool = False) -> Settings:
 def failure(exc: PortsideError) -> int:
     """One line on stderr for a failure a person can fix; the exit status says which kind."""
     from controlplane.client import ClientError
-    from controlplane.errors import ApiError, ConfigError
+    from controlplane.errors import (
+        ConfigError,
+        DomainError,
+        NotFound,
+        NotPermitted,
+        Unauthenticated,
+    )
 
     if isinstance(exc, ConfigError):
         print(f"portside: {exc}", file=sys.stderr)
@@ -82,10 +88,12 @@ def failure(exc: PortsideError) -> int:
     if isinstance(exc, ClientError):
         print(f"portside: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    if isinstance(exc, ApiError):
+    if isinstance(exc, DomainError):
         details = f" ({json.dumps(exc.details)})" if exc.details else ""
         print(f"portside: {exc.message}{details}", file=sys.stderr)
-        return {404: EXIT_NOT_FOUND, 401: EXIT_AUTH, 403: EXIT_AUTH}.get(exc.status, EXIT_USAGE)
+        if isinstance(exc, NotFound):
+            return EXIT_NOT_FOUND
+        return EXIT_AUTH if isinstance(exc, (Unauthenticated, NotPermitted)) else EXIT_USAGE
     print(f"portside: {exc}", file=sys.stderr)
     return EXIT_UNAVAILABLE
 

@@ -12,10 +12,10 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from controlplane import schemas
 from controlplane.api.auth import forget_host_token
+from controlplane.api.requestdb import session
 from controlplane.crypto import SecretBox
 from controlplane.dashboard.forms import admin_form, committed
 from controlplane.dashboard.views import _settings, blueprint
-from controlplane.db import session
 from controlplane.models import Repository
 from controlplane.services import (
     catalog,

@@ -12,9 +12,9 @@ from flask import Response, abort, render_template, request, url_for
 from sqlalchemy import select
 
 from controlplane.api.envlogs import follow
+from controlplane.api.requestdb import session
 from controlplane.dashboard.hostspage import ContainerRow, reported_containers
 from controlplane.dashboard.views import _redis, _settings, blueprint
-from controlplane.db import session
 from controlplane.models import Environment, Host
 from controlplane.services import envlogs, hosts, logstream, placements
 from controlplane.services.githubwrites import environment_url

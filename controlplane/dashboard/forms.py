@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from flask import abort, g, request
 from sqlalchemy.orm import Session
 
+from controlplane.api.errors import http_status
 from controlplane.dashboard import login
-from controlplane.errors import ApiError
+from controlplane.errors import DomainError
 from controlplane.statuses import TokenScope
 
 
@@ -30,7 +31,7 @@ def committed(db: Session) -> Iterator[None]:
     """Commit what the block did; a refusal rolls it back and is the page's answer."""
     try:
         yield
-    except ApiError as exc:
+    except DomainError as exc:
         db.rollback()
-        abort(exc.status, exc.message)
+        abort(http_status(exc), exc.message)
     db.commit()

@@ -8,8 +8,8 @@ from typing import Any
 
 from flask import render_template
 
+from controlplane.api.requestdb import session
 from controlplane.dashboard.views import EnvironmentRow, _settings, blueprint
-from controlplane.db import session
 from controlplane.models import Host
 from controlplane.services import hosts, listings
 from controlplane.services.githubwrites import environment_url

@@ -7,9 +7,9 @@ from __future__ import annotations
 from flask import abort, redirect, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
+from controlplane.api.requestdb import session
 from controlplane.dashboard.forms import admin_form, committed
 from controlplane.dashboard.views import blueprint
-from controlplane.db import session
 from controlplane.services import promotion
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import abort, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
+from controlplane.api.requestdb import session
 from controlplane.crypto import SecretBox
 from controlplane.dashboard.forms import admin_form, committed
 from controlplane.dashboard.views import (
@@ -14,7 +15,6 @@ from controlplane.dashboard.views import (
     _settings,
     blueprint,
 )
-from controlplane.db import session
 from controlplane.models import Service
 from controlplane.services import appsetup, envactions, listings, pending
 from controlplane.services.githubwrites import environment_url

@@ -19,10 +19,10 @@ import requests
 from flask import abort, current_app, g, render_template, request, session
 from sqlalchemy import func, select
 
+from controlplane.api.requestdb import session as db_session
 from controlplane.crypto import SecretBox
 from controlplane.dashboard.forms import admin_form
 from controlplane.dashboard.views import _settings, blueprint
-from controlplane.db import session as db_session
 from controlplane.errors import PortsideError
 from controlplane.github import manifest
 from controlplane.models import Host

@@ -27,9 +27,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from controlplane.api.pipeline import log_stream_response
+from controlplane.api.requestdb import session
 from controlplane.dashboard import login, present
 from controlplane.dashboard.forms import admin_form, committed
-from controlplane.db import session
 from controlplane.models import (
     Build,
     Deployment,

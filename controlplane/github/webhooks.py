@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from controlplane.errors import BadRequest
+from controlplane.errors import Malformed
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 # The headers :func:`parse` reads (any other is ignored).
@@ -55,20 +55,20 @@ def _refuse_constant(name: str) -> Any:
 
 
 def parse(headers: Mapping[str, str], body: bytes) -> Delivery:
-    """Parse a delivery whose signature was already verified; BadRequest when malformed."""
+    """Parse a delivery whose signature was already verified; Malformed when malformed."""
     headers = {name.lower(): value for name, value in headers.items()}
     guid = (headers.get("x-github-delivery") or "").strip()
     event = (headers.get("x-github-event") or "").strip()
     if not guid or not event:
-        raise BadRequest("X-GitHub-Delivery and X-GitHub-Event are required")
+        raise Malformed("X-GitHub-Delivery and X-GitHub-Event are required")
     if len(guid) > MAX_GUID_LENGTH or len(event) > 64:
-        raise BadRequest("X-GitHub-Delivery or X-GitHub-Event is too long")
+        raise Malformed("X-GitHub-Delivery or X-GitHub-Event is too long")
     try:
         payload = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
-        raise BadRequest("the body is not valid JSON") from None
+        raise Malformed("the body is not valid JSON") from None
     if not isinstance(payload, dict):
-        raise BadRequest("the body is not a JSON object")
+        raise Malformed("the body is not a JSON object")
     action = payload.get("action")
     installation = payload.get("installation")
     repository = payload.get("repository")

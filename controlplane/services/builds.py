@@ -42,8 +42,8 @@ from contracts.yamlsafe import YamlRefused, load_yaml
 from controlplane.errors import (
     ComposeRefusedError,
     Conflict,
-    Forbidden,
     NotFound,
+    NotPermitted,
     ValidationFailed,
 )
 from controlplane.models import (
@@ -126,11 +126,11 @@ def claim_step(
     token: ApiToken | None = None,
 ) -> BuildSpec:
     """Mark a step running for ``worker``, held by the API token ``token`` (the only one
-    then answered this build's credentials); Forbidden when the build is not of the
+    then answered this build's credentials); NotPermitted when the build is not of the
     token's lane, Conflict when the step must not run (again)."""
     build = get_build(session, build_id, lock=True)
     if token is not None and token.build_lane not in ("all", _lane(build)):
-        raise Forbidden(
+        raise NotPermitted(
             f"this token claims {token.build_lane} builds only; build {build_id} is {_lane(build)}"
         )
     if build.status in FINISHED:
@@ -195,7 +195,7 @@ def _lane(build: Build) -> str:
 
 
 def held_build(session: Session, build_id: int, token_id: int) -> Build:
-    """The build whose running step the token ``token_id`` claimed; Forbidden otherwise, so
+    """The build whose running step the token ``token_id`` claimed; NotPermitted otherwise, so
     a worker token reaches the credentials of the builds it works on and no others."""
     build = get_build(session, build_id)
     holding = (
@@ -204,17 +204,17 @@ def held_build(session: Session, build_id: int, token_id: int) -> Build:
         and any(step.status == "running" for step in build.steps)
     )
     if not holding:
-        raise Forbidden(f"this token does not hold a running step of build {build_id}")
+        raise NotPermitted(f"this token does not hold a running step of build {build_id}")
     return build
 
 
 def check_holder(session: Session, build_id: int, attempt: int, token_id: int | None) -> None:
-    """Forbidden unless ``token_id`` claimed the build's current ``attempt``: another worker
+    """NotPermitted unless ``token_id`` claimed the build's current ``attempt``: another worker
     token (one running forks' code among them) may neither report its steps, failing it,
     nor keep it alive. An attempt no longer current is the callee's Conflict."""
     build = get_build(session, build_id)
     if build.attempt == attempt and build.worker_token_id != token_id:
-        raise Forbidden(f"this token does not hold build {build_id}")
+        raise NotPermitted(f"this token does not hold build {build_id}")
 
 
 def finish_step(

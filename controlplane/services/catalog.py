@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from contracts import logdrivers
 from controlplane.crypto import SecretBox
-from controlplane.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from controlplane.errors import Conflict, Malformed, NotFound, ValidationFailed
 from controlplane.models import Environment, Host, Repository, Service, utcnow
 from controlplane.services import (
     audit,
@@ -68,7 +68,7 @@ def create_service(
     git = spec.git
     if git is not None:
         if spec.repository:
-            raise BadRequest(
+            raise Malformed(
                 "give repository or git_url, not both",
                 details={"repository": ["not with git_url"]},
             )
@@ -89,7 +89,7 @@ def create_service(
             branch=branch,
         )
     elif not spec.repository:
-        raise BadRequest(
+        raise Malformed(
             "give repository (owner/name) or git_url",
             details={"repository": ["owner/name, or git_url instead"]},
         )

@@ -24,7 +24,7 @@ from github import Github, GithubException, UnknownObjectException
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from controlplane.errors import ApiError, Conflict
+from controlplane.errors import Conflict, DomainError
 from controlplane.github.app import GitHubApp
 from controlplane.models import (
     AuditEvent,
@@ -182,7 +182,7 @@ def handle_comment(session: Session, delivery: WebhookDelivery, context: Handler
         with session.begin_nested():  # a command that fails half way changes nothing
             done = _run(session, Request(delivery, context, comment, services, actor), command)
         result = "done"
-    except ApiError as exc:
+    except DomainError as exc:
         done, result = exc.message, "failed"
     event = audit.record(
         session,
@@ -200,7 +200,7 @@ def handle_comment(session: Session, delivery: WebhookDelivery, context: Handler
 
 
 def _run(session: Session, request: Request, command: str) -> str:
-    """Carry out a writer's command; an :class:`ApiError` says why it could not be."""
+    """Carry out a writer's command; an :class:`DomainError` says why it could not be."""
     comment = request.comment
     if command == "preview":
         if comment.pr_number is None:
@@ -386,7 +386,7 @@ def redeploy_check_run(session: Session, delivery: WebhookDelivery, build: Build
     actor = f"github:{(delivery.payload.get('sender') or {}).get('login') or 'unknown'}"
     try:
         rebuilt = envactions.redeploy(session, environment.id, actor)
-    except ApiError as exc:
+    except DomainError as exc:
         return Outcome("ignored", f"not redeployed: {exc.message}")
     rebuilt.delivery_id = delivery.id
     session.flush()

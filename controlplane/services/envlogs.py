@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from contracts.masking import mask
-from controlplane.errors import BadRequest
+from controlplane.errors import Malformed
 from controlplane.models import Environment, Host
 from controlplane.services import logstream, placements
 from controlplane.services.logs import redis_text
@@ -47,9 +47,9 @@ def append(
     entries = batch.get("entries")
     dropped = batch.get("dropped", 0)
     if not isinstance(entries, list) or not isinstance(dropped, int):
-        raise BadRequest("a log batch is {entries: [...], dropped: n}")
+        raise Malformed("a log batch is {entries: [...], dropped: n}")
     if len(entries) > MAX_BATCH:
-        raise BadRequest(f"a log batch holds at most {MAX_BATCH} lines")
+        raise Malformed(f"a log batch holds at most {MAX_BATCH} lines")
     names = {str(e.get("environment")) for e in entries if isinstance(e, dict)}
     environments = {
         env.name: env

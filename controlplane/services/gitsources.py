@@ -27,7 +27,7 @@ from contracts.gitremote import (
     ls_remote,
 )
 from controlplane.crypto import SecretBox
-from controlplane.errors import BadRequest, PortsideError, ServiceUnavailable, ValidationFailed
+from controlplane.errors import Malformed, PortsideError, TemporarilyUnavailable, ValidationFailed
 from controlplane.models import Service, utcnow
 from controlplane.services import pushes
 
@@ -61,33 +61,33 @@ class GitSource:
 
 
 def check_source(source: GitSource, *, allow_local: bool) -> GitSource:
-    """``source`` tidied; BadRequest naming the field when it cannot be tracked."""
+    """``source`` tidied; Malformed naming the field when it cannot be tracked."""
     url = source.url.strip()
     try:
         kind = check_git_url(url, allow_local=allow_local)
     except GitUrlRefused as exc:
-        raise BadRequest(f"git_url refused: {exc}", details={"git_url": [str(exc)]}) from None
+        raise Malformed(f"git_url refused: {exc}", details={"git_url": [str(exc)]}) from None
     token = (source.token or "").strip() or None
     ssh_key = (source.ssh_key or "").strip() or None
     if token and ssh_key:
-        raise BadRequest(
+        raise Malformed(
             "give git_token or git_ssh_key, not both",
             details={"git_token": ["only one kind of credentials"]},
         )
     if token and kind not in ("https", "http"):
-        raise BadRequest(
+        raise Malformed(
             "git_token is for https URLs", details={"git_token": [f"the URL is {kind}"]}
         )
     if ssh_key and kind != "ssh":
-        raise BadRequest(
+        raise Malformed(
             "git_ssh_key is for ssh URLs", details={"git_ssh_key": [f"the URL is {kind}"]}
         )
     if ssh_key and "PRIVATE KEY-----" not in ssh_key:
-        raise BadRequest(
+        raise Malformed(
             "git_ssh_key is not a private key", details={"git_ssh_key": ["a PEM/OpenSSH key"]}
         )
     if not MIN_POLL_INTERVAL <= source.poll_interval <= MAX_POLL_INTERVAL:
-        raise BadRequest(
+        raise Malformed(
             "poll_interval out of range",
             details={"poll_interval": [f"between {MIN_POLL_INTERVAL} and {MAX_POLL_INTERVAL}"]},
         )
@@ -95,13 +95,13 @@ def check_source(source: GitSource, *, allow_local: bool) -> GitSource:
 
 
 def read_remote(url: str, auth: GitAuth | None) -> RemoteRefs:
-    """The remote's refs; ServiceUnavailable when it does not answer now, ValidationFailed
+    """The remote's refs; TemporarilyUnavailable when it does not answer now, ValidationFailed
     when it refuses (no such repository, credentials refused)."""
     try:
         return ls_remote(url, auth)
     except GitRemoteError as exc:
         if exc.transient:
-            raise ServiceUnavailable(f"cannot reach {url}: {exc}; try again") from None
+            raise TemporarilyUnavailable(f"cannot reach {url}: {exc}; try again") from None
         raise ValidationFailed(
             f"cannot read {url}: {exc}", details={"git_url": [str(exc)]}
         ) from None
@@ -125,7 +125,7 @@ def auth_of(service: Service, box: SecretBox | None) -> GitAuth | None:
     """The service's credentials, decrypted (for ls-remote and the step holder only)."""
     if box is None:
         if service.git_token_encrypted or service.git_ssh_key_encrypted:
-            raise ServiceUnavailable("PORTSIDE_SECRET_KEY is needed to open git credentials")
+            raise TemporarilyUnavailable("PORTSIDE_SECRET_KEY is needed to open git credentials")
         return None
     token = box.decrypt(service.git_token_encrypted) if service.git_token_encrypted else None
     key = box.decrypt(service.git_ssh_key_encrypted) if service.git_ssh_key_encrypted else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from contracts import envkinds
-from controlplane.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from controlplane.errors import Conflict, NotFound, NotPermitted, ValidationFailed
 from controlplane.models import Deployment, Environment
 from controlplane.services import audit, builds
 from controlplane.statuses import DeploymentStatus, EnvironmentStatus
@@ -42,7 +42,7 @@ def _refusal(source: Environment, target: Environment) -> None:
         )
     current = source.current_deployment
     if source.from_fork or (current is not None and current.build.untrusted):
-        raise Forbidden(
+        raise NotPermitted(
             f"{source.name} runs a fork's code: untrusted code never reaches "
             f"{target.name} through a promotion"
         )

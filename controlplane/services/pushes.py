@@ -25,7 +25,7 @@ from contracts.steps import STEPS
 from controlplane.errors import (
     Conflict,
     PermanentError,
-    ServiceUnavailable,
+    TemporarilyUnavailable,
     TransientError,
     ValidationFailed,
 )
@@ -178,7 +178,7 @@ def resolve_ref(github: GitHubApp | None, service: Service, ref: str) -> tuple[s
     """The commit a branch, tag or (abbreviated) SHA names in the service's repository, as
     (SHA, message), through GitHub (``GET /repos/{o}/{r}/commits/{ref}``); None when GitHub
     knows no such ref. Conflict when GitHub may not be asked for this repository or
-    refuses, ServiceUnavailable when it cannot be reached now (a person asks again)."""
+    refuses, TemporarilyUnavailable when it cannot be reached now (a person asks again)."""
     repository = service.repository
     if github is None or repository is None or repository.installation_id is None:
         raise Conflict(
@@ -209,7 +209,7 @@ def resolve_ref(github: GitHubApp | None, service: Service, ref: str) -> tuple[s
     except GitHubRefused as exc:
         raise Conflict(str(exc)) from None
     except TransientError as exc:
-        raise ServiceUnavailable(f"{exc}; try again") from None
+        raise TemporarilyUnavailable(f"{exc}; try again") from None
     if found is None:
         return None
     sha, message, in_history = found

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controlplane.errors import BadRequest, NotFound
+from controlplane.errors import Malformed, NotFound
 from controlplane.models import ApiToken, utcnow
 from controlplane.services import audit
 from controlplane.statuses import BUILD_LANES, TOKEN_SCOPES, TokenScope
@@ -62,15 +62,15 @@ def create_token(
     ``builds`` is a worker token's lane (None: the trusted builds only), so a fork's code
     runs only on workers whose token was made for it."""
     if scope not in TOKEN_SCOPES:
-        raise BadRequest(f"scope must be one of {', '.join(TOKEN_SCOPES)}")
+        raise Malformed(f"scope must be one of {', '.join(TOKEN_SCOPES)}")
     if builds is not None and scope != TokenScope.WORKER:
-        raise BadRequest("only a worker token has a lane of builds")
+        raise Malformed("only a worker token has a lane of builds")
     if builds is not None and builds not in BUILD_LANES:
-        raise BadRequest(f"builds must be one of {', '.join(BUILD_LANES)}")
+        raise Malformed(f"builds must be one of {', '.join(BUILD_LANES)}")
     if scope == TokenScope.HOST and host_id is None:
-        raise BadRequest("a host token belongs to a host")
+        raise Malformed("a host token belongs to a host")
     if not name.strip():
-        raise BadRequest("a token needs a name")
+        raise Malformed("a token needs a name")
     public_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     token = ApiToken(

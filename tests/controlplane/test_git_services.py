@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
-from controlplane.errors import BadRequest
+from controlplane.errors import Malformed
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Service
 from controlplane.services import (
@@ -144,7 +144,7 @@ def test_local_paths_need_the_admin_setting(db_session: Session, host: str, remo
         host="",
         git=gitsources.GitSource(str(remote.bare)),
     )
-    with pytest.raises(BadRequest, match="PORTSIDE_ALLOW_LOCAL_GIT"):
+    with pytest.raises(Malformed, match="PORTSIDE_ALLOW_LOCAL_GIT"):
         catalog.create_service(db_session, spec, "test", allow_local_git=False)
 
 
