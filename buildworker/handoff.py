@@ -3,11 +3,13 @@
 The last exchange of a step ends it and claims the next (``POST .../finish`` with the
 worker's name), so the next step starts with its claim in hand; it starts with the
 images, compose file and routed service the steps before it found, too. Both travel as
-the ``handoff`` argument of the next task: the state in clear (what Flower shows of a
-build), the claim sealed with a key derived from the worker's token, since it carries the
-build's secrets (build arguments, registry credentials) and the broker is no place for
-them in clear. Any process of a worker holding that token can open it; a claim that
-cannot be opened is claimed again.
+the ``handoff`` argument of the next task, sealed whole (Fernet: encrypted and
+authenticated) with a key derived from the worker's token and bound to the build, the
+attempt and the step it is for. The claim carries the build's secrets (build arguments,
+registry credentials), and the state decides what is pushed and deployed: whoever can
+write to the broker (every worker holds its password) must neither read them nor forge
+or move them to another build. A hand-off that does not open for this exact step is
+refused; the message is dropped and the build, no longer heartbeating, is taken over.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ class Handoff:
         return Handoff(self.state)
 
 
+# A hand-off waits in its node's queue behind at most that node's other builds; an older
+# one is a replayed message, not a late one.
+HANDOFF_TTL_SECONDS = 6 * 3600
+
+
+class HandoffRefused(Exception):
+    """A hand-off that is not this worker's, not for this step, forged or too old."""
+
+
 class Sealer:
     """Seals hand-offs for the processes of the workers holding ``token``."""
 
@@ -44,20 +55,30 @@ class Sealer:
         digest = hashlib.sha256(b"portside step hand-off\0" + token.encode()).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
 
-    def to_message(self, handoff: Handoff) -> dict[str, Any]:
-        claim = json.dumps(handoff.claim).encode() if handoff.claim is not None else None
-        return {
+    def seal(self, handoff: Handoff, build_id: int, attempt: int, step: str) -> str:
+        """The hand-off for ``step`` of this build attempt, as the next message carries it."""
+        body = {
+            "build_id": build_id,
+            "attempt": attempt,
+            "step": step,
             "state": handoff.state,
-            "claim": self._fernet.encrypt(claim).decode() if claim is not None else None,
+            "claim": handoff.claim,
         }
+        return self._fernet.encrypt(json.dumps(body).encode()).decode()
 
-    def from_message(self, message: dict[str, Any] | None) -> Handoff | None:
-        if not message:
-            return None
-        claim = None
-        if message.get("claim"):
-            try:
-                claim = json.loads(self._fernet.decrypt(message["claim"].encode()))
-            except (InvalidToken, ValueError):
-                claim = None
-        return Handoff(dict(message.get("state") or {}), claim)
+    def open(self, sealed: str, build_id: int, attempt: int, step: str) -> Handoff:
+        """The hand-off sealed for exactly this step of this build attempt, or refused."""
+        try:
+            body = json.loads(self._fernet.decrypt(sealed.encode(), ttl=HANDOFF_TTL_SECONDS))
+        except (InvalidToken, ValueError, AttributeError):
+            raise HandoffRefused("the hand-off does not open with this worker's key") from None
+        if not isinstance(body, dict) or (
+            body.get("build_id"),
+            body.get("attempt"),
+            body.get("step"),
+        ) != (build_id, attempt, step):
+            raise HandoffRefused(f"the hand-off is not for {step} of build {build_id}/{attempt}")
+        state, claim = body.get("state"), body.get("claim")
+        if not isinstance(state, dict) or not (claim is None or isinstance(claim, dict)):
+            raise HandoffRefused("the hand-off is malformed")
+        return Handoff(state, claim)

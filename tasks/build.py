@@ -22,7 +22,7 @@ from redis import Redis, RedisError
 from buildworker import channel, info
 from buildworker.api import ControlPlane, StepRefused
 from buildworker.errors import PermanentBuildError, TransientBuildError
-from buildworker.handoff import Handoff, Sealer
+from buildworker.handoff import Handoff, HandoffRefused, Sealer
 from buildworker.runner import StepRunner, WorkerConfig, WrongWorker
 from buildworker.settings import BuildWorkerSettings
 from contracts.steps import FIRST_STEP, STEPS, Step
@@ -94,20 +94,33 @@ def _pin_rest_of_chain(task: Task[Any, Any]) -> None:
         signature.setdefault("options", {})["queue"] = queue
 
 
-def _hand_over(task: Task[Any, Any], handoff: Handoff) -> None:
-    """Give the next step of this chain what this one leaves it (its claim, the state):
-    Celery sends the next task, with this argument, when this one returns."""
+def _hand_over(
+    task: Task[Any, Any], to: Step, build_id: int, attempt: int, handoff: Handoff
+) -> None:
+    """Give the next step of this chain what this one leaves it (its claim, the state),
+    sealed for that step of this build attempt: Celery sends the next task, with this
+    argument, when this one returns."""
     following = (task.request.chain or [])[-1:]
     for signature in following:
-        signature.setdefault("kwargs", {})["handoff"] = sealer().to_message(handoff)
+        sealed = sealer().seal(handoff, build_id, attempt, to.value)
+        signature.setdefault("kwargs", {})["handoff"] = sealed
 
 
-def _received(task: Task[Any, Any], message: dict[str, Any] | None) -> Handoff | None:
+def _received(
+    task: Task[Any, Any], step: Step, build_id: int, attempt: int, sealed: str | None
+) -> Handoff | None:
     """What the step before handed over; its claim only on the first delivery (a retry
-    or a redelivered message claims again: the build may have moved on meanwhile)."""
-    handoff = sealer().from_message(message)
+    or a redelivered message claims again: the build may have moved on meanwhile).
+
+    Every step after the first needs one that opens for exactly this step: a message
+    without it, or with one forged, moved or replayed, is refused (HandoffRefused)."""
+    if step is FIRST_STEP:
+        return None
+    if not sealed:
+        raise HandoffRefused(f"{step} of build {build_id} came without a hand-off")
+    handoff = sealer().open(sealed, build_id, attempt, step.value)
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
-    if handoff is not None and (task.request.retries or redelivered):
+    if task.request.retries or redelivered:
         return handoff.unclaimed()
     return handoff
 
@@ -119,15 +132,20 @@ def _run_step(
     attempt: int,
     *,
     untrusted: bool,
-    handoff: dict[str, Any] | None,
+    handoff: str | None,
 ) -> None:
     steps = runner(task.request.hostname or "unknown")
     if step is FIRST_STEP:
         _pin_rest_of_chain(task)
     try:
-        passed = steps.run(
-            step, build_id, attempt, untrusted=untrusted, handoff=_received(task, handoff)
-        )
+        received = _received(task, step, build_id, attempt, handoff)
+    except HandoffRefused as exc:
+        # Not from this worker's previous step: dropped untouched, never trusted. The
+        # build stops heartbeating and is taken over as a new attempt.
+        log.warning("step %s of build %s refused: %s", step, build_id, exc)
+        raise Ignore(str(exc)) from None
+    try:
+        passed = steps.run(step, build_id, attempt, untrusted=untrusted, handoff=received)
     except WrongWorker as exc:
         # A message sent to the wrong queue: dropped untouched; the dispatcher sends the
         # build again (it is still queued), or it is taken over once claimed.
@@ -147,8 +165,8 @@ def _run_step(
         limit = worker_settings().build_timeout
         steps.give_up(step, build_id, attempt, f"the build exceeded its time limit of {limit} s")
         raise Ignore("time limit") from None
-    if passed is not None:
-        _hand_over(task, passed)
+    if passed is not None and step.next is not None:
+        _hand_over(task, step.next, build_id, attempt, passed)
 
 
 def _step_task(step: Step) -> Any:
@@ -157,7 +175,7 @@ def _step_task(step: Step) -> Any:
         build_id: int,
         attempt: int,
         untrusted: bool = False,
-        handoff: dict[str, Any] | None = None,
+        handoff: str | None = None,
     ) -> None:
         _run_step(self, step, build_id, attempt, untrusted=untrusted, handoff=handoff)
 

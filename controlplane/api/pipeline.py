@@ -227,7 +227,10 @@ def _registry_credentials(build_id: int) -> registries.Credentials:
 @worker_api.arguments(schemas.ArtifactsSchema)
 @worker_api.response(204)
 def upload_artifacts(data: dict[str, Any], build_id: int) -> None:
+    """The worker holding the build's attempt only: another worker token (a fork's among
+    them) must neither plant a compose file in it nor fail it with a bad upload."""
     db = session()
+    builds.check_holder(db, build_id, data["attempt"], current_token().id)
     try:
         builds.record_artifacts(
             db,
@@ -256,11 +259,14 @@ def create_deployment(data: dict[str, Any], service_id: int) -> Any:
     """Deploy a finished build; or, when a gate holds it, 202 without a deployment id, with
     the build's status (``awaiting_checks``, ``awaiting_approval``) and why in ``error``."""
     db = session()
+    build = builds.get_build(db, data["build_id"])
+    # Only the worker that built it: another worker token (a fork's among them) may not
+    # deploy builds it never held.
+    builds.check_holder(db, build.id, build.attempt, current_token().id)
     deployment = builds.record_deployment(db, service_id, data["build_id"], actor())
     db.commit()
     if deployment is not None:
         return deployment
-    build = builds.get_build(db, data["build_id"])
     held = {
         **_held(build),
         "environment_id": build.environment_id,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from contracts.steps import STEPS, Step
 from controlplane.db import Database
 from controlplane.models import Build, Environment, Host, Variable
-from controlplane.services import catalog, hosts, pushes, servicerules
+from controlplane.services import catalog, hosts, pushes, servicerules, tokens
 
 SHA_A = "a" * 40
 SHA_B = "b" * 40
@@ -226,12 +226,52 @@ def test_artifacts_need_digests(
     client: FlaskClient, worker_headers: dict[str, str], database: Database, service_id: int
 ) -> None:
     build_id = new_build(database, service_id, SHA_A, 1)
+    claimed = client.post(
+        f"/v1/builds/{build_id}/steps/clone/claim",
+        json={"attempt": 1, "worker": "build-1@test"},
+        headers=worker_headers,
+    )
+    assert claimed.status_code == 200, claimed.json
     response = client.post(
         f"/v1/builds/{build_id}/artifacts",
         json={"attempt": 1, "images": {"app": {"repository": "r", "tag": "t", "digest": "x"}}},
         headers=worker_headers,
     )
     assert response.status_code == 422
+
+
+def test_only_the_worker_holding_a_build_uploads_its_artifacts_or_deploys_it(
+    client: FlaskClient, worker_headers: dict[str, str], database: Database, service_id: int
+) -> None:
+    """Another worker token (a fork's lane, say) may neither plant a compose file in a
+    build it does not hold, nor fail it with a bad upload, nor deploy it."""
+    with database.session_scope() as session:
+        _row, secret = tokens.create_token(session, "fork-worker", "worker", builds="untrusted")
+    stranger = {"Authorization": f"Bearer {secret}"}
+    build_id = new_build(database, service_id, SHA_A, 1)
+    claimed = client.post(
+        f"/v1/builds/{build_id}/steps/clone/claim",
+        json={"attempt": 1, "worker": "build-1@test"},
+        headers=worker_headers,
+    )
+    assert claimed.status_code == 200, claimed.json
+    image = {"repository": "127.0.0.1:5000/o/hello", "tag": "x", "digest": DIGEST}
+    planted = client.post(
+        f"/v1/builds/{build_id}/artifacts",
+        json={"attempt": 1, "images": {"app": image}, "compose": "services: {}"},
+        headers=stranger,
+    )
+    assert planted.status_code == 403, planted.json
+    failing = client.post(
+        f"/v1/builds/{build_id}/artifacts",
+        json={"attempt": 1, "images": {"app": {**image, "digest": "x"}}},
+        headers=stranger,
+    )
+    assert failing.status_code in (403, 422)
+    assert deploy(client, stranger, service_id, build_id).status_code == 403
+    with database.session_scope() as session:
+        build = session.get(Build, build_id)
+        assert build is not None and build.status == "running" and build.compose is None
 
 
 def test_variables_are_encrypted_and_hidden_unless_revealed(
