@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import Schema, fields
 from redis import Redis
 
+from contracts.agentwire import AgentReport, WireError
 from controlplane import metrics, schemas
 from controlplane.api.auth import current_host, require_host
 from controlplane.api.longpoll import WakeHub
@@ -102,13 +103,11 @@ def desired_state() -> Response:
     if host is None:
         raise NotFound("this host no longer exists")
     settings: Settings = current_app.extensions["portside.settings"]
-    state: dict[str, Any] = snapshots.snapshot(
-        db, SecretBox.from_settings(settings), host, settings.registry
-    )
+    state = snapshots.snapshot(db, SecretBox.from_settings(settings), host, settings.registry)
     if host.generation != generation:  # else Redis told us, or was told when we asked
         generations.remember_generation(_redis(), host_id, host.generation)
     metrics.count_poll(200)
-    response = jsonify(state)
+    response = jsonify(state.to_json())
     response.headers["ETag"] = f'"{host.generation}"'
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -117,9 +116,10 @@ def desired_state() -> Response:
 @blueprint.post("/status")
 @require_host
 def status() -> tuple[str, int]:
-    report = request.get_json(silent=True)
-    if not isinstance(report, dict) or not isinstance(report.get("environments", []), list):
-        raise Malformed("the status report must be a JSON object with an environments list")
+    try:
+        report = AgentReport.from_json(request.get_json(silent=True))
+    except WireError as exc:
+        raise Malformed(str(exc)) from None
     db = session()
     host = db.get(Host, current_host().host_id, with_for_update=True)
     if host is None:
@@ -151,7 +151,8 @@ class RoutingSchema(Schema):
 
 
 class DesiredStateSchema(Schema):
-    """Documentation only: the snapshot is built as a dict and sent with ``jsonify``."""
+    """Documentation only: the snapshot is a :class:`contracts.agentwire.DesiredState`
+    sent with ``jsonify`` (its ``to_json``)."""
 
     host = fields.String()
     generation = fields.Integer()
@@ -174,7 +175,9 @@ class DesiredStateSchema(Schema):
 class EnvironmentStatusSchema(Schema):
     name = fields.String(required=True)
     deployment_id = fields.Integer()
-    state = fields.String(metadata={"description": "running, failed, starting, ..."})
+    state = fields.String(
+        required=True, metadata={"description": "running, starting, failed, refused, removed"}
+    )
     healthy = fields.Boolean()
     address = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
@@ -182,7 +185,9 @@ class EnvironmentStatusSchema(Schema):
 
 class StatusReportSchema(Schema):
     agent_version = fields.String()
-    generation = fields.Integer(metadata={"description": "the generation the agent applied"})
+    generation = fields.Integer(
+        required=True, metadata={"description": "the generation the agent applied"}
+    )
     environments = fields.List(fields.Nested(EnvironmentStatusSchema))
 
 
@@ -255,7 +260,7 @@ def document(spec: APISpec, app: Flask) -> None:
                 },
                 "responses": {
                     "204": {"description": "recorded"},
-                    "400": _error("the report is not a JSON object with an environments list"),
+                    "400": _error("the report breaks the contract; the message names the field"),
                     **auth_errors,
                     "default": "DEFAULT_ERROR",
                 },

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from contracts.agentwire import AgentReport, EnvironmentReport, ReportState
 from controlplane.models import Deployment, Environment, Host, utcnow
 from controlplane.services import audit, effects, gates, generations, placements
 from controlplane.services.rollbacks import previous_active
 
 
-def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
+def record_status(session: Session, host: Host, report: AgentReport) -> None:
     """Apply an agent's report: activate healthy deployments, fail and revert broken ones.
 
     ``refused`` means the agent will not run the deployment (its snapshot entry or compose
@@ -20,42 +19,37 @@ def record_status(session: Session, host: Host, report: dict[str, Any]) -> None:
     fails, the environment shows ``refused`` with the agent's reason, nothing is reverted.
     """
     host.last_seen_at = utcnow()
-    host.agent_version = str(report.get("agent_version") or "")[:64] or None
-    generation = report.get("generation")
-    if isinstance(generation, int):
-        host.applied_generation = generation
-    host.observed = report
-    for item in report.get("environments") or []:
+    host.agent_version = (report.agent_version or "")[:64] or None
+    host.applied_generation = report.generation
+    host.observed = report.to_json()
+    for item in report.environments:
         environment = session.scalar(
-            select(Environment).where(
-                placements.placed_on(host.id), Environment.name == item.get("name")
-            )
+            select(Environment).where(placements.placed_on(host.id), Environment.name == item.name)
         )
-        if environment is None:
+        if environment is None or item.deployment_id is None:
             continue
-        deployment = session.get(Deployment, item.get("deployment_id"))
+        deployment = session.get(Deployment, item.deployment_id)
         if deployment is None or deployment.environment_id != environment.id:
             continue
-        state = item.get("state")
-        if state == "running" and item.get("healthy"):
+        if item.state == ReportState.RUNNING and item.healthy:
             # Active once every host runs it; the address is its own (first) host's.
             if placements.running_everywhere(session, environment, deployment.id, host):
                 address = (
-                    item.get("address")
+                    item.address
                     if environment.host_id == host.id
                     else placements.reported_address(session, environment, deployment.id)
                 )
                 _activate(session, environment, deployment, address)
-        elif state == "failed" and deployment.status in ("pending", "active"):
+        elif item.state == ReportState.FAILED and deployment.status in ("pending", "active"):
             _fail(session, environment, deployment, item)
-        elif state == "refused":
+        elif item.state == ReportState.REFUSED:
             _refused(session, environment, deployment, item)
 
 
 def _refused(
-    session: Session, environment: Environment, deployment: Deployment, item: dict[str, Any]
+    session: Session, environment: Environment, deployment: Deployment, item: EnvironmentReport
 ) -> None:
-    reason = str(item.get("error") or "refused by the host agent")[:8000]
+    reason = (item.error or "refused by the host agent")[:8000]
     if deployment.status == "pending":
         deployment.status = "failed"
         deployment.error = reason
@@ -68,9 +62,9 @@ def _refused(
 
 
 def _activate(
-    session: Session, environment: Environment, deployment: Deployment, address: object
+    session: Session, environment: Environment, deployment: Deployment, address: str | None
 ) -> None:
-    if isinstance(address, str) and address:
+    if address:
         environment.address = address[:255]
     newly_active = deployment.status != "active"
     # A fork preview whose new head awaits approval keeps saying so while the approved
@@ -104,10 +98,10 @@ def _activate(
 
 
 def _fail(
-    session: Session, environment: Environment, deployment: Deployment, item: dict[str, Any]
+    session: Session, environment: Environment, deployment: Deployment, item: EnvironmentReport
 ) -> None:
-    error = str(item.get("error") or "the agent could not run the deployment")
-    logs = item.get("logs")
+    error = item.error or "the agent could not run the deployment"
+    logs = item.logs
     deployment.status = "failed"
     deployment.error = (f"{error}\n{logs}" if logs else error)[:8000]
     audit.record(session, "agent", "deployment.failed", "deployment", deployment.id)

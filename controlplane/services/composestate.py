@@ -3,8 +3,7 @@ policy with the service's limits, the service it routes, and the others it publi
 
 from __future__ import annotations
 
-from typing import Any
-
+from contracts.agentwire import Route
 from contracts.compose_policy import Caps, load_and_check, parse_memory
 from contracts.compose_routes import published_routes, routed_service
 from contracts.yamlsafe import YamlRefused, load_yaml
@@ -30,18 +29,18 @@ def checked_routed_service(
     return routed
 
 
-def compose_routes(compose: str, routed: str | None, domain: str | None) -> list[dict[str, Any]]:
+def compose_routes(compose: str, routed: str | None, domain: str | None) -> tuple[Route, ...]:
     """Each other service the file publishes with ``ports:`` gets ``<service>.<domain>``;
     ``expose``-only services stay internal."""
     if not domain:
-        return []
+        return ()
     try:
         document = load_yaml(compose) or {}
     except YamlRefused:
-        return []
+        return ()
     if not isinstance(document, dict):
-        return []
-    return [
-        {"service": r.service, "port": r.port, "domains": [f"{r.label}.{domain}"]}
+        return ()
+    return tuple(
+        Route(r.service, r.port, (f"{r.label}.{domain}",))
         for r in published_routes(document, routed)
-    ]
+    )

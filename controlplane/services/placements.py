@@ -131,10 +131,10 @@ def reports_running(host: Host | None, name: str, deployment_id: int) -> bool:
     )
 
 
-def reported_address(session: Session, environment: Environment, deployment_id: int) -> Any:
+def reported_address(session: Session, environment: Environment, deployment_id: int) -> str | None:
     """Where the environment's own host last reported the deployment answering, if it did."""
     report = getattr(session.get(Host, environment.host_id), "observed", None) or {}
-    return next(
+    address = next(
         (
             item.get("address")
             for item in report.get("environments") or []
@@ -144,6 +144,7 @@ def reported_address(session: Session, environment: Environment, deployment_id: 
         ),
         None,
     )
+    return address if isinstance(address, str) else None
 
 
 def running_everywhere(

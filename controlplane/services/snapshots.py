@@ -14,13 +14,24 @@ import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
-from contracts import envkinds
+from contracts import envkinds, logdrivers
+from contracts.agentwire import (
+    DesiredEnvironment,
+    DesiredState,
+    HealthCheck,
+    Mode,
+    Protection,
+    RefusedEnvironment,
+    RegistryAuth,
+    Resources,
+    Routing,
+)
+from contracts.logdrivers import LogDriver
 from controlplane.crypto import SecretBox
 from controlplane.models import Deployment, Environment, Host, Service, Variable
 from controlplane.services import placements, refusals, registries
@@ -53,13 +64,13 @@ def _runtime_env(
     return values
 
 
-def _preview_protection(box: SecretBox, service: Service) -> dict[str, Any] | None:
+def _preview_protection(box: SecretBox, service: Service) -> Protection | None:
     """What the agent puts in front of the service's previews (``PATCH
     /v1/services/{id}``'s ``preview_protection``), or None if nothing."""
     if service.preview_protection == "basic_auth" and service.preview_htpasswd_encrypted:
-        return {"basic_auth": [box.decrypt(service.preview_htpasswd_encrypted)]}
+        return Protection(basic_auth=(box.decrypt(service.preview_htpasswd_encrypted),))
     if service.preview_protection == "ip_allow" and service.preview_allow_networks:
-        return {"ip_allow": [str(network) for network in service.preview_allow_networks]}
+        return Protection(ip_allow=tuple(str(net) for net in service.preview_allow_networks))
     return None
 
 
@@ -68,7 +79,7 @@ def _environment_state(
     environment: Environment,
     service_variables: list[Variable],
     credentials_for: Callable[[int | None], registries.Credentials],
-) -> dict[str, Any] | None:
+) -> DesiredEnvironment | None:
     deployment = environment.current_deployment
     if deployment is None:
         return None
@@ -86,57 +97,43 @@ def _environment_state(
     routed = checked_routed_service(compose, build, service, compose_allow) if compose else None
     installation_id = service.repository.installation_id if service.repository else None
     credentials = credentials_for(installation_id)
-    protection = _preview_protection(box, service) if environment.kind == "preview" else None
-    return {
-        "name": environment.name,
-        "kind": environment.kind,
-        "service": service.name,
-        "deployment_id": deployment.id,
-        "build_id": build.id,
-        "commit_sha": build.commit_sha,
-        "mode": "compose" if compose else "container",
-        "image": image,
-        "compose": compose,
-        "compose_allow": compose_allow,
-        "port": service.port,
-        "routed_service": routed,
-        "routes": compose_routes(compose, routed, environment.domain) if compose else [],
-        "domains": [environment.domain] if environment.domain else [],
-        "env": _runtime_env(box, environment, service_variables),
-        "health_check": {"path": service.health_check_path, "timeout": 60}
-        if service.port
-        else None,
-        "resources": {
-            "cpus": service.cpu_limit,
-            "memory": service.memory_limit,
-            "restart": service.restart_policy,
-        },
-        "registry": {
-            "address": credentials.address,
-            "username": credentials.username,
-            "password": credentials.password,
-        },
-        **({"protection": protection} if protection else {}),
-        **_replicas(environment, compose),
-        **_log_driver(service, environment.kind),
-    }
+    mode: Mode = "compose" if compose else "container"
+    return DesiredEnvironment(
+        name=environment.name,
+        kind=environment.kind,
+        service=service.name,
+        deployment_id=deployment.id,
+        build_id=build.id,
+        commit_sha=build.commit_sha,
+        mode=mode,
+        image=image,
+        compose=compose,
+        compose_allow=frozenset(compose_allow),
+        port=service.port,
+        routed_service=routed,
+        routes=compose_routes(compose, routed, environment.domain) if compose else (),
+        domains=(environment.domain,) if environment.domain else (),
+        env=_runtime_env(box, environment, service_variables),
+        health_check=HealthCheck(service.health_check_path, 60.0) if service.port else None,
+        resources=Resources(
+            cpus=service.cpu_limit, memory=service.memory_limit, restart=service.restart_policy
+        ),
+        registry=RegistryAuth(credentials.address, credentials.username, credentials.password),
+        protection=_preview_protection(box, service) if environment.kind == "preview" else None,
+        # This host's share of a single-container environment (compose runs one of each).
+        replicas=1 if compose else placements.replicas_for(environment),
+        log_driver=_log_driver(service, environment.kind),
+    )
 
 
-def _log_driver(service: Service, kind: str) -> dict[str, Any]:
+def _log_driver(service: Service, kind: str) -> LogDriver | None:
     """The environment's Docker logging driver (``PATCH /v1/services/{id}``'s
-    ``log_driver`` for its kind) as a snapshot entry, or nothing for Docker's default."""
+    ``log_driver`` for its kind), or None for Docker's default."""
     chosen = (service.log_driver or {}).get(kind)
-    return {"log_driver": chosen} if chosen else {}
+    return logdrivers.parse(chosen) if chosen else None
 
 
-def _replicas(environment: Environment, compose: str | None) -> dict[str, int]:
-    """This host's share of a single-container environment: the service's replicas
-    (compose environments run one of each service; one replica is left unsaid)."""
-    replicas = placements.replicas_for(environment)
-    return {"replicas": replicas} if replicas > 1 and not compose else {}
-
-
-def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str) -> dict[str, Any]:
+def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str) -> DesiredState:
     """Everything ``host`` should run, with its secrets decrypted for it alone."""
     environments = session.scalars(
         select(Environment)
@@ -168,8 +165,8 @@ def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str
             session, box, registry_address, installation_id, pull_only=True
         )
 
-    states: list[dict[str, Any]] = []
-    withheld: list[dict[str, str]] = []
+    states: list[DesiredEnvironment] = []
+    withheld: list[RefusedEnvironment] = []
     for environment in environments:
         try:
             state = _environment_state(
@@ -180,19 +177,19 @@ def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str
         except Exception as exc:  # anything else costs this environment alone
             reason = refusals.withhold(session, environment, exc)
             log.warning("environment %s withheld from its snapshot: %s", environment.name, reason)
-            withheld.append({"name": environment.name, "reason": reason})
+            withheld.append(RefusedEnvironment(environment.name, None, reason, withheld=True))
             continue
         if state is not None:
             states.append(state)
             refusals.unwithhold(environment)
-    document = {
-        "host": host.name,
-        "generation": host.generation,
-        "complete": True,
-        "routing": {"entrypoint": host.entrypoint, "cert_resolver": host.cert_resolver},
-        "environments": states,
-        "withheld": withheld,
-    }
+    document = DesiredState(
+        host=host.name,
+        generation=host.generation,
+        complete=True,
+        routing=Routing(host.entrypoint, host.cert_resolver),
+        environments=tuple(states),
+        refused=tuple(withheld),
+    )
     if session.dirty:
         # The GET that asked commits nothing else; the refusals are for people to read.
         session.commit()

@@ -185,6 +185,37 @@ def test_status_activates_supersedes_and_fails_back(
     assert web1["online"] is True and web1["agent_version"] == "test"
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([], "body must be an object"),
+        ({"environments": []}, "generation has the wrong type"),
+        ({"generation": 1, "environments": {}}, "environments must be a list"),
+        (
+            {"generation": 1, "environments": [{"name": "hello", "state": "sleeping"}]},
+            "environments[0].state must be one of",
+        ),
+        (
+            {
+                "generation": 1,
+                "environments": [{"name": "hello", "state": "running", "containers": [{}]}],
+            },
+            "environments[0].containers[0].id",
+        ),
+    ],
+)
+def test_a_report_off_the_contract_is_refused_naming_the_field(
+    client: FlaskClient, host_token: str, database: Database, body: object, field: str
+) -> None:
+    deployment_id = deploy(database, "a" * 40)
+    response = client.post("/v1/agent/status", json=body, headers=auth(host_token))
+    assert response.status_code == 400
+    assert field in response.json["message"]
+    with database.session_scope() as session:
+        deployment = session.get(Deployment, deployment_id)
+        assert deployment is not None and deployment.status == "pending"
+
+
 def test_rollback_to_an_earlier_deployment(
     client: FlaskClient, host_token: str, database: Database, admin_headers: dict[str, str]
 ) -> None:

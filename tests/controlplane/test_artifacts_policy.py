@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contracts.agentwire import AgentReport
 from controlplane.db import Database
 from controlplane.models import AuditEvent, Build, Environment, Host
 from controlplane.services import builds, catalog, hosts, pushes, servicerules
@@ -404,9 +405,8 @@ def test_the_refusal_stays_shown_while_the_deployment_before_it_serves(
             env = session.get(Environment, environment.id)
             assert env is not None
             item = {"name": env.name, "deployment_id": deployment_id, "state": "running"}
-            agentreports.record_status(
-                session, env.host, {"environments": [{**item, "healthy": True}]}
-            )
+            body = {"generation": env.host.generation, "environments": [{**item, "healthy": True}]}
+            agentreports.record_status(session, env.host, AgentReport.from_json(body))
         db_session.expire_all()
         refreshed = db_session.get(Environment, environment.id)
         assert refreshed is not None

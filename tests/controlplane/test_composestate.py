@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contracts.agentwire import Route
 from controlplane.services.composestate import compose_routes
 
 COMPOSE = """
@@ -23,6 +24,6 @@ services:
 def test_each_published_compose_service_gets_its_own_subdomain() -> None:
     routes = compose_routes(COMPOSE, "web", "pr-2.hello.example.com")
     # db_main only exposes its port: it stays internal.
-    assert routes == [{"service": "api", "port": 3000, "domains": ["api.pr-2.hello.example.com"]}]
-    assert compose_routes(COMPOSE, "web", None) == []
-    assert compose_routes("services: [", "web", "x.example.com") == []
+    assert routes == (Route("api", 3000, ("api.pr-2.hello.example.com",)),)
+    assert compose_routes(COMPOSE, "web", None) == ()
+    assert compose_routes("services: [", "web", "x.example.com") == ()

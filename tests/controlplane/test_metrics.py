@@ -128,8 +128,22 @@ def test_polls_reports_builds_and_deployments(
                 "healthy": True,
                 "address": "127.0.0.1:8080",
                 "containers": [
-                    {"name": "hello-app", "health": "healthy", "restart_count": 3},
-                    {"name": "hello-worker", "health": None, "restart_count": 0},
+                    {
+                        "id": "a1",
+                        "name": "hello-app",
+                        "image": "o/hello-app@sha256:x",
+                        "status": "running",
+                        "health": "healthy",
+                        "restart_count": 3,
+                    },
+                    {
+                        "id": "b2",
+                        "name": "hello-worker",
+                        "image": "o/hello-worker@sha256:x",
+                        "status": "running",
+                        "health": None,
+                        "restart_count": 0,
+                    },
                 ],
             }
         ],

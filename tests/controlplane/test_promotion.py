@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from contracts.agentwire import AgentReport
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
@@ -105,7 +106,8 @@ def report_active(database: Database, environment: str, deployment_id: int) -> N
         host = session.scalar(select(Host).where(Host.name == "web-1"))
         assert host is not None
         item = {"name": environment, "deployment_id": deployment_id, "state": "running"}
-        agentreports.record_status(session, host, {"environments": [{**item, "healthy": True}]})
+        report = {"generation": host.generation, "environments": [{**item, "healthy": True}]}
+        agentreports.record_status(session, host, AgentReport.from_json(report))
 
 
 def test_staging_is_promoted_to_production_without_a_new_build(
@@ -152,7 +154,7 @@ def test_staging_is_promoted_to_production_without_a_new_build(
     host = db_session.scalar(select(Host).where(Host.name == "web-1"))
     assert host is not None
     snapshot = snapshots.snapshot(db_session, SecretBox.from_settings(settings), host, "r")
-    entries = {e["name"]: e for e in snapshot["environments"]}
+    entries = {e["name"]: e for e in snapshot.to_json()["environments"]}
     assert entries["hello"]["build_id"] == entries["hello-staging"]["build_id"]
     assert entries["hello"]["image"] == entries["hello-staging"]["image"]
     assert entries["hello"]["image"].endswith(f"@{DIGEST}")
@@ -600,7 +602,8 @@ def test_a_promotion_that_fails_and_its_torn_down_target_end_on_github(
         assert host is not None
         failed = {"name": "hello-qa", "deployment_id": promoted["deployment_id"]}
         report = {**failed, "state": "failed", "error": "exited 1"}
-        agentreports.record_status(session, host, {"environments": [report]})
+        body = {"generation": host.generation, "environments": [report]}
+        agentreports.record_status(session, host, AgentReport.from_json(body))
         feedback.send(session, github_app, settings, "deployment_failed", promoted["deployment_id"])
     assert client.delete(f"/v1/environments/{qa['id']}", headers=admin_headers).status_code == 204
     with database.session_scope() as session:

@@ -190,10 +190,10 @@ def test_one_environment_that_cannot_be_rendered_never_costs_the_others_theirs(
 
 
 def test_compose_routes_survive_any_shape() -> None:
-    assert composestate.compose_routes(REFUSED, "api", "x.example.com") == []
+    assert composestate.compose_routes(REFUSED, "api", "x.example.com") == ()
     bomb = "a: &a ['x','x','x','x','x','x','x','x','x']\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
         for i in range(20)
     )
-    assert composestate.compose_routes(bomb, "web", "x.example.com") == []
-    assert composestate.compose_routes("services: [1, 2]", "web", "x.example.com") == []
+    assert composestate.compose_routes(bomb, "web", "x.example.com") == ()
+    assert composestate.compose_routes("services: [1, 2]", "web", "x.example.com") == ()

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contracts.agentwire import AgentReport
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
@@ -232,6 +233,7 @@ def deploy_newest(database: Database, environment: str) -> int:
         host = session.get(Host, build.environment.host_id)
         assert host is not None
         report = {
+            "generation": host.generation,
             "environments": [
                 {
                     "name": environment,
@@ -240,10 +242,10 @@ def deploy_newest(database: Database, environment: str) -> int:
                     "healthy": True,
                     "address": "127.0.0.1:9000",
                 }
-            ]
+            ],
         }
         if deployment.status == "pending":
-            agentreports.record_status(session, host, report)
+            agentreports.record_status(session, host, AgentReport.from_json(report))
         return deployment.id
 
 
@@ -319,7 +321,8 @@ def test_the_agent_takes_staging_with_production_s_compose_keys(
 
     host = db_session.scalar(select(Host).where(Host.name == "web-1"))
     assert host is not None
-    document = snapshots.snapshot(db_session, SecretBox.from_settings(settings), host, "r")
+    state = snapshots.snapshot(db_session, SecretBox.from_settings(settings), host, "r")
+    document = state.to_json()
     (entry,) = [e for e in document["environments"] if e["name"] == "hello-staging"]
     parsed = parse_environment(entry, "environments[0]")
 

@@ -35,6 +35,7 @@ def report(client: FlaskClient, token: str, usage: dict[str, Any] | None) -> Non
         "address": "127.0.0.1:8080",
         "containers": [
             {
+                "id": "c0ffee",
                 "name": "hello-1-abc",
                 "image": "o/hello@sha256:x",
                 "status": "running",
