@@ -162,7 +162,7 @@ def _preview_with_build(database: Database, pushed: Pushed) -> int:
                 environment_id=environment.id,
                 commit_sha="c" * 40,
                 branch="feature",
-                status="success",
+                status="succeeded",
                 images={"web": pushed.image()},
             )
         )
