@@ -36,6 +36,7 @@ from controlplane.services import (
     retention,
 )
 from controlplane.services.outcomes import HandlerContext
+from controlplane.statuses import EnvironmentStatus
 from tasks import pipeline, runtime
 from tasks.app import CONTROL_QUEUE, celery_app
 from tasks.relay import Relay, Senders
@@ -250,7 +251,7 @@ def clean_up_previews() -> list[str]:
         if github is not None:
             doomed += previewcleanup.closed_on_github(session, github)
         for environment, reason in doomed:
-            if environment.status != "inactive":
+            if environment.status != EnvironmentStatus.INACTIVE:
                 previews.teardown(session, environment, "portside:cleanup", reason)
                 removed.append(environment.name)
         # Images a registry refused (or that outlived their task's retries) are tried again.

@@ -22,6 +22,7 @@ from controlplane.services import (
     servicerules,
     variables,
 )
+from controlplane.statuses import TokenScope
 
 blueprint = Blueprint(
     "services", __name__, url_prefix="/v1/services", description="Deployed services"
@@ -122,7 +123,7 @@ def list_variables(query: dict[str, Any], service_id: int) -> list[dict[str, Any
     """Values are hidden unless an admin asks with ``?reveal=true`` (which is audited)."""
     db = session()
     reveal = query["reveal"]
-    if reveal and current_token().scope != "admin":
+    if reveal and current_token().scope != TokenScope.ADMIN:
         raise NotPermitted("revealing values needs an admin token")
     box = SecretBox.from_settings(current_app.extensions["portside.settings"]) if reveal else None
     rows = variables.list_variables(db, service_id)

@@ -94,4 +94,4 @@ def scrape() -> Response:
     _authorize(current_app.extensions["portside.settings"])
     cache: ComputedCache = current_app.extensions[CACHE_EXTENSION]
     combined = metrics.Combined(metrics.process_metrics(), cache.get(_database_families))
-    return Response(generate_latest(combined), mimetype=CONTENT_TYPE_LATEST)  # type: ignore[arg-type]
+    return Response(generate_latest(combined), mimetype=CONTENT_TYPE_LATEST)

@@ -26,7 +26,7 @@ MUTATING = ("post", "put", "patch", "delete")
 WITH_BODY = ("post", "put", "patch")
 
 
-class ErrorResponsesPlugin(BasePlugin):  # type: ignore[misc]
+class ErrorResponsesPlugin(BasePlugin):
     """401/403 on every operation, 404 where a path names a record, 400/409/422 on writes."""
 
     def operation_helper(

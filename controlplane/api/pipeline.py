@@ -21,6 +21,7 @@ from controlplane.errors import ComposeRefusedError, TemporarilyUnavailable
 from controlplane.models import Build, Variable
 from controlplane.services import appsetup, builds, gates, gitsources, logs, registries
 from controlplane.settings import Settings
+from controlplane.statuses import VariableKind, VariableScope
 
 worker_api = Blueprint(
     "pipeline", __name__, url_prefix="/v1/builds", description="Build workers and build logs"
@@ -54,9 +55,9 @@ def _build_args(build_id: int) -> dict[str, str]:
     rows = session().scalars(
         select(Variable).where(
             Variable.service_id == build.service_id,
-            Variable.kind == "build",
+            Variable.kind == VariableKind.BUILD,
             Variable.environment_id.is_(None),
-            Variable.scope.in_(("all", environment.kind)),
+            Variable.scope.in_((VariableScope.ALL, environment.kind)),
         )
     )
     return {

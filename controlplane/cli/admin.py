@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from controlplane.cli.common import CommandError, emit, load_settings
-from controlplane.statuses import BUILD_LANES
+from controlplane.statuses import BUILD_LANES, TokenScope
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -73,7 +73,7 @@ def _token_row(token: ApiToken) -> dict[str, Any]:
         "id": token.id,
         "name": token.name,
         "scope": token.scope,
-        "builds": token.build_lane if token.scope == "worker" else "",
+        "builds": token.build_lane if token.scope == TokenScope.WORKER else "",
         "created_at": _iso(token.created_at),
         "revoked_at": _iso(token.revoked_at),
     }
@@ -155,7 +155,7 @@ def create_token(name: str, scope: str, builds: str | None) -> None:
 
     def action(session: Session) -> str:
         token, secret = stored.create_token(session, name, scope, actor="cli", builds=builds)
-        lane = f" for {token.build_lane} builds" if token.scope == "worker" else ""
+        lane = f" for {token.build_lane} builds" if token.scope == TokenScope.WORKER else ""
         print(
             f"created {token.scope} token {token.id}{lane} named {token.name!r}; it is shown once:"
         )

@@ -39,7 +39,7 @@ from controlplane.models import (
 from controlplane.services import approvals, builds, catalog, images, listings, logstream, pending
 from controlplane.services.githubwrites import environment_url
 from controlplane.settings import Settings
-from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES
+from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES, EnvironmentStatus, StepStatus
 
 blueprint = Blueprint(
     "dashboard",
@@ -208,7 +208,11 @@ def services_page() -> str:
             # A closed preview stays listed while its registry refuses to delete its images,
             # so the reason (and what to fix) shows until they are gone.
             refused = env.images_pending and env.status_reason
-            if env.kind != "production" and env.status == "inactive" and not refused:
+            if (
+                env.kind != "production"
+                and env.status == EnvironmentStatus.INACTIVE
+                and not refused
+            ):
                 if env.kind == "preview":  # a deleted staging environment is simply gone
                     row.closed_previews += 1
                 continue
@@ -293,7 +297,7 @@ def build_page(build_id: int) -> str:
     build = _build_or_404(build_id)
     lines, last_id = logstream.lines_so_far(_redis(), build)
     finished = build.status in builds.FINISHED
-    failed_step = next((s for s in build.steps if s.status == "failed"), None)
+    failed_step = next((s for s in build.steps if s.status == StepStatus.FAILED), None)
     deployment = listings.latest_deployment_of(session(), build.id)
     return render_template(
         "build.html",

@@ -8,6 +8,9 @@ from controlplane.schemas.common import COMPOSE_KEY
 from controlplane.statuses import (
     DEPLOY_WHEN,
     PREVIEW_PROTECTIONS,
+    VariableKind,
+    VariableScope,
+    values,
 )
 
 HOSTS_DESCRIPTION = (
@@ -208,9 +211,11 @@ class PreviewPasswordSchema(Schema):
 
 class VariableSetSchema(Schema):
     value = fields.String(required=True, load_only=True)
-    kind = fields.String(load_default="runtime", validate=validate.OneOf(("runtime", "build")))
+    kind = fields.String(
+        load_default=VariableKind.RUNTIME.value, validate=validate.OneOf(values(VariableKind))
+    )
     scope = fields.String(
-        load_default="all", validate=validate.OneOf(("all", "production", "preview"))
+        load_default=VariableScope.ALL.value, validate=validate.OneOf(values(VariableScope))
     )
     secret = fields.Boolean(load_default=True)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from controlplane.statuses import NotificationKind, values
+
 
 class NotificationTargetCreateSchema(Schema):
-    kind = fields.String(required=True, validate=validate.OneOf(("webhook", "slack")))
+    kind = fields.String(required=True, validate=validate.OneOf(values(NotificationKind)))
     url = fields.Url(
         required=True,
         schemes={"http", "https"},

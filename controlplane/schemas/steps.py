@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from controlplane.statuses import StepStatus
+
 
 class StepClaimSchema(Schema):
     attempt = fields.Integer(required=True)
@@ -41,7 +43,10 @@ class BuildSpecSchema(Schema):
 
 class StepResultSchema(Schema):
     attempt = fields.Integer(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed")))
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf((StepStatus.SUCCEEDED.value, StepStatus.FAILED.value)),
+    )
     error = fields.String(load_default=None, allow_none=True)
     worker = fields.String(
         load_default=None,

@@ -17,6 +17,7 @@ from controlplane.errors import PermanentError, TransientError
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Deployment, Environment, Installation, Repository, Service
 from controlplane.services import pushes
+from controlplane.statuses import EnvironmentStatus
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def reconcile_branches(session: Session, github: GitHubApp) -> list[int]:
                 select(Environment.branch).where(
                     Environment.service_id == service.id,
                     Environment.kind.not_in((envkinds.PRODUCTION, envkinds.PREVIEW)),
-                    Environment.status != "inactive",
+                    Environment.status != EnvironmentStatus.INACTIVE,
                 )
             )
         )

@@ -27,6 +27,7 @@ from controlplane.services import (
     previews,
 )
 from controlplane.services.servicerules import ServiceSpec, validate_spec
+from controlplane.statuses import PreviewProtection
 
 # Settings the agent and the preview lifecycle read as they are (validated by the schema).
 RUNTIME_FIELDS = (
@@ -341,7 +342,7 @@ def generate_preview_password(
     service = get_service(session, service_id)
     password = secrets.token_urlsafe(18)
     service.preview_htpasswd_encrypted = box.encrypt(htpasswd_line(PREVIEW_USERNAME, password))
-    service.preview_protection = "basic_auth"
+    service.preview_protection = PreviewProtection.BASIC_AUTH
     _republish(session, service, ("preview",))
     session.flush()
     audit.record(session, actor, "service.preview_password", "service", service.id)

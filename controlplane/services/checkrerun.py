@@ -11,6 +11,7 @@ from controlplane.models import (
 from controlplane.services import commands, pushes
 from controlplane.services.githubwrites import CHECK_NAME, REDEPLOY_ACTION
 from controlplane.services.outcomes import HandlerContext, Outcome
+from controlplane.statuses import EnvironmentStatus
 
 
 def handle_check_run(
@@ -45,7 +46,7 @@ def handle_check_run(
     ):
         return Outcome("ignored", f"check run {run.get('id')} is not a Portside build's")
     environment = build.environment
-    if environment.status == "inactive" or build.service.deleted_at is not None:
+    if environment.status == EnvironmentStatus.INACTIVE or build.service.deleted_at is not None:
         return Outcome("ignored", f"{environment.name} is gone: build {build.id} is not rebuilt")
     if redeploy:
         return commands.redeploy_check_run(session, delivery, build)

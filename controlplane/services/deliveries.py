@@ -27,6 +27,7 @@ from controlplane.github.webhooks import Delivery
 from controlplane.models import Build, WebhookDelivery, utcnow
 from controlplane.services import checks, commands, effects, installations, previews, pushes
 from controlplane.services.outcomes import Effects, HandlerContext, Outcome
+from controlplane.statuses import DeliveryStatus
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,11 @@ def _known(connection: Connection, guid: str) -> Recorded:
     ).one_or_none()
     if existing is None:  # deleted between the insert and the select
         raise PermanentError(f"delivery {guid} vanished while being recorded")
-    if existing.status != "failed":
+    if existing.status != DeliveryStatus.FAILED:
         return Recorded(existing.id, existing.status, "duplicate")
     claimed = connection.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == existing.id, WebhookDelivery.status == "failed")
+        .where(WebhookDelivery.id == existing.id, WebhookDelivery.status == DeliveryStatus.FAILED)
         .values(status="received", outcome=None, enqueued_at=None, processed_at=None)
     )
     if claimed.rowcount != 1:  # a concurrent redelivery claimed it first
@@ -178,7 +179,7 @@ def claim_received(session: Session, limit: int) -> list[int]:
     return list(
         session.scalars(
             select(WebhookDelivery.id)
-            .where(WebhookDelivery.status == "received")
+            .where(WebhookDelivery.status == DeliveryStatus.RECEIVED)
             .order_by(WebhookDelivery.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -190,7 +191,9 @@ def mark_sent(session: Session, delivery_ids: list[int]) -> None:
     """Note that the relay queued these (part of the relay's transaction)."""
     session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.status == "received")
+        .where(
+            WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.status == DeliveryStatus.RECEIVED
+        )
         .values(status="enqueued", enqueued_at=utcnow())
     )
 
@@ -205,7 +208,7 @@ def requeue_lost(
     requeued = session.scalars(
         update(WebhookDelivery)
         .where(
-            WebhookDelivery.status == "enqueued",
+            WebhookDelivery.status == DeliveryStatus.ENQUEUED,
             WebhookDelivery.enqueued_at < now - enqueued_grace,
         )
         .values(status="received", enqueued_at=None)
@@ -221,7 +224,7 @@ def redeliver(session: Session, delivery_id: int) -> WebhookDelivery:
     delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is None:
         raise NotFound(f"delivery {delivery_id} does not exist")
-    delivery.status = "received"
+    delivery.status = DeliveryStatus.RECEIVED
     delivery.outcome = None
     delivery.enqueued_at = None
     delivery.processed_at = None

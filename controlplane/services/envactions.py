@@ -30,13 +30,14 @@ from controlplane.services import (
 )
 from controlplane.services.catalog import get_service
 from controlplane.services.servicerules import valid_branch
+from controlplane.statuses import EnvironmentStatus
 
 
 def redeploy(session: Session, environment_id: int, actor: str) -> Build:
     """A new build of the environment's current commit (a person asked for it); a fork's
     commit only once it is approved, and only where forks may run."""
     environment = listings.get_environment(session, environment_id)
-    if environment.status == "inactive" or not environment.head_sha:
+    if environment.status == EnvironmentStatus.INACTIVE or not environment.head_sha:
         raise ValidationFailed(
             "nothing to redeploy", details={"environment": ["inactive or never built"]}
         )
@@ -74,7 +75,7 @@ def _approvable_head(environment: Environment, sha: str) -> str:
     commit they reviewed is named, so a push between review and approval is refused)."""
     if environment.kind != "preview" or not environment.from_fork:
         raise Conflict("only previews of pull requests from forks wait for approval")
-    if environment.status == "inactive":
+    if environment.status == EnvironmentStatus.INACTIVE:
         raise Conflict(f"preview {environment.name} is closed")
     head = environment.head_sha
     if not head:

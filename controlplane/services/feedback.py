@@ -42,6 +42,7 @@ from controlplane.services.githubwrites import (
 )
 from controlplane.services.variables import secrets_of
 from controlplane.settings import Settings
+from controlplane.statuses import BuildStatus, EnvironmentStatus, PreviewProtection, StepStatus
 
 # pg_advisory_xact_lock(FEEDBACK_LOCK, environment id): one feedback event at a time per
 # environment (the two-key space never meets builds.DISPATCH_LOCK's one-key space).
@@ -84,7 +85,7 @@ def build_running(session: Session, github: GitHubApp, settings: Settings, build
     _one_at_a_time(session, build.environment_id)
     if build.status in FINISHED or build.status in gates.HELD:
         return
-    current = next((step for step in build.steps if step.status == "running"), None)
+    current = next((step for step in build.steps if step.status == StepStatus.RUNNING), None)
     title = (
         f"Step {current.position + 1} of {len(build.steps)}: {current.name}"
         if current is not None
@@ -152,13 +153,13 @@ def build_cancelled(session: Session, github: GitHubApp, settings: Settings, bui
     if build is None or installation is None:
         return
     _one_at_a_time(session, build.environment_id)
-    if build.status not in ("cancelled", "superseded"):
+    if build.status not in (BuildStatus.CANCELLED, BuildStatus.SUPERSEDED):
         return
     log_url = build_page_url(settings, build)
     secrets = secrets_of(session, settings, build.service_id)
     reason = build.error or "a newer build was deployed first"
     text = f"Superseded: {reason}"
-    conclusion = "cancelled" if build.status == "cancelled" else "neutral"
+    conclusion = "cancelled" if build.status == BuildStatus.CANCELLED else "neutral"
 
     def act(client: Github) -> None:
         write_commit_status(client, build, "error", log_url, text, secrets=secrets)
@@ -175,9 +176,9 @@ def build_cancelled(session: Session, github: GitHubApp, settings: Settings, bui
 
 def _protection_note(service: Service) -> str:
     """What the PR comment tells reviewers about a protected preview (never a secret)."""
-    if service.preview_protection == "basic_auth":
+    if service.preview_protection == PreviewProtection.BASIC_AUTH:
         return "\n\nProtected: it asks for a login, which a maintainer can share."
-    if service.preview_protection == "ip_allow":
+    if service.preview_protection == PreviewProtection.IP_ALLOW:
         networks = ", ".join(f"`{network}`" for network in service.preview_allow_networks)
         return f"\n\nProtected: open only from {networks}."
     return ""
@@ -332,7 +333,7 @@ def awaiting_approval(
     """A fork's head waits for a person: a pending status on that commit and a PR comment
     saying how to approve it (nothing is said once the preview moved on)."""
     environment = session.get(Environment, environment_id)
-    if environment is None or environment.status != "awaiting_approval":
+    if environment is None or environment.status != EnvironmentStatus.AWAITING_APPROVAL:
         return
     _one_at_a_time(session, environment.id)
     repository = environment.service.repository

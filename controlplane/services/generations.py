@@ -117,7 +117,7 @@ def cached_generation(redis: Redis, host_id: int) -> int | None:
         value = redis.get(generation_key(host_id))
     except RedisError:
         return None
-    return int(value) if value is not None else None  # type: ignore[arg-type]
+    return int(value) if value is not None else None
 
 
 def remember_generation(redis: Redis, host_id: int, generation: int) -> None:

@@ -43,6 +43,7 @@ from controlplane.models import (
 )
 from controlplane.services import gates, images
 from controlplane.settings import Settings
+from controlplane.statuses import BuildStatus
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +154,12 @@ def check_summary(build: Build, lines: int = FAILED_LOG_LINES) -> str:
     if pushed:
         listing = "\n".join(f"- `{i['service']}`: `{i['reference'] or i['tag']}`" for i in pushed)
         parts.append(f"**Images**\n\n{listing}")
-    if build.status == "failed":
+    if build.status == BuildStatus.FAILED:
         parts.append(f"**{build.failed_step or 'build'} failed**: {build.error or ''}")
         tail = [line[:FAILED_LOG_LINE_CHARS] for line in (build.log or "").splitlines()[-lines:]]
         if tail:
             parts.append(f"Last {len(tail)} lines of the log:\n\n{_fenced(chr(10).join(tail))}")
-    elif build.status in ("cancelled", "superseded") and build.error:
+    elif build.status in (BuildStatus.CANCELLED, BuildStatus.SUPERSEDED) and build.error:
         parts.append(build.error)
     elif build.status in gates.HELD and build.environment.status_reason:
         parts.append(f"**Built; not deployed yet**: {build.environment.status_reason}")

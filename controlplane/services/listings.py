@@ -21,6 +21,7 @@ from controlplane.models import (
 )
 from controlplane.services import placements
 from controlplane.services.hosts import is_online
+from controlplane.statuses import EnvironmentStatus
 
 Row = TypeVar("Row")
 
@@ -146,7 +147,7 @@ def overview(session: Session, listed: list[Host], agent_interval: int) -> list[
     for host in listed:
         running = session.scalars(
             select(Environment)
-            .where(placements.placed_on(host.id), Environment.status != "inactive")
+            .where(placements.placed_on(host.id), Environment.status != EnvironmentStatus.INACTIVE)
             .order_by(Environment.name)
             .options(selectinload(Environment.current_deployment).selectinload(Deployment.build))
         )

@@ -24,6 +24,7 @@ from controlplane.models import (
     utcnow,
 )
 from controlplane.services import listings, registries
+from controlplane.statuses import EnvironmentStatus
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def pending_image_deletions(session: Session) -> list[list[dict[str, Any]]]:
     """The images of each torn-down preview that the registry may still hold."""
     pending = session.scalars(
         select(Environment).where(
-            Environment.status == "inactive", Environment.images_pending.is_(True)
+            Environment.status == EnvironmentStatus.INACTIVE, Environment.images_pending.is_(True)
         )
     )
     return [
@@ -134,7 +135,7 @@ def stale_previews(
                 .where(
                     Environment.service_id == service.id,
                     Environment.kind == "preview",
-                    Environment.status != "inactive",
+                    Environment.status != EnvironmentStatus.INACTIVE,
                 )
                 .order_by(Environment.last_activity_at.desc())
             )
@@ -152,7 +153,9 @@ def closed_on_github(session: Session, github: GitHubApp) -> list[tuple[Environm
     """Live previews whose pull request GitHub says is closed (a missed ``closed``)."""
     found: list[tuple[Environment, str]] = []
     live = session.scalars(
-        select(Environment).where(Environment.kind == "preview", Environment.status != "inactive")
+        select(Environment).where(
+            Environment.kind == "preview", Environment.status != EnvironmentStatus.INACTIVE
+        )
     )
     for environment in live:
         repository = environment.service.repository

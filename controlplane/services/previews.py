@@ -27,6 +27,7 @@ from controlplane.models import (
 from controlplane.services import audit, effects, gates, generations, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.services.previewcleanup import pushed_images
+from controlplane.statuses import BuildStatus, DeploymentStatus, EnvironmentStatus
 
 OPENING = ("opened", "reopened", "synchronize")
 
@@ -73,7 +74,7 @@ def _preview_host(session: Session, service: Service) -> int:
 
 def _production_hosts() -> Select[int]:
     return select(Environment.host_id).where(
-        Environment.kind == "production", Environment.status != "inactive"
+        Environment.kind == "production", Environment.status != EnvironmentStatus.INACTIVE
     )
 
 
@@ -94,7 +95,7 @@ def fork_host(session: Session, service: Service, environment: Environment | Non
     chosen: int | None = session.scalar(
         eligible.outerjoin(
             Environment,
-            (Environment.host_id == Host.id) & (Environment.status != "inactive"),
+            (Environment.host_id == Host.id) & (Environment.status != EnvironmentStatus.INACTIVE),
         )
         .group_by(Host.id)
         .order_by(live, Host.id)
@@ -146,7 +147,11 @@ def open_preview(
             status="pending",
         )
         session.add(environment)
-    environment.status = "building" if environment.status == "inactive" else environment.status
+    environment.status = (
+        EnvironmentStatus.BUILDING
+        if environment.status == EnvironmentStatus.INACTIVE
+        else environment.status
+    )
     environment.branch = str(head.get("ref") or environment.branch)
     environment.pr_author = str((pull.get("user") or {}).get("login") or "")[:255] or None
     # A PR never stops being a fork's (a deleted fork still is one).
@@ -221,7 +226,7 @@ def advance_fork(
         untrusted=True,
     )
     if build is not None:
-        environment.status = "building"
+        environment.status = EnvironmentStatus.BUILDING
         environment.status_reason = None
     return build
 
@@ -230,7 +235,7 @@ def _cancel_unfinished(builds: list[Build], why: str) -> None:
     for build in builds:
         if build.status in UNFINISHED:
             gates.release_hold(build.environment, build)
-            build.status = "cancelled"
+            build.status = BuildStatus.CANCELLED
             build.error = why
             build.finished_at = utcnow()
 
@@ -245,7 +250,7 @@ def _hold(session: Session, environment: Environment, status: str, reason: str) 
         Build.environment_id == environment.id, Build.status.in_(UNFINISHED)
     )
     _cancel_unfinished(list(session.scalars(unfinished)), f"the preview is {status}")
-    if status == "refused" and environment.current_deployment_id is not None:
+    if status == EnvironmentStatus.REFUSED and environment.current_deployment_id is not None:
         _withdraw(session, environment)
     changed = (environment.status, environment.status_reason) != (status, reason)
     environment.status = status
@@ -257,7 +262,10 @@ def _withdraw(session: Session, environment: Environment) -> None:
     """Take the environment's deployments out of its host's desired state."""
     session.execute(
         update(Deployment)
-        .where(Deployment.environment_id == environment.id, Deployment.status != "inactive")
+        .where(
+            Deployment.environment_id == environment.id,
+            Deployment.status != DeploymentStatus.INACTIVE,
+        )
         .values(status="inactive")
     )
     environment.current_deployment_id = None
@@ -293,11 +301,17 @@ def teardown(
     _cancel_unfinished(builds, f"the preview was removed ({reason})")
     session.execute(
         update(Deployment)
-        .where(Deployment.environment_id == environment.id, Deployment.status != "inactive")
+        .where(
+            Deployment.environment_id == environment.id,
+            Deployment.status != DeploymentStatus.INACTIVE,
+        )
         .values(status="inactive")
     )
-    if environment.status != "inactive" or environment.current_deployment_id is not None:
-        environment.status = "inactive"
+    if (
+        environment.status != EnvironmentStatus.INACTIVE
+        or environment.current_deployment_id is not None
+    ):
+        environment.status = EnvironmentStatus.INACTIVE
         environment.current_deployment_id = None
         environment.generation += 1
         environment.closed_at = utcnow()
@@ -341,7 +355,7 @@ def handle_pull_request(
         if fork and not service.fork_previews:
             tracked = False
         if action == "closed" or (action == "edited" and not tracked):
-            if existing is not None and existing.status != "inactive":
+            if existing is not None and existing.status != EnvironmentStatus.INACTIVE:
                 reason = "merged" if pull.get("merged") else "closed"
                 if action == "edited":
                     reason = f"base changed to {base}"
@@ -361,7 +375,7 @@ def handle_pull_request(
         )
         if build is not None:
             notes.append(f"{name}: build {build.id} of {build.commit_sha[:7]}")
-        elif environment.status in ("awaiting_approval", "refused"):
+        elif environment.status in (EnvironmentStatus.AWAITING_APPROVAL, EnvironmentStatus.REFUSED):
             notes.append(f"{name}: {environment.status} ({environment.status_reason})")
         else:
             notes.append(f"{name}: up to date")

@@ -42,6 +42,7 @@ from controlplane.models import (
 )
 from controlplane.services import ancestry, effects, watchpaths
 from controlplane.services.outcomes import HandlerContext, Outcome
+from controlplane.statuses import EnvironmentStatus
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ def deployed_by(
             .where(
                 Environment.service_id == service.id,
                 Environment.kind.not_in((envkinds.PRODUCTION, envkinds.PREVIEW)),
-                Environment.status != "inactive",
+                Environment.status != EnvironmentStatus.INACTIVE,
                 Environment.branch == branch,
             )
             .order_by(Environment.id)

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.models import Environment
 from controlplane.services import audit
+from controlplane.statuses import EnvironmentStatus
 
 # How a refusal made while rendering a snapshot starts its status_reason: such an
 # environment goes back to deploying once it renders again.
@@ -16,9 +17,9 @@ WITHHELD_REASON = "not served by the control plane: "
 
 def refuse(session: Session, environment: Environment, reason: str, **detail: Any) -> None:
     """Show that ``environment`` is refused and why (audited once per reason)."""
-    if environment.status == "refused" and environment.status_reason == reason:
+    if environment.status == EnvironmentStatus.REFUSED and environment.status_reason == reason:
         return
-    environment.status = "refused"
+    environment.status = EnvironmentStatus.REFUSED
     environment.status_reason = reason
     audit.record(
         session,
@@ -40,10 +41,10 @@ def withhold(session: Session, environment: Environment, exc: Exception) -> str:
 
 def unwithhold(environment: Environment) -> None:
     """An environment withheld before renders again: its agent converges it now."""
-    if environment.status == "refused" and (environment.status_reason or "").startswith(
-        WITHHELD_REASON
-    ):
-        environment.status = "deploying"
+    if environment.status == EnvironmentStatus.REFUSED and (
+        environment.status_reason or ""
+    ).startswith(WITHHELD_REASON):
+        environment.status = EnvironmentStatus.DEPLOYING
         environment.status_reason = None
 
 

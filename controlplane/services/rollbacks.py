@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from controlplane.errors import NotFound, ValidationFailed
 from controlplane.models import Deployment, Environment
 from controlplane.services import audit, generations
+from controlplane.statuses import DeploymentStatus, EnvironmentStatus
 
 
 def previous_active(
@@ -20,7 +21,7 @@ def previous_active(
             Deployment.environment_id == environment.id,
             Deployment.id != failed.id,
             Deployment.activated_at.is_not(None),
-            Deployment.status.in_(("active", "superseded")),
+            Deployment.status.in_((DeploymentStatus.ACTIVE, DeploymentStatus.SUPERSEDED)),
         )
         .order_by(Deployment.activated_at.desc())
         .limit(1)
@@ -53,9 +54,9 @@ def rollback(
             details={"deployment_id": ["no earlier successful deployment of this environment"]},
         )
     target = candidates[0]
-    target.status = "pending"
+    target.status = DeploymentStatus.PENDING
     environment.current_deployment_id = target.id
-    environment.status = "deploying"
+    environment.status = EnvironmentStatus.DEPLOYING
     environment.generation += 1
     generations.bump_environment(session, environment)
     audit.record(

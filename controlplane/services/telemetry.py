@@ -34,7 +34,7 @@ from controlplane.models import (
     WebhookDelivery,
     utcnow,
 )
-from controlplane.statuses import BUILD_STATUSES, DEPLOYMENT_STATUSES
+from controlplane.statuses import BUILD_STATUSES, DEPLOYMENT_STATUSES, BuildStatus, StepStatus
 
 STEP_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
@@ -131,7 +131,7 @@ def _registry_pruned(session: Session) -> Metric:
 def _step_durations(session: Session) -> Metric:
     seconds = _seconds(session, BuildStep.finished_at, BuildStep.started_at)
     query = select(BuildStep.name).where(
-        BuildStep.status.in_(("succeeded", "failed")),
+        BuildStep.status.in_((StepStatus.SUCCEEDED, StepStatus.FAILED)),
         BuildStep.started_at.is_not(None),
         BuildStep.finished_at.is_not(None),
     )
@@ -211,7 +211,7 @@ def _build_durations(session: Session, service: ColumnElement[str]) -> Metric:
         .select_from(Build)
         .join(Service, Service.id == Build.service_id)
         .where(
-            Build.status.in_(("succeeded", "failed")),
+            Build.status.in_((BuildStatus.SUCCEEDED, BuildStatus.FAILED)),
             Build.started_at.is_not(None),
             Build.finished_at.is_not(None),
         )
