@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-# A step's claim, as the control plane answers it (BuildSpecSchema).
+# A step's claim, as the control plane answers it (ClaimedStepSchema).
 Claim = dict[str, Any]
 # What the steps found so far: images (by key), the compose file, its routed service.
 State = dict[str, Any]

@@ -86,7 +86,7 @@ def send_effect(kind: str, args: list[Any]) -> None:
 
 def send_build(build_id: int, attempt: int, *, untrusted: bool = False) -> None:
     """Send one build attempt's chain; only the dispatcher does, when the build's turn
-    comes (controlplane.services.builds.dispatch)."""
+    comes (controlplane.services.dispatch.dispatch)."""
     build_chain(build_id, attempt, untrusted=untrusted).apply_async()
 
 

@@ -10,7 +10,7 @@ that wrote them (or polling, on SQLite and as a safety net):
   image deletions, a new build's supersede check): sent as their control task and
   deleted;
 - **queued builds**: a few, chosen fairly, are kept waiting in the shared ``builds``
-  queues (:func:`controlplane.services.builds.dispatch`); the rest wait in the database.
+  queues (:func:`controlplane.services.dispatch.dispatch`); the rest wait in the database.
 
 Rows are locked ``FOR UPDATE SKIP LOCKED`` and marked in the transaction that sends them,
 so relays in several workers never send a row twice, and a relay that dies before its
@@ -35,7 +35,7 @@ from redis import Redis
 from sqlalchemy.orm import Session
 
 from controlplane.db import Database
-from controlplane.services import builds, deliveries, effects
+from controlplane.services import deliveries, dispatch, effects
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,8 @@ class Senders:
 
     delivery: Callable[[int], None]
     effect: Callable[[str, list[Any]], None]
-    build: builds.Send
-    shared_queue_length: builds.QueueLength
+    build: dispatch.Send
+    shared_queue_length: dispatch.QueueLength
 
 
 class Relay(_Loop):
@@ -213,7 +213,7 @@ class Relay(_Loop):
     def dispatch_builds(self) -> list[int]:
         """One look at the build queue; return the ids of the builds sent."""
         with self.database.session_scope() as session:
-            return builds.dispatch(
+            return dispatch.dispatch(
                 session,
                 self.redis,
                 self.send.build,

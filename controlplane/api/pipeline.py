@@ -19,7 +19,9 @@ from controlplane.api.sse import event_stream
 from controlplane.crypto import SecretBox
 from controlplane.errors import ComposeRefusedError, TemporarilyUnavailable
 from controlplane.models import Build, Variable
-from controlplane.services import appsetup, builds, gates, gitsources, logs, registries
+from controlplane.services import appsetup, builds, gates, gitsources, logs, registries, stepclaims
+from controlplane.services.artifacts import record_artifacts
+from controlplane.services.deployments import deployments_of, record_deployment
 from controlplane.settings import Settings
 from controlplane.statuses import VariableKind, VariableScope
 
@@ -48,7 +50,7 @@ def _box() -> SecretBox:
 def _build_args(build_id: int) -> dict[str, str]:
     """The service's build arguments for the worker holding the build step; a fork's
     build gets none marked secret."""
-    build = builds.held_build(session(), build_id, current_token().id)
+    build = stepclaims.held_build(session(), build_id, current_token().id)
     environment = build.environment
     untrusted = environment.from_fork and not environment.secrets_approved_for(build.commit_sha)
     box = _box()
@@ -77,19 +79,19 @@ def _end(build_id: int) -> None:
 @worker_api.post("/<int:build_id>/steps/<step>/claim")
 @require("worker")
 @worker_api.arguments(schemas.StepClaimSchema)
-@worker_api.response(200, schemas.BuildSpecSchema)
+@worker_api.response(200, schemas.ClaimedStepSchema)
 @worker_api.alt_response(403, schema=schemas.ApiErrorSchema, description="not this token's lane")
 @worker_api.alt_response(409, schema=schemas.ApiErrorSchema, description="must not run")
 def claim_step(data: dict[str, Any], build_id: int, step: str) -> dict[str, Any]:
     db = session()
-    spec = builds.claim_step(
+    spec = stepclaims.claim_step(
         db, build_id, step, data["attempt"], data["worker"], token=current_token()
     )
     db.commit()
     return _claim_body(spec)
 
 
-def _claim_body(spec: builds.BuildSpec) -> dict[str, Any]:
+def _claim_body(spec: stepclaims.ClaimedStep) -> dict[str, Any]:
     """A claimed step with the secrets it needs and nothing more: the build step gets the
     service's build arguments, build and push the registry's push credentials."""
     body = dataclasses.asdict(spec)
@@ -120,7 +122,7 @@ def finish_step(data: dict[str, Any], build_id: int, step: str) -> Any:
     finish deploys the build. With ``worker``, the answer claims the next step for it."""
     db = session()
     try:
-        ended = builds.end_step(
+        ended = stepclaims.end_step(
             db,
             build_id,
             step,
@@ -168,8 +170,8 @@ def finish_step(data: dict[str, Any], build_id: int, step: str) -> Any:
 def heartbeat(data: dict[str, Any], build_id: int) -> None:
     """The running step is alive; 409 tells its worker to stop the build."""
     db = session()
-    builds.check_holder(db, build_id, data["attempt"], current_token().id)
-    builds.heartbeat(db, build_id, data["attempt"])
+    stepclaims.check_holder(db, build_id, data["attempt"], current_token().id)
+    stepclaims.heartbeat(db, build_id, data["attempt"])
     db.commit()
 
 
@@ -181,7 +183,7 @@ def git_token(query: dict[str, Any], build_id: int) -> dict[str, Any]:
     """A fresh installation token for cloning this build's repository, read-only and for
     that repository alone, to the worker holding the build's step (never stored); for a
     git-URL service, its own token or SSH key (or none), to that worker alone too."""
-    build = builds.held_build(session(), build_id, current_token().id)
+    build = stepclaims.held_build(session(), build_id, current_token().id)
     if build.service.git_url is not None:
         auth = gitsources.auth_of(build.service, _box() if _settings().secret_key else None)
         return {
@@ -213,7 +215,7 @@ def registry_credentials(build_id: int) -> dict[str, Any]:
 
 
 def _registry_credentials(build_id: int) -> registries.Credentials:
-    build = builds.held_build(session(), build_id, current_token().id)
+    build = stepclaims.held_build(session(), build_id, current_token().id)
     repository = build.service.repository
     return registries.credentials_for(
         session(),
@@ -231,9 +233,9 @@ def upload_artifacts(data: dict[str, Any], build_id: int) -> None:
     """The worker holding the build's attempt only: another worker token (a fork's among
     them) must neither plant a compose file in it nor fail it with a bad upload."""
     db = session()
-    builds.check_holder(db, build_id, data["attempt"], current_token().id)
+    stepclaims.check_holder(db, build_id, data["attempt"], current_token().id)
     try:
-        builds.record_artifacts(
+        record_artifacts(
             db,
             build_id,
             data["attempt"],
@@ -263,8 +265,8 @@ def create_deployment(data: dict[str, Any], service_id: int) -> Any:
     build = builds.get_build(db, data["build_id"])
     # Only the worker that built it: another worker token (a fork's among them) may not
     # deploy builds it never held.
-    builds.check_holder(db, build.id, build.attempt, current_token().id)
-    deployment = builds.record_deployment(db, service_id, data["build_id"], actor())
+    stepclaims.check_holder(db, build.id, build.attempt, current_token().id)
+    deployment = record_deployment(db, service_id, data["build_id"], actor())
     db.commit()
     if deployment is not None:
         return deployment
@@ -288,7 +290,7 @@ def _held(build: Build) -> dict[str, Any]:
 @deployments_api.response(200, schemas.DeploymentSchema(many=True))
 @deployments_api.paginate(Page)
 def list_deployments(service_id: int) -> list[Any]:
-    return builds.deployments_of(session(), service_id)
+    return deployments_of(session(), service_id)
 
 
 @worker_api.get("/<int:build_id>/logs")

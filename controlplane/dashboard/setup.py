@@ -26,7 +26,7 @@ from controlplane.dashboard.views import _settings, blueprint
 from controlplane.errors import PortsideError
 from controlplane.github import manifest
 from controlplane.models import Host
-from controlplane.services import appsetup, builds
+from controlplane.services import appsetup, dispatch
 from controlplane.statuses import TokenScope
 
 STATE_KEY = "github_manifest_state"
@@ -67,7 +67,9 @@ def _github_step() -> Step:
 
 def _worker_step() -> Step:
     db = db_session()
-    seen = builds.workers_at_work(db, untrusted=False) + builds.workers_at_work(db, untrusted=True)
+    seen = dispatch.workers_at_work(db, untrusted=False) + dispatch.workers_at_work(
+        db, untrusted=True
+    )
     if seen:
         return Step("Build worker", True, f"{seen} at work in the last ten minutes")
     return Step(

@@ -36,7 +36,16 @@ from controlplane.models import (
     Environment,
     Service,
 )
-from controlplane.services import approvals, builds, catalog, images, listings, logstream, pending
+from controlplane.services import (
+    approvals,
+    builds,
+    catalog,
+    dispatch,
+    images,
+    listings,
+    logstream,
+    pending,
+)
 from controlplane.services.githubwrites import environment_url
 from controlplane.settings import Settings
 from controlplane.statuses import BUILD_STATUSES, DELIVERY_STATUSES, EnvironmentStatus, StepStatus
@@ -306,7 +315,7 @@ def build_page(build_id: int) -> str:
         failed_step=failed_step,
         deployment=deployment,
         images=images.listed(build),
-        waiting_reason=builds.waiting_reason(session(), build),
+        waiting_reason=dispatch.waiting_reason(session(), build),
         lines=lines[-PAGE_LOG_LINES:],
         hidden_lines=max(0, len(lines) - PAGE_LOG_LINES),
         tail=lines[-FAILURE_TAIL:],

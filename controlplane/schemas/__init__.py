@@ -69,7 +69,7 @@ from controlplane.schemas.registries import (
 )
 from controlplane.schemas.steps import (
     ArtifactsSchema,
-    BuildSpecSchema,
+    ClaimedStepSchema,
     DeploymentCreateSchema,
     GitTokenQuerySchema,
     GitTokenSchema,
@@ -103,8 +103,8 @@ __all__ = [
     "BuildImagesField",
     "BuildQuerySchema",
     "BuildSchema",
-    "BuildSpecSchema",
     "BuildStepSchema",
+    "ClaimedStepSchema",
     "CurrentDeploymentSchema",
     "DeliveryDetailSchema",
     "DeliveryQuerySchema",

@@ -7,7 +7,7 @@ from typing import Any
 from marshmallow import Schema, fields, missing, validate
 from sqlalchemy.orm import object_session
 
-from controlplane.services import builds, images
+from controlplane.services import dispatch, images
 
 
 class BuildStepSchema(Schema):
@@ -78,7 +78,7 @@ class BuildSchema(Schema):
 
     def _waiting_reason(self, build: Any) -> str | None:
         session = object_session(build)
-        return builds.waiting_reason(session, build) if session is not None else None
+        return dispatch.waiting_reason(session, build) if session is not None else None
 
 
 class BuildDetailSchema(BuildSchema):

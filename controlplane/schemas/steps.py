@@ -13,7 +13,7 @@ class StepClaimSchema(Schema):
     worker = fields.String(required=True, validate=validate.Length(min=1, max=255))
 
 
-class BuildSpecSchema(Schema):
+class ClaimedStepSchema(Schema):
     build_id = fields.Integer()
     attempt = fields.Integer()
     step = fields.String()
@@ -69,7 +69,7 @@ class StepDeploymentSchema(Schema):
 class StepFinishedSchema(Schema):
     """The answer to a finish that names its ``worker``."""
 
-    next = fields.Nested(BuildSpecSchema, allow_none=True, metadata={"description": "claimed"})
+    next = fields.Nested(ClaimedStepSchema, allow_none=True, metadata={"description": "claimed"})
     deployment = fields.Nested(StepDeploymentSchema, allow_none=True)
 
 

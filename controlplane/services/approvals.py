@@ -3,7 +3,7 @@
 - an environment with ``approval_required`` holds each deployment to it (a push's build,
   after its checks if the service waits for those, or a promotion) in
   ``awaiting_approval`` until a person approves it: the held build then deploys
-  (:func:`controlplane.services.builds.deliver`, the gates before it cleared);
+  (:func:`controlplane.services.deployments.deliver`, the gates before it cleared);
 - a preview of a pull request from a fork builds nothing until a person approved its
   head commit (:func:`controlplane.services.envactions.approve`, which needs that ``sha``).
 
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.errors import Conflict, NotFound, ValidationFailed
 from controlplane.models import Build, Deployment, Environment
-from controlplane.services import audit, builds, envactions, gates
+from controlplane.services import audit, deployments, envactions, gates
 from controlplane.statuses import EnvironmentStatus
 
 
@@ -66,7 +66,7 @@ def approve(session: Session, environment_id: int, actor: str, sha: str | None =
             sha=held.commit_sha,
             build=held.id,
         )
-        deployment = builds.deliver(session, environment, held, actor, cleared=gates.HELD)
+        deployment = deployments.deliver(session, environment, held, actor, cleared=gates.HELD)
         return Approval(environment, deployment=deployment)
     if held is not None and gate == gates.CHECKS:
         raise Conflict(
@@ -111,5 +111,5 @@ def update_environment(
             )
         held = environment.held_build
         if not required and held is not None and environment.status == gates.APPROVAL:
-            deployment = builds.deliver(session, environment, held, actor, cleared=gates.HELD)
+            deployment = deployments.deliver(session, environment, held, actor, cleared=gates.HELD)
     return Approval(environment, deployment=deployment)

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from controlplane.errors import PortsideError
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build, Environment, Service, WebhookDelivery, utcnow
-from controlplane.services import builds, checkrerun, gates, githubwrites, pushes
+from controlplane.services import builds, checkrerun, deployments, gates, githubwrites, pushes
 from controlplane.services.outcomes import HandlerContext, Outcome
 from controlplane.statuses import DeployWhen
 
@@ -160,7 +160,9 @@ def apply(session: Session, build_id: int, verdict: Verdict | None, actor: str) 
     if build.service.deploy_when != DeployWhen.CHECKS_PASSED:  # switched off meanwhile
         verdict = Verdict("passed", "the service deploys without waiting for checks now")
     if verdict is not None and verdict.state == "passed":
-        deployment = builds.deliver(session, environment, build, actor, cleared=(gates.CHECKS,))
+        deployment = deployments.deliver(
+            session, environment, build, actor, cleared=(gates.CHECKS,)
+        )
         if deployment is None:
             return f"build {build.id}: {verdict.reason}; now {build.status}"
         return f"build {build.id}: {verdict.reason}; deployment {deployment.id}"

@@ -45,7 +45,7 @@ from controlplane.settings import Settings
 from controlplane.statuses import BuildStatus, EnvironmentStatus, PreviewProtection, StepStatus
 
 # pg_advisory_xact_lock(FEEDBACK_LOCK, environment id): one feedback event at a time per
-# environment (the two-key space never meets builds.DISPATCH_LOCK's one-key space).
+# environment (the two-key space never meets dispatch.DISPATCH_LOCK's one-key space).
 FEEDBACK_LOCK = 7370
 
 

@@ -4,7 +4,7 @@ checks_passed``, see :mod:`~controlplane.services.checks`; its own environments 
 previews), then a person's approval (an environment's ``approval_required``, see
 :mod:`~controlplane.services.approvals`).
 
-:func:`controlplane.services.builds.deliver` is the one way a build becomes a
+:func:`controlplane.services.deployments.deliver` is the one way a build becomes a
 deployment: it asks :func:`first_gate` and either holds the build here or deploys it. A
 held build is the environment's ``held_build_id``; the environment's status says which
 gate (``awaiting_checks``, ``awaiting_approval``) and its ``status_reason`` why; a build

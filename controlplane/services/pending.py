@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controlplane.models import Build, Deployment, Environment, Host
-from controlplane.services import builds, gates, hosts, placements
+from controlplane.services import dispatch, gates, hosts, placements
 from controlplane.statuses import BuildStatus, DeploymentStatus, EnvironmentStatus
 
 # The statuses of an environment that wait for something to happen.
@@ -48,7 +48,7 @@ def pending_reason(session: Session, environment: Environment, agent_interval: i
         reasons.append(f"waiting for approval{sha}")
     build = _build_in_flight(session, environment)
     if build is not None:
-        waiting = builds.waiting_reason(session, build)
+        waiting = dispatch.waiting_reason(session, build)
         state = f"{build.status}: {waiting}" if waiting else build.status
         reasons.append(f"waiting for build #{build.id} ({state})")
     host_ids = placements.host_ids(environment)

@@ -4,7 +4,7 @@ service (production) as it is, without building again.
 The target gets a new deployment of the source's current build: the same Build row, so
 exactly its image digests and pinned compose file, recorded as a promotion (from which
 environment, by whom, when) and audited. It goes through the one path from a build to a
-deployment (:func:`builds.deliver`), so an environment that requires approval holds it
+deployment (:func:`deployments.deliver`), so an environment that requires approval holds it
 like any other, and it is rolled back like any other deployment. On GitHub it is a
 deployment of the same commit to the target's environment (:mod:`feedback`).
 
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from contracts import envkinds
 from controlplane.errors import Conflict, NotFound, NotPermitted, ValidationFailed
 from controlplane.models import Deployment, Environment
-from controlplane.services import audit, builds
+from controlplane.services import audit, deployments
 from controlplane.statuses import DeploymentStatus, EnvironmentStatus
 
 
@@ -84,7 +84,7 @@ def promote(
     running = target.current_deployment
     if running is not None and running.build_id == build.id:
         return target, running
-    deployment = builds.deliver(session, target, build, actor, promoted_from=source)
+    deployment = deployments.deliver(session, target, build, actor, promoted_from=source)
     session.refresh(target)  # deliver swapped its deployment with an UPDATE statement
     audit.record(
         session,

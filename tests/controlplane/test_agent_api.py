@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import ApiToken, Deployment, Environment
-from controlplane.services import builds, catalog, hosts, pushes, servicerules, variables
+from controlplane.services import catalog, deployments, hosts, pushes, servicerules, variables
 from controlplane.settings import Settings
 
 DIGEST = "sha256:" + "1" * 64
@@ -60,7 +60,7 @@ def deploy(database: Database, sha: str) -> int:
             "app": {"repository": "127.0.0.1:5001/o/hello", "tag": sha[:12], "digest": DIGEST}
         }
         session.flush()
-        return builds.record_deployment(session, service.id, build.id, "test").id
+        return deployments.record_deployment(session, service.id, build.id, "test").id
 
 
 def auth(token: str) -> dict[str, str]:

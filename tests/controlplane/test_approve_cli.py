@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from controlplane.db import Database
 from controlplane.models import Build, Environment
-from controlplane.services import builds, catalog, hosts, pushes, servicerules
+from controlplane.services import catalog, deployments, hosts, pushes, servicerules
 from tests.controlplane.test_cli import Result, assert_one_line_failure, run_portside
 from tests.support.live import LiveServer
 
@@ -43,7 +43,7 @@ def held_build(database: Database) -> int:
         assert build is not None
         build.images = {"app": {"repository": "registry.test/hello", "tag": "t", "digest": DIGEST}}
         session.flush()
-        assert builds.record_deployment(session, service.id, build.id, "worker") is None
+        assert deployments.record_deployment(session, service.id, build.id, "worker") is None
         return build.id
 
 

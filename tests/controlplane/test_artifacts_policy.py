@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from contracts.agentwire import AgentReport
 from controlplane.db import Database
 from controlplane.models import AuditEvent, Build, Environment, Host
-from controlplane.services import builds, catalog, hosts, pushes, servicerules
+from controlplane.services import catalog, hosts, pushes, servicerules
+from controlplane.services.artifacts import artifact_violations
 
 REGISTRY = "127.0.0.1:5000"  # the test settings' default registry
 DIGEST = "sha256:" + "0" * 64
@@ -341,7 +342,7 @@ def test_a_digest_is_required_by_the_check_itself(
     digest: str | None,
 ) -> None:
     build = db_session.get(Build, new_build(database, service_id, SHA_GOOD))
-    violations = builds.artifact_violations(build, {"app": image(APP, digest)}, None, REGISTRY)
+    violations = artifact_violations(build, {"app": image(APP, digest)}, None, REGISTRY)
     assert [v.path for v in violations] == ["images.app.digest"]
     # Through the API the schema answers first; the build is not recorded either way.
     response = upload(client, worker_headers, build.id, {"app": image(APP, digest)}, None)

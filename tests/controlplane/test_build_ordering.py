@@ -17,7 +17,7 @@ from controlplane.db import Database
 from controlplane.errors import Conflict
 from controlplane.github.app import GitHubApp
 from controlplane.models import Build
-from controlplane.services import ancestry, builds, pushes
+from controlplane.services import ancestry, builds, pushes, stepclaims
 from tests.controlplane.test_intake_processing import (
     OWNER,
     delivery,
@@ -172,7 +172,7 @@ def test_a_running_build_superseded_is_told_to_stop(
     process(database, post(client, "push", pushed(seeded, parent)), github_app)
     with database.session_scope() as session:
         running = session.scalars(select(Build).where(Build.commit_sha == parent)).one().id
-        builds.claim_step(session, running, "clone", 1, "build-1@test")
+        stepclaims.claim_step(session, running, "clone", 1, "build-1@test")
     process(database, post(client, "push", pushed(seeded, child, before=parent)), github_app)
     store = redis.Redis.from_url(redis_url)
     assert channel.stop_reason(store, running, 1) is None
@@ -180,7 +180,7 @@ def test_a_running_build_superseded_is_told_to_stop(
     reason = channel.stop_reason(store, running, 1)
     assert reason is not None and f"of {child[:7]}" in reason
     with database.session_scope() as session, pytest.raises(Conflict, match="cancelled"):
-        builds.heartbeat(session, running, 1)
+        stepclaims.heartbeat(session, running, 1)
 
 
 def test_payloads_chain_through_pushes_and_a_force_push_names_no_ancestor() -> None:

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from controlplane.db import Database
 from controlplane.models import Build, utcnow
-from controlplane.services import builds
+from controlplane.services import dispatch
 from tests.controlplane.test_cli_client import (
     Cli,
     admin,  # noqa: F401 (a fixture)
@@ -49,19 +49,19 @@ def test_a_queued_build_with_no_worker_online_says_so_until_one_of_its_lane_is_s
     queued = new_build(database, service_id)
     other = new_build(database, service_id, status="running")
 
-    assert reason(client, read_headers, queued) == builds.NO_WORKER
+    assert reason(client, read_headers, queued) == dispatch.NO_WORKER
     assert reason(client, read_headers, other) is None  # not queued: nothing to explain
     listed = client.get("/v1/builds", headers=read_headers).json
     assert {b["id"]: b["waiting_reason"] for b in listed} == {
-        queued: builds.NO_WORKER,
+        queued: dispatch.NO_WORKER,
         other: None,
     }
 
     # A worker seen longer ago than WORKERS_SEEN_WITHIN does not count; nor one of forks.
-    seen(database, other, ago=builds.WORKERS_SEEN_WITHIN + dt.timedelta(minutes=1))
-    assert reason(client, read_headers, queued) == builds.NO_WORKER
+    seen(database, other, ago=dispatch.WORKERS_SEEN_WITHIN + dt.timedelta(minutes=1))
+    assert reason(client, read_headers, queued) == dispatch.NO_WORKER
     seen(database, other, ago=dt.timedelta(seconds=5), untrusted=True)
-    assert reason(client, read_headers, queued) == builds.NO_WORKER
+    assert reason(client, read_headers, queued) == dispatch.NO_WORKER
 
     seen(database, other, ago=dt.timedelta(seconds=5))
     assert reason(client, read_headers, queued) is None
@@ -81,7 +81,7 @@ def test_a_forks_build_waits_for_a_worker_of_its_own_lane(
         build.untrusted = True
     seen(database, trusted, ago=dt.timedelta(seconds=5))  # a trusted worker at work
 
-    assert reason(client, read_headers, fork) == builds.NO_UNTRUSTED_WORKER
+    assert reason(client, read_headers, fork) == dispatch.NO_UNTRUSTED_WORKER
 
 
 def test_the_cli_and_the_dashboard_show_why_a_build_waits(

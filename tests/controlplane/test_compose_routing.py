@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from controlplane.db import Database
 from controlplane.models import Environment
-from controlplane.services import builds, catalog, hosts, pushes, servicerules
+from controlplane.services import catalog, deployments, hosts, pushes, servicerules
 
 DIGEST = "sha256:" + "3" * 64
 REPO = "127.0.0.1:5001/o/shop"
@@ -58,7 +58,7 @@ def _deploy(database: Database, compose: str, recorded: str | None) -> str:
         build.compose = compose
         build.routed_service = recorded
         session.flush()
-        builds.record_deployment(session, service.id, build.id, "test")
+        deployments.record_deployment(session, service.id, build.id, "test")
     return token
 
 

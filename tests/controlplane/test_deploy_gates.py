@@ -37,6 +37,7 @@ from controlplane.services import (
     rollbacks,
     servicerules,
 )
+from controlplane.services.deployments import record_deployment
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Settings
 from tests.controlplane.test_feedback_github import until_through
@@ -81,7 +82,7 @@ def service_id(database: Database, github_server: GitHubServer, github_app: GitH
         service_id = service.id
     first = built(database, github_server.state, service_id, "v1\n")
     with database.session_scope() as session:
-        deployment = builds.record_deployment(session, service_id, first, "test")
+        deployment = record_deployment(session, service_id, first, "test")
         assert deployment is not None
         deployment.status, deployment.activated_at = "active", utcnow()  # its agent said so
         deployment.environment.status = "running"
@@ -105,7 +106,7 @@ def built(database: Database, state: GitHubState, service_id: int, text: str) ->
 def record(database: Database, service_id: int, build_id: int) -> int | None:
     """What the build worker's last step does; the deployment's id, None when held."""
     with database.session_scope() as session:
-        deployment = builds.record_deployment(session, service_id, build_id, "worker")
+        deployment = record_deployment(session, service_id, build_id, "worker")
         return deployment.id if deployment is not None else None
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Environment
-from controlplane.services import backstop, builds, catalog
+from controlplane.services import backstop, catalog, deployments
 from tests.controlplane.test_build_ordering import REPOSITORY, builds_by_commit, commit, start
 from tests.controlplane.test_cli import assert_one_line_failure, run_portside
 from tests.controlplane.test_intake_processing import (
@@ -93,7 +93,7 @@ def deployed(database: Database, sha: str) -> str:
         assert build is not None
         build.images = {"app": {"repository": "r/o/hello", "tag": sha[:12], "digest": DIGEST}}
         session.flush()
-        return builds.record_deployment(session, build.service_id, build.id, "test").status
+        return deployments.record_deployment(session, build.service_id, build.id, "test").status
 
 
 def running(db_session: Session) -> str | None:

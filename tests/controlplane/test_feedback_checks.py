@@ -38,8 +38,10 @@ from controlplane.services import (
     hosts,
     pushes,
     servicerules,
+    stepclaims,
     variables,
 )
+from controlplane.services.deployments import record_deployment
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Settings
 from tests.controlplane.test_feedback_github import REPOSITORY, set_status, until_through
@@ -126,7 +128,7 @@ def run_steps(
     titles: list[str] = []
     for step in STEPS[:-1]:
         with database.session_scope() as session:
-            builds.claim_step(session, build_id, step, 1, "worker-1")
+            stepclaims.claim_step(session, build_id, step, 1, "worker-1")
             assert ["build_running", build_id] in feedback_rows(session)
         failed += until_through(database, event(github, settings, "build_running", build_id))
         titles += [run.output["title"] for run in runs_of(state, build_id)]
@@ -147,7 +149,7 @@ def deploy(
     with database.session_scope() as session:
         build = session.get(Build, build_id)
         assert build is not None
-        deployment = builds.record_deployment(session, build.service_id, build_id, "test")
+        deployment = record_deployment(session, build.service_id, build_id, "test")
         previous = session.scalars(
             select(Deployment).where(
                 Deployment.environment_id == deployment.environment_id,
@@ -299,9 +301,9 @@ def test_a_failed_builds_check_run_holds_the_failing_steps_last_lines_masked(
     build_id = new_build(database, state, service_id, "broken\n")
     until_through(database, event(github_app, settings, "build_queued", build_id))
     with database.session_scope() as session:
-        builds.claim_step(session, build_id, "clone", 1, "worker-1")
+        stepclaims.claim_step(session, build_id, "clone", 1, "worker-1")
         builds.finish_step(session, build_id, "clone", 1, succeeded=True)
-        builds.claim_step(session, build_id, "build", 1, "worker-1")
+        stepclaims.claim_step(session, build_id, "build", 1, "worker-1")
         builds.finish_step(
             session, build_id, "build", 1, succeeded=False, error=f"npm ERR! 401 {SECRET}"
         )
@@ -376,7 +378,7 @@ def test_a_build_superseded_at_deploy_time_is_neutral(
     with database.session_scope() as session:
         build = session.get(Build, older)
         assert build is not None
-        builds.record_deployment(session, build.service_id, older, "test")
+        record_deployment(session, build.service_id, older, "test")
         assert build.status == "superseded"
     until_through(database, event(github_app, settings, "build_cancelled", older))
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from controlplane.db import Database
 from controlplane.models import AuditEvent, Environment, Host, Service
-from controlplane.services import builds, catalog, hosts, pushes, servicerules
+from controlplane.services import catalog, deployments, hosts, pushes, servicerules
 from hostagent import labels as lbl
 from hostagent.agent import run_once
 from hostagent.confighash import config_hash
@@ -188,7 +188,7 @@ def production_running(database: Database, host: str, name: str, image: str) -> 
         assert build is not None
         build.images = {"app": {"repository": repository, "digest": digest}}
         session.flush()
-        builds.record_deployment(session, service.id, build.id, "test")
+        deployments.record_deployment(session, service.id, build.id, "test")
         return environment.id, token
 
 

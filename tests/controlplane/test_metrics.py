@@ -18,7 +18,15 @@ from sqlalchemy import event
 
 from controlplane.app import create_app
 from controlplane.db import Database
-from controlplane.services import builds, catalog, deliveries, hosts, pushes
+from controlplane.services import (
+    builds,
+    catalog,
+    deliveries,
+    deployments,
+    hosts,
+    pushes,
+    stepclaims,
+)
 from controlplane.services.outcomes import HandlerContext
 from controlplane.settings import Secret, Settings
 from tests.controlplane.test_agent_api import DIGEST, auth, host_token  # noqa: F401
@@ -110,13 +118,13 @@ def test_polls_reports_builds_and_deployments(
         assert build is not None
         build_id = build.id
     with database.session_scope() as session:
-        builds.claim_step(session, build_id, "clone", 1, "w1")
+        stepclaims.claim_step(session, build_id, "clone", 1, "w1")
     with database.session_scope() as session:
         builds.finish_step(session, build_id, "clone", 1, succeeded=True)
         build = builds.get_build(session, build_id)
         build.images = {"app": {"repository": "127.0.0.1:5001/o/hello", "digest": DIGEST}}
         session.flush()
-        deployment_id = builds.record_deployment(session, service.id, build_id, "test").id
+        deployment_id = deployments.record_deployment(session, service.id, build_id, "test").id
     report = {
         "generation": 2,
         "agent_version": "test",

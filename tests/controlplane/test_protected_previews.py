@@ -16,7 +16,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Environment, Service
-from controlplane.services import builds, catalog, feedback, hosts, servicerules
+from controlplane.services import catalog, deployments, feedback, hosts, servicerules
 from controlplane.settings import Settings
 from hostagent.agent import run_once
 from hostagent.errors import InvalidDesiredState
@@ -82,7 +82,7 @@ def preview_running(database: Database, service_id: int, image: str) -> str:
         )
         session.add(build)
         session.flush()
-        builds.record_deployment(session, service.id, build.id, "test")
+        deployments.record_deployment(session, service.id, build.id, "test")
         return environment.name
 
 

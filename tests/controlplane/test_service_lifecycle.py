@@ -10,7 +10,7 @@ from sqlalchemy import select
 from controlplane.db import Database
 from controlplane.errors import ValidationFailed
 from controlplane.models import Build, Deployment, Environment, Host
-from controlplane.services import builds, catalog, effects, hosts, pushes, servicerules
+from controlplane.services import catalog, deployments, effects, hosts, pushes, servicerules
 
 DIGEST_PROD = "sha256:" + "1" * 64
 DIGEST_PREVIEW = "sha256:" + "2" * 64
@@ -64,7 +64,7 @@ def _deployed(database: Database, service_id: int, environment_id: int, digest: 
         assert build is not None
         build.images = {"app": {"repository": "127.0.0.1:5001/o/hello", "digest": digest}}
         session.flush()
-        builds.record_deployment(session, service_id, build.id, "test")
+        deployments.record_deployment(session, service_id, build.id, "test")
 
 
 def test_deleting_a_service_tears_down_production_and_previews(

@@ -10,7 +10,8 @@ from flask.testing import FlaskClient
 
 from controlplane.db import Database
 from controlplane.models import Deployment
-from controlplane.services import builds, catalog, pushes, servicerules, telemetry
+from controlplane.services import catalog, pushes, servicerules, telemetry
+from controlplane.services.deployments import record_deployment
 from tests.controlplane.test_agent_api import DIGEST, auth, host_token
 from tests.controlplane.test_metrics import scrape, value
 
@@ -32,7 +33,7 @@ def built_and_deployed(database: Database, service_name: str, sha: str, seconds:
         build.started_at = START
         build.finished_at = START + dt.timedelta(seconds=seconds)
         session.flush()
-        return builds.record_deployment(session, service.id, build.id, "test").id
+        return record_deployment(session, service.id, build.id, "test").id
 
 
 def report_running(client: FlaskClient, token: str, name: str, deployment_id: int) -> None:

@@ -13,9 +13,9 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.models import AuditEvent, Environment, Variable
 from controlplane.services import (
-    builds,
     catalog,
     composestate,
+    deployments,
     generations,
     hosts,
     pushes,
@@ -65,7 +65,7 @@ def deploy(database: Database, name: str, compose: str) -> None:
         build.images = {"web": {"repository": f"127.0.0.1:5001/o/{name}", "digest": DIGEST}}
         build.compose = compose
         session.flush()
-        builds.record_deployment(session, service.id, build.id, "test")
+        deployments.record_deployment(session, service.id, build.id, "test")
 
 
 def snapshot(client: FlaskClient, token: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from controlplane.crypto import SecretBox
 from controlplane.db import Database
 from controlplane.github.app import GitHubApp
 from controlplane.models import AuditEvent, Build, Deployment, Environment, Host, Service
-from controlplane.services import agentreports, backstop, builds, snapshots
+from controlplane.services import agentreports, backstop, deployments, snapshots
 from controlplane.settings import Settings
 from hostagent.snapshot import parse_environment
 from tests.controlplane.test_build_ordering import REPOSITORY
@@ -228,7 +228,7 @@ def deploy_newest(database: Database, environment: str) -> int:
             "app": {"repository": f"r/{REPOSITORY.lower()}", "tag": "t", "digest": DIGEST}
         }
         session.flush()
-        deployment = builds.record_deployment(session, build.service_id, build.id, "test")
+        deployment = deployments.record_deployment(session, build.service_id, build.id, "test")
         assert deployment is not None
         host = session.get(Host, build.environment.host_id)
         assert host is not None

@@ -13,7 +13,9 @@ from sqlalchemy import select
 
 from controlplane.db import Database
 from controlplane.models import Build, Environment, Service
-from controlplane.services import builds, catalog, hosts, pushes, servicerules
+from controlplane.services import catalog, hosts, pushes, servicerules, stepclaims
+from controlplane.services import dispatch as dispatching
+from controlplane.services.dispatch import DISPATCHED_KEY, UNTRUSTED_DISPATCHED_KEY
 from controlplane.settings import Settings
 from tasks import pipeline
 from tasks.app import BUILDS_QUEUE, UNTRUSTED_BUILDS_QUEUE, node_queue
@@ -74,7 +76,7 @@ class Lanes:
 
 def dispatch(database: Database, broker: redis.Redis, lanes: Lanes) -> list[int]:
     with database.session_scope() as session:
-        return builds.dispatch(
+        return dispatching.dispatch(
             session, broker, lanes.send, shared_queue_length=lanes.length, lost_after=LOST_AFTER
         )
 
@@ -89,16 +91,16 @@ def test_fork_builds_are_dispatched_to_their_own_queue_and_capacity(
 
     assert sorted(dispatch(database, broker, lanes)) == sorted([trusted, first])
     assert lanes.sent == {False: [(trusted, 1)], True: [(first, 1)]}
-    assert broker.zrange(builds.DISPATCHED_KEY, 0, -1) == [f"{trusted}:1".encode()]
-    assert broker.zrange(builds.UNTRUSTED_DISPATCHED_KEY, 0, -1) == [f"{first}:1".encode()]
+    assert broker.zrange(DISPATCHED_KEY, 0, -1) == [f"{trusted}:1".encode()]
+    assert broker.zrange(UNTRUSTED_DISPATCHED_KEY, 0, -1) == [f"{first}:1".encode()]
 
     # The untrusted lane counts its own workers: the second waits for the first's place.
     assert dispatch(database, broker, lanes) == []
     with database.session_scope() as session:
-        builds.claim_step(session, trusted, "clone", 1, "build-1@test")
+        stepclaims.claim_step(session, trusted, "clone", 1, "build-1@test")
     assert dispatch(database, broker, lanes) == []  # a trusted worker frees no fork's place
     with database.session_scope() as session:
-        spec = builds.claim_step(session, first, "clone", 1, "fork-1@test")
+        spec = stepclaims.claim_step(session, first, "clone", 1, "fork-1@test")
     assert (spec.untrusted, spec.pr_number, spec.compose_allow) == (True, 2, [])
     assert dispatch(database, broker, lanes) == [second]
     assert lanes.sent[True] == [(first, 1), (second, 1)]

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from controlplane.db import Database
 from controlplane.models import Build, Environment
-from controlplane.services import builds, catalog, hosts, pushes, servicerules
+from controlplane.services import builds, catalog, hosts, pushes, servicerules, stepclaims
+from controlplane.services.dispatch import DISPATCHED_KEY, Waiting, dispatch, fair_order
 
 LOST_AFTER = dt.timedelta(seconds=90)
 WORKER = "build-1@test"
@@ -74,7 +75,7 @@ class Queue:
 
     def dispatch(self) -> list[int]:
         with self.database.session_scope() as session:
-            return builds.dispatch(
+            return dispatch(
                 session,
                 self.broker,
                 self.send,
@@ -86,7 +87,7 @@ class Queue:
         """A free worker takes the oldest message and claims the build's first step."""
         build_id, attempt = self.messages.pop(0)
         with self.database.session_scope() as session:
-            builds.claim_step(session, build_id, "clone", attempt, WORKER)
+            stepclaims.claim_step(session, build_id, "clone", attempt, WORKER)
         return build_id, attempt
 
 
@@ -142,7 +143,7 @@ def test_no_more_builds_wait_in_the_queue_than_workers_were_seen(
         second_id = second.id
     queue.messages.remove((second_id, 1))
     with database.session_scope() as session:
-        builds.claim_step(session, second_id, "clone", 1, "build-2@test")
+        stepclaims.claim_step(session, second_id, "clone", 1, "build-2@test")
     assert len(queue.dispatch()) == 2  # two workers seen, both busy
 
 
@@ -167,7 +168,7 @@ def test_a_message_out_too_long_is_sent_again_only_once_the_queue_is_empty(
     queue = Queue(database, broker)
     queue.dispatch()
     long_ago = time.time() - LOST_AFTER.total_seconds() - 1
-    broker.zadd(builds.DISPATCHED_KEY, {f"{build_id}:1": long_ago})
+    broker.zadd(DISPATCHED_KEY, {f"{build_id}:1": long_ago})
 
     assert queue.dispatch() == []  # still in the queue, behind busy workers
 
@@ -215,11 +216,11 @@ def test_an_older_build_of_an_environment_waits_for_the_newer_to_cancel_it(
 
 def test_fair_order_puts_the_least_recently_served_service_first() -> None:
     waiting = [
-        builds.Waiting(1, 1, service_id=10, queued_at=1.0),
-        builds.Waiting(2, 1, service_id=10, queued_at=2.0),
-        builds.Waiting(3, 1, service_id=20, queued_at=3.0),
-        builds.Waiting(4, 1, service_id=30, queued_at=4.0),
+        Waiting(1, 1, service_id=10, queued_at=1.0),
+        Waiting(2, 1, service_id=10, queued_at=2.0),
+        Waiting(3, 1, service_id=20, queued_at=3.0),
+        Waiting(4, 1, service_id=30, queued_at=4.0),
     ]
-    order = builds.fair_order(waiting, {10: 100.0, 20: 50.0})
+    order = fair_order(waiting, {10: 100.0, 20: 50.0})
     # 30 never served, then 20 (served at 50), then 10 (served at 100), then 10 again.
     assert [b.build_id for b in order] == [4, 3, 1, 2]

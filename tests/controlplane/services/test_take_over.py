@@ -11,7 +11,7 @@ from sqlalchemy import update
 from controlplane.db import Database
 from controlplane.errors import Conflict
 from controlplane.models import Build, utcnow
-from controlplane.services import builds, catalog, hosts, pushes, servicerules
+from controlplane.services import builds, catalog, hosts, pushes, servicerules, stepclaims
 
 STALE = dt.timedelta(seconds=60)
 
@@ -39,7 +39,7 @@ def run_until(database: Database, build_id: int, attempt: int, dies_in: str) -> 
     """Attempt ``attempt`` runs its steps and its worker dies in step ``dies_in``."""
     for step in ("clone", "build", "push", "upload_compose"):
         with database.session_scope() as session:
-            builds.claim_step(session, build_id, step, attempt, f"w{attempt}")
+            stepclaims.claim_step(session, build_id, step, attempt, f"w{attempt}")
             if step == dies_in:
                 session.execute(
                     update(Build)
@@ -86,7 +86,7 @@ def test_a_step_that_loses_its_worker_twice_fails_the_build(
         }
     assert take_over_stale(database) == []  # failed: the watchdog leaves it alone
     with database.session_scope() as session, pytest.raises(Conflict):
-        builds.claim_step(session, build_id, "clone", 3, "w3")
+        stepclaims.claim_step(session, build_id, "clone", 3, "w3")
 
 
 def test_losing_workers_in_different_steps_is_taken_over_again(
