@@ -6,9 +6,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from contracts.agentwire import AgentReport, EnvironmentReport, ReportState
+from contracts.statuses import DeploymentStatus
 from controlplane.models import Deployment, Environment, Host, utcnow
 from controlplane.services import audit, effects, gates, generations, placements
 from controlplane.services.rollbacks import previous_active
+from controlplane.statuses import EnvironmentStatus
 
 
 def record_status(session: Session, host: Host, report: AgentReport) -> None:
@@ -40,7 +42,10 @@ def record_status(session: Session, host: Host, report: AgentReport) -> None:
                     else placements.reported_address(session, environment, deployment.id)
                 )
                 _activate(session, environment, deployment, address)
-        elif item.state == ReportState.FAILED and deployment.status in ("pending", "active"):
+        elif item.state == ReportState.FAILED and deployment.status in (
+            DeploymentStatus.PENDING,
+            DeploymentStatus.ACTIVE,
+        ):
             _fail(session, environment, deployment, item)
         elif item.state == ReportState.REFUSED:
             _refused(session, environment, deployment, item)
@@ -50,14 +55,14 @@ def _refused(
     session: Session, environment: Environment, deployment: Deployment, item: EnvironmentReport
 ) -> None:
     reason = (item.error or "refused by the host agent")[:8000]
-    if deployment.status == "pending":
-        deployment.status = "failed"
+    if deployment.status == DeploymentStatus.PENDING:
+        deployment.status = DeploymentStatus.FAILED
         deployment.error = reason
         audit.record(session, "agent", "deployment.refused", "deployment", deployment.id)
         effects.note_feedback(session, "deployment_failed", deployment.id)
         effects.note_notification(session, "deployment_failed", deployment.id)
     if environment.current_deployment_id == deployment.id and environment.status not in gates.HELD:
-        environment.status = "refused"
+        environment.status = EnvironmentStatus.REFUSED
         environment.status_reason = reason
 
 
@@ -66,21 +71,21 @@ def _activate(
 ) -> None:
     if address:
         environment.address = address[:255]
-    newly_active = deployment.status != "active"
+    newly_active = deployment.status != DeploymentStatus.ACTIVE
     # A fork preview whose new head awaits approval keeps saying so while the approved
     # commit before it runs on; a refusal (of a later build's artifacts) stays shown while
     # the deployment before it serves, until a new deployment runs.
     if (
         environment.current_deployment_id == deployment.id
         and environment.status not in gates.HELD
-        and (newly_active or environment.status != "refused")
+        and (newly_active or environment.status != EnvironmentStatus.REFUSED)
     ):
-        environment.status = "running"
+        environment.status = EnvironmentStatus.RUNNING
         if newly_active:
             environment.status_reason = None
     if not newly_active:
         return
-    deployment.status = "active"
+    deployment.status = DeploymentStatus.ACTIVE
     deployment.activated_at = utcnow()
     deployment.error = None
     session.execute(
@@ -88,7 +93,7 @@ def _activate(
         .where(
             Deployment.environment_id == environment.id,
             Deployment.id != deployment.id,
-            Deployment.status == "active",
+            Deployment.status == DeploymentStatus.ACTIVE,
         )
         .values(status="superseded")
     )
@@ -102,7 +107,7 @@ def _fail(
 ) -> None:
     error = item.error or "the agent could not run the deployment"
     logs = item.logs
-    deployment.status = "failed"
+    deployment.status = DeploymentStatus.FAILED
     deployment.error = (f"{error}\n{logs}" if logs else error)[:8000]
     audit.record(session, "agent", "deployment.failed", "deployment", deployment.id)
     effects.note_feedback(session, "deployment_failed", deployment.id)
@@ -112,8 +117,8 @@ def _fail(
     previous = previous_active(session, environment, deployment)
     # Desired state goes back to what is still serving; nothing to run if nothing was.
     environment.current_deployment_id = previous.id if previous else None
-    environment.status = "running" if previous else "failed"
+    environment.status = EnvironmentStatus.RUNNING if previous else EnvironmentStatus.FAILED
     if previous is not None:
-        previous.status = "active"
+        previous.status = DeploymentStatus.ACTIVE
     environment.generation += 1
     generations.bump_environment(session, environment)

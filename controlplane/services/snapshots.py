@@ -36,6 +36,7 @@ from controlplane.crypto import SecretBox
 from controlplane.models import Deployment, Environment, Host, Service, Variable
 from controlplane.services import placements, refusals, registries
 from controlplane.services.composestate import checked_routed_service, compose_routes
+from controlplane.statuses import EnvironmentStatus, PreviewProtection, VariableScope
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _runtime_env(
     values: dict[str, str] = {}
     # Environment-specific values override the service's; forks get only what is allowed.
     for row in sorted(rows, key=lambda r: r.environment_id is not None):
-        if row.scope not in ("all", environment.kind):
+        if row.scope not in (VariableScope.ALL, environment.kind):
             continue
         if (
             environment.from_fork
@@ -67,9 +68,12 @@ def _runtime_env(
 def _preview_protection(box: SecretBox, service: Service) -> Protection | None:
     """What the agent puts in front of the service's previews (``PATCH
     /v1/services/{id}``'s ``preview_protection``), or None if nothing."""
-    if service.preview_protection == "basic_auth" and service.preview_htpasswd_encrypted:
+    if (
+        service.preview_protection == PreviewProtection.BASIC_AUTH
+        and service.preview_htpasswd_encrypted
+    ):
         return Protection(basic_auth=(box.decrypt(service.preview_htpasswd_encrypted),))
-    if service.preview_protection == "ip_allow" and service.preview_allow_networks:
+    if service.preview_protection == PreviewProtection.IP_ALLOW and service.preview_allow_networks:
         return Protection(ip_allow=tuple(str(net) for net in service.preview_allow_networks))
     return None
 
@@ -139,7 +143,7 @@ def snapshot(session: Session, box: SecretBox, host: Host, registry_address: str
         select(Environment)
         .where(
             placements.placed_on(host.id),
-            Environment.status != "inactive",
+            Environment.status != EnvironmentStatus.INACTIVE,
             Environment.current_deployment_id.is_not(None),
         )
         .order_by(Environment.name)
