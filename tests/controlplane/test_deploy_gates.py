@@ -36,6 +36,7 @@ from controlplane.services import (
     pushes,
     rollbacks,
     servicerules,
+    tokens,
 )
 from controlplane.services.deployments import record_deployment
 from controlplane.services.outcomes import HandlerContext
@@ -175,6 +176,11 @@ def test_a_build_waits_for_the_required_check_and_deploys_once_it_is_green(
     wait_for_checks(client, admin_headers, service_id, ["ci/test"])
     build_id = built(database, state, service_id, "v2\n")
     first = state_of(database, build_id)["deployed"]
+    with database.session_scope() as session:  # the worker claimed it (only it may deploy it)
+        worker = tokens.authenticate(session, worker_headers["Authorization"].split()[1])
+        claimed = session.get(Build, build_id)
+        assert worker is not None and claimed is not None
+        claimed.worker_token_id = worker.id
     answer = client.post(  # the build worker's last step
         f"/v1/services/{service_id}/deployments",
         json={"build_id": build_id},
