@@ -155,7 +155,7 @@ def _known(connection: Connection, guid: str) -> Recorded:
     claimed = connection.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == existing.id, WebhookDelivery.status == DeliveryStatus.FAILED)
-        .values(status="received", outcome=None, enqueued_at=None, processed_at=None)
+        .values(status=DeliveryStatus.RECEIVED, outcome=None, enqueued_at=None, processed_at=None)
     )
     if claimed.rowcount != 1:  # a concurrent redelivery claimed it first
         return Recorded(existing.id, "received", "duplicate")
@@ -194,7 +194,7 @@ def mark_sent(session: Session, delivery_ids: list[int]) -> None:
         .where(
             WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.status == DeliveryStatus.RECEIVED
         )
-        .values(status="enqueued", enqueued_at=utcnow())
+        .values(status=DeliveryStatus.ENQUEUED, enqueued_at=utcnow())
     )
 
 
@@ -211,7 +211,7 @@ def requeue_lost(
             WebhookDelivery.status == DeliveryStatus.ENQUEUED,
             WebhookDelivery.enqueued_at < now - enqueued_grace,
         )
-        .values(status="received", enqueued_at=None)
+        .values(status=DeliveryStatus.RECEIVED, enqueued_at=None)
         .returning(WebhookDelivery.id)
     ).all()
     if requeued:
@@ -288,7 +288,7 @@ def mark_failed(session: Session, delivery_id: int, reason: str) -> None:
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status.not_in(DONE))
         .values(
-            status="failed",
+            status=DeliveryStatus.FAILED,
             outcome=reason[:2000],
             processed_at=utcnow(),
             attempts=WebhookDelivery.attempts + 1,
